@@ -1,0 +1,56 @@
+"""resumelog: crash-safe resume for long data pipelines, on any storage.
+
+Each writer appends delta records to its own journal of immutable segments; a
+compactor folds them into snapshots of completed sources. See ``docs/`` and
+``DESIGN.md``.
+"""
+
+from __future__ import annotations
+
+from resumelog.checkpoint import Checkpoint, CompletedView, Status, WriterHandle, open
+from resumelog.errors import (
+    AlreadyExists,
+    CorruptObject,
+    CorruptSegment,
+    CorruptSnapshot,
+    FingerprintMismatch,
+    FlushError,
+    InvalidId,
+    NothingToDo,
+    ObjectNotFound,
+    ResumelogError,
+    StorageError,
+    UnsupportedBackend,
+    UnsupportedFormat,
+)
+from resumelog.journal import FlushPolicy, Writer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "Checkpoint",
+    "CompletedView",
+    "CorruptObject",
+    "CorruptSegment",
+    "CorruptSnapshot",
+    "FingerprintMismatch",
+    "FlushError",
+    "FlushPolicy",
+    "InvalidId",
+    "NothingToDo",
+    "ObjectNotFound",
+    "ResumelogError",
+    "Status",
+    "StorageError",
+    "UnsupportedBackend",
+    "UnsupportedFormat",
+    "Writer",
+    "WriterHandle",
+    "__version__",
+    "open",
+]
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,453 @@
+"""The facade behind :func:`resumelog.open`: a :class:`Checkpoint` and its writer handles."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Set
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from resumelog import compactor, paths
+from resumelog.algebra import FoldState
+from resumelog.errors import AlreadyExists, FingerprintMismatch, InvalidId, ObjectNotFound
+from resumelog.format import FORMAT_VERSION, Batch, Meta, SegmentHeader, decode_meta, encode_meta
+from resumelog.journal import FlushPolicy, Writer
+from resumelog.storage import Store, open_store
+
+__all__ = ["Checkpoint", "CompletedView", "Status", "WriterHandle", "open"]
+
+logger = logging.getLogger("resumelog")
+
+Scalar = str | int | float | bool | None
+
+
+class RunStatus(msgspec.Struct):
+    """One run as seen by :meth:`Checkpoint.status`."""
+
+    run_id: str
+    pending_sources: int
+    completed_sources: int
+    retired: bool
+    first_snapshot: int
+    last_snapshot: int
+
+
+class WriterStatus(msgspec.Struct):
+    """One journal stream (writer incarnation)."""
+
+    writer_id: str
+    incarnation: str
+    run_id: str
+    last_seq: int
+    records: int
+    last_flush_ms: int
+    closed: bool
+
+
+class Status(msgspec.Struct):
+    """A summary of a checkpoint (``resumelog status --json`` prints this)."""
+
+    url: str
+    format_version: int
+    fingerprint: dict[str, Scalar]
+    snapshot: int
+    completed: int
+    pending: int
+    anomalies: int
+    anomaly_counts: dict[str, int]
+    recent_anomalies: list[dict[str, str]]
+    runs: list[RunStatus]
+    writers: list[WriterStatus]
+    journal_objects: int
+    journal_bytes: int
+    snapshot_objects: int
+    snapshot_bytes: int
+    unfolded_segments: int
+    records_folded: int
+    gc_reclaimable_objects: int = 0
+    gc_reclaimable_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class WriterHandle:
+    """Everything a process needs to open its own writer; plain data, picklable.
+
+    ``storage_options`` may hold credentials: they travel with the handle (the
+    receiving process needs them) but are never shown by ``repr``.
+    """
+
+    url: str
+    run_id: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    writer_id: str | None = None
+    max_bytes: int = 1 << 20
+    max_records: int = 200_000
+    max_seconds: float = 10.0
+    single_writer: bool = False
+
+    def writer(self, writer_id: str | None = None) -> Writer:
+        """Open a new writer in this process (new incarnation, own buffer)."""
+        store = open_store(self.url, self.storage_options, single_writer=self.single_writer)
+        return Writer(
+            store,
+            writer_id if writer_id is not None else self.writer_id,
+            self.run_id,
+            policy=FlushPolicy(self.max_bytes, self.max_records, self.max_seconds),
+            handle=self,
+        )
+
+
+class CompletedView(Set[str]):
+    """Read-only, set-like view of the completed source ids."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self._ckpt = ckpt
+
+    def __contains__(self, source: object) -> bool:
+        return isinstance(source, str) and self._ckpt._state.is_completed(source)
+
+    def __len__(self) -> int:
+        return self._ckpt._state.completed_count()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._ckpt._state.iter_completed()
+
+    def __repr__(self) -> str:
+        return f"<completed: {len(self)} sources>"
+
+
+def default_run_id() -> str:
+    """``RESUMELOG_RUN_ID``, else ``SLURM_ARRAY_JOB_ID``, else a new ULID."""
+    for var in ("RESUMELOG_RUN_ID", "SLURM_ARRAY_JOB_ID"):
+        v = os.environ.get(var)
+        if v:
+            return paths.validate_id(v, f"run id from ${var}")
+    return paths.new_ulid()
+
+
+def open(  # noqa: A001 - the public name is part of the contract
+    url: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    fingerprint: Mapping[str, Scalar] | None = None,
+    on_mismatch: Literal["raise", "reset"] = "raise",
+    create: bool = True,
+    single_writer: bool = False,
+    flush_policy: FlushPolicy | None = None,
+) -> Checkpoint:
+    """Open (or create) the checkpoint at ``url`` (any fsspec URL or local path).
+
+    Parameters
+    ----------
+    url
+        Local path, ``file://``, ``memory://name``, ``s3://bucket/prefix``, ``gs://...``.
+    storage_options
+        Passed to fsspec (credentials, endpoint...).
+    run_id
+        Shared by every writer of one pipeline execution. Default:
+        ``$RESUMELOG_RUN_ID``, ``$SLURM_ARRAY_JOB_ID`` or a new id per open.
+    fingerprint
+        Flat dict of JSON scalars describing the job; stored on creation and compared
+        on every later open (:class:`~resumelog.errors.FingerprintMismatch`).
+    on_mismatch
+        ``"reset"``: delete the checkpoint and start over on a fingerprint mismatch.
+    create
+        Create ``meta.msgpack`` if missing. With ``False`` a missing checkpoint raises
+        :class:`~resumelog.errors.ObjectNotFound` and nothing is ever written by open.
+    single_writer
+        Allow a backend without atomic create-only writes (one writer process only).
+    """
+    if on_mismatch not in ("raise", "reset"):
+        raise ValueError("on_mismatch must be 'raise' or 'reset'")
+    rid = paths.validate_id(run_id, "run id") if run_id is not None else default_run_id()
+    fp = _check_fingerprint(fingerprint)
+    store = open_store(os.fspath(url), storage_options, single_writer=single_writer)
+    meta = _ensure_meta(store, fp, on_mismatch, create)
+    return Checkpoint(store, os.fspath(url), dict(storage_options or {}), rid, meta, single_writer, flush_policy)
+
+
+def _check_fingerprint(fp: Mapping[str, Scalar] | None) -> dict[str, Scalar] | None:
+    if fp is None:
+        return None
+    out: dict[str, Scalar] = {}
+    for k, v in fp.items():
+        if not isinstance(k, str):
+            raise InvalidId(f"fingerprint keys must be str, got {k!r}")
+        if v is not None and not isinstance(v, (str, int, float, bool)):
+            raise InvalidId(f"fingerprint value for {k!r} must be a JSON scalar, got {type(v).__name__}")
+        out[k] = v
+    return out
+
+
+def _ensure_meta(store: Store, fp: dict[str, Scalar] | None, on_mismatch: str, create: bool) -> Meta | None:
+    for _ in range(3):
+        try:
+            meta = decode_meta(store.read(paths.META), paths.META)
+        except ObjectNotFound:
+            if not create:
+                if store.list(""):
+                    return None  # objects but no meta: an older layout or a partial clear
+                raise ObjectNotFound(f"no checkpoint at {store.url}") from None
+            new = Meta(FORMAT_VERSION, dict(fp or {}), secrets.token_bytes(16), int(time.time() * 1000))
+            try:
+                store.put_if_absent(paths.META, encode_meta(new))
+                return new
+            except AlreadyExists:
+                continue  # created concurrently: compare with theirs
+        if fp is not None:
+            diff = {
+                k: (meta.fingerprint.get(k), fp.get(k))
+                for k in set(meta.fingerprint) | set(fp)
+                if meta.fingerprint.get(k) != fp.get(k) or (k in meta.fingerprint) != (k in fp)
+            }
+            if diff:
+                if on_mismatch == "reset":
+                    logger.warning("resumelog: fingerprint changed (%s); clearing %s", sorted(diff), store.url)
+                    _clear_layout(store)
+                    continue
+                raise FingerprintMismatch(diff)
+        return meta
+    raise AlreadyExists(f"could not settle meta.msgpack at {store.url}")
+
+
+def _clear_layout(store: Store) -> None:
+    """Delete resumelog's objects only (snapshots, journals, then meta), nothing else."""
+    for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX):
+        store.delete(o.path for o in store.list(prefix))
+    store.delete([paths.META])
+
+
+class Checkpoint:
+    """An open checkpoint: completed-set queries, writers, compaction, GC, reset.
+
+    The view is loaded at open (latest snapshot + journal tail) and updated by this
+    checkpoint's own writers' flushes; call :meth:`refresh` to see other processes'
+    progress.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        url: str,
+        storage_options: dict[str, Any],
+        run_id: str,
+        meta: Meta | None,
+        single_writer: bool = False,
+        flush_policy: FlushPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.url = url
+        self._storage_options = storage_options
+        self.run_id = run_id
+        self.meta = meta
+        self._single_writer = single_writer
+        self._policy = flush_policy or FlushPolicy()
+        self._lock = threading.RLock()
+        self._writers: list[Writer] = []
+        self._state: FoldState
+        self._loaded: compactor.Loaded
+        self.refresh()
+
+    # ------------------------------------------------------------------ reading
+
+    def refresh(self) -> None:
+        """Reload the view from storage (latest snapshot + journal tail)."""
+        loaded = compactor.load(self.store, progress=False)
+        with self._lock:
+            self._loaded = loaded
+            self._state = loaded.state
+
+    def is_completed(self, source: str) -> bool:
+        """Whether ``source`` completed (in any run, not reset)."""
+        return self._state.is_completed(source)
+
+    @property
+    def completed(self) -> CompletedView:
+        """Read-only set-like view of completed source ids."""
+        return CompletedView(self)
+
+    def pending(self, sources: Iterable[str]) -> list[str]:
+        """The given sources that are not completed, in the given order."""
+        is_done = self._state.is_completed
+        return [s for s in sources if not is_done(s)]
+
+    def completed_run(self, source: str) -> str | None:
+        """The run that completed ``source`` (``None`` if not completed)."""
+        return self._state.completed_run(source)
+
+    @property
+    def fingerprint(self) -> dict[str, Scalar]:
+        """The fingerprint stored in ``meta.msgpack``."""
+        return dict(self.meta.fingerprint) if self.meta else {}
+
+    def status(self, *, gc_grace: float = compactor.DEFAULT_GRACE) -> Status:
+        """Counts, runs, writers, bytes and anomalies (re-lists storage)."""
+        self.refresh()
+        st = self._state
+        loaded = self._loaded
+        pending_by_run: dict[str, set[str]] = {}
+        for run, src in st.pending:
+            pending_by_run.setdefault(run, set()).add(src)
+        completed_by_run: dict[str, int] = {}
+        for i in range(len(st.base)):
+            r = st.run_order[st.base.run_at(i)]
+            completed_by_run[r] = completed_by_run.get(r, 0) + 1
+        for r in st.added.values():
+            completed_by_run[r] = completed_by_run.get(r, 0) + 1
+        pending_sources = {s for (run, s) in st.pending if not st.is_completed(s)}
+        runs = [
+            RunStatus(
+                r,
+                len(pending_by_run.get(r, ())),
+                completed_by_run.get(r, 0),
+                info.retired,
+                info.first_snapshot,
+                info.last_snapshot,
+            )
+            for r, info in st.runs.items()
+        ]
+        writers = [
+            WriterStatus(s.writer_id, s.incarnation, s.run_id, s.seq, s.records, s.last_ms, s.closed)
+            for s in st.streams.values()
+        ]
+        journal = [o for o in loaded.journal if paths.parse_segment(o.path)]
+        reclaim = compactor.gc(self.store, grace=gc_grace, dry_run=True)
+        return Status(
+            url=self.store.url,
+            format_version=FORMAT_VERSION,
+            fingerprint=self.fingerprint,
+            snapshot=loaded.snapshot,
+            completed=st.completed_count(),
+            pending=len(pending_sources),
+            anomalies=sum(st.anomaly_counts.values()),
+            anomaly_counts=dict(st.anomaly_counts),
+            recent_anomalies=[
+                {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail} for a in st.anomalies[-20:]
+            ],
+            runs=runs,
+            writers=writers,
+            journal_objects=len(journal),
+            journal_bytes=sum(o.size for o in journal),
+            snapshot_objects=len(loaded.snapshots),
+            snapshot_bytes=sum(o.size for o in loaded.snapshots),
+            unfolded_segments=loaded.segments_folded,
+            records_folded=st.records_folded,
+            gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
+            gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
+        )
+
+    # ------------------------------------------------------------------ writing
+
+    def handle(self, writer_id: str | None = None) -> WriterHandle:
+        """A picklable handle other processes use to open their own writers."""
+        if writer_id is not None:
+            paths.validate_id(writer_id)
+        p = self._policy
+        return WriterHandle(
+            self.url,
+            self.run_id,
+            dict(self._storage_options),
+            writer_id,
+            p.max_bytes,
+            p.max_records,
+            p.max_seconds,
+            self._single_writer,
+        )
+
+    def writer(self, writer_id: str | None = None, *, flush_policy: FlushPolicy | None = None) -> Writer:
+        """Open this process's writer (``writer_id`` default: ``<host>-<pid>``).
+
+        Its flushes also update this checkpoint's view.
+        """
+        w = Writer(
+            self.store,
+            writer_id,
+            self.run_id,
+            policy=flush_policy or self._policy,
+            handle=self.handle(writer_id),
+            on_flush=self._on_flush,
+        )
+        self._writers.append(w)
+        return w
+
+    def _on_flush(self, header: SegmentHeader, batches: list[Batch], closed: bool) -> None:
+        with self._lock:
+            st = self._state
+            if st.stream_mark(header.writer_id, header.incarnation) == header.seq - 1:
+                st.apply_segment(header, batches, closed)
+                st.finish()
+
+    def reset(self, sources: Iterable[str]) -> list[str]:
+        """Forget the completion of ``sources`` (operator override); returns those reset.
+
+        Writes one tombstone per completed source naming the run that completed it, so
+        a completion by a run this view has not seen survives.
+        """
+        self.refresh()
+        todo = [(s, self._state.completed_run(s)) for s in dict.fromkeys(sources)]
+        todo = [(s, r) for s, r in todo if r is not None]
+        if not todo:
+            return []
+        with Writer(self.store, f"reset-{paths.default_writer_id()}"[:128], self.run_id, handle=None) as w:
+            for s, r in todo:
+                w.reset(s, [r] if r else [])
+        self.refresh()
+        return [s for s, _ in todo]
+
+    def compact(self, *, keep_runs: int | None = None, progress: bool | None = None) -> compactor.CompactResult:
+        """Fold all journals into a new snapshot (no-op if nothing is new)."""
+        for w in self._writers:
+            if not w.closed and w.buffered:
+                w.flush()
+        result = compactor.compact(
+            self.store, keep_runs=keep_runs, protect_runs=frozenset({self.run_id}), progress=progress
+        )
+        self.refresh()
+        return result
+
+    def gc(
+        self,
+        *,
+        retain: int = compactor.DEFAULT_RETAIN,
+        grace: float = compactor.DEFAULT_GRACE,
+        dry_run: bool = False,
+        keep_runs: int | None = None,
+        progress: bool | None = None,
+    ) -> compactor.GcResult:
+        """Delete snapshots beyond ``retain`` and segments they cover (older than ``grace`` s).
+
+        With ``keep_runs``, first compact retiring all but that many recent runs.
+        """
+        if keep_runs is not None:
+            self.compact(keep_runs=keep_runs, progress=progress)
+        return compactor.gc(self.store, retain=retain, grace=grace, dry_run=dry_run, progress=progress)
+
+    def clear(self) -> None:
+        """Delete the whole checkpoint (every object under the root)."""
+        for w in self._writers:
+            w.closed = True
+        _clear_layout(self.store)
+        self.meta = None
+        self.refresh()
+
+    def close(self) -> None:
+        """Flush and close this checkpoint's writers."""
+        for w in self._writers:
+            w.close()
+        self._writers.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.store.url!r}, run_id={self.run_id!r})"

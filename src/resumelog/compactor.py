@@ -1,0 +1,317 @@
+"""Load, compact and garbage-collect a checkpoint, through the :class:`Store` interface only.
+
+Loading: the latest snapshot that decodes (falling back to older ones, each fallback an
+anomaly), then every stream's segments after its high-water mark in ``seq`` order,
+stopping at a gap. Compaction publishes that state as snapshot ``latest + 1`` with
+put-if-absent; losing the race to another compactor means reloading and trying again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from resumelog import paths
+from resumelog._progress import Progress
+from resumelog.algebra import FoldState
+from resumelog.errors import AlreadyExists, CorruptSegment, CorruptSnapshot, ObjectNotFound, ResumelogError
+from resumelog.format import SnapshotFrames, TornSegment, decode_segment, decode_snapshot_frames
+from resumelog.snapshot import encode_snapshot, load_snapshot
+from resumelog.storage import ObjectInfo, Store
+
+__all__ = ["CompactResult", "GcResult", "Loaded", "compact", "gc", "list_snapshots", "load"]
+
+logger = logging.getLogger("resumelog")
+
+DEFAULT_RETAIN = 3
+DEFAULT_GRACE = 3600.0
+
+
+@dataclass
+class Loaded:
+    """A loaded view: the fold state and where it came from."""
+
+    state: FoldState
+    frames: SnapshotFrames | None
+    snapshot: int
+    """Number of the snapshot loaded (0: none)."""
+    latest_listed: int
+    """Highest snapshot number present (may be a corrupt one we fell back from)."""
+    segments_folded: int = 0
+    records_folded: int = 0
+    journal: list[ObjectInfo] = field(default_factory=list)
+    snapshots: list[ObjectInfo] = field(default_factory=list)
+    streams_listed: set[tuple[str, str]] = field(default_factory=set)
+
+
+def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
+    """Snapshots present, oldest first."""
+    out = []
+    for o in store.list(paths.SNAPSHOT_PREFIX):
+        n = paths.parse_snapshot(o.path)
+        if n is not None:
+            out.append((n, o))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
+def load(
+    store: Store,
+    *,
+    progress: bool | None = None,
+    warn: Callable[[str], None] = logger.warning,
+    before_fold: Callable[[FoldState], None] | None = None,
+) -> Loaded:
+    """Latest valid snapshot plus the journal tail after it, folded.
+
+    Raises :class:`~resumelog.errors.CorruptSnapshot` if snapshots exist but none
+    decodes, :class:`~resumelog.errors.CorruptSegment` for a corrupt segment that is
+    not a tolerated torn tail.
+    """
+    snaps = list_snapshots(store)
+    frames: SnapshotFrames | None = None
+    state: FoldState | None = None
+    loaded_n = 0
+    failures: list[ResumelogError] = []
+    for n, info in reversed(snaps):
+        try:
+            frames, state = load_snapshot(store.read(info.path), info.path)
+            loaded_n = n
+            break
+        except CorruptSnapshot as exc:
+            failures.append(exc)
+        except ObjectNotFound:
+            continue  # collected between list and read
+    if state is None:
+        if failures:
+            raise failures[0]
+        state = FoldState(number=1)
+    state.warn = warn
+    for failure in failures:
+        warn(f"resumelog: skipping unreadable snapshot: {failure}")
+        state.anomaly("snapshot_fallback", "", "", str(failure))
+    latest = snaps[-1][0] if snaps else 0
+    state.number = latest + 1
+    if before_fold is not None:
+        before_fold(state)
+    loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps])
+    fold_journal(store, loaded, progress=progress)
+    return loaded
+
+
+def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) -> None:
+    """Fold every stream's segments after its high-water mark into ``loaded.state``."""
+    state = loaded.state
+    listing = store.list(paths.JOURNAL_PREFIX)
+    loaded.journal = listing
+    streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
+    for o in listing:
+        p = paths.parse_segment(o.path)
+        if p is not None:
+            streams[(p.writer_id, p.incarnation)].append((p.seq, o))
+    loaded.streams_listed = set(streams)
+    plan: list[tuple[str, bool]] = []  # (key, is last listed of its stream)
+    for (w, inc), segs in streams.items():
+        segs.sort(key=lambda t: t[0])
+        expect = state.stream_mark(w, inc) + 1
+        last = segs[-1][0]
+        for seq, o in segs:
+            if seq < expect:
+                continue
+            if seq != expect:
+                break  # gap: the missing segment is not visible yet
+            plan.append((o.path, seq == last))
+            expect += 1
+    stopped: set[tuple[str, str]] = set()
+    last_of = dict(plan)
+    with Progress("folding journal", len(plan), enabled=progress) as bar:
+        for key, result in store.read_many([k for k, _ in plan]):
+            bar.advance()
+            p = paths.parse_segment(key)
+            assert p is not None
+            sid = (p.writer_id, p.incarnation)
+            if sid in stopped:
+                continue
+            if isinstance(result, ObjectNotFound):
+                stopped.add(sid)
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            try:
+                seg = decode_segment(result, key)
+            except TornSegment as exc:
+                if store.torn_writes_possible and last_of[key]:
+                    state.anomaly("torn_tail", "", "", str(exc))
+                    logger.warning("resumelog: ignoring torn last segment %s", key)
+                    stopped.add(sid)
+                    continue
+                raise CorruptSegment(str(exc.args[0]) if exc.args else "truncated segment") from None
+            h = seg.header
+            if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
+                raise CorruptSegment("segment header does not match its object name", key)
+            if state.apply_segment(h, seg.batches, seg.footer.closed):
+                loaded.segments_folded += 1
+                loaded.records_folded += seg.footer.record_count
+    state.finish()
+
+
+@dataclass
+class CompactResult:
+    """What a compaction did."""
+
+    snapshot: int
+    """Number of the snapshot now latest."""
+    written: bool
+    """Whether this call published it (``False``: nothing new to fold)."""
+    segments_folded: int
+    records_folded: int
+    completed: int
+    attempts: int
+    retired_runs: list[str] = field(default_factory=list)
+
+
+def compact(
+    store: Store,
+    *,
+    keep_runs: int | None = None,
+    protect_runs: frozenset[str] = frozenset(),
+    max_attempts: int = 50,
+    progress: bool | None = None,
+    clock: Callable[[], float] = time.time,
+) -> CompactResult:
+    """Fold the latest snapshot and the journal tail into a new snapshot.
+
+    ``keep_runs``: retire every run except the ``keep_runs`` most recently active ones
+    (and ``protect_runs``). Safe against concurrent compactors.
+    """
+    for attempt in range(1, max_attempts + 1):
+        retired: list[str] = []
+
+        def retire(state: FoldState, retired: list[str] = retired) -> None:
+            if keep_runs is not None:
+                live = [r for r, info in state.runs.items() if not info.retired]
+                live.sort(key=lambda r: (state.runs[r].last_snapshot, state.runs[r].first_snapshot, r), reverse=True)
+                retired.extend(state.retire_runs(set(live[:keep_runs]) | protect_runs))
+
+        loaded = load(store, progress=progress, before_fold=retire)
+        state = loaded.state
+        dropped = _prune_streams(loaded)
+        if loaded.snapshot and loaded.segments_folded == 0 and not retired and not dropped:
+            return CompactResult(loaded.snapshot, False, 0, 0, state.completed_count(), attempt)
+        number = state.number
+        data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000))
+        key = paths.snapshot_name(number)
+        try:
+            store.put_if_absent(key, data)
+        except AlreadyExists:
+            if _is_ours(store, key, data):
+                pass
+            else:
+                continue  # another compactor published `number` first: reload
+        return CompactResult(
+            number, True, loaded.segments_folded, loaded.records_folded, state.completed_count(), attempt, retired
+        )
+    raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+def _prune_streams(loaded: Loaded) -> int:
+    """Drop marks of closed streams whose segments were all collected."""
+    gone = [
+        sid
+        for sid, st in loaded.state.streams.items()
+        if st.closed and (st.writer_id, st.incarnation) not in loaded.streams_listed
+    ]
+    for sid in gone:
+        del loaded.state.streams[sid]
+    return len(gone)
+
+
+def _is_ours(store: Store, key: str, data: bytes) -> bool:
+    """After ``AlreadyExists``: was the object there our own (ambiguous retried) write?"""
+    try:
+        existing = store.read(key)
+    except ObjectNotFound:
+        return False
+    return existing == data
+
+
+@dataclass
+class GcResult:
+    """What a garbage collection deleted (or would delete with ``dry_run``)."""
+
+    dry_run: bool
+    segments: int = 0
+    segment_bytes: int = 0
+    snapshots: int = 0
+    snapshot_bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+
+
+def gc(
+    store: Store,
+    *,
+    retain: int = DEFAULT_RETAIN,
+    grace: float = DEFAULT_GRACE,
+    dry_run: bool = False,
+    now: float | None = None,
+    progress: bool | None = None,
+) -> GcResult:
+    """Delete what the retained snapshots make redundant.
+
+    Keeps the ``retain`` newest snapshots; deletes older snapshots and every segment
+    covered by the oldest retained snapshot that decodes, written more than ``grace``
+    seconds ago, except the last segment of a stream that is not closed.
+    """
+    if retain < 1:
+        raise ValueError("retain must be >= 1")
+    now = time.time() if now is None else now
+    result = GcResult(dry_run)
+    snaps = list_snapshots(store)
+    if not snaps:
+        return result
+    kept = snaps[-retain:]
+    marks: dict[tuple[str, str], tuple[int, bool]] | None = None
+    for _, info in kept:
+        try:
+            body = decode_snapshot_frames(store.read(info.path), info.path).body
+        except (CorruptSnapshot, ObjectNotFound):
+            continue
+        marks = {(m.writer_id, m.incarnation): (m.seq, m.closed) for m in body.streams}
+        break
+    if marks is None:
+        return result  # nothing decodes: delete nothing
+    doomed: list[ObjectInfo] = []
+    streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
+    for o in store.list(paths.JOURNAL_PREFIX):
+        p = paths.parse_segment(o.path)
+        if p is not None:
+            streams[(p.writer_id, p.incarnation)].append((p.seq, o))
+    for sid, segs in streams.items():
+        mark = marks.get(sid)
+        if mark is None:
+            continue
+        hwm, closed = mark
+        last = max(s for s, _ in segs)
+        for seq, o in segs:
+            if seq > hwm or (seq == last and not closed):
+                continue
+            if o.mtime is not None and now - o.mtime < grace:
+                continue
+            doomed.append(o)
+            result.segments += 1
+            result.segment_bytes += o.size
+    for _, o in snaps[:-retain]:
+        doomed.append(o)
+        result.snapshots += 1
+        result.snapshot_bytes += o.size
+    result.keys = [o.path for o in doomed]
+    if not dry_run and doomed:
+        with Progress("gc", len(doomed), enabled=progress) as bar:
+            for i in range(0, len(doomed), 1000):
+                chunk = doomed[i : i + 1000]
+                store.delete(o.path for o in chunk)
+                bar.advance(len(chunk))
+    return result

@@ -1,0 +1,468 @@
+"""The bytes on storage: records, segments, snapshots and meta (spec: ``docs/format.md``).
+
+Every object starts with a 24-byte *preamble*, followed by *frames*::
+
+    preamble = magic "RSLG" | kind u8 | flags u8 | version u16 | total_len u64
+               | reserved u32 | crc32c u32      (big-endian; CRC over the first 20 bytes)
+    frame    = length u32 | crc32c u32 | payload[length]     (CRC over the payload)
+
+``total_len`` is the byte length of the whole object, so a truncated object (a torn
+write) is told apart from a corrupted one. Payloads are msgpack, decoded by typed
+``msgspec`` decoders created once; structs are ``array_like`` and may only gain
+trailing fields with defaults (older readers ignore them). An incompatible change bumps
+:data:`FORMAT_VERSION`; a reader meeting a newer version raises
+:class:`~resumelog.errors.UnsupportedFormat`. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any, Final
+
+import msgspec
+from crc32c import crc32c
+
+from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KIND_META",
+    "KIND_SEGMENT",
+    "KIND_SNAPSHOT",
+    "Anomaly",
+    "Batch",
+    "DigestChunk",
+    "Meta",
+    "PendingEntry",
+    "Reset",
+    "RunInfo",
+    "Segment",
+    "SegmentFooter",
+    "SegmentHeader",
+    "SnapshotBody",
+    "SnapshotFrames",
+    "SnapshotHeader",
+    "StreamMark",
+    "TornSegment",
+    "crc32c",
+    "decode_digests",
+    "decode_meta",
+    "decode_segment",
+    "decode_snapshot_frames",
+    "encode_digests",
+    "encode_meta",
+    "encode_object",
+    "encode_segment",
+    "encode_snapshot_frames",
+    "read_preamble",
+    "split_frames",
+]
+
+FORMAT_VERSION: Final = 1
+MAGIC: Final = b"RSLG"
+KIND_SEGMENT: Final = ord("S")
+KIND_SNAPSHOT: Final = ord("N")
+KIND_META: Final = ord("M")
+_KIND_NAMES = {KIND_SEGMENT: "segment", KIND_SNAPSHOT: "snapshot", KIND_META: "meta"}
+
+_PRE = struct.Struct(">4sBBHQI")  # magic, kind, flags, version, total_len, reserved
+PREAMBLE_SIZE: Final = _PRE.size + 4  # + crc32c
+_FRAME = struct.Struct(">II")
+FRAME_HEADER_SIZE: Final = _FRAME.size
+MAX_OBJECT_SIZE: Final = 1 << 40
+
+EMISSION: Final = 1
+"""Bit 0 of a record's flag byte: the record is an emission (the source entered the run)."""
+
+
+# --------------------------------------------------------------------------- structs
+
+
+class Reset(msgspec.Struct, array_like=True, frozen=True):
+    """Operator tombstone: completions of ``source`` by any run in ``runs`` are void."""
+
+    source: str
+    runs: list[str]
+
+
+class Batch(msgspec.Struct, array_like=True):
+    """A columnar batch of records ``(key, source, delta, flags)``.
+
+    ``sources`` holds each distinct source id once; ``source_index[i]`` points into it.
+    All per-record columns have the same length. ``flags`` has one byte per record
+    (bit 0: emission).
+    """
+
+    sources: list[str]
+    source_index: list[int]
+    keys: list[str]
+    deltas: list[int]
+    flags: bytes
+    resets: list[Reset] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class SegmentHeader(msgspec.Struct, array_like=True, frozen=True):
+    """First frame of a segment: which stream, which position, which run."""
+
+    writer_id: str
+    incarnation: str
+    seq: int
+    run_id: str
+    nonce: bytes
+    created_ms: int = 0
+
+
+class SegmentFooter(msgspec.Struct, array_like=True, frozen=True):
+    """Last frame of a segment: counts for validation and the stream's ``closed`` flag."""
+
+    record_count: int
+    batch_count: int
+    closed: bool = False
+
+
+class Segment(msgspec.Struct, frozen=True):
+    """A decoded segment (in memory only)."""
+
+    header: SegmentHeader
+    batches: list[Batch]
+    footer: SegmentFooter
+
+    @property
+    def record_count(self) -> int:
+        return self.footer.record_count
+
+
+class Meta(msgspec.Struct, array_like=True, frozen=True):
+    """``meta.msgpack``: created once per checkpoint, never rewritten."""
+
+    format_version: int
+    fingerprint: dict[str, str | int | float | bool | None]
+    nonce: bytes
+    created_ms: int = 0
+
+
+class StreamMark(msgspec.Struct, array_like=True):
+    """Per-stream high-water mark kept in a snapshot."""
+
+    writer_id: str
+    incarnation: str
+    run_id: str
+    seq: int
+    """Last folded sequence number."""
+    closed: bool = False
+    records: int = 0
+    last_ms: int = 0
+
+
+class RunInfo(msgspec.Struct, array_like=True):
+    """A run known to the snapshot."""
+
+    run_id: str
+    first_snapshot: int
+    last_snapshot: int
+    retired: bool = False
+
+
+class PendingEntry(msgspec.Struct, array_like=True):
+    """The fold state of one ``(run, source)`` that has not completed.
+
+    Parallel columns, one element per (key, stream) pair: a key written by several
+    streams appears once per stream.
+    """
+
+    run: int
+    source: str
+    emitted: bool
+    tainted: bool
+    keys: list[str]
+    streams: list[int]
+    ordinals: list[int]
+    deltas: list[int]
+
+
+class Anomaly(msgspec.Struct, array_like=True, frozen=True):
+    """Something a user should look at: a conflict, a late record, a torn tail..."""
+
+    kind: str
+    source: str
+    run_id: str
+    detail: str = ""
+
+
+class SnapshotHeader(msgspec.Struct, array_like=True, frozen=True):
+    """First frame of a snapshot."""
+
+    format_version: int
+    number: int
+    nonce: bytes
+    created_ms: int = 0
+    completed_count: int = 0
+    ascii_ids: bool = True
+
+
+class SnapshotBody(msgspec.Struct, array_like=True):
+    """Second frame of a snapshot: everything but the completed-id arrays and digests."""
+
+    streams: list[StreamMark]
+    stream_ids: list[str]
+    runs: list[RunInfo]
+    pending: list[PendingEntry]
+    resets: list[Reset]
+    anomalies: list[Anomaly]
+    anomaly_counts: dict[str, int]
+    records_folded: int = 0
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec_header = msgspec.msgpack.Decoder(SegmentHeader)
+_dec_batch = msgspec.msgpack.Decoder(Batch)
+_dec_footer = msgspec.msgpack.Decoder(SegmentFooter)
+_dec_meta = msgspec.msgpack.Decoder(Meta)
+_dec_snap_header = msgspec.msgpack.Decoder(SnapshotHeader)
+_dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
+_dec_digests = msgspec.msgpack.Decoder(dict[str, list[int]])
+
+
+def encode(obj: object) -> bytes:
+    """msgpack-encode a struct with the shared encoder."""
+    return _enc.encode(obj)
+
+
+# --------------------------------------------------------------------------- framing
+
+
+class TornSegment(CorruptSegment):
+    """A segment that ends early: a prefix of a valid object (a torn write).
+
+    Tolerated only for the last segment of a stream on local storage.
+    """
+
+
+def encode_object(kind: int, payloads: Sequence[bytes | memoryview]) -> bytes:
+    """Frame ``payloads`` behind a preamble of ``kind``."""
+    total = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p in payloads)
+    pre = _PRE.pack(MAGIC, kind, 0, FORMAT_VERSION, total, 0)
+    parts: list[bytes | memoryview] = [pre, crc32c(pre).to_bytes(4, "big")]
+    for p in payloads:
+        parts.append(_FRAME.pack(len(p), crc32c(p)))
+        parts.append(p)
+    return b"".join(parts)
+
+
+def read_preamble(data: bytes | memoryview, kind: int, path: str = "") -> int:
+    """Validate the preamble; return ``total_len``.
+
+    Raises :class:`TornSegment` (segments) or the kind's corruption error if the data
+    is too short, :class:`UnsupportedFormat` for a newer version.
+    """
+    err = _error_for(kind)
+    n = len(data)
+    if n < PREAMBLE_SIZE:
+        if bytes(data[:4]) == MAGIC[: min(4, n)]:
+            raise _torn(kind, f"object is {n} bytes, shorter than its preamble", path)
+        raise err("not a resumelog object (bad magic)", path)
+    magic, k, _flags, version, total, _res = _PRE.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise err("not a resumelog object (bad magic)", path)
+    if crc32c(data[: _PRE.size]) != int.from_bytes(data[_PRE.size : PREAMBLE_SIZE], "big"):
+        raise err("preamble CRC mismatch", path)
+    if version > FORMAT_VERSION or version < 1:
+        raise UnsupportedFormat(
+            f"format version {version} is not supported by this resumelog (reads <= {FORMAT_VERSION}); upgrade",
+            path,
+        )
+    if k != kind:
+        raise err(f"expected a {_KIND_NAMES.get(kind)} object, found kind {k!r}", path)
+    if total > n:
+        raise _torn(kind, f"object is {n} bytes but declares {total} (truncated)", path)
+    if total < n or total > MAX_OBJECT_SIZE:
+        raise err(f"object is {n} bytes but declares {total}", path)
+    return int(total)
+
+
+def split_frames(data: bytes | memoryview, kind: int, path: str = "") -> list[memoryview]:
+    """Check preamble and every frame CRC; return the payloads as zero-copy views."""
+    total = read_preamble(data, kind, path)
+    err = _error_for(kind)
+    view = memoryview(data)
+    frames: list[memoryview] = []
+    pos = PREAMBLE_SIZE
+    while pos < total:
+        if pos + FRAME_HEADER_SIZE > total:
+            raise err(f"frame header at byte {pos} runs past the end", path)
+        length, crc = _FRAME.unpack_from(view, pos)
+        start = pos + FRAME_HEADER_SIZE
+        end = start + length
+        if end > total:  # never allocate what a crafted length claims
+            raise err(f"frame at byte {pos} claims {length} bytes, past the end", path)
+        payload = view[start:end]
+        if crc32c(payload) != crc:
+            raise err(f"CRC mismatch in frame at byte {pos}", path)
+        frames.append(payload)
+        pos = end
+    return frames
+
+
+def _error_for(kind: int) -> type[CorruptObject]:
+    if kind == KIND_SEGMENT:
+        return CorruptSegment
+    if kind == KIND_SNAPSHOT:
+        return CorruptSnapshot
+    return CorruptObject
+
+
+def _torn(kind: int, message: str, path: str) -> CorruptObject:
+    return TornSegment(message, path) if kind == KIND_SEGMENT else _error_for(kind)(message, path)
+
+
+def _decode(
+    decoder: msgspec.msgpack.Decoder[Any], payload: memoryview, what: str, err: type[CorruptObject], path: str
+) -> Any:
+    try:
+        return decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise err(f"malformed {what}: {exc}", path) from None
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def encode_segment(header: SegmentHeader, batches: Iterable[Batch], closed: bool = False) -> bytes:
+    """Encode one segment object (header frame, batch frames, footer frame)."""
+    payloads = [_enc.encode(header)]
+    count = 0
+    nb = 0
+    for b in batches:
+        payloads.append(_enc.encode(b))
+        count += len(b.keys)
+        nb += 1
+    payloads.append(_enc.encode(SegmentFooter(count, nb, closed)))
+    return encode_object(KIND_SEGMENT, payloads)
+
+
+def decode_segment(data: bytes | memoryview, path: str = "") -> Segment:
+    """Decode and fully validate a segment.
+
+    Raises :class:`TornSegment` if the object is a truncated prefix,
+    :class:`~resumelog.errors.CorruptSegment` for any CRC or structure failure and
+    :class:`~resumelog.errors.UnsupportedFormat` for a newer format version.
+    """
+    frames = split_frames(data, KIND_SEGMENT, path)
+    if len(frames) < 2:
+        raise CorruptSegment("segment has no header or footer frame", path)
+    header: SegmentHeader = _decode(_dec_header, frames[0], "segment header", CorruptSegment, path)
+    footer: SegmentFooter = _decode(_dec_footer, frames[-1], "segment footer", CorruptSegment, path)
+    batches: list[Batch] = [_decode(_dec_batch, f, "record batch", CorruptSegment, path) for f in frames[1:-1]]
+    count = 0
+    for b in batches:
+        n = len(b.keys)
+        ns = len(b.sources)
+        if len(b.source_index) != n or len(b.deltas) != n or len(b.flags) != n:
+            raise CorruptSegment("record batch columns have different lengths", path)
+        if n and (min(b.source_index) < 0 or max(b.source_index) >= ns):
+            raise CorruptSegment("record batch source index out of range", path)
+        count += n
+    if footer.record_count != count or footer.batch_count != len(batches):
+        raise CorruptSegment(
+            f"footer says {footer.record_count} records in {footer.batch_count} batches, found {count} in {len(batches)}",
+            path,
+        )
+    if header.seq < 0:
+        raise CorruptSegment("negative sequence number", path)
+    return Segment(header, batches, footer)
+
+
+# --------------------------------------------------------------------------- meta
+
+
+def encode_meta(meta: Meta) -> bytes:
+    """Encode ``meta.msgpack``."""
+    return encode_object(KIND_META, [_enc.encode(meta)])
+
+
+def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
+    """Decode ``meta.msgpack``; typed errors as for segments."""
+    frames = split_frames(data, KIND_META, path)
+    if len(frames) != 1:
+        raise CorruptObject("meta object must have exactly one frame", path)
+    meta: Meta = _decode(_dec_meta, frames[0], "meta", CorruptObject, path)
+    if meta.format_version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"checkpoint format version {meta.format_version} is newer than this resumelog", path)
+    return meta
+
+
+# --------------------------------------------------------------------------- snapshots
+
+SNAPSHOT_FRAMES: Final = 7
+"""header, body, u64 hashes, u64 offsets, u32 completing-run indexes, id blob, digests."""
+
+
+class DigestChunk(msgspec.Struct, array_like=True, frozen=True):
+    """Key digests of sources completed by ``runs``: ``data`` is a msgpack map
+    ``source -> [u64 digest, ...]``, decoded only when a late record needs it."""
+
+    runs: list[str]
+    data: bytes
+
+
+class SnapshotFrames(msgspec.Struct, frozen=True):
+    """A decoded snapshot (in memory only); arrays and blob are zero-copy views."""
+
+    header: SnapshotHeader
+    body: SnapshotBody
+    hashes: memoryview
+    offsets: memoryview
+    runs: memoryview
+    blob: memoryview
+    digests: list[DigestChunk]
+
+
+_dec_chunks = msgspec.msgpack.Decoder(list[DigestChunk])
+
+
+def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
+    """Encode a snapshot object."""
+    return encode_object(
+        KIND_SNAPSHOT,
+        [
+            _enc.encode(frames.header),
+            _enc.encode(frames.body),
+            frames.hashes,
+            frames.offsets,
+            frames.runs,
+            frames.blob,
+            _enc.encode(frames.digests),
+        ],
+    )
+
+
+def decode_snapshot_frames(data: bytes | memoryview, path: str = "") -> SnapshotFrames:
+    """Split, check and decode a snapshot; the id arrays and blob stay zero-copy views."""
+    frames = split_frames(data, KIND_SNAPSHOT, path)
+    if len(frames) != SNAPSHOT_FRAMES:
+        raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {SNAPSHOT_FRAMES}", path)
+    header: SnapshotHeader = _decode(_dec_snap_header, frames[0], "snapshot header", CorruptSnapshot, path)
+    if header.format_version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"snapshot format version {header.format_version} is newer", path)
+    body: SnapshotBody = _decode(_dec_snap_body, frames[1], "snapshot body", CorruptSnapshot, path)
+    hashes, offsets, runs, blob = frames[2], frames[3], frames[4], frames[5]
+    n = header.completed_count
+    if len(hashes) != 8 * n or len(offsets) != 8 * (n + 1) or len(runs) != 4 * n:
+        raise CorruptSnapshot("completed-id arrays do not match the declared count", path)
+    chunks: list[DigestChunk] = _decode(_dec_chunks, frames[6], "digest chunks", CorruptSnapshot, path)
+    return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
+
+
+def encode_digests(digests: dict[str, list[int]]) -> bytes:
+    """Encode the ``data`` of a :class:`DigestChunk`."""
+    return _enc.encode(digests)
+
+
+def decode_digests(payload: memoryview | bytes, path: str = "") -> dict[str, list[int]]:
+    """Decode the ``data`` of a :class:`DigestChunk`."""
+    result: dict[str, list[int]] = _decode(_dec_digests, memoryview(payload), "digests", CorruptSnapshot, path)
+    return result

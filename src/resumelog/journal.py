@@ -1,0 +1,351 @@
+"""The journal writer: buffer records, flush them as immutable segments of one stream.
+
+One :class:`Writer` per process (or worker) and run. Its stream is
+``journal/<writer_id>/<incarnation>/``; the incarnation is a new ULID per writer open,
+so a reused writer id never collides with an old journal. Segments are numbered
+``0, 1, 2...`` and written with put-if-absent; nothing is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import secrets
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
+from typing import Any, NamedTuple
+
+from resumelog import paths
+from resumelog.errors import AlreadyExists, FlushError, InvalidId, ResumelogError
+from resumelog.format import EMISSION, Batch, Reset, SegmentHeader, decode_segment, encode_segment
+from resumelog.storage import Store
+
+__all__ = ["DONE_KEY", "EMIT_KEY", "FlushPolicy", "Writer"]
+
+EMIT_KEY = "\x00emit"
+"""Reserved key of ``emit(source)`` without a key (one per source and run: retries dedupe)."""
+DONE_KEY = "\x00done"
+"""Reserved key of the ``-1`` that ``complete(source)`` writes."""
+
+_MAX_DELTA = (1 << 63) - 1
+
+
+class FlushPolicy:
+    """When a writer flushes on its own: buffered bytes, buffered records, seconds.
+
+    The interval is checked as records arrive (every 1024 records) and on ``flush``;
+    there is no background thread.
+    """
+
+    __slots__ = ("max_bytes", "max_records", "max_seconds")
+
+    def __init__(self, max_bytes: int = 1 << 20, max_records: int = 200_000, max_seconds: float = 10.0) -> None:
+        if max_bytes <= 0 or max_records <= 0 or max_seconds <= 0:
+            raise ValueError("flush policy limits must be positive")
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.max_seconds = max_seconds
+
+    def __repr__(self) -> str:
+        return (
+            f"FlushPolicy(max_bytes={self.max_bytes}, max_records={self.max_records}, max_seconds={self.max_seconds})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FlushPolicy, (self.max_bytes, self.max_records, self.max_seconds))
+
+
+class Writer:
+    """Appends delta records to this process's own journal stream.
+
+    Not thread-safe for concurrent ``record`` calls (use one writer per thread or a
+    lock); ``flush`` is serialised. Use as a context manager: leaving the block
+    flushes and closes. ``atexit`` and ``SIGTERM`` flush every open writer.
+
+    A writer pickles as a *handle*: unpickling in another process opens a new writer
+    (new incarnation, its own buffer) on the same checkpoint and run.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        writer_id: str | None,
+        run_id: str,
+        *,
+        policy: FlushPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        incarnation: str | None = None,
+        handle: Any = None,
+        on_flush: Callable[[SegmentHeader, list[Batch], bool], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.writer_id = paths.validate_id(writer_id if writer_id is not None else paths.default_writer_id())
+        self.run_id = paths.validate_id(run_id, "run id")
+        self.incarnation = incarnation or paths.new_ulid(clock)
+        self.policy = policy or FlushPolicy()
+        self._clock = clock
+        self._handle = handle
+        self._on_flush = on_flush
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+        self.seq = 0
+        self.closed = False
+        self._pending: _PendingSegment | None = None
+        self._reset_buffer()
+        self._last_flush = clock()
+        self.records_written = 0
+        self.bytes_written = 0
+        self.flush_count = 0
+        self.flush_seconds: list[float] = []
+        _register(self)
+
+    # ------------------------------------------------------------------ buffer
+
+    def _reset_buffer(self) -> None:
+        self._src: dict[str, int] = {}
+        self._sources: list[str] = []
+        self._idx: list[int] = []
+        self._keys: list[str] = []
+        self._deltas: list[int] = []
+        self._flags = bytearray()
+        self._resets: list[Reset] = []
+        self._bytes = 0
+        self._tick = 0
+
+    def _new_source(self, source: object) -> int:
+        if type(source) is not str or not source:
+            raise InvalidId(f"source id must be a non-empty str, got {source!r:.80}")
+        _check_text(source, "source id")
+        i = self._src[source] = len(self._sources)
+        self._sources.append(source)
+        self._bytes += len(source) + 2
+        return i
+
+    @property
+    def buffered(self) -> int:
+        """Records not yet durable (buffered plus a segment awaiting retry)."""
+        return len(self._keys) + (self._pending.records if self._pending else 0)
+
+    def record(self, key: str, source: str, delta: int, *, emission: bool = False) -> None:
+        """Buffer one record ``(key, source, delta)``.
+
+        ``emission=True`` marks the source as entered into this run (what ``emit``
+        does). Positive deltas must be made durable with :meth:`flush` before the
+        work they account for is dispatched (the durability barrier).
+        """
+        if type(key) is not str or not (key.isascii() or _check_text(key, "key")):
+            raise InvalidId(f"record key must be a str, got {key!r:.80}")
+        if type(delta) is not int or not -_MAX_DELTA <= delta <= _MAX_DELTA:
+            raise InvalidId(f"delta must be a 64-bit int, got {delta!r:.80}")
+        if self.closed:
+            raise ResumelogError("writer is closed")
+        i = self._src.get(source)
+        if i is None:
+            i = self._new_source(source)
+        self._idx.append(i)
+        self._keys.append(key)
+        self._deltas.append(delta)
+        self._flags.append(EMISSION if emission else 0)
+        self._bytes += len(key) + 4
+        self._tick += 1
+        if self._bytes >= self.policy.max_bytes or len(self._keys) >= self.policy.max_records:
+            self.flush()
+        elif not self._tick & 1023 and self._clock() - self._last_flush >= self.policy.max_seconds:
+            self.flush()
+
+    def record_many(self, keys: Sequence[str], sources: Sequence[str], deltas: Sequence[int]) -> None:
+        """Buffer many records at once (same checks as :meth:`record`)."""
+        if not len(keys) == len(sources) == len(deltas):
+            raise ValueError("keys, sources and deltas must have the same length")
+        for k, s, d in zip(keys, sources, deltas):
+            self.record(k, s, d)
+
+    def emit(self, source: str, key: str | None = None) -> None:
+        """The source enters the pipeline in this run: ``+1`` (an emission).
+
+        Without ``key`` a reserved key derived from the source is used, so retries
+        deduplicate. Flush before dispatching the source's work.
+        """
+        self.record(EMIT_KEY if key is None else key, source, 1, emission=True)
+
+    def complete(self, source: str) -> None:
+        """The simple case: ``source`` is fully done (``+1`` emission and ``-1``, one segment)."""
+        self.record(EMIT_KEY, source, 1, emission=True)
+        # append the -1 directly so no flush can separate the pair
+        self._idx.append(self._src[source])
+        self._keys.append(DONE_KEY)
+        self._deltas.append(-1)
+        self._flags.append(0)
+        self._bytes += 10
+        if self._bytes >= self.policy.max_bytes or len(self._keys) >= self.policy.max_records:
+            self.flush()
+
+    def complete_many(self, sources: Iterable[str]) -> None:
+        """``complete`` each source."""
+        for s in sources:
+            self.complete(s)
+
+    def reset(self, source: str, runs: Iterable[str]) -> None:
+        """Buffer an operator tombstone voiding ``source``'s completion by ``runs``."""
+        if type(source) is not str or not source:
+            raise InvalidId(f"source id must be a non-empty str, got {source!r:.80}")
+        self._resets.append(Reset(source, sorted(set(runs))))
+        self._bytes += len(source) + 32
+
+    # ------------------------------------------------------------------ flush
+
+    def flush(self) -> None:
+        """Make every buffered record durable; returns when they are.
+
+        On failure raises :class:`~resumelog.errors.FlushError` and keeps everything
+        for the next ``flush`` (the same segment bytes are retried, so an ambiguous
+        earlier success is recognised by its nonce and not duplicated).
+        """
+        self._flush(closed=False)
+
+    def _flush(self, closed: bool) -> None:
+        with self._lock:
+            if os.getpid() != self._pid:
+                raise ResumelogError("this writer was created in another process; open a new writer here")
+            if self._pending is not None:
+                self._put_pending()
+            if not self._keys and not self._resets and not (closed and self.seq > 0):
+                self._last_flush = self._clock()
+                return
+            nonce = secrets.token_bytes(16)
+            header = SegmentHeader(
+                self.writer_id, self.incarnation, self.seq, self.run_id, nonce, int(self._clock() * 1000)
+            )
+            batch = Batch(self._sources, self._idx, self._keys, self._deltas, bytes(self._flags), self._resets)
+            batches = [batch] if batch.keys or batch.resets else []
+            data = encode_segment(header, batches, closed=closed)
+            key = paths.segment_name(self.writer_id, self.incarnation, self.seq)
+            self._pending = _PendingSegment(header, batches, closed, key, data, len(self._keys))
+            self._reset_buffer()
+            self._put_pending()
+
+    def _put_pending(self) -> None:
+        p = self._pending
+        assert p is not None
+        key, data, n = p.key, p.data, p.records
+        t0 = time.perf_counter()
+        try:
+            try:
+                self.store.put_if_absent(key, data)
+            except AlreadyExists:
+                # an earlier attempt may have succeeded without us hearing back
+                existing = self.store.read(key)
+                if decode_segment(existing, key).header.nonce != p.header.nonce:
+                    raise FlushError(
+                        f"{self.store.url}/{key} exists and was written by someone else "
+                        "(two processes share one writer incarnation?)"
+                    ) from None
+        except FlushError:
+            raise
+        except Exception as exc:
+            raise FlushError(f"flush of {n} records to {self.store.url}/{key} failed: {exc}") from exc
+        self._pending = None
+        self.seq = p.header.seq + 1
+        self.records_written += n
+        self.bytes_written += len(data)
+        self.flush_count += 1
+        self.flush_seconds.append(time.perf_counter() - t0)
+        if len(self.flush_seconds) > 4096:
+            del self.flush_seconds[:2048]
+        self._last_flush = self._clock()
+        if self._on_flush is not None:
+            self._on_flush(p.header, p.batches, p.closed)
+
+    def close(self) -> None:
+        """Flush and mark the stream closed (its last segment may then be collected)."""
+        if self.closed or os.getpid() != self._pid:
+            return
+        self._flush(closed=True)
+        self.closed = True
+        _unregister(self)
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._handle is None:
+            raise TypeError("this writer has no handle to pickle; use Checkpoint.writer()")
+        return (_open_from_handle, (self._handle,))
+
+    def __repr__(self) -> str:
+        return f"Writer({self.store.url!r}, writer_id={self.writer_id!r}, run_id={self.run_id!r}, seq={self.seq})"
+
+
+class _PendingSegment(NamedTuple):
+    header: SegmentHeader
+    batches: list[Batch]
+    closed: bool
+    key: str
+    data: bytes
+    records: int
+
+
+def _open_from_handle(handle: Any) -> Writer:
+    w: Writer = handle.writer()
+    return w
+
+
+def _check_text(value: str, what: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidId(f"{what} is not valid UTF-8 text (lone surrogate): {value!r:.80}") from None
+    return True
+
+
+# ---------------------------------------------------------------------- lifecycle
+
+_OPEN: weakref.WeakSet[Writer] = weakref.WeakSet()
+_HOOKED = False
+_PREV_SIGTERM: Any = None
+
+
+def _register(w: Writer) -> None:
+    global _HOOKED, _PREV_SIGTERM
+    _OPEN.add(w)
+    if _HOOKED:
+        return
+    _HOOKED = True
+    atexit.register(_flush_all)
+    if threading.current_thread() is threading.main_thread() and not os.environ.get("RESUMELOG_NO_SIGTERM"):
+        try:
+            _PREV_SIGTERM = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):  # not the main interpreter / unsupported
+            pass
+
+
+def _unregister(w: Writer) -> None:
+    _OPEN.discard(w)
+
+
+def _flush_all() -> None:
+    for w in list(_OPEN):
+        try:
+            w.close()
+        except Exception:  # noqa: BLE001 - best effort at exit; flush errors were raised before
+            pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _flush_all()
+    prev = _PREV_SIGTERM
+    if prev == signal.SIG_IGN:
+        return
+    if callable(prev):
+        prev(signum, frame)
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

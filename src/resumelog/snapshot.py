@@ -1,0 +1,141 @@
+"""Snapshots: a :class:`~resumelog.algebra.FoldState` to bytes and back (no I/O here)."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+
+from resumelog.algebra import FoldState, SourceRunState, _Stream
+from resumelog.format import (
+    FORMAT_VERSION,
+    DigestChunk,
+    PendingEntry,
+    Reset,
+    RunInfo,
+    SnapshotBody,
+    SnapshotFrames,
+    SnapshotHeader,
+    decode_digests,
+    decode_snapshot_frames,
+    encode_digests,
+    encode_snapshot_frames,
+)
+from resumelog.idset import CompletedIndex, build_index
+
+__all__ = ["encode_snapshot", "load_snapshot"]
+
+MAX_DIGEST_CHUNKS = 16
+
+
+def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFrames, FoldState]:
+    """Decode a snapshot into a fold state ready to fold the tail after it.
+
+    Raises :class:`~resumelog.errors.CorruptSnapshot` or
+    :class:`~resumelog.errors.UnsupportedFormat`.
+    """
+    from resumelog.errors import CorruptSnapshot
+
+    frames = decode_snapshot_frames(data, path)
+    h, body = frames.header, frames.body
+    try:
+        base = CompletedIndex(frames.hashes, frames.offsets, frames.runs, frames.blob, h.ascii_ids)
+    except ValueError as exc:
+        raise CorruptSnapshot(str(exc), path) from None
+    nruns = len(body.runs)
+    state = FoldState(number=h.number + 1, base=base)
+    for info in body.runs:
+        state.runs[info.run_id] = RunInfo(info.run_id, info.first_snapshot, info.last_snapshot, info.retired)
+        state.run_order.append(info.run_id)
+    for sid in body.stream_ids:
+        state._stream(sid)
+    for m in body.streams:
+        state.streams[f"{m.writer_id}/{m.incarnation}"] = _Stream(
+            m.writer_id, m.incarnation, m.run_id, m.seq, m.closed, m.records, m.last_ms
+        )
+    nstreams = len(body.stream_ids)
+    for p in body.pending:
+        if not 0 <= p.run < nruns or not (len(p.keys) == len(p.streams) == len(p.ordinals) == len(p.deltas)):
+            raise CorruptSnapshot("malformed pending entry", path)
+        s = SourceRunState()
+        for k, si, o, d in zip(p.keys, p.streams, p.ordinals, p.deltas):
+            if not 0 <= si < nstreams:
+                raise CorruptSnapshot("pending entry refers to an unknown stream", path)
+            s.apply(k, si, o, d)
+        s.emitted, s.tainted = p.emitted, p.tainted
+        s.reported = s.conflicts > 0
+        state.pending[(state.run_order[p.run], p.source)] = s
+    for r in body.resets:
+        state.resets.setdefault(r.source, set()).update(r.runs)
+    state.anomalies = list(body.anomalies)
+    state.anomaly_counts = Counter(body.anomaly_counts)
+    state.records_folded = body.records_folded
+    chunks = frames.digests
+
+    def load_digests() -> dict[str, list[int]]:
+        merged: dict[str, list[int]] = {}
+        for c in chunks:  # oldest first, so newer chunks win
+            merged.update(decode_digests(c.data, path))
+        return merged
+
+    state.digest_loader = load_digests
+    return frames, state
+
+
+def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, created_ms: int = 0) -> bytes:
+    """Encode ``state`` as snapshot number ``state.number``.
+
+    ``previous`` is the snapshot the state was loaded from (its arrays are reused
+    verbatim when no completion changed, and its digest chunks are carried over).
+    """
+    run_index = {r: i for i, r in enumerate(state.run_order)}
+    hashes: bytes | memoryview
+    offsets: bytes | memoryview
+    runs: bytes | memoryview
+    blob: bytes | memoryview
+    if previous is not None and not state.added and not state.removed:
+        hashes, offsets, runs, blob = previous.hashes, previous.offsets, previous.runs, previous.blob
+        count, ascii_ids = previous.header.completed_count, previous.header.ascii_ids
+    else:
+        add = {s: run_index[r] for s, r in state.added.items()}
+        hashes, offsets, runs, blob, count, ascii_ids = build_index(state.base, state.removed, add)
+    header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids)
+    pending = []
+    for (run, src), s in state.pending.items():
+        keys: list[str] = []
+        streams: list[int] = []
+        ords: list[int] = []
+        deltas: list[int] = []
+        for k, si, o, d in s.items():
+            keys.append(k)
+            streams.append(si)
+            ords.append(o)
+            deltas.append(d)
+        pending.append(PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas))
+    live = {r for r, info in state.runs.items() if not info.retired}
+    body = SnapshotBody(
+        streams=state.stream_marks(),
+        stream_ids=list(state.stream_ids),
+        runs=[state.runs[r] for r in state.run_order],
+        pending=pending,
+        resets=[Reset(src, sorted(runs & live)) for src, runs in sorted(state.resets.items()) if runs & live],
+        anomalies=list(state.anomalies),
+        anomaly_counts=dict(state.anomaly_counts),
+        records_folded=state.records_folded,
+    )
+    chunks = [c for c in (previous.digests if previous else []) if set(c.runs) & live]
+    fresh = {s: sorted(d) for s, d in state.digests.items() if state.added.get(s) in live}
+    if fresh:
+        chunks.append(DigestChunk(sorted({state.added[s] for s in fresh}), encode_digests(fresh)))
+    if len(chunks) > MAX_DIGEST_CHUNKS:
+        merged: dict[str, list[int]] = {}
+        runs_in: set[str] = set()
+        for c in chunks:
+            merged.update(decode_digests(c.data))
+            runs_in.update(c.runs)
+        keep = {s: d for s, d in merged.items() if state.completed_run(s) in live}
+        chunks = [DigestChunk(sorted(runs_in & live), encode_digests(keep))]
+    return encode_snapshot_frames(
+        SnapshotFrames(
+            header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), chunks
+        )
+    )

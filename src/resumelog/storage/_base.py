@@ -1,0 +1,104 @@
+"""The storage interface every backend implements (``Store``) and its object listing type."""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from resumelog.errors import InvalidId
+
+__all__ = ["ObjectInfo", "Store", "check_key"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: ``path`` relative to the store root, ``size`` in bytes,
+    ``mtime`` in seconds since the epoch (``None`` if the backend does not say)."""
+
+    path: str
+    size: int
+    mtime: float | None = None
+
+
+def check_key(key: str) -> str:
+    """Refuse object keys that could escape the checkpoint root."""
+    if (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\0" in key
+        or any(part in ("", ".", "..") for part in key.split("/"))
+        or posixpath.normpath(key) != key
+    ):
+        raise InvalidId(f"invalid object key {key[:80]!r}: must be a relative path without '.', '..' or empty parts")
+    return key
+
+
+class Store(ABC):
+    """A flat namespace of immutable objects under one root.
+
+    Five operations — create-only put, read, list under a prefix, delete, and
+    ``clear`` — plus capability flags. The journal, compactor and readers use nothing
+    else, so a backend is correct iff it passes
+    :class:`resumelog.testing.store.StoreTests`.
+    """
+
+    #: ``put_if_absent`` is atomic: of N concurrent creators exactly one succeeds.
+    atomic_create: bool = True
+    #: A crash can leave a truncated object visible (local filesystems).
+    torn_writes_possible: bool = False
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where the store lives, for messages (never contains credentials)."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` with ``data``; raise :class:`~resumelog.errors.AlreadyExists`
+        if it exists. When this returns, the object is durable."""
+
+    @abstractmethod
+    def read(self, key: str) -> bytes:
+        """Return the bytes of ``key``; :class:`~resumelog.errors.ObjectNotFound` if absent."""
+
+    def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
+        """Read several objects; yield ``(key, bytes or the exception)`` in input order.
+
+        Backends with request latency override this to read concurrently.
+        """
+        for k in keys:
+            try:
+                yield k, self.read(k)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller per key
+                yield k, exc
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (recursive), sorted by key."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; missing ones are ignored."""
+
+    def clear(self) -> None:
+        """Delete every object under the root."""
+        self.delete(o.path for o in self.list(""))
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` exists (by reading; backends may do better)."""
+        from resumelog.errors import ObjectNotFound
+
+        try:
+            self.read(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,177 @@
+"""Local and POSIX network filesystems (NFS, Lustre): temp file + fsync + ``os.link``.
+
+``os.link`` fails with ``EEXIST`` if the final name exists, which makes the create
+atomic on every POSIX filesystem including NFS (where ``O_EXCL`` historically was
+not). ``os.rename`` would silently overwrite, and fsspec's local ``mode="create"``
+checks then writes; neither is used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterable
+
+from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
+from resumelog.storage._base import ObjectInfo, Store, check_key
+
+__all__ = ["LocalStore"]
+
+_PARTIAL = ".partial"
+
+
+class LocalStore(Store):
+    """Objects as files under ``root``."""
+
+    atomic_create = True
+    torn_writes_possible = True
+
+    def __init__(self, root: str, *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        self.fsync = fsync
+
+    @property
+    def url(self) -> str:
+        return self.root
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *check_key(key).split("/"))
+
+    def _makedirs(self, d: str) -> None:
+        missing = []
+        while not os.path.isdir(d):
+            missing.append(d)
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        for m in reversed(missing):
+            try:
+                os.mkdir(m)
+            except FileExistsError:
+                continue
+            if self.fsync:
+                _fsync_dir(os.path.dirname(m))
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        final = self._path(key)
+        d = os.path.dirname(final)
+        tmp = f"{final}.{uuid.uuid4().hex}{_PARTIAL}"
+        try:
+            self._makedirs(d)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                raise AlreadyExists(f"{final} already exists") from None
+            if self.fsync:
+                _fsync_dir(d)
+        except AlreadyExists:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
+        finally:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:  # best effort; listing ignores *.partial
+                pass
+
+    def read(self, key: str) -> bytes:
+        p = self._path(key)
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{p} does not exist") from None
+        except IsADirectoryError:
+            raise ObjectNotFound(f"{p} is a directory") from None
+        except OSError as exc:
+            raise StorageError(exc.errno or errno.EIO, f"cannot read {p}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        # walk the deepest directory the prefix names, then filter by the full prefix
+        head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, *head.split("/")) if head else self.root
+        out: list[ObjectInfo] = []
+        if not os.path.isdir(start):
+            return out
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in filenames:
+                if name.endswith(_PARTIAL):
+                    continue
+                key = rel + name
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+        out.sort(key=lambda o: o.path)
+        return out
+
+    def delete(self, keys: Iterable[str]) -> None:
+        dirs = set()
+        for k in keys:
+            p = self._path(k)
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError(exc.errno or errno.EIO, f"cannot delete {p}: {exc.strerror or exc}") from exc
+            dirs.add(os.path.dirname(p))
+        # remove directories left empty (journal/<writer>/<incarnation>/), never the root
+        for d in sorted(dirs, key=len, reverse=True):
+            while d.startswith(self.root + os.sep):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = os.path.dirname(d)
+
+    def clear(self) -> None:
+        super().clear()
+        for dirpath, _dirs, files in os.walk(self.root, topdown=False):
+            for f in files:
+                if f.endswith(_PARTIAL):
+                    os.unlink(os.path.join(dirpath, f))
+            if dirpath != self.root:
+                try:
+                    os.rmdir(dirpath)
+                except OSError:
+                    pass
+
+    def exists(self, key: str) -> bool:
+        return os.path.isfile(self._path(key))
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (LocalStore, (self.root,))
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

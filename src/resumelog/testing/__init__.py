@@ -1,0 +1,1 @@
+"""Test helpers shipped with resumelog (conformance suites, S3 test servers)."""
