@@ -119,7 +119,7 @@ class SourceRunState:
         """Emitted, not tainted, no conflict, and the deltas sum to zero."""
         return self.emitted and not self.tainted and self.conflicts == 0 and self.total == 0
 
-    def items(self) -> Iterator[tuple[str, int, int, int]]:
+    def items(self) -> Iterator[tuple[str, int, int, int]]:  # (key, stream, ordinal, delta)
         """All ``(key, stream, ordinal, delta)`` entries."""
         for k, e in self.entries.items():
             if type(e) is tuple:
@@ -351,6 +351,41 @@ class FoldState:
         for r in batch.resets:
             self.apply_reset(r)
 
+    def apply_positive(self, header: SegmentHeader, batches: Sequence[Batch]) -> None:
+        """Fold only the positive records of a segment, without advancing its stream.
+
+        Used for segments that appeared between two listings of the journal: their
+        positive deltas may be causal predecessors of records already folded (a
+        fan-out ``+k`` flushed while the first listing was walking), so they must
+        count; their other records wait for the next fold. Positive records only
+        ever raise a sum, so this can delay a completion but never cause one.
+        """
+        info = self.runs.get(header.run_id)
+        if info is not None and info.retired:
+            return
+        self._run(header.run_id)
+        stream = self._stream(f"{header.writer_id}/{header.incarnation}")
+        ordinal = header.seq << 32
+        for b in batches:
+            for si, key, delta, flag in zip(b.source_index, b.keys, b.deltas, b.flags):
+                if delta > 0:
+                    src = b.sources[si]
+                    if self.completed_run(src) == header.run_id:
+                        s = self._late(header.run_id, src, key, delta)
+                        if s is None:
+                            ordinal += 1
+                            continue
+                    else:
+                        k = (header.run_id, src)
+                        s = self.pending.get(k)
+                        if s is None:
+                            s = self.pending[k] = SourceRunState()
+                        self._touched.add(k)
+                    if flag & EMISSION:
+                        s.emitted = True
+                    s.apply(key, stream, ordinal, delta)
+                ordinal += 1
+
     def _late(self, run: str, source: str, key: str, delta: int) -> SourceRunState | None:
         digest = self.digest_of(source)
         if key_digest(key, delta) in digest:
@@ -394,17 +429,25 @@ class FoldState:
             if s is not None:
                 s.tainted = True
 
-    def finish(self) -> list[str]:
+    def finish(self, sole_stream: str | None = None) -> list[str]:
         """Evaluate every state touched since the last call; return newly completed ids.
 
         Completed states are collapsed into the completed set (with their digest);
-        conflicts are reported once per state.
+        conflicts are reported once per state. With ``sole_stream`` (a process folding
+        its own flush into its view), only states written entirely by that stream may
+        complete — other streams' records may not all be visible — and the rest stay
+        touched for the next full evaluation.
         """
         done: list[str] = []
         pending = self.pending
+        only = self._stream_index.get(sole_stream) if sole_stream is not None else None
+        keep: set[tuple[str, str]] = set()
         for k in self._touched:
             s = pending.get(k)
             if s is None:
+                continue
+            if sole_stream is not None and any(e[1] != only for e in s.items()):
+                keep.add(k)
                 continue
             run, src = k
             if s.conflicts and not s.reported:
@@ -420,7 +463,7 @@ class FoldState:
                 self.added[src] = run
                 self.digests[src] = s.digest()
                 done.append(src)
-        self._touched.clear()
+        self._touched = keep
         return done
 
     def retire_runs(self, keep: Iterable[str]) -> list[str]:

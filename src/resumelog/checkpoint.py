@@ -132,7 +132,7 @@ def default_run_id() -> str:
 
 
 def open(  # noqa: A001 - the public name is part of the contract
-    url: str | os.PathLike[str],
+    url: str | os.PathLike[str] | Store,
     *,
     storage_options: Mapping[str, Any] | None = None,
     run_id: str | None = None,
@@ -147,7 +147,8 @@ def open(  # noqa: A001 - the public name is part of the contract
     Parameters
     ----------
     url
-        Local path, ``file://``, ``memory://name``, ``s3://bucket/prefix``, ``gs://...``.
+        Local path, ``file://``, ``memory://name``, ``s3://bucket/prefix``, ``gs://...``,
+        or an already opened :class:`~resumelog.storage.Store`.
     storage_options
         Passed to fsspec (credentials, endpoint...).
     run_id
@@ -168,9 +169,15 @@ def open(  # noqa: A001 - the public name is part of the contract
         raise ValueError("on_mismatch must be 'raise' or 'reset'")
     rid = paths.validate_id(run_id, "run id") if run_id is not None else default_run_id()
     fp = _check_fingerprint(fingerprint)
-    store = open_store(os.fspath(url), storage_options, single_writer=single_writer)
+    if isinstance(url, Store):
+        store = url
+        url = store.url
+        storage_options = {**getattr(store, "storage_options", {}), **(storage_options or {})}
+    else:
+        url = os.fspath(url)
+        store = open_store(url, storage_options, single_writer=single_writer)
     meta = _ensure_meta(store, fp, on_mismatch, create)
-    return Checkpoint(store, os.fspath(url), dict(storage_options or {}), rid, meta, single_writer, flush_policy)
+    return Checkpoint(store, url, dict(storage_options or {}), rid, meta, single_writer, flush_policy)
 
 
 def _check_fingerprint(fp: Mapping[str, Scalar] | None) -> dict[str, Scalar] | None:
@@ -382,7 +389,7 @@ class Checkpoint:
             st = self._state
             if st.stream_mark(header.writer_id, header.incarnation) == header.seq - 1:
                 st.apply_segment(header, batches, closed)
-                st.finish()
+                st.finish(sole_stream=f"{header.writer_id}/{header.incarnation}")
 
     def reset(self, sources: Iterable[str]) -> list[str]:
         """Forget the completion of ``sources`` (operator override); returns those reset.

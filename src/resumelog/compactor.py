@@ -148,14 +148,44 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
                     logger.warning("resumelog: ignoring torn last segment %s", key)
                     stopped.add(sid)
                     continue
-                raise CorruptSegment(str(exc.args[0]) if exc.args else "truncated segment") from None
+                raise
             h = seg.header
             if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
                 raise CorruptSegment("segment header does not match its object name", key)
             if state.apply_segment(h, seg.batches, seg.footer.closed):
                 loaded.segments_folded += 1
                 loaded.records_folded += seg.footer.record_count
+    _fold_latecomers(store, state)
     state.finish()
+
+
+def _fold_latecomers(store: Store, state: FoldState) -> None:
+    """List again and fold the positive records of segments the first listing missed.
+
+    A listing is not a point-in-time snapshot: while it walks, a fan-out ``+k`` can be
+    flushed in a stream it already passed and a sink's ``-1`` (which happened after
+    it) in a stream it reaches later. Every segment completed before the first
+    listing ended is visible to the second, so folding the second's new positive
+    records keeps the folded set closed under "happened before" for everything that
+    can lower a sum.
+    """
+    fresh: list[str] = []
+    for o in store.list(paths.JOURNAL_PREFIX):
+        p = paths.parse_segment(o.path)
+        if p is not None and p.seq > state.stream_mark(p.writer_id, p.incarnation):
+            fresh.append(o.path)
+    if not fresh:
+        return
+    for key, result in store.read_many(fresh):
+        if isinstance(result, ObjectNotFound):
+            continue
+        if isinstance(result, BaseException):
+            raise result
+        try:
+            seg = decode_segment(result, key)
+        except TornSegment:
+            continue  # a torn segment holds nothing that was acknowledged
+        state.apply_positive(seg.header, seg.batches)
 
 
 @dataclass

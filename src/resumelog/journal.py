@@ -174,13 +174,17 @@ class Writer:
 
     def complete(self, source: str) -> None:
         """The simple case: ``source`` is fully done (``+1`` emission and ``-1``, one segment)."""
-        self.record(EMIT_KEY, source, 1, emission=True)
-        # append the -1 directly so no flush can separate the pair
-        self._idx.append(self._src[source])
-        self._keys.append(DONE_KEY)
-        self._deltas.append(-1)
-        self._flags.append(0)
-        self._bytes += 10
+        if self.closed:
+            raise ResumelogError("writer is closed")
+        i = self._src.get(source)
+        if i is None:
+            i = self._new_source(source)
+        # both records are appended before any flush check, so they share a segment
+        self._idx += (i, i)
+        self._keys += (EMIT_KEY, DONE_KEY)
+        self._deltas += (1, -1)
+        self._flags += b"\x01\x00"
+        self._bytes += 20
         if self._bytes >= self.policy.max_bytes or len(self._keys) >= self.policy.max_records:
             self.flush()
 

@@ -1,0 +1,198 @@
+"""``StoreTests``: the conformance suite every storage backend must pass.
+
+Subclass it in a test module, provide a ``store`` fixture (a fresh, empty store) and
+the two backdoor methods ``raw_get`` / ``raw_put`` that reach the underlying storage
+*without* the store's own methods, so that the store's methods are what is tested::
+
+    class TestMyStore(StoreTests):
+        @pytest.fixture
+        def store(self, tmp_path):
+            return MyStore(tmp_path)
+
+        def raw_get(self, store, key): ...
+        def raw_put(self, store, key, data): ...
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from resumelog.errors import AlreadyExists, InvalidId, ObjectNotFound, ResumelogError
+from resumelog.storage import Store
+
+__all__ = ["StoreTests"]
+
+
+class StoreTests:
+    """Shared behaviour of :class:`resumelog.storage.Store` implementations."""
+
+    #: number of threads racing in the create-only test
+    race_threads: int = 8
+
+    def raw_get(self, store: Store, key: str) -> bytes | None:
+        """Bytes stored under ``key`` (``None`` if absent), bypassing ``store``."""
+        raise NotImplementedError
+
+    def raw_put(self, store: Store, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, bypassing ``store``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ put/read
+
+    def test_put_then_read(self, store: Store) -> None:
+        store.put_if_absent("a/b/c.seg", b"hello")
+        assert store.read("a/b/c.seg") == b"hello"
+        assert self.raw_get(store, "a/b/c.seg") == b"hello"
+
+    def test_read_sees_raw_put(self, store: Store) -> None:
+        self.raw_put(store, "x/y", b"\x00\x01binary")
+        assert store.read("x/y") == b"\x00\x01binary"
+
+    def test_put_if_absent_refuses_existing(self, store: Store) -> None:
+        store.put_if_absent("k", b"first")
+        with pytest.raises(AlreadyExists) as info:
+            store.put_if_absent("k", b"second")
+        assert isinstance(info.value, FileExistsError)
+        assert isinstance(info.value, ResumelogError)
+        assert store.read("k") == b"first"
+
+    def test_put_if_absent_refuses_raw_existing(self, store: Store) -> None:
+        self.raw_put(store, "k2", b"theirs")
+        with pytest.raises(AlreadyExists):
+            store.put_if_absent("k2", b"mine")
+        assert store.read("k2") == b"theirs"
+
+    def test_empty_and_large_objects(self, store: Store) -> None:
+        big = bytes(range(256)) * 4096 * 3  # 3 MiB
+        store.put_if_absent("big", big)
+        store.put_if_absent("empty", b"")
+        assert store.read("big") == big
+        assert store.read("empty") == b""
+
+    def test_read_missing(self, store: Store) -> None:
+        with pytest.raises(ObjectNotFound) as info:
+            store.read("nope/none")
+        assert isinstance(info.value, FileNotFoundError)
+
+    def test_exists(self, store: Store) -> None:
+        assert not store.exists("e")
+        store.put_if_absent("e", b"1")
+        assert store.exists("e")
+
+    @pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/./b", "a/../b", "", "a/", "nul\0x"])
+    def test_rejects_keys_escaping_the_root(self, store: Store, key: str) -> None:
+        with pytest.raises(InvalidId):
+            store.put_if_absent(key, b"x")
+
+    # ------------------------------------------------------------------ list
+
+    def test_list_prefix_sorted_with_sizes(self, store: Store) -> None:
+        for k in ["journal/w2/I/00000000000000000001.seg", "journal/w1/I/00000000000000000000.seg", "snapshots/1"]:
+            store.put_if_absent(k, k.encode())
+        listed = store.list("journal/")
+        assert [o.path for o in listed] == [
+            "journal/w1/I/00000000000000000000.seg",
+            "journal/w2/I/00000000000000000001.seg",
+        ]
+        assert [o.size for o in listed] == [len(o.path) for o in listed]
+        assert [o.path for o in store.list("")] == sorted(
+            ["journal/w2/I/00000000000000000001.seg", "journal/w1/I/00000000000000000000.seg", "snapshots/1"]
+        )
+
+    def test_list_prefix_is_a_string_prefix(self, store: Store) -> None:
+        store.put_if_absent("journal/w1/a", b"1")
+        store.put_if_absent("journal/w10/a", b"2")
+        assert [o.path for o in store.list("journal/w1/")] == ["journal/w1/a"]
+        assert [o.path for o in store.list("journal/w1")] == ["journal/w1/a", "journal/w10/a"]
+
+    def test_list_missing_prefix_is_empty(self, store: Store) -> None:
+        assert store.list("nothing/here/") == []
+
+    def test_list_many(self, store: Store) -> None:
+        keys = [f"many/{i:05d}" for i in range(1100)]  # more than one S3 listing page
+        for k in keys:
+            self.raw_put(store, k, b"x")
+        assert [o.path for o in store.list("many/")] == keys
+
+    def test_list_has_mtime(self, store: Store) -> None:
+        store.put_if_absent("t", b"1")
+        (info,) = store.list("t")
+        assert info.mtime is None or info.mtime > 1_600_000_000
+
+    # ------------------------------------------------------------------ delete
+
+    def test_delete(self, store: Store) -> None:
+        store.put_if_absent("d/1", b"1")
+        store.put_if_absent("d/2", b"2")
+        store.delete(["d/1", "d/missing"])
+        assert self.raw_get(store, "d/1") is None
+        assert store.read("d/2") == b"2"
+        assert [o.path for o in store.list("d/")] == ["d/2"]
+        store.put_if_absent("d/1", b"again")  # a deleted name can be created again
+        assert store.read("d/1") == b"again"
+
+    def test_clear(self, store: Store) -> None:
+        store.put_if_absent("c/1", b"1")
+        store.put_if_absent("c/2/3", b"2")
+        store.clear()
+        assert store.list("") == []
+
+    def test_read_many(self, store: Store) -> None:
+        store.put_if_absent("m/1", b"one")
+        store.put_if_absent("m/2", b"two")
+        got = list(store.read_many(["m/2", "m/none", "m/1"]))
+        assert [k for k, _ in got] == ["m/2", "m/none", "m/1"]
+        assert got[0][1] == b"two" and got[2][1] == b"one"
+        assert isinstance(got[1][1], ObjectNotFound)
+
+    # ------------------------------------------------------------------ atomicity
+
+    def test_concurrent_create_has_one_winner(self, store: Store) -> None:
+        if not store.atomic_create:
+            pytest.skip("backend declares no atomic create")
+        for round_ in range(3):
+            key = f"race/{round_}"
+            wins: list[int] = []
+            errors: list[BaseException] = []
+            barrier = threading.Barrier(self.race_threads)
+
+            def attempt(
+                i: int,
+                key: str = key,
+                wins: list[int] = wins,
+                errors: list[BaseException] = errors,
+                barrier: threading.Barrier = barrier,
+            ) -> None:
+                barrier.wait()
+                try:
+                    store.put_if_absent(key, f"writer-{i}".encode())
+                    wins.append(i)
+                except AlreadyExists:
+                    pass
+                except BaseException as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=attempt, args=(i,)) for i in range(self.race_threads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert len(wins) == 1, wins
+            assert store.read(key) == f"writer-{wins[0]}".encode()
+
+    def test_store_is_usable_through_the_checkpoint_api(
+        self, store: Store, checkpoint_factory: Callable[..., Any]
+    ) -> None:
+        """End to end through the facade on this backend."""
+        ck = checkpoint_factory(store)
+        with ck.writer("w1") as w:
+            w.complete("s1")
+            w.emit("s2")
+        ck.compact()
+        assert sorted(ck.completed) == ["s1"]
+        assert ck.pending(["s1", "s2", "s3"]) == ["s2", "s3"]

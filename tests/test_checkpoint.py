@@ -1,0 +1,356 @@
+"""The facade: open, fingerprint, compaction, loading, GC, reset, clear, bad input."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+import resumelog
+from resumelog import compactor, paths
+from resumelog.errors import CorruptSegment, CorruptSnapshot, FingerprintMismatch, ObjectNotFound, UnsupportedFormat
+from resumelog.format import FORMAT_VERSION, PREAMBLE_SIZE, decode_segment
+from resumelog.format import crc32c as crc
+from resumelog.storage import LocalStore
+
+
+def snapshot_of(tmp_path):
+    return {p: open(p, "rb").read() for p in sorted(str(x) for x in tmp_path.rglob("*") if x.is_file())}
+
+
+def fill(ck, n, prefix="s", writer="w1"):
+    with ck.writer(writer) as w:
+        for i in range(n):
+            w.complete(f"{prefix}{i}")
+
+
+def test_roundtrip_and_views(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 5)
+    assert ck.is_completed("s3") and not ck.is_completed("s9")
+    assert len(ck.completed) == 5 and "s0" in ck.completed and 7 not in ck.completed
+    assert sorted(ck.completed) == [f"s{i}" for i in range(5)]
+    assert ck.pending(["s9", "s1", "s8", "s1"]) == ["s9", "s8"]
+    again = resumelog.open(str(tmp_path))
+    assert sorted(again.completed) == sorted(ck.completed)
+
+
+def test_compaction_then_tail(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 100)
+    r = ck.compact()
+    assert r.written and r.snapshot == 1 and r.completed == 100
+    fill(ck, 10, prefix="t", writer="w2")
+    fresh = resumelog.open(str(tmp_path))
+    assert len(fresh.completed) == 110
+    assert fresh.compact().snapshot == 2
+    # idempotent: nothing new -> no new snapshot
+    r3 = fresh.compact()
+    assert not r3.written and r3.snapshot == 2
+    assert len(compactor.list_snapshots(fresh.store)) == 2
+
+
+def test_fingerprint(tmp_path):
+    resumelog.open(str(tmp_path), fingerprint={"num_records": 10, "model": "x"})
+    resumelog.open(str(tmp_path), fingerprint={"num_records": 10, "model": "x"})
+    resumelog.open(str(tmp_path))  # no fingerprint given: accept
+    before = snapshot_of(tmp_path)
+    with pytest.raises(FingerprintMismatch) as info:
+        resumelog.open(str(tmp_path), fingerprint={"num_records": 20, "model": "x", "extra": True})
+    assert set(info.value.differences) == {"num_records", "extra"}
+    assert info.value.differences["num_records"] == (10, 20)
+    assert "num_records" in str(info.value)
+    assert snapshot_of(tmp_path) == before  # a failed open changes nothing
+    ck = resumelog.open(str(tmp_path), fingerprint={"num_records": 20}, on_mismatch="reset")
+    assert ck.fingerprint == {"num_records": 20}
+
+
+def test_fingerprint_values_must_be_scalars(tmp_path):
+    with pytest.raises(resumelog.InvalidId):
+        resumelog.open(str(tmp_path), fingerprint={"a": [1, 2]})
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_checkpoint_without_create(tmp_path):
+    with pytest.raises(ObjectNotFound):
+        resumelog.open(str(tmp_path / "nope"), create=False)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_invalid_run_id(tmp_path):
+    with pytest.raises(resumelog.InvalidId):
+        resumelog.open(str(tmp_path), run_id="../x")
+    assert not os.listdir(tmp_path)
+
+
+def test_run_id_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "4242")
+    monkeypatch.delenv("RESUMELOG_RUN_ID", raising=False)
+    assert resumelog.open(str(tmp_path)).run_id == "4242"
+    monkeypatch.setenv("RESUMELOG_RUN_ID", "mine")
+    assert resumelog.open(str(tmp_path)).run_id == "mine"
+
+
+def _rewrite_version(data: bytes, version: int) -> bytes:
+    pre = bytearray(data[:PREAMBLE_SIZE])
+    struct.pack_into(">H", pre, 6, version)
+    struct.pack_into(">I", pre, 20, crc(bytes(pre[:20])))
+    return bytes(pre) + data[PREAMBLE_SIZE:]
+
+
+def test_unknown_format_version_is_a_clear_error(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 3)
+    ck.compact()
+    snap = tmp_path / paths.snapshot_name(1)
+    snap.write_bytes(_rewrite_version(snap.read_bytes(), FORMAT_VERSION + 1))
+    before = snapshot_of(tmp_path)
+    with pytest.raises(UnsupportedFormat, match="version 2"):
+        resumelog.open(str(tmp_path))
+    meta = tmp_path / paths.META
+    meta.write_bytes(_rewrite_version(meta.read_bytes(), 9))
+    with pytest.raises(UnsupportedFormat):
+        resumelog.open(str(tmp_path))
+    assert snapshot_of(tmp_path) == {**before, str(meta): meta.read_bytes()}
+
+
+def test_garbage_only_snapshot_is_a_clear_error(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 3)
+    ck.compact()
+    (tmp_path / paths.snapshot_name(1)).write_bytes(b"this is not a snapshot")
+    before = snapshot_of(tmp_path)
+    with pytest.raises(CorruptSnapshot) as info:
+        resumelog.open(str(tmp_path))
+    assert paths.snapshot_name(1) in str(info.value)
+    assert snapshot_of(tmp_path) == before
+
+
+def test_corrupt_latest_snapshot_falls_back_to_previous(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 3)
+    ck.compact()
+    fill(ck, 3, prefix="t", writer="w2")
+    ck.compact()
+    p = tmp_path / paths.snapshot_name(2)
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0xFF
+    p.write_bytes(bytes(data))
+    again = resumelog.open(str(tmp_path))
+    assert len(again.completed) == 6  # snapshot 1 + the journal tail
+    assert again.status().anomaly_counts.get("snapshot_fallback") == 1
+    # compaction moves past the corrupt number instead of fighting over it
+    assert again.compact().snapshot == 3
+
+
+def test_corrupt_middle_segment_raises_naming_it(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    with ck.writer("w1") as w:
+        for i in range(3):
+            w.complete(f"s{i}")
+            w.flush()
+    segs = [o.path for o in ck.store.list("journal/")]
+    p = tmp_path / segs[1]
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(CorruptSegment) as info:
+        resumelog.open(str(tmp_path))
+    assert segs[1] in str(info.value)
+
+
+def test_torn_tail_tolerated_only_for_last_segment(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    w = ck.writer("w1")
+    for i in range(3):
+        w.complete(f"s{i}")
+        w.flush()
+    w.closed = True  # the process "crashed": no closing segment
+    segs = [o.path for o in ck.store.list("journal/")]
+    last = tmp_path / segs[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])
+    again = resumelog.open(str(tmp_path))
+    assert sorted(again.completed) == ["s0", "s1"]
+    assert again.status().anomaly_counts.get("torn_tail") == 1
+    # the same truncation in the middle of a stream is corruption
+    last.write_bytes(data)
+    mid = tmp_path / segs[1]
+    mdata = mid.read_bytes()
+    mid.write_bytes(mdata[:-5])
+    with pytest.raises(CorruptSegment):
+        resumelog.open(str(tmp_path))
+
+
+def test_torn_tail_not_tolerated_on_object_store(memory_url):
+    ck = resumelog.open(memory_url)
+    with ck.writer("w1") as w:
+        w.complete("a")
+    (seg,) = ck.store.list("journal/")
+    data = ck.store.read(seg.path)
+    ck.store.delete([seg.path])
+    ck.store.put_if_absent(seg.path, data[:-4])
+    with pytest.raises(CorruptSegment):
+        resumelog.open(memory_url)
+
+
+def test_gc_keeps_three_snapshots_and_open_stream_tails(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    w = ck.writer("open-writer")
+    for round_ in range(5):
+        with ck.writer(f"w{round_}") as cw:
+            cw.complete(f"c{round_}")
+        w.complete(f"o{round_}")
+        w.flush()
+        ck.compact()
+    assert len(compactor.list_snapshots(ck.store)) == 5
+    dry = ck.gc(grace=0, dry_run=True)
+    assert dry.snapshots == 2 and dry.segments > 0
+    assert len(ck.store.list("")) > 0 and len(compactor.list_snapshots(ck.store)) == 5
+    res = ck.gc(grace=0)
+    assert res.keys == dry.keys
+    assert [n for n, _ in compactor.list_snapshots(ck.store)] == [3, 4, 5]
+    remaining = [o.path for o in ck.store.list("journal/")]
+    # the open writer's last segment stays; closed writers covered by snapshot 3 are gone
+    assert paths.segment_name("open-writer", w.incarnation, 4) in remaining
+    assert not any(p.startswith("journal/w0/") for p in remaining)
+    fresh = resumelog.open(str(tmp_path))
+    assert len(fresh.completed) == 10
+    # the grace period protects recent segments
+    assert ck.gc(grace=3600).segments == 0
+
+
+def test_gc_never_deletes_uncovered_segments(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    fill(ck, 2)
+    ck.compact()
+    fill(ck, 2, prefix="t", writer="w2")  # not compacted yet
+    ck.gc(grace=0)
+    assert len(resumelog.open(str(tmp_path)).completed) == 4
+
+
+def test_reset_forgets_completion_and_survives_compaction(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r1")
+    fill(ck, 3)
+    ck.compact()
+    assert ck.reset(["s1", "never-done"]) == ["s1"]
+    assert not ck.is_completed("s1")
+    ck.compact()
+    fresh = resumelog.open(str(tmp_path), run_id="r2")
+    assert sorted(fresh.completed) == ["s0", "s2"]
+    fill(fresh, 3)  # rerun in r2 completes it again
+    assert sorted(resumelog.open(str(tmp_path)).completed) == ["s0", "s1", "s2"]
+
+
+def test_clear_deletes_only_resumelog_objects(tmp_path):
+    (tmp_path / "user-data.txt").write_text("keep me")
+    ck = resumelog.open(str(tmp_path), fingerprint={"a": 1})
+    fill(ck, 3)
+    ck.compact()
+    ck.clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user-data.txt"]
+    assert len(resumelog.open(str(tmp_path)).completed) == 0
+
+
+def test_status_counts(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r1", fingerprint={"n": 5})
+    fill(ck, 4)
+    with ck.writer("w2") as w:
+        w.emit("p1")
+        w.emit("p2")
+    st = ck.status()
+    assert (st.completed, st.pending, st.snapshot) == (4, 2, 0)
+    assert st.fingerprint == {"n": 5}
+    assert {w.writer_id for w in st.writers} == {"w1", "w2"}
+    assert st.journal_objects == 2 and st.journal_bytes > 0
+    (run,) = st.runs
+    assert (run.run_id, run.pending_sources, run.completed_sources) == ("r1", 2, 4)
+    ck.compact()
+    st2 = ck.status()
+    assert st2.snapshot == 1 and st2.snapshot_objects == 1 and st2.unfolded_segments == 0
+
+
+def test_keep_runs_retires_old_runs(tmp_path):
+    for run in ["a", "b", "c"]:
+        ck = resumelog.open(str(tmp_path), run_id=run)
+        with ck.writer("w") as w:
+            w.emit(f"pending-{run}")
+            w.complete(f"done-{run}")
+        ck.compact()
+    ck = resumelog.open(str(tmp_path), run_id="c")
+    r = ck.compact(keep_runs=1)
+    assert sorted(r.retired_runs) == ["a", "b"]
+    st = ck.status()
+    assert {x.run_id: x.retired for x in st.runs} == {"a": True, "b": True, "c": False}
+    assert st.pending == 1
+    assert sorted(ck.completed) == ["done-a", "done-b", "done-c"]  # completion is sticky
+
+
+class RacyListingStore(LocalStore):
+    """Local store whose journal listing is not a point-in-time snapshot: a hook
+    writes segments *during* the first listing, and the listing returns the later
+    one but not the earlier one (what a directory walk or paginated LIST can do)."""
+
+    def __init__(self, root, hook):
+        super().__init__(root)
+        self.hook = hook
+
+    def list(self, prefix=""):
+        before = super().list(prefix)
+        if prefix == "journal/" and self.hook is not None:
+            hook, self.hook = self.hook, None
+            early, late = hook()
+            after = super().list(prefix)
+            return sorted(
+                [o for o in after if o.path != early and (o in before or o.path == late)], key=lambda o: o.path
+            )
+        return before
+
+
+def test_listing_race_never_completes_early(tmp_path):
+    # emit (+1) is durable; during the compactor's listing the fan-out (+2) is flushed
+    # by writer "b-fan" and then a sink's -1 by writer "a-sink"; the racy listing sees
+    # the -1 but not the +2.
+    base = resumelog.open(str(tmp_path), run_id="r")
+    with base.writer("src") as w:
+        w.emit("s")
+
+    def hook():
+        store = LocalStore(str(tmp_path))
+        fan = resumelog.journal.Writer(store, "b-fan", "r")
+        fan.record("f", "s", 2)
+        fan.flush()
+        sink = resumelog.journal.Writer(store, "a-sink", "r")
+        sink.record("x", "s", -1)
+        sink.flush()
+        return (paths.segment_name("b-fan", fan.incarnation, 0), paths.segment_name("a-sink", sink.incarnation, 0))
+
+    store = RacyListingStore(str(tmp_path), hook)
+    result = compactor.compact(store)
+    assert result.written
+    ck = resumelog.open(str(tmp_path), run_id="r")
+    assert not ck.is_completed("s")  # sum is +2: two sinks outstanding
+    with ck.writer("a-sink2") as w:
+        w.record("y", "s", -1)
+        w.record("z", "s", -1)
+    ck.compact()
+    assert ck.is_completed("s")
+
+
+def test_own_flushes_update_the_view_only_when_safe(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r")
+    other = resumelog.open(str(tmp_path), run_id="r")
+    with other.writer("fan") as w:
+        w.emit("s")
+        w.record("f", "s", 1)
+    w2 = ck.writer("sink")
+    w2.record("a", "s", -1)
+    w2.record("b", "s", -1)
+    w2.flush()
+    assert not ck.is_completed("s")  # records of another stream are not all visible here
+    ck.refresh()
+    assert ck.is_completed("s")
+    w2.complete("own")
+    w2.flush()
+    assert ck.is_completed("own")  # entirely written by this process: visible at once

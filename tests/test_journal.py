@@ -1,0 +1,194 @@
+"""The journal writer: ids, buffering, flush policy, failed flushes, lifecycle."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import resumelog
+from resumelog import paths
+from resumelog.errors import AlreadyExists, FlushError, InvalidId
+from resumelog.format import decode_segment
+from resumelog.journal import FlushPolicy, Writer
+from resumelog.storage import LocalStore, MemoryStore
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a b", "x" * 129, "é", "a\0b", None, 7])
+def test_invalid_writer_ids(bad, tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    if bad is None:
+        ck.writer(None).close()  # None means the default <host>-<pid>
+        return
+    with pytest.raises(InvalidId):
+        ck.writer(bad)
+    assert [o.path for o in ck.store.list("journal/")] == []
+
+
+def test_default_writer_id_is_host_pid():
+    wid = paths.default_writer_id()
+    assert paths.validate_id(wid) == wid
+    assert wid.endswith(f"-{__import__('os').getpid()}")
+
+
+def test_incarnations_differ_and_sort_by_time():
+    ids = [paths.new_ulid(clock=lambda t=t: t) for t in (1.0, 2.0, 3.0)]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+
+
+def test_nothing_written_without_records():
+    store = MemoryStore("journal-empty")
+    store.clear()
+    w = Writer(store, "w", "r")
+    w.flush()
+    w.close()
+    assert store.list("") == []  # never an empty PUT, no closing marker for an unused stream
+
+
+def test_flush_by_record_count_and_bytes():
+    store = MemoryStore("journal-policy")
+    store.clear()
+    w = Writer(store, "w", "r", policy=FlushPolicy(max_bytes=1 << 30, max_records=10))
+    for i in range(25):
+        w.record(f"k{i}", "s", 0)
+    assert len(store.list("journal/")) == 2 and w.buffered == 5
+    w2 = Writer(store, "w2", "r", policy=FlushPolicy(max_bytes=200, max_records=10**6))
+    for i in range(20):
+        w2.record(f"key-{i:04d}", "s", 0)
+    assert len(store.list("journal/w2/")) >= 1
+
+
+def test_flush_by_interval_with_injected_clock():
+    store = MemoryStore("journal-interval")
+    store.clear()
+    now = [0.0]
+    w = Writer(store, "w", "r", policy=FlushPolicy(max_seconds=5), clock=lambda: now[0])
+    for i in range(1024):
+        w.record(f"k{i}", "s", 0)
+    assert store.list("journal/") == []
+    now[0] = 6.0
+    for i in range(1024):
+        w.record(f"j{i}", "s", 0)
+    assert len(store.list("journal/")) == 1
+
+
+def test_complete_pair_lands_in_one_segment():
+    store = MemoryStore("journal-pair")
+    store.clear()
+    w = Writer(store, "w", "r", policy=FlushPolicy(max_records=3))
+    w.complete("a")
+    w.complete("b")  # 4 records: the flush happens after the pair, not between
+    (seg,) = store.list("journal/")
+    decoded = decode_segment(store.read(seg.path))
+    assert decoded.batches[0].keys == ["\x00emit", "\x00done", "\x00emit", "\x00done"]
+
+
+def test_segment_names_and_header():
+    store = MemoryStore("journal-names")
+    store.clear()
+    w = Writer(store, "w1", "run7")
+    w.complete("s")
+    w.flush()
+    w.complete("t")
+    w.close()
+    keys = [o.path for o in store.list("journal/")]
+    assert keys == [paths.segment_name("w1", w.incarnation, i) for i in range(2)]
+    segs = [decode_segment(store.read(k), k) for k in keys]
+    assert [s.header.seq for s in segs] == [0, 1]
+    assert {s.header.run_id for s in segs} == {"run7"}
+    assert [s.footer.closed for s in segs] == [False, True]
+
+
+class FlakyStore(LocalStore):
+    """A real local store whose next N creates fail (as a network error would)."""
+
+    def __init__(self, root, fail=0, lose_response=0):
+        super().__init__(root)
+        self.fail = fail
+        self.lose_response = lose_response
+
+    def put_if_absent(self, key, data):
+        if self.fail:
+            self.fail -= 1
+            raise OSError("connection reset")
+        super().put_if_absent(key, data)
+        if self.lose_response:
+            self.lose_response -= 1
+            raise OSError("response lost after a successful write")
+
+
+def test_failed_flush_raises_and_keeps_buffer(tmp_path):
+    store = FlakyStore(str(tmp_path), fail=2)
+    w = Writer(store, "w", "r")
+    w.complete("a")
+    with pytest.raises(FlushError):
+        w.flush()
+    assert w.buffered == 2
+    w.complete("b")
+    with pytest.raises(FlushError):
+        w.flush()
+    assert w.buffered == 4
+    w.flush()
+    assert w.buffered == 0
+    segs = [decode_segment(store.read(o.path)) for o in store.list("journal/")]
+    assert [s.header.seq for s in segs] == [0, 1]
+    assert sum(s.record_count for s in segs) == 4
+
+
+def test_ambiguous_success_is_recognised_by_nonce(tmp_path):
+    store = FlakyStore(str(tmp_path), lose_response=1)
+    w = Writer(store, "w", "r")
+    w.complete("a")
+    with pytest.raises(FlushError):
+        w.flush()  # the write landed but we were told it failed
+    w.flush()  # retry: AlreadyExists -> read back -> our nonce -> success, no duplicate
+    assert w.buffered == 0 and w.seq == 1
+    assert len(store.list("journal/")) == 1
+
+
+def test_foreign_object_at_our_seq_is_a_flush_error(tmp_path):
+    store = LocalStore(str(tmp_path))
+    w = Writer(store, "w", "r")
+    other = Writer(store, "w", "r", incarnation=w.incarnation)
+    other.complete("x")
+    other.flush()
+    w.complete("a")
+    with pytest.raises(FlushError, match="someone else"):
+        w.flush()
+    assert w.buffered == 2
+    with pytest.raises(AlreadyExists):
+        store.put_if_absent(paths.segment_name("w", w.incarnation, 0), b"")
+
+
+def test_invalid_records_are_refused_before_buffering():
+    w = Writer(MemoryStore("journal-bad"), "w", "r")
+    with pytest.raises(InvalidId):
+        w.record(1, "s", 1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidId):
+        w.record("k", "s", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidId):
+        w.record("k", "s", 1 << 70)
+    with pytest.raises(InvalidId):
+        w.record("k", "", 1)
+    with pytest.raises(InvalidId):
+        w.record("k", "\ud800", 1)
+    with pytest.raises(InvalidId):
+        w.record("\udc00", "s", 1)
+    assert w.buffered == 0
+
+
+def test_writer_pickles_as_a_handle(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="rr")
+    w = ck.writer("w1")
+    w.complete("a")
+    clone = pickle.loads(pickle.dumps(w))
+    assert clone.run_id == "rr" and clone.writer_id == "w1"
+    assert clone.incarnation != w.incarnation and clone.buffered == 0
+    clone.complete("b")
+    clone.close()
+    w.close()
+    ck.refresh()
+    assert sorted(ck.completed) == ["a", "b"]
+    h = pickle.loads(pickle.dumps(ck.handle()))
+    assert h.run_id == "rr"
+    assert "secret" not in repr(resumelog.WriterHandle("memory://x", "r", {"secret": "hunter2"}))
