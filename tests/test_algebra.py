@@ -224,7 +224,7 @@ def test_segment_replay_is_noop_and_gap_raises():
     h, b = st.segment([emit("s")])
     assert st.state.apply_segment(h, b)
     assert not st.state.apply_segment(h, b)
-    h2, b2 = st.segment([("x", "s", -1)])
+    _h2, _b2 = st.segment([("x", "s", -1)])
     h3, b3 = st.segment([("y", "s", -1)])
     with pytest.raises(ValueError):
         st.state.apply_segment(h3, b3)

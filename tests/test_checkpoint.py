@@ -10,7 +10,7 @@ import pytest
 import resumelog
 from resumelog import compactor, paths
 from resumelog.errors import CorruptSegment, CorruptSnapshot, FingerprintMismatch, ObjectNotFound, UnsupportedFormat
-from resumelog.format import FORMAT_VERSION, PREAMBLE_SIZE, decode_segment
+from resumelog.format import FORMAT_VERSION, PREAMBLE_SIZE
 from resumelog.format import crc32c as crc
 from resumelog.storage import LocalStore
 
