@@ -1,0 +1,64 @@
+"""Child-process programs for the crash and race tests (run as a script, never imported by pytest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+
+import resumelog
+from resumelog import compactor
+from resumelog.storage import open_store
+
+
+def writer(url: str, run_id: str, writer_id: str, n: int, flush_every: int, pause_at: int = -1) -> None:
+    """Counter-API pipeline: emit(+1) and a +1 fan-out are flushed at once (barrier);
+    the two sink -1 are flushed every `flush_every` sources. Prints `ACK i` after the
+    flush that made source i complete. At source `pause_at` (after its sink records are
+    buffered, before they are flushed) prints PAUSED and waits to be killed."""
+    h = resumelog.WriterHandle(url, run_id)
+    w = h.writer(writer_id)
+    for i in range(n):
+        s = f"s{i:05d}"
+        w.emit(s)
+        w.record(f"{s}/fan", s, 1)
+        w.flush()
+        w.record(f"{s}/a", s, -1)
+        w.record(f"{s}/b", s, -1)
+        if i == pause_at:
+            print("PAUSED", flush=True)
+            time.sleep(600)
+        if (i + 1) % flush_every == 0:
+            w.flush()
+            print(f"ACK {i}", flush=True)
+    w.close()
+    print("DONE", flush=True)
+
+
+def compact_race(url: str, start_at: float) -> None:
+    while time.time() < start_at:
+        pass
+    r = compactor.compact(open_store(url))
+    ck = resumelog.open(url, create=False)
+    digest = hashlib.sha256("\n".join(sorted(ck.completed)).encode()).hexdigest()
+    print(
+        json.dumps(
+            {
+                "snapshot": r.snapshot,
+                "written": r.written,
+                "attempts": r.attempts,
+                "completed": len(ck.completed),
+                "digest": digest,
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    cmd, *args = sys.argv[1:]
+    if cmd == "writer":
+        writer(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]) if len(args) > 5 else -1)
+    elif cmd == "compact":
+        compact_race(args[0], float(args[1]))
