@@ -23,7 +23,7 @@ Laws (property-tested in ``property_tests/test_algebra_laws.py``):
   a function of the state, is order-independent.
 * **Sticky completion** is the one deliberate exception: once a fold *finishes*
   (a snapshot is cut) a completed source is collapsed to its id, its completing run
-  and a digest of its ``(key, delta)`` pairs. A later record for it in the same run
+  and its ``key -> delta`` entries. A later record for it in the same run
   that is a same-key, same-delta duplicate changes nothing; any other record of that
   run *un-completes* it (anomaly ``late_record``, one warning) and taints the run's
   state so it reruns — conservative, never falsely complete. Records of *other* runs
@@ -40,12 +40,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from resumelog.format import EMISSION, Anomaly, Batch, Reset, RunInfo, SegmentHeader, StreamMark
-from resumelog.idset import CompletedIndex, hash64
+from resumelog.idset import CompletedIndex
 
 __all__ = [
+    "DONE_KEY",
+    "EMIT_KEY",
     "FoldState",
     "SourceRunState",
-    "key_digest",
     "merge",
 ]
 
@@ -54,70 +55,93 @@ logger = logging.getLogger("resumelog")
 MAX_ANOMALIES = 1000
 _CONFLICT = object()
 
+EMIT_KEY = "\x00emit"
+"""Reserved key of ``emit(source)`` without a key (one per source and run: retries dedupe)."""
+DONE_KEY = "\x00done"
+"""Reserved key of the ``-1`` that ``complete(source)`` writes."""
+SIMPLE_COMPLETION: Mapping[str, int] = {EMIT_KEY: 1, DONE_KEY: -1}
+"""Final deltas of a source completed by ``complete()``; not stored per source."""
 
-def key_digest(key: str, delta: int) -> int:
-    """64-bit digest of a ``(key, delta)`` pair kept for completed sources."""
-    return hash64(key.encode("utf-8", "surrogatepass") + b"\0" + str(delta).encode())
+
+def is_recorded(entries: Mapping[str, int], key: str, delta: int) -> bool:
+    """Whether ``(key, delta)`` is among the final deltas kept for a completed source."""
+    return entries.get(key) == delta
 
 
 class SourceRunState:
     """Fold state of one source in one run.
 
     ``entries[key]`` is either a tuple ``(stream, ordinal, delta)`` (one stream wrote
-    the key, the fast path) or a dict ``{stream: (ordinal, delta)}``.
-    ``total`` is the sum of effective deltas of non-conflicting keys and ``conflicts``
-    the number of conflicting keys; both are maintained incrementally.
+    the key, the fast path) or a dict ``{stream: (ordinal, delta)}`` (``multi`` is set
+    once any key has one). Sums are computed when the state is evaluated, not per
+    record.
     """
 
-    __slots__ = ("conflicts", "emitted", "entries", "reported", "tainted", "total")
+    __slots__ = ("emitted", "entries", "multi", "reported", "tainted")
 
     def __init__(self) -> None:
         self.emitted = False
         self.tainted = False
         self.reported = False
+        self.multi = False
         self.entries: dict[str, tuple[int, int, int] | dict[int, tuple[int, int]]] = {}
-        self.total = 0
-        self.conflicts = 0
 
     def apply(self, key: str, stream: int, ordinal: int, delta: int) -> None:
         """Fold one record into the state."""
-        e = self.entries.get(key)
+        entries = self.entries
+        e = entries.get(key)
         if e is None:
-            self.entries[key] = (stream, ordinal, delta)
-            self.total += delta
+            entries[key] = (stream, ordinal, delta)
         elif type(e) is tuple:
             if e[0] == stream:
                 if ordinal > e[1]:
-                    self.total += delta - e[2]
-                    self.entries[key] = (stream, ordinal, delta)
+                    entries[key] = (stream, ordinal, delta)
             else:
-                m = {e[0]: (e[1], e[2]), stream: (ordinal, delta)}
-                self.entries[key] = m
-                self._adjust(e[2], _effective(m))
+                entries[key] = {e[0]: (e[1], e[2]), stream: (ordinal, delta)}
+                self.multi = True
         else:
             assert isinstance(e, dict)
             cur = e.get(stream)
             if cur is None or ordinal > cur[0]:
-                old = _effective(e)
                 e[stream] = (ordinal, delta)
-                self._adjust(old, _effective(e))
 
-    def _adjust(self, old: object, new: object) -> None:
-        if old is _CONFLICT:
-            self.conflicts -= 1
-        else:
-            assert isinstance(old, int)
-            self.total -= old
-        if new is _CONFLICT:
-            self.conflicts += 1
-        else:
-            assert isinstance(new, int)
-            self.total += new
+    def sums(self) -> tuple[int, int]:
+        """``(total, conflicts)``: the sum of effective deltas of agreeing keys, and the
+        number of keys whose streams' final values differ."""
+        if not self.multi:
+            return sum([e[2] for e in self.entries.values()]), 0  # type: ignore[misc]
+        total = conflicts = 0
+        for e in self.entries.values():
+            if type(e) is tuple:
+                total += e[2]
+            else:
+                v = _effective(e)  # type: ignore[arg-type]
+                if v is _CONFLICT:
+                    conflicts += 1
+                else:
+                    total += v  # type: ignore[operator]
+        return total, conflicts
+
+    @property
+    def total(self) -> int:
+        """Sum of the effective deltas of non-conflicting keys."""
+        return self.sums()[0]
+
+    @property
+    def conflicts(self) -> int:
+        """Number of keys written with different final deltas by different streams."""
+        return self.sums()[1]
 
     @property
     def complete(self) -> bool:
         """Emitted, not tainted, no conflict, and the deltas sum to zero."""
-        return self.emitted and not self.tainted and self.conflicts == 0 and self.total == 0
+        return self.emitted and not self.tainted and self.sums() == (0, 0)
+
+    def final_deltas(self) -> dict[str, int]:
+        """``key -> effective delta`` of a state without conflicts (kept once complete)."""
+        if not self.multi:
+            return {k: e[2] for k, e in self.entries.items()}  # type: ignore[misc]
+        return {k: v for k, v in self.effective().items() if v is not None}
 
     def items(self) -> Iterator[tuple[str, int, int, int]]:  # (key, stream, ordinal, delta)
         """All ``(key, stream, ordinal, delta)`` entries."""
@@ -136,10 +160,6 @@ class SourceRunState:
             v = e[2] if type(e) is tuple else _effective(e)  # type: ignore[arg-type]
             out[k] = None if v is _CONFLICT else v  # type: ignore[assignment]
         return out
-
-    def digest(self) -> frozenset[int]:
-        """Digests of the effective ``(key, delta)`` pairs (for a completed source)."""
-        return frozenset(key_digest(k, v) for k, v in self.effective().items() if v is not None)
 
     def signature(self) -> tuple[bool, bool, frozenset[tuple[str, int, int, int]]]:
         """A value that is equal for equal states (for tests)."""
@@ -191,7 +211,7 @@ class FoldState:
 
     ``base`` is the completed index of the snapshot the state was loaded from and
     ``base_runs`` its run table; ``number`` is the snapshot number this state will be
-    written as. ``digest_loader`` lazily supplies digests of the base's completions
+    written as. ``done_loader`` lazily supplies the entries of the base's completions
     (they are only needed when a late record arrives). ``warn`` receives the one
     warning per un-completed source (defaults to the ``resumelog`` logger).
     """
@@ -205,16 +225,16 @@ class FoldState:
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
     added: dict[str, str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
-    digests: dict[str, frozenset[int]] = field(default_factory=dict)
+    done_entries: dict[str, Mapping[str, int]] = field(default_factory=dict)
     resets: dict[str, set[str]] = field(default_factory=dict)
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_counts: Counter[str] = field(default_factory=Counter)
     records_folded: int = 0
-    digest_loader: Callable[[], Mapping[str, Sequence[int]]] | None = None
+    done_loader: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
     warn: Callable[[str], None] = logger.warning
     _stream_index: dict[str, int] = field(default_factory=dict)
-    _touched: set[tuple[str, str]] = field(default_factory=set)
-    _base_digests: Mapping[str, Sequence[int]] | None = None
+    _touched: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
+    _base_done: Mapping[str, Mapping[str, int]] | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -236,9 +256,10 @@ class FoldState:
 
     def completed_count(self) -> int:
         """Number of completed sources."""
-        return (
-            len(self.base) - len(self.removed) + sum(1 for s in self.added if s not in self.base or s in self.removed)
-        )
+        if not self.base.count:
+            return len(self.added)
+        fresh = sum(1 for s in self.added if s in self.removed or self.base.find(s) < 0)
+        return self.base.count - len(self.removed) + fresh
 
     def iter_completed(self) -> Iterator[str]:
         """All completed ids (base order, then additions)."""
@@ -327,27 +348,25 @@ class FoldState:
             s = pending.get(k)
             if s is None:
                 s = pending[k] = SourceRunState()
-            touched.add(k)
+            touched[k] = s
             states.append(s)
-        ordinal = first_ordinal
+        ents = [s.entries if s is not None else None for s in states]
+        ordinal = first_ordinal - 1
         for si, key, delta, flag in zip(batch.source_index, batch.keys, batch.deltas, batch.flags):
-            s = states[si]
-            if s is None:
-                s = self._late(run, batch.sources[si], key, delta)
-                if s is None:
-                    ordinal += 1
-                    continue
-                states[si] = s
-            if flag & EMISSION:
-                s.emitted = True
-            entries = s.entries
-            e = entries.get(key)
-            if e is None:
-                entries[key] = (stream, ordinal, delta)
-                s.total += delta
-            else:
-                s.apply(key, stream, ordinal, delta)
             ordinal += 1
+            entries = ents[si]
+            if entries is None:
+                late = self._late(run, batch.sources[si], key, delta)
+                if late is None:
+                    continue
+                states[si] = late
+                entries = ents[si] = late.entries
+            if key in entries:
+                states[si].apply(key, stream, ordinal, delta)  # type: ignore[union-attr]
+            else:
+                entries[key] = (stream, ordinal, delta)
+            if flag:
+                states[si].emitted = True  # type: ignore[union-attr]
         for r in batch.resets:
             self.apply_reset(r)
 
@@ -380,15 +399,14 @@ class FoldState:
                         s = self.pending.get(k)
                         if s is None:
                             s = self.pending[k] = SourceRunState()
-                        self._touched.add(k)
+                        self._touched[k] = s
                     if flag & EMISSION:
                         s.emitted = True
                     s.apply(key, stream, ordinal, delta)
                 ordinal += 1
 
     def _late(self, run: str, source: str, key: str, delta: int) -> SourceRunState | None:
-        digest = self.digest_of(source)
-        if key_digest(key, delta) in digest:
+        if is_recorded(self.done_entries_of(source), key, delta):
             return None  # same-key duplicate of a record the completion included
         self._uncomplete(source)
         self.anomaly("late_record", source, run, f"key {key!r} delta {delta} after completion")
@@ -398,23 +416,27 @@ class FoldState:
         )
         s = self.pending[(run, source)] = SourceRunState()
         s.tainted = True
-        self._touched.add((run, source))
+        self._touched[(run, source)] = s
         return s
 
     def _uncomplete(self, source: str) -> None:
         self.added.pop(source, None)
-        self.digests.pop(source, None)
+        self.done_entries.pop(source, None)
         if self.base.find(source) >= 0:
             self.removed.add(source)
 
-    def digest_of(self, source: str) -> frozenset[int]:
-        """Key digests of a completed source (loading the base's lazily)."""
-        d = self.digests.get(source)
+    def done_entries_of(self, source: str) -> Mapping[str, int]:
+        """Final deltas of a completed source (loading the base's lazily).
+
+        Completions whose deltas are exactly :data:`SIMPLE_COMPLETION` (what
+        ``Writer.complete`` writes) are not stored, so that is the default.
+        """
+        d = self.done_entries.get(source)
         if d is not None:
             return d
-        if self._base_digests is None:
-            self._base_digests = self.digest_loader() if self.digest_loader else {}
-        return frozenset(self._base_digests.get(source, ()))
+        if self._base_done is None:
+            self._base_done = self.done_loader() if self.done_loader else {}
+        return self._base_done.get(source, SIMPLE_COMPLETION)
 
     def apply_reset(self, reset: Reset) -> None:
         """Fold an operator tombstone: void completions of ``reset.source`` by ``reset.runs``."""
@@ -432,7 +454,7 @@ class FoldState:
     def finish(self, sole_stream: str | None = None) -> list[str]:
         """Evaluate every state touched since the last call; return newly completed ids.
 
-        Completed states are collapsed into the completed set (with their digest);
+        Completed states are collapsed into the completed set (with their entries);
         conflicts are reported once per state. With ``sole_stream`` (a process folding
         its own flush into its view), only states written entirely by that stream may
         complete — other streams' records may not all be visible — and the rest stay
@@ -441,28 +463,40 @@ class FoldState:
         done: list[str] = []
         pending = self.pending
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
-        keep: set[tuple[str, str]] = set()
-        for k in self._touched:
-            s = pending.get(k)
-            if s is None:
-                continue
+        keep: dict[tuple[str, str], SourceRunState] = {}
+        resets = self.resets
+        added = self.added
+        done_entries = self.done_entries
+        check_base = self.base.count > 0
+        for k, s in self._touched.items():  # insertion order: walks memory sequentially
+            if pending.get(k) is not s:
+                continue  # dropped or replaced since it was touched
             if sole_stream is not None and any(e[1] != only for e in s.items()):
-                keep.add(k)
+                keep[k] = s
+                continue
+            if s.multi:
+                total, conflicts = s.sums()
+                if conflicts and not s.reported:
+                    s.reported = True
+                    self.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
+                if total or conflicts:
+                    continue
+            elif sum([e[2] for e in s.entries.values()]):  # type: ignore[misc]
+                continue
+            if not s.emitted or s.tainted:
                 continue
             run, src = k
-            if s.conflicts and not s.reported:
-                s.reported = True
-                self.anomaly("conflict", src, run, f"{s.conflicts} key(s) with different deltas across streams")
-            if not s.complete:
-                continue
-            if run in self.resets.get(src, ()):
+            if resets and run in resets.get(src, ()):
                 s.tainted = True
                 continue
             del pending[k]
-            if self.completed_run(src) is None:
-                self.added[src] = run
-                self.digests[src] = s.digest()
-                done.append(src)
+            if src in added or (check_base and self.completed_run(src) is not None):
+                continue  # already complete (by another run): completion is sticky
+            added[src] = run
+            final = s.final_deltas()
+            if final != SIMPLE_COMPLETION:
+                done_entries[src] = final
+            done.append(src)
         self._touched = keep
         return done
 

@@ -17,7 +17,7 @@ trailing fields with defaults (older readers ignore them). An incompatible chang
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -32,7 +32,7 @@ __all__ = [
     "KIND_SNAPSHOT",
     "Anomaly",
     "Batch",
-    "DigestChunk",
+    "DoneChunk",
     "Meta",
     "PendingEntry",
     "Reset",
@@ -46,11 +46,11 @@ __all__ = [
     "StreamMark",
     "TornSegment",
     "crc32c",
-    "decode_digests",
+    "decode_done_entries",
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
-    "encode_digests",
+    "encode_done_entries",
     "encode_meta",
     "encode_object",
     "encode_segment",
@@ -205,7 +205,7 @@ class SnapshotHeader(msgspec.Struct, array_like=True, frozen=True):
 
 
 class SnapshotBody(msgspec.Struct, array_like=True):
-    """Second frame of a snapshot: everything but the completed-id arrays and digests."""
+    """Second frame of a snapshot: everything but the completed-id arrays and done entries."""
 
     streams: list[StreamMark]
     stream_ids: list[str]
@@ -224,7 +224,7 @@ _dec_footer = msgspec.msgpack.Decoder(SegmentFooter)
 _dec_meta = msgspec.msgpack.Decoder(Meta)
 _dec_snap_header = msgspec.msgpack.Decoder(SnapshotHeader)
 _dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
-_dec_digests = msgspec.msgpack.Decoder(dict[str, list[int]])
+_dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
 
 
 def encode(obj: object) -> bytes:
@@ -398,12 +398,13 @@ def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
 # --------------------------------------------------------------------------- snapshots
 
 SNAPSHOT_FRAMES: Final = 7
-"""header, body, u64 hashes, u64 offsets, u32 completing-run indexes, id blob, digests."""
+"""header, body, u32 hashes, u64 offsets, u32 completing-run indexes, id blob, done entries."""
 
 
-class DigestChunk(msgspec.Struct, array_like=True, frozen=True):
-    """Key digests of sources completed by ``runs``: ``data`` is a msgpack map
-    ``source -> [u64 digest, ...]``, decoded only when a late record needs it."""
+class DoneChunk(msgspec.Struct, array_like=True, frozen=True):
+    """Final deltas of sources completed by ``runs``: ``data`` is a msgpack map
+    ``source -> {key: delta}``, decoded only when a late record must be told apart
+    from a duplicate."""
 
     runs: list[str]
     data: bytes
@@ -418,10 +419,10 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     offsets: memoryview
     runs: memoryview
     blob: memoryview
-    digests: list[DigestChunk]
+    done: list[DoneChunk]
 
 
-_dec_chunks = msgspec.msgpack.Decoder(list[DigestChunk])
+_dec_chunks = msgspec.msgpack.Decoder(list[DoneChunk])
 
 
 def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
@@ -435,7 +436,7 @@ def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
             frames.offsets,
             frames.runs,
             frames.blob,
-            _enc.encode(frames.digests),
+            _enc.encode(frames.done),
         ],
     )
 
@@ -451,18 +452,18 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "") -> Snapshot
     body: SnapshotBody = _decode(_dec_snap_body, frames[1], "snapshot body", CorruptSnapshot, path)
     hashes, offsets, runs, blob = frames[2], frames[3], frames[4], frames[5]
     n = header.completed_count
-    if len(hashes) != 8 * n or len(offsets) != 8 * (n + 1) or len(runs) != 4 * n:
+    if len(hashes) != 4 * n or len(offsets) != 8 * (n + 1) or len(runs) != 4 * n:
         raise CorruptSnapshot("completed-id arrays do not match the declared count", path)
-    chunks: list[DigestChunk] = _decode(_dec_chunks, frames[6], "digest chunks", CorruptSnapshot, path)
+    chunks: list[DoneChunk] = _decode(_dec_chunks, frames[6], "done-entry chunks", CorruptSnapshot, path)
     return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
 
 
-def encode_digests(digests: dict[str, list[int]]) -> bytes:
-    """Encode the ``data`` of a :class:`DigestChunk`."""
-    return _enc.encode(digests)
+def encode_done_entries(entries: Mapping[str, Mapping[str, int]]) -> bytes:
+    """Encode the ``data`` of a :class:`DoneChunk`."""
+    return _enc.encode(entries)
 
 
-def decode_digests(payload: memoryview | bytes, path: str = "") -> dict[str, list[int]]:
-    """Decode the ``data`` of a :class:`DigestChunk`."""
-    result: dict[str, list[int]] = _decode(_dec_digests, memoryview(payload), "digests", CorruptSnapshot, path)
+def decode_done_entries(payload: memoryview | bytes, path: str = "") -> dict[str, dict[str, int]]:
+    """Decode the ``data`` of a :class:`DoneChunk`."""
+    result: dict[str, dict[str, int]] = _decode(_dec_done, memoryview(payload), "done entries", CorruptSnapshot, path)
     return result

@@ -20,16 +20,13 @@ from types import FrameType
 from typing import Any, NamedTuple
 
 from resumelog import paths
+from resumelog.algebra import DONE_KEY, EMIT_KEY
 from resumelog.errors import AlreadyExists, FlushError, InvalidId, ResumelogError
 from resumelog.format import EMISSION, Batch, Reset, SegmentHeader, decode_segment, encode_segment
 from resumelog.storage import Store
 
 __all__ = ["DONE_KEY", "EMIT_KEY", "FlushPolicy", "Writer"]
 
-EMIT_KEY = "\x00emit"
-"""Reserved key of ``emit(source)`` without a key (one per source and run: retries dedupe)."""
-DONE_KEY = "\x00done"
-"""Reserved key of the ``-1`` that ``complete(source)`` writes."""
 
 _MAX_DELTA = (1 << 63) - 1
 

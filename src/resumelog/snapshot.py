@@ -8,23 +8,23 @@ from collections import Counter
 from resumelog.algebra import FoldState, SourceRunState, _Stream
 from resumelog.format import (
     FORMAT_VERSION,
-    DigestChunk,
+    DoneChunk,
     PendingEntry,
     Reset,
     RunInfo,
     SnapshotBody,
     SnapshotFrames,
     SnapshotHeader,
-    decode_digests,
+    decode_done_entries,
     decode_snapshot_frames,
-    encode_digests,
+    encode_done_entries,
     encode_snapshot_frames,
 )
 from resumelog.idset import CompletedIndex, build_index
 
 __all__ = ["encode_snapshot", "load_snapshot"]
 
-MAX_DIGEST_CHUNKS = 16
+MAX_DONE_CHUNKS = 16
 
 
 def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFrames, FoldState]:
@@ -69,15 +69,15 @@ def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFra
     state.anomalies = list(body.anomalies)
     state.anomaly_counts = Counter(body.anomaly_counts)
     state.records_folded = body.records_folded
-    chunks = frames.digests
+    chunks = frames.done
 
-    def load_digests() -> dict[str, list[int]]:
-        merged: dict[str, list[int]] = {}
+    def load_done() -> dict[str, dict[str, int]]:
+        merged: dict[str, dict[str, int]] = {}
         for c in chunks:  # oldest first, so newer chunks win
-            merged.update(decode_digests(c.data, path))
+            merged.update(decode_done_entries(c.data, path))
         return merged
 
-    state.digest_loader = load_digests
+    state.done_loader = load_done
     return frames, state
 
 
@@ -85,7 +85,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
     """Encode ``state`` as snapshot number ``state.number``.
 
     ``previous`` is the snapshot the state was loaded from (its arrays are reused
-    verbatim when no completion changed, and its digest chunks are carried over).
+    verbatim when no completion changed, and its done-entry chunks are carried over).
     """
     run_index = {r: i for i, r in enumerate(state.run_order)}
     hashes: bytes | memoryview
@@ -122,18 +122,18 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         anomaly_counts=dict(state.anomaly_counts),
         records_folded=state.records_folded,
     )
-    chunks = [c for c in (previous.digests if previous else []) if set(c.runs) & live]
-    fresh = {s: sorted(d) for s, d in state.digests.items() if state.added.get(s) in live}
+    chunks = [c for c in (previous.done if previous else []) if set(c.runs) & live]
+    fresh = {s: d for s, d in state.done_entries.items() if state.added.get(s) in live}
     if fresh:
-        chunks.append(DigestChunk(sorted({state.added[s] for s in fresh}), encode_digests(fresh)))
-    if len(chunks) > MAX_DIGEST_CHUNKS:
-        merged: dict[str, list[int]] = {}
+        chunks.append(DoneChunk(sorted({state.added[s] for s in fresh}), encode_done_entries(fresh)))
+    if len(chunks) > MAX_DONE_CHUNKS:
+        merged: dict[str, dict[str, int]] = {}
         runs_in: set[str] = set()
         for c in chunks:
-            merged.update(decode_digests(c.data))
+            merged.update(decode_done_entries(c.data))
             runs_in.update(c.runs)
         keep = {s: d for s, d in merged.items() if state.completed_run(s) in live}
-        chunks = [DigestChunk(sorted(runs_in & live), encode_digests(keep))]
+        chunks = [DoneChunk(sorted(runs_in & live), encode_done_entries(keep))]
     return encode_snapshot_frames(
         SnapshotFrames(
             header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), chunks
