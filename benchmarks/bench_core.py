@@ -58,9 +58,6 @@ def bench_flush(n: int, tmp: str) -> None:
     w = Writer(store, "w", "r", policy=FlushPolicy(max_bytes=1 << 20, max_records=1 << 30, max_seconds=1e9))
     keys = keys16(n)
     sources = [f"src-{i // 4:08d}" for i in range(n)]
-    for k, s in zip(keys, sources):  # fill without timing, flushing off
-        w._keys.append(k)
-    w._reset_buffer()
     t0 = time.perf_counter()
     for k, s in zip(keys, sources):
         w.record(k, s, -1)

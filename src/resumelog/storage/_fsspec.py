@@ -1,34 +1,286 @@
-"""Object stores through fsspec (S3 via s3fs, GCS via gcsfs) with create-only writes."""
+"""Object stores through fsspec: S3 (s3fs) and GCS (gcsfs) with create-only writes.
+
+``put_if_absent`` sends a conditional create: s3fs ``pipe_file(mode="create")`` adds
+``If-None-Match: *`` (HTTP 412 if the key exists), gcsfs adds ``ifGenerationMatch=0``.
+Servers and client versions report a failed precondition differently (s3fs raises
+``FileExistsError`` when the response names the ``If-None-Match`` condition, and an
+``OSError(EINVAL)`` "pre-conditions ... did not hold" otherwise; AWS answers 409
+``ConditionalRequestConflict`` while a competing create is in flight). Every such
+answer is confirmed by reading the object back: if it holds exactly our bytes, an
+earlier attempt of ours succeeded and only its response was lost (an ambiguous retry),
+so the create succeeded; if it holds other bytes, :class:`AlreadyExists`; if there is
+nothing, the conflict was transient and the create is retried with jittered backoff.
+
+Listing is one paginated listing per prefix (no per-object HEAD); reading many objects
+runs concurrently through fsspec's async batch ``cat``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import errno
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from resumelog.errors import UnsupportedBackend
-from resumelog.storage._base import ObjectInfo, Store
+from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError, UnsupportedBackend
+from resumelog.storage._base import ObjectInfo, Store, check_key
 
 __all__ = ["FsspecStore"]
 
+#: protocols whose fsspec implementation does an atomic create-only write
+ATOMIC_CREATE_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
+_INSTALL_HINT = {"s3fs": "pip install 'resumelog[s3]'", "gcsfs": "pip install 'resumelog[gcs]'"}
+_TRANSIENT_MARKERS = ("ConditionalRequestConflict", "SlowDown", "ServiceUnavailable", "503", "409", "Throttl")
+
 
 class FsspecStore(Store):
-    """Placeholder until the object-store backend lands: refuses every URL."""
+    """A :class:`Store` on an fsspec object-store filesystem rooted at ``url``.
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any], *, single_writer: bool = False) -> None:
-        raise UnsupportedBackend(f"no atomic create-only backend for {url.split('://')[0]}:// yet")
+    Parameters
+    ----------
+    url
+        ``s3://bucket/prefix`` or ``gs://bucket/prefix``.
+    storage_options
+        Passed to the fsspec filesystem (credentials, ``client_kwargs``, ...). Listing
+        caches are disabled unless you set ``use_listings_cache`` yourself.
+    single_writer
+        Accept a protocol without an atomic create (only one process may write).
+    max_attempts
+        Attempts for a create that meets a transient conflict or throttling.
+    concurrency
+        Parallel reads in :meth:`read_many`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        single_writer: bool = False,
+        max_attempts: int = 8,
+        concurrency: int = 32,
+    ) -> None:
+        import fsspec
+
+        proto, _, path = url.partition("://")
+        proto = proto.lower()
+        self.protocol = proto
+        self.atomic_create = proto in ATOMIC_CREATE_PROTOCOLS
+        if not self.atomic_create and not single_writer:
+            raise UnsupportedBackend(
+                f"{proto}:// has no atomic create-only write, so concurrent writers could overwrite each other; "
+                "pass single_writer=True if exactly one process ever writes to this checkpoint"
+            )
+        opts = dict(storage_options or {})
+        self.storage_options = dict(opts)
+        opts.setdefault("use_listings_cache", False)
+        opts.setdefault("skip_instance_cache", True)
+        try:
+            self.fs = fsspec.filesystem(proto, **opts)
+        except ImportError as exc:
+            pkg = ATOMIC_CREATE_PROTOCOLS.get(proto, proto)
+            hint = _INSTALL_HINT.get(pkg, f"install the fsspec backend for {proto}://")
+            raise ImportError(f"{proto}:// needs {pkg}: {hint}") from exc
+        self.root = path.strip("/")
+        if not self.root:
+            raise ValueError(f"{url!r}: name a bucket (and optionally a prefix)")
+        self._url = f"{proto}://{self.root}"
+        self.max_attempts = max_attempts
+        self.concurrency = concurrency
+        self.requests: Counter[str] = Counter()
+        # s3fs sends a HEAD before every whole-object GET to decide on ranged reads
+        self._cat_kwargs: dict[str, Any] = {"max_concurrency": 1} if proto in ("s3", "s3a") else {}
+        self._hooked = False
 
     @property
-    def url(self) -> str:  # pragma: no cover
-        raise NotImplementedError
+    def url(self) -> str:
+        return self._url
 
-    def put_if_absent(self, key: str, data: bytes) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def _full(self, key: str) -> str:
+        return f"{self.root}/{check_key(key)}"
 
-    def read(self, key: str) -> bytes:  # pragma: no cover
-        raise NotImplementedError
+    # ------------------------------------------------------------------ request counting
 
-    def list(self, prefix: str = "") -> list[ObjectInfo]:  # pragma: no cover
-        raise NotImplementedError
+    def _hook(self) -> None:
+        """Count the S3 API calls this store makes (``self.requests``), once per client."""
+        if self._hooked:
+            return
+        client = getattr(self.fs, "s3", None)
+        if client is None:
+            return
+        self._hooked = True
 
-    def delete(self, keys: Iterable[str]) -> None:  # pragma: no cover
-        raise NotImplementedError
+        def count(model: Any = None, **_: Any) -> None:
+            if model is not None:
+                self.requests[model.name] += 1
+
+        client.meta.events.register("before-call.s3", count)
+
+    def _do(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        self._hook()
+        return result
+
+    # ------------------------------------------------------------------ operations
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        full = self._full(key)
+        delay = 0.05
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                if self.atomic_create:
+                    self._do(self.fs.pipe_file, full, data, mode="create")
+                else:
+                    if self._do(self.fs.exists, full):
+                        raise FileExistsError(full)
+                    self._do(self.fs.pipe_file, full, data)
+                return
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if not _maybe_exists(exc) and not _transient(exc):
+                    raise _storage_error("write", self._url, key, exc) from exc
+                existing = self._read_or_none(key)
+                if existing is not None:
+                    if existing == bytes(data):
+                        return  # our own earlier attempt landed; its response was lost
+                    raise AlreadyExists(f"{self._url}/{key} already exists") from None
+                if attempt == self.max_attempts:
+                    raise _storage_error("write", self._url, key, exc) from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    def _read_or_none(self, key: str) -> bytes | None:
+        try:
+            return self.read(key)
+        except ObjectNotFound:
+            return None
+
+    def read(self, key: str) -> bytes:
+        full = self._full(key)
+        try:
+            data: bytes = self._do(self.fs.cat_file, full, **self._cat_kwargs)
+            return data
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error("read", self._url, key, exc) from exc
+
+    def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
+        if not keys:
+            return
+        fulls = [self._full(k) for k in keys]
+        if not getattr(self.fs, "async_impl", False):
+            yield from super().read_many(keys)
+            return
+        from fsspec.asyn import sync
+
+        got = sync(self.fs.loop, self._cat_all, fulls)
+        self._hook()
+        for k, v in zip(keys, got):
+            if isinstance(v, FileNotFoundError):
+                yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
+            elif isinstance(v, BaseException):
+                yield k, _storage_error("read", self._url, k, v)
+            elif v is None:
+                yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
+            else:
+                yield k, v
+
+    async def _cat_all(self, fulls: list[str]) -> list[bytes | BaseException]:
+        """GET every object concurrently (bounded), one request each, no HEADs."""
+        import asyncio
+
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(path: str) -> bytes | BaseException:
+            async with sem:
+                try:
+                    data: bytes = await self.fs._cat_file(path, **self._cat_kwargs)
+                    return data
+                except Exception as exc:  # noqa: BLE001 - returned per object
+                    return exc
+
+        return list(await asyncio.gather(*(one(p) for p in fulls)))
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        try:
+            # one paginated listing of everything under root/prefix (a non-empty prefix
+            # also keeps s3fs from sending a HEAD when the listing is empty)
+            found = self._do(self.fs.find, self.root, prefix=prefix, detail=True, withdirs=False)
+        except FileNotFoundError:
+            return []
+        except TypeError:  # a backend whose find() has no prefix argument
+            head = prefix.rpartition("/")[0]
+            found = self._do(self.fs.find, f"{self.root}/{head}" if head else self.root, detail=True, withdirs=False)
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error("list", self._url, prefix, exc) from exc
+        strip = len(self.root) + 1
+        out = []
+        for name, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            rel = name[strip:] if name.startswith(self.root + "/") else name
+            if rel.startswith(prefix):
+                out.append(ObjectInfo(rel, int(info.get("size") or 0), _mtime(info)))
+        out.sort(key=lambda o: o.path)
+        return out
+
+    def delete(self, keys: Iterable[str]) -> None:
+        fulls = [self._full(k) for k in keys]
+        if not fulls:
+            return
+        try:
+            self._do(self.fs.rm, fulls)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error("delete", self._url, fulls[0][len(self.root) + 1 :], exc) from exc
+
+    def exists(self, key: str) -> bool:
+        try:
+            return bool(self._do(self.fs.exists, self._full(key)))
+        except Exception as exc:  # noqa: BLE001
+            raise _storage_error("check", self._url, key, exc) from exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (self._url, self.storage_options, not self.atomic_create))
+
+
+def _reopen(url: str, options: dict[str, Any], single_writer: bool) -> FsspecStore:
+    return FsspecStore(url, options, single_writer=single_writer)
+
+
+def _maybe_exists(exc: BaseException) -> bool:
+    if isinstance(exc, FileExistsError):
+        return True
+    text = str(exc)
+    return isinstance(exc, OSError) and (
+        exc.errno == errno.EINVAL and "condition" in text.lower() or "PreconditionFailed" in text or "412" in text
+    )
+
+
+def _transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return any(m in text for m in _TRANSIENT_MARKERS)
+
+
+def _storage_error(op: str, url: str, key: str, exc: BaseException) -> StorageError:
+    # messages name the object, never the storage options (which may hold secrets)
+    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+    return StorageError(code, f"cannot {op} {url}/{key}: {type(exc).__name__}: {exc}")
+
+
+def _mtime(info: Mapping[str, Any]) -> float | None:
+    v = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    if isinstance(v, datetime):
+        return v.timestamp()
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
