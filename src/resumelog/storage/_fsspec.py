@@ -138,7 +138,7 @@ class FsspecStore(Store):
                         raise FileExistsError(full)
                     self._do(self.fs.pipe_file, full, data)
                 return
-            except Exception as exc:  # noqa: BLE001 - classified below
+            except Exception as exc:
                 if not _maybe_exists(exc) and not _transient(exc):
                     raise _storage_error("write", self._url, key, exc) from exc
                 existing = self._read_or_none(key)
@@ -164,7 +164,7 @@ class FsspecStore(Store):
             return data
         except FileNotFoundError:
             raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _storage_error("read", self._url, key, exc) from exc
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
@@ -214,7 +214,7 @@ class FsspecStore(Store):
         except TypeError:  # a backend whose find() has no prefix argument
             head = prefix.rpartition("/")[0]
             found = self._do(self.fs.find, f"{self.root}/{head}" if head else self.root, detail=True, withdirs=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _storage_error("list", self._url, prefix, exc) from exc
         strip = len(self.root) + 1
         out = []
@@ -235,13 +235,13 @@ class FsspecStore(Store):
             self._do(self.fs.rm, fulls)
         except FileNotFoundError:
             pass
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _storage_error("delete", self._url, fulls[0][len(self.root) + 1 :], exc) from exc
 
     def exists(self, key: str) -> bool:
         try:
             return bool(self._do(self.fs.exists, self._full(key)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise _storage_error("check", self._url, key, exc) from exc
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -257,7 +257,7 @@ def _maybe_exists(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, OSError) and (
-        exc.errno == errno.EINVAL and "condition" in text.lower() or "PreconditionFailed" in text or "412" in text
+        (exc.errno == errno.EINVAL and "condition" in text.lower()) or "PreconditionFailed" in text or "412" in text
     )
 
 
