@@ -192,3 +192,25 @@ def test_writer_pickles_as_a_handle(tmp_path):
     h = pickle.loads(pickle.dumps(ck.handle()))
     assert h.run_id == "rr"
     assert "secret" not in repr(resumelog.WriterHandle("memory://x", "r", {"secret": "hunter2"}))
+
+
+def test_writers_only_write_their_own_stream(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r")
+    writers = [ck.writer(f"w{i}") for i in range(3)] + [ck.writer("w0")]  # w0 twice: two incarnations
+    for round_ in range(3):
+        for i, w in enumerate(writers):
+            w.complete(f"s{i}-{round_}")
+            w.flush()
+    for w in writers:
+        w.close()
+    by_stream: dict[tuple[str, str], list[int]] = {}
+    for o in ck.store.list("journal/"):
+        p = paths.parse_segment(o.path)
+        assert p is not None
+        seg = decode_segment(ck.store.read(o.path), o.path)
+        assert (seg.header.writer_id, seg.header.incarnation, seg.header.seq) == p
+        by_stream.setdefault((p.writer_id, p.incarnation), []).append(p.seq)
+    assert sorted(by_stream) == sorted((w.writer_id, w.incarnation) for w in writers)
+    for w in writers:
+        assert by_stream[(w.writer_id, w.incarnation)] == list(range(w.seq))
+    assert len(resumelog.open(str(tmp_path)).completed) == 12

@@ -1,0 +1,120 @@
+"""Crash storms: writers and compactors SIGKILLed at random points, restarted with the
+same writer ids, until every source completes. Checked against independent ledgers.
+
+Bounded in CI; ``RESUMELOG_SOAK=1`` runs 10,000 sources and more rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import resumelog
+from resumelog import compactor
+from resumelog.storage import open_store
+
+HERE = os.path.dirname(__file__)
+SOAK = bool(os.environ.get("RESUMELOG_SOAK"))
+NWORKERS = 8
+NSOURCES = 10_000 if SOAK else 2_000
+ROUNDS = 40 if SOAK else 8
+DELAY = 0.012  # seconds of "work" per source: a worker lives through several rounds
+
+
+def read_ledger(path):
+    drained, flushed = set(), set()
+    try:
+        with open(path) as f:
+            for line in f:
+                kind, _, src = line.strip().partition(" ")
+                (drained if kind == "DRAINED" else flushed).add(src)
+    except FileNotFoundError:
+        pass
+    return drained, flushed
+
+
+def spawn_worker(url, run_id, k, ledger, seed):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(HERE, "storm_worker.py"),
+            url,
+            run_id,
+            str(k),
+            str(NWORKERS),
+            str(NSOURCES),
+            ledger,
+            str(seed),
+            str(DELAY),
+        ]
+    )
+
+
+def spawn_compactor(url):
+    code = (
+        "import sys; from resumelog import compactor; from resumelog.storage import open_store; "
+        "compactor.compact(open_store(sys.argv[1]), progress=False)"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, url])
+
+
+def check(url, ledger, figures):
+    # "flushed" is read before the checkpoint (those must already be complete) and
+    # "drained" after it (a completion seen must have drained before it was seen)
+    _, flushed = read_ledger(ledger)
+    ck = resumelog.open(url, create=False)
+    completed = set(ck.completed)
+    drained, _ = read_ledger(ledger)
+    false = completed - drained
+    lost = flushed - completed
+    figures["checks"] += 1
+    assert not false, f"reported complete before draining: {sorted(false)[:5]}"
+    assert not lost, f"flushed completions lost: {sorted(lost)[:5]}"
+    return completed
+
+
+def run_storm(url, tmp_path, figures):
+    run_id = "storm"
+    resumelog.open(url, run_id=run_id)
+    ledger = str(tmp_path / "ledger.txt")
+    rng = random.Random(1234)
+    workers = {k: spawn_worker(url, run_id, k, ledger, rng.randrange(1 << 30)) for k in range(NWORKERS)}
+    everything = {f"src-{i:06d}" for i in range(NSOURCES)}
+    for _ in range(ROUNDS):
+        time.sleep(rng.uniform(0.05, 0.4))
+        comp = spawn_compactor(url) if rng.random() < 0.6 else None
+        time.sleep(rng.uniform(0.0, 0.2))
+        victims = rng.sample(sorted(workers), rng.randint(1, 3))
+        if comp is not None and rng.random() < 0.5:
+            comp.send_signal(signal.SIGKILL)
+            figures["compactor_kills"] += 1
+        for k in victims:
+            if workers[k].poll() is None:
+                workers[k].send_signal(signal.SIGKILL)
+                figures["writer_kills"] += 1
+        for k in victims:
+            workers[k].wait()
+        if comp is not None:
+            comp.wait()
+        check(url, ledger, figures)
+        for k in victims:
+            workers[k] = spawn_worker(url, run_id, k, ledger, rng.randrange(1 << 30))
+        figures["rounds"] += 1
+    for p in workers.values():
+        assert p.wait(timeout=600) == 0
+    compactor.compact(open_store(url), progress=False)
+    completed = check(url, ledger, figures)
+    assert completed == everything
+    figures["sources"] = len(everything)
+
+
+def test_crash_storm_local(tmp_path):
+    figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
+    run_storm(str(tmp_path / "ck"), tmp_path, figures)
+    print(json.dumps({"storm": "local", **figures, "lost": 0, "false_completions": 0}))
+    assert figures["writer_kills"] >= ROUNDS
