@@ -18,7 +18,7 @@ def files_outside(root, parent):
     return sorted(p for p in os.listdir(parent) if os.path.join(parent, p) != root)
 
 
-@pytest.mark.parametrize("wid", HOSTILE + ["\udcff", "é"])
+@pytest.mark.parametrize("wid", [*HOSTILE, "\udcff", "é"])
 def test_hostile_writer_ids_are_refused_and_touch_nothing(tmp_path, wid):
     root = str(tmp_path / "ck")
     ck = resumelog.open(root)
