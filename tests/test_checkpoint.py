@@ -354,3 +354,26 @@ def test_own_flushes_update_the_view_only_when_safe(tmp_path):
     w2.complete("own")
     w2.flush()
     assert ck.is_completed("own")  # entirely written by this process: visible at once
+
+
+def test_completed_leaves_survive_into_a_new_run(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r1")
+    with ck.writer("w") as w:
+        w.emit("s")
+        w.record("s::0", "s", 2)  # fan-out into three leaves
+        w.record("s::0::0", "s", -1)
+        w.record("s::0::1", "s", -1)
+        # the job dies before leaf 2
+    ck2 = resumelog.open(str(tmp_path), run_id="r2")
+    assert not ck2.is_completed("s")
+    assert ck2.completed_leaves("s") == {"s::0::0", "s::0::1"}
+    assert ck2.completed_leaves("other") == set()
+    with ck2.writer("w") as w:  # the rerun skips the written leaves but still records them
+        w.emit("s")
+        w.record("s::0", "s", 2)
+        for leaf in ["s::0::0", "s::0::1", "s::0::2"]:
+            w.record(leaf, "s", -1)
+    ck2.compact()
+    again = resumelog.open(str(tmp_path))
+    assert again.is_completed("s") and again.completed_run("s") == "r2"
+    assert again.completed_leaves("s") == {"s::0::0", "s::0::1", "s::0::2"}

@@ -270,6 +270,26 @@ class FoldState:
                 yield s
         yield from added
 
+    def completed_leaves(self, source: str) -> set[str]:
+        """Leaf keys of ``source`` whose ``-1`` was recorded in any run still known.
+
+        Leaf keys are lineage keys ``<source>::<i>::<j>...`` (DESIGN §4, leaf-level
+        resume): the sink's ``-1`` for such a key means that leaf's output was
+        written. Pending states of live runs and the final deltas of a completion
+        both count; a retired run's leaves are forgotten (they are redone).
+        """
+        prefix = f"{source}::"
+        leaves: set[str] = set()
+        for run, info in self.runs.items():
+            if info.retired:
+                continue
+            s = self.pending.get((run, source))
+            if s is not None:
+                leaves.update(k for k, v in s.effective().items() if v == -1 and k.startswith(prefix))
+        if self.is_completed(source):
+            leaves.update(k for k, v in self.done_entries_of(source).items() if v == -1 and k.startswith(prefix))
+        return leaves
+
     def stream_mark(self, writer_id: str, incarnation: str) -> int:
         """Last folded seq of a stream, ``-1`` if none."""
         st = self.streams.get(f"{writer_id}/{incarnation}")

@@ -285,6 +285,11 @@ class Checkpoint:
         is_done = self._state.is_completed
         return [s for s in sources if not is_done(s)]
 
+    def completed_leaves(self, source: str) -> set[str]:
+        """Lineage keys (``<source>::<i>::<j>``) of leaves of ``source`` already written
+        (their sink ``-1`` recorded) by any live run: a rerun may skip them."""
+        return self._state.completed_leaves(source)
+
     def completed_run(self, source: str) -> str | None:
         """The run that completed ``source`` (``None`` if not completed)."""
         return self._state.completed_run(source)
