@@ -62,3 +62,16 @@ if __name__ == "__main__":
         writer(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]) if len(args) > 5 else -1)
     elif cmd == "compact":
         compact_race(args[0], float(args[1]))
+
+
+def buffered_then_wait(url: str, run_id: str) -> None:
+    """Buffer completions without flushing, say so, and wait for a signal."""
+    w = resumelog.WriterHandle(url, run_id).writer("sigterm-writer")
+    for i in range(50):
+        w.complete(f"t{i}")
+    print("BUFFERED", flush=True)
+    time.sleep(600)
+
+
+if __name__ == "__main__" and sys.argv[1] == "buffered":
+    buffered_then_wait(sys.argv[2], sys.argv[3])

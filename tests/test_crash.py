@@ -112,3 +112,26 @@ def test_four_compactor_processes_race_to_the_same_content(tmp_path):
     assert set(final.completed) == expected
     snaps = sorted(p.name for p in (tmp_path / "ck" / "snapshots").iterdir())
     assert len(snaps) >= 1
+
+
+def test_sigterm_flushes_buffered_records(tmp_path):
+    url = str(tmp_path / "ck")
+    resumelog.open(url, run_id="r1")
+    p = start("buffered", url, "r1")
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "BUFFERED"
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=30)
+    assert p.returncode == -signal.SIGTERM  # the default action still ends the process
+    assert sorted(resumelog.open(url).completed) == sorted(f"t{i}" for i in range(50))
+
+
+def test_sigkill_loses_only_unflushed_records(tmp_path):
+    url = str(tmp_path / "ck")
+    resumelog.open(url, run_id="r1")
+    p = start("buffered", url, "r1")
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "BUFFERED"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    assert len(resumelog.open(url).completed) == 0
