@@ -377,3 +377,44 @@ def test_completed_leaves_survive_into_a_new_run(tmp_path):
     again = resumelog.open(str(tmp_path))
     assert again.is_completed("s") and again.completed_run("s") == "r2"
     assert again.completed_leaves("s") == {"s::0::0", "s::0::1", "s::0::2"}
+
+
+class LaggingSnapshotListStore(LocalStore):
+    """The first snapshot listing misses the newest snapshot (it was published, and GC
+    ran, between our listing of snapshots and our listing of the journal)."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.lag = True
+
+    def list(self, prefix=""):
+        out = super().list(prefix)
+        if prefix == "snapshots/" and self.lag:
+            self.lag = False
+            return out[:-1]
+        return out
+
+
+def test_loader_reloads_when_gc_moved_past_its_snapshot(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r")
+    w = ck.writer("w")
+    w.emit("s")
+    w.record("f", "s", 2)
+    w.flush()
+    ck.compact()  # snapshot 1 covers seq 0
+    w.record("a", "s", -1)
+    w.flush()
+    w.record("b", "s", -1)
+    w.flush()
+    w.record("c", "s", -1)
+    w.flush()
+    ck.compact()  # snapshot 2 covers seq 3: "s" complete
+    w.closed = True
+    # GC: delete segments 1 and 2 (covered by snapshot 2), keep the last one
+    for o in ck.store.list("journal/"):
+        if o.path.endswith(("1.seg", "2.seg")):
+            ck.store.delete([o.path])
+    store = LaggingSnapshotListStore(str(tmp_path))
+    loaded = compactor.load(store)
+    assert loaded.snapshot == 2 and loaded.state.is_completed("s")
+    assert "journal_gap" not in loaded.state.anomaly_counts

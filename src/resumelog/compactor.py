@@ -86,6 +86,27 @@ def load(
     decodes, :class:`~resumelog.errors.CorruptSegment` for a corrupt segment that is
     not a tolerated torn tail.
     """
+    for attempt in range(_LOAD_ATTEMPTS):
+        try:
+            return _load_once(store, progress=progress, warn=warn, before_fold=before_fold)
+        except _StaleSnapshot as exc:
+            if attempt == _LOAD_ATTEMPTS - 1:
+                raise ResumelogError(
+                    f"{store.url}: the journal keeps moving past the latest snapshot ({exc})"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+_LOAD_ATTEMPTS = 5
+
+
+def _load_once(
+    store: Store,
+    *,
+    progress: bool | None,
+    warn: Callable[[str], None],
+    before_fold: Callable[[FoldState], None] | None,
+) -> Loaded:
     snaps = list_snapshots(store)
     frames: SnapshotFrames | None = None
     state: FoldState | None = None
@@ -118,6 +139,10 @@ def load(
     return loaded
 
 
+class _StaleSnapshot(Exception):
+    """The journal moved past the loaded snapshot (collected by GC): load again."""
+
+
 def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) -> None:
     """Fold every stream's segments after its high-water mark into ``loaded.state``."""
     state = loaded.state
@@ -134,11 +159,18 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
         segs.sort(key=lambda t: t[0])
         expect = state.stream_mark(w, inc) + 1
         last = segs[-1][0]
+        start = expect
         for seq, o in segs:
             if seq < expect:
                 continue
             if seq != expect:
-                break  # gap: the missing segment is not visible yet
+                if expect == start and start > 0:
+                    # segments right after our mark are gone but later ones exist: a GC
+                    # that ran after we read the snapshot collected them, so a newer
+                    # snapshot covers them. Folding on would skip their records.
+                    raise _StaleSnapshot(f"{w}/{inc}: segment {start} missing, {seq} present")
+                state.anomaly("journal_gap", "", "", f"{w}/{inc}: segment {expect} missing, {seq} present")
+                break
             plan.append((o.path, seq == last))
             expect += 1
     stopped: set[tuple[str, str]] = set()
