@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,8 @@ class Store(ABC):
     atomic_create: bool = True
     #: A crash can leave a truncated object visible (local filesystems).
     torn_writes_possible: bool = False
+    #: Requests made by this store object, by operation (S3 API names for S3).
+    requests: Counter[str]
 
     @property
     @abstractmethod

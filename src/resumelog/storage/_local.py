@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 
 from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
@@ -30,6 +31,7 @@ class LocalStore(Store):
     def __init__(self, root: str, *, fsync: bool = True) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.fsync = fsync
+        self.requests: Counter[str] = Counter()
 
     @property
     def url(self) -> str:
@@ -55,6 +57,7 @@ class LocalStore(Store):
                 _fsync_dir(os.path.dirname(m))
 
     def put_if_absent(self, key: str, data: bytes) -> None:
+        self.requests["put"] += 1
         final = self._path(key)
         d = os.path.dirname(final)
         tmp = f"{final}.{uuid.uuid4().hex}{_PARTIAL}"
@@ -89,6 +92,7 @@ class LocalStore(Store):
                 pass
 
     def read(self, key: str) -> bytes:
+        self.requests["get"] += 1
         p = self._path(key)
         try:
             with open(p, "rb") as f:
@@ -101,6 +105,7 @@ class LocalStore(Store):
             raise StorageError(exc.errno or errno.EIO, f"cannot read {p}: {exc.strerror or exc}") from exc
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
+        self.requests["list"] += 1
         # walk the deepest directory the prefix names, then filter by the full prefix
         head = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = os.path.join(self.root, *head.split("/")) if head else self.root
@@ -126,6 +131,7 @@ class LocalStore(Store):
         return out
 
     def delete(self, keys: Iterable[str]) -> None:
+        self.requests["delete"] += 1
         dirs = set()
         for k in keys:
             p = self._path(k)

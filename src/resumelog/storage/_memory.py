@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 from resumelog.errors import AlreadyExists, ObjectNotFound
@@ -27,6 +28,7 @@ class MemoryStore(Store):
 
     def __init__(self, name: str = "default") -> None:
         self.name = name.strip("/") or "default"
+        self.requests: Counter[str] = Counter()
         with _REGISTRY_LOCK:
             self._lock, self._data = _REGISTRY.setdefault(self.name, (threading.Lock(), {}))
 
@@ -36,6 +38,7 @@ class MemoryStore(Store):
 
     def put_if_absent(self, key: str, data: bytes) -> None:
         check_key(key)
+        self.requests["put"] += 1
         with self._lock:
             if key in self._data:
                 raise AlreadyExists(f"{self.url}/{key} already exists")
@@ -43,6 +46,7 @@ class MemoryStore(Store):
 
     def read(self, key: str) -> bytes:
         check_key(key)
+        self.requests["get"] += 1
         with self._lock:
             item = self._data.get(key)
         if item is None:
@@ -50,11 +54,13 @@ class MemoryStore(Store):
         return item[0]
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
+        self.requests["list"] += 1
         with self._lock:
             items = [(k, v) for k, v in self._data.items() if k.startswith(prefix)]
         return [ObjectInfo(k, len(v[0]), v[1]) for k, v in sorted(items)]
 
     def delete(self, keys: Iterable[str]) -> None:
+        self.requests["delete"] += 1
         with self._lock:
             for k in keys:
                 self._data.pop(k, None)
