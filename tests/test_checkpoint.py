@@ -241,6 +241,9 @@ def test_reset_forgets_completion_and_survives_compaction(tmp_path):
     assert sorted(fresh.completed) == ["s0", "s2"]
     fill(fresh, 3)  # rerun in r2 completes it again
     assert sorted(resumelog.open(str(tmp_path)).completed) == ["s0", "s1", "s2"]
+    fresh.compact()
+    counts = {r.run_id: r.completed_sources for r in fresh.status().runs}
+    assert counts == {"r1": 2, "r2": 1}
 
 
 def test_clear_deletes_only_resumelog_objects(tmp_path):

@@ -261,6 +261,20 @@ class FoldState:
         fresh = sum(1 for s in self.added if s in self.removed or self.base.find(s) < 0)
         return self.base.count - len(self.removed) + fresh
 
+    def completed_by_run(self) -> Counter[str]:
+        """Number of completed sources per completing run."""
+        counts: Counter[str] = Counter()
+        for idx, n in self.base.run_counts().items():
+            counts[self.run_order[idx]] += n
+        for s in self.removed:
+            counts[self.run_order[self.base.run_at(self.base.find(s))]] -= 1
+        for s, r in self.added.items():
+            i = self.base.find(s) if self.base.count and s not in self.removed else -1
+            if i >= 0:
+                counts[self.run_order[self.base.run_at(i)]] -= 1
+            counts[r] += 1
+        return +counts
+
     def iter_completed(self) -> Iterator[str]:
         """All completed ids (base order, then additions)."""
         removed = self.removed

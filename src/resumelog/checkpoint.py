@@ -307,12 +307,7 @@ class Checkpoint:
         pending_by_run: dict[str, set[str]] = {}
         for run, src in st.pending:
             pending_by_run.setdefault(run, set()).add(src)
-        completed_by_run: dict[str, int] = {}
-        for i in range(len(st.base)):
-            r = st.run_order[st.base.run_at(i)]
-            completed_by_run[r] = completed_by_run.get(r, 0) + 1
-        for r in st.added.values():
-            completed_by_run[r] = completed_by_run.get(r, 0) + 1
+        completed_by_run = st.completed_by_run()
         pending_sources = {s for (run, s) in st.pending if not st.is_completed(s)}
         runs = [
             RunStatus(

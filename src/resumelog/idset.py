@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from array import array
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
@@ -113,6 +114,10 @@ class CompletedIndex:
     def run_at(self, i: int) -> int:
         """Index (into the snapshot's run table) of the run that completed entry ``i``."""
         return int(self._runs[i])
+
+    def run_counts(self) -> dict[int, int]:
+        """How many ids each run index completed (counted at C speed)."""
+        return dict(Counter(self._runs))
 
     def ids(self) -> list[str]:
         """All ids, in index order (decodes every id; for iteration and rebuilds)."""
