@@ -29,3 +29,59 @@ def memory_url(request: pytest.FixtureRequest) -> Iterator[str]:
     resumelog.storage.MemoryStore(name).clear()
     yield url
     resumelog.storage.MemoryStore(name).clear()
+
+
+# ---------------------------------------------------------------------- S3 test servers
+
+
+def _s3_kinds() -> list[str]:
+    try:
+        from resumelog.testing.s3server import kinds_from_env
+    except ImportError:  # pragma: no cover - the S3 server module is part of the package
+        return []
+    return kinds_from_env()
+
+
+S3_KINDS = _s3_kinds()
+
+
+class S3Pool:
+    """Starts each kind of S3 server once per test session, on first use."""
+
+    def __init__(self, workdir: Any) -> None:
+        from contextlib import ExitStack
+
+        self.workdir = workdir
+        self.stack = ExitStack()
+        self.servers: dict[str, Any] = {}
+
+    def get(self, kind: str) -> Any:
+        if kind not in self.servers:
+            from resumelog.testing.s3server import run_s3_server
+
+            server = self.stack.enter_context(run_s3_server(kind, workdir=str(self.workdir / kind)))
+            server.create_bucket("resumelog-test")
+            self.servers[kind] = server
+        return self.servers[kind]
+
+
+@pytest.fixture(scope="session")
+def s3_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Pool]:
+    pool = S3Pool(tmp_path_factory.mktemp("s3-servers"))
+    with pool.stack:
+        yield pool
+
+
+@pytest.fixture(scope="session", params=S3_KINDS)
+def s3_server(request: pytest.FixtureRequest, s3_pool: S3Pool) -> Any:
+    """A real S3-compatible HTTP server on 127.0.0.1 (moto and SeaweedFS, see
+    ``RESUMELOG_S3_SERVERS``) with a bucket ``resumelog-test``."""
+    return s3_pool.get(request.param)
+
+
+@pytest.fixture
+def s3_url(s3_server: Any) -> tuple[str, dict[str, Any]]:
+    """A fresh checkpoint URL on the S3 server and its storage options."""
+    import uuid
+
+    return f"s3://resumelog-test/{uuid.uuid4().hex}", s3_server.storage_options()

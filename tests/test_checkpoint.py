@@ -1,22 +1,55 @@
-"""The facade: open, fingerprint, compaction, loading, GC, reset, clear, bad input."""
+"""The facade: open, fingerprint, compaction, loading, GC, reset, clear, bad input.
+
+Tests taking ``backend`` run on local disk, memory and the S3 servers (moto, SeaweedFS).
+"""
 
 from __future__ import annotations
 
-import os
 import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+from conftest import S3_KINDS
 
 import resumelog
 from resumelog import compactor, paths
 from resumelog.errors import CorruptSegment, CorruptSnapshot, FingerprintMismatch, ObjectNotFound, UnsupportedFormat
 from resumelog.format import FORMAT_VERSION, PREAMBLE_SIZE
 from resumelog.format import crc32c as crc
-from resumelog.storage import LocalStore
+from resumelog.storage import LocalStore, Store, open_store
 
 
-def snapshot_of(tmp_path):
-    return {p: open(p, "rb").read() for p in sorted(str(x) for x in tmp_path.rglob("*") if x.is_file())}
+@dataclass
+class Backend:
+    url: str
+    opts: dict[str, Any] = field(default_factory=dict)
+
+    def open(self, **kw: Any) -> resumelog.Checkpoint:
+        return resumelog.open(self.url, storage_options=self.opts, **kw)
+
+    def store(self) -> Store:
+        return open_store(self.url, self.opts)
+
+    def objects(self) -> dict[str, bytes]:
+        st = self.store()
+        return {o.path: st.read(o.path) for o in st.list("")}
+
+    def replace(self, key: str, data: bytes) -> None:
+        st = self.store()
+        st.delete([key])
+        st.put_if_absent(key, data)
+
+
+@pytest.fixture(params=["local", "memory", *[f"s3-{k}" for k in S3_KINDS]])
+def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
+    if request.param == "local":
+        return Backend(str(tmp_path / "ck"))
+    if request.param == "memory":
+        return Backend(f"memory://ckpt-{uuid.uuid4().hex}")
+    server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
+    return Backend(f"s3://resumelog-test/{uuid.uuid4().hex}", server.storage_options())
 
 
 def fill(ck, n, prefix="s", writer="w1"):
@@ -25,24 +58,24 @@ def fill(ck, n, prefix="s", writer="w1"):
             w.complete(f"{prefix}{i}")
 
 
-def test_roundtrip_and_views(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_roundtrip_and_views(backend):
+    ck = backend.open()
     fill(ck, 5)
     assert ck.is_completed("s3") and not ck.is_completed("s9")
     assert len(ck.completed) == 5 and "s0" in ck.completed and 7 not in ck.completed
     assert sorted(ck.completed) == [f"s{i}" for i in range(5)]
     assert ck.pending(["s9", "s1", "s8", "s1"]) == ["s9", "s8"]
-    again = resumelog.open(str(tmp_path))
+    again = backend.open()
     assert sorted(again.completed) == sorted(ck.completed)
 
 
-def test_compaction_then_tail(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_compaction_then_tail(backend):
+    ck = backend.open()
     fill(ck, 100)
     r = ck.compact()
     assert r.written and r.snapshot == 1 and r.completed == 100
     fill(ck, 10, prefix="t", writer="w2")
-    fresh = resumelog.open(str(tmp_path))
+    fresh = backend.open()
     assert len(fresh.completed) == 110
     assert fresh.compact().snapshot == 2
     # idempotent: nothing new -> no new snapshot
@@ -51,37 +84,37 @@ def test_compaction_then_tail(tmp_path):
     assert len(compactor.list_snapshots(fresh.store)) == 2
 
 
-def test_fingerprint(tmp_path):
-    resumelog.open(str(tmp_path), fingerprint={"num_records": 10, "model": "x"})
-    resumelog.open(str(tmp_path), fingerprint={"num_records": 10, "model": "x"})
-    resumelog.open(str(tmp_path))  # no fingerprint given: accept
-    before = snapshot_of(tmp_path)
+def test_fingerprint(backend):
+    backend.open(fingerprint={"num_records": 10, "model": "x"})
+    backend.open(fingerprint={"num_records": 10, "model": "x"})
+    backend.open()  # no fingerprint given: accept
+    before = backend.objects()
     with pytest.raises(FingerprintMismatch) as info:
-        resumelog.open(str(tmp_path), fingerprint={"num_records": 20, "model": "x", "extra": True})
+        backend.open(fingerprint={"num_records": 20, "model": "x", "extra": True})
     assert set(info.value.differences) == {"num_records", "extra"}
     assert info.value.differences["num_records"] == (10, 20)
     assert "num_records" in str(info.value)
-    assert snapshot_of(tmp_path) == before  # a failed open changes nothing
-    ck = resumelog.open(str(tmp_path), fingerprint={"num_records": 20}, on_mismatch="reset")
+    assert backend.objects() == before  # a failed open changes nothing
+    ck = backend.open(fingerprint={"num_records": 20}, on_mismatch="reset")
     assert ck.fingerprint == {"num_records": 20}
 
 
 def test_fingerprint_values_must_be_scalars(tmp_path):
     with pytest.raises(resumelog.InvalidId):
         resumelog.open(str(tmp_path), fingerprint={"a": [1, 2]})
-    assert not os.listdir(tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
-def test_missing_checkpoint_without_create(tmp_path):
+def test_missing_checkpoint_without_create(backend):
     with pytest.raises(ObjectNotFound):
-        resumelog.open(str(tmp_path / "nope"), create=False)
-    assert not (tmp_path / "nope").exists()
+        backend.open(create=False)
+    assert backend.objects() == {}
 
 
 def test_invalid_run_id(tmp_path):
     with pytest.raises(resumelog.InvalidId):
         resumelog.open(str(tmp_path), run_id="../x")
-    assert not os.listdir(tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_run_id_from_environment(tmp_path, monkeypatch):
@@ -99,64 +132,62 @@ def _rewrite_version(data: bytes, version: int) -> bytes:
     return bytes(pre) + data[PREAMBLE_SIZE:]
 
 
-def test_unknown_format_version_is_a_clear_error(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_unknown_format_version_is_a_clear_error(backend):
+    ck = backend.open()
     fill(ck, 3)
     ck.compact()
-    snap = tmp_path / paths.snapshot_name(1)
-    snap.write_bytes(_rewrite_version(snap.read_bytes(), FORMAT_VERSION + 1))
-    before = snapshot_of(tmp_path)
+    snap = paths.snapshot_name(1)
+    backend.replace(snap, _rewrite_version(backend.store().read(snap), FORMAT_VERSION + 1))
+    before = backend.objects()
     with pytest.raises(UnsupportedFormat, match="version 2"):
-        resumelog.open(str(tmp_path))
-    meta = tmp_path / paths.META
-    meta.write_bytes(_rewrite_version(meta.read_bytes(), 9))
+        backend.open()
+    meta = _rewrite_version(backend.store().read(paths.META), 9)
+    backend.replace(paths.META, meta)
     with pytest.raises(UnsupportedFormat):
-        resumelog.open(str(tmp_path))
-    assert snapshot_of(tmp_path) == {**before, str(meta): meta.read_bytes()}
+        backend.open()
+    assert backend.objects() == {**before, paths.META: meta}
 
 
-def test_garbage_only_snapshot_is_a_clear_error(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_garbage_only_snapshot_is_a_clear_error(backend):
+    ck = backend.open()
     fill(ck, 3)
     ck.compact()
-    (tmp_path / paths.snapshot_name(1)).write_bytes(b"this is not a snapshot")
-    before = snapshot_of(tmp_path)
+    backend.replace(paths.snapshot_name(1), b"this is not a snapshot")
+    before = backend.objects()
     with pytest.raises(CorruptSnapshot) as info:
-        resumelog.open(str(tmp_path))
+        backend.open()
     assert paths.snapshot_name(1) in str(info.value)
-    assert snapshot_of(tmp_path) == before
+    assert backend.objects() == before
 
 
-def test_corrupt_latest_snapshot_falls_back_to_previous(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_corrupt_latest_snapshot_falls_back_to_previous(backend):
+    ck = backend.open()
     fill(ck, 3)
     ck.compact()
     fill(ck, 3, prefix="t", writer="w2")
     ck.compact()
-    p = tmp_path / paths.snapshot_name(2)
-    data = bytearray(p.read_bytes())
+    data = bytearray(backend.store().read(paths.snapshot_name(2)))
     data[-3] ^= 0xFF
-    p.write_bytes(bytes(data))
-    again = resumelog.open(str(tmp_path))
+    backend.replace(paths.snapshot_name(2), bytes(data))
+    again = backend.open()
     assert len(again.completed) == 6  # snapshot 1 + the journal tail
     assert again.status().anomaly_counts.get("snapshot_fallback") == 1
     # compaction moves past the corrupt number instead of fighting over it
     assert again.compact().snapshot == 3
 
 
-def test_corrupt_middle_segment_raises_naming_it(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_corrupt_middle_segment_raises_naming_it(backend):
+    ck = backend.open()
     with ck.writer("w1") as w:
         for i in range(3):
             w.complete(f"s{i}")
             w.flush()
     segs = [o.path for o in ck.store.list("journal/")]
-    p = tmp_path / segs[1]
-    data = bytearray(p.read_bytes())
+    data = bytearray(backend.store().read(segs[1]))
     data[len(data) // 2] ^= 0x01
-    p.write_bytes(bytes(data))
+    backend.replace(segs[1], bytes(data))
     with pytest.raises(CorruptSegment) as info:
-        resumelog.open(str(tmp_path))
+        backend.open()
     assert segs[1] in str(info.value)
 
 
@@ -195,8 +226,8 @@ def test_torn_tail_not_tolerated_on_object_store(memory_url):
         resumelog.open(memory_url)
 
 
-def test_gc_keeps_three_snapshots_and_open_stream_tails(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_gc_keeps_three_snapshots_and_open_stream_tails(backend):
+    ck = backend.open()
     w = ck.writer("open-writer")
     for round_ in range(5):
         with ck.writer(f"w{round_}") as cw:
@@ -215,49 +246,49 @@ def test_gc_keeps_three_snapshots_and_open_stream_tails(tmp_path):
     # the open writer's last segment stays; closed writers covered by snapshot 3 are gone
     assert paths.segment_name("open-writer", w.incarnation, 4) in remaining
     assert not any(p.startswith("journal/w0/") for p in remaining)
-    fresh = resumelog.open(str(tmp_path))
+    fresh = backend.open()
     assert len(fresh.completed) == 10
     # the grace period protects recent segments
     assert ck.gc(grace=3600).segments == 0
 
 
-def test_gc_never_deletes_uncovered_segments(tmp_path):
-    ck = resumelog.open(str(tmp_path))
+def test_gc_never_deletes_uncovered_segments(backend):
+    ck = backend.open()
     fill(ck, 2)
     ck.compact()
     fill(ck, 2, prefix="t", writer="w2")  # not compacted yet
     ck.gc(grace=0)
-    assert len(resumelog.open(str(tmp_path)).completed) == 4
+    assert len(backend.open().completed) == 4
 
 
-def test_reset_forgets_completion_and_survives_compaction(tmp_path):
-    ck = resumelog.open(str(tmp_path), run_id="r1")
+def test_reset_forgets_completion_and_survives_compaction(backend):
+    ck = backend.open(run_id="r1")
     fill(ck, 3)
     ck.compact()
     assert ck.reset(["s1", "never-done"]) == ["s1"]
     assert not ck.is_completed("s1")
     ck.compact()
-    fresh = resumelog.open(str(tmp_path), run_id="r2")
+    fresh = backend.open(run_id="r2")
     assert sorted(fresh.completed) == ["s0", "s2"]
     fill(fresh, 3)  # rerun in r2 completes it again
-    assert sorted(resumelog.open(str(tmp_path)).completed) == ["s0", "s1", "s2"]
+    assert sorted(backend.open().completed) == ["s0", "s1", "s2"]
     fresh.compact()
     counts = {r.run_id: r.completed_sources for r in fresh.status().runs}
     assert counts == {"r1": 2, "r2": 1}
 
 
-def test_clear_deletes_only_resumelog_objects(tmp_path):
-    (tmp_path / "user-data.txt").write_text("keep me")
-    ck = resumelog.open(str(tmp_path), fingerprint={"a": 1})
+def test_clear_deletes_only_resumelog_objects(backend):
+    ck = backend.open(fingerprint={"a": 1})
+    backend.store().put_if_absent("user-data.txt", b"keep me")
     fill(ck, 3)
     ck.compact()
     ck.clear()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["user-data.txt"]
-    assert len(resumelog.open(str(tmp_path)).completed) == 0
+    assert backend.objects() == {"user-data.txt": b"keep me"}
+    assert len(backend.open().completed) == 0
 
 
-def test_status_counts(tmp_path):
-    ck = resumelog.open(str(tmp_path), run_id="r1", fingerprint={"n": 5})
+def test_status_counts(backend):
+    ck = backend.open(run_id="r1", fingerprint={"n": 5})
     fill(ck, 4)
     with ck.writer("w2") as w:
         w.emit("p1")
@@ -274,14 +305,14 @@ def test_status_counts(tmp_path):
     assert st2.snapshot == 1 and st2.snapshot_objects == 1 and st2.unfolded_segments == 0
 
 
-def test_keep_runs_retires_old_runs(tmp_path):
+def test_keep_runs_retires_old_runs(backend):
     for run in ["a", "b", "c"]:
-        ck = resumelog.open(str(tmp_path), run_id=run)
+        ck = backend.open(run_id=run)
         with ck.writer("w") as w:
             w.emit(f"pending-{run}")
             w.complete(f"done-{run}")
         ck.compact()
-    ck = resumelog.open(str(tmp_path), run_id="c")
+    ck = backend.open(run_id="c")
     r = ck.compact(keep_runs=1)
     assert sorted(r.retired_runs) == ["a", "b"]
     st = ck.status()
@@ -359,15 +390,15 @@ def test_own_flushes_update_the_view_only_when_safe(tmp_path):
     assert ck.is_completed("own")  # entirely written by this process: visible at once
 
 
-def test_completed_leaves_survive_into_a_new_run(tmp_path):
-    ck = resumelog.open(str(tmp_path), run_id="r1")
+def test_completed_leaves_survive_into_a_new_run(backend):
+    ck = backend.open(run_id="r1")
     with ck.writer("w") as w:
         w.emit("s")
         w.record("s::0", "s", 2)  # fan-out into three leaves
         w.record("s::0::0", "s", -1)
         w.record("s::0::1", "s", -1)
         # the job dies before leaf 2
-    ck2 = resumelog.open(str(tmp_path), run_id="r2")
+    ck2 = backend.open(run_id="r2")
     assert not ck2.is_completed("s")
     assert ck2.completed_leaves("s") == {"s::0::0", "s::0::1"}
     assert ck2.completed_leaves("other") == set()
@@ -377,7 +408,7 @@ def test_completed_leaves_survive_into_a_new_run(tmp_path):
         for leaf in ["s::0::0", "s::0::1", "s::0::2"]:
             w.record(leaf, "s", -1)
     ck2.compact()
-    again = resumelog.open(str(tmp_path))
+    again = backend.open()
     assert again.is_completed("s") and again.completed_run("s") == "r2"
     assert again.completed_leaves("s") == {"s::0::0", "s::0::1", "s::0::2"}
 

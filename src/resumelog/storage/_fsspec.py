@@ -109,6 +109,9 @@ class FsspecStore(Store):
         if self._hooked:
             return
         client = getattr(self.fs, "s3", None)
+        if client is None and self.protocol in ("s3", "s3a") and hasattr(self.fs, "connect"):
+            self.fs.connect()  # create the client now so that the first request is counted too
+            client = getattr(self.fs, "s3", None)
         if client is None:
             return
         self._hooked = True
@@ -120,9 +123,8 @@ class FsspecStore(Store):
         client.meta.events.register("before-call.s3", count)
 
     def _do(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        result = fn(*args, **kwargs)
         self._hook()
-        return result
+        return fn(*args, **kwargs)
 
     # ------------------------------------------------------------------ operations
 
@@ -176,8 +178,8 @@ class FsspecStore(Store):
             return
         from fsspec.asyn import sync
 
-        got = sync(self.fs.loop, self._cat_all, fulls)
         self._hook()
+        got = sync(self.fs.loop, self._cat_all, fulls)
         for k, v in zip(keys, got):
             if isinstance(v, FileNotFoundError):
                 yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
