@@ -9,6 +9,7 @@ flushed in batches. Two O_APPEND ledgers, independent of resumelog:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -18,10 +19,10 @@ import resumelog
 
 
 def main(
-    url: str, run_id: str, worker: int, nworkers: int, nsources: int, ledger: str, seed: int, delay: float
+    url: str, run_id: str, worker: int, nworkers: int, nsources: int, ledger: str, seed: int, delay: float, opts: dict
 ) -> None:
     rng = random.Random(seed)
-    ck = resumelog.open(url, run_id=run_id, create=False)
+    ck = resumelog.open(url, storage_options=opts, run_id=run_id, create=False)
     mine = [f"src-{i:06d}" for i in range(nsources) if i % nworkers == worker]
     todo = ck.pending(mine)
     fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -48,4 +49,4 @@ def main(
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5], int(a[6]), float(a[7]))
+    main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5], int(a[6]), float(a[7]), json.loads(a[8]))
