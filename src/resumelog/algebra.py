@@ -372,10 +372,11 @@ class FoldState:
         """Fold the records of one batch (ordinals ``first_ordinal + i``) and its resets."""
         pending = self.pending
         touched = self._touched
+        added = self.added
+        check_base = self.base.count > 0
         states: list[SourceRunState | None] = []
         for src in batch.sources:
-            crun = self.completed_run(src)
-            if crun == run:
+            if (src in added or check_base) and self.completed_run(src) == run:
                 states.append(None)  # late record for a source this run completed
                 continue
             k = (run, src)
