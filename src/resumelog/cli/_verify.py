@@ -1,0 +1,344 @@
+"""``resumelog verify``: read every object of a checkpoint and report each problem.
+
+Built only on the public pieces of :mod:`resumelog.format` (framing, CRCs, typed
+decoders), :mod:`resumelog.paths` (names) and :class:`resumelog.storage.Store`.
+It could move into the library as ``resumelog.verify(store)``; it lives here until
+the core needs it.
+
+Checks, per object:
+
+* ``meta.msgpack`` — preamble, frame CRC, typed decode, format version;
+* every snapshot — preamble, all 7 frame CRCs, typed decode of header/body/done
+  chunks, header number equal to the object name, and the completed-id index:
+  offsets start at 0, never decrease and span the id blob, hashes are sorted and each
+  equals CRC-32C of its id's UTF-8 bytes, run indexes point into the run table,
+  pending entries have equal-length columns and valid run/stream indexes;
+* every segment — preamble, every frame CRC, typed decode, column lengths, footer
+  counts, header equal to the object name; a truncated segment is a *warning* only
+  when it is the last segment of its stream on a store where torn writes can happen
+  (the loader tolerates exactly that), an *error* otherwise;
+* every stream — no missing sequence numbers between its first and last segment, and
+  missing leading segments only if a snapshot's high-water mark covers them.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from resumelog import format as fmt
+from resumelog import paths
+from resumelog._progress import Progress
+from resumelog.errors import CorruptObject, ObjectNotFound, UnsupportedFormat
+from resumelog.storage import ObjectInfo, Store
+
+__all__ = ["Problem", "VerifyReport", "check_snapshot_index", "verify_store"]
+
+Severity = Literal["error", "warning"]
+
+_CHUNK = 256
+
+
+@dataclass
+class Problem:
+    """One finding: the object's path (relative to the root), a kind, a message."""
+
+    path: str
+    kind: str
+    severity: Severity
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "kind": self.kind, "severity": self.severity, "message": self.message}
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify`` read and found."""
+
+    url: str
+    objects: int = 0
+    bytes: int = 0
+    meta: bool = False
+    segments: int = 0
+    snapshots: int = 0
+    records: int = 0
+    streams: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings allowed)."""
+        return self.errors == 0
+
+    def add(self, path: str, kind: str, message: str, severity: Severity = "error") -> None:
+        self.problems.append(Problem(path, kind, severity, message))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "ok": self.ok,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "meta": self.meta,
+            "snapshots": self.snapshots,
+            "segments": self.segments,
+            "streams": self.streams,
+            "records": self.records,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "problems": [p.to_dict() for p in self.problems],
+        }
+
+
+def _u32(data: memoryview) -> array[int]:
+    a = array("I")
+    a.frombytes(data)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        a.byteswap()
+    return a
+
+
+def _u64(data: memoryview) -> array[int]:
+    a = array("Q")
+    a.frombytes(data)
+    if sys.byteorder != "little":  # pragma: no cover
+        a.byteswap()
+    return a
+
+
+def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[str]:
+    """Structural problems of a decoded snapshot's completed-id index and body.
+
+    ``deep`` also recomputes every id's hash (one CRC per id).
+    """
+    out: list[str] = []
+    h, body = frames.header, frames.body
+    n = h.completed_count
+    hashes = _u32(frames.hashes)
+    offsets = _u64(frames.offsets)
+    runs = _u32(frames.runs)
+    blob = bytes(frames.blob)
+    if offsets[0] != 0 or offsets[n] != len(blob):
+        out.append(f"completed-id offsets do not span the id blob ({offsets[0]}..{offsets[n]} vs {len(blob)} bytes)")
+        return out
+    for i in range(n):
+        if offsets[i + 1] < offsets[i]:
+            out.append(f"completed-id offsets decrease at entry {i}")
+            return out
+        if i and hashes[i] < hashes[i - 1]:
+            out.append(f"completed-id hashes are not sorted at entry {i}")
+            return out
+    nruns = len(body.runs)
+    bad_runs = sum(1 for r in runs if r >= nruns)
+    if bad_runs:
+        out.append(f"{bad_runs} completed ids name a run index outside the run table ({nruns} runs)")
+    if h.ascii_ids and not blob.isascii():
+        out.append("header says ids are ASCII but the id blob is not")
+    if deep:
+        crc = fmt.crc32c
+        for i in range(n):
+            raw = blob[offsets[i] : offsets[i + 1]]
+            if crc(raw) != hashes[i]:
+                out.append(f"completed id #{i} does not match its hash (CRC-32C of its bytes)")
+                break
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                out.append(f"completed id #{i} is not valid UTF-8")
+                break
+    nstreams = len(body.stream_ids)
+    for p in body.pending:
+        if not 0 <= p.run < nruns:
+            out.append(f"pending entry for {p.source!r} names run index {p.run} outside the run table")
+        if not len(p.keys) == len(p.streams) == len(p.ordinals) == len(p.deltas):
+            out.append(f"pending entry for {p.source!r} has columns of different lengths")
+        elif any(not 0 <= s < nstreams for s in p.streams):
+            out.append(f"pending entry for {p.source!r} refers to an unknown stream")
+    for c in frames.done:
+        try:
+            fmt.decode_done_entries(c.data)
+        except CorruptObject as exc:
+            out.append(f"done-entry chunk for runs {c.runs}: {exc}")
+    return out
+
+
+def verify_store(
+    store: Store,
+    *,
+    progress: bool | None = None,
+    deep: bool = True,
+    on_object: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Read and check every object of the checkpoint in ``store``."""
+    report = VerifyReport(store.url)
+    listing = store.list("")
+    report.objects = len(listing)
+    report.bytes = sum(o.size for o in listing)
+    segs: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
+    snaps: list[tuple[int, ObjectInfo]] = []
+    meta: ObjectInfo | None = None
+    for o in listing:
+        if o.path == paths.META:
+            meta = o
+            continue
+        sname = paths.parse_segment(o.path)
+        if sname is not None:
+            segs[(sname.writer_id, sname.incarnation)].append((sname.seq, o))
+            continue
+        n = paths.parse_snapshot(o.path)
+        if n is not None:
+            snaps.append((n, o))
+            continue
+        report.add(o.path, "unknown_object", "not a resumelog object name (left alone by resumelog)", "warning")
+    snaps.sort(key=lambda t: t[0])
+    report.streams = len(segs)
+    total = (1 if meta else 0) + len(snaps) + sum(len(v) for v in segs.values())
+    with Progress("verify", total, enabled=progress) as bar:
+        # meta
+        if meta is None:
+            if listing:
+                report.add(
+                    paths.META, "missing_meta", "meta.msgpack is missing (fingerprint checks are off)", "warning"
+                )
+        else:
+            report.meta = True
+            try:
+                fmt.decode_meta(store.read(paths.META), paths.META)
+            except ObjectNotFound:
+                report.add(paths.META, "vanished", "deleted while verifying", "warning")
+            except UnsupportedFormat as exc:
+                report.add(paths.META, "unsupported_format", _msg(exc))
+            except CorruptObject as exc:
+                report.add(paths.META, "corrupt", _msg(exc))
+            bar.advance()
+            if on_object:
+                on_object(paths.META)
+        # snapshots, newest last; remember the marks of each that decodes
+        marks: dict[tuple[str, str], int] = {}
+        for key, data in _read_all(store, [o.path for _, o in snaps]):
+            bar.advance()
+            if on_object:
+                on_object(key)
+            if isinstance(data, ObjectNotFound):
+                continue  # collected by a concurrent gc
+            if isinstance(data, BaseException):
+                raise data
+            report.snapshots += 1
+            try:
+                frames = fmt.decode_snapshot_frames(data, key)
+            except UnsupportedFormat as exc:
+                report.add(key, "unsupported_format", _msg(exc))
+                continue
+            except CorruptObject as exc:
+                report.add(key, "corrupt", _msg(exc))
+                continue
+            number = paths.parse_snapshot(key)
+            if frames.header.number != number:
+                report.add(key, "name_mismatch", f"header says snapshot {frames.header.number}, name says {number}")
+            for message in check_snapshot_index(frames, deep=deep):
+                report.add(key, "corrupt", message)
+            for m in frames.body.streams:
+                sid = (m.writer_id, m.incarnation)
+                marks[sid] = max(marks.get(sid, -1), m.seq)
+        # segments, stream by stream
+        for (writer, inc), items in sorted(segs.items()):
+            items.sort(key=lambda t: t[0])
+            seqs = [s for s, _ in items]
+            last = seqs[-1]
+            stream = f"journal/{writer}/{inc}/"
+            first = seqs[0]
+            if first > 0 and marks.get((writer, inc), -1) < first - 1:
+                report.add(
+                    stream,
+                    "journal_gap",
+                    f"segments 0..{first - 1} are missing and no snapshot covers them",
+                )
+            missing = sorted(set(range(first, last + 1)) - set(seqs))
+            if missing:
+                report.add(stream, "journal_gap", f"segments missing inside the stream: {_ranges(missing)}")
+            for key, data in _read_all(store, [o.path for _, o in items]):
+                bar.advance()
+                if on_object:
+                    on_object(key)
+                if isinstance(data, ObjectNotFound):
+                    continue
+                if isinstance(data, BaseException):
+                    raise data
+                report.segments += 1
+                name = paths.parse_segment(key)
+                assert name is not None
+                try:
+                    seg = fmt.decode_segment(data, key)
+                except fmt.TornSegment as exc:
+                    if name.seq == last and store.torn_writes_possible:
+                        report.add(key, "torn_tail", _msg(exc) + " (last segment of its stream: ignored)", "warning")
+                    else:
+                        report.add(key, "torn", _msg(exc) + _covered(marks, name))
+                    continue
+                except UnsupportedFormat as exc:
+                    report.add(key, "unsupported_format", _msg(exc))
+                    continue
+                except CorruptObject as exc:
+                    report.add(key, "corrupt", _msg(exc) + _covered(marks, name))
+                    continue
+                hd = seg.header
+                if (hd.writer_id, hd.incarnation, hd.seq) != (name.writer_id, name.incarnation, name.seq):
+                    report.add(
+                        key,
+                        "name_mismatch",
+                        f"header names {hd.writer_id}/{hd.incarnation} seq {hd.seq}, not its object name",
+                    )
+                try:
+                    paths.validate_id(hd.run_id, "run id")
+                except ValueError:
+                    report.add(key, "corrupt", "segment header has an invalid run id")
+                report.records += seg.footer.record_count
+    return report
+
+
+def _covered(marks: dict[tuple[str, str], int], name: paths.SegmentName) -> str:
+    if name.seq <= marks.get((name.writer_id, name.incarnation), -1):
+        return " (a snapshot already covers it: loading never reads it again, gc will collect it)"
+    return ""
+
+
+def _read_all(store: Store, keys: list[str]) -> Iterable[tuple[str, bytes | BaseException]]:
+    for i in range(0, len(keys), _CHUNK):
+        yield from store.read_many(keys[i : i + _CHUNK])
+
+
+def _msg(exc: BaseException) -> str:
+    """The message without the ``path: `` prefix the error types add."""
+    text = str(exc)
+    path = getattr(exc, "path", "")
+    if path and text.startswith(f"{path}: "):
+        text = text[len(path) + 2 :]
+    return text
+
+
+def _ranges(values: list[int]) -> str:
+    parts: list[str] = []
+    start = prev = values[0]
+    for v in values[1:]:
+        if v == prev + 1:
+            prev = v
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}..{prev}")
+        start = prev = v
+    parts.append(f"{start}" if start == prev else f"{start}..{prev}")
+    if len(parts) > 10:
+        parts = [*parts[:10], f"... ({len(parts) - 10} more ranges)"]
+    return ", ".join(parts)

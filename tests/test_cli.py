@@ -1,0 +1,595 @@
+"""The ``resumelog`` console script, run as a subprocess on local and S3 checkpoints.
+
+Assertions are on ``--json`` documents (the schemas in ``docs/cli.md``) and exit codes:
+0 ok, 1 problems found, 2 usage/bad input, 3 operation failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import resumelog
+from resumelog import paths
+from resumelog.cli._common import Scrubber, parse_duration, parse_storage_options, read_sources
+from resumelog.storage import LocalStore
+
+
+def _script() -> list[str]:
+    here = Path(sys.executable).parent / "resumelog"
+    if here.exists():
+        return [str(here)]
+    exe = shutil.which("resumelog")
+    return [exe] if exe else [sys.executable, "-m", "resumelog.cli"]
+
+
+CLI = _script()
+
+
+def run(
+    *args: str,
+    input: str | None = None,  # noqa: A002 - subprocess.run's name
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the console script; stdin is never a terminal here."""
+    base = {k: v for k, v in os.environ.items() if k != "RESUMELOG_STORAGE_OPTIONS"}
+    full_env = {**base, "RESUMELOG_NO_SIGTERM": "1", **(env or {})}
+    return subprocess.run(
+        [*CLI, *args],
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+    )
+
+
+def run_json(*args: str, code: int = 0, **kw: Any) -> Any:
+    out = run(*args, "--json", **kw)
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    return json.loads(out.stdout)
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("resumelog: error: ")
+    assert "Traceback" not in out.stderr
+    return lines[0]
+
+
+def populate(url: str, opts: dict[str, Any] | None = None) -> None:
+    """10 sources completed and compacted into snapshot 1, then a journal tail: 5 more
+    completed and 2 emitted but not drained (pending)."""
+    ck = resumelog.open(url, storage_options=opts or {}, run_id="r1", fingerprint={"n": 17})
+    with ck.writer("w1") as w:
+        for i in range(10):
+            w.complete(f"s{i}")
+            w.flush()
+    ck.compact()
+    with ck.writer("w2") as w:
+        for i in range(10, 15):
+            w.complete(f"s{i}")
+            w.flush()
+        w.emit("p0")
+        w.emit("p1")
+        w.record("p1/fan", "p1", 2)
+        w.flush()
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> str:
+    url = str(tmp_path / "ckpt")
+    populate(url)
+    return url
+
+
+def segments(root: str) -> list[str]:
+    return [o.path for o in LocalStore(root).list(paths.JOURNAL_PREFIX)]
+
+
+def flip_byte(path: Path, at: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if at is None else at
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_counts(ckpt: str) -> None:
+    st = run_json("status", ckpt)
+    assert st["url"] == ckpt
+    assert st["format_version"] == 1
+    assert st["fingerprint"] == {"n": 17}
+    assert st["completed"] == 15
+    assert st["pending"] == 2
+    assert st["snapshot"] == 1
+    assert st["anomalies"] == 0
+    assert [r["run_id"] for r in st["runs"]] == ["r1"]
+    assert st["runs"][0]["completed_sources"] == 15 and st["runs"][0]["pending_sources"] == 2
+    assert sorted(w["writer_id"] for w in st["writers"]) == ["w1", "w2"]
+    assert all(w["closed"] for w in st["writers"])
+    assert st["journal_objects"] == len(segments(ckpt))
+    assert st["unfolded_segments"] > 0
+    assert st["snapshot_objects"] == 1
+    for key in ("journal_bytes", "snapshot_bytes", "gc_reclaimable_objects", "gc_reclaimable_bytes", "records_folded"):
+        assert isinstance(st[key], int)
+
+
+def test_status_text(ckpt: str) -> None:
+    out = run("status", ckpt)
+    assert out.returncode == 0, out.stderr
+    assert "completed    15" in out.stdout
+    assert "pending      2" in out.stdout
+    assert "w2" in out.stdout and "r1" in out.stdout
+
+
+@pytest.mark.parametrize("cmd", ["status", "completed", "compact", "gc", "verify", "watch --once", "clear --yes"])
+def test_missing_checkpoint_is_one_clear_line(tmp_path: Path, cmd: str) -> None:
+    missing = str(tmp_path / "nothing-here")
+    out = run(*cmd.split()[:1], missing, *cmd.split()[1:])
+    assert out.returncode == 2
+    assert one_error_line(out) == f"resumelog: error: no checkpoint at {missing}"
+    assert not os.path.exists(missing)  # read commands never create anything
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    out = run("status", str(tmp_path / "nothing"), "--debug")
+    assert out.returncode == 2
+    assert "Traceback" in out.stderr and "no checkpoint at" in out.stderr.splitlines()[-1]
+
+
+def test_usage_errors_exit_2(ckpt: str) -> None:
+    assert run("frobnicate", ckpt).returncode == 2
+    assert run("status").returncode == 2
+    assert run("gc", ckpt, "--grace", "soon").returncode == 2
+    out = run("pending", ckpt)  # no sources given
+    assert out.returncode == 2 and "--sources" in one_error_line(out)
+    assert run("--version").returncode == 0
+
+
+def test_global_options_before_the_command(ckpt: str) -> None:
+    out = run("--json", "status", ckpt)
+    assert out.returncode == 0 and json.loads(out.stdout)["completed"] == 15
+
+
+# --------------------------------------------------------------------------- pending / completed
+
+
+def test_pending_from_file(ckpt: str, tmp_path: Path) -> None:
+    f = tmp_path / "sources.txt"
+    f.write_text("s0\n  s3 \n\np0\nnew-1\ns14\n")
+    doc = run_json("pending", ckpt, "--sources", str(f))
+    assert doc == {"url": ckpt, "requested": 5, "pending_count": 2, "pending": ["p0", "new-1"]}
+    out = run("pending", ckpt, "--sources", str(f))
+    assert out.returncode == 0 and out.stdout.splitlines() == ["p0", "new-1"]
+
+
+def test_pending_from_stdin(ckpt: str) -> None:
+    ids = [f"s{i}" for i in range(20)]
+    doc = run_json("pending", ckpt, "--sources", "-", input="\n".join(ids) + "\n")
+    assert doc["pending"] == [f"s{i}" for i in range(15, 20)]  # order kept
+    doc = run_json("pending", ckpt, "--sources", "-", input=json.dumps(["s1", "zz", "s2"]))
+    assert doc["pending"] == ["zz"]
+
+
+def test_pending_exit_code(ckpt: str) -> None:
+    assert run("pending", ckpt, "s1", "s2", "--exit-code").returncode == 0
+    out = run("pending", ckpt, "s1", "zz", "--exit-code")
+    assert out.returncode == 1 and out.stdout == "zz\n"
+    assert run("pending", ckpt, "--sources", "/does/not/exist").returncode == 2
+
+
+def test_completed(ckpt: str) -> None:
+    doc = run_json("completed", ckpt)
+    assert doc["count"] == 15 and sorted(doc["completed"]) == sorted(f"s{i}" for i in range(15))
+    out = run("completed", ckpt, "--sort")
+    assert out.returncode == 0 and out.stdout.splitlines() == sorted(f"s{i}" for i in range(15))
+
+
+# --------------------------------------------------------------------------- compact / gc
+
+
+def test_compact(ckpt: str) -> None:
+    doc = run_json("compact", ckpt)
+    assert doc["written"] is True and doc["snapshot"] == 2
+    assert doc["completed"] == 15 and doc["segments_folded"] > 0 and doc["records_folded"] > 0
+    again = run_json("compact", ckpt)
+    assert again["written"] is False and again["snapshot"] == 2 and again["segments_folded"] == 0
+    assert run_json("status", ckpt)["unfolded_segments"] == 0
+
+
+def test_gc_dry_run_then_real(ckpt: str) -> None:
+    run_json("compact", ckpt)
+    before = segments(ckpt)
+    default = run_json("gc", ckpt, "--dry-run")
+    assert default["dry_run"] is True and default["segments"] == 0  # all younger than the 1 h grace
+    dry = run_json("gc", ckpt, "--dry-run", "--grace", "0s")
+    assert dry["dry_run"] is True and dry["grace_seconds"] == 0
+    # the oldest of the (up to 3) retained snapshots decides: snapshot 1 covers w1 only
+    assert set(dry["keys"]) == {s for s in before if s.startswith("journal/w1/")}
+    assert dry["segments"] == len(dry["keys"]) and dry["snapshots"] == 0
+    assert segments(ckpt) == before  # a dry run deletes nothing
+    real = run_json("gc", ckpt, "--grace", "0", "--retain", "1")
+    assert real["dry_run"] is False and real["segments"] == len(before) and real["snapshots"] == 1
+    assert segments(ckpt) == []
+    assert run_json("status", ckpt)["completed"] == 15
+    assert run_json("verify", ckpt)["ok"] is True
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def test_verify_clean(ckpt: str) -> None:
+    doc = run_json("verify", ckpt)
+    assert doc["ok"] is True and doc["problems"] == [] and doc["errors"] == 0
+    assert doc["meta"] is True and doc["snapshots"] == 1 and doc["segments"] == len(segments(ckpt))
+    assert doc["streams"] == 2
+    out = run("verify", ckpt)
+    assert out.returncode == 0 and out.stdout.startswith("OK: ")
+
+
+def test_verify_finds_a_flipped_byte_in_a_middle_segment(ckpt: str) -> None:
+    w1 = [s for s in segments(ckpt) if s.startswith("journal/w1/")]
+    middle = w1[len(w1) // 2]
+    flip_byte(Path(ckpt) / middle)
+    doc = run_json("verify", ckpt, code=1)
+    assert doc["ok"] is False and doc["errors"] == 1
+    (problem,) = doc["problems"]
+    assert problem["path"] == middle and problem["severity"] == "error" and problem["kind"] == "corrupt"
+    assert "CRC" in problem["message"]
+    out = run("verify", ckpt)
+    assert out.returncode == 1 and middle in out.stdout and "CORRUPT" in out.stdout
+
+
+def test_verify_finds_a_corrupt_snapshot_and_a_gap(ckpt: str) -> None:
+    snap = Path(ckpt) / paths.snapshot_name(1)
+    flip_byte(snap, at=snap.stat().st_size - 3)
+    w2 = [s for s in segments(ckpt) if s.startswith("journal/w2/")]
+    (Path(ckpt) / w2[2]).unlink()
+    doc = run_json("verify", ckpt, code=1)
+    kinds = {(p["kind"], p["path"].rstrip("/")) for p in doc["problems"]}
+    assert ("corrupt", paths.snapshot_name(1)) in kinds
+    assert ("journal_gap", w2[0].rsplit("/", 1)[0]) in kinds
+
+
+def test_verify_tolerates_a_torn_last_segment_as_a_warning(ckpt: str) -> None:
+    last = Path(ckpt) / [s for s in segments(ckpt) if s.startswith("journal/w2/")][-1]
+    last.write_bytes(last.read_bytes()[:40])
+    doc = run_json("verify", ckpt)
+    assert doc["ok"] is True and doc["warnings"] == 1 and doc["problems"][0]["kind"] == "torn_tail"
+
+
+def test_a_command_meeting_corruption_exits_1(ckpt: str) -> None:
+    tail = [s for s in segments(ckpt) if s.startswith("journal/w2/")]
+    flip_byte(Path(ckpt) / tail[1])
+    out = run("status", ckpt)
+    assert out.returncode == 1
+    assert tail[1] in one_error_line(out) and "resumelog verify" in out.stderr
+
+
+# --------------------------------------------------------------------------- reset / clear
+
+
+def test_reset_yes(ckpt: str) -> None:
+    doc = run_json("reset", ckpt, "s1", "s12", "nope", "--yes")
+    assert doc == {"url": ckpt, "requested": 3, "reset": ["s1", "s12"], "not_completed": ["nope"]}
+    assert run_json("pending", ckpt, "s0", "s1", "s12")["pending"] == ["s1", "s12"]
+    assert run_json("status", ckpt)["completed"] == 13
+
+
+def test_reset_from_stdin_needs_yes(ckpt: str) -> None:
+    out = run("reset", ckpt, "--sources", "-", input="s1\ns2\n")
+    assert out.returncode == 2 and "--yes" in one_error_line(out)
+    doc = run_json("reset", ckpt, "--sources", "-", "--yes", input="s1\ns2\n")
+    assert doc["reset"] == ["s1", "s2"]
+
+
+def test_clear_yes(ckpt: str) -> None:
+    n = len(LocalStore(ckpt).list(""))
+    doc = run_json("clear", ckpt, "--yes")
+    assert doc == {"url": ckpt, "cleared": True, "objects": n, "bytes": doc["bytes"]}
+    assert LocalStore(ckpt).list("") == []
+    out = run("status", ckpt)
+    assert out.returncode == 2 and "no checkpoint at" in out.stderr
+
+
+@pytest.mark.parametrize("cmd", [["reset", "s1", "s2"], ["clear"]])
+def test_refuses_without_yes_and_without_a_terminal(ckpt: str, cmd: list[str]) -> None:
+    before = {o.path for o in LocalStore(ckpt).list("")}
+    out = run(cmd[0], ckpt, *cmd[1:])
+    assert out.returncode == 2
+    assert "refusing" in one_error_line(out) and "--yes" in out.stderr
+    assert {o.path for o in LocalStore(ckpt).list("")} == before
+    assert run_json("status", ckpt)["completed"] == 15
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def test_inspect_segment_json(ckpt: str) -> None:
+    w1 = [s for s in segments(ckpt) if s.startswith("journal/w1/")]
+    doc = run_json("inspect", ckpt, w1[3])
+    assert doc["ok"] is True and doc["kind"] == "segment" and doc["path"] == w1[3]
+    name = paths.parse_segment(w1[3])
+    assert name is not None
+    assert doc["header"]["writer_id"] == "w1" and doc["header"]["seq"] == 3 == name.seq
+    assert doc["header"]["incarnation"] == name.incarnation and doc["header"]["run_id"] == "r1"
+    assert doc["footer"] == {"record_count": 2, "batch_count": 1, "closed": False}
+    assert [(r["source"], r["delta"], r["emission"]) for r in doc["records"]] == [("s3", 1, True), ("s3", -1, False)]
+    assert doc["preamble"]["magic"] == "RSLG" and all(f["crc_ok"] for f in doc["frames"])
+    assert len(doc["frames"]) == 3  # header, one batch, footer
+    # a full path under the root is accepted too, and text output is readable
+    out = run("inspect", ckpt, os.path.join(ckpt, w1[3]))
+    assert out.returncode == 0 and "<emit>  s3  +1  emission" in out.stdout
+
+
+def test_inspect_snapshot_json(ckpt: str) -> None:
+    doc = run_json("inspect", ckpt, paths.snapshot_name(1))
+    assert doc["ok"] is True and doc["kind"] == "snapshot"
+    assert doc["header"]["number"] == 1 and doc["header"]["completed_count"] == 10
+    assert sorted(c["source"] for c in doc["completed"]) == sorted(f"s{i}" for i in range(10))
+    assert {c["run"] for c in doc["completed"]} == {"r1"}
+    assert [r["run_id"] for r in doc["runs"]] == ["r1"]
+    assert [s["writer_id"] for s in doc["streams"]] == ["w1"] and doc["streams"][0]["seq"] == 10
+    assert len(doc["frames"]) == 7
+    limited = run_json("inspect", ckpt, paths.snapshot_name(1), "--limit", "3")
+    assert len(limited["completed"]) == 3 and limited["completed_truncated"] is True
+    meta = run_json("inspect", ckpt, paths.META)
+    assert meta["kind"] == "meta" and meta["fingerprint"] == {"n": 17}
+
+
+def test_inspect_pending_state_in_a_snapshot(ckpt: str) -> None:
+    run_json("compact", ckpt)
+    doc = run_json("inspect", ckpt, paths.snapshot_name(2))
+    pend = {p["source"]: p for p in doc["pending"]}
+    assert set(pend) == {"p0", "p1"}
+    assert pend["p1"]["sum"] == 3 and pend["p1"]["emitted"] is True and pend["p0"]["sum"] == 1
+
+
+def test_inspect_errors(ckpt: str) -> None:
+    out = run("inspect", ckpt, "journal/none.seg")
+    assert out.returncode == 2 and "no object" in one_error_line(out)
+    assert run("inspect", ckpt, "../../etc/passwd").returncode == 2
+    seg = [s for s in segments(ckpt) if s.startswith("journal/w1/")][2]
+    flip_byte(Path(ckpt) / seg)
+    doc = run_json("inspect", ckpt, seg, code=1)
+    assert doc["ok"] is False and "CRC" in doc["error"]
+    assert any(not f.get("crc_ok", True) for f in doc["frames"])
+
+
+# --------------------------------------------------------------------------- storage options, secrets
+
+
+def test_bad_storage_options_are_usage_errors_and_never_echoed(ckpt: str) -> None:
+    secret = "hunter2-very-secret"
+    out = run("status", ckpt, "-o", f"secret={secret}")
+    assert out.returncode == 2
+    assert secret not in out.stderr and secret not in out.stdout
+    out = run("status", ckpt, "-o", secret)  # no '=': the value is not repeated
+    assert out.returncode == 2 and secret not in out.stderr
+    out = run("status", ckpt, "--debug", "-o", f"secret={secret}")
+    assert out.returncode == 2 and "Traceback" in out.stderr and secret not in out.stderr
+
+
+def test_storage_option_parsing() -> None:
+    opts = parse_storage_options(
+        [
+            "anon=false",
+            'client_kwargs={"endpoint_url": "http://127.0.0.1:9000"}',
+            "client_kwargs.region_name=eu",
+            "x=plain",
+        ],
+        env={"RESUMELOG_STORAGE_OPTIONS": '{"key": "K", "anon": true}'},
+    )
+    assert opts == {
+        "key": "K",
+        "anon": False,
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu"},
+        "x": "plain",
+    }
+    scrub = Scrubber({"key": "AKIAEXAMPLE", "client_kwargs": {"endpoint_url": "http://h:1"}}, "ftp://bob:pw1234@h/x")
+    assert scrub("AKIAEXAMPLE at http://h:1 by bob:pw1234") == "*** at http://h:1 by ***"
+
+
+def test_duration_parsing() -> None:
+    assert parse_duration("90") == 90
+    assert parse_duration("15m") == 900
+    assert parse_duration("1h30m") == 5400
+    assert parse_duration("2d") == 172800
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_read_sources(tmp_path: Path) -> None:
+    f = tmp_path / "s.json"
+    f.write_text('["a", "b"]')
+    assert read_sources(str(f), ["z"]) == ["z", "a", "b"]
+    f.write_text("[not json\nb\n")
+    assert read_sources(str(f)) == ["[not json", "b"]
+
+
+# --------------------------------------------------------------------------- watch (no terminal)
+
+
+def test_watch_once(ckpt: str) -> None:
+    doc = run_json("watch", ckpt, "--once", "--total", "20")
+    assert doc["completed"] == 15 and doc["pending"] == 2 and doc["remaining"] == 5
+    assert {w["writer_id"] for w in doc["writers"]} == {"w1", "w2"}
+    out = run("watch", ckpt, "--once")
+    assert out.returncode == 0 and "completed 15  pending 2" in out.stdout
+    before = {o.path for o in LocalStore(ckpt).list("")}
+    assert {o.path for o in LocalStore(ckpt).list("")} == before  # read only
+
+
+def test_demo_is_still_there() -> None:
+    out = run("demo", "--help")
+    assert out.returncode == 0 and "--sources" in out.stdout
+
+
+# --------------------------------------------------------------------------- watch under a pseudo-terminal
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time, resumelog
+    ck = resumelog.open(sys.argv[1], run_id="live")
+    w = ck.writer("bg")
+    end = time.time() + float(sys.argv[2])
+    i = 0
+    while time.time() < end:
+        for _ in range(5):
+            w.complete(f"live-{i}")
+            i += 1
+        w.flush()
+        time.sleep(0.05)
+    w.close()
+    """
+)
+
+
+@pytest.mark.parametrize("renderer", ["rich", "plain"])
+def test_watch_numbers_advance_on_a_terminal(tmp_path: Path, renderer: str) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    if renderer == "rich":
+        pytest.importorskip("rich")
+    url = str(tmp_path / "live")
+    resumelog.open(url, run_id="live")  # create it, so watch starts on an existing checkpoint
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, "12"], env={**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    )
+    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    if renderer == "plain":
+        env["RESUMELOG_CLI_PLAIN"] = "1"
+    child = pexpect.spawn(
+        CLI[0], [*CLI[1:], "watch", url, "--interval", "0.5"], env=env, encoding="utf-8", dimensions=(30, 120)
+    )
+    try:
+        seen: list[int] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (len(seen) < 2 or seen[-1] <= seen[0]):
+            child.expect(r"completed (\d+)", timeout=max(deadline - time.monotonic(), 0.1))
+            seen.append(int(child.match.group(1)))
+        assert len(seen) >= 2 and seen[-1] > seen[0], seen
+        assert child.isalive()
+        child.sendintr()  # Ctrl-C ends the view cleanly
+        child.expect(pexpect.EOF, timeout=5)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+        writer.terminate()
+        writer.wait(timeout=10)
+    # watch never wrote: every object is the writer's (journal) or the initial meta
+    assert {o.path.split("/")[0] for o in LocalStore(url).list("")} <= {"journal", paths.META}
+
+
+def spawn(*args: str, **kw: Any) -> Any:
+    pexpect = pytest.importorskip("pexpect")
+    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    env.pop("RESUMELOG_STORAGE_OPTIONS", None)
+    return pexpect.spawn(CLI[0], [*CLI[1:], *args], env=env, encoding="utf-8", dimensions=(30, 120), **kw)
+
+
+def test_confirmation_on_a_terminal(ckpt: str) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("clear", ckpt)
+    child.expect(r"Delete the checkpoint at .*\[y/N\] ", timeout=20)
+    child.sendline("n")
+    child.expect(pexpect.EOF, timeout=20)
+    child.close()
+    assert child.exitstatus == 2 and "not confirmed" in child.before
+    assert run_json("status", ckpt)["completed"] == 15
+    child = spawn("reset", ckpt, "s1", "s2")
+    child.expect(r"Reset the completion of 2 sources .*\[y/N\] ", timeout=20)
+    child.sendline("y")
+    child.expect(pexpect.EOF, timeout=20)
+    child.close()
+    assert child.exitstatus == 0
+    assert run_json("pending", ckpt, "s1", "s2", "s3")["pending"] == ["s1", "s2"]
+
+
+def test_progress_bar_only_on_a_terminal(ckpt: str) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("verify", ckpt)
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 0
+    assert "verify [" in child.before and "OK: " in child.before
+    out = run("verify", ckpt)
+    assert out.returncode == 0 and out.stderr == "" and "verify [" not in out.stdout
+
+
+# --------------------------------------------------------------------------- S3
+
+
+def s3_args(opts: dict[str, Any]) -> list[str]:
+    return [arg for k, v in opts.items() for arg in ("-o", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+
+
+@pytest.mark.s3
+def test_s3_status_pending_completed(s3_url: tuple[str, dict[str, Any]]) -> None:
+    url, opts = s3_url
+    populate(url, opts)
+    st = run_json("status", url, *s3_args(opts))
+    assert st["completed"] == 15 and st["pending"] == 2 and st["snapshot"] == 1
+    assert run_json("pending", url, "s1", "zz", *s3_args(opts))["pending"] == ["zz"]
+    # options may also come from the environment (keeps secrets out of `ps`)
+    env = {"RESUMELOG_STORAGE_OPTIONS": json.dumps(opts)}
+    assert run_json("completed", url, env=env)["count"] == 15
+    out = run("status", url.rsplit("/", 1)[0] + "/missing-prefix", *s3_args(opts))
+    assert out.returncode == 2 and "no checkpoint at" in one_error_line(out)
+
+
+@pytest.mark.s3
+def test_s3_verify_finds_corruption(s3_server: Any, s3_url: tuple[str, dict[str, Any]]) -> None:
+    url, opts = s3_url
+    populate(url, opts)
+    assert run_json("verify", url, *s3_args(opts))["ok"] is True
+    fs = s3_server.filesystem()
+    root = url.removeprefix("s3://")
+    keys = sorted(k for k in fs.find(f"{root}/journal/w1/"))
+    middle = keys[len(keys) // 2]
+    data = bytearray(fs.cat_file(middle))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(middle, bytes(data))
+    doc = run_json("verify", url, *s3_args(opts), code=1)
+    assert [p["path"] for p in doc["problems"]] == [middle[len(root) + 1 :]]
+
+
+@pytest.mark.s3
+def test_s3_compact_gc_inspect_and_secrets(s3_server: Any, s3_url: tuple[str, dict[str, Any]]) -> None:
+    url, opts = s3_url
+    populate(url, opts)
+    assert run_json("compact", url, *s3_args(opts))["snapshot"] == 2
+    dry = run_json("gc", url, "--dry-run", "--grace", "0", *s3_args(opts))
+    assert dry["segments"] > 0
+    snap = run_json("inspect", url, paths.snapshot_name(2), *s3_args(opts))
+    assert snap["header"]["completed_count"] == 15
+    if s3_server.kind != "moto":  # moto accepts any credentials
+        bad = {**opts, "secret": "wrong-secret-0123456789"}
+        out = run("status", url, *s3_args(bad))
+        assert out.returncode in (2, 3)
+        assert "wrong-secret-0123456789" not in out.stderr + out.stdout
+        assert str(opts["secret"]) not in out.stderr + out.stdout
+        one_error_line(out)
+
+
+def test_a_directory_without_resumelog_objects_is_no_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    out = run("status", str(tmp_path))
+    assert out.returncode == 2 and one_error_line(out) == f"resumelog: error: no checkpoint at {tmp_path}"
+    out = run("status", str(tmp_path / "notes.txt"))
+    assert out.returncode == 2 and "is a file" in one_error_line(out)

@@ -1,0 +1,157 @@
+"""The documentation site: Getting started runs, the site builds strictly, and the
+reference pages (format spec, CLI reference) match the code they describe."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from resumelog import format as fmt
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+# Runs every block in one interpreter, in order, naming the block that failed.
+_DRIVER = """
+import json, sys, traceback
+blocks = json.loads(sys.stdin.read())
+ns = {"__name__": "__main__"}
+for i, src in enumerate(blocks, 1):
+    try:
+        exec(compile(src, f"<getting-started.md python block {i}>", "exec"), ns)
+    except BaseException:
+        traceback.print_exc()
+        print(f"getting-started.md: python block {i} failed", file=sys.stderr)
+        sys.exit(1)
+print(f"ran {len(blocks)} blocks")
+"""
+
+
+def python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)
+
+
+def test_getting_started_blocks_run_in_order(tmp_path: Path) -> None:
+    blocks = python_blocks(DOCS / "getting-started.md")
+    assert len(blocks) >= 5
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER],
+        input=json.dumps(blocks),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().endswith(f"ran {len(blocks)} blocks")
+
+
+def test_mkdocs_build_strict(tmp_path: Path) -> None:
+    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
+        pytest.skip("mkdocs/mkdocstrings are not installed (pip install -e '.[dev]' installs them)")
+    site = tmp_path / "site"
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for page in ("getting-started", "concepts", "guarantees", "storage", "integrations", "cli", "format", "faq"):
+        assert (site / page / "index.html").exists(), page
+    api = (site / "api" / "resumelog" / "index.html").read_text()
+    assert 'id="resumelog.open"' in api and 'id="resumelog.Checkpoint.status"' in api
+    assert 'id="resumelog.format.decode_segment"' in (site / "api" / "format" / "index.html").read_text()
+    assert 'id="resumelog.storage.Store"' in (site / "api" / "storage" / "index.html").read_text()
+    assert 'id="resumelog.algebra.FoldState"' in (site / "api" / "algebra" / "index.html").read_text()
+
+
+# --------------------------------------------------------------------------- format.md
+
+
+def test_format_example_bytes_are_what_the_encoder_writes() -> None:
+    from resumelog.algebra import DONE_KEY, EMIT_KEY
+
+    text = (DOCS / "format.md").read_text()
+    section = text[text.index("### Example") :]
+    dump = re.search(r"```text\n(.*?)```", section, re.S)
+    assert dump is not None
+    data = bytearray()
+    for line in dump.group(1).splitlines():
+        offset, _, rest = line.partition("  ")
+        assert int(offset, 16) == len(data), line
+        data += bytes.fromhex(rest.split("  ")[0])
+    header = fmt.SegmentHeader("w1", "01J00000000000000000000000", 0, "r1", bytes(16), 1700000000000)
+    batch = fmt.Batch(["s"], [0, 0], [EMIT_KEY, DONE_KEY], [1, -1], b"\x01\x00", [])
+    assert bytes(data) == fmt.encode_segment(header, [batch])
+    assert len(data) == 142
+    seg = fmt.decode_segment(bytes(data))
+    assert seg.header == header and seg.footer.record_count == 2
+
+
+STRUCTS = [
+    fmt.SegmentHeader,
+    fmt.Batch,
+    fmt.Reset,
+    fmt.SegmentFooter,
+    fmt.Meta,
+    fmt.SnapshotHeader,
+    fmt.SnapshotBody,
+    fmt.StreamMark,
+    fmt.RunInfo,
+    fmt.PendingEntry,
+    fmt.Anomaly,
+    fmt.DoneChunk,
+]
+
+
+@pytest.mark.parametrize("struct", STRUCTS, ids=lambda s: s.__name__)
+def test_format_spec_lists_every_field_in_wire_order(struct: type[msgspec.Struct]) -> None:
+    """A field added to format.py without updating the spec fails here."""
+    text = (DOCS / "format.md").read_text()
+    start = text.index(f"**{struct.__name__}** = array")
+    section = text[start : start + 3000]
+    pos = 0
+    for name in struct.__struct_fields__:
+        m = re.compile(rf"`{name}`|\b{name}:").search(section, pos)
+        assert m is not None, f"{struct.__name__}.{name} missing from docs/format.md (or out of order)"
+        pos = m.end()
+    assert struct.__struct_config__.array_like
+
+
+def test_format_spec_constants() -> None:
+    text = (DOCS / "format.md").read_text()
+    assert fmt.FORMAT_VERSION == 1 and "version 1" in text
+    assert fmt.MAGIC == b"RSLG" and fmt.PREAMBLE_SIZE == 24 and fmt.FRAME_HEADER_SIZE == 8
+    assert fmt.SNAPSHOT_FRAMES == 7 and "Exactly **7 frames**" in text
+    for kind in (fmt.KIND_SEGMENT, fmt.KIND_SNAPSHOT, fmt.KIND_META):
+        assert f"`0x{kind:02X}` `'{chr(kind)}'`" in text
+
+
+# --------------------------------------------------------------------------- cli.md
+
+
+def test_cli_reference_covers_every_command_and_option() -> None:
+    import argparse
+
+    from resumelog.cli._main import build_parser
+
+    text = (DOCS / "cli.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        assert f"## `{name}`" in text, f"command {name} is not documented in docs/cli.md"
+        for action in p._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt != "--help":
+                    assert opt in text, f"{name} {opt} is not documented in docs/cli.md"
