@@ -452,3 +452,23 @@ def test_loader_reloads_when_gc_moved_past_its_snapshot(tmp_path):
     loaded = compactor.load(store)
     assert loaded.snapshot == 2 and loaded.state.is_completed("s")
     assert "journal_gap" not in loaded.state.anomaly_counts
+
+
+def test_reset_forgets_leaf_completions_too(tmp_path):
+    ck = resumelog.open(str(tmp_path), run_id="r1")
+    with ck.writer("w") as w:
+        w.emit("a")
+        w.record("a::0", "a", 1)
+        w.record("a::0::0", "a", -1)  # one leaf written, the other never
+    ck2 = resumelog.open(str(tmp_path), run_id="r2")
+    assert ck2.completed_leaves("a") == {"a::0::0"}
+    with ck2.writer("w") as w:
+        w.emit("a")
+        w.record("a::0", "a", 1)
+        w.record("a::0::0", "a", -1)
+        w.record("a::0::1", "a", -1)
+    assert ck2.is_completed("a")
+    assert ck2.reset(["a"]) == ["a"]
+    ck3 = resumelog.open(str(tmp_path), run_id="r3")
+    assert not ck3.is_completed("a")
+    assert ck3.completed_leaves("a") == set()  # a reset means: redo all of it

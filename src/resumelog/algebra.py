@@ -294,8 +294,9 @@ class FoldState:
         """
         prefix = f"{source}::"
         leaves: set[str] = set()
+        voided = self.resets.get(source, set())
         for run, info in self.runs.items():
-            if info.retired:
+            if info.retired or run in voided:
                 continue
             s = self.pending.get((run, source))
             if s is not None:

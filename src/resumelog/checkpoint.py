@@ -394,17 +394,22 @@ class Checkpoint:
     def reset(self, sources: Iterable[str]) -> list[str]:
         """Forget the completion of ``sources`` (operator override); returns those reset.
 
-        Writes one tombstone per completed source naming the run that completed it, so
-        a completion by a run this view has not seen survives.
+        Writes one tombstone per completed source naming the run that completed it and
+        every run holding partial state for it (so their leaf completions are forgotten
+        too). A completion by a run this view has not seen survives.
         """
         self.refresh()
-        todo = [(s, self._state.completed_run(s)) for s in dict.fromkeys(sources)]
-        todo = [(s, r) for s, r in todo if r is not None]
+        st = self._state
+        todo = []
+        for s in dict.fromkeys(sources):
+            r = st.completed_run(s)
+            if r is not None:
+                todo.append((s, sorted({r} | {run for run in st.runs if (run, s) in st.pending})))
         if not todo:
             return []
         with Writer(self.store, f"reset-{paths.default_writer_id()}"[:128], self.run_id, handle=None) as w:
-            for s, r in todo:
-                w.reset(s, [r] if r else [])
+            for s, voided in todo:
+                w.reset(s, voided)
         self.refresh()
         return [s for s, _ in todo]
 
