@@ -42,7 +42,39 @@ def _s3_kinds() -> list[str]:
     return kinds_from_env()
 
 
-S3_KINDS = _s3_kinds()
+TEST_BUCKET = "resumelog-test"
+EXTERNAL_S3 = os.environ.get("RESUMELOG_TEST_S3_BUCKET")
+"""Set (with AWS credentials in the usual environment variables, and optionally
+``RESUMELOG_TEST_S3_ENDPOINT`` for MinIO and friends) to run every S3 test against a real
+bucket too, as server kind ``external``. Unset: those tests are not generated."""
+
+S3_KINDS = _s3_kinds() + (["external"] if EXTERNAL_S3 else [])
+
+
+class ExternalS3:
+    """A real S3 (AWS, MinIO, ...) bucket named by the environment."""
+
+    kind = "external"
+
+    def __init__(self) -> None:
+        self.bucket = EXTERNAL_S3 or ""
+        self.endpoint_url = os.environ.get("RESUMELOG_TEST_S3_ENDPOINT", "")
+        self.access_key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+        self.secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+
+    def storage_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"key": self.access_key, "secret": self.secret_key}
+        if self.endpoint_url:
+            opts["client_kwargs"] = {"endpoint_url": self.endpoint_url}
+        return opts
+
+    def create_bucket(self, name: str) -> None:
+        """The bucket exists already."""
+
+
+def bucket_of(server: Any) -> str:
+    """The bucket the tests use on ``server``."""
+    return getattr(server, "bucket", TEST_BUCKET)
 
 
 class S3Pool:
@@ -56,11 +88,13 @@ class S3Pool:
         self.servers: dict[str, Any] = {}
 
     def get(self, kind: str) -> Any:
+        if kind == "external":
+            return self.servers.setdefault(kind, ExternalS3())
         if kind not in self.servers:
             from resumelog.testing.s3server import run_s3_server
 
             server = self.stack.enter_context(run_s3_server(kind, workdir=str(self.workdir / kind)))
-            server.create_bucket("resumelog-test")
+            server.create_bucket(TEST_BUCKET)
             self.servers[kind] = server
         return self.servers[kind]
 
@@ -84,4 +118,4 @@ def s3_url(s3_server: Any) -> tuple[str, dict[str, Any]]:
     """A fresh checkpoint URL on the S3 server and its storage options."""
     import uuid
 
-    return f"s3://resumelog-test/{uuid.uuid4().hex}", s3_server.storage_options()
+    return f"s3://{bucket_of(s3_server)}/{uuid.uuid4().hex}", s3_server.storage_options()

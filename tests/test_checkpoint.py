@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import S3_KINDS
+from conftest import S3_KINDS, bucket_of
 
 import resumelog
 from resumelog import compactor, paths
@@ -49,7 +49,7 @@ def backend(request: pytest.FixtureRequest, tmp_path) -> Backend:
     if request.param == "memory":
         return Backend(f"memory://ckpt-{uuid.uuid4().hex}")
     server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
-    return Backend(f"s3://resumelog-test/{uuid.uuid4().hex}", server.storage_options())
+    return Backend(f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options())
 
 
 def fill(ck, n, prefix="s", writer="w1"):

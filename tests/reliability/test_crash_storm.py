@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from conftest import bucket_of
+
 import resumelog
 from resumelog import compactor
 from resumelog.storage import open_store
@@ -112,6 +114,6 @@ def test_crash_storm_s3(tmp_path, s3_pool):
     """On SeaweedFS: its conditional create is atomic (moto's is not, see s3server)."""
     server = s3_pool.get("seaweedfs")
     figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
-    run_storm(f"s3://resumelog-test/storm-{os.getpid()}", server.storage_options(), tmp_path, figures)
+    run_storm(f"s3://{bucket_of(server)}/storm-{os.getpid()}", server.storage_options(), tmp_path, figures)
     print(json.dumps({"storm": "s3-seaweedfs", **figures, "lost": 0, "false_completions": 0}))
     assert figures["writer_kills"] >= ROUNDS // 2

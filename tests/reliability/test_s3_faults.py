@@ -7,6 +7,7 @@ import json
 import uuid
 
 import pytest
+from conftest import bucket_of
 from faultproxy import every, fault_proxy
 
 import resumelog
@@ -22,8 +23,8 @@ def proxied(server, proxy, retries=3):
 
 
 @pytest.fixture
-def url():
-    return f"s3://resumelog-test/faults-{uuid.uuid4().hex}"
+def url(s3_server):
+    return f"s3://{bucket_of(s3_server)}/faults-{uuid.uuid4().hex}"
 
 
 def segments(url, server):

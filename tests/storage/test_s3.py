@@ -6,6 +6,7 @@ import multiprocessing as mp
 import uuid
 
 import pytest
+from conftest import bucket_of
 
 import resumelog
 from resumelog.storage import FsspecStore
@@ -16,7 +17,7 @@ class TestS3Store(StoreTests):
     @pytest.fixture
     def store(self, s3_server) -> FsspecStore:
         self.kind = s3_server.kind
-        return FsspecStore(f"s3://resumelog-test/conf-{uuid.uuid4().hex}", s3_server.storage_options())
+        return FsspecStore(f"s3://{bucket_of(s3_server)}/conf-{uuid.uuid4().hex}", s3_server.storage_options())
 
     def _raw(self, store):
         import s3fs
