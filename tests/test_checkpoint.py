@@ -372,22 +372,24 @@ def test_listing_race_never_completes_early(tmp_path):
     assert ck.is_completed("s")
 
 
-def test_own_flushes_update_the_view_only_when_safe(tmp_path):
+def test_the_view_never_completes_from_own_flushes_alone(tmp_path):
     ck = resumelog.open(str(tmp_path), run_id="r")
-    other = resumelog.open(str(tmp_path), run_id="r")
-    with other.writer("fan") as w:
-        w.emit("s")
-        w.record("f", "s", 1)
-    w2 = ck.writer("sink")
-    w2.record("a", "s", -1)
-    w2.record("b", "s", -1)
-    w2.flush()
-    assert not ck.is_completed("s")  # records of another stream are not all visible here
-    ck.refresh()
+    w1 = ck.writer("w1")
+    w1.emit("s")
+    w1.flush()
+    other = resumelog.open(str(tmp_path), run_id="r").writer("w2")
+    other.record("fan", "s", 1)  # another process fans out: two children
+    other.flush()
+    w1.record("child-0", "s", -1)
+    w1.flush()
+    assert not ck.is_completed("s")  # the view has not seen the fan-out: it must not guess
+    w1.record("child-1", "s", -1)
+    w1.close()  # closing refreshes the view from storage
+    other.close()
     assert ck.is_completed("s")
-    w2.complete("own")
-    w2.flush()
-    assert ck.is_completed("own")  # entirely written by this process: visible at once
+    with ck.writer("w3") as w3:
+        w3.complete("own")
+    assert ck.is_completed("own")
 
 
 def test_completed_leaves_survive_into_a_new_run(backend):

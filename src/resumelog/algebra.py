@@ -246,7 +246,14 @@ class FoldState:
         if source in self.removed:
             return None
         i = self.base.find(source)
-        return self.run_order[self.base.run_at(i)] if i >= 0 else None
+        if i < 0:
+            return None
+        try:
+            return self.run_order[self.base.run_at(i)]
+        except IndexError:
+            from resumelog.errors import CorruptSnapshot
+
+            raise CorruptSnapshot("a completed id refers to a run missing from the run table") from None
 
     def is_completed(self, source: str) -> bool:
         """``True`` iff ``source`` is in the completed set."""

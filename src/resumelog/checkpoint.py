@@ -16,7 +16,7 @@ import msgspec
 from resumelog import compactor, paths
 from resumelog.algebra import FoldState
 from resumelog.errors import AlreadyExists, FingerprintMismatch, InvalidId, ObjectNotFound
-from resumelog.format import FORMAT_VERSION, Batch, Meta, SegmentHeader, decode_meta, encode_meta
+from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
 from resumelog.storage import Store, open_store
 
@@ -234,9 +234,8 @@ def _clear_layout(store: Store) -> None:
 class Checkpoint:
     """An open checkpoint: completed-set queries, writers, compaction, GC, reset.
 
-    The view is loaded at open (latest snapshot + journal tail) and updated by this
-    checkpoint's own writers' flushes; call :meth:`refresh` to see other processes'
-    progress.
+    The view is loaded at open (latest snapshot + journal tail) and reloaded when one
+    of this checkpoint's writers closes; call :meth:`refresh` to see progress since.
     """
 
     def __init__(
@@ -371,7 +370,8 @@ class Checkpoint:
     def writer(self, writer_id: str | None = None, *, flush_policy: FlushPolicy | None = None) -> Writer:
         """Open this process's writer (``writer_id`` default: ``<host>-<pid>``).
 
-        Its flushes also update this checkpoint's view.
+        Closing it refreshes this checkpoint's view (flushes alone do not: records of
+        other processes that a completion depends on may not be visible here yet).
         """
         w = Writer(
             self.store,
@@ -379,17 +379,10 @@ class Checkpoint:
             self.run_id,
             policy=flush_policy or self._policy,
             handle=self.handle(writer_id),
-            on_flush=self._on_flush,
+            on_close=self.refresh,
         )
         self._writers.append(w)
         return w
-
-    def _on_flush(self, header: SegmentHeader, batches: list[Batch], closed: bool) -> None:
-        with self._lock:
-            st = self._state
-            if st.stream_mark(header.writer_id, header.incarnation) == header.seq - 1:
-                st.apply_segment(header, batches, closed)
-                st.finish(sole_stream=f"{header.writer_id}/{header.incarnation}")
 
     def reset(self, sources: Iterable[str]) -> list[str]:
         """Forget the completion of ``sources`` (operator override); returns those reset.

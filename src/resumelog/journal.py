@@ -78,6 +78,7 @@ class Writer:
         incarnation: str | None = None,
         handle: Any = None,
         on_flush: Callable[[SegmentHeader, list[Batch], bool], None] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.writer_id = paths.validate_id(writer_id if writer_id is not None else paths.default_writer_id())
@@ -87,6 +88,7 @@ class Writer:
         self._clock = clock
         self._handle = handle
         self._on_flush = on_flush
+        self._on_close = on_close
         self._pid = os.getpid()
         self._lock = threading.RLock()
         self.seq = 0
@@ -268,6 +270,8 @@ class Writer:
         self._flush(closed=True)
         self.closed = True
         _unregister(self)
+        if self._on_close is not None:
+            self._on_close()
 
     def __enter__(self) -> Writer:
         return self

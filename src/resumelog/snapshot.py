@@ -112,12 +112,13 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
             deltas.append(d)
         pending.append(PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas))
     live = {r for r, info in state.runs.items() if not info.retired}
+    retired = set(state.runs) - live
     body = SnapshotBody(
         streams=state.stream_marks(),
         stream_ids=list(state.stream_ids),
         runs=[state.runs[r] for r in state.run_order],
         pending=pending,
-        resets=[Reset(src, sorted(runs & live)) for src, runs in sorted(state.resets.items()) if runs & live],
+        resets=[Reset(src, sorted(runs - retired)) for src, runs in sorted(state.resets.items()) if runs - retired],
         anomalies=list(state.anomalies),
         anomaly_counts=dict(state.anomaly_counts),
         records_folded=state.records_folded,

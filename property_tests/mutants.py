@@ -1,0 +1,239 @@
+"""Mutation check of the property suite: plant known bugs, show the suite finds each.
+
+Usage::
+
+    python property_tests/mutants.py                 # every mutant, table at the end
+    python property_tests/mutants.py --only gc_deletes_uncovered_segments --show
+
+For each mutant this copies ``src/resumelog``, ``property_tests`` and
+``pyproject.toml`` into a temporary directory, applies one exact text replacement to
+the copied library (the replaced text must occur exactly once), and runs::
+
+    python -m pytest property_tests -x -q -p no:cacheprovider -m "not known_bug"
+
+there, with ``PYTHONPATH`` pointing at the mutated copy first and
+``HYPOTHESIS_PROFILE=ci`` (derandomized, no example database). The repository is
+never modified. Tests marked ``known_bug`` (real bugs reported to the lead, failing
+until fixed) are deselected so they do not count as kills. The unmutated copy runs
+first and must pass. A mutant is *killed* if pytest fails; the table names the first
+failing test and its assertion. ``--show`` prints the full output (with the shrunk
+falsifying example); ``--logs DIR`` keeps every run's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to src/resumelog
+    old: str
+    new: str
+    what: str
+
+
+MUTANTS = [
+    Mutant(
+        "emission_not_required_in_complete",
+        "algebra.py",
+        "return self.emitted and not self.tainted and self.sums() == (0, 0)",
+        "return not self.tainted and self.sums() == (0, 0)",
+        "SourceRunState.complete drops the emission requirement",
+    ),
+    Mutant(
+        "emission_not_required_in_fold",
+        "algebra.py",
+        "            if not s.emitted or s.tainted:\n                continue\n            run, src = k",
+        "            if s.tainted:\n                continue\n            run, src = k",
+        "FoldState.finish completes sources that were never emitted",
+    ),
+    Mutant(
+        "conflict_resolved_by_arrival_order",
+        "algebra.py",
+        "                entries[key] = {e[0]: (e[1], e[2]), stream: (ordinal, delta)}\n                self.multi = True",
+        "                entries[key] = (stream, ordinal, delta)  # last arrival wins across streams",
+        "a cross-stream conflict is resolved by arrival order",
+    ),
+    Mutant(
+        "duplicate_keys_across_streams_counted_twice",
+        "algebra.py",
+        "    for _, d in it:\n        if d != first:\n            return _CONFLICT\n    return first",
+        "    n = 1\n    for _, d in it:\n        if d != first:\n            return _CONFLICT\n        n += 1\n    return first * n",
+        "a key written by several streams counts once per stream",
+    ),
+    Mutant(
+        "rewrite_sums_deltas",
+        "algebra.py",
+        "                if ordinal > e[1]:\n                    entries[key] = (stream, ordinal, delta)",
+        "                if ordinal > e[1]:\n                    entries[key] = (stream, ordinal, e[2] + delta)",
+        "a key written twice by one stream sums the deltas instead of replacing",
+    ),
+    Mutant(
+        "compaction_overwrites_snapshot",
+        "compactor.py",
+        "        except AlreadyExists:\n            if _is_ours(store, key, data):\n                pass\n"
+        "            else:\n                continue  # another compactor published `number` first: reload",
+        "        except AlreadyExists:\n            store.delete([key])  # overwrite instead of put-if-absent\n"
+        "            store.put_if_absent(key, data)",
+        "compaction overwrites a snapshot another compactor published",
+    ),
+    Mutant(
+        "gc_deletes_uncovered_segments",
+        "compactor.py",
+        "            if seq > hwm or (seq == last and not closed):",
+        "            if seq == last and not closed:",
+        "GC deletes segments the retained snapshot does not cover",
+    ),
+    Mutant(
+        "torn_middle_segment_treated_as_tail",
+        "compactor.py",
+        "                if store.torn_writes_possible and last_of[key]:",
+        "                if store.torn_writes_possible:",
+        "a torn segment that is not the stream's last is skipped as a torn tail",
+    ),
+    Mutant(
+        "no_second_listing",
+        "compactor.py",
+        "    _fold_latecomers(store, state)\n    state.finish()",
+        "    state.finish()",
+        "the fold trusts one journal listing (no latecomer pass)",
+    ),
+    Mutant(
+        "failed_flush_drops_buffer",
+        "journal.py",
+        "        except Exception as exc:\n            raise FlushError(",
+        "        except Exception as exc:\n            self._pending = None\n            raise FlushError(",
+        "a failed flush forgets the records it could not write",
+    ),
+    Mutant(
+        "snapshot_forgets_emitted_flag",
+        "snapshot.py",
+        "        s.emitted, s.tainted = p.emitted, p.tainted",
+        "        s.tainted = p.tainted",
+        "a snapshot does not restore the emitted flag of pending states",
+    ),
+]
+
+
+def prepare(workdir: Path, mutant: Mutant | None) -> None:
+    shutil.copytree(
+        ROOT / "src" / "resumelog", workdir / "src" / "resumelog", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(ROOT / "property_tests", workdir / "property_tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "pyproject.toml", workdir / "pyproject.toml")
+    if mutant is None:
+        return
+    target = workdir / "src" / "resumelog" / mutant.path
+    text = target.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise SystemExit(f"mutant {mutant.name}: the text to replace occurs {count} times in {mutant.path}")
+    target.write_text(text.replace(mutant.old, mutant.new))
+
+
+def run_suite(workdir: Path, timeout: float, extra: list[str]) -> tuple[int, str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(workdir / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["HYPOTHESIS_PROFILE"] = "ci"
+    env.pop("PYTEST_ADDOPTS", None)
+    where = subprocess.run(
+        [sys.executable, "-c", "import resumelog; print(resumelog.__file__)"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if not where.startswith(str(workdir)):
+        raise SystemExit(f"the copy is not the package imported ({where}); check how resumelog is installed")
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "property_tests",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not known_bug",
+        *extra,
+    ]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        code, out = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, out = -1, f"timed out after {timeout}s\n{exc.stdout or ''}"
+    return code, out, time.monotonic() - t0
+
+
+def first_failure(output: str) -> tuple[str, str]:
+    """``(test id, first assertion line)`` of the first failure in pytest's output."""
+    m = re.search(r"^FAILED (\S+)", output, re.M)
+    test = m.group(1) if m else "?"
+    err = re.search(r"^\s*\|?\s*E?\s*((?:AssertionError|[A-Za-z]+Error|Failed|Flaky)\b.*)$", output, re.M)
+    return test, (err.group(1).strip()[:110] if err else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", help="run only this mutant (repeatable)")
+    ap.add_argument("--show", action="store_true", help="print each run's full output")
+    ap.add_argument("--logs", help="directory to keep each run's output in")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
+    if args.only and len(chosen) != len(set(args.only)):
+        ap.error(f"unknown mutant; known: {', '.join(m.name for m in MUTANTS)}")
+    logs = Path(args.logs) if args.logs else None
+    if logs:
+        logs.mkdir(parents=True, exist_ok=True)
+    runs: list[Mutant | None] = ([] if args.no_baseline else [None]) + chosen
+    rows = []
+    for mutant in runs:
+        name = mutant.name if mutant else "(none: baseline)"
+        with tempfile.TemporaryDirectory(prefix="resumelog-mutant-") as tmp:
+            prepare(Path(tmp), mutant)
+            code, out, secs = run_suite(Path(tmp), args.timeout, args.pytest_args)
+        if logs:
+            (logs / f"{mutant.name if mutant else 'baseline'}.txt").write_text(out)
+        if args.show:
+            print(f"===== {name} =====\n{out}", flush=True)
+        if mutant is None:
+            if code != 0:
+                print(out)
+                print(f"the unmutated suite fails (exit {code}): fix that first", file=sys.stderr)
+                return 2
+            print(f"baseline: suite passes in {secs:.0f}s", flush=True)
+            continue
+        killed = code not in (0, -1)
+        test, err = first_failure(out) if killed else ("-" if code == 0 else "timeout", "")
+        rows.append((mutant.name, "yes" if killed else "NO", test, err, secs))
+        print(f"{mutant.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {test}", flush=True)
+    print()
+    w = max([len(r[0]) for r in rows] + [6])
+    wt = max([len(r[2]) for r in rows] + [12])
+    print(f"{'mutant':<{w}}  killed  {'failing test':<{wt}}  secs  first error")
+    for name, killed, test, err, secs in rows:
+        print(f"{name:<{w}}  {killed:<6}  {test:<{wt}}  {secs:4.0f}  {err}")
+    return 0 if all(r[1] == "yes" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

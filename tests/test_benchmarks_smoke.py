@@ -1,0 +1,57 @@
+"""``benchmarks/run.py --quick --smoke`` runs end to end at tiny sizes (no timing asserted).
+
+The benchmark itself never runs in the test suite; this only checks that the entry point,
+every system's child-process code and the report still work. No network and no
+nemo-curator needed (``--no-curator``; the S3 rows use the loopback server when it can
+start and are skipped with a reason otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "benchmarks" / "run.py"
+
+
+def test_run_quick_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    p = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--smoke", "--no-curator", "--out", str(out), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    lines = (out / "smoke.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and "bench" in r and "system" in r for r in rows)
+    errors = [r for r in rows if r["bench"] == "error"]
+    assert not errors, errors
+    benches = {r["bench"] for r in rows}
+    assert {"env", "throughput", "flush_latency", "startup", "compaction", "bytes"} <= benches
+    systems = {r["system"] for r in rows if r["bench"] in ("throughput", "startup")}
+    assert {"resumelog", "sqlite-wal", "object-per-event"} <= systems
+    # every resumelog startup found every completed source
+    for r in rows:
+        if r["bench"] == "startup":
+            assert "WRONG" not in r, r
+            assert r["open_s"] > 0
+    assert any(r["bench"] == "skipped" and r["system"] == "curator-lmdb" for r in rows)
+
+    md = (out / "smoke.md").read_text()
+    assert md.startswith("# resumelog benchmarks")
+    for heading in ("## Record throughput", "## Startup", "## Compaction", "## Bytes on storage"):
+        assert heading in md
+    # the table printed to stdout is the one written
+    assert "## Record throughput" in p.stdout
+    table = [ln for ln in md.splitlines() if ln.startswith("| resumelog | local | buffered")]
+    assert table and all(ln.count("|") == table[0].count("|") for ln in table)
