@@ -407,7 +407,7 @@ class DoneChunk(msgspec.Struct, array_like=True, frozen=True):
     from a duplicate."""
 
     runs: list[str]
-    data: bytes
+    data: memoryview  # zero-copy view into the snapshot bytes when decoded
 
 
 class SnapshotFrames(msgspec.Struct, frozen=True):

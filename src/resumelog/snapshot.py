@@ -126,7 +126,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
     chunks = [c for c in (previous.done if previous else []) if set(c.runs) & live]
     fresh = {s: d for s, d in state.done_entries.items() if state.added.get(s) in live}
     if fresh:
-        chunks.append(DoneChunk(sorted({state.added[s] for s in fresh}), encode_done_entries(fresh)))
+        chunks.append(DoneChunk(sorted({state.added[s] for s in fresh}), memoryview(encode_done_entries(fresh))))
     if len(chunks) > MAX_DONE_CHUNKS:
         merged: dict[str, dict[str, int]] = {}
         runs_in: set[str] = set()
@@ -134,7 +134,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
             merged.update(decode_done_entries(c.data))
             runs_in.update(c.runs)
         keep = {s: d for s, d in merged.items() if state.completed_run(s) in live}
-        chunks = [DoneChunk(sorted(runs_in & live), encode_done_entries(keep))]
+        chunks = [DoneChunk(sorted(runs_in & live), memoryview(encode_done_entries(keep)))]
     return encode_snapshot_frames(
         SnapshotFrames(
             header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), chunks
