@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from conftest import budget
 from hypothesis import given
 from hypothesis import strategies as st
+from pt_settings import budget
 
 from resumelog.algebra import FoldState, SourceRunState, merge
 from resumelog.format import EMISSION, Batch, SegmentHeader

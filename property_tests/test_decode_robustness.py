@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-from conftest import budget
 from hypothesis import given
 from hypothesis import strategies as st
+from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
 from resumelog.errors import CorruptObject, ResumelogError

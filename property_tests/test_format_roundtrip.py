@@ -9,9 +9,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import budget
 from hypothesis import given
 from hypothesis import strategies as st
+from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
 from resumelog import paths

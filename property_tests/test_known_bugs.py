@@ -10,8 +10,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from conftest import budget
 from hypothesis import given
+from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
 import resumelog

@@ -7,8 +7,8 @@ Only the local store can leave a torn segment behind, so the torn-tail rules run
 from __future__ import annotations
 
 import pytest
-from conftest import budget
 from hypothesis.stateful import run_state_machine_as_test
+from pt_settings import budget
 
 from resumelog.testing.stateful import PipelineMachine, local_store_factory, object_store_factory
 

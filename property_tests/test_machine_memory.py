@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from conftest import budget
 from hypothesis.stateful import run_state_machine_as_test
+from pt_settings import budget
 
 from resumelog.testing.stateful import PipelineMachine, memory_store_factory
 

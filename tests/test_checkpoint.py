@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import S3_KINDS, bucket_of
+from s3_support import S3_KINDS, bucket_of
 
 import resumelog
 from resumelog import compactor, paths

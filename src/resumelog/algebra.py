@@ -246,14 +246,7 @@ class FoldState:
         if source in self.removed:
             return None
         i = self.base.find(source)
-        if i < 0:
-            return None
-        try:
-            return self.run_order[self.base.run_at(i)]
-        except IndexError:
-            from resumelog.errors import CorruptSnapshot
-
-            raise CorruptSnapshot("a completed id refers to a run missing from the run table") from None
+        return self._run_name(self.base.run_at(i)) if i >= 0 else None
 
     def is_completed(self, source: str) -> bool:
         """``True`` iff ``source`` is in the completed set."""
@@ -272,15 +265,23 @@ class FoldState:
         """Number of completed sources per completing run."""
         counts: Counter[str] = Counter()
         for idx, n in self.base.run_counts().items():
-            counts[self.run_order[idx]] += n
+            counts[self._run_name(idx)] += n
         for s in self.removed:
-            counts[self.run_order[self.base.run_at(self.base.find(s))]] -= 1
+            counts[self._run_name(self.base.run_at(self.base.find(s)))] -= 1
         for s, r in self.added.items():
             i = self.base.find(s) if self.base.count and s not in self.removed else -1
             if i >= 0:
-                counts[self.run_order[self.base.run_at(i)]] -= 1
+                counts[self._run_name(self.base.run_at(i))] -= 1
             counts[r] += 1
         return +counts
+
+    def _run_name(self, idx: int) -> str:
+        try:
+            return self.run_order[idx]
+        except IndexError:
+            from resumelog.errors import CorruptSnapshot
+
+            raise CorruptSnapshot("a completed id refers to a run missing from the run table") from None
 
     def iter_completed(self) -> Iterator[str]:
         """All completed ids (base order, then additions)."""

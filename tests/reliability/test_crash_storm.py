@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from conftest import bucket_of
+from s3_support import bucket_of
 
 import resumelog
 from resumelog import compactor

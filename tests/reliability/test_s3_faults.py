@@ -7,8 +7,8 @@ import json
 import uuid
 
 import pytest
-from conftest import bucket_of
 from faultproxy import every, fault_proxy
+from s3_support import bucket_of
 
 import resumelog
 from resumelog.format import decode_segment

@@ -6,7 +6,7 @@ import multiprocessing as mp
 import uuid
 
 import pytest
-from conftest import bucket_of
+from s3_support import bucket_of
 
 import resumelog
 from resumelog.storage import FsspecStore
