@@ -190,17 +190,6 @@ def merge(a: SourceRunState, b: SourceRunState) -> SourceRunState:
     return out
 
 
-@dataclass
-class _Stream:
-    writer_id: str
-    incarnation: str
-    run_id: str
-    seq: int
-    closed: bool = False
-    records: int = 0
-    last_ms: int = 0
-
-
 class GapError(ValueError):
     """A segment was offered out of sequence (the caller must fold streams in order)."""
 
@@ -221,7 +210,7 @@ class FoldState:
     runs: dict[str, RunInfo] = field(default_factory=dict)
     run_order: list[str] = field(default_factory=list)
     stream_ids: list[str] = field(default_factory=list)
-    streams: dict[str, _Stream] = field(default_factory=dict)
+    streams: dict[str, StreamMark] = field(default_factory=dict)
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
     added: dict[str, str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
@@ -358,7 +347,7 @@ class FoldState:
             raise GapError(f"stream {sid}: segment {header.seq} offered, expected {expected}")
         n = sum(len(b.keys) for b in batches)
         if st is None:
-            st = self.streams[sid] = _Stream(header.writer_id, header.incarnation, header.run_id, header.seq)
+            st = self.streams[sid] = StreamMark(header.writer_id, header.incarnation, header.run_id, header.seq)
         st.seq = header.seq
         st.closed = closed
         st.records += n
@@ -560,7 +549,4 @@ class FoldState:
 
     def stream_marks(self) -> list[StreamMark]:
         """High-water marks of every stream, for the snapshot."""
-        return [
-            StreamMark(s.writer_id, s.incarnation, s.run_id, s.seq, s.closed, s.records, s.last_ms)
-            for s in self.streams.values()
-        ]
+        return list(self.streams.values())

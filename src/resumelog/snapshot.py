@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 
-from resumelog.algebra import FoldState, SourceRunState, _Stream
+from resumelog.algebra import FoldState, SourceRunState
 from resumelog.format import (
     FORMAT_VERSION,
     DoneChunk,
@@ -49,9 +49,7 @@ def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFra
     for sid in body.stream_ids:
         state._stream(sid)
     for m in body.streams:
-        state.streams[f"{m.writer_id}/{m.incarnation}"] = _Stream(
-            m.writer_id, m.incarnation, m.run_id, m.seq, m.closed, m.records, m.last_ms
-        )
+        state.streams[f"{m.writer_id}/{m.incarnation}"] = m
     nstreams = len(body.stream_ids)
     for p in body.pending:
         if not 0 <= p.run < nruns or not (len(p.keys) == len(p.streams) == len(p.ordinals) == len(p.deltas)):

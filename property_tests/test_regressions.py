@@ -1,0 +1,105 @@
+"""Regression tests: bugs the property suite found, fixed since (each a minimal case).
+
+Unlike ``test_known_bugs.py`` these count as kills in ``mutants.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given
+from pt_settings import budget
+from test_algebra_laws import build_segments, fold
+
+import resumelog
+from resumelog.algebra import FoldState
+from resumelog.format import Reset
+from resumelog.journal import DONE_KEY, EMIT_KEY
+from resumelog.snapshot import encode_snapshot, load_snapshot
+from resumelog.storage import MemoryStore
+from resumelog.testing import strategies as rst
+from resumelog.testing.stateful import fold_summary
+
+
+@pytest.fixture
+def store():
+    s = MemoryStore(f"regress-{uuid.uuid4().hex}")
+    yield s
+    s.clear()
+
+
+def test_view_completes_a_source_another_process_fanned_out(store):
+    """Safety (1). Was: ``Checkpoint`` folded its own writers' flushes with
+    ``finish(sole_stream=...)`` and completed a state whose entries all came from that
+    stream, although another process's records for it (a fan-out ``+1``) were not
+    visible to the view: a source reported complete with a task still in flight."""
+    driver = resumelog.open(store, run_id="run1")
+    w1 = driver.writer("w1")
+    w1.record("r0", "s", +1, emission=True)
+    w1.flush()  # source stage, barrier
+    w2 = resumelog.open(store, run_id="run1").writer("w2")  # a worker process
+    w2.record("r0_0", "s", +1)
+    w2.flush()  # fan-out r0 -> 2 children, flushed before they are dispatched
+    w1.record("r0_0_0", "s", -1)
+    w1.flush()  # the sink wrote child 0; child 1 is still in flight
+    assert not resumelog.open(store, run_id="run1").is_completed("s")  # storage is right
+    assert not driver.is_completed("s"), "the driver's view reports an undrained source complete"
+
+
+def test_snapshot_drops_a_reset_naming_a_run_it_has_not_seen():
+    """Convergence (2). Was: ``encode_snapshot`` kept only tombstones naming runs in
+    its run table, so a reset folded before the records of the run it names was lost
+    in a snapshot, and that run's completion then stood."""
+    state = FoldState()
+    reset = build_segments([rst.SegmentSpec("Z", "r9", [("k", "other", 0, False)], [Reset("s", ["r1"])])])
+    done = build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
+    state.apply_segment(reset[0][1], reset[0][2])
+    state.finish()
+    _, restored = load_snapshot(encode_snapshot(state, None))
+    restored.apply_segment(done[0][1], done[0][2])
+    restored.finish()
+    state.apply_segment(done[0][1], done[0][2])
+    state.finish()
+    assert not state.is_completed("s")  # without the snapshot the tombstone voids it
+    assert not restored.is_completed("s"), "the tombstone did not survive the snapshot"
+
+
+@given(a=rst.segment_specs(max_segments=6, resets=True), b=rst.segment_specs(max_segments=6, resets=True))
+@budget(1)
+def test_snapshot_round_trip_is_transparent_for_any_reset(a, b):
+    """The general property behind the previous test (tombstones of any run)."""
+    segments = build_segments(a + b)
+    first, rest = segments[: len(a)], segments[len(a) :]
+    in_memory = fold(first)
+    _, restored = load_snapshot(encode_snapshot(in_memory, None))
+    for _, header, batches in rest:
+        in_memory.apply_segment(header, batches)
+        restored.apply_segment(header, batches)
+    in_memory.finish()
+    restored.finish()
+    assert fold_summary(restored) == fold_summary(in_memory)
+
+
+def test_snapshot_with_out_of_range_run_index_fails_on_query():
+    """Typed errors only. Was: a snapshot whose completing-run array points past its
+    run table loaded, then ``completed_run`` raised ``IndexError`` (found by
+    ``test_decode_robustness.py::test_snapshot_structs_that_do_not_fit_together``)."""
+    state = fold(
+        build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
+    )
+    frames, _ = load_snapshot(encode_snapshot(state, None))
+    from resumelog.format import SnapshotFrames, encode_snapshot_frames
+
+    bad = SnapshotFrames(
+        frames.header,
+        frames.body,
+        frames.hashes,
+        frames.offsets,
+        memoryview((7).to_bytes(4, "little")),
+        frames.blob,
+        frames.done,
+    )
+    with pytest.raises(resumelog.CorruptSnapshot):
+        _, loaded = load_snapshot(encode_snapshot_frames(bad))
+        loaded.completed_run("s")
