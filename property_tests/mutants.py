@@ -144,7 +144,7 @@ def prepare(workdir: Path, mutant: Mutant | None) -> None:
     target.write_text(text.replace(mutant.old, mutant.new))
 
 
-def run_suite(workdir: Path, timeout: float, tests: list[str], extra: list[str]) -> tuple[int, str, float]:
+def run_suite(workdir: Path, timeout: float, extra: list[str]) -> tuple[int, str, float]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(workdir / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["HYPOTHESIS_PROFILE"] = "ci"
@@ -163,7 +163,7 @@ def run_suite(workdir: Path, timeout: float, tests: list[str], extra: list[str])
         sys.executable,
         "-m",
         "pytest",
-        *tests,
+        "property_tests",
         "-x",
         "-q",
         "-p",
@@ -196,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logs", help="directory to keep each run's output in")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
-    ap.add_argument("--tests", nargs="+", default=["property_tests"], help="test paths (default: property_tests)")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         name = mutant.name if mutant else "(none: baseline)"
         with tempfile.TemporaryDirectory(prefix="resumelog-mutant-") as tmp:
             prepare(Path(tmp), mutant)
-            code, out, secs = run_suite(Path(tmp), args.timeout, args.tests, args.pytest_args)
+            code, out, secs = run_suite(Path(tmp), args.timeout, args.pytest_args)
         if logs:
             (logs / f"{mutant.name if mutant else 'baseline'}.txt").write_text(out)
         if args.show:

@@ -1,10 +1,8 @@
-"""Open library bugs the property suite found, each as a minimal reproduction.
+"""Library bugs the property suite found, each as a minimal reproduction (marked
+``known_bug``; they fail until the library is fixed — see property_tests/README.md).
 
-Marked ``known_bug`` (``mutants.py`` deselects them: they must not count as kills) and
-``xfail(strict=True)``: the suite stays green while they are open, and a fix makes
-them XPASS, which fails until the marker is removed (then move the test to
-``test_regressions.py``). Each docstring names the DESIGN §4 invariant broken and the
-state machine switch that tolerates it today (``STRICT_CONVERGENCE``).
+Each test states the DESIGN §4 invariant it breaks. When one is fixed, the matching
+strictness switch of the state machine can be turned on (named in each docstring).
 """
 
 from __future__ import annotations
@@ -12,12 +10,19 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from pt_settings import budget
+from test_algebra_laws import build_segments, fold
 
 import resumelog
 from resumelog import compactor, paths
 from resumelog.algebra import FoldState
-from resumelog.format import decode_segment
+from resumelog.format import Reset, decode_segment
+from resumelog.journal import DONE_KEY, EMIT_KEY
+from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.storage import MemoryStore
+from resumelog.testing import strategies as rst
+from resumelog.testing.stateful import fold_summary
 
 pytestmark = pytest.mark.known_bug
 
@@ -37,6 +42,25 @@ def fold_all_segments(store) -> FoldState:
         state.apply_segment(seg.header, seg.batches, seg.footer.closed)
     state.finish()
     return state
+
+
+def test_view_completes_a_source_another_process_fanned_out(store):
+    """Safety (1): ``Checkpoint`` folds its own writers' flushes with
+    ``finish(sole_stream=...)`` and completes a state whose entries all come from that
+    stream — but another process's records for it (a fan-out ``+1``) are invisible to
+    the view, so it reports a source complete while a task is still in flight.
+    (``PipelineMachine.WRITERS_FROM_ANY_VIEW``.)"""
+    driver = resumelog.open(store, run_id="run1")
+    w1 = driver.writer("w1")
+    w1.record("r0", "s", +1, emission=True)
+    w1.flush()  # source stage, barrier
+    w2 = resumelog.open(store, run_id="run1").writer("w2")  # a worker process
+    w2.record("r0_0", "s", +1)
+    w2.flush()  # fan-out r0 -> 2 children, flushed before they are dispatched
+    w1.record("r0_0_0", "s", -1)
+    w1.flush()  # the sink wrote child 0; child 1 is still in flight
+    assert not resumelog.open(store, run_id="run1").is_completed("s")  # storage is right
+    assert not driver.is_completed("s"), "the driver's view reports an undrained source complete"
 
 
 @pytest.mark.xfail(
@@ -83,28 +107,61 @@ def test_reset_forgets_a_completion_collapsed_into_the_voided_one(store):
     assert compactor.load(store).state.is_completed("s"), "run2's completion was lost"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: the same torn tail is recorded as a new anomaly at every fold, "
-    "so snapshots grow with the number of compactions (issue 5)",
-)
-def test_a_torn_tail_is_recorded_once_not_at_every_compaction(tmp_path):
-    """Bounded (5): the fold re-records the same ``torn_tail`` anomaly every time it
-    meets the torn object, and every compaction keeps it, so the snapshot (and
-    ``status().anomaly_counts``) grows with the number of compactions — up to the
-    1000-anomaly cap — instead of with completed ids and pending state."""
-    from resumelog.storage import LocalStore
-    from resumelog.testing.stateful import crash_writer, leave_torn_tail
+def test_snapshot_drops_a_reset_naming_a_run_it_has_not_seen():
+    """Convergence (2): ``encode_snapshot`` keeps only tombstones naming runs in its
+    run table, so a reset folded before the records of the run it names is lost in a
+    snapshot, and that run's completion then stands. (``CAUSAL_RESETS = False``.)"""
+    state = FoldState()
+    reset = build_segments([rst.SegmentSpec("Z", "r9", [("k", "other", 0, False)], [Reset("s", ["r1"])])])
+    done = build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
+    state.apply_segment(reset[0][1], reset[0][2])
+    state.finish()
+    _, restored = load_snapshot(encode_snapshot(state, None))
+    restored.apply_segment(done[0][1], done[0][2])
+    restored.finish()
+    state.apply_segment(done[0][1], done[0][2])
+    state.finish()
+    assert not state.is_completed("s")  # without the snapshot the tombstone voids it
+    assert not restored.is_completed("s"), "the tombstone did not survive the snapshot"
 
-    store = LocalStore(str(tmp_path), fsync=False)
-    ck = resumelog.open(store, run_id="r")
-    dead = ck.writer("dead")
-    dead.complete("x")
-    assert leave_torn_tail(store, dead, 0.5)
-    crash_writer(dead)
-    live = ck.writer("live")
-    for i in range(5):
-        live.complete(f"s{i}")
-        live.flush()
-        compactor.compact(store)
-    assert compactor.load(store).state.anomaly_counts["torn_tail"] == 1
+
+@given(a=rst.segment_specs(max_segments=6, resets=True), b=rst.segment_specs(max_segments=6, resets=True))
+@budget(1)
+def test_snapshot_round_trip_is_transparent_for_any_reset(a, b):
+    """The general property behind the previous test (no restriction on resets)."""
+    segments = build_segments(a + b)
+    first, rest = segments[: len(a)], segments[len(a) :]
+    in_memory = fold(first)
+    _, restored = load_snapshot(encode_snapshot(in_memory, None))
+    for _, header, batches in rest:
+        in_memory.apply_segment(header, batches)
+        restored.apply_segment(header, batches)
+    in_memory.finish()
+    restored.finish()
+    assert fold_summary(restored) == fold_summary(in_memory)
+
+
+def test_snapshot_with_out_of_range_run_index_fails_on_query():
+    """Typed errors only: a snapshot whose completing-run array points past its run
+    table loads, then ``completed_run`` raises ``IndexError`` (found by
+    ``test_decode_robustness.py::test_snapshot_structs_that_do_not_fit_together``)."""
+    state = fold(
+        build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
+    )
+    frames, _ = load_snapshot(encode_snapshot(state, None))
+    from resumelog.format import SnapshotFrames, encode_snapshot_frames
+
+    bad = SnapshotFrames(
+        frames.header,
+        frames.body,
+        frames.hashes,
+        frames.offsets,
+        memoryview((7).to_bytes(4, "little")),
+        frames.blob,
+        frames.done,
+    )
+    try:
+        _, loaded = load_snapshot(encode_snapshot_frames(bad))
+        loaded.completed_run("s")
+    except resumelog.ResumelogError:
+        pass  # the fix: refuse it (CorruptSnapshot) at load

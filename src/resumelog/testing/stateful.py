@@ -266,6 +266,10 @@ class PipelineMachine(RuleBasedStateMachine):
 
     ``SOURCES``, ``MAX_RUNS``, ``MAX_LIVE_WRITERS``, ``MAX_WRITERS``
         size of the world.
+    ``WRITERS_FROM_ANY_VIEW``
+        ``False``: every writer of a run is opened from that run's first checkpoint
+        (one driver process), so that view sees every flush of its run. ``True``:
+        writers also come from reopened checkpoints (other processes).
     ``STRICT_CONVERGENCE``
         ``True``: no ``(run, source)`` is *at risk*; the fold must agree with a fold
         of all durable records at once even across sticky completions.
@@ -275,6 +279,7 @@ class PipelineMachine(RuleBasedStateMachine):
     MAX_RUNS = 3
     MAX_LIVE_WRITERS = 3
     MAX_WRITERS = 8
+    WRITERS_FROM_ANY_VIEW = False
     STRICT_CONVERGENCE = False
 
     def __init__(self, store_factory: StoreFactory) -> None:
@@ -450,25 +455,10 @@ class PipelineMachine(RuleBasedStateMachine):
     def open_writer(self, data: st.DataObject) -> None:
         """A new worker process of the current run (or, rarely, a straggler's run)."""
         view = None
-        if self.readers:
+        if self.WRITERS_FROM_ANY_VIEW and self.readers:
             view = self.pick(data, [None, *self.readers], "from view")
         run = self.run if view is None else view.run_id
         self.new_writer(run, view)
-
-    @precondition(lambda self: self.can_crash())
-    @rule(data=st.data())
-    def close_writer(self, data: st.DataObject) -> None:
-        """A worker exits cleanly: ``close`` flushes, marks its stream closed (GC may
-        then collect its last segment) and refreshes the checkpoint it came from."""
-        name = self.pick(data, self.live_writers(), "writer")
-        w = self.writers[name]
-        first = w.seq
-        w.close()
-        self.model.flush(name)
-        self.model.writers[name].alive = False
-        self.archive_segments(w, range(first, w.seq))
-        self.unfolded = self.unseen = self.unfolded or w.seq > first
-        self.say(f"{name} closed (segments {first}..{w.seq - 1})")
 
     @precondition(lambda self: self.unseen)
     @rule()
@@ -641,27 +631,22 @@ class PipelineMachine(RuleBasedStateMachine):
         assert not again.written, f"recompaction with nothing new wrote snapshot {again.snapshot}"
         assert fold_summary(self.fresh_fold().state) == before, "recompaction changed the fold"
 
+    @precondition(lambda self: self.unfolded)
     @rule(
         data=st.data(),
-        meanwhile=st.sampled_from(["compact", "work+compact", "work+compact+gc"]),
+        meanwhile=st.sampled_from(["compact", "flush+compact", "flush+compact+gc"]),
         at=st.sampled_from(["before_publish", "while_folding"]),
     )
     def compactors_race(self, data: st.DataObject, meanwhile: str, at: str) -> None:
         """Compactor A pauses (before publishing, or while reading segments); meanwhile
-        a writer completes sources in two flushes, compactor B publishes and GC
-        (retain=1) collects what B covers; then A resumes and must not undo any of it."""
-        worker, todo = None, []
-        if "work" in meanwhile and self.live_writers():
-            worker = self.pick(data, self.live_writers(), "writer working meanwhile")
-            run = self.model.writers[worker].run
-            todo = [s for s in self.SOURCES if not self.model.emitted(run, s)][:2]
+        a writer flushes, compactor B publishes and GC (retain=1) collects; A resumes."""
+        flusher = None
+        if "flush" in meanwhile and self.live_writers():
+            flusher = self.pick(data, self.live_writers(), "flushing writer")
 
         def other() -> None:
-            if worker is not None:
-                for source in todo:
-                    self.run_action(worker, self.model.complete(self.model.writers[worker].run, source))
-                    self.flush(worker)
-                self.flush(worker)
+            if flusher is not None:
+                self.flush(flusher)
             self.compacted(compactor.compact(self.store, progress=False), "  meanwhile compactor B")
             if "gc" in meanwhile:
                 compactor.gc(self.store, retain=1, grace=0)
@@ -671,13 +656,12 @@ class PipelineMachine(RuleBasedStateMachine):
             self.store.before_snapshot_put = other
         else:
             self.store.before_segment_read = other
-        self.say(f"compactor A starts, pauses {at.replace('_', ' ')}")
         try:
             a = compactor.compact(self.store, progress=False)
         finally:
             fired = self.store.before_snapshot_put is None and self.store.before_segment_read is None
             self.store.disarm()
-        self.compacted(a, f"compactor A resumes ({meanwhile} happened: {fired})")
+        self.compacted(a, f"compactor A ({at}, {meanwhile}, interleaved={fired})")
 
     @precondition(lambda self: self.unfolded)
     @rule(data=st.data())
