@@ -185,12 +185,10 @@ def hostile_snapshots(draw) -> bytes:
     return encode_snapshot_frames(frames)
 
 
-@pytest.mark.known_bug
 @given(blob=hostile_snapshots())
 @budget(2)
 def test_snapshot_structs_that_do_not_fit_together(blob):
-    """A snapshot that loads must answer every query; otherwise a typed error.
-
-    Known bug: a completing-run index past the run table loads, then ``completed_run``
-    raises ``IndexError`` (test_known_bugs.py has the minimal case)."""
+    """A snapshot that loads must answer every query; otherwise a typed error (was: a
+    completing-run index past the run table loaded, then ``completed_run`` raised
+    ``IndexError``; test_regressions.py has the minimal case)."""
     only_typed_errors(use_snapshot, blob)

@@ -148,17 +148,45 @@ def test_complete_pair_completes():
     assert st.apply([emit("s"), (DONE_KEY, "s", -1)]) == ["s"]
 
 
-def test_late_record_uncompletes_once_with_warning():
+def test_late_record_reopens_once_with_warning():
     st = Streams()
     st.apply([emit("s"), (DONE_KEY, "s", -1)])
     assert st.state.is_completed("s")
-    st.apply([("late", "s", -1), ("late2", "s", 1)])
+    st.apply([("late", "s", -1)])  # a record the completion did not include
     assert not st.state.is_completed("s")
     assert st.state.anomaly_counts["late_record"] == 1
     assert len(st.warnings) == 1
-    # the run's state is tainted: it cannot complete again in this run
+    st.apply([("late2", "s", 1)])  # drains again: complete, as in one fold of all four
+    assert st.state.is_completed("s")
+    one = Streams()
+    one.apply([emit("s"), (DONE_KEY, "s", -1), ("late", "s", -1), ("late2", "s", 1)])
+    assert one.state.is_completed("s")
+    # a different value for a key of the (second) completion reopens it again
     st.apply([("late", "s", 0)])
     assert not st.state.is_completed("s")
+    assert len(st.warnings) == 2
+
+
+def test_late_zero_record_keeps_the_completion():
+    """A pass-through ``0`` flushed after the sink's ``-1``: the sum stays zero."""
+    st = Streams()
+    st.apply([emit("s"), (DONE_KEY, "s", -1)])
+    st.apply([("pass", "s", 0)])
+    assert st.state.is_completed("s")
+    assert st.warnings == []
+    assert st.state.done_entries_of("s")["pass"] == 0
+    st.apply([("pass", "s", 1)])  # a different value for that key later: reopened
+    assert not st.state.is_completed("s")
+    assert len(st.warnings) == 1
+
+
+def test_second_run_takes_over_when_the_first_completion_is_reopened():
+    st = Streams()
+    st.apply([emit("s"), (DONE_KEY, "s", -1)], run="r1")
+    st.apply([emit("s"), (DONE_KEY, "s", -1)], run="r2", inc="B" * 26)
+    assert st.state.completed_run("s") == "r1"
+    st.apply([("late", "s", 1)], run="r1")  # r1 is not drained any more; r2 is
+    assert st.state.completed_run("s") == "r2"
 
 
 def test_late_same_key_duplicate_is_ignored():

@@ -214,6 +214,25 @@ def test_torn_tail_tolerated_only_for_last_segment(tmp_path):
         resumelog.open(str(tmp_path))
 
 
+def test_torn_tail_is_recorded_once_not_at_every_compaction(tmp_path):
+    ck = resumelog.open(str(tmp_path))
+    w = ck.writer("w1")
+    for i in range(2):
+        w.complete(f"s{i}")
+        w.flush()
+    w.closed = True  # the process "crashed"
+    last = tmp_path / [o.path for o in ck.store.list("journal/")][-1]
+    last.write_bytes(last.read_bytes()[:30])
+    again = resumelog.open(str(tmp_path))
+    for i in range(3):
+        with again.writer(f"later{i}") as w2:
+            w2.complete(f"t{i}")
+        assert again.compact().written
+    status = resumelog.open(str(tmp_path)).status()
+    assert status.anomaly_counts.get("torn_tail") == 1
+    assert status.completed == 4
+
+
 def test_torn_tail_not_tolerated_on_object_store(memory_url):
     ck = resumelog.open(memory_url)
     with ck.writer("w1") as w:

@@ -21,14 +21,19 @@ Laws (property-tested in ``property_tests/test_algebra_laws.py``):
   last-writer-wins by ordinal, OR of the flags). Hence the state reached is the same
   for any interleaving, duplication or grouping of the records, and completion, being
   a function of the state, is order-independent.
-* **Sticky completion** is the one deliberate exception: once a fold *finishes*
-  (a snapshot is cut) a completed source is collapsed to its id, its completing run
-  and its ``key -> delta`` entries. A later record for it in the same run
-  that is a same-key, same-delta duplicate changes nothing; any other record of that
-  run *un-completes* it (anomaly ``late_record``, one warning) and taints the run's
-  state so it reruns — conservative, never falsely complete. Records of *other* runs
-  never un-complete it (completion is global and sticky across runs); only a
-  :class:`~resumelog.format.Reset` tombstone does, for the runs it names.
+* **Sticky completion**: once a fold *finishes* (a snapshot is cut) a completed
+  source is collapsed to its id, its completing run and its final ``key -> delta``
+  entries, which is all the fold needs to go on as if it had not collapsed: a later
+  record of that run that is a same-key duplicate changes nothing, a new key with
+  delta ``0`` joins the entries (the sum stays zero), and any other record reopens
+  the state (anomaly ``late_record``, one warning) so the source completes only when
+  it drains again — ``fold(snapshot(fold(A)), B) == fold(A + B)``. A key reopened
+  with a *different* value is judged a conflict (the collapsed entries no longer say
+  which stream wrote them): conservative, never falsely complete. Records of *other*
+  runs never un-complete it (completion is global and sticky across runs); a second
+  run that drains it too keeps its state, which takes over if the first completion
+  is voided. Only a :class:`~resumelog.format.Reset` tombstone voids a completion,
+  for the runs it names.
 * Records of a *retired* run are ignored (counted as anomaly ``retired_run``).
 """
 
@@ -61,6 +66,8 @@ DONE_KEY = "\x00done"
 """Reserved key of the ``-1`` that ``complete(source)`` writes."""
 SIMPLE_COMPLETION: Mapping[str, int] = {EMIT_KEY: 1, DONE_KEY: -1}
 """Final deltas of a source completed by ``complete()``; not stored per source."""
+REOPENED_STREAM = "\x00reopened"
+"""Stream id of the entries of a completion reopened by a late record."""
 
 
 def is_recorded(entries: Mapping[str, int], key: str, delta: int) -> bool:
@@ -439,24 +446,56 @@ class FoldState:
                 ordinal += 1
 
     def _late(self, run: str, source: str, key: str, delta: int) -> SourceRunState | None:
-        if is_recorded(self.done_entries_of(source), key, delta):
+        """A record of run ``run`` for ``source``, which that run already completed.
+
+        The completion kept the source's final ``key -> delta`` entries, so the fold can
+        go on exactly as if it had never collapsed the state: a same-key duplicate
+        changes nothing, a new key with delta ``0`` leaves the sum at zero (the
+        completion stands, the key joins its entries), and anything else reopens the
+        state from those entries plus the new record (the source is no longer complete
+        until its sum drains again). Reopened entries belong to a stream of their own,
+        so a later different value for one of their keys is a conflict: conservative,
+        never falsely complete.
+        """
+        entries = self.done_entries_of(source)
+        old = entries.get(key)
+        if old == delta:
             return None  # same-key duplicate of a record the completion included
+        if old is None and delta == 0:
+            kept = dict(entries)
+            kept[key] = 0
+            self._uncomplete(source, touch=False)
+            self.added[source] = run
+            self.done_entries[source] = kept
+            return None
+        s = SourceRunState()
+        s.emitted = True
+        stream = self._stream(REOPENED_STREAM)
+        for k, d in entries.items():
+            s.entries[k] = (stream, -1, d)
         self._uncomplete(source)
         self.anomaly("late_record", source, run, f"key {key!r} delta {delta} after completion")
         self.warn(
             f"resumelog: source {source!r} received a new record after it completed in run {run}; "
-            "it is no longer complete and will rerun"
+            "it is not complete until its counter drains again"
         )
-        s = self.pending[(run, source)] = SourceRunState()
-        s.tainted = True
+        self.pending[(run, source)] = s
         self._touched[(run, source)] = s
         return s
 
-    def _uncomplete(self, source: str) -> None:
+    def _uncomplete(self, source: str, *, touch: bool = True) -> None:
         self.added.pop(source, None)
         self.done_entries.pop(source, None)
         if self.base.find(source) >= 0:
             self.removed.add(source)
+        if touch:
+            # another run may have drained the source too (its state was kept when the
+            # first completion shadowed it): let the next evaluation complete it
+            for run in self.run_order:
+                k = (run, source)
+                s = self.pending.get(k)
+                if s is not None:
+                    self._touched[k] = s
 
     def done_entries_of(self, source: str) -> Mapping[str, int]:
         """Final deltas of a completed source (loading the base's lazily).
@@ -497,6 +536,7 @@ class FoldState:
         pending = self.pending
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
         keep: dict[tuple[str, str], SourceRunState] = {}
+        won: dict[str, tuple[str, str]] = {}  # source -> (run, source) completed in this call
         resets = self.resets
         added = self.added
         done_entries = self.done_entries
@@ -522,14 +562,25 @@ class FoldState:
             if resets and run in resets.get(src, ()):
                 s.tainted = True
                 continue
-            del pending[k]
             if src in added or (check_base and self.completed_run(src) is not None):
-                continue  # already complete (by another run): completion is sticky
+                # Already complete (by another run): completion is sticky, and the state
+                # is kept, to take over if that completion is voided or reopened. Two
+                # runs draining it in one evaluation: the smaller run id holds it, so
+                # the result does not depend on the order the records came in.
+                if src not in won or run >= added[src]:
+                    continue
+                won[src] = k
+            else:
+                won[src] = k
+                done.append(src)
             added[src] = run
             final = s.final_deltas()
             if final != SIMPLE_COMPLETION:
                 done_entries[src] = final
-            done.append(src)
+            else:
+                done_entries.pop(src, None)
+        for k in won.values():
+            del pending[k]
         self._touched = keep
         return done
 

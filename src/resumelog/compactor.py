@@ -192,8 +192,10 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
                 seg = decode_segment(result, key)
             except TornSegment as exc:
                 if store.torn_writes_possible and last_of[key]:
-                    state.anomaly("torn_tail", "", "", str(exc))
-                    logger.warning("resumelog: ignoring torn last segment %s", key)
+                    detail = str(exc)
+                    if not any(a.kind == "torn_tail" and a.detail == detail for a in state.anomalies):
+                        state.anomaly("torn_tail", "", "", detail)  # once, not at every fold
+                        logger.warning("resumelog: ignoring torn last segment %s", key)
                     stopped.add(sid)
                     continue
                 raise

@@ -121,7 +121,10 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         anomaly_counts=dict(state.anomaly_counts),
         records_folded=state.records_folded,
     )
-    chunks = [c for c in (previous.done if previous else []) if set(c.runs) & live]
+    if previous is not None:
+        chunks = [c for c in previous.done if set(c.runs) & live]
+    else:
+        chunks = _base_done_chunk(state, live)
     fresh = {s: d for s, d in state.done_entries.items() if state.added.get(s) in live}
     if fresh:
         chunks.append(DoneChunk(sorted({state.added[s] for s in fresh}), memoryview(encode_done_entries(fresh))))
@@ -138,3 +141,20 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
             header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), chunks
         )
     )
+
+
+def _base_done_chunk(state: FoldState, live: set[str]) -> list[DoneChunk]:
+    """The done entries of ``state``'s base as one chunk (no previous snapshot to carry
+    its chunks from: the state was loaded by the caller)."""
+    if not state.base.count or state.done_loader is None:
+        return []
+    keep: dict[str, dict[str, int]] = {}
+    runs: set[str] = set()
+    for src, entries in state.done_loader().items():
+        if src in state.added:
+            continue
+        run = state.completed_run(src)
+        if run in live:
+            keep[src] = dict(entries)
+            runs.add(run)  # type: ignore[arg-type]
+    return [DoneChunk(sorted(runs), memoryview(encode_done_entries(keep)))] if keep else []

@@ -47,7 +47,7 @@ from resumelog import compactor, journal, paths
 from resumelog.algebra import FoldState
 from resumelog.checkpoint import Checkpoint
 from resumelog.errors import CorruptSegment, FlushError, StorageError
-from resumelog.format import Batch, SegmentHeader, decode_segment, decode_snapshot_frames, encode_segment
+from resumelog.format import Batch, Reset, SegmentHeader, decode_segment, decode_snapshot_frames, encode_segment
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.storage import LocalStore, MemoryStore, ObjectInfo, Store
 from resumelog.testing.model import FAILED, LIVE, PipelineModel, Rec, Task
@@ -279,8 +279,8 @@ class PipelineMachine(RuleBasedStateMachine):
     MAX_RUNS = 3
     MAX_LIVE_WRITERS = 3
     MAX_WRITERS = 8
-    WRITERS_FROM_ANY_VIEW = False
-    STRICT_CONVERGENCE = False
+    WRITERS_FROM_ANY_VIEW = True
+    STRICT_CONVERGENCE = True
 
     def __init__(self, store_factory: StoreFactory) -> None:
         super().__init__()
@@ -360,8 +360,10 @@ class PipelineMachine(RuleBasedStateMachine):
             key = paths.segment_name(w.writer_id, w.incarnation, seq)
             self.archive.setdefault(key, self.store.inner.read(key))
 
-    def archive_new_journal(self) -> None:
-        """Archive segments written behind the machine's back (reset writers)."""
+    def archive_new_journal(self) -> list[Reset]:
+        """Archive segments written behind the machine's back (reset writers); returns
+        the tombstones they hold."""
+        found: list[Reset] = []
         for o in self.store.inner.list(paths.JOURNAL_PREFIX):
             if o.path not in self.archive and paths.parse_segment(o.path):
                 data = self.store.inner.read(o.path)
@@ -373,6 +375,8 @@ class PipelineMachine(RuleBasedStateMachine):
                     self.labels[sid] = f"reset#{self._resets}"
                 self.archive[o.path] = data
                 self.unfolded = self.unseen = True
+                found += [r for b in decode_segment(data, o.path).batches for r in b.resets]
+        return found
 
     def run_action(self, name: str, action: Any, crash_before_barrier: bool = False) -> None:
         """Write an action's records; flush first if it has a positive delta (barrier)."""
@@ -745,9 +749,11 @@ class PipelineMachine(RuleBasedStateMachine):
         run = view.completed_run(source)
         assert run is not None
         assert view.reset([source]) == [source]
-        self.model.reset(source, run)
-        self.archive_new_journal()
-        self.say(f"reset {source!r} (voids its completion by {run})")
+        voided = sorted({r for t in self.archive_new_journal() if t.source == source for r in t.runs})
+        assert run in voided, f"the tombstone for {source!r} does not name {run}, which completed it"
+        for r in voided:
+            self.model.reset(source, r)
+        self.say(f"reset {source!r} (voids its completion by {run}; the tombstone names {voided})")
 
     @rule()
     def flush_everything_and_compact(self) -> None:

@@ -1,8 +1,6 @@
-"""Library bugs the property suite found, each as a minimal reproduction (marked
-``known_bug``; they fail until the library is fixed — see property_tests/README.md).
+"""Regression tests: bugs the property suite found, fixed since (each a minimal case).
 
-Each test states the DESIGN §4 invariant it breaks. When one is fixed, the matching
-strictness switch of the state machine can be turned on (named in each docstring).
+Each names the DESIGN §4 invariant it broke and what the library did before the fix.
 """
 
 from __future__ import annotations
@@ -24,32 +22,19 @@ from resumelog.storage import MemoryStore
 from resumelog.testing import strategies as rst
 from resumelog.testing.stateful import fold_summary
 
-pytestmark = pytest.mark.known_bug
-
 
 @pytest.fixture
 def store():
-    s = MemoryStore(f"known-{uuid.uuid4().hex}")
+    s = MemoryStore(f"regress-{uuid.uuid4().hex}")
     yield s
     s.clear()
 
 
-def fold_all_segments(store) -> FoldState:
-    """One fold of every segment on storage (no snapshot): the reference of convergence."""
-    state = FoldState()
-    for o in store.list(paths.JOURNAL_PREFIX):
-        seg = decode_segment(store.read(o.path), o.path)
-        state.apply_segment(seg.header, seg.batches, seg.footer.closed)
-    state.finish()
-    return state
-
-
 def test_view_completes_a_source_another_process_fanned_out(store):
-    """Safety (1): ``Checkpoint`` folds its own writers' flushes with
-    ``finish(sole_stream=...)`` and completes a state whose entries all come from that
-    stream — but another process's records for it (a fan-out ``+1``) are invisible to
-    the view, so it reports a source complete while a task is still in flight.
-    (``PipelineMachine.WRITERS_FROM_ANY_VIEW``.)"""
+    """Safety (1). Was: ``Checkpoint`` folded its own writers' flushes with
+    ``finish(sole_stream=...)`` and completed a state whose entries all came from that
+    stream, although another process's records for it (a fan-out ``+1``) were not
+    visible to the view: a source reported complete with a task still in flight."""
     driver = resumelog.open(store, run_id="run1")
     w1 = driver.writer("w1")
     w1.record("r0", "s", +1, emission=True)
@@ -63,16 +48,21 @@ def test_view_completes_a_source_another_process_fanned_out(store):
     assert not driver.is_completed("s"), "the driver's view reports an undrained source complete"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: sticky completion collapses a source's state at a snapshot, so a "
-    "late non-duplicate record un-completes it only if a snapshot came between (issue 5)",
-)
-def test_late_zero_record_uncompletes_only_if_a_snapshot_came_between(store):
-    """Convergence (2): a buffered ``0`` (a pass-through stage) flushed after the sink's
-    ``-1`` completed the source un-completes it in a fold through a snapshot, but not
-    in one fold of the same segments. DESIGN allows buffering non-positive records, so
-    a plain pipeline reruns sources it finished. (``STRICT_CONVERGENCE``.)"""
+def fold_all_segments(store) -> FoldState:
+    """One fold of every segment on storage (no snapshot): the reference of convergence."""
+    state = FoldState()
+    for o in store.list(paths.JOURNAL_PREFIX):
+        seg = decode_segment(store.read(o.path), o.path)
+        state.apply_segment(seg.header, seg.batches, seg.footer.closed)
+    state.finish()
+    return state
+
+
+def test_late_zero_record_keeps_a_completion_across_a_snapshot(store):
+    """Convergence (2). Was: sticky completion collapsed a source's state at a
+    snapshot, so a buffered ``0`` (a pass-through stage) flushed after the sink's
+    ``-1`` un-completed it in a fold through a snapshot but not in one fold of the
+    same segments: a plain pipeline reran sources it had finished."""
     ck = resumelog.open(store, run_id="run1")
     a, b = ck.writer("a"), ck.writer("b")
     a.record("r0", "s", +1, emission=True)
@@ -83,34 +73,61 @@ def test_late_zero_record_uncompletes_only_if_a_snapshot_came_between(store):
     compactor.compact(store)
     a.flush()  # the buffered 0 arrives after the snapshot
     assert fold_all_segments(store).is_completed("s")
-    assert compactor.load(store).state.is_completed("s"), "fold(snapshot(fold(A)), B) != fold(A ∪ B)"
+    loaded = compactor.load(store).state
+    assert loaded.is_completed("s"), "fold(snapshot(fold(A)), B) != fold(A ∪ B)"
+    assert loaded.anomaly_counts["late_record"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: a second run's completion of the same source is not kept "
-    "while the first run's stands, so voiding the first loses it (issue 5)",
-)
-def test_reset_forgets_a_completion_collapsed_into_the_voided_one(store):
-    """Convergence (2): two runs both drain ``s``; a fold keeps one completion (run1)
-    and drops run2's state. A reset naming run1 (what the operator saw) then leaves
-    ``s`` incomplete through a snapshot, while one fold of the same segments keeps
-    run2's completion — which DESIGN says survives. (``STRICT_CONVERGENCE``.)"""
+def test_late_records_that_drain_again_complete_across_a_snapshot(store):
+    """Convergence (2). Was: any late non-duplicate record tainted the run, so a
+    fan-out ``+1`` and its sink ``-1`` arriving after a snapshot left the source
+    pending although one fold of the same segments completes it."""
+    ck = resumelog.open(store, run_id="run1")
+    a, b = ck.writer("a"), ck.writer("b")
+    a.record("r0", "s", +1, emission=True)
+    a.record("r0_0", "s", -1)
+    a.flush()
+    compactor.compact(store)
+    assert compactor.load(store).state.is_completed("s")
+    b.record("extra", "s", +1)
+    b.flush()
+    assert not compactor.load(store).state.is_completed("s")  # in flight again: reopened
+    compactor.compact(store)
+    b.record("extra_0", "s", -1)
+    b.flush()
+    assert fold_all_segments(store).is_completed("s")
+    assert compactor.load(store).state.is_completed("s")
+
+
+def test_reset_voids_every_completing_run_the_view_saw(store):
+    """Convergence (2) and reset semantics. Was: when two runs both drained ``s`` the
+    fold kept one completion (run1) and dropped run2's state, so a tombstone naming
+    only run1 lost run2's completion through a snapshot while one fold of the same
+    segments kept it. Now the second run's state is kept: a reset from a view that saw
+    both names both, and a tombstone naming run1 only lets run2's completion stand."""
     for run in ("run1", "run2"):
         with resumelog.open(store, run_id=run).writer(f"w-{run}") as w:
             w.complete("s")
+            w.complete("t")
     compactor.compact(store)
     ck = resumelog.open(store, run_id="run3")
+    assert ck.completed_run("s") in ("run1", "run2")
     assert ck.reset(["s"]) == ["s"]
-    assert ck.completed_run("s") is None or ck.completed_run("s") == "run2"
-    assert fold_all_segments(store).completed_run("s") == "run2"
-    assert compactor.load(store).state.is_completed("s"), "run2's completion was lost"
+    assert not ck.is_completed("s")
+    assert not fold_all_segments(store).is_completed("s")
+    assert not compactor.load(store).state.is_completed("s")
+    with resumelog.open(store, run_id="run4").writer("old-view") as w:
+        w.reset("t", ["run1"])  # an operator who saw only run1's completion
+    assert fold_all_segments(store).completed_run("t") == "run2"
+    assert compactor.load(store).state.completed_run("t") == "run2"
+    compactor.compact(store)
+    assert compactor.load(store).state.completed_run("t") == "run2"
 
 
 def test_snapshot_drops_a_reset_naming_a_run_it_has_not_seen():
-    """Convergence (2): ``encode_snapshot`` keeps only tombstones naming runs in its
-    run table, so a reset folded before the records of the run it names is lost in a
-    snapshot, and that run's completion then stands. (``CAUSAL_RESETS = False``.)"""
+    """Convergence (2). Was: ``encode_snapshot`` kept only tombstones naming runs in
+    its run table, so a reset folded before the records of the run it names was lost
+    in a snapshot, and that run's completion then stood."""
     state = FoldState()
     reset = build_segments([rst.SegmentSpec("Z", "r9", [("k", "other", 0, False)], [Reset("s", ["r1"])])])
     done = build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
@@ -128,7 +145,7 @@ def test_snapshot_drops_a_reset_naming_a_run_it_has_not_seen():
 @given(a=rst.segment_specs(max_segments=6, resets=True), b=rst.segment_specs(max_segments=6, resets=True))
 @budget(1)
 def test_snapshot_round_trip_is_transparent_for_any_reset(a, b):
-    """The general property behind the previous test (no restriction on resets)."""
+    """The general property behind the previous test (tombstones of any run)."""
     segments = build_segments(a + b)
     first, rest = segments[: len(a)], segments[len(a) :]
     in_memory = fold(first)
@@ -142,8 +159,8 @@ def test_snapshot_round_trip_is_transparent_for_any_reset(a, b):
 
 
 def test_snapshot_with_out_of_range_run_index_fails_on_query():
-    """Typed errors only: a snapshot whose completing-run array points past its run
-    table loads, then ``completed_run`` raises ``IndexError`` (found by
+    """Typed errors only. Was: a snapshot whose completing-run array points past its
+    run table loaded, then ``completed_run`` raised ``IndexError`` (found by
     ``test_decode_robustness.py::test_snapshot_structs_that_do_not_fit_together``)."""
     state = fold(
         build_segments([rst.SegmentSpec("A", "r1", [(EMIT_KEY, "s", 1, True), (DONE_KEY, "s", -1, False)], [])])
@@ -160,8 +177,6 @@ def test_snapshot_with_out_of_range_run_index_fails_on_query():
         frames.blob,
         frames.done,
     )
-    try:
+    with pytest.raises(resumelog.CorruptSnapshot):
         _, loaded = load_snapshot(encode_snapshot_frames(bad))
         loaded.completed_run("s")
-    except resumelog.ResumelogError:
-        pass  # the fix: refuse it (CorruptSnapshot) at load
