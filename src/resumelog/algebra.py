@@ -510,6 +510,26 @@ class FoldState:
             self._base_done = self.done_loader() if self.done_loader else {}
         return self._base_done.get(source, SIMPLE_COMPLETION)
 
+    def damage_run(self, run_id: str, detail: str) -> None:
+        """Quarantine a run whose records were partly lost from storage (a journal gap).
+
+        A lost segment may have held any record of its run, a fan-out ``+k`` among them,
+        so no source may complete in that run any more: its pending states are tainted
+        and :meth:`finish` completes nothing for it. Its sources rerun in a new run;
+        completions it made before the loss stand. Idempotent (one anomaly per gap).
+        """
+        info = self._run(run_id)
+        if not any(a.kind == "journal_gap" and a.detail == detail for a in self.anomalies):
+            self.anomaly("journal_gap", "", run_id, detail)
+            self.warn(
+                f"resumelog: journal records of run {run_id} are missing from storage ({detail}); "
+                "the run completes nothing more, its pending sources rerun in a new run"
+            )
+        info.damaged = True
+        for (run, _), s in self.pending.items():
+            if run == run_id:
+                s.tainted = True
+
     def apply_reset(self, reset: Reset) -> None:
         """Fold an operator tombstone: void completions of ``reset.source`` by ``reset.runs``."""
         voided = self.resets.setdefault(reset.source, set())
@@ -537,6 +557,7 @@ class FoldState:
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
         keep: dict[tuple[str, str], SourceRunState] = {}
         won: dict[str, tuple[str, str]] = {}  # source -> (run, source) completed in this call
+        damaged = {r for r, info in self.runs.items() if info.damaged}
         resets = self.resets
         added = self.added
         done_entries = self.done_entries
@@ -559,7 +580,7 @@ class FoldState:
             if not s.emitted or s.tainted:
                 continue
             run, src = k
-            if resets and run in resets.get(src, ()):
+            if (resets and run in resets.get(src, ())) or run in damaged:
                 s.tainted = True
                 continue
             if src in added or (check_base and self.completed_run(src) is not None):

@@ -36,6 +36,8 @@ class RunStatus(msgspec.Struct):
     retired: bool
     first_snapshot: int
     last_snapshot: int
+    damaged: bool = False
+    """Records of the run were lost from storage: it completes nothing more (its sources rerun)."""
 
 
 class WriterStatus(msgspec.Struct):
@@ -305,7 +307,8 @@ class Checkpoint:
         loaded = self._loaded
         pending_by_run: dict[str, set[str]] = {}
         for run, src in st.pending:
-            pending_by_run.setdefault(run, set()).add(src)
+            if not st.is_completed(src):  # a drained state shadowed by another run's completion is not pending
+                pending_by_run.setdefault(run, set()).add(src)
         completed_by_run = st.completed_by_run()
         pending_sources = {s for (run, s) in st.pending if not st.is_completed(s)}
         runs = [
@@ -316,6 +319,7 @@ class Checkpoint:
                 info.retired,
                 info.first_snapshot,
                 info.last_snapshot,
+                info.damaged,
             )
             for r, info in st.runs.items()
         ]

@@ -159,17 +159,11 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
         segs.sort(key=lambda t: t[0])
         expect = state.stream_mark(w, inc) + 1
         last = segs[-1][0]
-        start = expect
         for seq, o in segs:
             if seq < expect:
                 continue
             if seq != expect:
-                if expect == start and start > 0:
-                    # segments right after our mark are gone but later ones exist: a GC
-                    # that ran after we read the snapshot collected them, so a newer
-                    # snapshot covers them. Folding on would skip their records.
-                    raise _StaleSnapshot(f"{w}/{inc}: segment {start} missing, {seq} present")
-                state.anomaly("journal_gap", "", "", f"{w}/{inc}: segment {expect} missing, {seq} present")
+                _journal_gap(store, loaded, w, inc, expect, o.path)
                 break
             plan.append((o.path, seq == last))
             expect += 1
@@ -185,6 +179,8 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
                 continue
             if isinstance(result, ObjectNotFound):
                 stopped.add(sid)
+                later = [k for k, _ in plan if k > key and k.startswith(key.rsplit("/", 1)[0] + "/")]
+                _journal_gap(store, loaded, p.writer_id, p.incarnation, p.seq, later[0] if later else None)
                 continue
             if isinstance(result, BaseException):
                 raise result
@@ -207,6 +203,33 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
                 loaded.records_folded += seg.footer.record_count
     _fold_latecomers(store, state)
     state.finish()
+
+
+def _journal_gap(
+    store: Store, loaded: Loaded, writer_id: str, incarnation: str, missing: int, later: str | None
+) -> None:
+    """Segment ``missing`` of a stream is gone (later ones may exist).
+
+    If a newer snapshot appeared since we listed, a GC collected segments it covers:
+    load again (:class:`_StaleSnapshot`). Otherwise the records are lost from storage
+    (deleted underneath, or a snapshot fallback past a GC): the stream's run is
+    quarantined (:meth:`FoldState.damage_run`), which is safe whatever the lost
+    segment held. With no later segment to tell the run, the loss is a deleted tail,
+    indistinguishable from a flush that never happened.
+    """
+    sid = f"{writer_id}/{incarnation}"
+    if any(n > loaded.latest_listed for n, _ in list_snapshots(store)):
+        raise _StaleSnapshot(f"{sid}: segment {missing} missing")
+    state = loaded.state
+    mark = state.streams.get(sid)
+    run = mark.run_id if mark is not None else None
+    if run is None and later is not None:
+        try:
+            run = decode_segment(store.read(later), later).header.run_id
+        except (ObjectNotFound, CorruptSegment):
+            run = None
+    if run is not None:
+        state.damage_run(run, f"{sid}: segment {missing} missing")
 
 
 def _fold_latecomers(store: Store, state: FoldState) -> None:

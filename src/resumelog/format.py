@@ -165,6 +165,8 @@ class RunInfo(msgspec.Struct, array_like=True):
     first_snapshot: int
     last_snapshot: int
     retired: bool = False
+    damaged: bool = False
+    """Records of this run were lost from storage (a journal gap): it completes nothing more."""
 
 
 class PendingEntry(msgspec.Struct, array_like=True):

@@ -250,7 +250,9 @@ class Writer:
         except FlushError:
             raise
         except Exception as exc:
-            raise FlushError(f"flush of {n} records to {self.store.url}/{key} failed: {exc}") from exc
+            msg = f"flush of {n} records to {self.store.url}/{key} failed: {exc}"
+            code = exc.errno if isinstance(exc, OSError) else None
+            raise (FlushError(code, msg) if code else FlushError(msg)) from exc
         self._pending = None
         self.seq = p.header.seq + 1
         self.records_written += n

@@ -44,7 +44,9 @@ def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFra
     nruns = len(body.runs)
     state = FoldState(number=h.number + 1, base=base)
     for info in body.runs:
-        state.runs[info.run_id] = RunInfo(info.run_id, info.first_snapshot, info.last_snapshot, info.retired)
+        state.runs[info.run_id] = RunInfo(
+            info.run_id, info.first_snapshot, info.last_snapshot, info.retired, info.damaged
+        )
         state.run_order.append(info.run_id)
     for sid in body.stream_ids:
         state._stream(sid)
