@@ -228,6 +228,7 @@ class Runner:
             sqlite=sqlite3.sqlite_version,
             git=rev + ("+dirty" if dirty else ""),
             workdir=self.work,
+            loadavg_start=[round(x, 2) for x in os.getloadavg()],
         )
 
     def throughput(self) -> None:
@@ -579,7 +580,9 @@ class Runner:
             self.skip("s3", "--no-s3 given")
         self.section("raydata", self.raydata)
         total = time.perf_counter() - self.t_start
-        self.emit(bench="section", system="total", seconds=round(total, 1))
+        self.emit(
+            bench="section", system="total", seconds=round(total, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()]
+        )
         if not self.args.keep:
             shutil.rmtree(self.work, ignore_errors=True)
         return self.write()

@@ -222,6 +222,11 @@ def render(rows: list[Row], mode: str) -> str:
         f"{env.get('platform', '')} · git {env.get('git', '')} · SQLite {env.get('sqlite', '')}"
         + (f" · NeMo Curator {cur['nemo_curator']} (lmdb {cur['lmdb']}, ray {cur['ray']})" if cur else "")
         + (f" · run took {_f(total['seconds'])} s" if total else "")
+        + (
+            f" · load average {env['loadavg_start'][0]} at start, {total['loadavg_end'][0]} at end"
+            if total and "loadavg_start" in env and "loadavg_end" in total
+            else ""
+        )
         + "\n"
     )
     workload = (

@@ -3,8 +3,8 @@
 Every function is called in a child process by ``run.py`` (see ``common.run_child``)
 and returns a dict of figures. Writers are opened the way pipeline workers open them,
 from a picklable handle (``Checkpoint.handle().writer()``), so no in-process view is
-maintained; ``via="checkpoint"`` uses ``Checkpoint.writer()`` instead, whose flushes
-also fold into the checkpoint's own view.
+maintained; ``via="checkpoint"`` uses ``Checkpoint.writer()`` instead (whose close
+refreshes the checkpoint's view).
 """
 
 from __future__ import annotations
