@@ -114,9 +114,23 @@ MUTANTS = [
     Mutant(
         "failed_flush_drops_buffer",
         "journal.py",
-        "        except Exception as exc:\n            raise FlushError(",
-        "        except Exception as exc:\n            self._pending = None\n            raise FlushError(",
+        '        except Exception as exc:\n            msg = f"flush of',
+        '        except Exception as exc:\n            self._pending = None\n            msg = f"flush of',
         "a failed flush forgets the records it could not write",
+    ),
+    Mutant(
+        "late_record_keeps_completion",
+        "algebra.py",
+        "        if old == delta:\n            return None  # same-key duplicate",
+        "        if True:\n            return None  # same-key duplicate",
+        "a late record for a completed source (a fan-out +k after a snapshot) is ignored",
+    ),
+    Mutant(
+        "second_run_state_dropped",
+        "algebra.py",
+        "                if src not in won or run >= added[src]:\n                    continue",
+        "                if src not in won or run >= added[src]:\n                    del pending[k]\n                    continue",
+        "a run draining a source another run completed drops its state (lost if that completion is voided)",
     ),
     Mutant(
         "snapshot_forgets_emitted_flag",

@@ -271,6 +271,30 @@ def test_gc_keeps_three_snapshots_and_open_stream_tails(backend):
     assert ck.gc(grace=3600).segments == 0
 
 
+def test_gc_collects_unclosed_streams_of_retired_runs(tmp_path):
+    """A writer killed without closing (a Ray worker at shutdown) leaves an unclosed
+    stream: its last segment is kept while its run is live, and collected, with its
+    mark, once the run is retired."""
+    url = str(tmp_path)
+    old = resumelog.open(url, run_id="old")
+    w = old.handle().writer("killed")
+    w.complete("a")
+    w.flush()
+    w.closed = True  # killed: no closing segment
+    old.compact()
+    assert old.gc(grace=0).segments == 0  # the open stream's last segment stays
+    new = resumelog.open(url, run_id="new")
+    with new.writer("w") as w2:
+        w2.complete("b")
+    new.compact(keep_runs=1)  # retires "old"
+    assert new.gc(grace=0, retain=1).segments >= 1  # retain=1: the snapshot that retired it rules
+    assert not any(o.path.startswith("journal/killed/") for o in new.store.list("journal/"))
+    new.compact(keep_runs=1)
+    marks = compactor.load(new.store).state.streams
+    assert not any(m.writer_id == "killed" for m in marks.values())  # pruned from snapshots
+    assert sorted(resumelog.open(url).completed) == ["a", "b"]
+
+
 def test_gc_never_deletes_uncovered_segments(backend):
     ck = backend.open()
     fill(ck, 2)

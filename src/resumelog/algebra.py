@@ -519,6 +519,8 @@ class FoldState:
         completions it made before the loss stand. Idempotent (one anomaly per gap).
         """
         info = self._run(run_id)
+        if info.retired:
+            return  # its records are ignored anyway (a collected stream of a retired run)
         if not any(a.kind == "journal_gap" and a.detail == detail for a in self.anomalies):
             self.anomaly("journal_gap", "", run_id, detail)
             self.warn(

@@ -287,8 +287,9 @@ def compact(
 ) -> CompactResult:
     """Fold the latest snapshot and the journal tail into a new snapshot.
 
-    ``keep_runs``: retire every run except the ``keep_runs`` most recently active ones
-    (and ``protect_runs``). Safe against concurrent compactors.
+    ``keep_runs``: retire every run except ``protect_runs`` (a caller's own run, even
+    before it has records) and the most recently active others, ``keep_runs`` in all
+    (at least the protected ones). Safe against concurrent compactors.
     """
     for attempt in range(1, max_attempts + 1):
         retired: list[str] = []
@@ -297,7 +298,12 @@ def compact(
             if keep_runs is not None:
                 live = [r for r, info in state.runs.items() if not info.retired]
                 live.sort(key=lambda r: (state.runs[r].last_snapshot, state.runs[r].first_snapshot, r), reverse=True)
-                retired.extend(state.retire_runs(set(live[:keep_runs]) | protect_runs))
+                keep = set(protect_runs)  # the caller's own run counts among the kept, seen yet or not
+                for r in live:
+                    if len(keep) >= keep_runs:
+                        break
+                    keep.add(r)
+                retired.extend(state.retire_runs(keep))
 
         loaded = load(store, progress=progress, before_fold=retire)
         state = loaded.state
@@ -322,11 +328,17 @@ def compact(
 
 
 def _prune_streams(loaded: Loaded) -> int:
-    """Drop marks of closed streams whose segments were all collected."""
+    """Drop marks of finished streams whose segments were all collected.
+
+    A stream is finished when it is closed, or when its run is retired (its records are
+    ignored from then on: a writer killed without closing, such as a Ray worker at
+    ``ray.shutdown()``, would otherwise keep its mark forever)."""
+    runs = loaded.state.runs
     gone = [
         sid
         for sid, st in loaded.state.streams.items()
-        if st.closed and (st.writer_id, st.incarnation) not in loaded.streams_listed
+        if (st.closed or (st.run_id in runs and runs[st.run_id].retired))
+        and (st.writer_id, st.incarnation) not in loaded.streams_listed
     ]
     for sid in gone:
         del loaded.state.streams[sid]
@@ -367,7 +379,8 @@ def gc(
 
     Keeps the ``retain`` newest snapshots; deletes older snapshots and every segment
     covered by the oldest retained snapshot that decodes, written more than ``grace``
-    seconds ago, except the last segment of a stream that is not closed.
+    seconds ago, except the last segment of a stream that is not finished (closed, or
+    of a retired run).
     """
     if retain < 1:
         raise ValueError("retain must be >= 1")
@@ -383,7 +396,8 @@ def gc(
             body = decode_snapshot_frames(store.read(info.path), info.path).body
         except (CorruptSnapshot, ObjectNotFound):
             continue
-        marks = {(m.writer_id, m.incarnation): (m.seq, m.closed) for m in body.streams}
+        retired = {r.run_id for r in body.runs if r.retired}
+        marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
         break
     if marks is None:
         return result  # nothing decodes: delete nothing

@@ -362,20 +362,25 @@ class PipelineMachine(RuleBasedStateMachine):
 
     def archive_new_journal(self) -> list[Reset]:
         """Archive segments written behind the machine's back (reset writers); returns
-        the tombstones they hold."""
+        the tombstones they hold. Torn tails the machine left are not archived: their
+        flush never returned, so they hold nothing durable."""
         found: list[Reset] = []
         for o in self.store.inner.list(paths.JOURNAL_PREFIX):
-            if o.path not in self.archive and paths.parse_segment(o.path):
-                data = self.store.inner.read(o.path)
-                p = paths.parse_segment(o.path)
-                assert p is not None
-                sid = f"{p.writer_id}/{p.incarnation}"
-                if sid not in self.labels:
-                    self._resets += 1
-                    self.labels[sid] = f"reset#{self._resets}"
-                self.archive[o.path] = data
-                self.unfolded = self.unseen = True
-                found += [r for b in decode_segment(data, o.path).batches for r in b.resets]
+            p = paths.parse_segment(o.path)
+            if o.path in self.archive or p is None:
+                continue
+            data = self.store.inner.read(o.path)
+            try:
+                seg = decode_segment(data, o.path)
+            except CorruptSegment:
+                continue
+            sid = f"{p.writer_id}/{p.incarnation}"
+            if sid not in self.labels:
+                self._resets += 1
+                self.labels[sid] = f"reset#{self._resets}"
+            self.archive[o.path] = data
+            self.unfolded = self.unseen = True
+            found += [r for b in seg.batches for r in b.resets]
         return found
 
     def run_action(self, name: str, action: Any, crash_before_barrier: bool = False) -> None:
