@@ -295,6 +295,33 @@ def test_gc_collects_unclosed_streams_of_retired_runs(tmp_path):
     assert sorted(resumelog.open(url).completed) == ["a", "b"]
 
 
+def test_folding_in_rounds_reopens_provisional_completions_quietly(tmp_path, monkeypatch):
+    """A long tail is evaluated every ROUND_RECORDS records: a source whose records were
+    not all folded yet may complete provisionally; a later record of the same fold
+    reopens it exactly, without a late-record anomaly, and the result is the same."""
+    url = str(tmp_path)
+    ck = resumelog.open(url, run_id="r")
+    a, b, c = (ck.handle().writer(n) for n in ("a", "b", "c"))  # listed (and folded) in this order
+    a.emit("s")
+    a.emit("t")
+    a.flush()
+    b.record("s/0", "s", -1)  # after a and b, s sums to 0: provisionally complete
+    b.record("t/0", "t", -1)
+    b.flush()
+    c.record("s/f", "s", +1)  # the fan-out that made s/0 and s/1 (flushed before them)
+    c.record("s/1", "s", -1)
+    c.record("t/f", "t", +1)  # t: one child still in flight
+    c.flush()
+    whole = compactor.load(ck.store).state
+    monkeypatch.setattr(compactor, "ROUND_RECORDS", 1)
+    rounds = compactor.load(ck.store).state
+    assert sorted(whole.iter_completed()) == sorted(rounds.iter_completed()) == ["s"]
+    assert rounds.anomaly_counts.get("late_record", 0) == 0
+    assert rounds.provisional is None
+    assert compactor.compact(ck.store).written
+    assert sorted(resumelog.open(url).completed) == ["s"]
+
+
 def test_gc_never_deletes_uncovered_segments(backend):
     ck = backend.open()
     fill(ck, 2)

@@ -44,7 +44,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from resumelog.format import EMISSION, Anomaly, Batch, Reset, RunInfo, SegmentHeader, StreamMark
+from resumelog.format import (
+    EMISSION,
+    Anomaly,
+    Batch,
+    Reset,
+    RunInfo,
+    SegmentHeader,
+    StreamMark,
+    pack_entries,
+    unpack_entries,
+)
 from resumelog.idset import CompletedIndex
 
 __all__ = [
@@ -221,7 +231,12 @@ class FoldState:
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
     added: dict[str, str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
-    done_entries: dict[str, Mapping[str, int]] = field(default_factory=dict)
+    done_entries: dict[str, bytes] = field(default_factory=dict)
+    """Final entries of completions made by this fold (packed: millions can be held)."""
+    provisional: set[str] | None = None
+    """While a fold evaluates in rounds to bound memory: sources completed by an
+    intermediate evaluation, which a record later in the same fold may reopen quietly
+    (the records came in another order, nothing arrived late)."""
     resets: dict[str, set[str]] = field(default_factory=dict)
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_counts: Counter[str] = field(default_factory=Counter)
@@ -466,7 +481,7 @@ class FoldState:
             kept[key] = 0
             self._uncomplete(source, touch=False)
             self.added[source] = run
-            self.done_entries[source] = kept
+            self.done_entries[source] = pack_entries(kept)
             return None
         s = SourceRunState()
         s.emitted = True
@@ -474,11 +489,14 @@ class FoldState:
         for k, d in entries.items():
             s.entries[k] = (stream, -1, d)
         self._uncomplete(source)
-        self.anomaly("late_record", source, run, f"key {key!r} delta {delta} after completion")
-        self.warn(
-            f"resumelog: source {source!r} received a new record after it completed in run {run}; "
-            "it is not complete until its counter drains again"
-        )
+        if self.provisional is not None and source in self.provisional:
+            self.provisional.discard(source)  # evaluated before all its records were folded
+        else:
+            self.anomaly("late_record", source, run, f"key {key!r} delta {delta} after completion")
+            self.warn(
+                f"resumelog: source {source!r} received a new record after it completed in run {run}; "
+                "it is not complete until its counter drains again"
+            )
         self.pending[(run, source)] = s
         self._touched[(run, source)] = s
         return s
@@ -505,7 +523,7 @@ class FoldState:
         """
         d = self.done_entries.get(source)
         if d is not None:
-            return d
+            return unpack_entries(d)
         if self._base_done is None:
             self._base_done = self.done_loader() if self.done_loader else {}
         return self._base_done.get(source, SIMPLE_COMPLETION)
@@ -560,6 +578,7 @@ class FoldState:
         keep: dict[tuple[str, str], SourceRunState] = {}
         won: dict[str, tuple[str, str]] = {}  # source -> (run, source) completed in this call
         damaged = {r for r, info in self.runs.items() if info.damaged}
+        provisional = self.provisional
         resets = self.resets
         added = self.added
         done_entries = self.done_entries
@@ -599,9 +618,11 @@ class FoldState:
             added[src] = run
             final = s.final_deltas()
             if final != SIMPLE_COMPLETION:
-                done_entries[src] = final
+                done_entries[src] = pack_entries(final)
             else:
                 done_entries.pop(src, None)
+            if provisional is not None:
+                provisional.add(src)
         for k in won.values():
             del pending[k]
         self._touched = keep

@@ -139,6 +139,14 @@ def _load_once(
     return loaded
 
 
+ROUND_RECORDS = 2_000_000
+"""A long journal tail is evaluated every this many records while it is folded, so
+drained sources collapse to their completion instead of holding their fold state until
+the end: memory stays bounded by what is in flight, not by the tail's length. The
+result is the same (a record folded after its source completed provisionally reopens
+it exactly, quietly: ``FoldState.provisional``)."""
+
+
 class _StaleSnapshot(Exception):
     """The journal moved past the loaded snapshot (collected by GC): load again."""
 
@@ -169,6 +177,8 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
             expect += 1
     stopped: set[tuple[str, str]] = set()
     last_of = dict(plan)
+    state.provisional = set()
+    since_round = 0
     with Progress("folding journal", len(plan), enabled=progress) as bar:
         for key, result in store.read_many([k for k, _ in plan]):
             bar.advance()
@@ -201,8 +211,13 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
             if state.apply_segment(h, seg.batches, seg.footer.closed):
                 loaded.segments_folded += 1
                 loaded.records_folded += seg.footer.record_count
+                since_round += seg.footer.record_count
+                if since_round >= ROUND_RECORDS:
+                    since_round = 0
+                    state.finish()  # provisional: collapses drained states, bounds memory
     _fold_latecomers(store, state)
     state.finish()
+    state.provisional = None
 
 
 def _journal_gap(

@@ -55,8 +55,10 @@ __all__ = [
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
+    "pack_entries",
     "read_preamble",
     "split_frames",
+    "unpack_entries",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -227,6 +229,7 @@ _dec_meta = msgspec.msgpack.Decoder(Meta)
 _dec_snap_header = msgspec.msgpack.Decoder(SnapshotHeader)
 _dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
 _dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
+_dec_entries = msgspec.msgpack.Decoder(dict[str, int])
 
 
 def encode(obj: object) -> bytes:
@@ -460,9 +463,20 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "") -> Snapshot
     return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
 
 
-def encode_done_entries(entries: Mapping[str, Mapping[str, int]]) -> bytes:
-    """Encode the ``data`` of a :class:`DoneChunk`."""
+def encode_done_entries(entries: Mapping[str, Mapping[str, int] | bytes]) -> bytes:
+    """Encode the ``data`` of a :class:`DoneChunk` (values may be :func:`pack_entries` bytes)."""
+    return _enc.encode({s: msgspec.Raw(v) if isinstance(v, bytes) else v for s, v in entries.items()})
+
+
+def pack_entries(entries: Mapping[str, int]) -> bytes:
+    """One source's final ``key -> delta`` entries as msgpack (compact in memory)."""
     return _enc.encode(entries)
+
+
+def unpack_entries(data: bytes) -> dict[str, int]:
+    """Inverse of :func:`pack_entries`."""
+    result: dict[str, int] = _dec_entries.decode(data)
+    return result
 
 
 def decode_done_entries(payload: memoryview | bytes, path: str = "") -> dict[str, dict[str, int]]:
