@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,9 @@ class Recorder:
     def process(self, srcs: list[str]) -> tuple[int, str, str]:
         w = rray.worker_writer(self.handle)
         return os.getpid(), w.writer_id, w.incarnation
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def emit_unflushed(self, src: str) -> int:
         rray.worker_writer(self.handle).emit(src)  # buffered only: never flushed
@@ -333,6 +337,15 @@ def test_actor_restart_opens_a_new_incarnation_and_keeps_what_was_flushed(ray_cl
     assert ray.get(actor.process.remote(["a-0000"]))[2] == inc1  # same process, same writer
     assert ray.get(actor.emit_unflushed.remote("lost")) == 1
     ray.kill(actor, no_restart=False)  # force-kill; Ray restarts it (max_restarts=1)
+    deadline = time.monotonic() + 60  # the kill is asynchronous: wait for the new process
+    while True:
+        try:
+            if ray.get(actor.pid.remote(), timeout=60) != pid1:
+                break
+        except ray.exceptions.RayActorError:
+            pass  # restarting
+        assert time.monotonic() < deadline, "the actor was not restarted"
+        time.sleep(0.2)
     pid2, wid2, inc2 = ray.get(actor.process.remote(second), timeout=60)
     assert pid2 != pid1 and inc2 != inc1 and wid2 == wid1.replace(str(pid1), str(pid2))
     assert ray.get(actor.process.remote(["a-0001"]))[1:] == (wid2, inc2)  # a duplicate completion
