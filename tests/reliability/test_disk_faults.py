@@ -323,13 +323,19 @@ def test_deleting_a_folded_writers_journal_changes_nothing(tmp_path):
     assert fresh.status().anomaly_counts == {}
 
 
-def test_folded_journal_deleted_under_an_open_writer(tmp_path):
-    url = str(tmp_path / "ck")
+def one_segment_per_source(url: str, n: int) -> tuple[resumelog.Checkpoint, resumelog.journal.Writer]:
+    """A checkpoint of run ``r`` with writer ``w`` that flushed ``s0..s{n-1}``, one segment each."""
     ck = resumelog.open(url, run_id="r")
     w = ck.handle().writer("w")
-    for i in range(3):
+    for i in range(n):
         w.complete(f"s{i}")
         w.flush()
+    return ck, w
+
+
+def test_folded_journal_deleted_under_an_open_writer(tmp_path):
+    url = str(tmp_path / "ck")
+    ck, w = one_segment_per_source(url, 3)
     ck.compact()  # folds seq 0..2
     shutil.rmtree(tmp_path / "ck" / "journal" / "w")
     ck.refresh()
@@ -344,11 +350,7 @@ def test_folded_journal_deleted_under_an_open_writer(tmp_path):
 
 def test_unfolded_journal_deleted_under_an_open_writer_only_reruns(tmp_path):
     url = str(tmp_path / "ck")
-    ck = resumelog.open(url, run_id="r")
-    w = ck.handle().writer("w")
-    for i in range(3):
-        w.complete(f"s{i}")
-        w.flush()
+    ck, w = one_segment_per_source(url, 3)
     shutil.rmtree(tmp_path / "ck" / "journal" / "w")  # no snapshot holds these records
     ck.refresh()
     assert sorted(ck.completed) == []  # lost records: the sources rerun, nothing breaks
@@ -508,11 +510,7 @@ def test_deleted_middle_segment_never_yields_a_false_completion(tmp_path, when):
 
 def test_compaction_over_a_deleted_middle_segment_leaves_an_openable_checkpoint(tmp_path):
     url = str(tmp_path / "ck")
-    ck = resumelog.open(url, run_id="r")
-    w = ck.handle().writer("w")
-    for i in range(4):
-        w.complete(f"s{i}")
-        w.flush()
+    ck, w = one_segment_per_source(url, 4)
     w.close()
     (tmp_path / "ck" / paths.segment_name("w", w.incarnation, 1)).unlink()
     ck.refresh()  # loads, with a journal_gap anomaly
