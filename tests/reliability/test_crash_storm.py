@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from s3_support import bucket_of
 
 import resumelog
@@ -101,6 +102,10 @@ def run_storm(url, opts, tmp_path, figures):
     completed = check(url, opts, ledger, figures)
     assert completed == everything
     figures["sources"] = len(everything)
+
+
+# the full soak runs far past the suite's 600 s per-test timeout
+pytestmark = pytest.mark.timeout(7200 if SOAK else 600)
 
 
 def test_crash_storm_local(tmp_path):
