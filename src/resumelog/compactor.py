@@ -114,7 +114,7 @@ def _load_once(
     failures: list[ResumelogError] = []
     for n, info in reversed(snaps):
         try:
-            frames, state = load_snapshot(store.read(info.path), info.path)
+            frames, state = load_snapshot(store.read_view(info.path), info.path, defer_done_crc=True)
             loaded_n = n
             break
         except CorruptSnapshot as exc:

@@ -59,6 +59,7 @@ __all__ = [
     "read_preamble",
     "split_frames",
     "unpack_entries",
+    "verify_done",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -291,6 +292,15 @@ def read_preamble(data: bytes | memoryview, kind: int, path: str = "") -> int:
 
 def split_frames(data: bytes | memoryview, kind: int, path: str = "") -> list[memoryview]:
     """Check preamble and every frame CRC; return the payloads as zero-copy views."""
+    return _split_frames(data, kind, path, None)[0]
+
+
+def _split_frames(
+    data: bytes | memoryview, kind: int, path: str, defer: int | None
+) -> tuple[list[memoryview], dict[int, int]]:
+    """:func:`split_frames`; frames from index ``defer`` on that are at least
+    :data:`DEFER_CRC_MIN` bytes are not checked: their CRCs are returned, by index."""
+    deferred: dict[int, int] = {}
     total = read_preamble(data, kind, path)
     err = _error_for(kind)
     view = memoryview(data)
@@ -305,11 +315,13 @@ def split_frames(data: bytes | memoryview, kind: int, path: str = "") -> list[me
         if end > total:  # never allocate what a crafted length claims
             raise err(f"frame at byte {pos} claims {length} bytes, past the end", path)
         payload = view[start:end]
-        if crc32c(payload) != crc:
+        if defer is not None and len(frames) >= defer and length >= DEFER_CRC_MIN:
+            deferred[len(frames)] = crc
+        elif crc32c(payload) != crc:
             raise err(f"CRC mismatch in frame at byte {pos}", path)
         frames.append(payload)
         pos = end
-    return frames
+    return frames, deferred
 
 
 def _error_for(kind: int) -> type[CorruptObject]:
@@ -425,6 +437,24 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     runs: memoryview
     blob: memoryview
     done: list[DoneChunk]
+    done_frame: memoryview | None = None
+    """With ``done_crc``: the done-entry frame, whose CRC is checked on first use."""
+    done_crc: int | None = None
+
+
+def verify_done(frames: SnapshotFrames, path: str = "") -> None:
+    """Check the deferred CRC of a snapshot's done-entry frame (see
+    :func:`decode_snapshot_frames`); :class:`~resumelog.errors.CorruptSnapshot` if
+    it does not match."""
+    if frames.done_frame is None or frames.done_crc is None:
+        return
+    if crc32c(frames.done_frame) != frames.done_crc:
+        raise CorruptSnapshot("CRC mismatch in the done-entry frame", path)
+
+
+DEFER_CRC_MIN: Final = 1 << 20
+"""A snapshot's done-entry frame at least this large is CRC-checked on first use, not
+at load: opening a checkpoint never touches those bytes (with a memory-mapped read)."""
 
 
 _dec_chunks = msgspec.msgpack.Decoder(list[DoneChunk])
@@ -446,9 +476,13 @@ def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
     )
 
 
-def decode_snapshot_frames(data: bytes | memoryview, path: str = "") -> SnapshotFrames:
-    """Split, check and decode a snapshot; the id arrays and blob stay zero-copy views."""
-    frames = split_frames(data, KIND_SNAPSHOT, path)
+def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False) -> SnapshotFrames:
+    """Split, check and decode a snapshot; the id arrays and blob stay zero-copy views.
+
+    ``defer_done_crc``: a large done-entry frame is CRC-checked by :func:`verify_done`,
+    which everything reading the done entries calls first, instead of here.
+    """
+    frames, deferred = _split_frames(data, KIND_SNAPSHOT, path, SNAPSHOT_FRAMES - 1 if defer_done_crc else None)
     if len(frames) != SNAPSHOT_FRAMES:
         raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {SNAPSHOT_FRAMES}", path)
     header: SnapshotHeader = _decode(_dec_snap_header, frames[0], "snapshot header", CorruptSnapshot, path)
@@ -459,8 +493,16 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "") -> Snapshot
     n = header.completed_count
     if len(hashes) != 4 * n or len(offsets) != 8 * (n + 1) or len(runs) != 4 * n:
         raise CorruptSnapshot("completed-id arrays do not match the declared count", path)
-    chunks: list[DoneChunk] = _decode(_dec_chunks, frames[6], "done-entry chunks", CorruptSnapshot, path)
-    return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
+    crc = deferred.get(SNAPSHOT_FRAMES - 1)
+    try:
+        chunks: list[DoneChunk] = _decode(_dec_chunks, frames[6], "done-entry chunks", CorruptSnapshot, path)
+    except CorruptSnapshot:
+        if crc is not None and crc32c(frames[6]) != crc:
+            raise CorruptSnapshot("CRC mismatch in the done-entry frame", path) from None
+        raise
+    if crc is None:
+        return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
+    return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks, frames[6], crc)
 
 
 def encode_done_entries(entries: Mapping[str, Mapping[str, int] | bytes]) -> bytes:

@@ -19,6 +19,7 @@ from resumelog.format import (
     decode_snapshot_frames,
     encode_done_entries,
     encode_snapshot_frames,
+    verify_done,
 )
 from resumelog.idset import CompletedIndex, build_index
 
@@ -27,7 +28,9 @@ __all__ = ["encode_snapshot", "load_snapshot"]
 MAX_DONE_CHUNKS = 16
 
 
-def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFrames, FoldState]:
+def load_snapshot(
+    data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False
+) -> tuple[SnapshotFrames, FoldState]:
     """Decode a snapshot into a fold state ready to fold the tail after it.
 
     Raises :class:`~resumelog.errors.CorruptSnapshot` or
@@ -35,7 +38,7 @@ def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFra
     """
     from resumelog.errors import CorruptSnapshot
 
-    frames = decode_snapshot_frames(data, path)
+    frames = decode_snapshot_frames(data, path, defer_done_crc=defer_done_crc)
     h, body = frames.header, frames.body
     try:
         base = CompletedIndex(frames.hashes, frames.offsets, frames.runs, frames.blob, h.ascii_ids)
@@ -72,6 +75,7 @@ def load_snapshot(data: bytes | memoryview, path: str = "") -> tuple[SnapshotFra
     chunks = frames.done
 
     def load_done() -> dict[str, dict[str, int]]:
+        verify_done(frames, path)
         merged: dict[str, dict[str, int]] = {}
         for c in chunks:  # oldest first, so newer chunks win
             merged.update(decode_done_entries(c.data, path))
@@ -124,6 +128,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         records_folded=state.records_folded,
     )
     if previous is not None:
+        verify_done(previous)  # never carry unchecked bytes into a new snapshot
         chunks = [c for c in previous.done if set(c.runs) & live]
     else:
         chunks = _base_done_chunk(state, live)

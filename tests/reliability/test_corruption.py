@@ -121,3 +121,44 @@ def test_snapshot_frames_are_consistent_with_a_state():
     state_bytes = encode_snapshot(resumelog.algebra.FoldState(number=1), None)
     frames, state = load_snapshot(state_bytes)
     assert frames.header.number == 1 and state.completed_count() == 0
+
+
+def test_a_large_done_frame_is_checked_on_first_use_not_at_open(tmp_path):
+    """Opening a checkpoint does not read a large done-entry frame (memory-mapped,
+    CRC deferred: startup does not grow with the final entries kept per completion);
+    a bit flipped in it is still caught, as a typed error, before its bytes are used:
+    by a late record's fold and by a compaction (never carried into a new snapshot)."""
+    from resumelog import compactor
+
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url, run_id="r")
+    with ck.writer("w") as w:
+        for i in range(12_000):
+            s = f"source-{i:08d}"
+            w.record(f"0_{s}", s, 1, emission=True)
+            w.record(f"0_{s}_0", s, 2)
+            for j in range(3):
+                w.record(f"0_{s}_{j}_0", s, -1)
+    ck.compact()
+    snap = tmp_path / "ck" / paths.snapshot_name(1)
+    data = bytearray(snap.read_bytes())
+    frames = decode_snapshot_frames(bytes(data))
+    assert sum(len(c.data) for c in frames.done) >= fmt.DEFER_CRC_MIN  # the deferred case
+    data[-100] ^= 0x01  # inside the done-entry frame, the last one
+    snap.write_bytes(bytes(data))
+    with pytest.raises(resumelog.CorruptSnapshot):
+        decode_snapshot_frames(bytes(data))  # an eager decode (verify, inspect) sees it
+    view = resumelog.open(url)  # the open does not touch the frame
+    assert len(view.completed) == 12_000 and view.is_completed("source-00000007")
+    with resumelog.open(url, run_id="r").handle().writer("late") as w:
+        w.record("0_source-00000007_9", "source-00000007", +1)  # a late record: needs the entries
+    with pytest.raises(resumelog.CorruptSnapshot):
+        resumelog.open(url)
+    with pytest.raises(resumelog.CorruptSnapshot):
+        compactor.compact(open_local(url))
+
+
+def open_local(url):
+    from resumelog.storage import LocalStore
+
+    return LocalStore(url)

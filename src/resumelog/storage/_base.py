@@ -67,6 +67,12 @@ class Store(ABC):
     def read(self, key: str) -> bytes:
         """Return the bytes of ``key``; :class:`~resumelog.errors.ObjectNotFound` if absent."""
 
+    def read_view(self, key: str) -> bytes | memoryview:
+        """Like :meth:`read`, but the result may be a read-only view of a memory map
+        (local files), so that the parts of a large object never looked at are never
+        read. Objects are immutable, so the view stays valid."""
+        return self.read(key)
+
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         """Read several objects; yield ``(key, bytes or the exception)`` in input order.
 

@@ -83,6 +83,15 @@ class StoreTests:
             store.read("nope/none")
         assert isinstance(info.value, FileNotFoundError)
 
+    @pytest.mark.parametrize("size", [0, 10, (1 << 20) + 7])
+    def test_read_view_matches_read(self, store: Store, size: int) -> None:
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        store.put_if_absent("v/obj", data)
+        view = store.read_view("v/obj")
+        assert bytes(view) == data == store.read("v/obj")
+        with pytest.raises(ObjectNotFound):
+            store.read_view("v/none")
+
     def test_exists(self, store: Store) -> None:
         assert not store.exists("e")
         store.put_if_absent("e", b"1")
