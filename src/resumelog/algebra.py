@@ -80,11 +80,6 @@ REOPENED_STREAM = "\x00reopened"
 """Stream id of the entries of a completion reopened by a late record."""
 
 
-def is_recorded(entries: Mapping[str, int], key: str, delta: int) -> bool:
-    """Whether ``(key, delta)`` is among the final deltas kept for a completed source."""
-    return entries.get(key) == delta
-
-
 class SourceRunState:
     """Fold state of one source in one run.
 
@@ -347,6 +342,14 @@ class FoldState:
             info.last_snapshot = self.number
         return info
 
+    def anomaly_once(self, kind: str, source: str, run_id: str, detail: str) -> bool:
+        """Record an anomaly unless one of the same kind and detail is already kept
+        (a fact found again at every fold, such as a torn tail); whether it was new."""
+        if any(a.kind == kind and a.detail == detail for a in self.anomalies):
+            return False
+        self.anomaly(kind, source, run_id, detail)
+        return True
+
     def anomaly(self, kind: str, source: str, run_id: str, detail: str = "") -> None:
         """Record an anomaly (bounded list + unbounded counts)."""
         self.anomaly_counts[kind] += 1
@@ -539,8 +542,7 @@ class FoldState:
         info = self._run(run_id)
         if info.retired:
             return  # its records are ignored anyway (a collected stream of a retired run)
-        if not any(a.kind == "journal_gap" and a.detail == detail for a in self.anomalies):
-            self.anomaly("journal_gap", "", run_id, detail)
+        if self.anomaly_once("journal_gap", "", run_id, detail):
             self.warn(
                 f"resumelog: journal records of run {run_id} are missing from storage ({detail}); "
                 "the run completes nothing more, its pending sources rerun in a new run"

@@ -310,7 +310,7 @@ class Checkpoint:
             if not st.is_completed(src):  # a drained state shadowed by another run's completion is not pending
                 pending_by_run.setdefault(run, set()).add(src)
         completed_by_run = st.completed_by_run()
-        pending_sources = {s for (run, s) in st.pending if not st.is_completed(s)}
+        pending_sources: set[str] = set().union(*pending_by_run.values())
         runs = [
             RunStatus(
                 r,

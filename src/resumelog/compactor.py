@@ -198,9 +198,7 @@ def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) 
                 seg = decode_segment(result, key)
             except TornSegment as exc:
                 if store.torn_writes_possible and last_of[key]:
-                    detail = str(exc)
-                    if not any(a.kind == "torn_tail" and a.detail == detail for a in state.anomalies):
-                        state.anomaly("torn_tail", "", "", detail)  # once, not at every fold
+                    if state.anomaly_once("torn_tail", "", "", str(exc)):  # not at every fold
                         logger.warning("resumelog: ignoring torn last segment %s", key)
                     stopped.add(sid)
                     continue

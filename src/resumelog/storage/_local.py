@@ -96,29 +96,22 @@ class LocalStore(Store):
             except OSError:  # best effort; listing ignores *.partial
                 pass
 
+    def read(self, key: str) -> bytes:
+        data = self._read(key, mmap_min=None)
+        assert isinstance(data, bytes)
+        return data
+
     def read_view(self, key: str) -> bytes | memoryview:
         """Objects of 1 MiB and more are memory-mapped (see :meth:`Store.read_view`)."""
-        p = self._path(key)
-        try:
-            with open(p, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < MMAP_MIN:
-                    self.requests["get"] += 1
-                    return f.read()
-                self.requests["get"] += 1
-                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{p} does not exist") from None
-        except IsADirectoryError:
-            raise ObjectNotFound(f"{p} is a directory") from None
-        except OSError as exc:
-            raise StorageError(exc.errno or errno.EIO, f"cannot read {p}: {exc.strerror or exc}") from exc
+        return self._read(key, mmap_min=MMAP_MIN)
 
-    def read(self, key: str) -> bytes:
+    def _read(self, key: str, *, mmap_min: int | None) -> bytes | memoryview:
         self.requests["get"] += 1
         p = self._path(key)
         try:
             with open(p, "rb") as f:
+                if mmap_min is not None and os.fstat(f.fileno()).st_size >= mmap_min:
+                    return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
                 return f.read()
         except FileNotFoundError:
             raise ObjectNotFound(f"{p} does not exist") from None
