@@ -54,7 +54,6 @@ Design notes (see also ``docs/integrations.md``):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -83,6 +82,7 @@ from resumelog.checkpoint import Checkpoint, WriterHandle
 from resumelog.checkpoint import open as _open_checkpoint
 from resumelog.errors import NothingToDo, ResumelogError
 from resumelog.journal import Writer
+from resumelog.ray import _entry as _process_entry
 
 __all__ = [
     "ROW_HASH_COLUMN",
@@ -237,9 +237,9 @@ class _WriterEntry:
     reruns). Positive deltas (a fan-out) are flushed synchronously (the barrier).
     """
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, lock: threading.RLock) -> None:
         self.writer = writer
-        self.lock = threading.Lock()  # Writer.record is not thread-safe: every use holds this
+        self.lock = lock  # Writer.record is not thread-safe: every use holds this
         self.cond = threading.Condition(self.lock)
         self.dirty = False
         self.thread: threading.Thread | None = None
@@ -277,18 +277,19 @@ class _WriterEntry:
                 time.sleep(1.0)
 
 
-_WRITERS: dict[tuple[Any, ...], _WriterEntry] = {}
+_WRITERS: dict[int, _WriterEntry] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
 def _worker_writer(handle: WriterHandle) -> _WriterEntry:
-    """This process's writer for ``handle`` (opened once, reused by later tasks)."""
-    opts = json.dumps(dict(handle.storage_options), sort_keys=True, default=repr)
-    key = (os.getpid(), handle.url, handle.run_id, handle.writer_id, opts)
+    """This process's writer for ``handle``: the one :func:`resumelog.ray.worker_writer`
+    opens (one journal stream per process, whichever module records), with its lock,
+    plus this module's background flusher."""
+    shared = _process_entry(handle)
     with _WRITERS_LOCK:
-        entry = _WRITERS.get(key)
-        if entry is None or entry.writer.closed:
-            entry = _WRITERS[key] = _WriterEntry(handle.writer())
+        entry = _WRITERS.get(id(shared))
+        if entry is None or entry.writer is not shared.writer:
+            entry = _WRITERS[id(shared)] = _WriterEntry(shared.writer, shared.lock)
         return entry
 
 
