@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
+from resumelog.done_shapes import ShapeTable
 from resumelog.errors import CorruptObject, ResumelogError
 from resumelog.format import (
     KIND_META,
     KIND_SEGMENT,
     KIND_SNAPSHOT,
-    DoneChunk,
     Meta,
     SnapshotBody,
     SnapshotFrames,
@@ -52,6 +52,10 @@ def use_snapshot(data: bytes) -> None:
     state.completed_count()
     state.completed_by_run()
     state.is_completed("not-there")
+    frames, state = load_snapshot(data)
+    encode_snapshot(state, frames)  # a compaction carrying it forward
+    state.retire_runs([])
+    encode_snapshot(state, None)  # ... and one retiring every run
 
 
 DECODERS = {
@@ -178,9 +182,18 @@ def hostile_snapshots(draw) -> bytes:
     offs = draw(st.lists(st.integers(0, len(blob) + 2), min_size=n + 1, max_size=n + 1))
     offsets = b"".join(i.to_bytes(8, "little") for i in offs)
     runs = b"".join(i.to_bytes(4, "little") for i in draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)))
-    done = draw(st.lists(st.builds(DoneChunk, st.lists(st.just("r"), max_size=1), st.binary(max_size=8)), max_size=1))
+    shape_ids = draw(st.binary(max_size=2 * n + 1))
+    table = ShapeTable([[(["0_", ""], 1), (["0_", "_0"], -1)]]).encode()
+    shapes = draw(st.one_of(st.just(table), st.binary(max_size=8)))
     frames = SnapshotFrames(
-        header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), done
+        header,
+        body,
+        memoryview(hashes),
+        memoryview(offsets),
+        memoryview(runs),
+        memoryview(blob),
+        memoryview(shape_ids),
+        memoryview(shapes),
     )
     return encode_snapshot_frames(frames)
 

@@ -175,7 +175,8 @@ def test_snapshot_with_out_of_range_run_index_fails_on_query():
         frames.offsets,
         memoryview((7).to_bytes(4, "little")),
         frames.blob,
-        frames.done,
+        frames.shape_ids,
+        frames.shapes,
     )
     with pytest.raises(resumelog.CorruptSnapshot):
         _, loaded = load_snapshot(encode_snapshot_frames(bad))

@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.format import (
     EMISSION,
     Anomaly,
@@ -52,8 +53,6 @@ from resumelog.format import (
     RunInfo,
     SegmentHeader,
     StreamMark,
-    pack_entries,
-    unpack_entries,
 )
 from resumelog.idset import CompletedIndex
 
@@ -212,8 +211,8 @@ class FoldState:
 
     ``base`` is the completed index of the snapshot the state was loaded from and
     ``base_runs`` its run table; ``number`` is the snapshot number this state will be
-    written as. ``done_loader`` lazily supplies the entries of the base's completions
-    (they are only needed when a late record arrives). ``warn`` receives the one
+    written as. ``base_done`` supplies the entries of the base's completions, decoded
+    lazily (they are only needed when a late record arrives). ``warn`` receives the one
     warning per un-completed source (defaults to the ``resumelog`` logger).
     """
 
@@ -226,8 +225,10 @@ class FoldState:
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
     added: dict[str, str] = field(default_factory=dict)
     removed: set[str] = field(default_factory=set)
-    done_entries: dict[str, bytes] = field(default_factory=dict)
-    """Final entries of completions made by this fold (packed: millions can be held)."""
+    done_shapes: dict[str, int] = field(default_factory=dict)
+    """Final entries of completions made by this fold, as ids into ``shapes`` (absent:
+    :data:`SIMPLE_COMPLETION`); millions are held as small ints."""
+    shapes: ShapeTable = field(default_factory=ShapeTable)
     provisional: set[str] | None = None
     """While a fold evaluates in rounds to bound memory: sources completed by an
     intermediate evaluation, which a record later in the same fold may reopen quietly
@@ -236,11 +237,10 @@ class FoldState:
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_counts: Counter[str] = field(default_factory=Counter)
     records_folded: int = 0
-    done_loader: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
+    base_done: BaseDone | None = None
     warn: Callable[[str], None] = logger.warning
     _stream_index: dict[str, int] = field(default_factory=dict)
     _touched: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
-    _base_done: Mapping[str, Mapping[str, int]] | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -484,7 +484,7 @@ class FoldState:
             kept[key] = 0
             self._uncomplete(source, touch=False)
             self.added[source] = run
-            self.done_entries[source] = pack_entries(kept)
+            self.done_shapes[source] = self.shapes.intern(kept, source)
             return None
         s = SourceRunState()
         s.emitted = True
@@ -506,7 +506,7 @@ class FoldState:
 
     def _uncomplete(self, source: str, *, touch: bool = True) -> None:
         self.added.pop(source, None)
-        self.done_entries.pop(source, None)
+        self.done_shapes.pop(source, None)
         if self.base.find(source) >= 0:
             self.removed.add(source)
         if touch:
@@ -524,12 +524,11 @@ class FoldState:
         Completions whose deltas are exactly :data:`SIMPLE_COMPLETION` (what
         ``Writer.complete`` writes) are not stored, so that is the default.
         """
-        d = self.done_entries.get(source)
-        if d is not None:
-            return unpack_entries(d)
-        if self._base_done is None:
-            self._base_done = self.done_loader() if self.done_loader else {}
-        return self._base_done.get(source, SIMPLE_COMPLETION)
+        if source in self.added:
+            sid = self.done_shapes.get(source)
+            return self.shapes.entries(sid, source) if sid else SIMPLE_COMPLETION
+        stored = self.base_done.get(source) if self.base_done is not None else None
+        return SIMPLE_COMPLETION if stored is None else stored
 
     def damage_run(self, run_id: str, detail: str) -> None:
         """Quarantine a run whose records were partly lost from storage (a journal gap).
@@ -583,7 +582,8 @@ class FoldState:
         provisional = self.provisional
         resets = self.resets
         added = self.added
-        done_entries = self.done_entries
+        done_shapes = self.done_shapes
+        intern = self.shapes.intern
         check_base = self.base.count > 0
         for k, s in self._touched.items():  # insertion order: walks memory sequentially
             if pending.get(k) is not s:
@@ -620,9 +620,9 @@ class FoldState:
             added[src] = run
             final = s.final_deltas()
             if final != SIMPLE_COMPLETION:
-                done_entries[src] = pack_entries(final)
+                done_shapes[src] = intern(final, src)
             else:
-                done_entries.pop(src, None)
+                done_shapes.pop(src, None)
             if provisional is not None:
                 provisional.add(src)
         for k in won.values():

@@ -17,19 +17,22 @@ trailing fields with defaults (older readers ignore them). An incompatible chang
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
 from crc32c import crc32c
 
 from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
+from resumelog.idset import uint_width
 
 __all__ = [
     "FORMAT_VERSION",
     "KIND_META",
     "KIND_SEGMENT",
     "KIND_SNAPSHOT",
+    "SNAPSHOT_FRAMES",
+    "SNAPSHOT_FRAMES_V1",
     "Anomaly",
     "Batch",
     "DoneChunk",
@@ -50,19 +53,16 @@ __all__ = [
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
-    "encode_done_entries",
     "encode_meta",
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
-    "pack_entries",
     "read_preamble",
     "split_frames",
-    "unpack_entries",
     "verify_done",
 ]
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 MAGIC: Final = b"RSLG"
 KIND_SEGMENT: Final = ord("S")
 KIND_SNAPSHOT: Final = ord("N")
@@ -230,7 +230,6 @@ _dec_meta = msgspec.msgpack.Decoder(Meta)
 _dec_snap_header = msgspec.msgpack.Decoder(SnapshotHeader)
 _dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
 _dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
-_dec_entries = msgspec.msgpack.Decoder(dict[str, int])
 
 
 def encode(obj: object) -> bytes:
@@ -414,14 +413,15 @@ def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
 
 # --------------------------------------------------------------------------- snapshots
 
-SNAPSHOT_FRAMES: Final = 7
-"""header, body, u32 hashes, u64 offsets, u32 completing-run indexes, id blob, done entries."""
+SNAPSHOT_FRAMES: Final = 8
+"""header, body, u32 hashes, u32|u64 offsets, completing-run indexes, id blob, shape ids,
+shape table (format version 2; version 1 has 7 frames, see :class:`DoneChunk`)."""
+SNAPSHOT_FRAMES_V1: Final = 7
 
 
 class DoneChunk(msgspec.Struct, array_like=True, frozen=True):
-    """Final deltas of sources completed by ``runs``: ``data`` is a msgpack map
-    ``source -> {key: delta}``, decoded only when a late record must be told apart
-    from a duplicate."""
+    """Format version 1 only (frame 6, read but never written): final deltas of
+    sources completed by ``runs``; ``data`` is a msgpack map ``source -> {key: delta}``."""
 
     runs: list[str]
     data: memoryview  # zero-copy view into the snapshot bytes when decoded
@@ -436,20 +436,23 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     offsets: memoryview
     runs: memoryview
     blob: memoryview
-    done: list[DoneChunk]
-    done_frame: memoryview | None = None
-    """With ``done_crc``: the done-entry frame, whose CRC is checked on first use."""
-    done_crc: int | None = None
+    shape_ids: memoryview = memoryview(b"")
+    """Frame 6: the shape id of every completed id (empty: all ``0``)."""
+    shapes: memoryview = memoryview(b"\x90")
+    """Frame 7: the shape table, msgpack (``done_shapes.ShapeTable.encode``)."""
+    deferred: tuple[tuple[memoryview, int], ...] = ()
+    """Frames whose CRC is checked on first use, with their CRCs (:func:`verify_done`)."""
+    legacy_done: list[DoneChunk] | None = None
+    """Format version 1: the done-entry chunks (``shape_ids`` and ``shapes`` are empty)."""
 
 
 def verify_done(frames: SnapshotFrames, path: str = "") -> None:
-    """Check the deferred CRC of a snapshot's done-entry frame (see
+    """Check the deferred CRCs of a snapshot's done-entry frames (see
     :func:`decode_snapshot_frames`); :class:`~resumelog.errors.CorruptSnapshot` if
-    it does not match."""
-    if frames.done_frame is None or frames.done_crc is None:
-        return
-    if crc32c(frames.done_frame) != frames.done_crc:
-        raise CorruptSnapshot("CRC mismatch in the done-entry frame", path)
+    one does not match."""
+    for frame, crc in frames.deferred:
+        if crc32c(frame) != crc:
+            raise CorruptSnapshot("CRC mismatch in a done-entry frame", path)
 
 
 DEFER_CRC_MIN: Final = 1 << 20
@@ -461,7 +464,7 @@ _dec_chunks = msgspec.msgpack.Decoder(list[DoneChunk])
 
 
 def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
-    """Encode a snapshot object."""
+    """Encode a snapshot object (always the current format version)."""
     return encode_object(
         KIND_SNAPSHOT,
         [
@@ -471,7 +474,8 @@ def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
             frames.offsets,
             frames.runs,
             frames.blob,
-            _enc.encode(frames.done),
+            frames.shape_ids,
+            frames.shapes,
         ],
     )
 
@@ -479,46 +483,43 @@ def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
 def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False) -> SnapshotFrames:
     """Split, check and decode a snapshot; the id arrays and blob stay zero-copy views.
 
-    ``defer_done_crc``: a large done-entry frame is CRC-checked by :func:`verify_done`,
+    ``defer_done_crc``: large done-entry frames are CRC-checked by :func:`verify_done`,
     which everything reading the done entries calls first, instead of here.
     """
-    frames, deferred = _split_frames(data, KIND_SNAPSHOT, path, SNAPSHOT_FRAMES - 1 if defer_done_crc else None)
-    if len(frames) != SNAPSHOT_FRAMES:
-        raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {SNAPSHOT_FRAMES}", path)
+    frames, deferred = _split_frames(data, KIND_SNAPSHOT, path, SNAPSHOT_FRAMES_V1 - 1 if defer_done_crc else None)
+    if not frames:
+        raise CorruptSnapshot("snapshot has no frames", path)
     header: SnapshotHeader = _decode(_dec_snap_header, frames[0], "snapshot header", CorruptSnapshot, path)
-    if header.format_version > FORMAT_VERSION:
-        raise UnsupportedFormat(f"snapshot format version {header.format_version} is newer", path)
+    version = header.format_version
+    if version > FORMAT_VERSION:
+        raise UnsupportedFormat(f"snapshot format version {version} is newer", path)
+    expected = SNAPSHOT_FRAMES if version >= 2 else SNAPSHOT_FRAMES_V1
+    if len(frames) != expected:
+        raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {expected}", path)
     body: SnapshotBody = _decode(_dec_snap_body, frames[1], "snapshot body", CorruptSnapshot, path)
     hashes, offsets, runs, blob = frames[2], frames[3], frames[4], frames[5]
     n = header.completed_count
-    if len(hashes) != 4 * n or len(offsets) != 8 * (n + 1) or len(runs) != 4 * n:
+    if version >= 2:
+        ok = (
+            len(hashes) == 4 * n
+            and uint_width(len(offsets), n + 1, (4, 8)) is not None
+            and uint_width(len(runs), n, (1, 2, 4)) is not None
+            and (not frames[6] or uint_width(len(frames[6]), n, (1, 2, 4)) is not None)
+        )
+    else:
+        ok = len(hashes) == 4 * n and len(offsets) == 8 * (n + 1) and len(runs) == 4 * n
+    if not ok:
         raise CorruptSnapshot("completed-id arrays do not match the declared count", path)
-    crc = deferred.get(SNAPSHOT_FRAMES - 1)
+    late = tuple((frames[i], crc) for i, crc in sorted(deferred.items()))
+    if version >= 2:
+        return SnapshotFrames(header, body, hashes, offsets, runs, blob, frames[6], frames[7], late)
     try:
         chunks: list[DoneChunk] = _decode(_dec_chunks, frames[6], "done-entry chunks", CorruptSnapshot, path)
     except CorruptSnapshot:
-        if crc is not None and crc32c(frames[6]) != crc:
+        if late and crc32c(frames[6]) != late[0][1]:
             raise CorruptSnapshot("CRC mismatch in the done-entry frame", path) from None
         raise
-    if crc is None:
-        return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks)
-    return SnapshotFrames(header, body, hashes, offsets, runs, blob, chunks, frames[6], crc)
-
-
-def encode_done_entries(entries: Mapping[str, Mapping[str, int] | bytes]) -> bytes:
-    """Encode the ``data`` of a :class:`DoneChunk` (values may be :func:`pack_entries` bytes)."""
-    return _enc.encode({s: msgspec.Raw(v) if isinstance(v, bytes) else v for s, v in entries.items()})
-
-
-def pack_entries(entries: Mapping[str, int]) -> bytes:
-    """One source's final ``key -> delta`` entries as msgpack (compact in memory)."""
-    return _enc.encode(entries)
-
-
-def unpack_entries(data: bytes) -> dict[str, int]:
-    """Inverse of :func:`pack_entries`."""
-    result: dict[str, int] = _dec_entries.decode(data)
-    return result
+    return SnapshotFrames(header, body, hashes, offsets, runs, blob, memoryview(b""), memoryview(b"\x90"), late, chunks)
 
 
 def decode_done_entries(payload: memoryview | bytes, path: str = "") -> dict[str, dict[str, int]]:

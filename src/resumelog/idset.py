@@ -3,9 +3,13 @@
 Layout (four arrays, all little-endian, see ``docs/format.md`` §Snapshot):
 
 * ``hashes``  — ``u32[n]``, sorted ascending: CRC-32C of each id's UTF-8 bytes;
-* ``offsets`` — ``u64[n+1]``: id ``i`` is ``blob[offsets[i]:offsets[i+1]]``;
-* ``runs``    — ``u32[n]``: index of the run that completed id ``i``;
+* ``offsets`` — ``u32[n+1]`` (``u64`` once the blob reaches 4 GiB): id ``i`` is
+  ``blob[offsets[i]:offsets[i+1]]``;
+* ``runs``    — ``u8|u16|u32[n]`` (the narrowest that holds the largest): index of the
+  run that completed id ``i``;
 * ``blob``    — the ids' UTF-8 bytes, concatenated in hash order.
+
+Element widths are not stored: a reader divides a frame's length by its element count.
 
 A lookup hashes the id, bisects the hash array (C speed on a ``memoryview``) and
 verifies the stored bytes, so opening 10M ids costs one read and no per-id decoding.
@@ -21,12 +25,13 @@ import sys
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate
+from typing import NamedTuple
 
 from crc32c import crc32c
 
-__all__ = ["CompletedIndex", "build_index", "id_hash"]
+__all__ = ["CompletedIndex", "IndexArrays", "build_index", "id_hash", "pack_uints", "uint_view", "uint_width"]
 
 _LITTLE = sys.byteorder == "little"
 
@@ -56,6 +61,50 @@ def _view(typecode: str, data: bytes | memoryview) -> memoryview | array[int]:
     return _as_array(typecode, data)  # pragma: no cover
 
 
+_TYPECODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+UINT_WIDTHS = (1, 2, 4)
+
+
+def uint_width(nbytes: int, count: int, widths: tuple[int, ...] = UINT_WIDTHS) -> int | None:
+    """Width of each of ``count`` little-endian unsigned ints held in ``nbytes`` bytes,
+    if it is one of ``widths``; ``None`` if the length fits none."""
+    if count == 0:
+        return widths[0] if nbytes == 0 else None
+    w, rest = divmod(nbytes, count)
+    return w if not rest and w in widths else None
+
+
+def uint_view(data: bytes | memoryview, width: int) -> memoryview | array[int]:
+    """Zero-copy view of little-endian unsigned ints of ``width`` bytes each."""
+    return _view(_TYPECODES[width], data)
+
+
+def pack_uints(values: Iterable[int], widths: tuple[int, ...] = UINT_WIDTHS) -> bytes:
+    """``values`` as little-endian unsigned ints of the narrowest of ``widths`` that
+    holds the largest (all values must be ``>= 0``)."""
+    a = values if isinstance(values, array) else array("Q", values)
+    top = max(a, default=0)
+    width = next((w for w in widths if top < 1 << (8 * w)), None)
+    if width is None:
+        raise OverflowError(f"{top} does not fit in {max(widths)} bytes")
+    if a.itemsize != width:
+        a = array(_TYPECODES[width], a)
+    return _to_bytes(a)
+
+
+def index_views(
+    hashes: bytes | memoryview, offsets: bytes | memoryview, runs: bytes | memoryview
+) -> tuple[memoryview | array[int], memoryview | array[int], memoryview | array[int]]:
+    """Zero-copy views of an index's hash, offset and run arrays (widths deduced from
+    the lengths); :class:`ValueError` if the lengths fit no width."""
+    n, rest = divmod(len(hashes), 4)
+    ow = uint_width(len(offsets), n + 1, (4, 8))
+    rw = uint_width(len(runs), n)
+    if rest or ow is None or rw is None:
+        raise ValueError("completed-id arrays have inconsistent lengths")
+    return _view("I", hashes), uint_view(offsets, ow), uint_view(runs, rw)
+
+
 class CompletedIndex:
     """Read-only sorted-hash index of completed ids with the run that completed each."""
 
@@ -69,21 +118,17 @@ class CompletedIndex:
         blob: bytes | memoryview,
         ascii_ids: bool = False,
     ) -> None:
-        self._hashes = _view("I", hashes)
-        self._offsets = _view("Q", offsets)
-        self._runs = _view("I", runs)
-        self._blob = memoryview(blob)
+        self._hashes, self._offsets, self._runs = index_views(hashes, offsets, runs)
         self.count = len(self._hashes)
+        self._blob = memoryview(blob)
         self.ascii_ids = ascii_ids
-        if len(self._offsets) != self.count + 1 or len(self._runs) != self.count:
-            raise ValueError("completed-id arrays have inconsistent lengths")
         if self._offsets[0] != 0 or self._offsets[self.count] != len(self._blob):
             raise ValueError("completed-id offsets do not span the id blob")
 
     @classmethod
     def empty(cls) -> CompletedIndex:
         """An index with no ids."""
-        return cls(b"", b"\0" * 8, b"", b"", True)
+        return cls(b"", b"\0" * 4, b"", b"", True)
 
     def __len__(self) -> int:
         return self.count
@@ -135,40 +180,66 @@ class CompletedIndex:
         return iter(self.ids())
 
     def arrays(self) -> tuple[array[int], array[int]]:
-        """Copies of the hash and run arrays (for rebuilding)."""
-        return _as_array("I", self._hashes), _as_array("I", self._runs)
+        """Copies of the hash and run arrays (runs widened to ``u32``; for rebuilding)."""
+        return _as_array("I", self._hashes), array("I", self._runs)
+
+    def runs_view(self) -> memoryview | array[int]:
+        """The run index of every entry, in index order (zero-copy)."""
+        return self._runs
+
+
+class IndexArrays(NamedTuple):
+    """The frames of a rebuilt index (see :func:`build_index`)."""
+
+    hashes: bytes
+    offsets: bytes
+    runs: bytes
+    blob: bytes
+    n: int
+    ascii_ids: bool
+    tags: array[int]
+    """The per-id tag (shape id) of every entry, in index order."""
 
 
 def build_index(
     base: CompletedIndex,
     remove: Iterable[str],
     add: dict[str, int],
-) -> tuple[bytes, bytes, bytes, bytes, int, bool]:
+    base_tags: Sequence[int] | None = None,
+    add_tags: Mapping[str, int] | None = None,
+) -> IndexArrays:
     """Build the arrays of ``base - remove + add`` (``add`` maps id -> run index).
 
-    Returns ``(hashes, offsets, runs, blob, count, ascii_ids)``. Ids in both ``base``
-    and ``add`` take the run from ``add``.
+    Every id also carries a tag (``base_tags[i]`` for base entry ``i``, ``add_tags``
+    for added ids; ``0`` when absent) that follows it into the new order. Ids in both
+    ``base`` and ``add`` take the run and tag from ``add``.
     """
     ids = base.ids()
     hashes, runs = base.arrays()
+    tags = array("I", base_tags) if base_tags is not None and len(base_tags) else array("I", bytes(4 * len(ids)))
+    add_tags = add_tags or {}
     drop = {i for i in (base.find(s) for s in [*remove, *add]) if i >= 0} if base.count else set()
     if drop:
         keep = [i for i in range(len(ids)) if i not in drop]
         ids = [ids[i] for i in keep]
         hashes = array("I", [hashes[i] for i in keep])
         runs = array("I", [runs[i] for i in keep])
+        tags = array("I", [tags[i] for i in keep])
     if add:
         new_ids = list(add)
         new_h = [crc32c(s.encode()) for s in new_ids]
         order = sorted(range(len(new_ids)), key=new_h.__getitem__)
+        tag_of = add_tags.get
         if not ids:
             ids = [new_ids[i] for i in order]
             hashes = array("I", [new_h[i] for i in order])
             runs = array("I", [add[s] for s in ids])
+            tags = array("I", [tag_of(s, 0) for s in ids])
         else:
             out_ids: list[str] = []
             out_h = array("I")
             out_r = array("I")
+            out_t = array("I")
             prev = 0
             for j in order:
                 h = new_h[j]
@@ -176,23 +247,27 @@ def build_index(
                 out_ids += ids[prev:pos]
                 out_h += hashes[prev:pos]
                 out_r += runs[prev:pos]
+                out_t += tags[prev:pos]
                 s = new_ids[j]
                 out_ids.append(s)
                 out_h.append(h)
                 out_r.append(add[s])
+                out_t.append(tag_of(s, 0))
                 prev = pos
             out_ids += ids[prev:]
             out_h += hashes[prev:]
             out_r += runs[prev:]
-            ids, hashes, runs = out_ids, out_h, out_r
+            out_t += tags[prev:]
+            ids, hashes, runs, tags = out_ids, out_h, out_r, out_t
     text = "".join(ids)
     ascii_ids = text.isascii()
-    offsets = array("Q", [0])
     if ascii_ids:
         blob = text.encode("ascii")
-        offsets.extend(accumulate(map(len, ids)))
+        lengths: Iterable[int] = map(len, ids)
     else:
         encoded = [s.encode() for s in ids]
         blob = b"".join(encoded)
-        offsets.extend(accumulate(map(len, encoded)))
-    return _to_bytes(hashes), _to_bytes(offsets), _to_bytes(runs), blob, len(ids), ascii_ids
+        lengths = map(len, encoded)
+    offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
+    offsets.extend(accumulate(lengths))
+    return IndexArrays(_to_bytes(hashes), _to_bytes(offsets), pack_uints(runs), blob, len(ids), ascii_ids, tags)

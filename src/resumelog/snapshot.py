@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from array import array
 from collections import Counter
 
 from resumelog.algebra import FoldState, SourceRunState
+from resumelog.done_shapes import BaseDone, ShapeTable
+from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     FORMAT_VERSION,
-    DoneChunk,
     PendingEntry,
     Reset,
     RunInfo,
@@ -17,15 +19,14 @@ from resumelog.format import (
     SnapshotHeader,
     decode_done_entries,
     decode_snapshot_frames,
-    encode_done_entries,
     encode_snapshot_frames,
     verify_done,
 )
-from resumelog.idset import CompletedIndex, build_index
+from resumelog.idset import CompletedIndex, build_index, pack_uints
 
 __all__ = ["encode_snapshot", "load_snapshot"]
 
-MAX_DONE_CHUNKS = 16
+_EMPTY_TABLE = b"\x90"  # msgpack: an empty array
 
 
 def load_snapshot(
@@ -36,8 +37,6 @@ def load_snapshot(
     Raises :class:`~resumelog.errors.CorruptSnapshot` or
     :class:`~resumelog.errors.UnsupportedFormat`.
     """
-    from resumelog.errors import CorruptSnapshot
-
     frames = decode_snapshot_frames(data, path, defer_done_crc=defer_done_crc)
     h, body = frames.header, frames.body
     try:
@@ -72,36 +71,76 @@ def load_snapshot(
     state.anomalies = list(body.anomalies)
     state.anomaly_counts = Counter(body.anomaly_counts)
     state.records_folded = body.records_folded
-    chunks = frames.done
+    legacy = frames.legacy_done
 
-    def load_done() -> dict[str, dict[str, int]]:
-        verify_done(frames, path)
+    def load_legacy() -> dict[str, dict[str, int]]:
         merged: dict[str, dict[str, int]] = {}
-        for c in chunks:  # oldest first, so newer chunks win
+        for c in legacy or ():  # oldest first, so newer chunks win
             merged.update(decode_done_entries(c.data, path))
         return merged
 
-    state.done_loader = load_done
+    state.base_done = BaseDone(
+        base,
+        frames.shape_ids,
+        frames.shapes,
+        lambda: verify_done(frames, path),
+        path,
+        load_legacy if legacy is not None else None,
+    )
     return frames, state
 
 
 def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, created_ms: int = 0) -> bytes:
     """Encode ``state`` as snapshot number ``state.number``.
 
-    ``previous`` is the snapshot the state was loaded from (its arrays are reused
-    verbatim when no completion changed, and its done-entry chunks are carried over).
+    ``previous`` is the snapshot the state was loaded from: its frames are reused
+    verbatim when nothing in them changed. The completed ids keep their shapes (the
+    table grows by this fold's new shapes); completions of runs retired since
+    ``previous`` lose theirs, and the table drops shapes no id uses any more.
     """
     run_index = {r: i for i, r in enumerate(state.run_order)}
+    retired_idx = {run_index[r] for r, info in state.runs.items() if info.retired}
+    newly_retired = retired_idx
+    if previous is not None:
+        newly_retired = retired_idx - {i for i, info in enumerate(previous.body.runs) if info.retired}
+    base_done = state.base_done
+    table: ShapeTable | None = None  # decoded only when something must change in it
+    shape_ids: bytes | memoryview
+    shapes: bytes | memoryview
     hashes: bytes | memoryview
     offsets: bytes | memoryview
     runs: bytes | memoryview
     blob: bytes | memoryview
-    if previous is not None and not state.added and not state.removed:
+    if state.shapes or base_done is None or base_done.legacy or newly_retired:
+        table = base_done.table() if base_done is not None else ShapeTable()
+    if previous is not None and not state.added and not state.removed and table is None:
+        # nothing changed: every frame as it was (CRC-checked before it is carried)
         hashes, offsets, runs, blob = previous.hashes, previous.offsets, previous.runs, previous.blob
         count, ascii_ids = previous.header.completed_count, previous.header.ascii_ids
+        shape_ids, shapes = base_done.raw() if base_done is not None else (b"", _EMPTY_TABLE)
     else:
+        base_ids = base_done.shape_ids(table) if base_done is not None else None
+        if table is None:
+            assert base_done is not None
+            shapes = base_done.raw()[1]  # the table is unchanged: carried as stored
+        remap = [0] * (len(state.shapes) + 1)
+        if table is not None:  # this fold's shapes that some completion still uses
+            for sid in sorted(set(state.done_shapes.values())):
+                remap[sid] = table.add(state.shapes.shapes[sid - 1])
         add = {s: run_index[r] for s, r in state.added.items()}
-        hashes, offsets, runs, blob, count, ascii_ids = build_index(state.base, state.removed, add)
+        add_ids = {s: remap[sid] for s, sid in state.done_shapes.items()} if state.done_shapes else None
+        built = build_index(state.base, state.removed, add, base_ids, add_ids)
+        hashes, offsets, runs, blob, count, ascii_ids = built[:6]
+        tags = built.tags
+        if newly_retired and retired_idx:
+            # a retired run's records are ignored: its completions need no entries
+            run_of = CompletedIndex(hashes, offsets, runs, blob, ascii_ids).runs_view()
+            tags = array("I", [0 if r in retired_idx else t for r, t in zip(run_of, tags)])
+            assert table is not None  # decoded above, since runs retired
+            tags, table = _compact_table(tags, table)
+        if table is not None:
+            shapes = table.encode() if len(table) else _EMPTY_TABLE
+        shape_ids = pack_uints(tags) if any(tags) else b""
     header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids)
     pending = []
     for (run, src), s in state.pending.items():
@@ -127,41 +166,29 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         anomaly_counts=dict(state.anomaly_counts),
         records_folded=state.records_folded,
     )
-    if previous is not None:
-        verify_done(previous)  # never carry unchecked bytes into a new snapshot
-        chunks = [c for c in previous.done if set(c.runs) & live]
-    else:
-        chunks = _base_done_chunk(state, live)
-    fresh = {s: d for s, d in state.done_entries.items() if state.added.get(s) in live}
-    if fresh:
-        chunks.append(DoneChunk(sorted({state.added[s] for s in fresh}), memoryview(encode_done_entries(fresh))))
-    if len(chunks) > MAX_DONE_CHUNKS:
-        merged: dict[str, dict[str, int]] = {}
-        runs_in: set[str] = set()
-        for c in chunks:
-            merged.update(decode_done_entries(c.data))
-            runs_in.update(c.runs)
-        keep = {s: d for s, d in merged.items() if state.completed_run(s) in live}
-        chunks = [DoneChunk(sorted(runs_in & live), memoryview(encode_done_entries(keep)))]
     return encode_snapshot_frames(
         SnapshotFrames(
-            header, body, memoryview(hashes), memoryview(offsets), memoryview(runs), memoryview(blob), chunks
+            header,
+            body,
+            memoryview(hashes),
+            memoryview(offsets),
+            memoryview(runs),
+            memoryview(blob),
+            memoryview(shape_ids),
+            memoryview(shapes),
         )
     )
 
 
-def _base_done_chunk(state: FoldState, live: set[str]) -> list[DoneChunk]:
-    """The done entries of ``state``'s base as one chunk (no previous snapshot to carry
-    its chunks from: the state was loaded by the caller)."""
-    if not state.base.count or state.done_loader is None:
-        return []
-    keep: dict[str, dict[str, int]] = {}
-    runs: set[str] = set()
-    for src, entries in state.done_loader().items():
-        if src in state.added:
-            continue
-        run = state.completed_run(src)
-        if run in live:
-            keep[src] = dict(entries)
-            runs.add(run)  # type: ignore[arg-type]
-    return [DoneChunk(sorted(runs), memoryview(encode_done_entries(keep)))] if keep else []
+def _compact_table(tags: array[int], table: ShapeTable) -> tuple[array[int], ShapeTable]:
+    """Drop the shapes no id refers to any more (renumbering the ids)."""
+    used = sorted(set(tags) - {0})
+    if used and used[-1] > len(table):
+        raise CorruptSnapshot(f"a completed id names shape {used[-1]}, outside the shape table ({len(table)} shapes)")
+    if len(used) == len(table):
+        return tags, table
+    kept = ShapeTable()
+    remap = [0] * (len(table) + 1)
+    for sid in used:
+        remap[sid] = kept.add(table.shapes[sid - 1])
+    return array("I", [remap[t] for t in tags]), kept

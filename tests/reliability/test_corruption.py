@@ -135,23 +135,24 @@ def test_a_large_done_frame_is_checked_on_first_use_not_at_open(tmp_path):
     with ck.writer("w") as w:
         for i in range(12_000):
             s = f"source-{i:08d}"
-            w.record(f"0_{s}", s, 1, emission=True)
-            w.record(f"0_{s}_0", s, 2)
+            t = f"task-{i:08d}-{'x' * 20}"  # keys without the source id: one shape per source
+            w.record(f"0_{t}", s, 1, emission=True)
+            w.record(f"0_{t}_0", s, 2)
             for j in range(3):
-                w.record(f"0_{s}_{j}_0", s, -1)
+                w.record(f"0_{t}_{j}_0", s, -1)
     ck.compact()
     snap = tmp_path / "ck" / paths.snapshot_name(1)
     data = bytearray(snap.read_bytes())
     frames = decode_snapshot_frames(bytes(data))
-    assert sum(len(c.data) for c in frames.done) >= fmt.DEFER_CRC_MIN  # the deferred case
-    data[-100] ^= 0x01  # inside the done-entry frame, the last one
+    assert len(frames.shapes) >= fmt.DEFER_CRC_MIN  # the deferred case
+    data[-100] ^= 0x01  # inside the shape table, the last frame
     snap.write_bytes(bytes(data))
     with pytest.raises(resumelog.CorruptSnapshot):
         decode_snapshot_frames(bytes(data))  # an eager decode (verify, inspect) sees it
     view = resumelog.open(url)  # the open does not touch the frame
     assert len(view.completed) == 12_000 and view.is_completed("source-00000007")
     with resumelog.open(url, run_id="r").handle().writer("late") as w:
-        w.record("0_source-00000007_9", "source-00000007", +1)  # a late record: needs the entries
+        w.record("0_task-7_9", "source-00000007", +1)  # a late record: needs the entries
     with pytest.raises(resumelog.CorruptSnapshot):
         resumelog.open(url)
     with pytest.raises(resumelog.CorruptSnapshot):

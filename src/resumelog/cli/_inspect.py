@@ -8,8 +8,6 @@ into the library as ``resumelog.format.to_dict``.
 from __future__ import annotations
 
 import struct
-import sys
-from array import array
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +15,7 @@ from resumelog import format as fmt
 from resumelog import paths
 from resumelog.algebra import DONE_KEY, EMIT_KEY
 from resumelog.errors import CorruptObject, UnsupportedFormat
+from resumelog.idset import index_views
 
 __all__ = ["describe", "normalize_key", "render_text"]
 
@@ -164,19 +163,11 @@ def _segment(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
     }
 
 
-def _u(typecode: str, data: memoryview) -> array[int]:
-    a = array(typecode)
-    a.frombytes(data)
-    if sys.byteorder != "little":  # pragma: no cover
-        a.byteswap()
-    return a
-
-
 def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
     sf = fmt.decode_snapshot_frames(data, key)
     h, body = sf.header, sf.body
     run_ids = [r.run_id for r in body.runs]
-    hashes, offsets, runs = _u("I", sf.hashes), _u("Q", sf.offsets), _u("I", sf.runs)
+    hashes, offsets, runs = index_views(sf.hashes, sf.offsets, sf.runs)  # lengths checked at decode
     n = h.completed_count
     take = n if limit is None else min(n, limit)
     blob = bytes(sf.blob)
@@ -255,7 +246,7 @@ def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
         ],
         "anomaly_counts": dict(body.anomaly_counts),
         "records_folded": body.records_folded,
-        "done_chunks": [{"runs": list(c.runs), "bytes": len(c.data)} for c in sf.done],
+        "done_entries": _done_summary(sf),
     }
 
 
@@ -368,3 +359,10 @@ def render_text(doc: dict[str, Any]) -> Iterator[str]:
         yield f"  format v{doc['format_version']}  created {_when(doc['created_ms'])}  nonce {doc['nonce']}"
         fp = doc["fingerprint"]
         yield "  fingerprint: " + (", ".join(f"{k}={v!r}" for k, v in sorted(fp.items())) if fp else "(none)")
+
+
+def _done_summary(sf: fmt.SnapshotFrames) -> dict[str, Any]:
+    """Sizes of the stored final entries (shape table and ids; version 1: chunks)."""
+    if sf.legacy_done is not None:
+        return {"format": 1, "chunks": [{"runs": list(c.runs), "bytes": len(c.data)} for c in sf.legacy_done]}
+    return {"format": 2, "shape_id_bytes": len(sf.shape_ids), "shape_table_bytes": len(sf.shapes)}

@@ -23,17 +23,19 @@ Checks, per object:
 
 from __future__ import annotations
 
-import sys
-from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
+
 from resumelog import format as fmt
 from resumelog import paths
 from resumelog._progress import Progress
+from resumelog.done_shapes import ShapeTable
 from resumelog.errors import CorruptObject, ObjectNotFound, UnsupportedFormat
+from resumelog.idset import index_views, uint_view, uint_width
 from resumelog.storage import ObjectInfo, Store
 
 __all__ = ["Problem", "VerifyReport", "check_snapshot_index", "verify_store"]
@@ -103,22 +105,6 @@ class VerifyReport:
         }
 
 
-def _u32(data: memoryview) -> array[int]:
-    a = array("I")
-    a.frombytes(data)
-    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
-        a.byteswap()
-    return a
-
-
-def _u64(data: memoryview) -> array[int]:
-    a = array("Q")
-    a.frombytes(data)
-    if sys.byteorder != "little":  # pragma: no cover
-        a.byteswap()
-    return a
-
-
 def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[str]:
     """Structural problems of a decoded snapshot's completed-id index and body.
 
@@ -127,9 +113,7 @@ def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[
     out: list[str] = []
     h, body = frames.header, frames.body
     n = h.completed_count
-    hashes = _u32(frames.hashes)
-    offsets = _u64(frames.offsets)
-    runs = _u32(frames.runs)
+    hashes, offsets, runs = index_views(frames.hashes, frames.offsets, frames.runs)  # lengths checked at decode
     blob = bytes(frames.blob)
     if offsets[0] != 0 or offsets[n] != len(blob):
         out.append(f"completed-id offsets do not span the id blob ({offsets[0]}..{offsets[n]} vs {len(blob)} bytes)")
@@ -167,12 +151,32 @@ def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[
             out.append(f"pending entry for {p.source!r} has columns of different lengths")
         elif any(not 0 <= s < nstreams for s in p.streams):
             out.append(f"pending entry for {p.source!r} refers to an unknown stream")
-    for c in frames.done:
+    for c in frames.legacy_done or ():
         try:
             fmt.decode_done_entries(c.data)
         except CorruptObject as exc:
             out.append(f"done-entry chunk for runs {c.runs}: {exc}")
+    if frames.legacy_done is None:
+        out.extend(_check_shapes(frames, n))
     return out
+
+
+def _check_shapes(frames: fmt.SnapshotFrames, n: int) -> list[str]:
+    """Problems of the shape table (frame 7) and shape ids (frame 6)."""
+    try:
+        fmt.verify_done(frames)
+        table = ShapeTable.decode(frames.shapes)
+    except (CorruptObject, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return [f"shape table: {exc}"]
+    if not frames.shape_ids:
+        return []
+    width = uint_width(len(frames.shape_ids), n)
+    if width is None:
+        return ["shape ids do not match the declared count"]
+    top = max(uint_view(frames.shape_ids, width), default=0)
+    if top > len(table):
+        return [f"a completed id names shape {top}, outside the shape table ({len(table)} shapes)"]
+    return []
 
 
 def verify_store(

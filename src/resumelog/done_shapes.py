@@ -1,0 +1,212 @@
+"""Final entries of completed sources, stored as shared *shapes* (no I/O here).
+
+A completion keeps its final ``key -> delta`` entries so that a late record can be
+told from a duplicate (``algebra.FoldState._late``). Lineage keys embed their source
+id (``0_<src>``, ``0_<src>_0`` ...), so the entries of millions of sources differ only
+by that id. A **shape** is a completion's entries with the source id cut out of every
+key: key ``k`` is stored as ``k.split(source)`` and rebuilt as ``source.join(parts)``
+(exact for any key and any non-empty id). Sources of one pipeline share a handful of
+shapes; a snapshot stores each shape once and one small integer per completed id
+(``docs/format.md`` §5, frames 6 and 7).
+
+Shape ids start at 1; ``0`` means "no stored entries" (a ``Writer.complete``
+completion, whose entries are :data:`~resumelog.algebra.SIMPLE_COMPLETION`, or a
+completion by a retired run, whose records are ignored anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import repeat
+
+import msgspec
+
+from resumelog.errors import CorruptSnapshot
+from resumelog.idset import CompletedIndex, uint_view, uint_width
+
+__all__ = ["BaseDone", "Shape", "ShapeTable"]
+
+Shape = list[tuple[list[str], int]]
+"""On storage: msgpack array of ``[parts: array of str, delta: int]``, one per key."""
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(list[list[tuple[list[str], int]]])
+
+
+def _exact_key(shape: Shape) -> tuple[tuple[tuple[str, ...], ...], tuple[int, ...]]:
+    return tuple(tuple(p) for p, _ in shape), tuple(d for _, d in shape)
+
+
+class ShapeTable:
+    """An append-only table of shapes with interning (ids ``1..len``)."""
+
+    __slots__ = ("_ids", "shapes")
+
+    def __init__(self, shapes: list[Shape] | None = None) -> None:
+        self.shapes: list[Shape] = []
+        self._ids: dict[object, int] = {}
+        for shape in shapes or ():
+            self.add(shape)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __iter__(self) -> Iterator[Shape]:
+        return iter(self.shapes)
+
+    def intern(self, entries: Mapping[str, int], source: str) -> int:
+        """The id of the shape of ``entries`` (completed ``source``), adding it if new.
+
+        A shape's entries are sorted by key, so it (and a snapshot's bytes) does not
+        depend on the order the records were folded in.
+        """
+        # Fast lookup key, in the entries' own order (each order seen is cached; all
+        # map to the one sorted shape): keys joined by NUL and cut at the id, about
+        # 1 us for five keys. Exact only if no key holds a NUL; else the per-key form.
+        # An empty id (never written by a Writer) is not cut out: keys stay whole.
+        joined = "\0".join(entries)
+        if source and "\0" not in source and joined.count("\0") == len(entries) - 1:
+            fast: object = (tuple(joined.split(source)), tuple(entries.values()))
+        elif source:
+            fast = (tuple(map(tuple, map(str.split, entries, repeat(source)))), tuple(entries.values()))
+        else:
+            fast = (tuple((k,) for k in entries), tuple(entries.values()))
+        sid = self._ids.get(fast)
+        if sid is None:
+            shape: Shape = [(k.split(source) if source else [k], entries[k]) for k in sorted(entries)]
+            sid = self._ids[fast] = self.add(shape)
+        return sid
+
+    def add(self, shape: Shape) -> int:
+        """The id of ``shape`` (an equal one already in the table, or a new one)."""
+        key = _exact_key(shape)
+        sid = self._ids.get(key)
+        if sid is None:
+            self.shapes.append(shape)
+            sid = self._ids[key] = len(self.shapes)
+        return sid
+
+    def entries(self, sid: int, source: str) -> dict[str, int]:
+        """The entries of ``source`` under shape ``sid`` (``1 <= sid <= len``)."""
+        return {source.join(parts): d for parts, d in self.shapes[sid - 1]}
+
+    def encode(self) -> bytes:
+        """The table as frame 7 of a snapshot."""
+        return _enc.encode(self.shapes)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ShapeTable:
+        """Inverse of :meth:`encode`; :class:`msgspec.DecodeError` or
+        :class:`msgspec.ValidationError` on malformed bytes."""
+        shapes: list[Shape] = _dec.decode(data)
+        table = cls()
+        table.shapes = shapes
+        table._ids = {_exact_key(s): i for i, s in enumerate(shapes, 1)}
+        return table
+
+
+class BaseDone:
+    """The done entries of a loaded snapshot, decoded on first use.
+
+    ``shape_ids`` (frame 6) gives the shape of every id of ``index`` (empty: none
+    stored); ``shapes`` (frame 7) is the encoded table. ``verify`` checks the deferred
+    CRCs before any byte of either is used. A format-version-1 snapshot passes
+    ``legacy`` instead: a loader of its ``source -> {key: delta}`` map.
+    """
+
+    __slots__ = ("_legacy", "_legacy_map", "_shape_ids", "_shapes", "_table", "_verified", "_verify", "index", "path")
+
+    def __init__(
+        self,
+        index: CompletedIndex,
+        shape_ids: memoryview,
+        shapes: memoryview,
+        verify: Callable[[], None],
+        path: str = "",
+        legacy: Callable[[], dict[str, dict[str, int]]] | None = None,
+    ) -> None:
+        self.index = index
+        self.path = path
+        self._shape_ids = shape_ids
+        self._shapes = shapes
+        self._verify = verify
+        self._verified = False
+        self._table: ShapeTable | None = None
+        self._legacy = legacy
+        self._legacy_map: dict[str, dict[str, int]] | None = None
+
+    def _checked(self) -> None:
+        if not self._verified:
+            self._verify()
+            self._verified = True
+
+    def raw(self) -> tuple[memoryview, memoryview]:
+        """Frames 6 and 7 as stored (CRC-checked), to carry into a new snapshot."""
+        self._checked()
+        return self._shape_ids, self._shapes
+
+    def table(self) -> ShapeTable:
+        """The decoded shape table (empty for a version-1 snapshot)."""
+        if self._table is None:
+            self._checked()
+            if self._legacy is not None:
+                self._table = ShapeTable()
+            else:
+                try:
+                    self._table = ShapeTable.decode(self._shapes)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise CorruptSnapshot(f"malformed shape table: {exc}", self.path) from None
+        return self._table
+
+    @property
+    def legacy(self) -> bool:
+        """Loaded from a format-version-1 snapshot (entries by source, no shapes)."""
+        return self._legacy is not None
+
+    def shape_ids(self, table: ShapeTable | None) -> Sequence[int] | None:
+        """The shape id of every id of the index, numbered as in ``table``: this
+        snapshot's own table (:meth:`table`, possibly grown since), or for a
+        version-1 snapshot the table its entries are interned into (required then).
+        ``None`` when no id has stored entries."""
+        if self._legacy is None:
+            self._checked()
+            if not self._shape_ids:
+                return None
+            width = uint_width(len(self._shape_ids), self.index.count)
+            if width is None:  # decode_snapshot_frames checked it; a bad caller
+                raise CorruptSnapshot("shape ids do not match the declared count", self.path)
+            return uint_view(self._shape_ids, width)
+        legacy = self._legacy_entries()
+        if not legacy:
+            return None
+        if table is None:
+            raise ValueError("a version-1 snapshot's entries need a table to be interned into")
+        ids = [0] * self.index.count
+        for source, entries in legacy.items():
+            i = self.index.find(source)
+            if i >= 0:
+                ids[i] = table.intern(entries, source)
+        return ids
+
+    def _legacy_entries(self) -> dict[str, dict[str, int]]:
+        if self._legacy_map is None:
+            self._checked()
+            assert self._legacy is not None
+            self._legacy_map = self._legacy()
+        return self._legacy_map
+
+    def get(self, source: str) -> Mapping[str, int] | None:
+        """The stored final entries of completed ``source``, or ``None``."""
+        if self._legacy is not None:
+            return self._legacy_entries().get(source)
+        i = self.index.find(source)
+        if i < 0 or not self._shape_ids:
+            return None
+        table = self.table()
+        ids = self.shape_ids(table)
+        sid = ids[i] if ids is not None else 0
+        if not sid:
+            return None
+        if sid > len(table):
+            raise CorruptSnapshot(f"shape id {sid} outside the shape table ({len(table)} shapes)", self.path)
+        return table.entries(sid, source)
