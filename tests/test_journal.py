@@ -214,3 +214,28 @@ def test_writers_only_write_their_own_stream(tmp_path):
     for w in writers:
         assert by_stream[(w.writer_id, w.incarnation)] == list(range(w.seq))
     assert len(resumelog.open(str(tmp_path)).completed) == 12
+
+
+def test_large_buffers_are_sealed_into_several_batches_in_order(tmp_path):
+    """Records are encoded in batches of about SEAL_BYTES as they come (so a flush
+    encodes only the last one); the segment holds them all, in order, once."""
+    from resumelog.journal import SEAL_BYTES
+
+    store = FlakyStore(str(tmp_path), fail=1)
+    w = Writer(store, "w", "r")
+    n = 3 * SEAL_BYTES // 30
+    recs = [(f"key-{i:08d}-{'x' * 10}", f"src-{i // 5}", (i % 3) - 1) for i in range(n)]
+    for k, s, d in recs:
+        w.record(k, s, d, emission=d == 1)
+    assert w.buffered == n and len(w._sealed) >= 2  # sealed while recording
+    with pytest.raises(FlushError):
+        w.flush()  # the sealed batches are kept for the retry
+    assert w.buffered == n
+    w.flush()
+    (info,) = store.list("journal/")
+    seg = decode_segment(store.read(info.path), info.path)
+    assert seg.footer.batch_count >= 3 and seg.footer.record_count == n
+    got = [(k, b.sources[i], d) for b in seg.batches for k, i, d in zip(b.keys, b.source_index, b.deltas)]
+    assert got == recs
+    flags = b"".join(b.flags for b in seg.batches)
+    assert [f & 1 for f in flags] == [int(d == 1) for _, _, d in recs]

@@ -57,7 +57,9 @@ __all__ = [
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
+    "object_parts",
     "read_preamble",
+    "segment_parts",
     "split_frames",
     "verify_done",
 ]
@@ -249,13 +251,20 @@ class TornSegment(CorruptSegment):
 
 def encode_object(kind: int, payloads: Sequence[bytes | memoryview]) -> bytes:
     """Frame ``payloads`` behind a preamble of ``kind``."""
-    total = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p in payloads)
+    return b"".join(object_parts(kind, [(p, crc32c(p)) for p in payloads]))
+
+
+def object_parts(kind: int, frames: Sequence[tuple[bytes | memoryview, int]]) -> list[bytes | memoryview]:
+    """The bytes of an object of ``kind`` as a list of parts to concatenate (or hand to
+    ``Store.put_if_absent_parts``), from ``(payload, CRC-32C of payload)`` pairs: a
+    writer computes each CRC while the payload is hot and never copies the payloads."""
+    total = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in frames)
     pre = _PRE.pack(MAGIC, kind, 0, FORMAT_VERSION, total, 0)
-    parts: list[bytes | memoryview] = [pre, crc32c(pre).to_bytes(4, "big")]
-    for p in payloads:
-        parts.append(_FRAME.pack(len(p), crc32c(p)))
+    parts: list[bytes | memoryview] = [pre + crc32c(pre).to_bytes(4, "big")]
+    for p, crc in frames:
+        parts.append(_FRAME.pack(len(p), crc))
         parts.append(p)
-    return b"".join(parts)
+    return parts
 
 
 def read_preamble(data: bytes | memoryview, kind: int, path: str = "") -> int:
@@ -349,15 +358,19 @@ def _decode(
 
 def encode_segment(header: SegmentHeader, batches: Iterable[Batch], closed: bool = False) -> bytes:
     """Encode one segment object (header frame, batch frames, footer frame)."""
-    payloads = [_enc.encode(header)]
-    count = 0
-    nb = 0
-    for b in batches:
-        payloads.append(_enc.encode(b))
-        count += len(b.keys)
-        nb += 1
-    payloads.append(_enc.encode(SegmentFooter(count, nb, closed)))
-    return encode_object(KIND_SEGMENT, payloads)
+    batches = list(batches)
+    encoded = [(e, crc32c(e)) for e in map(_enc.encode, batches)]
+    return b"".join(segment_parts(header, encoded, sum(len(b.keys) for b in batches), closed))
+
+
+def segment_parts(
+    header: SegmentHeader, batches: Sequence[tuple[bytes, int]], records: int, closed: bool = False
+) -> list[bytes | memoryview]:
+    """:func:`encode_segment` as :func:`object_parts`, from batches already encoded
+    (``(encode(batch), crc32c of it)`` each), holding ``records`` records in all."""
+    head = _enc.encode(header)
+    footer = _enc.encode(SegmentFooter(records, len(batches), closed))
+    return object_parts(KIND_SEGMENT, [(head, crc32c(head)), *batches, (footer, crc32c(footer))])
 
 
 def decode_segment(data: bytes | memoryview, path: str = "") -> Segment:

@@ -63,6 +63,12 @@ class Store(ABC):
         """Create ``key`` with ``data``; raise :class:`~resumelog.errors.AlreadyExists`
         if it exists. When this returns, the object is durable."""
 
+    def put_if_absent_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        """:meth:`put_if_absent` of the concatenation of ``parts``. Backends that can
+        write scattered buffers (local files: ``os.writev``) override this to skip the
+        copy; the default joins them."""
+        self.put_if_absent(key, b"".join(parts))
+
     @abstractmethod
     def read(self, key: str) -> bytes:
         """Return the bytes of ``key``; :class:`~resumelog.errors.ObjectNotFound` if absent."""

@@ -47,7 +47,15 @@ from resumelog import compactor, journal, paths
 from resumelog.algebra import FoldState
 from resumelog.checkpoint import Checkpoint
 from resumelog.errors import CorruptSegment, FlushError, StorageError
-from resumelog.format import Batch, Reset, SegmentHeader, decode_segment, decode_snapshot_frames, encode_segment
+from resumelog.format import (
+    Reset,
+    SegmentHeader,
+    crc32c,
+    decode_segment,
+    decode_snapshot_frames,
+    encode,
+    segment_parts,
+)
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.storage import LocalStore, MemoryStore, ObjectInfo, Store
 from resumelog.testing.model import FAILED, LIVE, PipelineModel, Rec, Task
@@ -215,11 +223,14 @@ def leave_torn_tail(store: Store, w: journal.Writer, fraction: float) -> str | N
     inner = store.inner if isinstance(store, HookedStore) else store
     assert isinstance(inner, LocalStore), "torn writes are simulated on local storage only"
     if w._pending is not None:
-        data, seq = w._pending.data, w._pending.header.seq
+        data, seq = b"".join(w._pending.parts), w._pending.header.seq
     else:
         header = SegmentHeader(w.writer_id, w.incarnation, w.seq, w.run_id, secrets.token_bytes(16))
-        batch = Batch(w._sources, w._idx, w._keys, w._deltas, bytes(w._flags), w._resets)
-        data, seq = encode_segment(header, [batch] if batch.keys or batch.resets else []), w.seq
+        frames = list(w._sealed)  # batches sealed so far, then the open one
+        if w._keys or w._resets:
+            payload = encode(w._batch())
+            frames.append((payload, crc32c(payload)))
+        data, seq = b"".join(segment_parts(header, frames, w._sealed_records + len(w._keys))), w.seq
     key = paths.segment_name(w.writer_id, w.incarnation, seq)
     if inner.exists(key):
         return None

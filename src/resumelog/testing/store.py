@@ -71,6 +71,17 @@ class StoreTests:
             store.put_if_absent("k2", b"mine")
         assert store.read("k2") == b"theirs"
 
+    def test_put_if_absent_parts_writes_the_concatenation(self, store: Store) -> None:
+        big = bytes(range(256)) * 4096 * 2
+        parts: list[bytes | memoryview] = [b"head", b"", memoryview(big), b"x" * 1000, memoryview(b"tail")[1:]]
+        store.put_if_absent_parts("p/one", parts)
+        assert store.read("p/one") == b"head" + big + b"x" * 1000 + b"ail"
+        store.put_if_absent_parts("p/none", [])
+        assert store.read("p/none") == b""
+        with pytest.raises(AlreadyExists):
+            store.put_if_absent_parts("p/one", [b"other"])
+        assert store.read("p/one")[:4] == b"head"
+
     def test_empty_and_large_objects(self, store: Store) -> None:
         big = bytes(range(256)) * 4096 * 3  # 3 MiB
         store.put_if_absent("big", big)
