@@ -183,7 +183,10 @@ def flush_latency(url: str, segment_bytes: int = 1 << 20, flushes: int = 100) ->
     per = max(1, int(k0 * segment_bytes / max(w.bytes_written, 1)))
     lat: list[float] = []
     sizes: list[int] = []
-    for _ in range(flushes):
+    floor: list[float] = []
+    local = "://" not in url
+    blob = os.urandom(segment_bytes)
+    for i in range(flushes):
         for _ in range(per):
             k, s, d, e = next(gen)
             w.record(k, s, d, emission=e)
@@ -192,9 +195,10 @@ def flush_latency(url: str, segment_bytes: int = 1 << 20, flushes: int = 100) ->
         w.flush()
         lat.append(time.perf_counter() - t0)
         sizes.append(w.bytes_written - before)
+        if local:  # the floor interleaved with the flushes: the same disk weather
+            floor.append(_disk_floor_once(os.path.join(url, "floor"), i, blob[: sizes[-1]]))
     put = w.flush_seconds[1:]
     w.close()
-    floor = _disk_floor(os.path.join(url, "floor"), sum(sizes) // len(sizes), flushes) if "://" not in url else []
     return {
         "flushes": flushes,
         "segment_bytes_avg": sum(sizes) // len(sizes),
@@ -218,22 +222,19 @@ def _record_stream() -> Any:
         i += 1000
 
 
-def _disk_floor(d: str, size: int, n: int) -> list[float]:
+def _disk_floor_once(d: str, i: int, data: bytes) -> float:
+    """Create-exclusive write + fsync + directory fsync of ``data``: what the disk allows."""
     os.makedirs(d, exist_ok=True)
-    data = os.urandom(size)
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fd = os.open(os.path.join(d, f"{i:06d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        out.append(time.perf_counter() - t0)
-    return out
+    t0 = time.perf_counter()
+    fd = os.open(os.path.join(d, f"{i:06d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    return time.perf_counter() - t0
