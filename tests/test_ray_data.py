@@ -398,6 +398,8 @@ def test_completed_ids_zero_copy_matches_the_completed_view(tmp_path: Path) -> N
     ckpt = resumelog.open(url)
     arr = rd.completed_ids(ckpt)
     assert sorted(arr.to_pylist()) == sorted(ckpt.completed) and len(arr) == 1001
+    fast = rd._completed_ids_fast(ckpt)  # the zero-copy path itself, not its fallback
+    assert fast.type == pa.large_string() and sorted(fast.to_pylist()) == sorted(ckpt.completed)
 
 
 # ---------------------------------------------------------------------- custom Datasink, V2 reader

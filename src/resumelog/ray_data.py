@@ -1239,7 +1239,11 @@ def _completed_ids_fast(ckpt: Checkpoint) -> pa.Array:
     base = state.base
     n = base.count
     if n:
-        offsets = pa.py_buffer(memoryview(base._offsets).cast("B"))
+        view = memoryview(base._offsets)
+        offsets = pa.py_buffer(view.cast("B"))
+        if view.itemsize == 4:  # u32 offsets (format v2, blob under 4 GiB): widened at C speed
+            u32 = pa.Array.from_buffers(pa.uint32(), n + 1, [None, offsets])
+            offsets = u32.cast(pa.int64()).buffers()[1]
         blob = pa.py_buffer(base._blob)
         arr = pa.LargeStringArray.from_buffers(n, offsets, blob)
     else:
