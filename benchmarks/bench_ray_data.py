@@ -261,7 +261,7 @@ def main() -> int:
     if args.smoke:
         files, rows, repeat, sizes, per_file = 12, 200, 1, [20_000], 2_000
     elif args.quick:
-        files, rows, repeat, sizes, per_file = 100, 20_000, 5, [200_000, 2_000_000], 10_000
+        files, rows, repeat, sizes, per_file = 100, 20_000, 3, [200_000, 2_000_000], 10_000
     else:
         files, rows, repeat, sizes, per_file = 400, 50_000, 5, [200_000, 2_000_000], 10_000
     repeat = args.repeat or repeat
