@@ -22,7 +22,7 @@ from itertools import repeat
 import msgspec
 
 from resumelog.errors import CorruptSnapshot
-from resumelog.idset import CompletedIndex, uint_view, uint_width
+from resumelog.idset import CompletedIndex, counted_uints
 
 __all__ = ["BaseDone", "Shape", "ShapeTable"]
 
@@ -172,10 +172,10 @@ class BaseDone:
             self._checked()
             if not self._shape_ids:
                 return None
-            width = uint_width(len(self._shape_ids), self.index.count)
-            if width is None:  # decode_snapshot_frames checked it; a bad caller
-                raise CorruptSnapshot("shape ids do not match the declared count", self.path)
-            return uint_view(self._shape_ids, width)
+            try:
+                return counted_uints(self._shape_ids, self.index.count)
+            except ValueError:  # decode_snapshot_frames checked it; a bad caller
+                raise CorruptSnapshot("shape ids do not match the declared count", self.path) from None
         legacy = self._legacy_entries()
         if not legacy:
             return None

@@ -24,7 +24,7 @@ import msgspec
 from crc32c import crc32c
 
 from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
-from resumelog.idset import uint_width
+from resumelog.idset import counted_uints, index_views
 
 __all__ = [
     "FORMAT_VERSION",
@@ -513,12 +513,13 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
     hashes, offsets, runs, blob = frames[2], frames[3], frames[4], frames[5]
     n = header.completed_count
     if version >= 2:
-        ok = (
-            len(hashes) == 4 * n
-            and uint_width(len(offsets), n + 1, (4, 8)) is not None
-            and uint_width(len(runs), n, (1, 2, 4)) is not None
-            and (not frames[6] or uint_width(len(frames[6]), n, (1, 2, 4)) is not None)
-        )
+        try:
+            index_views(hashes, offsets, runs)
+            if frames[6]:
+                counted_uints(frames[6], n)
+            ok = len(hashes) == 4 * n
+        except ValueError:
+            ok = False
     else:
         ok = len(hashes) == 4 * n and len(offsets) == 8 * (n + 1) and len(runs) == 4 * n
     if not ok:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from crc32c import crc32c
 
-__all__ = ["CompletedIndex", "IndexArrays", "build_index", "id_hash", "pack_uints", "uint_view", "uint_width"]
+__all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "id_hash", "pack_uints"]
 
 _LITTLE = sys.byteorder == "little"
 
@@ -65,17 +65,19 @@ _TYPECODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 UINT_WIDTHS = (1, 2, 4)
 
 
-def uint_width(nbytes: int, count: int, widths: tuple[int, ...] = UINT_WIDTHS) -> int | None:
-    """Width of each of ``count`` little-endian unsigned ints held in ``nbytes`` bytes,
-    if it is one of ``widths``; ``None`` if the length fits none."""
+def counted_uints(
+    data: bytes | memoryview, count: int, widths: tuple[int, ...] = UINT_WIDTHS
+) -> memoryview | array[int]:
+    """Zero-copy view of ``count`` little-endian unsigned ints held in ``data``, their
+    width (one of ``widths``) deduced from its length; :class:`ValueError` if the
+    length fits none. The one reader of the variable-width arrays of format v2."""
     if count == 0:
-        return widths[0] if nbytes == 0 else None
-    w, rest = divmod(nbytes, count)
-    return w if not rest and w in widths else None
-
-
-def uint_view(data: bytes | memoryview, width: int) -> memoryview | array[int]:
-    """Zero-copy view of little-endian unsigned ints of ``width`` bytes each."""
+        width: int | None = widths[0] if len(data) == 0 else None
+    else:
+        w, rest = divmod(len(data), count)
+        width = w if not rest and w in widths else None
+    if width is None:
+        raise ValueError(f"{len(data)} bytes do not hold {count} ints of {' or '.join(map(str, widths))} bytes")
     return _view(_TYPECODES[width], data)
 
 
@@ -98,11 +100,12 @@ def index_views(
     """Zero-copy views of an index's hash, offset and run arrays (widths deduced from
     the lengths); :class:`ValueError` if the lengths fit no width."""
     n, rest = divmod(len(hashes), 4)
-    ow = uint_width(len(offsets), n + 1, (4, 8))
-    rw = uint_width(len(runs), n)
-    if rest or ow is None or rw is None:
-        raise ValueError("completed-id arrays have inconsistent lengths")
-    return _view("I", hashes), uint_view(offsets, ow), uint_view(runs, rw)
+    try:
+        if rest:
+            raise ValueError("hash array length is not a multiple of 4")
+        return _view("I", hashes), counted_uints(offsets, n + 1, (4, 8)), counted_uints(runs, n)
+    except ValueError as exc:
+        raise ValueError(f"completed-id arrays have inconsistent lengths ({exc})") from None
 
 
 class CompletedIndex:

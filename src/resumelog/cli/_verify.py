@@ -35,7 +35,7 @@ from resumelog import paths
 from resumelog._progress import Progress
 from resumelog.done_shapes import ShapeTable
 from resumelog.errors import CorruptObject, ObjectNotFound, UnsupportedFormat
-from resumelog.idset import index_views, uint_view, uint_width
+from resumelog.idset import counted_uints, index_views
 from resumelog.storage import ObjectInfo, Store
 
 __all__ = ["Problem", "VerifyReport", "check_snapshot_index", "verify_store"]
@@ -170,10 +170,10 @@ def _check_shapes(frames: fmt.SnapshotFrames, n: int) -> list[str]:
         return [f"shape table: {exc}"]
     if not frames.shape_ids:
         return []
-    width = uint_width(len(frames.shape_ids), n)
-    if width is None:
+    try:
+        top = max(counted_uints(frames.shape_ids, n), default=0)
+    except ValueError:
         return ["shape ids do not match the declared count"]
-    top = max(uint_view(frames.shape_ids, width), default=0)
     if top > len(table):
         return [f"a completed id names shape {top}, outside the shape table ({len(table)} shapes)"]
     return []
