@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import resumelog
@@ -14,12 +14,16 @@ keys = st.text(min_size=1, max_size=12)  # any text, NUL included
 sources = st.text(max_size=6)  # the empty id too (never written by a Writer)
 
 
+def canonical(entries: dict[str, int], source: str) -> list[tuple[list[str], int]]:
+    return sorted((k.split(source) if source else [k], d) for k, d in entries.items())
+
+
 @given(st.dictionaries(keys, st.integers(-(2**63), 2**63 - 1), min_size=1, max_size=6), sources)
 def test_entries_round_trip_exactly_for_any_keys_and_source(entries, source):
     table = ShapeTable()
     sid = table.intern(entries, source)
     assert table.entries(sid, source) == entries
-    assert list(table.entries(sid, source)) == sorted(entries)  # sorted: independent of fold order
+    assert table.shapes[sid - 1] == canonical(entries, source)  # sorted: independent of fold order
     back = ShapeTable.decode(table.encode())
     assert back.entries(sid, source) == entries
     assert back.intern(entries, source) == sid  # a decoded table still interns
@@ -32,6 +36,47 @@ def test_interning_never_confuses_two_different_entry_sets(entries, s1, s2):
     other = {k + "x": d for k, d in entries.items()}
     b = table.intern(other, s2)
     assert table.entries(a, s1) == entries and table.entries(b, s2) == other
+
+
+tiny = st.text("ab\x00\x01", max_size=3)  # few letters: ids and keys overlap, NUL and \x01 too
+tiny_entries = st.dictionaries(tiny.filter(bool), st.integers(-1, 1), min_size=1, max_size=3)
+
+
+@given(st.lists(st.tuples(tiny_entries, tiny), min_size=2, max_size=8))
+@example([({"\x01": 0}, "a"), ({"a": 0}, "a")])  # a key holding \x01, the id's stand-in
+@example([({"a\x00": 0}, "b"), ({"a": 0, "": 0}, "b")])  # a key holding NUL, the separator
+@example([({"ab": 0, "a": 0}, "b\x00a"), ({"aa": 0, "a": 0}, "a\x00a")])  # an id holding NUL
+@example([({"a\x00b": 0, "b": 0}, "aa"), ({"a": 0, "b\x00b": 0}, "aa")])  # NUL in keys, same count
+@example([({"ab": 0}, "\x01"), ({"ab": 0}, "a")])  # an id holding \x01
+@example([({"aa": 0}, "a"), ({"bb": 0}, "b"), ({"ab": 0}, "a")])  # overlapping occurrences
+def test_two_completions_share_an_id_iff_their_shapes_are_equal(pairs):
+    """The interning cache's lookup key (keys joined by NUL, the id replaced by \x01,
+    or the per-key form) never merges two different shapes nor splits an equal one."""
+    table = ShapeTable()
+    ids = [table.intern(entries, source) for entries, source in pairs]
+    for (entries, source), sid in zip(pairs, ids):
+        assert table.entries(sid, source) == entries
+    for i, (e1, s1) in enumerate(pairs):
+        for j, (e2, s2) in enumerate(pairs):
+            assert (ids[i] == ids[j]) == (canonical(e1, s1) == canonical(e2, s2)), (pairs[i], pairs[j])
+
+
+@given(st.lists(st.tuples(tiny_entries, tiny), min_size=1, max_size=8))
+def test_the_shapes_stored_do_not_depend_on_the_order_completions_came_in(pairs):
+    forward, backward = ShapeTable(), ShapeTable()
+    for entries, source in pairs:
+        forward.intern(entries, source)
+    for entries, source in reversed(pairs):
+        backward.intern(entries, source)
+    assert sorted(map(repr, forward)) == sorted(map(repr, backward))
+
+
+def test_a_shape_is_sorted_by_parts_not_by_the_key_of_its_first_source():
+    table = ShapeTable()
+    a = table.intern({"xa": 1, "xb": -1}, "a")  # keys sort xa < xb
+    c = table.intern({"xc": 1, "xb": -1}, "c")  # keys sort xb < xc: the same shape
+    assert a == c and len(table) == 1
+    assert table.shapes[0] == [(["x", ""], 1), (["xb"], -1)]
 
 
 def lineage(src: str) -> dict[str, int]:

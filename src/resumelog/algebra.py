@@ -577,13 +577,13 @@ class FoldState:
         pending = self.pending
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
         keep: dict[tuple[str, str], SourceRunState] = {}
-        won: dict[str, tuple[str, str]] = {}  # source -> (run, source) completed in this call
+        fresh: set[str] | None = None  # set(done), made when first needed (rarely)
         damaged = {r for r, info in self.runs.items() if info.damaged}
         provisional = self.provisional
         resets = self.resets
         added = self.added
         done_shapes = self.done_shapes
-        intern = self.shapes.intern
+        intern = self.shapes.intern_keys
         check_base = self.base.count > 0
         for k, s in self._touched.items():  # insertion order: walks memory sequentially
             if pending.get(k) is not s:
@@ -591,6 +591,7 @@ class FoldState:
             if sole_stream is not None and any(e[1] != only for e in s.items()):
                 keep[k] = s
                 continue
+            deltas: tuple[int, ...] | None = None  # the final deltas, in key order (one-stream states)
             if s.multi:
                 total, conflicts = s.sums()
                 if conflicts and not s.reported:
@@ -598,8 +599,10 @@ class FoldState:
                     self.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
                 if total or conflicts:
                     continue
-            elif sum([e[2] for e in s.entries.values()]):  # type: ignore[misc]
-                continue
+            else:
+                deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
+                if sum(deltas):
+                    continue
             if not s.emitted or s.tainted:
                 continue
             run, src = k
@@ -611,22 +614,27 @@ class FoldState:
                 # is kept, to take over if that completion is voided or reopened. Two
                 # runs draining it in one evaluation: the smaller run id holds it, so
                 # the result does not depend on the order the records came in.
-                if src not in won or run >= added[src]:
+                if fresh is None:
+                    fresh = set(done)
+                if src not in fresh or run >= added[src]:
                     continue
-                won[src] = k
             else:
-                won[src] = k
                 done.append(src)
+                if fresh is not None:
+                    fresh.add(src)
             added[src] = run
-            final = s.final_deltas()
-            if final != SIMPLE_COMPLETION:
-                done_shapes[src] = intern(final, src)
-            else:
+            keys: Mapping[str, object] = s.entries
+            if deltas is None:
+                keys = final = s.final_deltas()
+                deltas = tuple(final.values())
+            if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
                 done_shapes.pop(src, None)
-            if provisional is not None:
-                provisional.add(src)
-        for k in won.values():
-            del pending[k]
+            else:
+                done_shapes[src] = intern(keys, deltas, src)
+        for src in done:  # the state that completed it (the smaller run, if two did)
+            del pending[(added[src], src)]
+        if provisional is not None:
+            provisional.update(done)
         self._touched = keep
         return done
 
