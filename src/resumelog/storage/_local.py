@@ -4,6 +4,11 @@
 atomic on every POSIX filesystem including NFS (where ``O_EXCL`` historically was
 not). ``os.rename`` would silently overwrite, and fsspec's local ``mode="create"``
 checks then writes; neither is used.
+
+Where Linux offers it (ext4, XFS, btrfs, tmpfs), the temp file has no name at all
+(``O_TMPFILE``, linked through ``/proc/self/fd``): a process killed mid-write leaves
+nothing behind. Elsewhere (NFS, Lustre, macOS) it is ``<key>.<uuid>.partial``, which
+listings ignore and :meth:`LocalStore.clear` removes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ from resumelog.storage._base import ObjectInfo, Store, check_key
 __all__ = ["LocalStore"]
 
 _PARTIAL = ".partial"
+_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+"""errnos of ``open(O_TMPFILE)`` meaning "not on this filesystem or kernel"."""
+_NO_PROC_LINK = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EXDEV})
+"""errnos of the link through ``/proc/self/fd`` meaning "not possible here"."""
 
 
 MMAP_MIN = 1 << 20
@@ -37,6 +47,9 @@ class LocalStore(Store):
         self.root = os.path.abspath(os.path.expanduser(root))
         self.fsync = fsync
         self.requests: Counter[str] = Counter()
+        self.unnamed_temp = bool(_O_TMPFILE)
+        """Whether creates go through an ``O_TMPFILE`` (cleared the first time the
+        filesystem refuses one; then named ``*.partial`` temp files are used)."""
 
     @property
     def url(self) -> str:
@@ -73,8 +86,8 @@ class LocalStore(Store):
             self._create(key, parts)
 
     def _create(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
-        """Write ``<key>.<uuid>.partial``, link it to ``<key>`` (create-only), then fsync
-        the file and the directory.
+        """Write a temp file, link it to ``<key>`` (create-only), then fsync the file and
+        the directory.
 
         The link comes before the fsyncs so that one journal commit makes both the data
         and the new name durable (on ext4 and XFS the directory fsync then finds little
@@ -86,10 +99,59 @@ class LocalStore(Store):
         self.requests["put"] += 1
         final = self._path(key)
         d = os.path.dirname(final)
+        try:
+            self._makedirs(d)
+            if not (self.unnamed_temp and self._create_unnamed(d, final, parts)):
+                self._create_named(d, final, parts)
+        except AlreadyExists:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
+
+    def _create_unnamed(self, d: str, final: str, parts: Sequence[bytes | memoryview]) -> bool:
+        """The create through an ``O_TMPFILE``; ``False`` (and never again for this
+        store) if the filesystem or kernel has none."""
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        linked = False
+        try:
+            try:
+                fd = os.open(d, _O_TMPFILE | os.O_WRONLY, 0o644)
+            except OSError as exc:
+                if exc.errno in _NO_TMPFILE:
+                    self.unnamed_temp = False
+                    return False
+                raise
+            try:
+                _write_all(fd, parts)
+                try:
+                    os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=dfd, follow_symlinks=True)
+                except FileExistsError:
+                    raise AlreadyExists(f"{final} already exists") from None
+                except OSError as exc:
+                    if exc.errno in _NO_PROC_LINK or (exc.errno == errno.ENOENT and not os.path.isdir("/proc/self/fd")):
+                        self.unnamed_temp = False
+                        return False
+                    raise
+                linked = True
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if self.fsync:
+                _fsync_fd(dfd)
+            return True
+        except OSError:
+            if linked:
+                _remove_quietly(final)
+            raise
+        finally:
+            os.close(dfd)
+
+    def _create_named(self, d: str, final: str, parts: Sequence[bytes | memoryview]) -> None:
+        """The create through ``<key>.<uuid>.partial`` (removed in every case)."""
         tmp = f"{final}.{uuid.uuid4().hex}{_PARTIAL}"
         linked = False
         try:
-            self._makedirs(d)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 _write_all(fd, parts)
@@ -104,12 +166,10 @@ class LocalStore(Store):
                 os.close(fd)
             if self.fsync:
                 _fsync_dir(d)
-        except AlreadyExists:
-            raise
-        except OSError as exc:
+        except OSError:
             if linked:
                 _remove_quietly(final)
-            raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
+            raise
         finally:
             _remove_quietly(tmp)  # best effort; listing ignores *.partial
 
@@ -209,11 +269,18 @@ def _fsync_dir(d: str) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        _fsync_fd(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_fd(dfd: int) -> None:
+    """fsync a directory; some filesystems refuse it (the name is then as durable as
+    they make it)."""
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
 
 
 def _remove_quietly(path: str) -> None:
