@@ -261,11 +261,9 @@ class FoldState:
         return source not in self.removed and self.base.find(source) >= 0
 
     def completed_count(self) -> int:
-        """Number of completed sources."""
-        if not self.base.count:
-            return len(self.added)
-        fresh = sum(1 for s in self.added if s in self.removed or self.base.find(s) < 0)
-        return self.base.count - len(self.removed) + fresh
+        """Number of completed sources (O(1): an added id that is also in the base is
+        always in ``removed``, see :meth:`_uncomplete`)."""
+        return self.base.count - len(self.removed) + len(self.added)
 
     def completed_by_run(self) -> Counter[str]:
         """Number of completed sources per completing run."""
@@ -274,11 +272,7 @@ class FoldState:
             counts[self._run_name(idx)] += n
         for s in self.removed:
             counts[self._run_name(self.base.run_at(self.base.find(s)))] -= 1
-        for s, r in self.added.items():
-            i = self.base.find(s) if self.base.count and s not in self.removed else -1
-            if i >= 0:
-                counts[self._run_name(self.base.run_at(i))] -= 1
-            counts[r] += 1
+        counts.update(self.added.values())  # none of them is counted in the base (see completed_count)
         return +counts
 
     def _run_name(self, idx: int) -> str:
@@ -399,12 +393,12 @@ class FoldState:
         check_base = self.base.count > 0
         states: list[SourceRunState | None] = []
         for src in batch.sources:
-            if (src in added or check_base) and self.completed_run(src) == run:
-                states.append(None)  # late record for a source this run completed
-                continue
             k = (run, src)
             s = pending.get(k)
-            if s is None:
+            if s is None:  # (a pending state means the run has not completed the source)
+                if (src in added or check_base) and self.completed_run(src) == run:
+                    states.append(None)  # late record for a source this run completed
+                    continue
                 s = pending[k] = SourceRunState()
             touched[k] = s
             states.append(s)
@@ -505,6 +499,9 @@ class FoldState:
         return s
 
     def _uncomplete(self, source: str, *, touch: bool = True) -> None:
+        # Keeps the invariant the O(1) counts rely on: an id in both ``added`` and the
+        # base is in ``removed`` (a completion never lands on a base id without first
+        # passing here: ``finish`` adds only ids that are not complete).
         self.added.pop(source, None)
         self.done_shapes.pop(source, None)
         if self.base.find(source) >= 0:

@@ -129,7 +129,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
                 remap[sid] = table.add(state.shapes.shapes[sid - 1])
         add = {s: run_index[r] for s, r in state.added.items()}
         add_ids = {s: remap[sid] for s, sid in state.done_shapes.items()} if state.done_shapes else None
-        built = build_index(state.base, state.removed, add, base_ids, add_ids)
+        built = build_index(state.base, state.removed, add, base_ids, add_ids, disjoint=True)
         hashes, offsets, runs, blob, count, ascii_ids = built[:6]
         tags = built.tags
         if newly_retired and retired_idx:

@@ -35,7 +35,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -249,10 +249,15 @@ def fold_summary(state: FoldState) -> tuple[dict[str, str], dict[tuple[str, str]
     """``(completed source -> run, (run, source) -> pending signature)`` of a fold, with
     stream indexes replaced by stream names so folds in different orders compare."""
     completed: dict[str, str] = {}
+    yielded = 0
     for s in state.iter_completed():
         run = state.completed_run(s)
         assert run is not None
         completed[s] = run
+        yielded += 1
+    # the O(1) counts agree with the set itself (no id yielded twice, none missed)
+    assert yielded == len(completed) == state.completed_count(), (yielded, len(completed), state.completed_count())
+    assert state.completed_by_run() == Counter(completed.values()), (state.completed_by_run(), completed)
     pending = {}
     for (run, src), srs in state.pending.items():
         emitted, tainted, items = srs.signature()
