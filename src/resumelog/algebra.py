@@ -582,6 +582,8 @@ class FoldState:
         done_shapes = self.done_shapes
         intern = self.shapes.intern_keys
         check_base = self.base.count > 0
+        removed = self.removed
+        find = self.base.find
         for k, s in self._touched.items():  # insertion order: walks memory sequentially
             if pending.get(k) is not s:
                 continue  # dropped or replaced since it was touched
@@ -606,7 +608,7 @@ class FoldState:
             if (resets and run in resets.get(src, ())) or run in damaged:
                 s.tainted = True
                 continue
-            if src in added or (check_base and self.completed_run(src) is not None):
+            if src in added or (check_base and src not in removed and find(src) >= 0):  # is_completed(src)
                 # Already complete (by another run): completion is sticky, and the state
                 # is kept, to take over if that completion is voided or reopened. Two
                 # runs draining it in one evaluation: the smaller run id holds it, so
