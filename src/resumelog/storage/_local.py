@@ -18,7 +18,7 @@ import mmap
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
 from resumelog.storage._base import ObjectInfo, Store, check_key
@@ -31,6 +31,10 @@ _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 """errnos of ``open(O_TMPFILE)`` meaning "not on this filesystem or kernel"."""
 _NO_PROC_LINK = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EXDEV})
 """errnos of the link through ``/proc/self/fd`` meaning "not possible here"."""
+
+
+class _NoUnnamedTemp(Exception):
+    """The filesystem took the ``O_TMPFILE`` but cannot link it (no ``/proc``)."""
 
 
 MMAP_MIN = 1 << 20
@@ -112,7 +116,6 @@ class LocalStore(Store):
         """The create through an ``O_TMPFILE``; ``False`` (and never again for this
         store) if the filesystem or kernel has none."""
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        linked = False
         try:
             try:
                 fd = os.open(d, _O_TMPFILE | os.O_WRONLY, 0o644)
@@ -121,42 +124,52 @@ class LocalStore(Store):
                     self.unnamed_temp = False
                     return False
                 raise
-            try:
-                _write_all(fd, parts)
+
+            def link() -> None:
                 try:
                     os.link(f"/proc/self/fd/{fd}", final, src_dir_fd=dfd, follow_symlinks=True)
                 except FileExistsError:
-                    raise AlreadyExists(f"{final} already exists") from None
+                    raise
                 except OSError as exc:
                     if exc.errno in _NO_PROC_LINK or (exc.errno == errno.ENOENT and not os.path.isdir("/proc/self/fd")):
-                        self.unnamed_temp = False
-                        return False
+                        raise _NoUnnamedTemp from exc
                     raise
-                linked = True
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            if self.fsync:
-                _fsync_fd(dfd)
+
+            try:
+                self._write_link_sync(fd, parts, link, final, lambda: _fsync_fd(dfd))
+            except _NoUnnamedTemp:
+                self.unnamed_temp = False
+                return False
             return True
-        except OSError:
-            if linked:
-                _remove_quietly(final)
-            raise
         finally:
             os.close(dfd)
 
     def _create_named(self, d: str, final: str, parts: Sequence[bytes | memoryview]) -> None:
         """The create through ``<key>.<uuid>.partial`` (removed in every case)."""
         tmp = f"{final}.{uuid.uuid4().hex}{_PARTIAL}"
-        linked = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self._write_link_sync(fd, parts, lambda: os.link(tmp, final), final, lambda: _fsync_dir(d))
+        finally:
+            _remove_quietly(tmp)  # best effort; listing ignores *.partial
+
+    def _write_link_sync(
+        self,
+        fd: int,
+        parts: Sequence[bytes | memoryview],
+        link: Callable[[], None],
+        final: str,
+        sync_dir: Callable[[], None],
+    ) -> None:
+        """Write ``parts`` to the temp file ``fd`` (closed here), ``link()`` it to
+        ``final`` (create-only), fsync the file then its directory. If a sync fails,
+        ``final`` is removed before the error is raised."""
+        linked = False
+        try:
             try:
                 _write_all(fd, parts)
                 try:
-                    os.link(tmp, final)
+                    link()
                 except FileExistsError:
                     raise AlreadyExists(f"{final} already exists") from None
                 linked = True
@@ -165,13 +178,11 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
             if self.fsync:
-                _fsync_dir(d)
+                sync_dir()
         except OSError:
             if linked:
                 _remove_quietly(final)
             raise
-        finally:
-            _remove_quietly(tmp)  # best effort; listing ignores *.partial
 
     def read(self, key: str) -> bytes:
         data = self._read(key, mmap_min=None)
