@@ -99,6 +99,29 @@ def test_fingerprint(backend):
     assert ck.fingerprint == {"num_records": 20}
 
 
+def test_a_deleted_meta_is_never_silently_replaced_under_a_fingerprint(backend, caplog):
+    """meta.msgpack holds the fingerprint: deleted under a checkpoint with records, a
+    given fingerprint cannot be checked (typed error, nothing written); without one
+    the meta is recreated with a warning; ``on_mismatch="reset"`` starts over."""
+    ck = backend.open(fingerprint={"num_records": 10})
+    fill(ck, 3)
+    backend.store().delete([paths.META])
+    before = backend.objects()
+    with pytest.raises(FingerprintMismatch) as info:
+        backend.open(fingerprint={"num_records": 10})
+    assert paths.META in str(info.value) and "cannot be checked" in str(info.value)
+    assert info.value.differences == {"num_records": (None, 10)}
+    assert backend.objects() == before  # nothing written, the meta still missing
+    with caplog.at_level("WARNING", logger="resumelog"):
+        adopted = backend.open()  # no fingerprint to check: recreate the meta, keep the records
+    assert "missing" in caplog.text and paths.META in caplog.text
+    assert sorted(adopted.completed) == ["s0", "s1", "s2"] and adopted.fingerprint == {}
+    backend.store().delete([paths.META])
+    fresh = backend.open(fingerprint={"num_records": 20}, on_mismatch="reset")
+    assert fresh.fingerprint == {"num_records": 20} and len(fresh.completed) == 0
+    assert set(backend.objects()) == {paths.META}
+
+
 def test_fingerprint_values_must_be_scalars(tmp_path):
     with pytest.raises(resumelog.InvalidId):
         resumelog.open(str(tmp_path), fingerprint={"a": [1, 2]})

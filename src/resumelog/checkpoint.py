@@ -204,6 +204,31 @@ def _ensure_meta(store: Store, fp: dict[str, Scalar] | None, on_mismatch: str, c
                 if store.list(""):
                     return None  # objects but no meta: an older layout or a partial clear
                 raise ObjectNotFound(f"no checkpoint at {store.url}") from None
+            held = len(store.list(paths.JOURNAL_PREFIX)) + len(store.list(paths.SNAPSHOT_PREFIX))
+            if held:
+                # meta.msgpack was deleted under a checkpoint that holds records: its
+                # fingerprint is gone, so a given one cannot be checked
+                if fp and on_mismatch != "reset":
+                    raise FingerprintMismatch(
+                        {k: (None, v) for k, v in fp.items()},
+                        f"{paths.META} (which holds the stored fingerprint) is missing at {store.url}, "
+                        f"which holds {held} journal and snapshot objects: the fingerprint cannot be checked",
+                    ) from None
+                if fp:
+                    logger.warning(
+                        "resumelog: %s is missing at %s (%d objects); on_mismatch='reset': clearing it",
+                        paths.META,
+                        store.url,
+                        held,
+                    )
+                    _clear_layout(store)
+                else:
+                    logger.warning(
+                        "resumelog: %s was missing at %s (%d journal and snapshot objects); recreating it",
+                        paths.META,
+                        store.url,
+                        held,
+                    )
             new = Meta(FORMAT_VERSION, dict(fp or {}), secrets.token_bytes(16), int(time.time() * 1000))
             try:
                 store.put_if_absent(paths.META, encode_meta(new))

@@ -104,10 +104,12 @@ class FingerprintMismatch(ResumelogError, ValueError):
     ``on_mismatch="reset"`` to start over deliberately.
     """
 
-    def __init__(self, differences: Mapping[str, tuple[object, object]]) -> None:
+    def __init__(self, differences: Mapping[str, tuple[object, object]], reason: str | None = None) -> None:
         self.differences = dict(differences)
-        parts = ", ".join(f"{k}: stored {a!r} != given {b!r}" for k, (a, b) in sorted(differences.items()))
-        super().__init__(f"fingerprint mismatch ({parts}); pass on_mismatch='reset' to start over")
+        if reason is None:
+            parts = ", ".join(f"{k}: stored {a!r} != given {b!r}" for k, (a, b) in sorted(differences.items()))
+            reason = f"fingerprint mismatch ({parts})"
+        super().__init__(f"{reason}; pass on_mismatch='reset' to start over")
 
 
 class NothingToDo(ResumelogError):
