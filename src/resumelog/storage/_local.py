@@ -34,7 +34,12 @@ _NO_PROC_LINK = frozenset({errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM, errno.EX
 
 
 class _NoUnnamedTemp(Exception):
-    """The filesystem took the ``O_TMPFILE`` but cannot link it (no ``/proc``)."""
+    """The ``O_TMPFILE`` could not be linked to its name; ``never``: not on this
+    system (no ``/proc``, or a filesystem that refuses it), so stop trying."""
+
+    def __init__(self, never: bool) -> None:
+        super().__init__(never)
+        self.never = never
 
 
 MMAP_MIN = 1 << 20
@@ -113,17 +118,18 @@ class LocalStore(Store):
             raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
 
     def _create_unnamed(self, d: str, final: str, parts: Sequence[bytes | memoryview]) -> bool:
-        """The create through an ``O_TMPFILE``; ``False`` (and never again for this
-        store) if the filesystem or kernel has none."""
+        """The create through an ``O_TMPFILE``; ``False`` if it could not be made or
+        linked (the caller then takes the named way, which raises the real error if
+        there is one; never again for this store if the system has no ``O_TMPFILE``)."""
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
             try:
                 fd = os.open(d, _O_TMPFILE | os.O_WRONLY, 0o644)
             except OSError as exc:
+                # any failure: the named way decides (it raises the real error, if any)
                 if exc.errno in _NO_TMPFILE:
                     self.unnamed_temp = False
-                    return False
-                raise
+                return False
 
             def link() -> None:
                 try:
@@ -131,15 +137,17 @@ class LocalStore(Store):
                 except FileExistsError:
                     raise
                 except OSError as exc:
-                    if exc.errno in _NO_PROC_LINK or (exc.errno == errno.ENOENT and not os.path.isdir("/proc/self/fd")):
-                        raise _NoUnnamedTemp from exc
-                    raise
+                    never = exc.errno in _NO_PROC_LINK or (
+                        exc.errno == errno.ENOENT and not os.path.isdir("/proc/self/fd")
+                    )
+                    raise _NoUnnamedTemp(never) from exc
 
             try:
                 self._write_link_sync(fd, parts, link, final, lambda: _fsync_fd(dfd))
-            except _NoUnnamedTemp:
-                self.unnamed_temp = False
-                return False
+            except _NoUnnamedTemp as exc:
+                if exc.never:
+                    self.unnamed_temp = False
+                return False  # nothing has a name yet: the named way writes it again
             return True
         finally:
             os.close(dfd)
