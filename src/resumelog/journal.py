@@ -260,15 +260,8 @@ class Writer:
             header = SegmentHeader(
                 self.writer_id, self.incarnation, self.seq, self.run_id, nonce, int(self._clock() * 1000)
             )
-            frames = self._sealed
-            batches = self._sealed_batches
-            records = self._sealed_records + len(self._keys)
-            if self._keys or self._resets:
-                batch = self._batch()
-                payload = encode(batch)
-                frames.append((payload, crc32c(payload)))
-                if self._on_flush is not None:
-                    batches.append(batch)
+            self._seal()  # the open batch joins the sealed ones
+            frames, batches, records = self._sealed, self._sealed_batches, self._sealed_records
             parts = segment_parts(header, frames, records, closed=closed)
             key = paths.segment_name(self.writer_id, self.incarnation, self.seq)
             self._pending = _PendingSegment(header, batches, closed, key, parts, sum(map(len, parts)), records)

@@ -50,10 +50,8 @@ from resumelog.errors import CorruptSegment, FlushError, StorageError
 from resumelog.format import (
     Reset,
     SegmentHeader,
-    crc32c,
     decode_segment,
     decode_snapshot_frames,
-    encode,
     segment_parts,
 )
 from resumelog.snapshot import encode_snapshot, load_snapshot
@@ -226,11 +224,8 @@ def leave_torn_tail(store: Store, w: journal.Writer, fraction: float) -> str | N
         data, seq = b"".join(w._pending.parts), w._pending.header.seq
     else:
         header = SegmentHeader(w.writer_id, w.incarnation, w.seq, w.run_id, secrets.token_bytes(16))
-        frames = list(w._sealed)  # batches sealed so far, then the open one
-        if w._keys or w._resets:
-            payload = encode(w._batch())
-            frames.append((payload, crc32c(payload)))
-        data, seq = b"".join(segment_parts(header, frames, w._sealed_records + len(w._keys))), w.seq
+        w._seal()  # the open batch too (invisible: the next flush writes the same records)
+        data, seq = b"".join(segment_parts(header, w._sealed, w._sealed_records)), w.seq
     key = paths.segment_name(w.writer_id, w.incarnation, seq)
     if inner.exists(key):
         return None
