@@ -27,6 +27,7 @@ from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, Uns
 from resumelog.idset import counted_uints, index_views
 
 __all__ = [
+    "EMPTY_SHAPE_TABLE",
     "FORMAT_VERSION",
     "KIND_META",
     "KIND_SEGMENT",
@@ -430,6 +431,8 @@ SNAPSHOT_FRAMES: Final = 8
 """header, body, u32 hashes, u32|u64 offsets, completing-run indexes, id blob, shape ids,
 shape table (format version 2; version 1 has 7 frames, see :class:`DoneChunk`)."""
 SNAPSHOT_FRAMES_V1: Final = 7
+EMPTY_SHAPE_TABLE: Final = b"\x90"
+"""Frame 7 with no shapes (a msgpack empty array)."""
 
 
 class DoneChunk(msgspec.Struct, array_like=True, frozen=True):
@@ -451,7 +454,7 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     blob: memoryview
     shape_ids: memoryview = memoryview(b"")
     """Frame 6: the shape id of every completed id (empty: all ``0``)."""
-    shapes: memoryview = memoryview(b"\x90")
+    shapes: memoryview = memoryview(EMPTY_SHAPE_TABLE)
     """Frame 7: the shape table, msgpack (``done_shapes.ShapeTable.encode``)."""
     deferred: tuple[tuple[memoryview, int], ...] = ()
     """Frames whose CRC is checked on first use, with their CRCs (:func:`verify_done`)."""
@@ -533,7 +536,7 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
         if late and crc32c(frames[6]) != late[0][1]:
             raise CorruptSnapshot("CRC mismatch in the done-entry frame", path) from None
         raise
-    return SnapshotFrames(header, body, hashes, offsets, runs, blob, memoryview(b""), memoryview(b"\x90"), late, chunks)
+    return SnapshotFrames(header, body, hashes, offsets, runs, blob, deferred=late, legacy_done=chunks)
 
 
 def decode_done_entries(payload: memoryview | bytes, path: str = "") -> dict[str, dict[str, int]]:

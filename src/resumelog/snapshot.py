@@ -10,6 +10,7 @@ from resumelog.algebra import FoldState, SourceRunState
 from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
+    EMPTY_SHAPE_TABLE,
     FORMAT_VERSION,
     PendingEntry,
     Reset,
@@ -22,11 +23,9 @@ from resumelog.format import (
     encode_snapshot_frames,
     verify_done,
 )
-from resumelog.idset import CompletedIndex, build_index, pack_uints
+from resumelog.idset import CompletedIndex, build_index, counted_uints, pack_uints
 
 __all__ = ["encode_snapshot", "load_snapshot"]
-
-_EMPTY_TABLE = b"\x90"  # msgpack: an empty array
 
 
 def load_snapshot(
@@ -117,7 +116,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         # nothing changed: every frame as it was (CRC-checked before it is carried)
         hashes, offsets, runs, blob = previous.hashes, previous.offsets, previous.runs, previous.blob
         count, ascii_ids = previous.header.completed_count, previous.header.ascii_ids
-        shape_ids, shapes = base_done.raw() if base_done is not None else (b"", _EMPTY_TABLE)
+        shape_ids, shapes = base_done.raw() if base_done is not None else (b"", EMPTY_SHAPE_TABLE)
     else:
         base_ids = base_done.shape_ids(table) if base_done is not None else None
         if table is None:
@@ -132,14 +131,14 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         built = build_index(state.base, state.removed, add, base_ids, add_ids, disjoint=True)
         hashes, offsets, runs, blob, count, ascii_ids = built[:6]
         tags = built.tags
-        if newly_retired and retired_idx:
+        if newly_retired:
             # a retired run's records are ignored: its completions need no entries
-            run_of = CompletedIndex(hashes, offsets, runs, blob, ascii_ids).runs_view()
+            run_of = counted_uints(runs, count)
             tags = array("I", [0 if r in retired_idx else t for r, t in zip(run_of, tags)])
             assert table is not None  # decoded above, since runs retired
             tags, table = _compact_table(tags, table)
         if table is not None:
-            shapes = table.encode() if len(table) else _EMPTY_TABLE
+            shapes = table.encode() if len(table) else EMPTY_SHAPE_TABLE
         shape_ids = pack_uints(tags) if any(tags) else b""
     header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids)
     pending = []
