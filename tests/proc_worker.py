@@ -73,5 +73,60 @@ def buffered_then_wait(url: str, run_id: str) -> None:
     time.sleep(600)
 
 
+def closed_then_block(url: str, run_id: str) -> None:
+    """Open and close a writer, then block the main thread in a C-level wait that no
+    other thread's signal interrupts, while a second thread takes the SIGTERM."""
+    import multiprocessing
+    import signal
+    import threading
+
+    with resumelog.WriterHandle(url, run_id).writer("closed-writer") as w:
+        w.complete("c0")
+    lock = multiprocessing.Lock()
+    lock.acquire()
+
+    def take_sigterm() -> None:
+        time.sleep(0.5)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not the main one
+        time.sleep(600)
+
+    threading.Thread(target=take_sigterm, daemon=True).start()
+    print("BLOCKING", flush=True)
+    lock.acquire()  # sem_wait: only a signal delivered to the main thread interrupts it
+
+
+def s3_race(op: str) -> None:
+    """One racer of the S3 race tests. Reads ``{"url", "opts", "i"}`` (one JSON line) on
+    stdin, prints READY, waits for GO on stdin so every racer starts at once, runs
+    ``op`` and prints its result as JSON. (Storage options travel on stdin, not argv.)"""
+    job = json.loads(sys.stdin.readline())
+    url, opts, i = job["url"], job["opts"], job["i"]
+    store = open_store(url, opts)
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() != "GO":
+        raise SystemExit("no GO")
+    result: object
+    if op == "race-create":
+        try:
+            store.put_if_absent("snapshots/00000000000000000007.snap", f"process-{i}".encode())
+            result = i
+        except resumelog.AlreadyExists:
+            result = None
+    elif op == "same-writer-id":
+        with resumelog.WriterHandle(url, "r", opts).writer("shared-id") as w:
+            for j in range(20):
+                w.complete(f"p{i}-s{j}")
+                if j % 5 == 4:
+                    w.flush()
+        result = w.incarnation
+    else:
+        raise SystemExit(f"unknown race {op!r}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1] == "s3-race":
+    s3_race(sys.argv[2])
 if __name__ == "__main__" and sys.argv[1] == "buffered":
     buffered_then_wait(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and sys.argv[1] == "closed":
+    closed_then_block(sys.argv[2], sys.argv[3])

@@ -126,6 +126,27 @@ def test_sigterm_flushes_buffered_records(tmp_path):
     assert sorted(resumelog.open(url).completed) == sorted(f"t{i}" for i in range(50))
 
 
+def test_sigterm_kills_at_once_once_every_writer_is_closed(tmp_path):
+    """The flush-on-SIGTERM hook is removed with the last open writer. A Python-level
+    handler only runs when the main thread next runs bytecode, so while it is installed
+    a SIGTERM that the kernel hands to another thread, with the main thread blocked in
+    C, would be swallowed (a pool worker idle on its task queue then ignores
+    ``Pool.terminate()`` for ever)."""
+    url = str(tmp_path / "ck")
+    resumelog.open(url, run_id="r1")
+    p = start("closed", url, "r1")
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "BLOCKING"
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        raise AssertionError("SIGTERM sent to a non-main thread did not end the process") from None
+    assert p.returncode == -signal.SIGTERM
+    assert sorted(resumelog.open(url).completed) == ["c0"]
+
+
 def test_sigkill_loses_only_unflushed_records(tmp_path):
     url = str(tmp_path / "ck")
     resumelog.open(url, run_id="r1")

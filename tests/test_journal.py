@@ -239,3 +239,38 @@ def test_large_buffers_are_sealed_into_several_batches_in_order(tmp_path):
     assert got == recs
     flags = b"".join(b.flags for b in seg.batches)
     assert [f & 1 for f in flags] == [int(d == 1) for _, _, d in recs]
+
+
+def test_sigterm_hook_is_installed_only_while_a_writer_is_open(monkeypatch):
+    import signal
+
+    from resumelog import journal
+
+    monkeypatch.delenv("RESUMELOG_NO_SIGTERM", raising=False)
+    journal._flush_all()  # no writer left open by an earlier test in this process
+    before = signal.getsignal(signal.SIGTERM)
+    assert before is not journal._on_sigterm
+    a = Writer(MemoryStore(), "a", "r")
+    b = Writer(MemoryStore(), "b", "r")
+    assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
+    a.close()
+    assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm  # b is still open
+    b.close()
+    assert signal.getsignal(signal.SIGTERM) == before
+
+    # an application handler installed after ours is left in place by the last close
+    def app_handler(signum, frame):
+        pass
+
+    c = Writer(MemoryStore(), "c", "r")
+    signal.signal(signal.SIGTERM, app_handler)
+    try:
+        c.close()
+        assert signal.getsignal(signal.SIGTERM) is app_handler
+        d = Writer(MemoryStore(), "d", "r")  # hooks again, chaining to the application's handler
+        assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
+        assert journal._PREV_SIGTERM is app_handler
+        d.close()
+        assert signal.getsignal(signal.SIGTERM) is app_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -353,43 +353,83 @@ def _check_text(value: str, what: str) -> bool:
 # ---------------------------------------------------------------------- lifecycle
 
 _OPEN: weakref.WeakSet[Writer] = weakref.WeakSet()
-_HOOKED = False
-_PREV_SIGTERM: Any = None
+_HOOK_LOCK = threading.RLock()  # re-entrant: the SIGTERM handler closes writers on the main thread
+_AT_EXIT = False
+_UNHOOKED: Any = object()
+_PREV_SIGTERM: Any = _UNHOOKED  # the disposition our SIGTERM handler replaced, while it is installed
 
 
 def _register(w: Writer) -> None:
-    global _HOOKED, _PREV_SIGTERM
-    _OPEN.add(w)
-    if _HOOKED:
-        return
-    _HOOKED = True
-    atexit.register(_flush_all)
-    if threading.current_thread() is threading.main_thread() and not os.environ.get("RESUMELOG_NO_SIGTERM"):
-        try:
-            _PREV_SIGTERM = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        except (ValueError, OSError):  # not the main interpreter / unsupported
-            pass
+    global _AT_EXIT
+    with _HOOK_LOCK:
+        _OPEN.add(w)
+        if not _AT_EXIT:
+            _AT_EXIT = True
+            atexit.register(_flush_all)
+        _hook_sigterm()
 
 
 def _unregister(w: Writer) -> None:
-    _OPEN.discard(w)
+    with _HOOK_LOCK:
+        _OPEN.discard(w)
+        if not _OPEN:
+            _unhook_sigterm()
+
+
+def _hook_sigterm() -> None:
+    """Install the flush-on-SIGTERM handler while writers are open (main thread only).
+
+    A Python-level handler runs only when the main thread next executes bytecode: a
+    SIGTERM the kernel hands to another thread (fsspec's I/O thread, say) while the
+    main thread is blocked in C is not acted on until that wait ends, where the default
+    action would have ended the process. So the handler is installed only while it has
+    something to flush, and the previous disposition is put back with the last close.
+    """
+    global _PREV_SIGTERM
+    if _PREV_SIGTERM is not _UNHOOKED or os.environ.get("RESUMELOG_NO_SIGTERM"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        prev = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # not the main interpreter / unsupported
+        return
+    _PREV_SIGTERM = prev
+
+
+def _unhook_sigterm() -> None:
+    global _PREV_SIGTERM
+    prev = _PREV_SIGTERM
+    if prev is _UNHOOKED or threading.current_thread() is not threading.main_thread():
+        return  # a close on another thread leaves it to the next close on the main thread
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:  # not if the application replaced it since
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if prev is None else prev)
+    except (ValueError, OSError):
+        return
+    _PREV_SIGTERM = _UNHOOKED
 
 
 def _flush_all() -> None:
+    """Close every open writer (at exit, on SIGTERM); then, if none is left open
+    (writers dropped unclosed leave the set silently), put SIGTERM back as it was."""
     for w in list(_OPEN):
         try:
             w.close()
         except Exception:  # noqa: BLE001 - best effort at exit; flush errors were raised before
             pass
+    with _HOOK_LOCK:
+        if not _OPEN:
+            _unhook_sigterm()
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    prev = _PREV_SIGTERM  # read first: closing the last writer puts it back
     _flush_all()
-    prev = _PREV_SIGTERM
     if prev == signal.SIG_IGN:
         return
-    if callable(prev):
+    if callable(prev) and prev is not _on_sigterm:
         prev(signum, frame)
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

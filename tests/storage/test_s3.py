@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
+import subprocess
+import sys
+import threading
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 from s3_support import bucket_of
@@ -70,46 +75,66 @@ def test_refuses_backend_without_atomic_create():
         resumelog.open("ftp://example.invalid/ckpt")
 
 
-def _race_create(args):
-    url, opts, i = args
-    store = FsspecStore(url, opts)
+WORKER = Path(__file__).parents[1] / "proc_worker.py"
+
+
+def race(op: str, url: str, opts: dict[str, Any], n: int = 8, deadline: float = 300) -> list[Any]:
+    """Run ``n`` racing processes (``proc_worker.py s3-race op``) that all start ``op``
+    on one GO, and return their JSON results. A watchdog SIGKILLs every racer after
+    ``deadline`` seconds, so a stuck racer fails the test with a message, never hangs it."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "s3-race", op], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(n)
+    ]
+    watchdog = threading.Timer(deadline, lambda: [p.kill() for p in procs])
+    watchdog.start()
     try:
-        store.put_if_absent("snapshots/00000000000000000007.snap", f"process-{i}".encode())
-        return i
-    except resumelog.AlreadyExists:
-        return None
+        for i, p in enumerate(procs):
+            assert p.stdin is not None
+            p.stdin.write(json.dumps({"url": url, "opts": opts, "i": i}) + "\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "READY", f"racer {p.pid} did not start within {deadline} s"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("GO\n")
+            p.stdin.close()
+        results = []
+        for p in procs:
+            assert p.stdout is not None
+            out = p.stdout.read()
+            p.wait()
+            assert p.returncode == 0, f"racer {p.pid} exited with {p.returncode} (killed after {deadline} s?)"
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        return results
+    finally:
+        watchdog.cancel()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def test_eight_processes_race_for_one_snapshot_number(s3_server, s3_url):
     if s3_server.kind == "moto":
         pytest.skip("moto checks then writes without a lock; races are judged on SeaweedFS")
     url, opts = s3_url
-    with mp.get_context("spawn").Pool(8) as pool:
-        results = pool.map(_race_create, [(url, opts, i) for i in range(8)])
+    results = race("race-create", url, opts)
     winners = [r for r in results if r is not None]
     assert len(winners) == 1
     assert FsspecStore(url, opts).read("snapshots/00000000000000000007.snap") == f"process-{winners[0]}".encode()
 
 
-def _same_writer_id(args):
-    url, opts, i = args
-    w = resumelog.WriterHandle(url, "r", opts).writer("shared-id")
-    for j in range(20):
-        w.complete(f"p{i}-s{j}")
-        if j % 5 == 4:
-            w.flush()
-    w.close()
-    return w.incarnation
-
-
 def test_eight_writers_with_one_writer_id_never_overwrite(s3_url):
     url, opts = s3_url
     resumelog.open(url, storage_options=opts, run_id="r")
-    with mp.get_context("spawn").Pool(8) as pool:
-        incarnations = pool.map(_same_writer_id, [(url, opts, i) for i in range(8)])
+    incarnations = race("same-writer-id", url, opts)
     assert len(set(incarnations)) == 8
     ck = resumelog.open(url, storage_options=opts)
-    assert len(ck.completed) == 8 * 20
+    assert sorted(ck.completed) == sorted(f"p{i}-s{j}" for i in range(8) for j in range(20))
 
 
 def test_resume_from_another_cluster(s3_server, s3_url):
