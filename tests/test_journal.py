@@ -274,3 +274,32 @@ def test_sigterm_hook_is_installed_only_while_a_writer_is_open(monkeypatch):
         assert signal.getsignal(signal.SIGTERM) is app_handler
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_forked_child_drops_the_parents_writers_and_sigterm_hook(monkeypatch):
+    import os
+    import signal
+
+    from resumelog import journal
+
+    monkeypatch.delenv("RESUMELOG_NO_SIGTERM", raising=False)
+    journal._flush_all()
+    before = signal.getsignal(signal.SIGTERM)
+    w = Writer(MemoryStore(), "parent", "r")
+    assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
+    r, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it sees, then leave without running any cleanup
+        try:
+            seen = (signal.getsignal(signal.SIGTERM) is journal._on_sigterm, len(journal._OPEN))
+            os.write(wr, repr(seen).encode())
+        finally:
+            os._exit(0)
+    os.close(wr)
+    with os.fdopen(r) as f:
+        seen = f.read()
+    os.waitpid(pid, 0)
+    assert seen == "(False, 0)"
+    assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm  # the parent keeps its hook
+    w.close()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -411,6 +411,19 @@ def _unhook_sigterm() -> None:
     _PREV_SIGTERM = _UNHOOKED
 
 
+def _after_fork_in_child() -> None:
+    """A forked child cannot use its parent's writers (they refuse: other pid), so it
+    forgets them and puts SIGTERM back as the parent had it before any writer."""
+    global _HOOK_LOCK
+    _HOOK_LOCK = threading.RLock()  # another parent thread may have held the old one
+    _OPEN.clear()
+    _unhook_sigterm()
+
+
+if hasattr(os, "register_at_fork"):  # after threading's own hook, which names the new main thread
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _flush_all() -> None:
     """Close every open writer (at exit, on SIGTERM); then, if none is left open
     (writers dropped unclosed leave the set silently), put SIGTERM back as it was."""
