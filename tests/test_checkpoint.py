@@ -69,6 +69,30 @@ def test_roundtrip_and_views(backend):
     assert sorted(again.completed) == sorted(ck.completed)
 
 
+def test_closing_a_writer_reloads_the_view_at_the_next_read_only(tmp_path):
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    req = ck.store.requests
+    n = req["list"]
+    ck.refresh()
+    per_load = req["list"] - n  # listings of one load of the view
+    assert per_load >= 2
+    n = req["list"]
+    fill(ck, 5)
+    assert req["list"] == n  # the close only marks the view stale
+    assert len(ck.completed) == 5  # the first read reloads...
+    assert req["list"] == n + per_load
+    assert sorted(ck.completed) == [f"s{i}" for i in range(5)] and ck.is_completed("s4")
+    assert req["list"] == n + per_load  # ...once
+    # compact() right after a close: the compactor's fold and the view's reload from the
+    # new snapshot, and no reload of the journal tail at the close
+    fill(ck, 3, prefix="t", writer="w2")
+    n = req["list"]
+    r = ck.compact()
+    assert req["list"] == n + 2 * per_load
+    assert r.completed == 8 and ck.is_completed("t2") and len(ck.completed) == 8
+    assert req["list"] == n + 2 * per_load
+
+
 def test_compaction_then_tail(backend):
     ck = backend.open()
     fill(ck, 100)

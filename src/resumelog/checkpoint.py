@@ -261,8 +261,9 @@ def _clear_layout(store: Store) -> None:
 class Checkpoint:
     """An open checkpoint: completed-set queries, writers, compaction, GC, reset.
 
-    The view is loaded at open (latest snapshot + journal tail) and reloaded when one
-    of this checkpoint's writers closes; call :meth:`refresh` to see progress since.
+    The view is loaded at open (latest snapshot + journal tail) and reloaded at the
+    first read after one of this checkpoint's writers closed; call :meth:`refresh` to
+    see other processes' progress since.
     """
 
     def __init__(
@@ -284,8 +285,9 @@ class Checkpoint:
         self._policy = flush_policy or FlushPolicy()
         self._lock = threading.RLock()
         self._writers: list[Writer] = []
-        self._state: FoldState
+        self._view: FoldState
         self._loaded: compactor.Loaded
+        self._stale = False
         self.refresh()
 
     # ------------------------------------------------------------------ reading
@@ -295,7 +297,20 @@ class Checkpoint:
         loaded = compactor.load(self.store, progress=False)
         with self._lock:
             self._loaded = loaded
-            self._state = loaded.state
+            self._view = loaded.state
+            self._stale = False
+
+    @property
+    def _state(self) -> FoldState:
+        """The view, reloaded first if a writer of this checkpoint closed since."""
+        if self._stale:
+            self.refresh()
+        return self._view
+
+    def _writer_closed(self) -> None:
+        # a close only marks the view stale: reloading is O(journal tail), and the next
+        # step is often compact() (which folds anyway) or the end of the program
+        self._stale = True
 
     def is_completed(self, source: str) -> bool:
         """Whether ``source`` completed (in any run, not reset)."""
@@ -399,8 +414,9 @@ class Checkpoint:
     def writer(self, writer_id: str | None = None, *, flush_policy: FlushPolicy | None = None) -> Writer:
         """Open this process's writer (``writer_id`` default: ``<host>-<pid>``).
 
-        Closing it refreshes this checkpoint's view (flushes alone do not: records of
-        other processes that a completion depends on may not be visible here yet).
+        Closing it makes this checkpoint's view reload at its next read (flushes alone
+        do not: records of other processes that a completion depends on may not be
+        visible here yet).
         """
         w = Writer(
             self.store,
@@ -408,7 +424,7 @@ class Checkpoint:
             self.run_id,
             policy=flush_policy or self._policy,
             handle=self.handle(writer_id),
-            on_close=self.refresh,
+            on_close=self._writer_closed,
         )
         self._writers.append(w)
         return w
