@@ -158,6 +158,15 @@ def test_interrupted_pipeline_resumes_each_remaining_file_exactly_once(cluster: 
     assert resumelog.open(str(tmp_path / "ckpt")).status().anomalies == 0
 
 
+def test_fewer_files_than_rays_minimum_blocks_are_read_one_block_per_file(cluster: None, tmp_path: Path) -> None:
+    files = make_files(tmp_path / "in", 12, 50)  # 12 >= 2 per CPU, < read_op_min_num_blocks (200)
+    ckpt = resumelog.open(str(tmp_path / "ck"))
+    assert rd.read_parquet(ckpt, files[:6]).materialize().num_blocks() == 6
+    # Ray's default (splitting every file's block) is kept when asked for explicitly
+    ckpt2 = resumelog.open(str(tmp_path / "ck2"))
+    assert rd.read_parquet(ckpt2, files, override_num_blocks=24).materialize().num_blocks() == 24
+
+
 @pytest.mark.s3
 @pytest.mark.parametrize("s3_server", S3_KINDS[:1], indirect=True)
 def test_s3_checkpoint_resumes_in_a_fresh_ray_cluster(

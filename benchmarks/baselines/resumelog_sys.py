@@ -4,7 +4,8 @@ Every function is called in a child process by ``run.py`` (see ``common.run_chil
 and returns a dict of figures. Writers are opened the way pipeline workers open them,
 from a picklable handle (``Checkpoint.handle().writer()``), so no in-process view is
 maintained; ``via="checkpoint"`` uses ``Checkpoint.writer()`` instead (whose close
-refreshes the checkpoint's view).
+marks the checkpoint's view stale; the first read after it, timed apart as
+``view_reload_s``, reloads it).
 """
 
 from __future__ import annotations
@@ -67,7 +68,13 @@ def throughput(
     busy += time.perf_counter() - t0
     records = n * RECORDS_PER_SOURCE
     lat = w.flush_seconds
+    extra: dict[str, Any] = {}
+    if via == "checkpoint":
+        t0 = time.perf_counter()
+        extra["completed_after"] = len(ck.completed)  # the first read reloads the view
+        extra["view_reload_s"] = round(time.perf_counter() - t0, 4)
     return {
+        **extra,
         "records": records,
         "seconds": round(busy, 4),
         "records_per_s": round(records / busy),

@@ -484,7 +484,10 @@ def read(
     threads : int, default 16
         Concurrent row-count reads.
     **reader_kwargs
-        Passed to ``reader``.
+        Passed to ``reader``. Without ``override_num_blocks``, fewer pending files than
+        Ray's ``read_op_min_num_blocks`` (200) but at least two per cluster CPU are read
+        one block per file (Ray would split each file's block, slower: a resume with
+        160 of 400 files left took 11.5 s that way, 6.9 s without).
 
     Returns
     -------
@@ -530,8 +533,31 @@ def read(
     _PLANS[ckpt] = _Plan(tuple(dict.fromkeys(sources)), "path", source_id, ckpt.run_id)
     if filesystem is not None:
         reader_kwargs["filesystem"] = filesystem
+    if "override_num_blocks" not in reader_kwargs:
+        blocks = _one_block_per_file(len(to_read))
+        if blocks is not None:
+            reader_kwargs["override_num_blocks"] = blocks
     ds: ray.data.Dataset = reader(to_read, include_paths=True, **reader_kwargs)
     return ds
+
+
+def _one_block_per_file(files: int) -> int | None:
+    """``files`` (one read task per pending file) when there are fewer files than Ray's
+    ``read_op_min_num_blocks`` but at least two per CPU of the cluster; ``None`` (Ray's
+    default) otherwise.
+
+    Below that minimum Ray splits every file's block into pieces to reach it, which a
+    resume (fewer files left) hits even when the fresh run did not. On 2 CPUs, 160
+    Parquet files of 50k rows took 11.1-11.9 s that way and 6.8-6.9 s with one block
+    per file (100 files: 7.1 s and 4.4-4.5 s); 400 files, which Ray does not split,
+    are faster left alone (13.0-14.1 s, against 16.6-17.0 s with 400 blocks). Fewer
+    files than twice the CPUs keep Ray's splitting, which then buys parallelism.
+    """
+    if not ray.is_initialized():
+        return None
+    minimum = ray.data.DataContext.get_current().read_op_min_num_blocks
+    cpus = ray.cluster_resources().get("CPU", 0)  # type: ignore[no-untyped-call]
+    return files if 2 * cpus <= files < minimum else None
 
 
 def read_parquet(
