@@ -6,9 +6,11 @@ One pipeline, ``read_parquet -> map_batches (string + arithmetic work) -> write_
 over F Parquet files of R rows, on a local Ray cluster (``num_cpus=2``):
 
 * ``pipeline``  wall time (median and min of ``--repeat`` interleaved runs; the machine
-  may be shared, min is the least disturbed) of the same pipeline plain, with
+  may be shared, min is the least disturbed) of the same pipeline plain (Ray's default
+  blocks, and ``plain-blocks``: the block count resumelog's read picks), with
   resumelog (``rd.read_parquet`` + ``rd.write_parquet``), with Ray's native
-  ``CheckpointConfig`` and with ``ResumelogCheckpointConfig``; overhead vs plain;
+  ``CheckpointConfig`` and with ``ResumelogCheckpointConfig``; overhead vs plain and vs
+  plain-blocks (the checkpointing cost alone);
   objects and bytes written (outputs and checkpoint)
 * ``resume``    a rerun with 40 % of the files left (the first 60 % done by a previous
   run) as a fraction of a fresh run: resumelog skips whole files before reading,
@@ -92,6 +94,10 @@ def run_variant(variant: str, files: list[str], out: str, ckpt_dir: str) -> floa
     t0 = time.perf_counter()
     if variant == "plain":
         ray.data.read_parquet(files).map_batches(work, batch_format="pyarrow").write_parquet(out)
+    elif variant == "plain-blocks":  # plain, with the block count resumelog's read picks
+        blocks = rd._one_block_per_file(len(files))
+        kw = {} if blocks is None else {"override_num_blocks": blocks}
+        ray.data.read_parquet(files, **kw).map_batches(work, batch_format="pyarrow").write_parquet(out)
     elif variant == "resumelog":
         ckpt = resumelog.open(ckpt_dir)
         ds = rd.read_parquet(ckpt, files)
@@ -108,7 +114,7 @@ def run_variant(variant: str, files: list[str], out: str, ckpt_dir: str) -> floa
     return time.perf_counter() - t0
 
 
-VARIANTS = ("plain", "resumelog", "native", "native+rl")
+VARIANTS = ("plain", "plain-blocks", "resumelog", "native", "native+rl")
 
 
 def bench_pipeline(tmp: str, files: list[str], rows: int, repeat: int) -> dict[str, float]:
@@ -136,6 +142,8 @@ def bench_pipeline(tmp: str, files: list[str], rows: int, repeat: int) -> dict[s
             runs=[round(t, 3) for t in times[v]],
             overhead_pct=round(100 * (med[v] / med["plain"] - 1), 1),
             overhead_pct_min=round(100 * (best[v] / best["plain"] - 1), 1),
+            # against plain Ray with the same blocks: the checkpointing cost alone
+            overhead_pct_same_blocks=round(100 * (med[v] / med["plain-blocks"] - 1), 1),
             output_objects=sizes[v][0],
             output_bytes=sizes[v][1],
             checkpoint_objects=sizes[v][2],
