@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -135,6 +136,45 @@ def test_eight_writers_with_one_writer_id_never_overwrite(s3_url):
     assert len(set(incarnations)) == 8
     ck = resumelog.open(url, storage_options=opts)
     assert sorted(ck.completed) == sorted(f"p{i}-s{j}" for i in range(8) for j in range(20))
+
+
+SIGNAL_MASKS = """
+import json, os, signal, sys, threading
+import resumelog
+url, opts = sys.argv[1], json.loads(sys.stdin.readline())
+ck = resumelog.open(url, storage_options=opts, run_id="r")
+with ck.writer("w") as w:
+    w.complete("s0")  # a flush: the event loop has run a request (and its executor, if any)
+def blocked(tid):
+    with open(f"/proc/self/task/{tid}/status") as f:
+        mask = int(next(ln for ln in f if ln.startswith("SigBlk:")).split()[1], 16)
+    return [s for s in ("SIGTERM", "SIGINT") if mask >> (getattr(signal, s) - 1) & 1]
+out = {}
+for t in threading.enumerate():
+    out.setdefault(t.name.split("_")[0], []).append(blocked(t.native_id))
+print(json.dumps({"threads": out, "main": blocked(threading.main_thread().native_id)}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread signal masks from /proc")
+def test_fsspec_threads_leave_sigterm_and_sigint_to_the_main_thread(s3_url):
+    """fsspec's event-loop thread is started with SIGTERM and SIGINT blocked, so a
+    process-directed signal reaches the main thread, where Python handlers run."""
+    url, opts = s3_url
+    out = subprocess.run(
+        [sys.executable, "-c", SIGNAL_MASKS, url],
+        input=json.dumps(opts) + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["main"] == []
+    assert got["threads"]["fsspecIO"] == [["SIGTERM", "SIGINT"]]
+    for name, masks in got["threads"].items():  # the loop's executor threads inherit its mask
+        if name.startswith("asyncio"):
+            assert masks == [["SIGTERM", "SIGINT"]] * len(masks)
 
 
 def test_resume_from_another_cluster(s3_server, s3_url):

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import errno
 import random
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +37,29 @@ __all__ = ["FsspecStore"]
 ATOMIC_CREATE_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 _INSTALL_HINT = {"s3fs": "pip install 'resumelog[s3]'", "gcsfs": "pip install 'resumelog[gcs]'"}
 _TRANSIENT_MARKERS = ("ConditionalRequestConflict", "SlowDown", "ServiceUnavailable", "503", "409", "Throttl")
+
+
+@contextmanager
+def _signals_kept_for_the_main_thread() -> Iterator[None]:
+    """Block SIGTERM and SIGINT in this (main) thread while fsspec may start its threads.
+
+    An async filesystem starts fsspec's event-loop thread (``fsspecIO``) when it is
+    created, and that loop starts its executor's threads; threads inherit the signal
+    mask of their creator. With these signals blocked there, the kernel hands a
+    process-directed SIGTERM or SIGINT to the main thread, where Python's handlers
+    (resumelog's flush on SIGTERM, ``KeyboardInterrupt``) run at once, instead of to
+    the loop thread, where it would wait for the main thread's next bytecode. Only on
+    the main thread (where the loop is usually first started) and where
+    ``pthread_sigmask`` exists; signals arriving meanwhile are delivered on exit.
+    """
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class FsspecStore(Store):
@@ -79,7 +105,8 @@ class FsspecStore(Store):
         opts.setdefault("use_listings_cache", False)
         opts.setdefault("skip_instance_cache", True)
         try:
-            self.fs = fsspec.filesystem(proto, **opts)
+            with _signals_kept_for_the_main_thread():
+                self.fs = fsspec.filesystem(proto, **opts)
         except ImportError as exc:
             pkg = ATOMIC_CREATE_PROTOCOLS.get(proto, proto)
             hint = _INSTALL_HINT.get(pkg, f"install the fsspec backend for {proto}://")
