@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 
 import pytest
 
 import resumelog
-from resumelog import paths
+from resumelog import journal, paths
 from resumelog.errors import AlreadyExists, FlushError, InvalidId
 from resumelog.format import decode_segment
 from resumelog.journal import FlushPolicy, Writer
@@ -241,15 +243,21 @@ def test_large_buffers_are_sealed_into_several_batches_in_order(tmp_path):
     assert [f & 1 for f in flags] == [int(d == 1) for _, _, d in recs]
 
 
-def test_sigterm_hook_is_installed_only_while_a_writer_is_open(monkeypatch):
-    import signal
-
-    from resumelog import journal
-
+@pytest.fixture
+def sigterm_before(monkeypatch):
+    """SIGTERM's disposition with no writer open (the hook enabled); put back afterwards,
+    and any writer a failed test left open closed."""
     monkeypatch.delenv("RESUMELOG_NO_SIGTERM", raising=False)
     journal._flush_all()  # no writer left open by an earlier test in this process
     before = signal.getsignal(signal.SIGTERM)
     assert before is not journal._on_sigterm
+    yield before
+    journal._flush_all()
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_sigterm_hook_is_installed_only_while_a_writer_is_open(sigterm_before):
+    before = sigterm_before
     a = Writer(MemoryStore(), "a", "r")
     b = Writer(MemoryStore(), "b", "r")
     assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
@@ -264,27 +272,17 @@ def test_sigterm_hook_is_installed_only_while_a_writer_is_open(monkeypatch):
 
     c = Writer(MemoryStore(), "c", "r")
     signal.signal(signal.SIGTERM, app_handler)
-    try:
-        c.close()
-        assert signal.getsignal(signal.SIGTERM) is app_handler
-        d = Writer(MemoryStore(), "d", "r")  # hooks again, chaining to the application's handler
-        assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
-        assert journal._PREV_SIGTERM is app_handler
-        d.close()
-        assert signal.getsignal(signal.SIGTERM) is app_handler
-    finally:
-        signal.signal(signal.SIGTERM, before)
+    c.close()
+    assert signal.getsignal(signal.SIGTERM) is app_handler
+    d = Writer(MemoryStore(), "d", "r")  # hooks again, chaining to the application's handler
+    assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
+    assert journal._PREV_SIGTERM is app_handler
+    d.close()
+    assert signal.getsignal(signal.SIGTERM) is app_handler
 
 
-def test_a_forked_child_drops_the_parents_writers_and_sigterm_hook(monkeypatch):
-    import os
-    import signal
-
-    from resumelog import journal
-
-    monkeypatch.delenv("RESUMELOG_NO_SIGTERM", raising=False)
-    journal._flush_all()
-    before = signal.getsignal(signal.SIGTERM)
+def test_a_forked_child_drops_the_parents_writers_and_sigterm_hook(sigterm_before):
+    before = sigterm_before
     w = Writer(MemoryStore(), "parent", "r")
     assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm
     r, wr = os.pipe()
