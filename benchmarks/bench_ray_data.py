@@ -95,7 +95,7 @@ def run_variant(variant: str, files: list[str], out: str, ckpt_dir: str) -> floa
     if variant == "plain":
         ray.data.read_parquet(files).map_batches(work, batch_format="pyarrow").write_parquet(out)
     elif variant == "plain-blocks":  # plain, with the block count resumelog's read picks
-        blocks = rd._one_block_per_file(len(files))
+        blocks = rd._read_tasks(len(files), len(files))
         kw = {} if blocks is None else {"override_num_blocks": blocks}
         ray.data.read_parquet(files, **kw).map_batches(work, batch_format="pyarrow").write_parquet(out)
     elif variant == "resumelog":

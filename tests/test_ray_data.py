@@ -167,6 +167,36 @@ def test_fewer_files_than_rays_minimum_blocks_are_read_one_block_per_file(cluste
     assert rd.read_parquet(ckpt2, files, override_num_blocks=24).materialize().num_blocks() == 24
 
 
+def test_a_resume_reads_as_many_files_to_a_task_as_the_fresh_run(cluster: None, tmp_path: Path) -> None:
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.read_op_min_num_blocks
+    ctx.read_op_min_num_blocks = 16  # as Ray's 200 against 400 files: at most 2 files to a task
+    try:
+        files = make_files(tmp_path / "in", 32, 10)
+        paths = [rd._ray_path(f) for f in files]
+        # a fresh run with at least Ray's minimum files: Ray's own blocks
+        plain = ray.data.read_parquet(files).materialize().num_blocks()
+        ckpt = resumelog.open(str(tmp_path / "ck"))
+        assert rd.read_parquet(ckpt, files).materialize().num_blocks() == plain
+        # 12 of 32 files left, fewer than Ray's minimum (which would split every file's
+        # block): 2 files to a task as in a fresh run over the 32 (16 tasks), so 6 tasks
+        ckpt = resumelog.open(str(tmp_path / "ck2"))
+        with ckpt.writer() as w:
+            for p in paths[12:]:
+                w.complete(p)
+        ds = rd.read_parquet(ckpt, files).materialize()
+        assert ds.num_blocks() == 6
+        assert sorted(set(ds.to_pandas()["path"])) == sorted(paths[:12])
+        # 5 of 32 left: never fewer than two tasks per CPU (4)
+        ckpt = resumelog.open(str(tmp_path / "ck3"))
+        with ckpt.writer() as w:
+            for p in paths[5:]:
+                w.complete(p)
+        assert rd.read_parquet(ckpt, files).materialize().num_blocks() == 4
+    finally:
+        ctx.read_op_min_num_blocks = saved
+
+
 @pytest.mark.s3
 @pytest.mark.parametrize("s3_server", S3_KINDS[:1], indirect=True)
 def test_s3_checkpoint_resumes_in_a_fresh_ray_cluster(
