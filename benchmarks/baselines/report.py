@@ -105,11 +105,14 @@ def targets(rows: list[Row]) -> list[list[Any]]:
             )
         barrier = thr.get(("resumelog", "local", "barrier"))
         if barrier and act:
+            # about one fsync per source on both sides (resumelog: the fan-out call's
+            # flush; Curator: the LMDB commit of the call that completes the source):
+            # the disk's fsync rate bounds both, so the bar is "not slower"
             add(
-                "... resumelog with a flush per positive stage call vs Curator's Ray actor",
+                "... resumelog with a flush per positive stage call ≥ 1x Curator's Ray actor (both ~1 fsync per source)",
                 f"{_f(barrier['records_per_s'])} vs {_f(act['records_per_s'])} records/s",
                 _ratio(barrier["records_per_s"], act["records_per_s"]),
-                20,
+                1,
             )
 
     st = _of(rows, "startup")
