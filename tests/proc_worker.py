@@ -56,12 +56,34 @@ def compact_race(url: str, start_at: float) -> None:
     )
 
 
+def background_compacting_writer(url: str, every: float, flush_every: int) -> None:
+    """Completes sources forever (as `writer`) beside ``compact_in_background(every)``;
+    prints `ACK i snapshots` after each flush that made sources up to i complete."""
+    ckpt = resumelog.open(url)
+    bg = ckpt.compact_in_background(every)
+    w = ckpt.writer("bg-writer")
+    i = 0
+    while True:
+        s = f"s{i:06d}"
+        w.emit(s)
+        w.record(f"{s}/fan", s, 1)
+        w.record(f"{s}/a", s, -1)
+        w.record(f"{s}/b", s, -1)
+        if (i + 1) % flush_every == 0:
+            w.flush()
+            print(f"ACK {i} {bg.snapshots_written} {bg.failures}", flush=True)
+            time.sleep(0.002)
+        i += 1
+
+
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     if cmd == "writer":
         writer(args[0], args[1], args[2], int(args[3]), int(args[4]), int(args[5]) if len(args) > 5 else -1)
     elif cmd == "compact":
         compact_race(args[0], float(args[1]))
+    elif cmd == "bg-writer":
+        background_compacting_writer(args[0], float(args[1]), int(args[2]))
 
 
 def buffered_then_wait(url: str, run_id: str) -> None:

@@ -7,6 +7,7 @@ compactor folds them into snapshots of completed sources. See ``docs/`` and
 
 from __future__ import annotations
 
+from resumelog.background import BackgroundCompaction
 from resumelog.checkpoint import Checkpoint, CompletedView, Status, WriterHandle, open
 from resumelog.errors import (
     AlreadyExists,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "BackgroundCompaction",
     "Checkpoint",
     "CompletedView",
     "CorruptObject",

@@ -15,6 +15,7 @@ import msgspec
 
 from resumelog import compactor, paths
 from resumelog.algebra import FoldState
+from resumelog.background import BackgroundCompaction
 from resumelog.errors import AlreadyExists, FingerprintMismatch, InvalidId, ObjectNotFound
 from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
@@ -285,6 +286,7 @@ class Checkpoint:
         self._policy = flush_policy or FlushPolicy()
         self._lock = threading.RLock()
         self._writers: list[Writer] = []
+        self._background: list[BackgroundCompaction] = []
         self._view: FoldState
         self._loaded: compactor.Loaded
         self._stale = False
@@ -462,6 +464,29 @@ class Checkpoint:
         self.refresh()
         return result
 
+    def compact_in_background(self, every: float = 300.0, *, keep_runs: int | None = None) -> BackgroundCompaction:
+        """Compact every ``every`` seconds in a daemon thread, until the returned handle
+        is stopped or this checkpoint is closed.
+
+        A long job that compacts as it goes restarts from a snapshot (milliseconds)
+        plus the records of the last ``every`` seconds, instead of folding everything it
+        ever wrote. Safe beside any number of writers and other compactors. Failures are
+        logged and retried at the next tick (:class:`~resumelog.BackgroundCompaction`
+        counts them). The thread shares the interpreter: a compaction costs about what
+        folding its records at the next start would, once; on a pipeline whose driver
+        is busy, run ``resumelog compact --every`` as a separate process instead.
+
+        Parameters
+        ----------
+        every : float, default 300.0
+            Seconds between compactions (the first one after ``every`` seconds).
+        keep_runs : int, optional
+            As for :meth:`compact`; this checkpoint's run is never retired.
+        """
+        bg = BackgroundCompaction(self.store, every, keep_runs=keep_runs, protect_runs=frozenset({self.run_id}))
+        self._background.append(bg)
+        return bg
+
     def gc(
         self,
         *,
@@ -488,10 +513,14 @@ class Checkpoint:
         self.refresh()
 
     def close(self) -> None:
-        """Flush and close this checkpoint's writers."""
+        """Flush and close this checkpoint's writers; stop its background compactions
+        (one under way is finished first)."""
         for w in self._writers:
             w.close()
         self._writers.clear()
+        for bg in self._background:
+            bg.stop()
+        self._background.clear()
 
     def __enter__(self) -> Checkpoint:
         return self

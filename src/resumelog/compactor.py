@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc as _pygc
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -60,17 +61,32 @@ def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
     return out
 
 
+_GC_LOCK = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: folding allocates millions of acyclic tuples and dicts, and
-    the collector's repeated full passes over them would double the fold time."""
-    was = _pygc.isenabled()
-    _pygc.disable()
+    the collector's repeated full passes over them would double the fold time.
+
+    The collector is process-wide and folds may overlap (a background compaction
+    beside the main thread's open): the first pause disables it, the last one to end
+    restores what it was before the first."""
+    global _gc_pauses, _gc_was_enabled
+    with _GC_LOCK:
+        if _gc_pauses == 0:
+            _gc_was_enabled = _pygc.isenabled()
+            _pygc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if was:
-            _pygc.enable()
+        with _GC_LOCK:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                _pygc.enable()
 
 
 def load(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from resumelog.cli._common import (
 
 if TYPE_CHECKING:
     from resumelog.checkpoint import Checkpoint
+    from resumelog.compactor import CompactResult
     from resumelog.storage import Store
 
 __all__ = [
@@ -258,10 +261,50 @@ def cmd_completed(ctx: Ctx) -> int:
 
 
 def cmd_compact(ctx: Ctx) -> int:
-    ckpt = open_checkpoint(ctx)
-    r = ckpt.compact(keep_runs=ctx.args.keep_runs, progress=_PROGRESS)
+    every = ctx.args.every
+    if every is None:
+        ckpt = open_checkpoint(ctx)
+        r = ckpt.compact(keep_runs=ctx.args.keep_runs, progress=_PROGRESS)
+        _report_compaction(ctx, ckpt.store.url, r)
+        return EXIT_OK
+    if not every > 0:
+        fail("--every must be a positive duration")
+    return _compact_every(ctx, every)
+
+
+def _compact_every(ctx: Ctx, every: float) -> int:
+    """The sidecar loop: the store alone (no view is loaded, so a checkpoint that cannot
+    be read yet only fails its ticks), a compaction now and every ``every`` seconds."""
+    from resumelog import compactor
+    from resumelog.cli._main import _classify
+
+    store = open_store(ctx)
+    require_checkpoint(ctx, store)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the compaction under way, exit 0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                r = compactor.compact(store, keep_runs=ctx.args.keep_runs, progress=False)
+            except Exception as exc:  # noqa: BLE001 - reported; the next tick retries
+                message = ctx.scrub(" ".join(_classify(exc)[1].split()))
+                if ctx.json:
+                    dump_json({"url": store.url, "error": message, "seconds": round(time.perf_counter() - t0, 3)})
+                else:
+                    print(f"resumelog: error: {message} (retrying in {every:g} s)", file=sys.stderr)
+            else:
+                _report_compaction(ctx, store.url, r, seconds=time.perf_counter() - t0)
+            sys.stdout.flush()
+            if stop.wait(every):
+                return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_compaction(ctx: Ctx, url: str, r: CompactResult, seconds: float | None = None) -> None:
     doc = {
-        "url": ckpt.store.url,
+        "url": url,
         "snapshot": r.snapshot,
         "written": r.written,
         "segments_folded": r.segments_folded,
@@ -270,6 +313,8 @@ def cmd_compact(ctx: Ctx) -> int:
         "attempts": r.attempts,
         "retired_runs": list(r.retired_runs),
     }
+    if seconds is not None:
+        doc["seconds"] = round(seconds, 3)
     if ctx.json:
         dump_json(doc)
     elif r.written:
@@ -280,7 +325,6 @@ def cmd_compact(ctx: Ctx) -> int:
         )
     else:
         print(f"nothing new to fold; snapshot #{r.snapshot} is current ({r.completed} sources complete)")
-    return EXIT_OK
 
 
 def cmd_gc(ctx: Ctx) -> int:

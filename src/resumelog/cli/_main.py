@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-runs", metavar="N", type=_positive_int, help="retire every run but the N most recently active"
     )
+    p.add_argument(
+        "--every",
+        metavar="DURATION",
+        type=duration_arg,
+        help="keep compacting, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside a "
+        "long job); a failed compaction is reported and retried at the next tick",
+    )
 
     p = cmd("gc", "delete old snapshots and the segments they cover")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
