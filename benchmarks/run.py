@@ -3,7 +3,9 @@
     python benchmarks/run.py [--quick | --smoke] [--only SECTION ...] [--out DIR]
 
 Sections (``--only``): ``throughput``, ``latency``, ``startup`` (with the scaling table and
-bytes on disk), ``s3`` (``bench_s3.py``), ``raydata`` (``bench_ray_data.py`` if present).
+bytes on disk), ``background`` (``bench_background.py``: compacting during a run, then a
+crash and the next start), ``s3`` (``bench_s3.py``), ``raydata`` (``bench_ray_data.py``
+if present).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -45,7 +47,7 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "s3", "raydata")
+SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata")
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -569,6 +571,18 @@ class Runner:
                     **{"source": "bench_ray_data.py", **row, "bench_orig": row.get("bench")} | {"bench": "raydata"}
                 )
 
+    def background(self) -> None:
+        script = os.path.join(BENCH_DIR, "bench_background.py")
+        cmd = [sys.executable, script] + (
+            ["--smoke"] if self.mode == "smoke" else ["--quick"] if self.mode == "quick" else []
+        )
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if p.returncode:
+            self.emit(bench="error", system="background", reason=(p.stderr or "")[-800:])
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                self.emit(**{"system": "resumelog", **json.loads(line)})
+
     # ------------------------------------------------------------------ main
 
     def run(self) -> str:
@@ -578,6 +592,7 @@ class Runner:
         self.section("throughput", self.throughput)
         self.section("latency", self.latency)
         self.section("startup", self.startup)
+        self.section("background", self.background)
         if not self.args.no_s3:
             self.section("s3", self.s3)
         else:

@@ -37,7 +37,7 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
     errors = [r for r in rows if r["bench"] == "error"]
     assert not errors, errors
     benches = {r["bench"] for r in rows}
-    assert {"env", "throughput", "flush_latency", "startup", "compaction", "bytes"} <= benches
+    assert {"env", "throughput", "flush_latency", "startup", "compaction", "bytes", "background_compaction"} <= benches
     systems = {r["system"] for r in rows if r["bench"] in ("throughput", "startup")}
     assert {"resumelog", "sqlite-wal", "object-per-event"} <= systems
     # every resumelog startup found every completed source
@@ -46,10 +46,21 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
             assert "WRONG" not in r, r
             assert r["open_s"] > 0
     assert any(r["bench"] == "skipped" and r["system"] == "curator-lmdb" for r in rows)
+    # compacting during the run: each mode's next start found every source
+    bg = {r["mode"]: r for r in rows if r["bench"] == "background_compaction"}
+    assert set(bg) == {"none", "thread", "sidecar"}
+    assert all(r["completed"] == r["sources"] for r in bg.values())
+    assert all(r.get("failures", 0) == 0 for r in bg.values())
 
     md = (out / "smoke.md").read_text()
     assert md.startswith("# resumelog benchmarks")
-    for heading in ("## Record throughput", "## Startup", "## Compaction", "## Bytes on storage"):
+    for heading in (
+        "## Record throughput",
+        "## Startup",
+        "## Compaction",
+        "## Bytes on storage",
+        "## Compacting during",
+    ):
         assert heading in md
     # the table printed to stdout is the one written
     assert "## Record throughput" in p.stdout

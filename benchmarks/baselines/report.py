@@ -484,6 +484,43 @@ def render(rows: list[Row], mode: str) -> str:
                 )
             )
 
+    bg = _of(rows, "background_compaction")
+    if bg:
+        parts.append("\n## Compacting during the run, then a crash and the next start (`bench_background.py`)\n\n")
+        body = [
+            [
+                r["mode"],
+                r.get("every_s") or "-",
+                r["sources"],
+                r["records_per_s"],
+                r.get("snapshots_written", 0),
+                r["open_s"],
+                r["unfolded_segments"],
+                r["completed"],
+            ]
+            for r in bg
+        ]
+        parts.append(
+            _table(
+                [
+                    "compaction during the run",
+                    "every s",
+                    "sources",
+                    "writer records/s",
+                    "snapshots written",
+                    "next start: open + first lookup s",
+                    "segments left to fold",
+                    "completed",
+                ],
+                body,
+            )
+        )
+        parts.append(
+            "\n*none*: nothing compacts; *thread*: `ckpt.compact_in_background(every)` in the writer's process; "
+            "*sidecar*: `resumelog compact URL --every` in its own process. The writer dies after its last flush "
+            "(no close, no final compaction).\n"
+        )
+
     rd = _of(rows, "raydata")
     if rd:
         parts.append("\n## Ray Data (from `bench_ray_data.py`)\n\n")
