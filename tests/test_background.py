@@ -40,6 +40,19 @@ def snapshots(root: Path) -> list[str]:
     return sorted(p.name for p in (root / "snapshots").glob("*") if not p.name.endswith(".partial"))
 
 
+def corrupt_only_snapshot(root: Path, n: int) -> tuple[resumelog.Checkpoint, Path]:
+    """A checkpoint of ``n`` completions whose only snapshot is garbage (nothing to fall
+    back to: every compaction fails until it is removed)."""
+    ckpt = resumelog.open(str(root))
+    with ckpt.writer("w") as w:
+        complete(w, range(n))
+    ckpt.compact()
+    (only,) = snapshots(root)
+    path = root / "snapshots" / only
+    path.write_bytes(b"not a snapshot")
+    return ckpt, path
+
+
 def test_snapshots_follow_the_writer_and_the_view_is_left_alone(tmp_path: Path) -> None:
     root = tmp_path / "ck"
     ckpt = resumelog.open(str(root))
@@ -68,12 +81,7 @@ def test_snapshots_follow_the_writer_and_the_view_is_left_alone(tmp_path: Path) 
 
 def test_a_failed_compaction_is_counted_logged_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = tmp_path / "ck"
-    ckpt = resumelog.open(str(root))
-    with ckpt.writer("w") as w:
-        complete(w, range(10))
-    ckpt.compact()
-    (only,) = snapshots(root)
-    (root / "snapshots" / only).write_bytes(b"not a snapshot")  # the only snapshot: nothing to fall back to
+    ckpt, bad = corrupt_only_snapshot(root, 10)
     with ckpt.writer("w2") as w:
         complete(w, range(10, 20))
     with ckpt.compact_in_background(every=0.05) as bg:
@@ -81,7 +89,7 @@ def test_a_failed_compaction_is_counted_logged_and_retried(tmp_path: Path, caplo
         assert isinstance(bg.last_error, CorruptSnapshot)
         assert bg.running and bg.compactions == 0
         assert "background compaction" in caplog.text and "retried" in caplog.text
-        (root / "snapshots" / only).unlink()  # the operator removes it
+        bad.unlink()  # the operator removes it
         wait_for(lambda: bg.compactions >= 1, "a compaction after the repair")
         assert bg.last_error is None
         assert bg.last_result is not None and bg.last_result.completed == 20
@@ -165,12 +173,7 @@ def test_cli_compact_every_until_sigterm(tmp_path: Path) -> None:
 
 def test_cli_compact_every_reports_a_failure_and_goes_on(tmp_path: Path) -> None:
     root = tmp_path / "ck"
-    ckpt = resumelog.open(str(root))
-    with ckpt.writer("w") as w:
-        complete(w, range(5))
-    ckpt.compact()
-    (only,) = snapshots(root)
-    (root / "snapshots" / only).write_bytes(b"garbage")
+    _, bad = corrupt_only_snapshot(root, 5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "resumelog.cli", "compact", str(root), "--every", "0.1", "--json"],
         stdout=subprocess.PIPE,
@@ -180,7 +183,7 @@ def test_cli_compact_every_reports_a_failure_and_goes_on(tmp_path: Path) -> None
     assert proc.stdout is not None
     first = json.loads(proc.stdout.readline())
     assert "error" in first and "corrupt" in first["error"].lower() and "snapshot" not in first
-    (root / "snapshots" / only).unlink()
+    bad.unlink()
     doc = first
     while "error" in doc:
         doc = json.loads(proc.stdout.readline())

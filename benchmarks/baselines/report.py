@@ -219,6 +219,18 @@ def targets(rows: list[Row]) -> list[list[Any]]:
             r["startup_ratio"],
             20,
         )
+    resumes = {r.get("variant"): r for r in _of(rows, "raydata") if r.get("bench_orig") == "resume"}
+    mine = resumes.get("resumelog")
+    if mine:
+        native = resumes.get("native")
+        add(
+            f"Ray Data: resume with {mine['left_pct']} % of {mine['files']} files left ≤ 0.45 of a fresh run",
+            f"{_f(mine['seconds'])} s of {_f(mine['fresh_seconds'])} s"
+            + (f" (Ray's native CheckpointConfig: {_f(native['fraction_of_fresh'])})" if native else ""),
+            mine["fraction_of_fresh"],
+            0.45,
+            higher=False,
+        )
     return out
 
 
