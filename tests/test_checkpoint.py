@@ -5,6 +5,7 @@ Tests taking ``backend`` run on local disk, memory and the S3 servers (moto, Sea
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 from dataclasses import dataclass, field
@@ -73,24 +74,56 @@ def test_closing_a_writer_reloads_the_view_at_the_next_read_only(tmp_path):
     ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
     req = ck.store.requests
     n = req["list"]
-    ck.refresh()
-    per_load = req["list"] - n  # listings of one load of the view
-    assert per_load >= 2
-    n = req["list"]
-    fill(ck, 5)
+    fill(ck, 1, prefix="x")
     assert req["list"] == n  # the close only marks the view stale
-    assert len(ck.completed) == 5  # the first read reloads...
-    assert req["list"] == n + per_load
-    assert sorted(ck.completed) == [f"s{i}" for i in range(5)] and ck.is_completed("s4")
-    assert req["list"] == n + per_load  # ...once
+    ck.refresh()
+    per_reload = req["list"] - n  # listings of a refresh that finds something new
+    n = req["list"]
+    ck.refresh()
+    per_check = req["list"] - n  # nothing new: the two listings that tell so, no fold
+    assert per_check == 2 and per_reload > per_check
+    fill(ck, 5)
+    n = req["list"]
+    assert len(ck.completed) == 6  # the first read reloads...
+    assert req["list"] == n + per_reload
+    assert sorted(ck.completed) == ["s0", "s1", "s2", "s3", "s4", "x0"] and ck.is_completed("s4")
+    assert req["list"] == n + per_reload  # ...once
     # compact() right after a close: the compactor's fold and the view's reload from the
     # new snapshot, and no reload of the journal tail at the close
     fill(ck, 3, prefix="t", writer="w2")
     n = req["list"]
     r = ck.compact()
-    assert req["list"] == n + 2 * per_load
-    assert r.completed == 8 and ck.is_completed("t2") and len(ck.completed) == 8
-    assert req["list"] == n + 2 * per_load
+    load = per_reload - per_check  # the listings of one load
+    # the compactor's load; then the view's: one listing shows a new snapshot, and a load
+    expected = n + load + 1 + load
+    assert req["list"] == expected
+    assert r.completed == 9 and ck.is_completed("t2") and len(ck.completed) == 9
+    assert req["list"] == expected
+
+
+def test_a_refresh_with_nothing_new_keeps_the_view_and_reads_nothing(tmp_path):
+    root = tmp_path / "ck"
+    ck = resumelog.open(str(root), run_id="r1")
+    fill(ck, 5)
+    ck.refresh()
+    view, req = ck._view, ck.store.requests
+    gets = req["get"]
+    for _ in range(3):
+        ck.refresh()
+    assert req["get"] == gets and ck._view is view  # no object read, no fold
+    # another process's flush: the next refresh folds it
+    fill(resumelog.open(str(root), run_id="r2"), 2, prefix="o")
+    ck.refresh()
+    assert ck._view is not view and req["get"] > gets
+    assert ck.is_completed("o1") and len(ck.completed) == 7
+    # an object rewritten in place (same name and size; an operator's hand): reloaded too
+    view = ck._view
+    seg = next(p for p in (root / "journal").rglob("*") if p.is_file())
+    data = seg.read_bytes()
+    seg.write_bytes(data)
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 1_000_000))
+    ck.refresh()
+    assert ck._view is not view and len(ck.completed) == 7
 
 
 def test_compaction_then_tail(backend):

@@ -19,7 +19,7 @@ from resumelog.background import BackgroundCompaction
 from resumelog.errors import AlreadyExists, FingerprintMismatch, InvalidId, ObjectNotFound
 from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
-from resumelog.storage import Store, open_store
+from resumelog.storage import ObjectInfo, Store, open_store
 
 __all__ = ["Checkpoint", "CompletedView", "Status", "WriterHandle", "open"]
 
@@ -132,6 +132,19 @@ def default_run_id() -> str:
         if v:
             return paths.validate_id(v, f"run id from ${var}")
     return paths.new_ulid()
+
+
+def _same_listing(store: Store, loaded: compactor.Loaded) -> bool:
+    """Whether the snapshots and journal segments under ``store`` are exactly those
+    ``loaded`` was folded from (names, sizes and modification times)."""
+
+    def key(objs: Iterable[ObjectInfo]) -> list[tuple[str, int, float | None]]:
+        return sorted((o.path, o.size, o.mtime) for o in objs)
+
+    snaps = [o for _, o in compactor.list_snapshots(store)]
+    if key(snaps) != key(loaded.snapshots):
+        return False
+    return key(store.list(paths.JOURNAL_PREFIX)) == key(loaded.journal)
 
 
 def open(  # noqa: A001 - the public name is part of the contract
@@ -295,7 +308,18 @@ class Checkpoint:
     # ------------------------------------------------------------------ reading
 
     def refresh(self) -> None:
-        """Reload the view from storage (latest snapshot + journal tail)."""
+        """Reload the view from storage (latest snapshot + journal tail).
+
+        When nothing was added, removed or rewritten since the last load (the snapshot
+        and journal listings are the same, names, sizes and times), the view is kept:
+        objects are immutable, so the fold would give the same state. That costs two
+        listings instead of reading and folding the tail (``watch`` on an idle job).
+        """
+        prev: compactor.Loaded | None = getattr(self, "_loaded", None)
+        if prev is not None and _same_listing(self.store, prev):
+            with self._lock:
+                self._stale = False
+            return
         loaded = compactor.load(self.store, progress=False)
         with self._lock:
             self._loaded = loaded
