@@ -11,13 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import resumelog
 from resumelog import compactor
 from resumelog.errors import CorruptSnapshot
-from resumelog.storage import LocalStore
+from resumelog.storage import LocalStore, open_store
 
 WORKER = os.path.join(os.path.dirname(__file__), "proc_worker.py")
 
@@ -191,3 +192,33 @@ def test_cli_compact_every_reports_a_failure_and_goes_on(tmp_path: Path) -> None
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+@pytest.mark.s3
+def test_background_compaction_and_the_sidecar_on_s3(s3_url: tuple[str, dict[str, Any]]) -> None:
+    url, opts = s3_url
+    ckpt = resumelog.open(url, storage_options=opts)
+    with ckpt.writer("w") as w:
+        complete(w, range(20))
+    with ckpt.compact_in_background(every=0.05) as bg:
+        wait_for(lambda: bg.snapshots_written >= 1, "a snapshot on S3")
+    assert bg.failures == 0 and bg.last_result is not None and bg.last_result.completed == 20
+    with ckpt.writer("w2") as w:
+        complete(w, range(20, 30))
+    # the sidecar, its storage options from the environment (never on its command line)
+    env = {**os.environ, "RESUMELOG_STORAGE_OPTIONS": json.dumps(opts)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resumelog.cli", "compact", url, "--every", "0.1", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    doc = json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert doc["written"] and doc["completed"] == 30 and doc["snapshot"] == 2
+    loaded = compactor.load(open_store(url, opts))
+    assert loaded.snapshot == 2 and loaded.records_folded == 0
