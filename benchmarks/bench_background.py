@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from bench_core import record_source
+
 import resumelog
 from resumelog import FlushPolicy
 
@@ -49,11 +51,7 @@ def child_write(url: str, n: int, mode: str, every: float, duration: float) -> N
         c0 = time.perf_counter()
         for j in range(start, min(n, start + chunk)):
             s = f"src-{j:09d}"
-            rec("\x00emit", s, 1, emission=True)
-            rec(f"{s}f", s, 2)
-            rec(f"{s}a", s, -1)
-            rec(f"{s}b", s, -1)
-            rec(f"{s}c", s, -1)
+            record_source(rec, s, s)
         busy += time.perf_counter() - c0
         ahead = t0 + duration * (start + chunk) / n - time.perf_counter()
         if ahead > 0:

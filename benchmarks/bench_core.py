@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import resumelog
 from resumelog import compactor
@@ -79,6 +80,16 @@ def bench_flush(n: int, tmp: str) -> None:
     w.closed = True
 
 
+def record_source(rec: Callable[..., None], s: str, k: str) -> None:
+    """One source of the workload through ``rec`` (``Writer.record``): emit +1, fan-out
+    +2, three sinks -1, with record keys made from ``k``."""
+    rec("\x00emit", s, 1, emission=True)
+    rec(f"{k}f", s, 2)
+    rec(f"{k}a", s, -1)
+    rec(f"{k}b", s, -1)
+    rec(f"{k}c", s, -1)
+
+
 def write_journals(url: str, records: int, writers: int) -> None:
     """`records` records from `writers` writers: per source emit +1, fan-out +2, 3 sinks
     (5 records per source, 16-char keys)."""
@@ -91,11 +102,7 @@ def write_journals(url: str, records: int, writers: int) -> None:
         rec = w.record
         for j in range(per // 5):
             s = f"src-{wi:03d}-{j:07d}"
-            rec("\x00emit", s, 1, emission=True)
-            rec(f"{s[:12]}f", s, 2)
-            rec(f"{s[:12]}a", s, -1)
-            rec(f"{s[:12]}b", s, -1)
-            rec(f"{s[:12]}c", s, -1)
+            record_source(rec, s, s[:12])
         w.close()
 
 
