@@ -137,13 +137,16 @@ def test_sigkill_leaves_a_snapshot_and_a_short_tail(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    done = set(resumelog.open(url).completed)
+    # sources are completed and flushed in order: what survived is every acknowledged
+    # one and possibly a few more flushed after the last ACK read, always a prefix
+    assert len(done) >= acked + 1
+    assert done == {f"s{i:06d}" for i in range(len(done))}
+    # the next start loads a snapshot and folds only what came after it
     loaded = compactor.load(LocalStore(url))
     assert loaded.snapshot >= 3
-    tail_sources = loaded.records_folded // 4  # emit, fan-out, two sinks per source
-    assert tail_sources < acked + 1  # the snapshot covers the rest
-    done = resumelog.open(url).completed
-    assert {f"s{i:06d}" for i in range(acked + 1)} <= set(done)
-    assert all(s.startswith("s") and int(s[1:]) < acked + 1 + 10_000 for s in done)
+    assert loaded.records_folded < 4 * len(done)  # emit, fan-out, two sinks per source
+    assert loaded.state.completed_count() == len(done)
 
 
 def test_cli_compact_every_until_sigterm(tmp_path: Path) -> None:
