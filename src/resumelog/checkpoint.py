@@ -134,17 +134,13 @@ def default_run_id() -> str:
     return paths.new_ulid()
 
 
-def _same_listing(store: Store, loaded: compactor.Loaded) -> bool:
-    """Whether the snapshots and journal segments under ``store`` are exactly those
-    ``loaded`` was folded from (names, sizes and modification times)."""
+def _same_objects(now: Iterable[ObjectInfo], then: Iterable[ObjectInfo]) -> bool:
+    """Whether two listings hold the same objects (names, sizes and modification times)."""
 
     def key(objs: Iterable[ObjectInfo]) -> list[tuple[str, int, float | None]]:
         return sorted((o.path, o.size, o.mtime) for o in objs)
 
-    snaps = [o for _, o in compactor.list_snapshots(store)]
-    if key(snaps) != key(loaded.snapshots):
-        return False
-    return key(store.list(paths.JOURNAL_PREFIX)) == key(loaded.journal)
+    return key(now) == key(then)
 
 
 def open(  # noqa: A001 - the public name is part of the contract
@@ -312,15 +308,19 @@ class Checkpoint:
 
         When nothing was added, removed or rewritten since the last load (the snapshot
         and journal listings are the same, names, sizes and times), the view is kept:
-        objects are immutable, so the fold would give the same state. That costs two
-        listings instead of reading and folding the tail (``watch`` on an idle job).
+        objects are immutable, so the fold would give the same state. That costs the two
+        listings a load starts with (a load reuses them) instead of reading and folding
+        the tail (``watch`` on an idle job).
         """
         prev: compactor.Loaded | None = getattr(self, "_loaded", None)
-        if prev is not None and _same_listing(self.store, prev):
-            with self._lock:
-                self._stale = False
-            return
-        loaded = compactor.load(self.store, progress=False)
+        listing = compactor.Listing(compactor.list_snapshots(self.store))
+        if prev is not None and _same_objects((o for _, o in listing.snapshots), prev.snapshots):
+            listing.journal = self.store.list(paths.JOURNAL_PREFIX)
+            if _same_objects(listing.journal, prev.journal):
+                with self._lock:
+                    self._stale = False
+                return
+        loaded = compactor.load(self.store, progress=False, listing=listing)  # listed once, not again
         with self._lock:
             self._loaded = loaded
             self._view = loaded.state

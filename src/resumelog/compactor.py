@@ -89,14 +89,29 @@ def _gc_paused() -> Iterator[None]:
                 _pygc.enable()
 
 
+@dataclass
+class Listing:
+    """Listings a caller already made, in the order a load makes them (snapshots, then
+    the journal), so that :func:`load` does not list again."""
+
+    snapshots: list[tuple[int, ObjectInfo]]
+    """As :func:`list_snapshots` returns them."""
+    journal: list[ObjectInfo] | None = None
+    """``store.list(paths.JOURNAL_PREFIX)``, listed after ``snapshots`` (``None``: not listed)."""
+
+
 def load(
     store: Store,
     *,
     progress: bool | None = None,
     warn: Callable[[str], None] = logger.warning,
     before_fold: Callable[[FoldState], None] | None = None,
+    listing: Listing | None = None,
 ) -> Loaded:
     """Latest valid snapshot plus the journal tail after it, folded.
+
+    ``listing``: the snapshot (and journal) listings when the caller just made them;
+    used by the first attempt only (a retry lists again).
 
     Raises :class:`~resumelog.errors.CorruptSnapshot` if snapshots exist but none
     decodes, :class:`~resumelog.errors.CorruptSegment` for a corrupt segment that is
@@ -104,7 +119,9 @@ def load(
     """
     for attempt in range(_LOAD_ATTEMPTS):
         try:
-            return _load_once(store, progress=progress, warn=warn, before_fold=before_fold)
+            return _load_once(
+                store, progress=progress, warn=warn, before_fold=before_fold, listing=listing if attempt == 0 else None
+            )
         except _StaleSnapshot as exc:
             if attempt == _LOAD_ATTEMPTS - 1:
                 raise ResumelogError(
@@ -122,8 +139,9 @@ def _load_once(
     progress: bool | None,
     warn: Callable[[str], None],
     before_fold: Callable[[FoldState], None] | None,
+    listing: Listing | None,
 ) -> Loaded:
-    snaps = list_snapshots(store)
+    snaps = listing.snapshots if listing is not None else list_snapshots(store)
     frames: SnapshotFrames | None = None
     state: FoldState | None = None
     loaded_n = 0
@@ -151,7 +169,7 @@ def _load_once(
         before_fold(state)
     loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps])
     with _gc_paused():
-        fold_journal(store, loaded, progress=progress)
+        fold_journal(store, loaded, progress=progress, journal=listing.journal if listing is not None else None)
     return loaded
 
 
@@ -167,10 +185,13 @@ class _StaleSnapshot(Exception):
     """The journal moved past the loaded snapshot (collected by GC): load again."""
 
 
-def fold_journal(store: Store, loaded: Loaded, *, progress: bool | None = None) -> None:
-    """Fold every stream's segments after its high-water mark into ``loaded.state``."""
+def fold_journal(
+    store: Store, loaded: Loaded, *, progress: bool | None = None, journal: list[ObjectInfo] | None = None
+) -> None:
+    """Fold every stream's segments after its high-water mark into ``loaded.state``
+    (``journal``: the journal's listing, if the caller just made it)."""
     state = loaded.state
-    listing = store.list(paths.JOURNAL_PREFIX)
+    listing = journal if journal is not None else store.list(paths.JOURNAL_PREFIX)
     loaded.journal = listing
     streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
     for o in listing:
