@@ -480,11 +480,7 @@ class FoldState:
             self.added[source] = run
             self.done_shapes[source] = self.shapes.intern(kept, source)
             return None
-        s = SourceRunState()
-        s.emitted = True
-        stream = self._stream(REOPENED_STREAM)
-        for k, d in entries.items():
-            s.entries[k] = (stream, -1, d)
+        s = self._reopened(entries)
         self._uncomplete(source)
         if self.provisional is not None and source in self.provisional:
             self.provisional.discard(source)  # evaluated before all its records were folded
@@ -496,6 +492,15 @@ class FoldState:
             )
         self.pending[(run, source)] = s
         self._touched[(run, source)] = s
+        return s
+
+    def _reopened(self, entries: Mapping[str, int]) -> SourceRunState:
+        """A pending state holding a collapsed completion's final entries (emitted)."""
+        s = SourceRunState()
+        s.emitted = True
+        stream = self._stream(REOPENED_STREAM)
+        for k, d in entries.items():
+            s.entries[k] = (stream, -1, d)
         return s
 
     def _uncomplete(self, source: str, *, touch: bool = True) -> None:
@@ -532,8 +537,10 @@ class FoldState:
 
         A lost segment may have held any record of its run, a fan-out ``+k`` among them,
         so no source may complete in that run any more: its pending states are tainted
-        and :meth:`finish` completes nothing for it. Its sources rerun in a new run;
-        completions it made before the loss stand. Idempotent (one anomaly per gap).
+        and :meth:`finish` completes nothing for it, and the completions an earlier
+        round of the same fold made in it (:attr:`provisional`) are voided. Its sources
+        rerun in a new run; completions published before the loss stand. Idempotent
+        (one anomaly per gap).
         """
         info = self._run(run_id)
         if info.retired:
@@ -547,6 +554,16 @@ class FoldState:
         for (run, _), s in self.pending.items():
             if run == run_id:
                 s.tainted = True
+        if self.provisional:
+            # Completions an earlier round of this fold made in the run are as unproven
+            # as its pending states (the lost segment may hold a fan-out of them): void
+            # them. Completions published by earlier folds stand.
+            for src in [src for src in self.provisional if self.added.get(src) == run_id]:
+                s = self._reopened(self.done_entries_of(src))
+                s.tainted = True
+                self._uncomplete(src)
+                self.provisional.discard(src)
+                self.pending[(run_id, src)] = s
 
     def apply_reset(self, reset: Reset) -> None:
         """Fold an operator tombstone: void completions of ``reset.source`` by ``reset.runs``."""

@@ -21,7 +21,7 @@ from resumelog import paths
 from resumelog._progress import Progress
 from resumelog.algebra import FoldState
 from resumelog.errors import AlreadyExists, CorruptSegment, CorruptSnapshot, ObjectNotFound, ResumelogError
-from resumelog.format import SnapshotFrames, TornSegment, decode_segment, decode_snapshot_frames
+from resumelog.format import SnapshotFrames, StreamMark, TornSegment, decode_segment, decode_snapshot_frames
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.storage import ObjectInfo, Store
 
@@ -107,27 +107,44 @@ def load(
     warn: Callable[[str], None] = logger.warning,
     before_fold: Callable[[FoldState], None] | None = None,
     listing: Listing | None = None,
+    verify: bool = False,
+    skip: set[int] | None = None,
 ) -> Loaded:
     """Latest valid snapshot plus the journal tail after it, folded.
 
     ``listing``: the snapshot (and journal) listings when the caller just made them;
-    used by the first attempt only (a retry lists again).
+    used by the first attempt only (a retry lists again). ``verify``: check every
+    frame of the snapshot chosen as base before folding (a compaction, which will
+    carry its done-entry frames, does); otherwise large done-entry frames are
+    CRC-checked on first use, and a failure then makes the load fall back to the
+    previous snapshot all the same. ``skip``: numbers of snapshots not to use (found
+    corrupt after they were chosen); grown by the load itself.
 
     Raises :class:`~resumelog.errors.CorruptSnapshot` if snapshots exist but none
     decodes, :class:`~resumelog.errors.CorruptSegment` for a corrupt segment that is
     not a tolerated torn tail.
     """
-    for attempt in range(_LOAD_ATTEMPTS):
+    skip = set() if skip is None else skip
+    attempt = 0
+    while True:
         try:
             return _load_once(
-                store, progress=progress, warn=warn, before_fold=before_fold, listing=listing if attempt == 0 else None
+                store,
+                progress=progress,
+                warn=warn,
+                before_fold=before_fold,
+                listing=listing if attempt == 0 else None,
+                verify=verify,
+                skip=skip,
             )
+        except _BadBase as exc:
+            skip.add(exc.number)  # at most once per snapshot: it is skipped from now on
         except _StaleSnapshot as exc:
-            if attempt == _LOAD_ATTEMPTS - 1:
+            attempt += 1
+            if attempt == _LOAD_ATTEMPTS:
                 raise ResumelogError(
                     f"{store.url}: the journal keeps moving past the latest snapshot ({exc})"
                 ) from None
-    raise AssertionError("unreachable")
 
 
 _LOAD_ATTEMPTS = 5
@@ -140,16 +157,25 @@ def _load_once(
     warn: Callable[[str], None],
     before_fold: Callable[[FoldState], None] | None,
     listing: Listing | None,
+    verify: bool,
+    skip: set[int],
 ) -> Loaded:
     snaps = listing.snapshots if listing is not None else list_snapshots(store)
     frames: SnapshotFrames | None = None
     state: FoldState | None = None
     loaded_n = 0
+    base_path = ""
     failures: list[ResumelogError] = []
     for n, info in reversed(snaps):
+        if n in skip:
+            failures.append(
+                CorruptSnapshot("a done-entry frame failed its check after the snapshot was chosen", info.path)
+            )
+            continue
         try:
-            frames, state = load_snapshot(store.read_view(info.path), info.path, defer_done_crc=True)
+            frames, state = load_snapshot(store.read_view(info.path), info.path, defer_done_crc=not verify)
             loaded_n = n
+            base_path = info.path
             break
         except CorruptSnapshot as exc:
             failures.append(exc)
@@ -165,12 +191,33 @@ def _load_once(
         state.anomaly("snapshot_fallback", "", "", str(failure))
     latest = snaps[-1][0] if snaps else 0
     state.number = latest + 1
-    if before_fold is not None:
-        before_fold(state)
     loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps])
-    with _gc_paused():
-        fold_journal(store, loaded, progress=progress, journal=listing.journal if listing is not None else None)
+    with _bad_base_raises(loaded_n, base_path):
+        if before_fold is not None:
+            before_fold(state)
+        with _gc_paused():
+            fold_journal(store, loaded, progress=progress, journal=listing.journal if listing is not None else None)
     return loaded
+
+
+class _BadBase(Exception):
+    """The base snapshot failed a check deferred past the choice of base: load again
+    without it."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+@contextmanager
+def _bad_base_raises(number: int, path: str) -> Iterator[None]:
+    """Turn a :class:`CorruptSnapshot` of the base snapshot ``path`` (a deferred CRC,
+    a malformed shape table) into :class:`_BadBase`, so the load falls back."""
+    try:
+        yield
+    except CorruptSnapshot as exc:
+        if number and exc.path == path:
+            raise _BadBase(number) from exc
+        raise
 
 
 ROUND_RECORDS = 2_000_000
@@ -193,6 +240,7 @@ def fold_journal(
     state = loaded.state
     listing = journal if journal is not None else store.list(paths.JOURNAL_PREFIX)
     loaded.journal = listing
+    _check_base_still_listed(store, loaded)
     streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
     for o in listing:
         p = paths.parse_segment(o.path)
@@ -208,8 +256,11 @@ def fold_journal(
             if seq < expect:
                 continue
             if seq != expect:
-                _journal_gap(store, loaded, w, inc, expect, o.path)
-                break
+                if expect == 0 and _adopt_retired_stream(store, state, w, inc, seq, o.path):
+                    expect = seq  # its records are ignored; folding them advances its new mark
+                else:
+                    _journal_gap(store, loaded, w, inc, expect, o.path)
+                    break
             plan.append((o.path, seq == last))
             expect += 1
     stopped: set[tuple[str, str]] = set()
@@ -253,6 +304,45 @@ def fold_journal(
     _fold_latecomers(store, state)
     state.finish()
     state.provisional = None
+
+
+def _check_base_still_listed(store: Store, loaded: Loaded) -> None:
+    """Validate a journal listing against a snapshot listing taken after it.
+
+    GC deletes the snapshots older than the oldest one it retains *before* it deletes
+    the segments that one covers (:func:`gc`). So if the snapshot this load started
+    from is still listed after the journal was listed, no GC had deleted a segment it
+    does not cover when the journal listing was made: the listing holds every segment
+    the fold needs. If it is gone (or a load that started from no snapshot now sees
+    one), segments it does not cover may have been collected between the two
+    listings (a closed stream vanishes whole, leaving no gap to notice): load again.
+    """
+    after = {n for n, _ in list_snapshots(store)}
+    if loaded.snapshot not in after if loaded.snapshot else bool(after):
+        raise _StaleSnapshot(f"snapshot {loaded.snapshot} was superseded and collected while the journal was listed")
+
+
+def _adopt_retired_stream(
+    store: Store, state: FoldState, writer_id: str, incarnation: str, first: int, path: str
+) -> bool:
+    """A stream without a mark whose first listed segment is ``first > 0``: if it
+    belongs to a retired run, give it a mark just below ``first`` and say so.
+
+    That is a writer still alive after its run was retired: its earlier segments were
+    collected and its mark pruned (:func:`_prune_streams`). Its records are ignored
+    whatever they hold, so nothing is lost by starting at ``first``; with a mark, GC
+    collects what it writes next instead of every fold calling it a gap and reading
+    it again.
+    """
+    try:
+        run = decode_segment(store.read(path), path).header.run_id
+    except (ObjectNotFound, CorruptSegment):
+        return False
+    info = state.runs.get(run)
+    if info is None or not info.retired:
+        return False
+    state.streams[f"{writer_id}/{incarnation}"] = StreamMark(writer_id, incarnation, run, first - 1)
+    return True
 
 
 def _journal_gap(
@@ -341,6 +431,7 @@ def compact(
     before it has records) and the most recently active others, ``keep_runs`` in all
     (at least the protected ones). Safe against concurrent compactors.
     """
+    skip: set[int] = set()
     for attempt in range(1, max_attempts + 1):
         retired: list[str] = []
 
@@ -355,14 +446,19 @@ def compact(
                     keep.add(r)
                 retired.extend(state.retire_runs(keep))
 
-        loaded = load(store, progress=progress, before_fold=retire)
+        loaded = load(store, progress=progress, before_fold=retire, verify=True, skip=skip)
         state = loaded.state
         dropped = _prune_streams(loaded)
-        if loaded.snapshot and loaded.segments_folded == 0 and not retired and not dropped:
+        if loaded.snapshot and loaded.segments_folded == 0 and not retired and not dropped and not skip:
             return CompactResult(loaded.snapshot, False, 0, 0, state.completed_count(), attempt)
         number = state.number
-        with _gc_paused():
-            data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000))
+        base = paths.snapshot_name(loaded.snapshot) if loaded.snapshot else ""
+        try:
+            with _gc_paused(), _bad_base_raises(loaded.snapshot, base):
+                data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000))
+        except _BadBase as exc:
+            skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
+            continue
         key = paths.snapshot_name(number)
         try:
             store.put_if_absent(key, data)
@@ -427,10 +523,11 @@ def gc(
 ) -> GcResult:
     """Delete what the retained snapshots make redundant.
 
-    Keeps the ``retain`` newest snapshots; deletes older snapshots and every segment
-    covered by the oldest retained snapshot that decodes, written more than ``grace``
+    Keeps the ``retain`` newest snapshots; deletes the older snapshots first, then
+    every segment covered by the oldest retained snapshot, written more than ``grace``
     seconds ago, except the last segment of a stream that is not finished (closed, or
-    of a retired run).
+    of a retired run). If that snapshot does not decode, no segment is deleted (a
+    newer one is never used instead: see :func:`_check_base_still_listed`).
     """
     if retain < 1:
         raise ValueError("retain must be >= 1")
@@ -439,25 +536,32 @@ def gc(
     snaps = list_snapshots(store)
     if not snaps:
         return result
-    kept = snaps[-retain:]
+    # Segments are judged by the oldest retained snapshot alone (never a newer one when
+    # it does not decode): a reader that loaded snapshot L and still lists L after its
+    # journal listing relies on every segment deletion so far being covered by a
+    # snapshot no newer than L (:func:`_check_base_still_listed`).
+    oldest = snaps[-retain:][0][1]
     marks: dict[tuple[str, str], tuple[int, bool]] | None = None
-    for _, info in kept:
-        try:
-            body = decode_snapshot_frames(store.read(info.path), info.path).body
-        except (CorruptSnapshot, ObjectNotFound):
-            continue
+    try:
+        body = decode_snapshot_frames(store.read(oldest.path), oldest.path, defer_done_crc=True).body
+    except (CorruptSnapshot, ObjectNotFound):
+        pass  # delete no segment until that snapshot ages out of the retained ones
+    else:
         retired = {r.run_id for r in body.runs if r.retired}
         marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
-        break
-    if marks is None:
-        return result  # nothing decodes: delete nothing
+    # Snapshots older than the retained ones go first, segments after them (see above).
     doomed: list[ObjectInfo] = []
+    for _, o in snaps[:-retain]:
+        doomed.append(o)
+        result.snapshots += 1
+        result.snapshot_bytes += o.size
     streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
-    for o in store.list(paths.JOURNAL_PREFIX):
+    for o in store.list(paths.JOURNAL_PREFIX) if marks is not None else ():
         p = paths.parse_segment(o.path)
         if p is not None:
             streams[(p.writer_id, p.incarnation)].append((p.seq, o))
     for sid, segs in streams.items():
+        assert marks is not None
         mark = marks.get(sid)
         if mark is None:
             continue
@@ -471,15 +575,14 @@ def gc(
             doomed.append(o)
             result.segments += 1
             result.segment_bytes += o.size
-    for _, o in snaps[:-retain]:
-        doomed.append(o)
-        result.snapshots += 1
-        result.snapshot_bytes += o.size
     result.keys = [o.path for o in doomed]
     if not dry_run and doomed:
         with Progress("gc", len(doomed), enabled=progress) as bar:
-            for i in range(0, len(doomed), 1000):
-                chunk = doomed[i : i + 1000]
-                store.delete(o.path for o in chunk)
-                bar.advance(len(chunk))
+            # the old snapshots in calls of their own, before any segment (a batch
+            # delete need not delete in order)
+            for group in (doomed[: result.snapshots], doomed[result.snapshots :]):
+                for i in range(0, len(group), 1000):
+                    chunk = group[i : i + 1000]
+                    store.delete(o.path for o in chunk)
+                    bar.advance(len(chunk))
     return result

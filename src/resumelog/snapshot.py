@@ -142,6 +142,10 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         shape_ids = pack_uints(tags) if any(tags) else b""
     header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids)
     pending = []
+    # Only the streams some pending entry names are stored, renumbered: the table is
+    # bounded by the pending state, not by every writer that ever wrote (invariant 5).
+    stream_ids: list[str] = []
+    renumber: dict[int, int] = {}
     for (run, src), s in state.pending.items():
         keys: list[str] = []
         streams: list[int] = []
@@ -149,7 +153,11 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         deltas: list[int] = []
         for k, si, o, d in s.items():
             keys.append(k)
-            streams.append(si)
+            sj = renumber.get(si)
+            if sj is None:
+                sj = renumber[si] = len(stream_ids)
+                stream_ids.append(state.stream_ids[si])
+            streams.append(sj)
             ords.append(o)
             deltas.append(d)
         pending.append(PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas))
@@ -157,7 +165,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
     retired = set(state.runs) - live
     body = SnapshotBody(
         streams=state.stream_marks(),
-        stream_ids=list(state.stream_ids),
+        stream_ids=stream_ids,
         runs=[state.runs[r] for r in state.run_order],
         pending=pending,
         resets=[Reset(src, sorted(runs - retired)) for src, runs in sorted(state.resets.items()) if runs - retired],
