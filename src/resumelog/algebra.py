@@ -592,6 +592,7 @@ class FoldState:
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
         keep: dict[tuple[str, str], SourceRunState] = {}
         fresh: set[str] | None = None  # set(done), made when first needed (rarely)
+        took: list[tuple[str, str]] = []
         damaged = {r for r, info in self.runs.items() if info.damaged}
         provisional = self.provisional
         resets = self.resets
@@ -626,14 +627,25 @@ class FoldState:
                 s.tainted = True
                 continue
             if src in added or (check_base and src not in removed and find(src) >= 0):  # is_completed(src)
-                # Already complete (by another run): completion is sticky, and the state
-                # is kept, to take over if that completion is voided or reopened. Two
-                # runs draining it in one evaluation: the smaller run id holds it, so
-                # the result does not depend on the order the records came in.
+                # Already complete (by another run): completion is sticky, and of two
+                # runs that drained it the smaller run id holds it, whenever each was
+                # evaluated (in this evaluation, an earlier round or an earlier
+                # snapshot), so the holder does not depend on the order the records
+                # came in or on the compaction schedule. The other run's drained state
+                # is kept, to take over if the completion is voided or reopened.
+                holder = self.completed_run(src)
+                assert holder is not None
+                if run >= holder:
+                    continue
                 if fresh is None:
                     fresh = set(done)
-                if src not in fresh or run >= added[src]:
-                    continue
+                if src not in fresh:  # held since an earlier evaluation: take it over
+                    held = self._reopened(self.done_entries_of(src))
+                    self._uncomplete(src, touch=False)
+                    info = self.runs.get(holder)
+                    if info is not None and not info.retired:
+                        pending[(holder, src)] = held
+                    took.append(k)
             else:
                 done.append(src)
                 if fresh is not None:
@@ -649,6 +661,9 @@ class FoldState:
                 done_shapes[src] = intern(keys, deltas, src)
         for src in done:  # the state that completed it (the smaller run, if two did)
             del pending[(added[src], src)]
+        for k in took:  # a completion taken over from a larger run id
+            if added.get(k[1]) == k[0]:
+                del pending[k]
         if provisional is not None:
             provisional.update(done)
         self._touched = keep
