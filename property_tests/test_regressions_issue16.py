@@ -15,6 +15,7 @@ import pytest
 import resumelog
 from resumelog import compactor, paths
 from resumelog import format as fmt
+from resumelog.errors import StorageError
 from resumelog.format import FRAME_HEADER_SIZE, PREAMBLE_SIZE, decode_snapshot_frames
 from resumelog.storage import MemoryStore
 
@@ -39,11 +40,28 @@ def nonzero(counts) -> dict[str, int]:
 # --------------------------------------------------------------------------- r1
 
 
-def test_reader_racing_compaction_and_gc_does_not_complete_an_undrained_source(store):
+class GcDiesAfterFirstDelete(MemoryStore):
+    """A GC process killed after its first delete request (the rest never happen)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.deletes = 0
+
+    def delete(self, keys):
+        self.deletes += 1
+        if self.deletes > 1:
+            raise StorageError("the GC process died")
+        super().delete(keys)
+
+
+@pytest.mark.parametrize("gc_dies", [False, True], ids=["gc-completes", "gc-dies-after-first-delete"])
+def test_reader_racing_compaction_and_gc_does_not_complete_an_undrained_source(store, gc_dies):
     """Safety (1), r1. Was: a reader that loaded snapshot N, then listed the journal
     after other processes had published N+1..N+3 and GC had collected a closed
     stream's segment N did not cover (a fan-out ``+1``), saw no gap, folded the tail
-    without the ``+1`` and reported ``is_completed('S') = True`` with a task in flight."""
+    without the ``+1`` and reported ``is_completed('S') = True`` with a task in flight.
+    With ``gc_dies`` the GC stops after its first delete request: the reader's check
+    (its snapshot still listed?) is sound only because GC deletes old snapshots first."""
     ck = resumelog.open(store, run_id="run1")
     y = ck.writer("Y")  # long-lived writer, stays open
     y.emit("S")
@@ -64,7 +82,11 @@ def test_reader_racing_compaction_and_gc_does_not_complete_an_undrained_source(s
                 z.complete(f"unrelated-{i}")
             other.compact()
         age_journal(store)
-        other.gc()  # retain=3, grace=1 h: may collect X/0 (closed, covered)
+        if gc_dies:
+            with pytest.raises(StorageError):
+                compactor.gc(GcDiesAfterFirstDelete(store.name))
+        else:
+            other.gc()  # retain=3, grace=1 h: may collect X/0 (closed, covered)
 
     fired = []
 
