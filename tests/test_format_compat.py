@@ -1,6 +1,9 @@
-"""Checkpoints written in format version 1 (``tests/data/format_v1``, made by
-``tests/data/make_format_v1.py`` at commit 3c839ee) open, fold and compact with the
-current reader, which writes version 2 from then on (docs/format.md §9)."""
+"""Checkpoints written by older format versions open, fold and compact with the current
+reader, which writes the current version from then on (docs/format.md §9).
+
+One committed fixture per version, each holding the same history: version 1
+(``tests/data/format_v1``, made by ``tests/data/make_format_v1.py`` at commit 3c839ee)
+and version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from resumelog import paths
 from resumelog.format import FORMAT_VERSION, SNAPSHOT_FRAMES, decode_snapshot_frames, split_frames
 
 DATA = Path(__file__).parent / "data" / "format_v1"
+FIXTURES = {1: DATA, 2: Path(__file__).parent / "data" / "format_v2"}
 COMPLETED = sorted(
     ["c0", "c1", "c2", "c3", "c4", "old0", "old1", "old2", "oldsimple", "s20", "ü-unicode"]
     + [f"s{i}" for i in range(10)]
@@ -27,6 +31,23 @@ def v1(tmp_path: Path) -> Path:
     return dst
 
 
+@pytest.fixture(params=sorted(FIXTURES), ids=lambda v: f"v{v}")
+def old(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[int, Path]:
+    """A copy of each older version's fixture: ``(version, path)``."""
+    dst = tmp_path / f"v{request.param}"
+    shutil.copytree(FIXTURES[request.param], dst)
+    return request.param, dst
+
+
+@pytest.mark.parametrize("version", sorted(FIXTURES))
+def test_each_fixture_is_really_its_version(version: int):
+    for n in (1, 2):
+        data = (FIXTURES[version] / paths.snapshot_name(n)).read_bytes()
+        assert int.from_bytes(data[6:8], "big") == version
+    for seg in (FIXTURES[version] / "journal").rglob("*.seg"):
+        assert int.from_bytes(seg.read_bytes()[6:8], "big") == version
+
+
 def test_the_fixture_is_really_version_1():
     data = (DATA / paths.snapshot_name(2)).read_bytes()
     assert int.from_bytes(data[6:8], "big") == 1
@@ -34,8 +55,8 @@ def test_the_fixture_is_really_version_1():
     assert decode_snapshot_frames(data).legacy_done  # entries by source, the old layout
 
 
-def test_a_version_1_checkpoint_opens_with_the_same_answers(v1: Path):
-    ck = resumelog.open(v1, create=False, run_id="check")
+def test_an_older_checkpoint_opens_with_the_same_answers(old: tuple[int, Path]):
+    ck = resumelog.open(old[1], create=False, run_id="check")
     assert sorted(ck.completed) == COMPLETED
     assert ck.pending(["p0", "s0", "new"]) == ["p0", "new"]
     assert ck.completed_run("old1") == "run0" and ck.completed_run("s3") == "run1"
@@ -57,15 +78,16 @@ def check_after_late(url: Path) -> None:
     assert sorted(ck.completed) == [s for s in COMPLETED if s != "s5"]
 
 
-def test_late_records_use_the_version_1_entries(v1: Path):
-    late_records(v1)
-    check_after_late(v1)
+def test_late_records_use_the_older_entries(old: tuple[int, Path]):
+    late_records(old[1])
+    check_after_late(old[1])
 
 
-def test_compaction_rewrites_version_1_as_version_2_keeping_every_entry(v1: Path):
+def test_compaction_rewrites_an_older_version_as_the_current_keeping_every_entry(old: tuple[int, Path]):
+    v1 = old[1]
     res = resumelog.open(v1, run_id="c").compact()
     data = (v1 / paths.snapshot_name(res.snapshot)).read_bytes()
-    assert int.from_bytes(data[6:8], "big") == FORMAT_VERSION == 2
+    assert int.from_bytes(data[6:8], "big") == FORMAT_VERSION
     frames = decode_snapshot_frames(data)
     assert len(split_frames(data, ord("N"))) == SNAPSHOT_FRAMES and frames.legacy_done is None
     assert len(frames.shape_ids) == len(COMPLETED)  # u8 per id; the lineage sources share shapes

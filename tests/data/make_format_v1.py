@@ -28,12 +28,17 @@ def main() -> None:
     if fmt.FORMAT_VERSION != 1:
         sys.exit("needs resumelog writing format version 1 (commit 3c839ee or earlier)")
     shutil.rmtree(HERE, ignore_errors=True)
-    with resumelog.open(HERE, run_id="run0") as ck, ck.writer("w0") as w:
+    write_history(HERE)
+
+
+def write_history(root: Path) -> None:
+    """The history every format fixture holds (``make_format_v2.py`` reuses it)."""
+    with resumelog.open(root, run_id="run0") as ck, ck.writer("w0") as w:
         for i in range(3):
             lineage(w, f"old{i}")
         w.complete("oldsimple")
-    resumelog.open(HERE, run_id="run0").compact()
-    with resumelog.open(HERE, run_id="run1") as ck:
+    resumelog.open(root, run_id="run0").compact()
+    with resumelog.open(root, run_id="run1") as ck:
         with ck.writer("w1") as w:
             for i in range(10):
                 lineage(w, f"s{i}")
