@@ -17,6 +17,7 @@ from resumelog.cli._common import (
     EXIT_OK,
     EXIT_PROBLEMS,
     Scrubber,
+    classify_error,
     dump_json,
     fail,
     human_age,
@@ -276,7 +277,6 @@ def _compact_every(ctx: Ctx, every: float) -> int:
     """The sidecar loop: the store alone (no view is loaded, so a checkpoint that cannot
     be read yet only fails its ticks), a compaction now and every ``every`` seconds."""
     from resumelog import compactor
-    from resumelog.cli._main import _classify
 
     store = open_store(ctx)
     require_checkpoint(ctx, store)
@@ -288,7 +288,7 @@ def _compact_every(ctx: Ctx, every: float) -> int:
             try:
                 r = compactor.compact(store, keep_runs=ctx.args.keep_runs, progress=False)
             except Exception as exc:  # noqa: BLE001 - reported; the next tick retries
-                message = ctx.scrub(" ".join(_classify(exc)[1].split()))
+                message = ctx.scrub(" ".join(classify_error(exc)[1].split()))
                 if ctx.json:
                     dump_json({"url": store.url, "error": message, "seconds": round(time.perf_counter() - t0, 3)})
                 else:
@@ -473,7 +473,6 @@ def cmd_inspect(ctx: Ctx) -> int:
 
 def cmd_watch(ctx: Ctx) -> int:
     import resumelog
-    from resumelog.cli._main import _classify
     from resumelog.cli._watch import run_watch
     from resumelog.errors import ObjectNotFound
 
@@ -495,7 +494,7 @@ def cmd_watch(ctx: Ctx) -> int:
 
         if isinstance(exc, CliError):
             raise exc
-        return ctx.scrub(" ".join(_classify(exc)[1].split()))
+        return ctx.scrub(" ".join(classify_error(exc)[1].split()))
 
     try:
         return run_watch(

@@ -1,4 +1,4 @@
-"""Shared helpers of the CLI: exit codes, option parsing, secret scrubbing, printing."""
+"""Shared helpers of the CLI: exit codes, error classification, option parsing, secret scrubbing, printing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "Scrubber",
+    "classify_error",
     "dump_json",
     "human_age",
     "human_bytes",
@@ -54,6 +55,31 @@ class CliError(Exception):
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Raise a :class:`CliError`."""
     raise CliError(message, code)
+
+
+def classify_error(exc: BaseException) -> tuple[int, str]:
+    """Exit code and one-line message for an exception raised by a command."""
+    from resumelog import errors
+
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, errors.CorruptObject):
+        return EXIT_PROBLEMS, f"corrupt object: {exc} (run 'resumelog verify URL' for a full report)"
+    if isinstance(exc, errors.UnsupportedFormat):
+        return EXIT_USAGE, f"{exc}"
+    if isinstance(exc, errors.StorageError):
+        return EXIT_FAILED, f"storage error: {exc.strerror or exc}"
+    if isinstance(exc, (errors.InvalidId, errors.UnsupportedBackend, errors.FingerprintMismatch)):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, errors.ObjectNotFound):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, ImportError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError, OSError)):
+        return EXIT_FAILED, f"storage error: {type(exc).__name__}: {exc}"
+    if isinstance(exc, errors.ResumelogError):
+        return EXIT_FAILED, str(exc)
+    return EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
 
 
 # --------------------------------------------------------------------------- options

@@ -20,12 +20,10 @@ from collections.abc import Callable, Sequence
 from resumelog.cli import _commands as _c
 from resumelog.cli._commands import Ctx
 from resumelog.cli._common import (
-    EXIT_FAILED,
     EXIT_OK,
-    EXIT_PROBLEMS,
     EXIT_USAGE,
-    CliError,
     Scrubber,
+    classify_error,
     duration_arg,
     parse_storage_options,
 )
@@ -170,32 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --------------------------------------------------------------------------- errors
-
-
-def _classify(exc: BaseException) -> tuple[int, str]:
-    """Exit code and one-line message for an exception raised by a command."""
-    from resumelog import errors
-
-    if isinstance(exc, CliError):
-        return exc.code, str(exc)
-    if isinstance(exc, errors.CorruptObject):
-        return EXIT_PROBLEMS, f"corrupt object: {exc} (run 'resumelog verify URL' for a full report)"
-    if isinstance(exc, errors.UnsupportedFormat):
-        return EXIT_USAGE, f"{exc}"
-    if isinstance(exc, errors.StorageError):
-        return EXIT_FAILED, f"storage error: {exc.strerror or exc}"
-    if isinstance(exc, (errors.InvalidId, errors.UnsupportedBackend, errors.FingerprintMismatch)):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, errors.ObjectNotFound):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, ImportError):
-        return EXIT_USAGE, str(exc)
-    if isinstance(exc, (PermissionError, ConnectionError, TimeoutError, OSError)):
-        return EXIT_FAILED, f"storage error: {type(exc).__name__}: {exc}"
-    if isinstance(exc, errors.ResumelogError):
-        return EXIT_FAILED, str(exc)
-    return EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+# --------------------------------------------------------------------------- logging
 
 
 def _one_line(text: str) -> str:
@@ -273,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
-        code, message = _classify(exc)
+        code, message = classify_error(exc)
         if debug:
             tb = "".join(traceback.format_exception(exc))
             sys.stderr.write(scrub(tb))
