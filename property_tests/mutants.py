@@ -121,8 +121,8 @@ MUTANTS = [
     Mutant(
         "late_record_keeps_completion",
         "algebra.py",
-        "        if old == delta:\n            return None  # same-key duplicate",
-        "        if True:\n            return None  # same-key duplicate",
+        "        if old == delta:\n            self._add_writer(source, entries, key, stream)\n            return None",
+        "        if True:\n            return None",
         "a late record for a completed source (a fan-out +k after a snapshot) is ignored",
     ),
     Mutant(
@@ -181,6 +181,20 @@ MUTANTS = [
         "                if src not in fresh:  # held since an earlier evaluation: take it over",
         "                if src not in fresh:  # mutant: no takeover\n                    continue\n                if False:",
         "r4 case 2: the run that drained first holds a completion, not the smaller run id",
+    ),
+    Mutant(
+        "done_writers_forgotten",
+        "algebra.py",
+        "        if writers is None or len(writers) != len(entries):\n            writers = (pseudo,) * len(entries)",
+        "        if True:\n            writers = (pseudo,) * len(entries)",
+        "r4 case 1: a collapsed completion forgets which stream wrote each key (a same-stream rewrite is a conflict)",
+    ),
+    Mutant(
+        "duplicate_writer_not_added",
+        "algebra.py",
+        "        if writers is None:\n            return  # reserved keys",
+        "        if True:\n            return  # reserved keys",
+        "a duplicate from another stream after completion is not recorded as a writer of the key",
     ),
     Mutant(
         "snapshot_forgets_emitted_flag",

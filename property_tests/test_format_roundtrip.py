@@ -34,7 +34,7 @@ def test_segment_round_trip(header, batches, closed):
     assert seg.record_count == sum(len(b) for b in batches)
 
 
-@given(records=st.lists(st.tuples(rst.text_ids(min_size=0), rst.text_ids(), rst.deltas(), st.booleans()), max_size=20))
+@given(records=st.lists(st.tuples(rst.writer_keys(), rst.text_ids(), rst.deltas(), st.booleans()), max_size=20))
 @budget(1)
 def test_records_written_by_a_writer_read_back_exactly(records):
     store = MemoryStore(f"rt-{uuid.uuid4().hex}")

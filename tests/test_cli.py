@@ -112,7 +112,7 @@ def flip_byte(path: Path, at: int | None = None) -> None:
 def test_status_counts(ckpt: str) -> None:
     st = run_json("status", ckpt)
     assert st["url"] == ckpt
-    assert st["format_version"] == fmt.FORMAT_VERSION == 2
+    assert st["format_version"] == fmt.FORMAT_VERSION == 3
     assert st["fingerprint"] == {"n": 17}
     assert st["completed"] == 15
     assert st["pending"] == 2
@@ -345,7 +345,7 @@ def test_inspect_snapshot_json(ckpt: str) -> None:
     assert {c["run"] for c in doc["completed"]} == {"r1"}
     assert [r["run_id"] for r in doc["runs"]] == ["r1"]
     assert [s["writer_id"] for s in doc["streams"]] == ["w1"] and doc["streams"][0]["seq"] == 10
-    assert len(doc["frames"]) == 8  # header, body, 4 index arrays, shape ids, shape table
+    assert len(doc["frames"]) == 9  # header, body, 4 index arrays, shape ids, shape table, done writers
     limited = run_json("inspect", ckpt, paths.snapshot_name(1), "--limit", "3")
     assert len(limited["completed"]) == 3 and limited["completed_truncated"] is True
     meta = run_json("inspect", ckpt, paths.META)

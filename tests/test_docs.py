@@ -112,6 +112,7 @@ STRUCTS = [
     fmt.PendingEntry,
     fmt.Anomaly,
     fmt.DoneChunk,
+    fmt.DoneWriters,
 ]
 
 
@@ -131,9 +132,10 @@ def test_format_spec_lists_every_field_in_wire_order(struct: type[msgspec.Struct
 
 def test_format_spec_constants() -> None:
     text = (DOCS / "format.md").read_text()
-    assert fmt.FORMAT_VERSION == 2 and "# Format specification (version 2)" in text
+    assert fmt.FORMAT_VERSION == 3 and "# Format specification (version 3)" in text
     assert fmt.MAGIC == b"RSLG" and fmt.PREAMBLE_SIZE == 24 and fmt.FRAME_HEADER_SIZE == 8
-    assert fmt.SNAPSHOT_FRAMES == 8 and "Exactly **8 frames**" in text
+    assert fmt.SNAPSHOT_FRAMES == 9 and "Exactly **9 frames**" in text
+    assert fmt.SNAPSHOT_FRAMES_V2 == 8 and "has **8 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V1 == 7 and "has **7 frames**" in text
     for kind in (fmt.KIND_SEGMENT, fmt.KIND_SNAPSHOT, fmt.KIND_META):
         assert f"`0x{kind:02X}` `'{chr(kind)}'`" in text

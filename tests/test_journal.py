@@ -301,3 +301,17 @@ def test_a_forked_child_drops_the_parents_writers_and_sigterm_hook(sigterm_befor
     assert signal.getsignal(signal.SIGTERM) is journal._on_sigterm  # the parent keeps its hook
     w.close()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("key, delta, emission", [("\x00done", -1, False), ("\x00emit", 2, True), ("\x00x", 0, False)])
+def test_reserved_keys_are_refused_by_record(key, delta, emission):
+    """Keys beginning with NUL belong to emit()/complete(), whose deltas are fixed (RFC 0003)."""
+    w = Writer(MemoryStore("reserved-keys"), "w", "run")
+    with pytest.raises(InvalidId, match="reserved"):
+        w.record(key, "s", delta, emission=emission)
+    assert w.buffered == 0
+    w.record("\x00emit", "s", 1, emission=True)  # exactly what emit("s") writes
+    w.emit("s")
+    w.complete("s")
+    assert w.buffered == 4
+    w.closed = True

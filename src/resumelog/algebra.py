@@ -76,7 +76,12 @@ DONE_KEY = "\x00done"
 SIMPLE_COMPLETION: Mapping[str, int] = {EMIT_KEY: 1, DONE_KEY: -1}
 """Final deltas of a source completed by ``complete()``; not stored per source."""
 REOPENED_STREAM = "\x00reopened"
-"""Stream id of the entries of a completion reopened by a late record."""
+"""Pseudo-stream of a collapsed completion's entries written by streams that are closed
+(or unknown): it never writes again, so its value of a key is final."""
+
+Writers = tuple["int | tuple[int, ...]", ...]
+"""Per element of a completion's shape: the stream index that wrote the key (an ``int``)
+or a sorted tuple of them (several streams wrote the same value)."""
 
 
 class SourceRunState:
@@ -229,6 +234,11 @@ class FoldState:
     """Final entries of completions made by this fold, as ids into ``shapes`` (absent:
     :data:`SIMPLE_COMPLETION`); millions are held as small ints."""
     shapes: ShapeTable = field(default_factory=ShapeTable)
+    done_writers: dict[str, Writers] = field(default_factory=dict)
+    """Which streams wrote each key of a completion (shape order; see :data:`Writers`):
+    completions made by this fold, and base completions whose writers changed (a
+    duplicate from another stream). Absent: the base's (frame 8), or none known."""
+    _writer_tuples: dict[Writers, Writers] = field(default_factory=dict)
     provisional: set[str] | None = None
     """While a fold evaluates in rounds to bound memory: sources completed by an
     intermediate evaluation, which a record later in the same fold may reopen quietly
@@ -408,7 +418,7 @@ class FoldState:
             ordinal += 1
             entries = ents[si]
             if entries is None:
-                late = self._late(run, batch.sources[si], key, delta)
+                late = self._late(run, batch.sources[si], key, delta, stream)
                 if late is None:
                     continue
                 states[si] = late
@@ -442,7 +452,7 @@ class FoldState:
                 if delta > 0:
                     src = b.sources[si]
                     if self.completed_run(src) == header.run_id:
-                        s = self._late(header.run_id, src, key, delta)
+                        s = self._late(header.run_id, src, key, delta, stream)
                         if s is None:
                             ordinal += 1
                             continue
@@ -457,7 +467,7 @@ class FoldState:
                     s.apply(key, stream, ordinal, delta)
                 ordinal += 1
 
-    def _late(self, run: str, source: str, key: str, delta: int) -> SourceRunState | None:
+    def _late(self, run: str, source: str, key: str, delta: int, stream: int) -> SourceRunState | None:
         """A record of run ``run`` for ``source``, which that run already completed.
 
         The completion kept the source's final ``key -> delta`` entries, so the fold can
@@ -472,15 +482,24 @@ class FoldState:
         entries = self.done_entries_of(source)
         old = entries.get(key)
         if old == delta:
+            self._add_writer(source, entries, key, stream)
             return None  # same-key duplicate of a record the completion included
         if old is None and delta == 0:
             kept = dict(entries)
             kept[key] = 0
+            writers = self.done_writers_of(source)
+            pseudo = self._stream(REOPENED_STREAM)
+            by_key = dict(zip(entries, writers)) if writers is not None else {}
             self._uncomplete(source, touch=False)
             self.added[source] = run
-            self.done_shapes[source] = self.shapes.intern(kept, source)
+            sid, order = self.shapes.intern_ordered(list(kept), tuple(kept.values()), source)
+            self.done_shapes[source] = sid
+            ws = [by_key.get(k, pseudo) for k in kept]
+            ws[-1] = stream
+            w = tuple([ws[i] for i in order])
+            self.done_writers[source] = self._writer_tuples.setdefault(w, w)
             return None
-        s = self._reopened(entries)
+        s = self._reopened(entries, self.done_writers_of(source))
         self._uncomplete(source)
         if self.provisional is not None and source in self.provisional:
             self.provisional.discard(source)  # evaluated before all its records were folded
@@ -494,14 +513,58 @@ class FoldState:
         self._touched[(run, source)] = s
         return s
 
-    def _reopened(self, entries: Mapping[str, int]) -> SourceRunState:
-        """A pending state holding a collapsed completion's final entries (emitted)."""
+    def _reopened(self, entries: Mapping[str, int], writers: Writers | None) -> SourceRunState:
+        """A pending state holding a collapsed completion's final entries (emitted),
+        each attributed to the streams that wrote it (``writers``, shape order; closed
+        or unknown writers: :data:`REOPENED_STREAM`), at ordinal ``-1``: a later record
+        of a writer is a rewrite, as if the state had never collapsed."""
         s = SourceRunState()
         s.emitted = True
-        stream = self._stream(REOPENED_STREAM)
-        for k, d in entries.items():
-            s.entries[k] = (stream, -1, d)
+        pseudo = self._stream(REOPENED_STREAM)
+        if writers is None or len(writers) != len(entries):
+            writers = (pseudo,) * len(entries)
+        for (k, d), w in zip(entries.items(), writers):
+            if isinstance(w, int):
+                s.entries[k] = (w, -1, d)
+            else:
+                s.entries[k] = {x: (-1, d) for x in w}
+                s.multi = True
         return s
+
+    def done_writers_of(self, source: str) -> Writers | None:
+        """The writers of a completed source's entries (shape order), in this state's
+        stream indexes; ``None`` when none are known (all attributed to closed ones)."""
+        w = self.done_writers.get(source)
+        if w is not None or source in self.added or self.base_done is None:
+            return w
+        stored = self.base_done.writers(source)
+        if stored is None:
+            return None
+        table = self.base_done.all_writers()[0]
+        pseudo = self._stream(REOPENED_STREAM)
+
+        def one(x: int) -> int:
+            return pseudo if x < 0 else self._stream(table[x])
+
+        out = tuple(one(e) if isinstance(e, int) else tuple(sorted({one(x) for x in e})) for e in stored)
+        return self._writer_tuples.setdefault(out, out)
+
+    def _add_writer(self, source: str, entries: Mapping[str, int], key: str, stream: int) -> None:
+        """A duplicate of completed ``source``'s ``key`` from ``stream``: it becomes one
+        more writer of the key (a later rewrite by another writer is then a conflict,
+        as in a fold that never collapsed the state)."""
+        writers = self.done_writers_of(source)
+        if writers is None:
+            return  # reserved keys (their value never changes) or writers unknown (all final)
+        i = list(entries).index(key)
+        e = writers[i]
+        have = (e,) if isinstance(e, int) else e
+        if stream in have:
+            return
+        new = list(writers)
+        new[i] = tuple(sorted({*have, stream}))
+        w = tuple(new)
+        self.done_writers[source] = self._writer_tuples.setdefault(w, w)
 
     def _uncomplete(self, source: str, *, touch: bool = True) -> None:
         # Keeps the invariant the O(1) counts rely on: an id in both ``added`` and the
@@ -509,6 +572,7 @@ class FoldState:
         # passing here: ``finish`` adds only ids that are not complete).
         self.added.pop(source, None)
         self.done_shapes.pop(source, None)
+        self.done_writers.pop(source, None)
         if self.base.find(source) >= 0:
             self.removed.add(source)
         if touch:
@@ -559,7 +623,7 @@ class FoldState:
             # as its pending states (the lost segment may hold a fan-out of them): void
             # them. Completions published by earlier folds stand.
             for src in [src for src in self.provisional if self.added.get(src) == run_id]:
-                s = self._reopened(self.done_entries_of(src))
+                s = self._reopened(self.done_entries_of(src), self.done_writers_of(src))
                 s.tainted = True
                 self._uncomplete(src)
                 self.provisional.discard(src)
@@ -598,7 +662,9 @@ class FoldState:
         resets = self.resets
         added = self.added
         done_shapes = self.done_shapes
-        intern = self.shapes.intern_keys
+        done_writers = self.done_writers
+        writer_tuples = self._writer_tuples
+        intern = self.shapes.intern_ordered
         check_base = self.base.count > 0
         removed = self.removed
         find = self.base.find
@@ -640,7 +706,7 @@ class FoldState:
                 if fresh is None:
                     fresh = set(done)
                 if src not in fresh:  # held since an earlier evaluation: take it over
-                    held = self._reopened(self.done_entries_of(src))
+                    held = self._reopened(self.done_entries_of(src), self.done_writers_of(src))
                     self._uncomplete(src, touch=False)
                     info = self.runs.get(holder)
                     if info is not None and not info.retired:
@@ -657,8 +723,13 @@ class FoldState:
                 deltas = tuple(final.values())
             if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
                 done_shapes.pop(src, None)
+                done_writers.pop(src, None)  # reserved keys: their deltas never change
             else:
-                done_shapes[src] = intern(keys, deltas, src)
+                done_shapes[src], order = intern(keys, deltas, src)
+                ents = s.entries
+                ws = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
+                w = tuple([ws[i] for i in order])
+                done_writers[src] = writer_tuples.setdefault(w, w)
         for src in done:  # the state that completed it (the smaller run, if two did)
             del pending[(added[src], src)]
         for k in took:  # a completion taken over from a larger run id

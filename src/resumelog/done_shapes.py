@@ -22,6 +22,7 @@ from itertools import repeat
 import msgspec
 
 from resumelog.errors import CorruptSnapshot
+from resumelog.format import decode_done_writers
 from resumelog.idset import CompletedIndex, counted_uints
 
 __all__ = ["BaseDone", "Shape", "ShapeTable"]
@@ -40,11 +41,12 @@ def _exact_key(shape: Shape) -> tuple[tuple[tuple[str, ...], ...], tuple[int, ..
 class ShapeTable:
     """An append-only table of shapes with interning (ids ``1..len``)."""
 
-    __slots__ = ("_ids", "shapes")
+    __slots__ = ("_fast", "_ids", "shapes")
 
     def __init__(self, shapes: list[Shape] | None = None) -> None:
         self.shapes: list[Shape] = []
         self._ids: dict[object, int] = {}
+        self._fast: dict[object, tuple[int, tuple[int, ...]]] = {}  # lookup key -> (id, order)
         for shape in shapes or ():
             self.add(shape)
 
@@ -66,6 +68,13 @@ class ShapeTable:
     def intern_keys(self, keys: Collection[str], deltas: tuple[int, ...], source: str) -> int:
         """:meth:`intern` of the entries ``zip(keys, deltas)`` (distinct keys), without
         building them: the fold's hot path, which holds keys and deltas apart."""
+        return self.intern_ordered(keys, deltas, source)[0]
+
+    def intern_ordered(
+        self, keys: Collection[str], deltas: tuple[int, ...], source: str
+    ) -> tuple[int, tuple[int, ...]]:
+        """:meth:`intern_keys`, and the order of the shape's elements: element ``i`` of
+        the shape is the entry ``order[i]`` of ``keys``."""
         # Fast lookup key, in the entries' own order (each order seen is cached; all
         # map to the one sorted shape): keys joined by NUL, the id replaced by \1 —
         # one string, under 1 us for five keys. Exact (every key's parts can be read
@@ -79,11 +88,12 @@ class ShapeTable:
             fast = (tuple(map(tuple, map(str.split, keys, repeat(source)))), deltas)
         else:
             fast = (tuple((k,) for k in keys), deltas)
-        sid = self._ids.get(fast)
-        if sid is None:
-            shape: Shape = sorted([(k.split(source) if source else [k], d) for k, d in zip(keys, deltas)])
-            sid = self._ids[fast] = self.add(shape)
-        return sid
+        hit = self._fast.get(fast)
+        if hit is None:
+            unsorted = [(k.split(source) if source else [k], d) for k, d in zip(keys, deltas)]
+            order = tuple(sorted(range(len(unsorted)), key=unsorted.__getitem__))
+            hit = self._fast[fast] = (self.add([unsorted[i] for i in order]), order)
+        return hit
 
     def add(self, shape: Shape) -> int:
         """The id of ``shape`` (an equal one already in the table, or a new one)."""
@@ -122,7 +132,19 @@ class BaseDone:
     ``legacy`` instead: a loader of its ``source -> {key: delta}`` map.
     """
 
-    __slots__ = ("_legacy", "_legacy_map", "_shape_ids", "_shapes", "_table", "_verified", "_verify", "index", "path")
+    __slots__ = (
+        "_legacy",
+        "_legacy_map",
+        "_shape_ids",
+        "_shapes",
+        "_table",
+        "_verified",
+        "_verify",
+        "_writers",
+        "_writers_raw",
+        "index",
+        "path",
+    )
 
     def __init__(
         self,
@@ -132,8 +154,11 @@ class BaseDone:
         verify: Callable[[], None],
         path: str = "",
         legacy: Callable[[], dict[str, dict[str, int]]] | None = None,
+        writers: memoryview | bytes = b"",
     ) -> None:
         self.index = index
+        self._writers_raw = writers
+        self._writers: tuple[list[str], dict[str, list[int | list[int]]]] | None = None
         self.path = path
         self._shape_ids = shape_ids
         self._shapes = shapes
@@ -165,6 +190,35 @@ class BaseDone:
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise CorruptSnapshot(f"malformed shape table: {exc}", self.path) from None
         return self._table
+
+    def writers_raw(self) -> memoryview | bytes:
+        """Frame 8 as stored (CRC-checked)."""
+        self._checked()
+        return self._writers_raw
+
+    def _writer_map(self) -> tuple[list[str], dict[str, list[int | list[int]]]]:
+        if self._writers is None:
+            self._checked()
+            dw = decode_done_writers(self._writers_raw, self.path)
+            self._writers = (dw.streams, dict(zip(dw.sources, dw.writers)))
+        return self._writers
+
+    def has_writers(self) -> bool:
+        """Whether frame 8 names any completion (without decoding it)."""
+        return bool(self._writers_raw)
+
+    def writers(self, source: str) -> list[int | list[int]] | None:
+        """The stored writers of ``source``'s entries (frame-local stream indexes, shape
+        order; :class:`~resumelog.format.DoneWriters`), or ``None``."""
+        if not self._writers_raw:
+            return None
+        return self._writer_map()[1].get(source)
+
+    def all_writers(self) -> tuple[list[str], dict[str, list[int | list[int]]]]:
+        """``(stream table, source -> writers)`` of frame 8."""
+        if not self._writers_raw:
+            return [], {}
+        return self._writer_map()
 
     @property
     def legacy(self) -> bool:

@@ -34,9 +34,11 @@ __all__ = [
     "KIND_SNAPSHOT",
     "SNAPSHOT_FRAMES",
     "SNAPSHOT_FRAMES_V1",
+    "SNAPSHOT_FRAMES_V2",
     "Anomaly",
     "Batch",
     "DoneChunk",
+    "DoneWriters",
     "Meta",
     "PendingEntry",
     "Reset",
@@ -51,9 +53,11 @@ __all__ = [
     "TornSegment",
     "crc32c",
     "decode_done_entries",
+    "decode_done_writers",
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
+    "encode_done_writers",
     "encode_meta",
     "encode_object",
     "encode_segment",
@@ -65,7 +69,7 @@ __all__ = [
     "verify_done",
 ]
 
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 MAGIC: Final = b"RSLG"
 KIND_SEGMENT: Final = ord("S")
 KIND_SNAPSHOT: Final = ord("N")
@@ -427,12 +431,30 @@ def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
 
 # --------------------------------------------------------------------------- snapshots
 
-SNAPSHOT_FRAMES: Final = 8
+SNAPSHOT_FRAMES: Final = 9
 """header, body, u32 hashes, u32|u64 offsets, completing-run indexes, id blob, shape ids,
-shape table (format version 2; version 1 has 7 frames, see :class:`DoneChunk`)."""
+shape table, done writers (format version 3; version 2 has 8 frames, no done writers;
+version 1 has 7, see :class:`DoneChunk`)."""
+SNAPSHOT_FRAMES_V2: Final = 8
 SNAPSHOT_FRAMES_V1: Final = 7
 EMPTY_SHAPE_TABLE: Final = b"\x90"
 """Frame 7 with no shapes (a msgpack empty array)."""
+
+
+class DoneWriters(msgspec.Struct, array_like=True):
+    """Frame 8 (format version 3): which *open* streams wrote each key of a completion.
+
+    ``sources[i]`` is a completed id whose entries some still-open stream wrote;
+    ``writers[i]`` has one element per element of its shape (shape order): ``-1`` (only
+    closed streams wrote the key), ``j >= 0`` (open stream ``streams[j]`` alone), or an
+    array of such values (several streams, ``-1`` among them if closed ones too).
+    Completions absent here were written by closed streams only (or are
+    ``complete()`` completions, whose reserved keys never change value).
+    """
+
+    streams: list[str]
+    sources: list[str]
+    writers: list[list[int | list[int]]]
 
 
 class DoneChunk(msgspec.Struct, array_like=True, frozen=True):
@@ -456,6 +478,8 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     """Frame 6: the shape id of every completed id (empty: all ``0``)."""
     shapes: memoryview = memoryview(EMPTY_SHAPE_TABLE)
     """Frame 7: the shape table, msgpack (``done_shapes.ShapeTable.encode``)."""
+    writers: memoryview = memoryview(b"")
+    """Frame 8: :class:`DoneWriters`, msgpack, or empty (none); version 3."""
     deferred: tuple[tuple[memoryview, int], ...] = ()
     """Frames whose CRC is checked on first use, with their CRCs (:func:`verify_done`)."""
     legacy_done: list[DoneChunk] | None = None
@@ -492,6 +516,7 @@ def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
             frames.blob,
             frames.shape_ids,
             frames.shapes,
+            frames.writers,
         ],
     )
 
@@ -509,7 +534,7 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
     version = header.format_version
     if version > FORMAT_VERSION:
         raise UnsupportedFormat(f"snapshot format version {version} is newer", path)
-    expected = SNAPSHOT_FRAMES if version >= 2 else SNAPSHOT_FRAMES_V1
+    expected = {1: SNAPSHOT_FRAMES_V1, 2: SNAPSHOT_FRAMES_V2}.get(version, SNAPSHOT_FRAMES)
     if len(frames) != expected:
         raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {expected}", path)
     body: SnapshotBody = _decode(_dec_snap_body, frames[1], "snapshot body", CorruptSnapshot, path)
@@ -528,8 +553,10 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
     if not ok:
         raise CorruptSnapshot("completed-id arrays do not match the declared count", path)
     late = tuple((frames[i], crc) for i, crc in sorted(deferred.items()))
-    if version >= 2:
-        return SnapshotFrames(header, body, hashes, offsets, runs, blob, frames[6], frames[7], late)
+    if version >= 3:
+        return SnapshotFrames(header, body, hashes, offsets, runs, blob, frames[6], frames[7], frames[8], late)
+    if version == 2:
+        return SnapshotFrames(header, body, hashes, offsets, runs, blob, frames[6], frames[7], deferred=late)
     try:
         chunks: list[DoneChunk] = _decode(_dec_chunks, frames[6], "done-entry chunks", CorruptSnapshot, path)
     except CorruptSnapshot:
@@ -537,6 +564,30 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
             raise CorruptSnapshot("CRC mismatch in the done-entry frame", path) from None
         raise
     return SnapshotFrames(header, body, hashes, offsets, runs, blob, deferred=late, legacy_done=chunks)
+
+
+_dec_writers = msgspec.msgpack.Decoder(DoneWriters)
+
+
+def decode_done_writers(payload: memoryview | bytes, path: str = "") -> DoneWriters:
+    """Decode frame 8 (empty: no writers) and check its structure."""
+    if not payload:
+        return DoneWriters([], [], [])
+    dw: DoneWriters = _decode(_dec_writers, memoryview(payload), "done writers", CorruptSnapshot, path)
+    n = len(dw.streams)
+    if len(dw.sources) != len(dw.writers):
+        raise CorruptSnapshot("done writers: sources and writers differ in length", path)
+    for elems in dw.writers:
+        for e in elems:
+            for x in e if isinstance(e, list) else (e,):
+                if not -1 <= x < n:
+                    raise CorruptSnapshot("done writers: a stream index out of range", path)
+    return dw
+
+
+def encode_done_writers(dw: DoneWriters) -> bytes:
+    """Frame 8 (empty bytes when no completion has an open writer)."""
+    return _enc.encode(dw) if dw.sources else b""
 
 
 def decode_done_entries(payload: memoryview | bytes, path: str = "") -> dict[str, dict[str, int]]:

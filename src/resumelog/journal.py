@@ -171,10 +171,15 @@ class Writer:
 
         ``emission=True`` marks the source as entered into this run (what ``emit``
         does). Positive deltas must be made durable with :meth:`flush` before the
-        work they account for is dispatched (the durability barrier).
+        work they account for is dispatched (the durability barrier). Keys beginning
+        with NUL are reserved for :meth:`emit` and :meth:`complete` (``InvalidId``).
         """
         if type(key) is not str or not (key.isascii() or _check_text(key, "key")):
             raise InvalidId(f"record key must be a str, got {key!r:.80}")
+        if key.startswith("\x00") and not (key == EMIT_KEY and delta == 1 and emission):
+            # reserved keys carry fixed deltas (what emit/complete write), so a collapsed
+            # completion never needs to know which stream wrote them (algebra.FoldState)
+            raise InvalidId(f"record keys beginning with NUL are reserved for emit() and complete(): {key!r:.80}")
         if type(delta) is not int or not -_MAX_DELTA <= delta <= _MAX_DELTA:
             raise InvalidId(f"delta must be a 64-bit int, got {delta!r:.80}")
         if self.closed:

@@ -6,12 +6,13 @@ import secrets
 from array import array
 from collections import Counter
 
-from resumelog.algebra import FoldState, SourceRunState
+from resumelog.algebra import FoldState, SourceRunState, Writers
 from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     EMPTY_SHAPE_TABLE,
     FORMAT_VERSION,
+    DoneWriters,
     PendingEntry,
     Reset,
     RunInfo,
@@ -20,6 +21,7 @@ from resumelog.format import (
     SnapshotHeader,
     decode_done_entries,
     decode_snapshot_frames,
+    encode_done_writers,
     encode_snapshot_frames,
     verify_done,
 )
@@ -85,6 +87,7 @@ def load_snapshot(
         lambda: verify_done(frames, path),
         path,
         load_legacy if legacy is not None else None,
+        frames.writers,
     )
     return frames, state
 
@@ -183,8 +186,61 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
             memoryview(blob),
             memoryview(shape_ids),
             memoryview(shapes),
+            memoryview(_writers_frame(state)),
         )
     )
+
+
+def _writers_frame(state: FoldState) -> bytes:
+    """Frame 8: the writers of every completion that a still-open stream wrote.
+
+    A stream that closed (or whose run retired) never writes again, so it becomes the
+    pseudo-writer ``-1`` (its values are final); a completion whose writers are all
+    closed is left out, so the frame is bounded by what open streams completed.
+    """
+    base = state.base_done
+    if not state.done_writers and (base is None or not base.has_writers()):
+        return b""
+    retired = {r for r, info in state.runs.items() if info.retired}
+    open_sids = {sid for sid, m in state.streams.items() if not m.closed and m.run_id not in retired}
+    candidates: dict[str, Writers] = {}
+    if base is not None and base.has_writers():
+        for src in base.all_writers()[1]:
+            if src not in state.done_writers and src not in state.added and state.is_completed(src):
+                w = state.done_writers_of(src)
+                if w is not None:
+                    candidates[src] = w
+    for src, w in state.done_writers.items():
+        if state.is_completed(src):
+            candidates[src] = w
+    streams: list[str] = []
+    index: dict[int, int] = {}
+
+    def local(x: int) -> int:
+        if state.stream_ids[x] not in open_sids:
+            return -1
+        j = index.get(x)
+        if j is None:
+            j = index[x] = len(streams)
+            streams.append(state.stream_ids[x])
+        return j
+
+    sources: list[str] = []
+    writers: list[list[int | list[int]]] = []
+    for src in sorted(candidates):
+        run = state.completed_run(src)
+        if run is None or run in retired:
+            continue
+        elems: list[int | list[int]] = []
+        live = False
+        for e in candidates[src]:
+            xs = sorted({local(x) for x in ((e,) if isinstance(e, int) else e)})
+            live = live or xs[-1] >= 0
+            elems.append(xs[0] if len(xs) == 1 else xs)
+        if live:
+            sources.append(src)
+            writers.append(elems)
+    return encode_done_writers(DoneWriters(streams, sources, writers))
 
 
 def _compact_table(tags: array[int], table: ShapeTable) -> tuple[array[int], ShapeTable]:

@@ -365,4 +365,11 @@ def _done_summary(sf: fmt.SnapshotFrames) -> dict[str, Any]:
     """Sizes of the stored final entries (shape table and ids; version 1: chunks)."""
     if sf.legacy_done is not None:
         return {"format": 1, "chunks": [{"runs": list(c.runs), "bytes": len(c.data)} for c in sf.legacy_done]}
-    return {"format": 2, "shape_id_bytes": len(sf.shape_ids), "shape_table_bytes": len(sf.shapes)}
+    version = sf.header.format_version
+    out: dict[str, Any] = {"format": version, "shape_id_bytes": len(sf.shape_ids), "shape_table_bytes": len(sf.shapes)}
+    if version >= 3:
+        dw = fmt.decode_done_writers(sf.writers)
+        out["writer_bytes"] = len(sf.writers)
+        out["with_open_writers"] = len(dw.sources)
+        out["open_streams"] = len(dw.streams)
+    return out

@@ -162,7 +162,7 @@ def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[
 
 
 def _check_shapes(frames: fmt.SnapshotFrames, n: int) -> list[str]:
-    """Problems of the shape table (frame 7) and shape ids (frame 6)."""
+    """Problems of the shape table (frame 7), shape ids (frame 6) and done writers (frame 8)."""
     try:
         fmt.verify_done(frames)
         table = ShapeTable.decode(frames.shapes)
@@ -176,6 +176,10 @@ def _check_shapes(frames: fmt.SnapshotFrames, n: int) -> list[str]:
         return ["shape ids do not match the declared count"]
     if top > len(table):
         return [f"a completed id names shape {top}, outside the shape table ({len(table)} shapes)"]
+    try:
+        fmt.decode_done_writers(frames.writers)
+    except CorruptObject as exc:
+        return [f"done writers: {exc}"]
     return []
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "text_ids",
     "with_redeliveries",
     "writer_ids",
+    "writer_keys",
 ]
 
 T = TypeVar("T")
@@ -55,6 +56,12 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def text_ids(min_size: int = 1, max_size: int = 24) -> st.SearchStrategy[str]:
     """Any Unicode text without lone surrogates (valid UTF-8 once encoded)."""
     return st.text(st.characters(exclude_categories=["Cs"]), min_size=min_size, max_size=max_size)
+
+
+def writer_keys(max_size: int = 24) -> st.SearchStrategy[str]:
+    """Keys a :class:`~resumelog.Writer` accepts from ``record``: any text without lone
+    surrogates that does not begin with NUL (reserved for ``emit``/``complete``)."""
+    return text_ids(min_size=0, max_size=max_size).filter(lambda k: not k.startswith("\x00"))
 
 
 def small_sources() -> st.SearchStrategy[str]:
