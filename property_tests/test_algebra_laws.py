@@ -262,3 +262,24 @@ def test_writers_of_a_base_completion_survive_a_second_snapshot():
     ]
     segments = build_segments(specs)
     assert fold_summary(fold(segments, {0, 1}, roundtrip=True))[0] == fold_summary(fold(segments))[0] == {"s0": "r1"}
+
+
+@given(a=rst.segment_specs(max_segments=8), data=st.data())
+@budget(1)
+def test_over_drained_states_never_complete_and_are_reported_once(a, data):
+    """A (run, source) whose agreed deltas sum below zero never completes and is
+    reported as ``over_drained``: exactly once by one fold, at least once however the
+    fold is cut into snapshots (a state that completed at a cut and was reopened below
+    zero by a later rewrite is a second episode, reported again)."""
+    segments = build_segments(a)
+    for cuts in (set(), data.draw(st.sets(st.integers(0, max(0, len(segments) - 1))), label="snapshot after")):
+        state = fold(segments, cuts, roundtrip=True)
+        reported = [(x.run_id, x.source) for x in state.anomalies if x.kind == "over_drained"]
+        if not cuts:
+            assert len(reported) == len(set(reported)), "one fold reported an over-drained state twice"
+        for (run, src), s in state.pending.items():
+            total, _ = s.sums()
+            if total < 0:
+                assert (run, src) in reported, f"{src!r} in {run} sums to {total} without an over_drained anomaly"
+        for src, run in fold_summary(state)[0].items():
+            assert (run, src) not in state.pending

@@ -455,3 +455,24 @@ def test_segments_of_a_retired_live_writer_are_collectable(store):
 
     resumelog.open(Counting(store.name), run_id="z")
     assert len(reads) <= 1, f"one open read {len(reads)} segments of the retired writer"
+
+
+def test_over_drain_is_an_anomaly_warned_once(store, caplog):
+    """Issue 18. Was: a source drained below zero (emit, complete, then one more -1 under
+    a new key, all folded together) ended pending with no anomaly and no warning."""
+    ck = resumelog.open(store, run_id="R")
+    with ck.writer("w") as w:
+        w.emit("S")
+        w.complete("S")
+        w.record("extra", "S", -1)
+    with caplog.at_level("WARNING", logger="resumelog"):
+        v = resumelog.open(store, run_id="v")
+        assert not v.is_completed("S")
+        assert v.status().anomaly_counts.get("over_drained") == 1
+        v.compact()
+        again = resumelog.open(store, run_id="v2")
+        again.compact()
+    assert again.status().anomaly_counts.get("over_drained") == 1
+    assert not again.is_completed("S")
+    warned = [r for r in caplog.records if "drained below zero" in r.getMessage()]
+    assert len(warned) == 2  # the first open's view, and the compaction that published it; never again

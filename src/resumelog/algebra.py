@@ -93,12 +93,13 @@ class SourceRunState:
     record.
     """
 
-    __slots__ = ("emitted", "entries", "multi", "reported", "tainted")
+    __slots__ = ("emitted", "entries", "multi", "overdrawn", "reported", "tainted")
 
     def __init__(self) -> None:
         self.emitted = False
         self.tainted = False
         self.reported = False
+        self.overdrawn = False
         self.multi = False
         self.entries: dict[str, tuple[int, int, int] | dict[int, tuple[int, int]]] = {}
 
@@ -531,6 +532,19 @@ class FoldState:
                 s.multi = True
         return s
 
+    def open_streams(self) -> set[int]:
+        """Indexes of the streams that may still write: not closed, run not retired."""
+        runs = self.runs
+        out = set()
+        for sid, m in self.streams.items():
+            if not m.closed:
+                info = runs.get(m.run_id)
+                if info is None or not info.retired:
+                    i = self._stream_index.get(sid)
+                    if i is not None:
+                        out.add(i)
+        return out
+
     def done_writers_of(self, source: str) -> Writers | None:
         """The writers of a completed source's entries (shape order), in this state's
         stream indexes; ``None`` when none are known (all attributed to closed ones)."""
@@ -642,8 +656,17 @@ class FoldState:
             if s is not None:
                 s.tainted = True
 
-    def finish(self, sole_stream: str | None = None) -> list[str]:
+    def finish(self, sole_stream: str | None = None, *, final: bool = True, writers: bool = True) -> list[str]:
         """Evaluate every state touched since the last call; return newly completed ids.
+
+        A state whose agreed deltas sum below zero was drained more than it was
+        entered (a pipeline accounting bug: a sink record for a task never fanned
+        out): it never completes, and a ``final`` evaluation reports it once as
+        anomaly ``over_drained`` with a warning. (An evaluation round inside a fold,
+        ``final=False``, may see a ``-1`` before the ``+k`` of a stream folded later.)
+        ``writers=False``: do not record which open streams wrote each completion
+        (:attr:`done_writers`), for a state that is never encoded nor folded further
+        (a reader's view after its last evaluation).
 
         Completed states are collapsed into the completed set (with their entries);
         conflicts are reported once per state. With ``sole_stream`` (a process folding
@@ -664,6 +687,8 @@ class FoldState:
         done_shapes = self.done_shapes
         done_writers = self.done_writers
         writer_tuples = self._writer_tuples
+        open_streams = self.open_streams() if writers else set()
+        ordered: dict[tuple[tuple[int, ...], tuple[int, ...]], Writers] = {}  # (writers, order) -> interned
         intern = self.shapes.intern_ordered
         check_base = self.base.count > 0
         removed = self.removed
@@ -681,10 +706,15 @@ class FoldState:
                     s.reported = True
                     self.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
                 if total or conflicts:
+                    if total < 0 and final and not s.overdrawn:
+                        self._over_drained(k, s, total)
                     continue
             else:
                 deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
-                if sum(deltas):
+                total = sum(deltas)
+                if total:
+                    if total < 0 and final and not s.overdrawn:
+                        self._over_drained(k, s, total)
                     continue
             if not s.emitted or s.tainted:
                 continue
@@ -719,17 +749,31 @@ class FoldState:
             added[src] = run
             keys: Mapping[str, object] = s.entries
             if deltas is None:
-                keys = final = s.final_deltas()
-                deltas = tuple(final.values())
+                keys = final_deltas = s.final_deltas()
+                deltas = tuple(final_deltas.values())
             if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
                 done_shapes.pop(src, None)
                 done_writers.pop(src, None)  # reserved keys: their deltas never change
             else:
                 done_shapes[src], order = intern(keys, deltas, src)
-                ents = s.entries
-                ws = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
-                w = tuple([ws[i] for i in order])
-                done_writers[src] = writer_tuples.setdefault(w, w)
+                w = None
+                if open_streams:  # else every writer is closed: its values are final, no names needed
+                    if not s.multi:  # one stream per key: the writers are the entries' streams
+                        ws: tuple[int, ...] = tuple([e[0] for e in s.entries.values()])  # type: ignore[misc]
+                        if not open_streams.isdisjoint(ws):
+                            w = ordered.get((ws, order))
+                            if w is None:
+                                w = ordered[(ws, order)] = tuple([ws[i] for i in order])
+                    else:
+                        ents = s.entries
+                        wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
+                        if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
+                            w = tuple([wm[i] for i in order])
+                            w = writer_tuples.setdefault(w, w)
+                if w is None:
+                    done_writers.pop(src, None)
+                else:
+                    done_writers[src] = w
         for src in done:  # the state that completed it (the smaller run, if two did)
             del pending[(added[src], src)]
         for k in took:  # a completion taken over from a larger run id
@@ -739,6 +783,15 @@ class FoldState:
             provisional.update(done)
         self._touched = keep
         return done
+
+    def _over_drained(self, k: tuple[str, str], s: SourceRunState, total: int) -> None:
+        s.overdrawn = True
+        run, src = k
+        self.anomaly("over_drained", src, run, f"deltas sum to {total}")
+        self.warn(
+            f"resumelog: source {src!r} was drained below zero in run {run} (deltas sum to {total}): "
+            "a record for a task that never entered; it cannot complete in that run"
+        )
 
     def retire_runs(self, keep: Iterable[str]) -> list[str]:
         """Retire every run not in ``keep``: drop its pending state, ignore its records."""

@@ -48,6 +48,8 @@ class Loaded:
     journal: list[ObjectInfo] = field(default_factory=list)
     snapshots: list[ObjectInfo] = field(default_factory=list)
     streams_listed: set[tuple[str, str]] = field(default_factory=set)
+    for_compaction: bool = True
+    """The state will be encoded (a compaction): completions keep their open writers."""
 
 
 def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
@@ -113,11 +115,12 @@ def load(
     """Latest valid snapshot plus the journal tail after it, folded.
 
     ``listing``: the snapshot (and journal) listings when the caller just made them;
-    used by the first attempt only (a retry lists again). ``verify``: check every
-    frame of the snapshot chosen as base before folding (a compaction, which will
-    carry its done-entry frames, does); otherwise large done-entry frames are
-    CRC-checked on first use, and a failure then makes the load fall back to the
-    previous snapshot all the same. ``skip``: numbers of snapshots not to use (found
+    used by the first attempt only (a retry lists again). ``verify``: the load is a
+    compaction's, whose state will be encoded: check every frame of the snapshot
+    chosen as base before folding (its done-entry frames will be carried), and keep
+    the open writers of every completion (frame 8). Otherwise large done-entry frames
+    are CRC-checked on first use (a failure then makes the load fall back to the
+    previous snapshot all the same), and the last evaluation skips the writers. ``skip``: numbers of snapshots not to use (found
     corrupt after they were chosen); grown by the load itself.
 
     Raises :class:`~resumelog.errors.CorruptSnapshot` if snapshots exist but none
@@ -191,7 +194,7 @@ def _load_once(
         state.anomaly("snapshot_fallback", "", "", str(failure))
     latest = snaps[-1][0] if snaps else 0
     state.number = latest + 1
-    loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps])
+    loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps], for_compaction=verify)
     with _bad_base_raises(loaded_n, base_path):
         if before_fold is not None:
             before_fold(state)
@@ -300,9 +303,9 @@ def fold_journal(
                 since_round += seg.footer.record_count
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
-                    state.finish()  # provisional: collapses drained states, bounds memory
+                    state.finish(final=False)  # provisional: collapses drained states, bounds memory
     _fold_latecomers(store, state)
-    state.finish()
+    state.finish(writers=loaded.for_compaction)
     state.provisional = None
 
 

@@ -194,6 +194,8 @@ class PendingEntry(msgspec.Struct, array_like=True):
     streams: list[int]
     ordinals: list[int]
     deltas: list[int]
+    over_drained: bool = False
+    """Reported as ``over_drained`` already (its sum went below zero); version 3."""
 
 
 class Anomaly(msgspec.Struct, array_like=True, frozen=True):

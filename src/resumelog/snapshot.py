@@ -65,7 +65,9 @@ def load_snapshot(
                 raise CorruptSnapshot("pending entry refers to an unknown stream", path)
             s.apply(k, si, o, d)
         s.emitted, s.tainted = p.emitted, p.tainted
-        s.reported = s.conflicts > 0
+        total, conflicts = s.sums()
+        s.reported = conflicts > 0
+        s.overdrawn = p.over_drained or total < 0  # reported when it happened (once)
         state.pending[(state.run_order[p.run], p.source)] = s
     for r in body.resets:
         state.resets.setdefault(r.source, set()).update(r.runs)
@@ -163,7 +165,9 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
             streams.append(sj)
             ords.append(o)
             deltas.append(d)
-        pending.append(PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas))
+        pending.append(
+            PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas, s.overdrawn)
+        )
     live = {r for r, info in state.runs.items() if not info.retired}
     retired = set(state.runs) - live
     body = SnapshotBody(
@@ -203,6 +207,8 @@ def _writers_frame(state: FoldState) -> bytes:
         return b""
     retired = {r for r, info in state.runs.items() if info.retired}
     open_sids = {sid for sid, m in state.streams.items() if not m.closed and m.run_id not in retired}
+    if not open_sids:
+        return b""  # every writer closed: no completion needs names (the end of a job)
     candidates: dict[str, Writers] = {}
     if base is not None and base.has_writers():
         for src in base.all_writers()[1]:
@@ -225,19 +231,28 @@ def _writers_frame(state: FoldState) -> bytes:
             streams.append(state.stream_ids[x])
         return j
 
+    pruned: dict[Writers, list[int | list[int]] | None] = {}  # per distinct (interned) writers
+
+    def prune(ws: Writers) -> list[int | list[int]] | None:
+        elems: list[int | list[int]] = []
+        live = False
+        for e in ws:
+            xs = sorted({local(x) for x in ((e,) if isinstance(e, int) else e)})
+            live = live or xs[-1] >= 0
+            elems.append(xs[0] if len(xs) == 1 else xs)
+        return elems if live else None
+
     sources: list[str] = []
     writers: list[list[int | list[int]]] = []
     for src in sorted(candidates):
         run = state.completed_run(src)
         if run is None or run in retired:
             continue
-        elems: list[int | list[int]] = []
-        live = False
-        for e in candidates[src]:
-            xs = sorted({local(x) for x in ((e,) if isinstance(e, int) else e)})
-            live = live or xs[-1] >= 0
-            elems.append(xs[0] if len(xs) == 1 else xs)
-        if live:
+        ws = candidates[src]
+        if ws not in pruned:
+            pruned[ws] = prune(ws)
+        elems = pruned[ws]
+        if elems is not None:
             sources.append(src)
             writers.append(elems)
     return encode_done_writers(DoneWriters(streams, sources, writers))
