@@ -285,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run (default 900)")
     ap.add_argument("--jobs", type=int, default=2, help="mutants run at once, each on one core (default 2)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
+    ap.add_argument(
+        "--retry-survivors",
+        type=int,
+        default=1,
+        help="run a surviving (or timed-out) mutant again this many times before reporting it (default 1: "
+        "a few kills come from real thread races, which a busy machine can miss once)",
+    )
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args(argv)
     chosen = [m for m in MUTANTS if not args.only or m.name in args.only]
@@ -309,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         futures = {m.name: pool.submit(run_one, m, args.timeout, extra) for m in chosen}
         for mutant in chosen:  # in table order, as each finishes
             code, out, secs = futures[mutant.name].result()
+            for _ in range(args.retry_survivors):
+                if code not in (0, -1):
+                    break
+                print(f"{mutant.name}: survived in {secs:.0f}s, running it again", flush=True)
+                code, out, more = run_one(mutant, args.timeout, extra)
+                secs += more
             if logs:
                 (logs / f"{mutant.name}.txt").write_text(out)
             if args.show:
