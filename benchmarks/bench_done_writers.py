@@ -93,7 +93,7 @@ def main() -> None:
             open_seconds=round(timed_open(root), 4),
             **snapshot_figures(ck, n),
         )
-        ws[0].record(f"0_src-{0:08d}_0", "src-00000000", 3)  # a rewrite by the writer that wrote it... or not
+        ws[0].record("0_src-00000000_0", "src-00000000", 3)  # a different value for a kept key: reopens src 0
         ws[0].flush()
         t0 = time.perf_counter()
         reader = resumelog.open(root, run_id="reader", create=False)

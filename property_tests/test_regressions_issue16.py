@@ -180,6 +180,17 @@ def test_snapshot_stream_ids_bounded_by_live_streams(store):
 # --------------------------------------------------------------------------- r4
 
 
+def one_shot_and_through_snapshots(store, scenario):
+    """``scenario(store, compact_between)`` on a fresh store with no compaction in
+    between (the reference: one fold of everything), and on ``store`` with them."""
+    other = MemoryStore(f"{store.name}-oneshot")
+    try:
+        one_shot = scenario(other, compact_between=False)
+    finally:
+        other.clear()
+    return one_shot, scenario(store, compact_between=True)
+
+
 def _rewrite_after_drain(store, compact_between: bool):
     ck = resumelog.open(store, run_id="R")
     w = ck.writer("w")
@@ -201,12 +212,7 @@ def test_same_stream_rewrite_converges_across_a_snapshot(store):
     forgotten which stream wrote ``k``, so a same-stream rewrite (the later record wins)
     was judged a cross-stream conflict: ``(False, {late_record, conflict})`` with a
     compaction in between, ``(True, {})`` without."""
-    other = MemoryStore(f"{store.name}-oneshot")
-    try:
-        one_shot = _rewrite_after_drain(other, compact_between=False)
-    finally:
-        other.clear()
-    through_snapshot = _rewrite_after_drain(store, compact_between=True)
+    one_shot, through_snapshot = one_shot_and_through_snapshots(store, _rewrite_after_drain)
     assert one_shot == (True, {})  # DESIGN §4: within one stream the later record wins
     # the same answer; through the snapshot the rewrite came after a published completion,
     # which DESIGN §4 reports as one late record (un-completed, then drained again)
@@ -239,13 +245,9 @@ def test_a_duplicate_from_another_stream_makes_it_a_writer_across_a_snapshot(sto
     stream makes that stream one more writer of the key (as in one fold, where both
     streams' values are kept): a later rewrite by the first stream is a conflict, not
     a clean rewrite, also when compactions collapsed the completion in between."""
-    other = MemoryStore(f"{store.name}-oneshot")
-    try:
-        one_shot = _rewrite_after_a_duplicate(other, compact_between=False)
-    finally:
-        other.clear()
+    one_shot, through_snapshot = one_shot_and_through_snapshots(store, _rewrite_after_a_duplicate)
     assert one_shot == (False, 1)
-    assert _rewrite_after_a_duplicate(store, compact_between=True) == one_shot
+    assert through_snapshot == one_shot
 
 
 def test_done_writers_are_kept_only_while_a_writer_is_open(store):
@@ -294,12 +296,7 @@ def test_completing_run_independent_of_compaction_schedule(store):
     """Convergence (2), r4 case 2. Was: when two runs both drained ``S``, one fold gave
     the completion to the smaller run id (``r1``), a fold through a snapshot to the run
     that drained first (``r2``): the answer depended on the compaction schedule."""
-    other = MemoryStore(f"{store.name}-oneshot")
-    try:
-        one_shot = _two_runs_drain(other, compact_between=False)
-    finally:
-        other.clear()
-    through_snapshot = _two_runs_drain(store, compact_between=True)
+    one_shot, through_snapshot = one_shot_and_through_snapshots(store, _two_runs_drain)
     assert one_shot == "r1"  # the smaller run id holds a completion two runs drained
     assert through_snapshot == one_shot, (
         f"completed_run: {through_snapshot!r} through a snapshot, {one_shot!r} in one fold"
