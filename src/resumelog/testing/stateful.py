@@ -838,6 +838,40 @@ class PipelineMachine(RuleBasedStateMachine):
         self.uncollected = False
         self.say(f"gc(retain={retain}) deleted {result.segments} segment(s), {result.snapshots} snapshot(s)")
 
+    @precondition(lambda self: self.unfolded)
+    @rule(data=st.data())
+    def segment_bit_flip_is_refused(self, data: st.DataObject) -> None:
+        """One flipped bit in any frame (preamble, header, a batch, the footer) of a
+        segment a load must fold: the load raises :class:`CorruptSegment` naming it,
+        never folds it nor skips it silently. The bytes are restored afterwards."""
+        inner = self.store.inner
+        candidates = []
+        for key in self.identifiable_unfolded_segments():
+            try:
+                decode_segment(inner.read(key), key)
+            except CorruptSegment:
+                continue  # a torn tail already (tolerated as it is)
+            candidates.append(key)
+        if not candidates:
+            return
+        key = self.pick(data, candidates, "segment to damage")
+        raw = inner.read(key)
+        at = data.draw(st.integers(0, len(raw) - 1), label="byte")
+        flipped = bytearray(raw)
+        flipped[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+        inner.delete([key])
+        inner.put_if_absent(key, bytes(flipped))
+        try:
+            self.fresh_fold()
+        except CorruptSegment as exc:
+            assert exc.path == key, f"the corruption of {key} was reported as {exc.path}"
+            self.say(f"bit flip at byte {at} of {key}: refused")
+        else:
+            raise AssertionError(f"a bit flip at byte {at} of {key} was silently accepted")
+        finally:
+            inner.delete([key])
+            inner.put_if_absent(key, raw)
+
     @precondition(lambda self: self.torn_tails_possible)
     @rule(data=st.data(), fraction=st.floats(0, 1))
     def torn_middle_segment_is_refused(self, data: st.DataObject, fraction: float) -> None:
