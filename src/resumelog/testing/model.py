@@ -218,6 +218,9 @@ class PipelineModel:
         self.writers: dict[str, ModelWriter] = {}
         self.voided: dict[str, set[str]] = {}
         """source -> runs whose completion of it a reset voided."""
+        self.retired: dict[str, set[str]] = {}
+        """run -> the sources it had completed when ``compact(keep_runs=...)`` retired it
+        (its later records are ignored: nothing else completes in it)."""
 
     def __repr__(self) -> str:
         return f"PipelineModel(runs={self.runs}, writers={list(self.writers.values())})"
@@ -372,7 +375,13 @@ class PipelineModel:
         p = self.pairs.get((run, source))
         return p is not None and p.drained()
 
+    def retire(self, run: str, completed: set[str]) -> None:
+        """``run`` was retired while it held the completions ``completed``."""
+        self.retired[run] = set(completed)
+
     def _counts(self, p: SourceRun) -> bool:
+        if p.run in self.retired and p.source not in self.retired[p.run]:
+            return False
         return p.run not in self.voided.get(p.source, ())
 
     def must_complete(self) -> set[str]:

@@ -751,11 +751,16 @@ class PipelineMachine(RuleBasedStateMachine):
         self.check_safe(loaded.state, "a reader racing compaction and GC")
 
     def identifiable_unfolded_segments(self) -> list[str]:
-        """Journal segments after their stream's mark in the latest snapshot whose run
+        """Journal segments after their stream's mark in the latest snapshot (the ones a
+        load reads) whose run
         a load can tell without reading them: the stream has a mark, or a later
         segment. (A stream's only segments, all deleted before any snapshot folded
         them, leave no trace: a documented limit, tests/reliability/test_disk_faults.py.)"""
-        state = self.fresh_fold().state
+        marks: dict[tuple[str, str], int] = {}
+        snaps = compactor.list_snapshots(self.store.inner)
+        if snaps:
+            body = decode_snapshot_frames(self.store.inner.read(snaps[-1][1].path)).body
+            marks = {(m.writer_id, m.incarnation): m.seq for m in body.streams}
         streams: dict[tuple[str, str], list[int]] = defaultdict(list)
         for o in self.store.inner.list(paths.JOURNAL_PREFIX):
             p = paths.parse_segment(o.path)
@@ -763,7 +768,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 streams[(p.writer_id, p.incarnation)].append(p.seq)
         out = []
         for (wid, inc), seqs in streams.items():
-            mark = state.stream_mark(wid, inc)
+            mark = marks.get((wid, inc), -1)
             last = max(seqs)
             out += [paths.segment_name(wid, inc, q) for q in seqs if q > mark and (mark >= 0 or q < last)]
         return sorted(out)
@@ -829,6 +834,19 @@ class PipelineMachine(RuleBasedStateMachine):
         assert loaded.snapshot != snaps[-1][0] or bytes(flipped) == raw, f"a flip in {key} frame {frame} went unnoticed"
         self.say(f"bit flip in {key} frame {frame}: the load fell back to snapshot {loaded.snapshot}")
         self.check_safe(loaded.state, f"a load after a bit flip in {key} frame {frame}")
+
+    @precondition(lambda self: len(self.model.runs) > 1 and len(self.model.retired) < len(self.model.runs) - 1)
+    @rule()
+    def compact_retiring_other_runs(self) -> None:
+        """``compact(keep_runs=1)`` from the current run: every other run is retired
+        (its pending states dropped, its later records ignored) while its writers may
+        live on and keep writing; what it had completed stays complete."""
+        with self.store.hooks_off():
+            result = compactor.compact(self.store, keep_runs=1, protect_runs=frozenset({self.run}))
+        self.compacted(result, f"compact(keep_runs=1) retiring {result.retired_runs}")
+        done = fold_summary(self.fresh_fold().state)[0]
+        for r in result.retired_runs:
+            self.model.retire(r, {s for s, run in done.items() if run == r})
 
     @precondition(lambda self: self.uncollected)
     @rule(retain=st.integers(1, 3))
@@ -969,7 +987,7 @@ class PipelineMachine(RuleBasedStateMachine):
         state.finish()
         return state
 
-    @precondition(lambda self: len(self.archive) > self.refolded)
+    @precondition(lambda self: len(self.archive) > self.refolded and not self.model.retired)
     @rule(data=st.data())
     def refold_in_any_order(self, data: st.DataObject) -> None:
         """One fold of every segment ever flushed, the streams interleaved in any order
@@ -994,7 +1012,7 @@ class PipelineMachine(RuleBasedStateMachine):
         a, b = encode_snapshot(ref, None), encode_snapshot(state, None)
         assert len(a) == len(b), f"another delivery order changed the snapshot size ({len(a)} -> {len(b)} bytes)"
 
-    @precondition(lambda self: len(self.archive) > self.refolded)
+    @precondition(lambda self: len(self.archive) > self.refolded and not self.model.retired)
     @rule(data=st.data())
     def refold_with_splits(self, data: st.DataObject) -> None:
         """Every segment ever flushed, in creation order, evaluated at arbitrary points
