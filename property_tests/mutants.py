@@ -109,7 +109,7 @@ MUTANTS = [
     Mutant(
         "no_second_listing",
         "compactor.py",
-        "    _fold_latecomers(store, state)\n    state.finish(writers=loaded.for_compaction)",
+        "    loaded.streams_relisted = _fold_latecomers(store, state)\n    state.finish(writers=loaded.for_compaction)",
         "    state.finish(writers=loaded.for_compaction)",
         "the fold trusts one journal listing (no latecomer pass)",
     ),
@@ -197,6 +197,13 @@ MUTANTS = [
         "        if writers is None:\n            return  # reserved keys",
         "        if True:\n            return  # reserved keys",
         "a duplicate from another stream after completion is not recorded as a writer of the key",
+    ),
+    Mutant(
+        "closed_stream_pruned_on_one_listing",
+        "compactor.py",
+        "    listed = loaded.streams_listed | loaded.streams_relisted\n",
+        "    listed = loaded.streams_listed\n",
+        "a closed stream's mark is dropped when one stale listing misses its last segment",
     ),
     Mutant(
         "snapshot_forgets_emitted_flag",

@@ -181,3 +181,35 @@ def test_snapshot_with_out_of_range_run_index_fails_on_query():
     with pytest.raises(resumelog.CorruptSnapshot):
         _, loaded = load_snapshot(encode_snapshot_frames(bad))
         loaded.completed_run("s")
+
+
+def test_a_stale_listing_does_not_prune_a_closed_stream_with_a_segment_left(store):
+    """No loss (4), found by the deep machine once writers could close. Was: a
+    compaction whose first journal listing missed the last segment of a closed stream
+    (its other segments collected) dropped the stream's mark; every later fold then
+    saw that segment with no mark as a gap and quarantined the run, which completed
+    nothing more. A mark is now dropped only if neither listing of the load holds the
+    stream."""
+    from resumelog.testing.stateful import HookedStore
+
+    ck = resumelog.open(store, run_id="run1")
+    w = ck.writer("w5")
+    w.complete("a")
+    w.flush()
+    ck.compact()  # covers w5/0, the stream still open
+    w.close()  # w5/1 closes it
+    ck.compact()  # covers w5/1
+    compactor.gc(store, retain=2, grace=0)  # the oldest retained covers w5/0 only: w5/1 stays
+    assert [o.path.rsplit("/", 1)[1] for o in store.list("journal/w5/")] == [
+        paths.segment_name("w", "i", 1).rsplit("/", 1)[1]
+    ]
+    with ck.writer("y") as y:
+        y.complete("c")
+    stale = HookedStore(store)
+    stale.hide_in_next_listing = {o.path for o in store.list("journal/w5/")}
+    compactor.compact(stale)
+    with resumelog.open(store, run_id="run1").writer("z") as z:
+        z.complete("d")
+    view = resumelog.open(store, run_id="run1")
+    assert view.is_completed("d")
+    assert view.status().anomaly_counts.get("journal_gap", 0) == 0

@@ -48,6 +48,8 @@ class Loaded:
     journal: list[ObjectInfo] = field(default_factory=list)
     snapshots: list[ObjectInfo] = field(default_factory=list)
     streams_listed: set[tuple[str, str]] = field(default_factory=set)
+    streams_relisted: set[tuple[str, str]] = field(default_factory=set)
+    """Streams of the second journal listing (:func:`_fold_latecomers`)."""
     for_compaction: bool = True
     """The state will be encoded (a compaction): completions keep their open writers."""
 
@@ -304,7 +306,7 @@ def fold_journal(
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
                     state.finish(final=False)  # provisional: collapses drained states, bounds memory
-    _fold_latecomers(store, state)
+    loaded.streams_relisted = _fold_latecomers(store, state)
     state.finish(writers=loaded.for_compaction)
     state.provisional = None
 
@@ -375,7 +377,7 @@ def _journal_gap(
         state.damage_run(run, f"{sid}: segment {missing} missing")
 
 
-def _fold_latecomers(store: Store, state: FoldState) -> None:
+def _fold_latecomers(store: Store, state: FoldState) -> set[tuple[str, str]]:
     """List again and fold the positive records of segments the first listing missed.
 
     A listing is not a point-in-time snapshot: while it walks, a fan-out ``+k`` can be
@@ -383,15 +385,18 @@ def _fold_latecomers(store: Store, state: FoldState) -> None:
     it) in a stream it reaches later. Every segment completed before the first
     listing ended is visible to the second, so folding the second's new positive
     records keeps the folded set closed under "happened before" for everything that
-    can lower a sum.
+    can lower a sum. Returns the streams the second listing holds.
     """
     fresh: list[str] = []
+    listed: set[tuple[str, str]] = set()
     for o in store.list(paths.JOURNAL_PREFIX):
         p = paths.parse_segment(o.path)
-        if p is not None and p.seq > state.stream_mark(p.writer_id, p.incarnation):
-            fresh.append(o.path)
+        if p is not None:
+            listed.add((p.writer_id, p.incarnation))
+            if p.seq > state.stream_mark(p.writer_id, p.incarnation):
+                fresh.append(o.path)
     if not fresh:
-        return
+        return listed
     for key, result in store.read_many(fresh):
         if isinstance(result, ObjectNotFound):
             continue
@@ -402,6 +407,7 @@ def _fold_latecomers(store: Store, state: FoldState) -> None:
         except TornSegment:
             continue  # a torn segment holds nothing that was acknowledged
         state.apply_positive(seg.header, seg.batches)
+    return listed
 
 
 @dataclass
@@ -481,13 +487,17 @@ def _prune_streams(loaded: Loaded) -> int:
 
     A stream is finished when it is closed, or when its run is retired (its records are
     ignored from then on: a writer killed without closing, such as a Ray worker at
-    ``ray.shutdown()``, would otherwise keep its mark forever)."""
+    ``ray.shutdown()``, would otherwise keep its mark forever). Its segments count as
+    collected only when neither journal listing of the load holds any: a mark dropped
+    while a segment of its stream remains would make every later fold see a gap and
+    quarantine the stream's run."""
     runs = loaded.state.runs
+    listed = loaded.streams_listed | loaded.streams_relisted
     gone = [
         sid
         for sid, st in loaded.state.streams.items()
         if (st.closed or (st.run_id in runs and runs[st.run_id].retired))
-        and (st.writer_id, st.incarnation) not in loaded.streams_listed
+        and (st.writer_id, st.incarnation) not in listed
     ]
     for sid in gone:
         del loaded.state.streams[sid]
