@@ -206,6 +206,13 @@ MUTANTS = [
         "a closed stream's mark is dropped when one stale listing misses its last segment",
     ),
     Mutant(
+        "reset_of_retired_run_ignored",
+        "algebra.py",
+        "            for b in batches:  # an operator's tombstone is not a record of the run that carried it\n                for r in b.resets:\n                    self.apply_reset(r)\n",
+        "",
+        "a reset written under a run retired before its segment is folded is dropped with that run's records",
+    ),
+    Mutant(
         "snapshot_forgets_emitted_flag",
         "snapshot.py",
         "        s.emitted, s.tainted = p.emitted, p.tainted",

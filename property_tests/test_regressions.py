@@ -213,3 +213,20 @@ def test_a_stale_listing_does_not_prune_a_closed_stream_with_a_segment_left(stor
     view = resumelog.open(store, run_id="run1")
     assert view.is_completed("d")
     assert view.status().anomaly_counts.get("journal_gap", 0) == 0
+
+
+def test_a_reset_written_under_a_run_retired_before_it_is_folded_still_applies(store):
+    """Operator override, found by the deep machine once it could retire runs. Was:
+    ``compact(keep_runs=1)`` retires runs *before* folding the journal tail and
+    ignores the records of retired runs, so a ``reset`` tombstone written by a view of
+    the run being retired was dropped with them: the source stayed complete although
+    the operator had voided its completion."""
+    run1 = resumelog.open(store, run_id="run1")
+    with run1.writer("w1") as w:
+        w.complete("s0")
+    run1.compact()
+    assert run1.reset(["s0"]) == ["s0"]  # the tombstone is written under run1
+    resumelog.open(store, run_id="run2").compact(keep_runs=1)  # retires run1 before folding the tail
+    view = resumelog.open(store, run_id="run2")
+    assert "run1" in [r.run_id for r in view.status().runs if r.retired]
+    assert not view.is_completed("s0"), "the operator's reset was ignored with the retired run's records"

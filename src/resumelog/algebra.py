@@ -386,6 +386,9 @@ class FoldState:
         if info.retired:
             if n:
                 self.anomaly("retired_run", "", header.run_id, f"{n} records of segment {sid}/{header.seq} ignored")
+            for b in batches:  # an operator's tombstone is not a record of the run that carried it
+                for r in b.resets:
+                    self.apply_reset(r)
             return True
         stream = self._stream(sid)
         base_ord = header.seq << 32
