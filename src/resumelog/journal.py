@@ -433,6 +433,9 @@ def _flush_all() -> None:
     """Close every open writer (at exit, on SIGTERM); then, if none is left open
     (writers dropped unclosed leave the set silently), put SIGTERM back as it was."""
     for w in list(_OPEN):
+        if w.closed:  # marked closed without closing (a simulated crash): nothing to flush
+            _OPEN.discard(w)
+            continue
         try:
             w.close()
         except Exception:  # noqa: BLE001 - best effort at exit; flush errors were raised before
