@@ -173,7 +173,7 @@ MUTANTS = [
     Mutant(
         "retired_stream_not_adopted",
         "compactor.py",
-        "                if expect == 0 and _adopt_retired_stream(",
+        "                if run is not None and _adopt_retired_stream(",
         "                if False and _adopt_retired_stream(",
         "r6: a live writer of a retired run is a gap at every fold, never collectable",
     ),

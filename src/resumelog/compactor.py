@@ -261,10 +261,11 @@ def fold_journal(
             if seq < expect:
                 continue
             if seq != expect:
-                if expect == 0 and _adopt_retired_stream(store, state, w, inc, seq, o.path):
+                run = _segment_run(store, o.path) if expect == 0 else None  # no mark: read it once
+                if run is not None and _adopt_retired_stream(state, w, inc, seq, run):
                     expect = seq  # its records are ignored; folding them advances its new mark
                 else:
-                    _journal_gap(store, loaded, w, inc, expect, o.path)
+                    _journal_gap(store, loaded, w, inc, expect, o.path, run)
                     break
             plan.append((o.path, seq == last))
             expect += 1
@@ -327,11 +328,17 @@ def _check_base_still_listed(store: Store, loaded: Loaded) -> None:
         raise _StaleSnapshot(f"snapshot {loaded.snapshot} was superseded and collected while the journal was listed")
 
 
-def _adopt_retired_stream(
-    store: Store, state: FoldState, writer_id: str, incarnation: str, first: int, path: str
-) -> bool:
-    """A stream without a mark whose first listed segment is ``first > 0``: if it
-    belongs to a retired run, give it a mark just below ``first`` and say so.
+def _segment_run(store: Store, path: str) -> str | None:
+    """The run of segment ``path`` (its header), or ``None`` if it is gone or corrupt."""
+    try:
+        return decode_segment(store.read(path), path).header.run_id
+    except (ObjectNotFound, CorruptSegment):
+        return None
+
+
+def _adopt_retired_stream(state: FoldState, writer_id: str, incarnation: str, first: int, run: str) -> bool:
+    """A stream without a mark whose first listed segment is ``first > 0``, of run
+    ``run``: if that run is retired, give it a mark just below ``first`` and say so.
 
     That is a writer still alive after its run was retired: its earlier segments were
     collected and its mark pruned (:func:`_prune_streams`). Its records are ignored
@@ -339,10 +346,6 @@ def _adopt_retired_stream(
     collects what it writes next instead of every fold calling it a gap and reading
     it again.
     """
-    try:
-        run = decode_segment(store.read(path), path).header.run_id
-    except (ObjectNotFound, CorruptSegment):
-        return False
     info = state.runs.get(run)
     if info is None or not info.retired:
         return False
@@ -351,7 +354,13 @@ def _adopt_retired_stream(
 
 
 def _journal_gap(
-    store: Store, loaded: Loaded, writer_id: str, incarnation: str, missing: int, later: str | None
+    store: Store,
+    loaded: Loaded,
+    writer_id: str,
+    incarnation: str,
+    missing: int,
+    later: str | None,
+    later_run: str | None = None,
 ) -> None:
     """Segment ``missing`` of a stream is gone (later ones may exist).
 
@@ -360,19 +369,17 @@ def _journal_gap(
     (deleted underneath, or a snapshot fallback past a GC): the stream's run is
     quarantined (:meth:`FoldState.damage_run`), which is safe whatever the lost
     segment held. With no later segment to tell the run, the loss is a deleted tail,
-    indistinguishable from a flush that never happened.
+    indistinguishable from a flush that never happened. ``later_run``: the run of
+    ``later`` when the caller already read it.
     """
     sid = f"{writer_id}/{incarnation}"
     if any(n > loaded.latest_listed for n, _ in list_snapshots(store)):
         raise _StaleSnapshot(f"{sid}: segment {missing} missing")
     state = loaded.state
     mark = state.streams.get(sid)
-    run = mark.run_id if mark is not None else None
+    run = mark.run_id if mark is not None else later_run
     if run is None and later is not None:
-        try:
-            run = decode_segment(store.read(later), later).header.run_id
-        except (ObjectNotFound, CorruptSegment):
-            run = None
+        run = _segment_run(store, later)
     if run is not None:
         state.damage_run(run, f"{sid}: segment {missing} missing")
 
@@ -569,12 +576,14 @@ def gc(
         result.snapshots += 1
         result.snapshot_bytes += o.size
     streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
-    for o in store.list(paths.JOURNAL_PREFIX) if marks is not None else ():
-        p = paths.parse_segment(o.path)
-        if p is not None:
-            streams[(p.writer_id, p.incarnation)].append((p.seq, o))
+    if marks is None:
+        marks = {}  # no segment is judged (see above): none is listed or deleted
+    else:
+        for o in store.list(paths.JOURNAL_PREFIX):
+            p = paths.parse_segment(o.path)
+            if p is not None:
+                streams[(p.writer_id, p.incarnation)].append((p.seq, o))
     for sid, segs in streams.items():
-        assert marks is not None
         mark = marks.get(sid)
         if mark is None:
             continue
