@@ -500,8 +500,7 @@ class FoldState:
             self.done_shapes[source] = sid
             ws = [by_key.get(k, pseudo) for k in kept]
             ws[-1] = stream
-            w = tuple([ws[i] for i in order])
-            self.done_writers[source] = self._writer_tuples.setdefault(w, w)
+            self.done_writers[source] = self._interned(tuple([ws[i] for i in order]))
             return None
         s = self._reopened(entries, self.done_writers_of(source))
         self._uncomplete(source)
@@ -535,18 +534,19 @@ class FoldState:
                 s.multi = True
         return s
 
-    def open_streams(self) -> set[int]:
-        """Indexes of the streams that may still write: not closed, run not retired."""
+    def open_stream_ids(self) -> set[str]:
+        """Stream ids (``writer/incarnation``) that may still write: not closed, run not
+        retired. Only their names are worth keeping in a completion's writers."""
         runs = self.runs
-        out = set()
-        for sid, m in self.streams.items():
-            if not m.closed:
-                info = runs.get(m.run_id)
-                if info is None or not info.retired:
-                    i = self._stream_index.get(sid)
-                    if i is not None:
-                        out.add(i)
-        return out
+        return {
+            sid
+            for sid, m in self.streams.items()
+            if not m.closed and not ((info := runs.get(m.run_id)) is not None and info.retired)
+        }
+
+    def _interned(self, writers: Writers) -> Writers:
+        """One shared tuple per distinct writers (millions of completions share a few)."""
+        return self._writer_tuples.setdefault(writers, writers)
 
     def done_writers_of(self, source: str) -> Writers | None:
         """The writers of a completed source's entries (shape order), in this state's
@@ -563,8 +563,9 @@ class FoldState:
         def one(x: int) -> int:
             return pseudo if x < 0 else self._stream(table[x])
 
-        out = tuple(one(e) if isinstance(e, int) else tuple(sorted({one(x) for x in e})) for e in stored)
-        return self._writer_tuples.setdefault(out, out)
+        return self._interned(
+            tuple(one(e) if isinstance(e, int) else tuple(sorted({one(x) for x in e})) for e in stored)
+        )
 
     def _add_writer(self, source: str, entries: Mapping[str, int], key: str, stream: int) -> None:
         """A duplicate of completed ``source``'s ``key`` from ``stream``: it becomes one
@@ -580,8 +581,7 @@ class FoldState:
             return
         new = list(writers)
         new[i] = tuple(sorted({*have, stream}))
-        w = tuple(new)
-        self.done_writers[source] = self._writer_tuples.setdefault(w, w)
+        self.done_writers[source] = self._interned(tuple(new))
 
     def _uncomplete(self, source: str, *, touch: bool = True) -> None:
         # Keeps the invariant the O(1) counts rely on: an id in both ``added`` and the
@@ -689,8 +689,8 @@ class FoldState:
         added = self.added
         done_shapes = self.done_shapes
         done_writers = self.done_writers
-        writer_tuples = self._writer_tuples
-        open_streams = self.open_streams() if writers else set()
+        index = self._stream_index
+        open_streams = {i for sid in self.open_stream_ids() if (i := index.get(sid)) is not None} if writers else set()
         ordered: dict[tuple[tuple[int, ...], tuple[int, ...]], Writers] = {}  # (writers, order) -> interned
         intern = self.shapes.intern_ordered
         check_base = self.base.count > 0
@@ -766,13 +766,12 @@ class FoldState:
                         if not open_streams.isdisjoint(ws):
                             w = ordered.get((ws, order))
                             if w is None:
-                                w = ordered[(ws, order)] = tuple([ws[i] for i in order])
+                                w = ordered[(ws, order)] = self._interned(tuple([ws[i] for i in order]))
                     else:
                         ents = s.entries
                         wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
                         if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
-                            w = tuple([wm[i] for i in order])
-                            w = writer_tuples.setdefault(w, w)
+                            w = self._interned(tuple([wm[i] for i in order]))
                 if w is None:
                     done_writers.pop(src, None)
                 else:

@@ -191,11 +191,6 @@ class BaseDone:
                     raise CorruptSnapshot(f"malformed shape table: {exc}", self.path) from None
         return self._table
 
-    def writers_raw(self) -> memoryview | bytes:
-        """Frame 8 as stored (CRC-checked)."""
-        self._checked()
-        return self._writers_raw
-
     def _writer_map(self) -> tuple[list[str], dict[str, list[int | list[int]]]]:
         if self._writers is None:
             self._checked()

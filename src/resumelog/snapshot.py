@@ -206,7 +206,7 @@ def _writers_frame(state: FoldState) -> bytes:
     if not state.done_writers and (base is None or not base.has_writers()):
         return b""
     retired = {r for r, info in state.runs.items() if info.retired}
-    open_sids = {sid for sid, m in state.streams.items() if not m.closed and m.run_id not in retired}
+    open_sids = state.open_stream_ids()
     if not open_sids:
         return b""  # every writer closed: no completion needs names (the end of a job)
     candidates: dict[str, Writers] = {}
