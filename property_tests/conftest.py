@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from pt_settings import PROFILE, budget
 
@@ -16,6 +18,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"hypothesis profile: {PROFILE}"
+
+
+@pytest.fixture
+def store():
+    """A fresh, uniquely named memory store, cleared afterwards (the regression tests)."""
+    from resumelog.storage import MemoryStore
+
+    s = MemoryStore(f"regress-{uuid.uuid4().hex}")
+    yield s
+    s.clear()
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,6 @@ Each names the DESIGN §4 invariant it broke and what the library did before the
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from hypothesis import given
 from pt_settings import budget
@@ -18,16 +16,8 @@ from resumelog.algebra import FoldState
 from resumelog.format import Reset, decode_segment
 from resumelog.journal import DONE_KEY, EMIT_KEY
 from resumelog.snapshot import encode_snapshot, load_snapshot
-from resumelog.storage import MemoryStore
 from resumelog.testing import strategies as rst
 from resumelog.testing.stateful import fold_summary
-
-
-@pytest.fixture
-def store():
-    s = MemoryStore(f"regress-{uuid.uuid4().hex}")
-    yield s
-    s.clear()
 
 
 def test_view_completes_a_source_another_process_fanned_out(store):

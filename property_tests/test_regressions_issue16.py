@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 import pytest
 
@@ -18,13 +17,6 @@ from resumelog import format as fmt
 from resumelog.errors import StorageError
 from resumelog.format import FRAME_HEADER_SIZE, PREAMBLE_SIZE, decode_snapshot_frames
 from resumelog.storage import MemoryStore
-
-
-@pytest.fixture
-def store():
-    s = MemoryStore(f"regress16-{uuid.uuid4().hex}")
-    yield s
-    s.clear()
 
 
 def age_journal(store, seconds: float = 7200) -> None:
