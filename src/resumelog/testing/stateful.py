@@ -70,6 +70,7 @@ __all__ = [
     "local_store_factory",
     "memory_store_factory",
     "object_store_factory",
+    "replaced_object",
 ]
 
 StoreFactory = Callable[[], tuple[Store, Callable[[], None]]]
@@ -217,6 +218,20 @@ def crash_writer(w: journal.Writer) -> None:
     w._pending = None
     w.closed = True
     journal._unregister(w)
+
+
+@contextlib.contextmanager
+def replaced_object(store: Store, key: str, data: bytes) -> Iterator[None]:
+    """Inside the block object ``key`` holds ``data`` (damage done behind the library's
+    back, by delete and create); its original bytes are put back afterwards."""
+    raw = store.read(key)
+    store.delete([key])
+    store.put_if_absent(key, data)
+    try:
+        yield
+    finally:
+        store.delete([key])
+        store.put_if_absent(key, raw)
 
 
 def leave_torn_tail(store: Store, w: journal.Writer, fraction: float) -> str | None:
@@ -819,18 +834,14 @@ class PipelineMachine(RuleBasedStateMachine):
         bit = data.draw(st.integers(0, 7), label="bit")
         flipped = bytearray(raw)
         flipped[at] ^= 1 << bit
-        inner.delete([key])
-        inner.put_if_absent(key, bytes(flipped))
-        try:
-            with self.store.hooks_off():
-                loaded = compactor.load(self.store, progress=False)
-        except CorruptSnapshot:
-            assert len(snaps) == 1, f"a flip in {key} frame {frame} failed the load with older snapshots left"
-            self.say(f"bit flip in {key} frame {frame}: the only snapshot, the load refuses it")
-            return
-        finally:
-            inner.delete([key])
-            inner.put_if_absent(key, raw)
+        with replaced_object(inner, key, bytes(flipped)):
+            try:
+                with self.store.hooks_off():
+                    loaded = compactor.load(self.store, progress=False)
+            except CorruptSnapshot:
+                assert len(snaps) == 1, f"a flip in {key} frame {frame} failed the load with older snapshots left"
+                self.say(f"bit flip in {key} frame {frame}: the only snapshot, the load refuses it")
+                return
         assert loaded.snapshot != snaps[-1][0] or bytes(flipped) == raw, f"a flip in {key} frame {frame} went unnoticed"
         self.say(f"bit flip in {key} frame {frame}: the load fell back to snapshot {loaded.snapshot}")
         self.check_safe(loaded.state, f"a load after a bit flip in {key} frame {frame}")
@@ -877,18 +888,14 @@ class PipelineMachine(RuleBasedStateMachine):
         at = data.draw(st.integers(0, len(raw) - 1), label="byte")
         flipped = bytearray(raw)
         flipped[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
-        inner.delete([key])
-        inner.put_if_absent(key, bytes(flipped))
-        try:
-            self.fresh_fold()
-        except CorruptSegment as exc:
-            assert exc.path == key, f"the corruption of {key} was reported as {exc.path}"
-            self.say(f"bit flip at byte {at} of {key}: refused")
-        else:
-            raise AssertionError(f"a bit flip at byte {at} of {key} was silently accepted")
-        finally:
-            inner.delete([key])
-            inner.put_if_absent(key, raw)
+        with replaced_object(inner, key, bytes(flipped)):
+            try:
+                self.fresh_fold()
+            except CorruptSegment as exc:
+                assert exc.path == key, f"the corruption of {key} was reported as {exc.path}"
+                self.say(f"bit flip at byte {at} of {key}: refused")
+            else:
+                raise AssertionError(f"a bit flip at byte {at} of {key} was silently accepted")
 
     @precondition(lambda self: self.torn_tails_possible)
     @rule(data=st.data(), fraction=st.floats(0, 1))
@@ -909,23 +916,14 @@ class PipelineMachine(RuleBasedStateMachine):
         if not candidates:
             return
         key = self.pick(data, candidates, "segment to tear")
-        inner = self.store.inner
-        assert isinstance(inner, LocalStore)
-        path = inner._path(key)
-        with open(path, "rb") as f:
-            original = f.read()
-        with open(path, "wb") as f:
-            f.write(original[: min(len(original) - 1, int(len(original) * fraction))])
-        try:
+        original = self.store.inner.read(key)
+        with replaced_object(self.store.inner, key, original[: min(len(original) - 1, int(len(original) * fraction))]):
             try:
                 self.fresh_fold()
             except CorruptSegment:
                 pass
             else:
                 raise AssertionError(f"a torn middle segment {key} was silently accepted")
-        finally:
-            with open(path, "wb") as f:
-                f.write(original)
 
     # ------------------------------------------------------------------ operators
 
