@@ -2,8 +2,9 @@
 reader, which writes the current version from then on (docs/format.md §9).
 
 One committed fixture per version, each holding the same history: version 1
-(``tests/data/format_v1``, made by ``tests/data/make_format_v1.py`` at commit 3c839ee)
-and version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4)."""
+(``tests/data/format_v1``, made by ``tests/data/make_format_v1.py`` at commit 3c839ee),
+version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4) and
+version 3 (``tests/data/format_v3``, ``make_format_v3.py`` at commit 35e4762)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ from resumelog import paths
 from resumelog.format import FORMAT_VERSION, SNAPSHOT_FRAMES, decode_snapshot_frames, split_frames
 
 DATA = Path(__file__).parent / "data" / "format_v1"
-FIXTURES = {1: DATA, 2: Path(__file__).parent / "data" / "format_v2"}
+FIXTURES = {
+    1: DATA,
+    2: Path(__file__).parent / "data" / "format_v2",
+    3: Path(__file__).parent / "data" / "format_v3",
+}
 COMPLETED = sorted(
     ["c0", "c1", "c2", "c3", "c4", "old0", "old1", "old2", "oldsimple", "s20", "ü-unicode"]
     + [f"s{i}" for i in range(10)]

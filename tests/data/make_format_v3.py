@@ -1,0 +1,30 @@
+"""Writes ``tests/data/format_v3/``: a checkpoint in format version 3, kept to prove that
+newer readers still open it (``tests/test_format_compat.py``).
+
+The same history as ``make_format_v1.py`` (so the same answers are expected of both);
+it only produces a version-3 checkpoint when run with resumelog at or before commit
+35e4762 (the last one writing version 3), and is kept to document how the data was made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from make_format_v1 import write_history
+
+from resumelog import format as fmt
+
+HERE = Path(__file__).parent / "format_v3"
+
+
+def main() -> None:
+    if fmt.FORMAT_VERSION != 3:
+        sys.exit("needs resumelog writing format version 3 (commit 35e4762 or earlier)")
+    shutil.rmtree(HERE, ignore_errors=True)
+    write_history(HERE)
+
+
+if __name__ == "__main__":
+    main()
