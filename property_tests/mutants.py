@@ -109,7 +109,7 @@ MUTANTS = [
     Mutant(
         "no_second_listing",
         "compactor.py",
-        "    loaded.streams_relisted = _fold_latecomers(store, state)\n    state.finish(writers=loaded.for_compaction)",
+        "    loaded.streams_relisted = _fold_latecomers(store, state, loaded.epoch)\n    state.finish(writers=loaded.for_compaction)",
         "    state.finish(writers=loaded.for_compaction)",
         "the fold trusts one journal listing (no latecomer pass)",
     ),
@@ -218,6 +218,20 @@ MUTANTS = [
         "        s.emitted, s.tainted = p.emitted, p.tainted",
         "        s.tainted = p.tainted",
         "a snapshot does not restore the emitted flag of pending states",
+    ),
+    Mutant(
+        "foreign_objects_count",
+        "compactor.py",
+        "    return bool(epoch) and epoch != live",
+        "    return False",
+        "readers count the objects of a deleted checkpoint's epoch (RFC 0004)",
+    ),
+    Mutant(
+        "compaction_publishes_into_a_deleted_checkpoint",
+        "compactor.py",
+        "    if expect is not None and epoch != expect:",
+        "    if False:",
+        "a compaction opened before a delete publishes into the new checkpoint",
     ),
 ]
 

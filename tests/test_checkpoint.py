@@ -159,7 +159,9 @@ def test_fingerprint(backend):
 def test_a_deleted_meta_is_never_silently_replaced_under_a_fingerprint(backend, caplog):
     """meta.msgpack holds the fingerprint: deleted under a checkpoint with records, a
     given fingerprint cannot be checked (typed error, nothing written); without one
-    the meta is recreated with a warning; ``on_mismatch="reset"`` starts over."""
+    a new meta is created with a warning, and the records, stamped with the old one's
+    epoch, are ignored (a missing meta is what a deletion under way or a resurrected
+    checkpoint looks like: RFC 0004); ``on_mismatch="reset"`` starts over."""
     ck = backend.open(fingerprint={"num_records": 10})
     fill(ck, 3)
     backend.store().delete([paths.META])
@@ -170,9 +172,10 @@ def test_a_deleted_meta_is_never_silently_replaced_under_a_fingerprint(backend, 
     assert info.value.differences == {"num_records": (None, 10)}
     assert backend.objects() == before  # nothing written, the meta still missing
     with caplog.at_level("WARNING", logger="resumelog"):
-        adopted = backend.open()  # no fingerprint to check: recreate the meta, keep the records
+        adopted = backend.open()  # no fingerprint to check: a new meta, a new epoch
     assert "missing" in caplog.text and paths.META in caplog.text
-    assert sorted(adopted.completed) == ["s0", "s1", "s2"] and adopted.fingerprint == {}
+    assert sorted(adopted.completed) == [] and adopted.fingerprint == {}
+    assert adopted.status().foreign_objects == len(before)
     backend.store().delete([paths.META])
     fresh = backend.open(fingerprint={"num_records": 20}, on_mismatch="reset")
     assert fresh.fingerprint == {"num_records": 20} and len(fresh.completed) == 0

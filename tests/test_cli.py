@@ -112,7 +112,7 @@ def flip_byte(path: Path, at: int | None = None) -> None:
 def test_status_counts(ckpt: str) -> None:
     st = run_json("status", ckpt)
     assert st["url"] == ckpt
-    assert st["format_version"] == fmt.FORMAT_VERSION == 3
+    assert st["format_version"] == fmt.FORMAT_VERSION == 4
     assert st["fingerprint"] == {"n": 17}
     assert st["completed"] == 15
     assert st["pending"] == 2

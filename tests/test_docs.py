@@ -91,10 +91,10 @@ def test_format_example_bytes_are_what_the_encoder_writes() -> None:
         offset, _, rest = line.partition("  ")
         assert int(offset, 16) == len(data), line
         data += bytes.fromhex(rest.split("  ")[0])
-    header = fmt.SegmentHeader("w1", "01J00000000000000000000000", 0, "r1", bytes(16), 1700000000000)
+    header = fmt.SegmentHeader("w1", "01J00000000000000000000000", 0, "r1", bytes(16), 1700000000000, b"\x11" * 16)
     batch = fmt.Batch(["s"], [0, 0], [EMIT_KEY, DONE_KEY], [1, -1], b"\x01\x00", [])
     assert bytes(data) == fmt.encode_segment(header, [batch])
-    assert len(data) == 142
+    assert len(data) == 160
     seg = fmt.decode_segment(bytes(data))
     assert seg.header == header and seg.footer.record_count == 2
 
@@ -132,7 +132,7 @@ def test_format_spec_lists_every_field_in_wire_order(struct: type[msgspec.Struct
 
 def test_format_spec_constants() -> None:
     text = (DOCS / "format.md").read_text()
-    assert fmt.FORMAT_VERSION == 3 and "# Format specification (version 3)" in text
+    assert fmt.FORMAT_VERSION == 4 and "# Format specification (version 4)" in text
     assert fmt.MAGIC == b"RSLG" and fmt.PREAMBLE_SIZE == 24 and fmt.FRAME_HEADER_SIZE == 8
     assert fmt.SNAPSHOT_FRAMES == 9 and "Exactly **9 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V2 == 8 and "has **8 frames**" in text

@@ -42,6 +42,7 @@ class BackgroundCompaction:
         *,
         keep_runs: int | None = None,
         protect_runs: frozenset[str] = frozenset(),
+        expect_epoch: bytes | None = None,
     ) -> None:
         if not every > 0:
             raise ValueError(f"every must be a positive number of seconds, got {every!r}")
@@ -49,6 +50,8 @@ class BackgroundCompaction:
         self.every = float(every)
         self.keep_runs = keep_runs
         self.protect_runs = protect_runs
+        self.expect_epoch = expect_epoch
+        """Compact only while the checkpoint is this epoch (see :func:`resumelog.compactor.compact`)."""
         self.compactions = 0
         """Compactions that completed (including those with nothing new to fold)."""
         self.snapshots_written = 0
@@ -78,7 +81,13 @@ class BackgroundCompaction:
         it failed (see :attr:`last_error`)."""
         t0 = time.perf_counter()
         try:
-            r = compactor.compact(self.store, keep_runs=self.keep_runs, protect_runs=self.protect_runs, progress=False)
+            r = compactor.compact(
+                self.store,
+                keep_runs=self.keep_runs,
+                protect_runs=self.protect_runs,
+                progress=False,
+                expect_epoch=self.expect_epoch,
+            )
         except Exception as exc:  # noqa: BLE001 - counted and logged; the next tick retries
             self.failures += 1
             self.last_error = exc

@@ -16,7 +16,7 @@ import msgspec
 from resumelog import compactor, paths
 from resumelog.algebra import FoldState
 from resumelog.background import BackgroundCompaction
-from resumelog.errors import AlreadyExists, FingerprintMismatch, InvalidId, ObjectNotFound
+from resumelog.errors import AlreadyExists, CheckpointReplaced, FingerprintMismatch, InvalidId, ObjectNotFound
 from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
 from resumelog.storage import ObjectInfo, Store, open_store
@@ -75,6 +75,9 @@ class Status(msgspec.Struct):
     records_folded: int
     gc_reclaimable_objects: int = 0
     gc_reclaimable_bytes: int = 0
+    foreign_objects: int = 0
+    """Objects of a deleted or cleared checkpoint (another epoch) left behind: ignored;
+    ``gc`` deletes them."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,10 @@ class WriterHandle:
     max_records: int = 200_000
     max_seconds: float = 10.0
     single_writer: bool = False
+    epoch: bytes = field(default=b"", repr=False)
+    """The epoch of the checkpoint the handle was made from (its ``meta.msgpack``
+    nonce): a writer opened from it writes into that checkpoint only, so if it was
+    deleted in the meantime, what the writer writes is ignored by every reader."""
 
     def writer(self, writer_id: str | None = None) -> Writer:
         """Open a new writer in this process (new incarnation, own buffer)."""
@@ -103,6 +110,7 @@ class WriterHandle:
             self.run_id,
             policy=FlushPolicy(self.max_bytes, self.max_records, self.max_seconds),
             handle=self,
+            epoch=self.epoch,
         )
 
 
@@ -234,7 +242,9 @@ def _ensure_meta(store: Store, fp: dict[str, Scalar] | None, on_mismatch: str, c
                     _clear_layout(store)
                 else:
                     logger.warning(
-                        "resumelog: %s was missing at %s (%d journal and snapshot objects); recreating it",
+                        "resumelog: %s was missing at %s (%d journal and snapshot objects): a new checkpoint "
+                        "is created; the objects of the deleted one are ignored (gc deletes them), except "
+                        "those of format versions 1-3, which carry no epoch",
                         paths.META,
                         store.url,
                         held,
@@ -262,10 +272,14 @@ def _ensure_meta(store: Store, fp: dict[str, Scalar] | None, on_mismatch: str, c
 
 
 def _clear_layout(store: Store) -> None:
-    """Delete resumelog's objects only (snapshots, journals, then meta), nothing else."""
+    """Delete resumelog's objects only (meta, then snapshots and journals), nothing else.
+
+    ``meta.msgpack`` goes first: from then on every object of the checkpoint's epoch is
+    foreign, so a reader racing the clear sees all of the checkpoint or none of it.
+    """
+    store.delete([paths.META])
     for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX):
         store.delete(o.path for o in store.list(prefix))
-    store.delete([paths.META])
 
 
 class Checkpoint:
@@ -321,6 +335,11 @@ class Checkpoint:
                     self._stale = False
                 return
         loaded = compactor.load(self.store, progress=False, listing=listing)  # listed once, not again
+        if self.meta is not None and loaded.epoch != self.meta.nonce:
+            raise CheckpointReplaced(
+                f"the checkpoint at {self.store.url} was deleted or cleared since it was opened "
+                "(what this process writes into it is ignored); reopen it"
+            )
         with self._lock:
             self._loaded = loaded
             self._view = loaded.state
@@ -417,6 +436,7 @@ class Checkpoint:
             records_folded=st.records_folded,
             gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
             gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
+            foreign_objects=len(loaded.foreign),
         )
 
     # ------------------------------------------------------------------ writing
@@ -435,7 +455,17 @@ class Checkpoint:
             p.max_records,
             p.max_seconds,
             self._single_writer,
+            self._epoch(),
         )
+
+    def _epoch(self) -> bytes:
+        """This checkpoint's epoch, for what it writes; creates ``meta.msgpack`` if this
+        view has none (opened with ``create=False`` over a checkpoint without one, or
+        cleared)."""
+        if self.meta is None:
+            self.meta = _ensure_meta(self.store, None, "raise", True)
+            assert self.meta is not None
+        return self.meta.nonce
 
     def writer(self, writer_id: str | None = None, *, flush_policy: FlushPolicy | None = None) -> Writer:
         """Open this process's writer (``writer_id`` default: ``<host>-<pid>``).
@@ -451,6 +481,7 @@ class Checkpoint:
             policy=flush_policy or self._policy,
             handle=self.handle(writer_id),
             on_close=self._writer_closed,
+            epoch=self._epoch(),
         )
         self._writers.append(w)
         return w
@@ -471,7 +502,9 @@ class Checkpoint:
                 todo.append((s, sorted({r} | {run for run in st.runs if (run, s) in st.pending})))
         if not todo:
             return []
-        with Writer(self.store, f"reset-{paths.default_writer_id()}"[:128], self.run_id, handle=None) as w:
+        with Writer(
+            self.store, f"reset-{paths.default_writer_id()}"[:128], self.run_id, handle=None, epoch=self._epoch()
+        ) as w:
             for s, voided in todo:
                 w.reset(s, voided)
         self.refresh()
@@ -483,7 +516,11 @@ class Checkpoint:
             if not w.closed and w.buffered:
                 w.flush()
         result = compactor.compact(
-            self.store, keep_runs=keep_runs, protect_runs=frozenset({self.run_id}), progress=progress
+            self.store,
+            keep_runs=keep_runs,
+            protect_runs=frozenset({self.run_id}),
+            progress=progress,
+            expect_epoch=self._epoch(),
         )
         self.refresh()
         return result
@@ -507,7 +544,13 @@ class Checkpoint:
         keep_runs : int, optional
             As for :meth:`compact`; this checkpoint's run is never retired.
         """
-        bg = BackgroundCompaction(self.store, every, keep_runs=keep_runs, protect_runs=frozenset({self.run_id}))
+        bg = BackgroundCompaction(
+            self.store,
+            every,
+            keep_runs=keep_runs,
+            protect_runs=frozenset({self.run_id}),
+            expect_epoch=self._epoch(),
+        )
         self._background.append(bg)
         return bg
 

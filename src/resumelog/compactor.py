@@ -20,12 +20,32 @@ from dataclasses import dataclass, field
 from resumelog import paths
 from resumelog._progress import Progress
 from resumelog.algebra import FoldState
-from resumelog.errors import AlreadyExists, CorruptSegment, CorruptSnapshot, ObjectNotFound, ResumelogError
-from resumelog.format import SnapshotFrames, StreamMark, TornSegment, decode_segment, decode_snapshot_frames
+from resumelog.errors import (
+    AlreadyExists,
+    CheckpointReplaced,
+    CorruptSegment,
+    CorruptSnapshot,
+    ObjectNotFound,
+    ResumelogError,
+)
+from resumelog.format import (
+    HEADER_PREFIX,
+    KIND_SEGMENT,
+    KIND_SNAPSHOT,
+    SegmentHeader,
+    SnapshotFrames,
+    SnapshotHeader,
+    StreamMark,
+    TornSegment,
+    decode_header,
+    decode_meta,
+    decode_segment,
+    decode_snapshot_frames,
+)
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.storage import ObjectInfo, Store
 
-__all__ = ["CompactResult", "GcResult", "Loaded", "compact", "gc", "list_snapshots", "load"]
+__all__ = ["CompactResult", "GcResult", "Loaded", "compact", "gc", "list_snapshots", "load", "read_epoch"]
 
 logger = logging.getLogger("resumelog")
 
@@ -52,6 +72,11 @@ class Loaded:
     """Streams of the second journal listing (:func:`_fold_latecomers`)."""
     for_compaction: bool = True
     """The state will be encoded (a compaction): completions keep their open writers."""
+    epoch: bytes | None = None
+    """The nonce of ``meta.msgpack`` during the load (``None``: no meta)."""
+    foreign: list[str] = field(default_factory=list)
+    """Objects of another epoch met by the load (ignored): debris of a deleted checkpoint."""
+    foreign_snapshots: set[int] = field(default_factory=set)
 
 
 def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
@@ -63,6 +88,36 @@ def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
             out.append((n, o))
     out.sort(key=lambda t: t[0])
     return out
+
+
+def read_epoch(store: Store) -> bytes | None:
+    """The checkpoint's epoch: the nonce of its ``meta.msgpack`` (``None`` if absent).
+
+    Every object a writer or compactor of the checkpoint writes carries it (format
+    version 4); objects carrying another epoch are debris of a deleted or cleared
+    checkpoint and are ignored (:func:`is_foreign`).
+    """
+    try:
+        return decode_meta(store.read(paths.META), paths.META).nonce
+    except ObjectNotFound:
+        return None
+
+
+def is_foreign(epoch: bytes, live: bytes | None) -> bool:
+    """Whether an object stamped ``epoch`` belongs to another checkpoint than the one
+    whose epoch is ``live``. Objects of format versions 1-3 carry none: they belong."""
+    return bool(epoch) and epoch != live
+
+
+def read_header(store: Store, path: str, kind: int) -> SegmentHeader | SnapshotHeader:
+    """The header of object ``path`` with one ranged read (the whole object if its
+    header is longer than :data:`~resumelog.format.HEADER_PREFIX`)."""
+    header = decode_header(store.read_prefix(path, HEADER_PREFIX), kind, path)
+    if header is None:
+        header = decode_header(store.read(path), kind, path)
+        if header is None:
+            raise (CorruptSnapshot if kind == KIND_SNAPSHOT else CorruptSegment)("object ends inside its header", path)
+    return header
 
 
 _GC_LOCK = threading.Lock()
@@ -165,7 +220,10 @@ def _load_once(
     verify: bool,
     skip: set[int],
 ) -> Loaded:
+    epoch = read_epoch(store)
     snaps = listing.snapshots if listing is not None else list_snapshots(store)
+    foreign: list[str] = []
+    foreign_numbers: set[int] = set()
     frames: SnapshotFrames | None = None
     state: FoldState | None = None
     loaded_n = 0
@@ -179,6 +237,11 @@ def _load_once(
             continue
         try:
             frames, state = load_snapshot(store.read_view(info.path), info.path, defer_done_crc=not verify)
+            if is_foreign(frames.header.epoch, epoch):
+                foreign.append(info.path)
+                foreign_numbers.add(n)
+                frames = state = None
+                continue
             loaded_n = n
             base_path = info.path
             break
@@ -196,7 +259,17 @@ def _load_once(
         state.anomaly("snapshot_fallback", "", "", str(failure))
     latest = snaps[-1][0] if snaps else 0
     state.number = latest + 1
-    loaded = Loaded(state, frames, loaded_n, latest, snapshots=[o for _, o in snaps], for_compaction=verify)
+    loaded = Loaded(
+        state,
+        frames,
+        loaded_n,
+        latest,
+        snapshots=[o for _, o in snaps],
+        for_compaction=verify,
+        epoch=epoch,
+        foreign=foreign,
+        foreign_snapshots=foreign_numbers,
+    )
     with _bad_base_raises(loaded_n, base_path):
         if before_fold is not None:
             before_fold(state)
@@ -261,7 +334,11 @@ def fold_journal(
             if seq < expect:
                 continue
             if seq != expect:
-                run = _segment_run(store, o.path) if expect == 0 else None  # no mark: read it once
+                header = _segment_header(store, o.path) if expect == 0 else None  # no mark: read it once
+                if header is not None and is_foreign(header.epoch, loaded.epoch):
+                    loaded.foreign.extend(x.path for _, x in segs)  # a stream lives in one epoch
+                    break
+                run = header.run_id if header is not None else None
                 if run is not None and _adopt_retired_stream(state, w, inc, seq, run):
                     expect = seq  # its records are ignored; folding them advances its new mark
                 else:
@@ -300,6 +377,10 @@ def fold_journal(
             h = seg.header
             if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
                 raise CorruptSegment("segment header does not match its object name", key)
+            if is_foreign(h.epoch, loaded.epoch):
+                stopped.add(sid)  # a stream lives in one epoch: the rest of it is foreign too
+                loaded.foreign.extend(k for k, _ in plan if k.startswith(key.rsplit("/", 1)[0] + "/"))
+                continue
             if state.apply_segment(h, seg.batches, seg.footer.closed):
                 loaded.segments_folded += 1
                 loaded.records_folded += seg.footer.record_count
@@ -307,7 +388,7 @@ def fold_journal(
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
                     state.finish(final=False)  # provisional: collapses drained states, bounds memory
-    loaded.streams_relisted = _fold_latecomers(store, state)
+    loaded.streams_relisted = _fold_latecomers(store, state, loaded.epoch)
     state.finish(writers=loaded.for_compaction)
     state.provisional = None
 
@@ -323,17 +404,23 @@ def _check_base_still_listed(store: Store, loaded: Loaded) -> None:
     one), segments it does not cover may have been collected between the two
     listings (a closed stream vanishes whole, leaving no gap to notice): load again.
     """
-    after = {n for n, _ in list_snapshots(store)}
+    after = {n for n, _ in list_snapshots(store)} - loaded.foreign_snapshots
     if loaded.snapshot not in after if loaded.snapshot else bool(after):
         raise _StaleSnapshot(f"snapshot {loaded.snapshot} was superseded and collected while the journal was listed")
+    # ``meta.msgpack`` unchanged since the load began: no clear (which deletes it
+    # first) began before the listings ended, so they hold this epoch's objects whole
+    if read_epoch(store) != loaded.epoch:
+        raise _StaleSnapshot("the checkpoint was cleared or replaced while it was listed")
 
 
-def _segment_run(store: Store, path: str) -> str | None:
-    """The run of segment ``path`` (its header), or ``None`` if it is gone or corrupt."""
+def _segment_header(store: Store, path: str) -> SegmentHeader | None:
+    """The header of segment ``path`` (one ranged read), or ``None`` if it is gone or corrupt."""
     try:
-        return decode_segment(store.read(path), path).header.run_id
+        header = read_header(store, path, KIND_SEGMENT)
     except (ObjectNotFound, CorruptSegment):
         return None
+    assert isinstance(header, SegmentHeader)
+    return header
 
 
 def _adopt_retired_stream(state: FoldState, writer_id: str, incarnation: str, first: int, run: str) -> bool:
@@ -379,12 +466,14 @@ def _journal_gap(
     mark = state.streams.get(sid)
     run = mark.run_id if mark is not None else later_run
     if run is None and later is not None:
-        run = _segment_run(store, later)
+        header = _segment_header(store, later)
+        if header is not None and not is_foreign(header.epoch, loaded.epoch):
+            run = header.run_id
     if run is not None:
         state.damage_run(run, f"{sid}: segment {missing} missing")
 
 
-def _fold_latecomers(store: Store, state: FoldState) -> set[tuple[str, str]]:
+def _fold_latecomers(store: Store, state: FoldState, epoch: bytes | None) -> set[tuple[str, str]]:
     """List again and fold the positive records of segments the first listing missed.
 
     A listing is not a point-in-time snapshot: while it walks, a fan-out ``+k`` can be
@@ -413,7 +502,8 @@ def _fold_latecomers(store: Store, state: FoldState) -> set[tuple[str, str]]:
             seg = decode_segment(result, key)
         except TornSegment:
             continue  # a torn segment holds nothing that was acknowledged
-        state.apply_positive(seg.header, seg.batches)
+        if not is_foreign(seg.header.epoch, epoch):
+            state.apply_positive(seg.header, seg.batches)
     return listed
 
 
@@ -440,12 +530,20 @@ def compact(
     max_attempts: int = 50,
     progress: bool | None = None,
     clock: Callable[[], float] = time.time,
+    expect_epoch: bytes | None = None,
 ) -> CompactResult:
     """Fold the latest snapshot and the journal tail into a new snapshot.
 
     ``keep_runs``: retire every run except ``protect_runs`` (a caller's own run, even
     before it has records) and the most recently active others, ``keep_runs`` in all
     (at least the protected ones). Safe against concurrent compactors.
+
+    ``expect_epoch``: the epoch of the checkpoint the caller opened (its
+    ``meta.msgpack`` nonce). Raises :class:`~resumelog.errors.CheckpointReplaced` if
+    ``meta.msgpack`` is missing or (with ``expect_epoch``) of another epoch: a
+    compaction never publishes into a checkpoint deleted or cleared under it. If
+    the delete comes after the check, the snapshot carries the old epoch, which
+    every reader ignores, and is deleted again when the compactor notices.
     """
     skip: set[int] = set()
     for attempt in range(1, max_attempts + 1):
@@ -463,6 +561,7 @@ def compact(
                 retired.extend(state.retire_runs(keep))
 
         loaded = load(store, progress=progress, before_fold=retire, verify=True, skip=skip)
+        epoch = _check_epoch(store, loaded.epoch, expect_epoch)
         state = loaded.state
         dropped = _prune_streams(loaded)
         if loaded.snapshot and loaded.segments_folded == 0 and not retired and not dropped and not skip:
@@ -471,7 +570,7 @@ def compact(
         base = paths.snapshot_name(loaded.snapshot) if loaded.snapshot else ""
         try:
             with _gc_paused(), _bad_base_raises(loaded.snapshot, base):
-                data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000))
+                data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch)
         except _BadBase as exc:
             skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
             continue
@@ -483,10 +582,27 @@ def compact(
                 pass
             else:
                 continue  # another compactor published `number` first: reload
+        if read_epoch(store) != epoch:  # deleted under us after all: take it back
+            store.delete([key])
+            _check_epoch(store, read_epoch(store), epoch)
         return CompactResult(
             number, True, loaded.segments_folded, loaded.records_folded, state.completed_count(), attempt, retired
         )
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+def _check_epoch(store: Store, epoch: bytes | None, expect: bytes | None) -> bytes:
+    """``epoch`` (the checkpoint's now), if a compaction may publish into it."""
+    if epoch is None:
+        raise CheckpointReplaced(
+            f"no checkpoint at {store.url}: its {paths.META} is gone (deleted or cleared); "
+            "open it with resumelog.open() to create a new one"
+        )
+    if expect is not None and epoch != expect:
+        raise CheckpointReplaced(
+            f"the checkpoint at {store.url} was deleted or cleared and created anew since it was opened; reopen it"
+        )
+    return epoch
 
 
 def _prune_streams(loaded: Loaded) -> int:
@@ -532,6 +648,22 @@ class GcResult:
     keys: list[str] = field(default_factory=list)
 
 
+def _live_snapshots(store: Store, epoch: bytes) -> tuple[list[tuple[int, ObjectInfo]], list[ObjectInfo]]:
+    """The snapshots of epoch ``epoch`` (oldest first) and those of another (foreign),
+    from their headers (a ranged read each). One that cannot be read counts as live
+    (it is judged as today: a corrupt one is never used, and GC keeps its segments)."""
+    live: list[tuple[int, ObjectInfo]] = []
+    foreign: list[ObjectInfo] = []
+    for n, o in list_snapshots(store):
+        try:
+            header = read_header(store, o.path, KIND_SNAPSHOT)
+        except (CorruptSnapshot, ObjectNotFound):
+            live.append((n, o))
+            continue
+        (foreign.append(o) if is_foreign(header.epoch, epoch) else live.append((n, o)))
+    return live, foreign
+
+
 def gc(
     store: Store,
     *,
@@ -543,49 +675,64 @@ def gc(
 ) -> GcResult:
     """Delete what the retained snapshots make redundant.
 
-    Keeps the ``retain`` newest snapshots; deletes the older snapshots first, then
-    every segment covered by the oldest retained snapshot, written more than ``grace``
-    seconds ago, except the last segment of a stream that is not finished (closed, or
-    of a retired run). If that snapshot does not decode, no segment is deleted (a
+    Keeps the ``retain`` newest snapshots of the checkpoint's epoch and deletes every
+    object of another epoch (debris of a deleted checkpoint, never read); deletes the
+    older snapshots first, then every segment covered by the oldest retained
+    snapshot, written more than ``grace`` seconds ago, except the last segment of a
+    stream that is not finished (closed, or of a retired run). If that snapshot does not decode, no segment is deleted (a
     newer one is never used instead: see :func:`_check_base_still_listed`).
     """
     if retain < 1:
         raise ValueError("retain must be >= 1")
     now = time.time() if now is None else now
     result = GcResult(dry_run)
-    snaps = list_snapshots(store)
-    if not snaps:
+    epoch = read_epoch(store)
+    if epoch is None:
+        # every object with an epoch is foreign now, but a missing meta may be a
+        # clear under way or an operator's mistake: collect nothing
+        if not dry_run:
+            logger.warning("resumelog: gc: no %s at %s; nothing collected", paths.META, store.url)
         return result
-    # Segments are judged by the oldest retained snapshot alone (never a newer one when
-    # it does not decode): a reader that loaded snapshot L and still lists L after its
-    # journal listing relies on every segment deletion so far being covered by a
-    # snapshot no newer than L (:func:`_check_base_still_listed`).
-    oldest = snaps[-retain:][0][1]
-    marks: dict[tuple[str, str], tuple[int, bool]] | None = None
-    try:
-        body = decode_snapshot_frames(store.read(oldest.path), oldest.path, defer_done_crc=True).body
-    except (CorruptSnapshot, ObjectNotFound):
-        pass  # delete no segment until that snapshot ages out of the retained ones
+    snaps, foreign = _live_snapshots(store, epoch)
+    doomed: list[ObjectInfo] = list(foreign)
+    if snaps:
+        # Segments are judged by the oldest retained snapshot alone (never a newer one
+        # when it does not decode): a reader that loaded snapshot L and still lists L
+        # after its journal listing relies on every segment deletion so far being
+        # covered by a snapshot no newer than L (:func:`_check_base_still_listed`).
+        oldest = snaps[-retain:][0][1]
+        marks: dict[tuple[str, str], tuple[int, bool]] | None = None
+        try:
+            body = decode_snapshot_frames(store.read(oldest.path), oldest.path, defer_done_crc=True).body
+        except (CorruptSnapshot, ObjectNotFound):
+            pass  # delete no segment until that snapshot ages out of the retained ones
+        else:
+            retired = {r.run_id for r in body.runs if r.retired}
+            marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
+        # Snapshots older than the retained ones go first, segments after them (see above).
+        doomed.extend(o for _, o in snaps[:-retain])
     else:
-        retired = {r.run_id for r in body.runs if r.retired}
-        marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
-    # Snapshots older than the retained ones go first, segments after them (see above).
-    doomed: list[ObjectInfo] = []
-    for _, o in snaps[:-retain]:
-        doomed.append(o)
-        result.snapshots += 1
-        result.snapshot_bytes += o.size
+        marks = {}  # no snapshot of this epoch: only foreign segments go
+    result.snapshots = len(doomed)
+    result.snapshot_bytes = sum(o.size for o in doomed)
     streams: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
-    if marks is None:
-        marks = {}  # no segment is judged (see above): none is listed or deleted
-    else:
+    if marks is not None:
         for o in store.list(paths.JOURNAL_PREFIX):
             p = paths.parse_segment(o.path)
             if p is not None:
                 streams[(p.writer_id, p.incarnation)].append((p.seq, o))
     for sid, segs in streams.items():
-        mark = marks.get(sid)
+        mark = marks.get(sid) if marks is not None else None
         if mark is None:
+            # a stream no retained snapshot knows: new, or debris of another epoch
+            # (a stream lives in one epoch: its first segment's header tells)
+            first = min(segs, key=lambda t: t[0])[1]
+            header = _segment_header(store, first.path)
+            if header is not None and is_foreign(header.epoch, epoch):
+                for _, o in segs:
+                    doomed.append(o)
+                    result.segments += 1
+                    result.segment_bytes += o.size
             continue
         hwm, closed = mark
         last = max(s for s, _ in segs)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "AlreadyExists",
+    "CheckpointReplaced",
     "CorruptObject",
     "CorruptSegment",
     "CorruptSnapshot",
@@ -110,6 +111,13 @@ class FingerprintMismatch(ResumelogError, ValueError):
             parts = ", ".join(f"{k}: stored {a!r} != given {b!r}" for k, (a, b) in sorted(differences.items()))
             reason = f"fingerprint mismatch ({parts})"
         super().__init__(f"{reason}; pass on_mismatch='reset' to start over")
+
+
+class CheckpointReplaced(ResumelogError):
+    """The checkpoint this process opened was deleted or cleared (and perhaps created
+    anew) since: what it writes now belongs to the old checkpoint and is ignored by
+    every reader. Fatal for this process's writes; reopen to start over.
+    """
 
 
 class NothingToDo(ResumelogError):

@@ -54,6 +54,7 @@ __all__ = [
     "crc32c",
     "decode_done_entries",
     "decode_done_writers",
+    "decode_header",
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
@@ -69,7 +70,7 @@ __all__ = [
     "verify_done",
 ]
 
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 MAGIC: Final = b"RSLG"
 KIND_SEGMENT: Final = ord("S")
 KIND_SNAPSHOT: Final = ord("N")
@@ -124,6 +125,9 @@ class SegmentHeader(msgspec.Struct, array_like=True, frozen=True):
     run_id: str
     nonce: bytes
     created_ms: int = 0
+    epoch: bytes = b""
+    """The ``nonce`` of the ``meta.msgpack`` the writer's checkpoint had (version 4;
+    empty in older versions): a reader ignores a segment of another epoch."""
 
 
 class SegmentFooter(msgspec.Struct, array_like=True, frozen=True):
@@ -216,6 +220,8 @@ class SnapshotHeader(msgspec.Struct, array_like=True, frozen=True):
     created_ms: int = 0
     completed_count: int = 0
     ascii_ids: bool = True
+    epoch: bytes = b""
+    """As :attr:`SegmentHeader.epoch`: the checkpoint the snapshot belongs to (version 4)."""
 
 
 class SnapshotBody(msgspec.Struct, array_like=True):
@@ -566,6 +572,38 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
             raise CorruptSnapshot("CRC mismatch in the done-entry frame", path) from None
         raise
     return SnapshotFrames(header, body, hashes, offsets, runs, blob, deferred=late, legacy_done=chunks)
+
+
+HEADER_PREFIX: Final = 4096
+"""Bytes of an object's start that hold its header frame in practice (segment and
+snapshot headers are well under 200 bytes): what :func:`decode_header` is given."""
+
+
+def decode_header(prefix: bytes | memoryview, kind: int, path: str = "") -> SegmentHeader | SnapshotHeader | None:
+    """The header (frame 0) of a segment or snapshot (``kind``) from the first bytes of
+    its object, or ``None`` if ``prefix`` is too short to hold it (read it whole).
+    Checks the preamble and the header frame's CRC, not the rest of the object."""
+    err = _error_for(kind)
+    view = memoryview(prefix)
+    if len(view) < PREAMBLE_SIZE + FRAME_HEADER_SIZE:
+        return None
+    magic, k, _flags, version, _total, _res = _PRE.unpack_from(view, 0)
+    if magic != MAGIC or crc32c(view[: _PRE.size]) != int.from_bytes(view[_PRE.size : PREAMBLE_SIZE], "big"):
+        raise err("bad preamble", path)
+    if version > FORMAT_VERSION or version < 1:
+        raise UnsupportedFormat(f"format version {version} is not supported by this resumelog; upgrade", path)
+    if k != kind:
+        raise err(f"expected a {_KIND_NAMES.get(kind)} object, found kind {k!r}", path)
+    length, crc = _FRAME.unpack_from(view, PREAMBLE_SIZE)
+    start = PREAMBLE_SIZE + FRAME_HEADER_SIZE
+    if len(view) < start + length:
+        return None
+    payload = view[start : start + length]
+    if crc32c(payload) != crc:
+        raise err("CRC mismatch in the header frame", path)
+    dec = _dec_snap_header if kind == KIND_SNAPSHOT else _dec_header
+    header: SegmentHeader | SnapshotHeader = _decode(dec, payload, f"{_KIND_NAMES.get(kind)} header", err, path)
+    return header
 
 
 _dec_writers = msgspec.msgpack.Decoder(DoneWriters)

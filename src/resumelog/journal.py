@@ -85,8 +85,12 @@ class Writer:
         handle: Any = None,
         on_flush: Callable[[SegmentHeader, list[Batch], bool], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        epoch: bytes = b"",
     ) -> None:
         self.store = store
+        self.epoch = epoch
+        """The nonce of the checkpoint's ``meta.msgpack`` at open, stamped on every
+        segment: if that checkpoint is deleted, the segments written after are ignored."""
         self.writer_id = paths.validate_id(writer_id if writer_id is not None else paths.default_writer_id())
         self.run_id = paths.validate_id(run_id, "run id")
         self.incarnation = incarnation or paths.new_ulid(clock)
@@ -263,7 +267,7 @@ class Writer:
                 return
             nonce = secrets.token_bytes(16)
             header = SegmentHeader(
-                self.writer_id, self.incarnation, self.seq, self.run_id, nonce, int(self._clock() * 1000)
+                self.writer_id, self.incarnation, self.seq, self.run_id, nonce, int(self._clock() * 1000), self.epoch
             )
             self._seal()  # the open batch joins the sealed ones
             frames, batches, records = self._sealed, self._sealed_batches, self._sealed_records

@@ -94,8 +94,11 @@ def load_snapshot(
     return frames, state
 
 
-def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, created_ms: int = 0) -> bytes:
-    """Encode ``state`` as snapshot number ``state.number``.
+def encode_snapshot(
+    state: FoldState, previous: SnapshotFrames | None, *, created_ms: int = 0, epoch: bytes = b""
+) -> bytes:
+    """Encode ``state`` as snapshot number ``state.number`` of the checkpoint whose
+    ``meta.msgpack`` nonce is ``epoch``.
 
     ``previous`` is the snapshot the state was loaded from: its frames are reused
     verbatim when nothing in them changed. The completed ids keep their shapes (the
@@ -145,7 +148,7 @@ def encode_snapshot(state: FoldState, previous: SnapshotFrames | None, *, create
         if table is not None:
             shapes = table.encode() if len(table) else EMPTY_SHAPE_TABLE
         shape_ids = pack_uints(tags) if any(tags) else b""
-    header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids)
+    header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids, epoch)
     pending = []
     # Only the streams some pending entry names are stored, renumbered: the table is
     # bounded by the pending state, not by every writer that ever wrote (invariant 5).

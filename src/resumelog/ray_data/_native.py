@@ -24,9 +24,11 @@ from ray.data.block import BlockAccessor
 from ray.data.checkpoint import CheckpointConfig
 from ray.data.checkpoint.checkpoint_filter import CheckpointFilter, CheckpointManager
 
+from resumelog import compactor
 from resumelog import paths as _paths
-from resumelog.checkpoint import Checkpoint
+from resumelog.checkpoint import Checkpoint, WriterHandle
 from resumelog.checkpoint import open as _open_checkpoint
+from resumelog.errors import CheckpointReplaced, ObjectNotFound
 from resumelog.ray_data._common import UnfilterableDataset
 from resumelog.ray_data._filter import _IdMatcher, completed_ids
 
@@ -51,7 +53,10 @@ class ResumelogCheckpointConfig(CheckpointConfig):  # type: ignore[misc]
 
     ``delete_checkpoint_on_success`` defaults to ``False`` here (Ray: ``True``): a
     rerun of a finished job then skips everything. With ``True``, Ray deletes the
-    whole ``checkpoint_path`` (resumelog's part included) after a successful run.
+    whole ``checkpoint_path`` (resumelog's part included) after a successful run, and
+    it stays deleted: a background ingest still running then writes into the deleted
+    checkpoint's epoch, which no reader counts (RFC 0004), so the next job processes
+    every row.
     """
 
     def __init__(
@@ -89,29 +94,32 @@ def _resumelog_url(config: Any) -> str:
 
 
 def _ingest(
-    url: str,
-    storage_options: Mapping[str, Any],
+    handle: WriterHandle,
     ids: Any,
     files: Sequence[str],
     filesystem: pafs.FileSystem,
     delete: bool,
 ) -> int:
-    """Fold ``ids`` (complete, from Ray's id ``files``) into resumelog; then delete the files.
+    """Fold ``ids`` (complete, from Ray's id ``files``, not yet complete in resumelog)
+    into the checkpoint ``handle`` was made from; then delete the files.
 
-    Idempotent: a crash anywhere leaves the files, and the next start folds again
-    (ids already complete are skipped). Returns the number of ids folded.
+    Fenced by the handle's epoch: if the checkpoint was deleted since the handle was
+    made (Ray's ``delete_checkpoint_on_success`` while this ran beside the pipeline,
+    however late this task starts), what it writes carries the old epoch and is
+    ignored by every reader, and the compaction refuses to publish (RFC 0004): returns
+    0 then. Idempotent: a crash anywhere leaves the files, and the next start folds
+    again. Returns the number of ids folded.
     """
-    ckpt = _open_checkpoint(url, storage_options=storage_options)
-    done = completed_ids(ckpt)
-    ids = pc.cast(ids, pa.large_string())
-    if len(done) and len(ids):
-        ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=done)))
-    new: list[str] = ids.to_pylist()
+    new: list[str] = pc.cast(ids, pa.large_string()).to_pylist()
     if new:
-        w = ckpt.handle(f"ray-native-{_paths.default_writer_id()}"[:128]).writer()
+        w = handle.writer()
         w.complete_many(new)
         w.close()
-        ckpt.compact(progress=False)
+        try:
+            compactor.compact(w.store, progress=False, expect_epoch=handle.epoch)
+        except CheckpointReplaced as exc:
+            logger.info("resumelog: the checkpoint was deleted while Ray's id files were folded: %s", exc)
+            return 0
     if delete:
         for p in files:
             try:
@@ -155,9 +163,10 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
         self.ingest_mode: str = getattr(checkpoint_config, "ingest", "background")
         self.stats: dict[str, float] = {}
 
-    def open(self) -> Checkpoint:
-        """The resumelog checkpoint behind this config."""
-        return _open_checkpoint(self.resumelog_url, storage_options=self.storage_options)
+    def open(self, *, create: bool = True) -> Checkpoint:
+        """The resumelog checkpoint behind this config (``create=False``: raise
+        :class:`~resumelog.errors.ObjectNotFound` if there is none, writing nothing)."""
+        return _open_checkpoint(self.resumelog_url, storage_options=self.storage_options, create=create)
 
     def committed_files(self) -> list[str]:
         """Ray's committed id files under ``checkpoint_path`` (not the pending ones)."""
@@ -191,8 +200,11 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
         if data_file_dir is not None:
             self._clean_pending_checkpoints(data_file_dir, data_file_filesystem)
         t1 = time.perf_counter()
-        ckpt = self.open()
-        done = completed_ids(ckpt)
+        try:
+            ckpt: Checkpoint | None = self.open(create=False)  # planning alone writes nothing
+        except ObjectNotFound:
+            ckpt = None
+        done = completed_ids(ckpt) if ckpt is not None else pa.array([], type=pa.large_string())
         t2 = time.perf_counter()
         files = self.committed_files()
         native = self.read_ids(files) if files else pa.array([], type=pa.large_string())
@@ -208,7 +220,12 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
         t3 = time.perf_counter()
         ingested = 0
         if files:
-            args = (self.resumelog_url, self.storage_options, new, files, self.filesystem, self.delete_ingested)
+            if ckpt is None:
+                ckpt = self.open()
+            # the handle carries the checkpoint's epoch: if Ray deletes checkpoint_path
+            # before the fold ends, the fold's objects are foreign and ignored (RFC 0004)
+            handle = ckpt.handle(f"ray-native-{_paths.default_writer_id()}"[:128])
+            args = (handle, new, files, self.filesystem, self.delete_ingested)
             if self.ingest_mode == "blocking":
                 ingested = _ingest(*args)
             else:

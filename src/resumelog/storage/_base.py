@@ -79,6 +79,11 @@ class Store(ABC):
         read. Objects are immutable, so the view stays valid."""
         return self.read(key)
 
+    def read_prefix(self, key: str, n: int) -> bytes:
+        """The first ``n >= 1`` bytes of ``key`` (all of it if shorter): one ranged request on
+        object stores. :class:`~resumelog.errors.ObjectNotFound` if absent."""
+        return bytes(self.read(key)[:n])
+
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         """Read several objects; yield ``(key, bytes or the exception)`` in input order.
 

@@ -196,6 +196,16 @@ class FsspecStore(Store):
         except Exception as exc:
             raise _storage_error("read", self._url, key, exc) from exc
 
+    def read_prefix(self, key: str, n: int) -> bytes:
+        full = self._full(key)
+        try:
+            data: bytes = self._do(self.fs.cat_file, full, start=0, end=n, **self._cat_kwargs)
+            return data
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
+        except Exception as exc:
+            raise _storage_error("read", self._url, key, exc) from exc
+
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         if not keys:
             return

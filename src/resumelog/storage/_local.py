@@ -197,6 +197,17 @@ class LocalStore(Store):
         assert isinstance(data, bytes)
         return data
 
+    def read_prefix(self, key: str, n: int) -> bytes:
+        self.requests["get"] += 1
+        p = self._path(key)
+        try:
+            with open(p, "rb") as f:
+                return f.read(n)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{p} does not exist") from None
+        except IsADirectoryError:
+            raise ObjectNotFound(f"{p} is a directory") from None
+
     def read_view(self, key: str) -> bytes | memoryview:
         """Objects of 1 MiB and more are memory-mapped (see :meth:`Store.read_view`)."""
         return self._read(key, mmap_min=MMAP_MIN)

@@ -103,6 +103,14 @@ class StoreTests:
         with pytest.raises(ObjectNotFound):
             store.read_view("v/none")
 
+    def test_read_prefix(self, store: Store) -> None:
+        data = bytes(range(256)) * 40
+        store.put_if_absent("p/obj", data)
+        assert store.read_prefix("p/obj", 100) == data[:100]
+        assert store.read_prefix("p/obj", len(data) + 50) == data
+        with pytest.raises(ObjectNotFound):
+            store.read_prefix("p/missing", 10)
+
     def test_exists(self, store: Store) -> None:
         assert not store.exists("e")
         store.put_if_absent("e", b"1")

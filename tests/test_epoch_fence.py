@@ -1,0 +1,166 @@
+"""A checkpoint deleted or cleared under live writers, compactors or ingest tasks stays
+deleted: what they write afterwards belongs to the old checkpoint's *epoch* (the nonce
+of its ``meta.msgpack``), and every reader ignores objects of another epoch
+(docs/format.md §7, RFC 0004; issue 22, defect 1).
+
+Real files and a real S3-compatible server; deletions as the tools users run do them
+(``shutil.rmtree``, Ray's ``filesystem.delete_dir``, ``resumelog clear``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from s3_support import S3_KINDS, bucket_of
+
+import resumelog
+from resumelog import compactor, paths
+from resumelog.errors import CheckpointReplaced
+from resumelog.format import decode_segment, decode_snapshot_frames
+
+
+def _rm(url: str, store: resumelog.storage.Store) -> None:
+    """Delete the whole checkpoint as a foreign tool would (no resumelog code)."""
+    if "://" in url:
+        store.delete([o.path for o in store.list("")])
+    else:
+        shutil.rmtree(url)
+
+
+@pytest.fixture(params=["local", *[f"s3-{k}" for k in S3_KINDS]])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
+    """``(url, storage_options)`` of a fresh checkpoint on local disk or a real S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "ck"), {}
+    server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
+    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options()
+
+
+def test_a_writer_and_compactor_outliving_a_deleted_checkpoint_do_not_bring_it_back(where):
+    url, opts = where
+    ck = resumelog.open(url, storage_options=opts)
+    w = ck.writer("w")
+    w.complete("a")
+    w.flush()
+    _rm(url, ck.store)
+    w.complete("b")  # the job goes on writing: its records land in the deleted checkpoint's place
+    w.close()
+    with pytest.raises(CheckpointReplaced):
+        ck.compact()
+    fresh = resumelog.open(url, storage_options=opts)
+    assert sorted(fresh.completed) == []
+    assert fresh.pending(["a", "b"]) == ["a", "b"]
+    # a new job on the new checkpoint counts; the old epoch's debris still does not
+    w2 = fresh.writer("w2")
+    w2.complete("c")
+    w2.close()
+    fresh.compact()
+    again = resumelog.open(url, storage_options=opts)
+    assert sorted(again.completed) == ["c"]
+    assert again.status().foreign_objects >= 1
+
+
+def test_a_snapshot_published_after_the_delete_is_ignored_and_collected(where):
+    url, opts = where
+    ck = resumelog.open(url, storage_options=opts)
+    with ck.writer("w") as w:
+        w.complete_many(["a", "b"])
+    ck.compact()
+    old_epoch = ck.meta.nonce
+    state = compactor.load(ck.store, verify=True)
+    _rm(url, ck.store)
+    # a compactor that loaded before the delete publishes after it (the race of issue 22)
+    from resumelog.snapshot import encode_snapshot
+
+    ck.store.put_if_absent(
+        paths.snapshot_name(state.state.number), encode_snapshot(state.state, state.frames, epoch=old_epoch)
+    )
+    new = resumelog.open(url, storage_options=opts)
+    assert sorted(new.completed) == []
+    assert new.meta.nonce != old_epoch
+    with new.writer("w") as w:
+        w.complete("z")
+    r = new.compact()
+    assert r.snapshot == state.state.number + 1  # numbered past the foreign one, never onto it
+    assert sorted(resumelog.open(url, storage_options=opts).completed) == ["z"]
+    g = new.gc(grace=0)
+    assert paths.snapshot_name(state.state.number) in g.keys
+    assert sorted(resumelog.open(url, storage_options=opts).completed) == ["z"]
+
+
+def test_only_foreign_objects_and_no_meta_is_an_empty_checkpoint_for_a_reader(tmp_path):
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    w = ck.writer("w")
+    w.complete("a")
+    w.flush()
+    (Path(url) / paths.META).unlink()  # e.g. Ray's delete_dir interrupted after meta.msgpack
+    w.close()
+    ro = resumelog.open(url, create=False)
+    assert sorted(ro.completed) == []
+    assert ro.status().foreign_objects == 2  # its two segments (the last one written by close)
+
+
+def test_an_ingest_that_starts_after_the_delete_cannot_recreate_the_checkpoint(tmp_path):
+    """A handle made before the delete writes into the old epoch, whichever process
+    opens it and whenever (a Ray task scheduled late)."""
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    h = ck.handle("late")
+    shutil.rmtree(url)
+    w = h.writer()
+    w.complete_many(["x", "y"])
+    w.close()
+    with pytest.raises(CheckpointReplaced):
+        compactor.compact(w.store, expect_epoch=h.epoch)
+    assert sorted(resumelog.open(url).completed) == []
+    seg = next(Path(url).rglob("*.seg"))
+    assert decode_segment(seg.read_bytes()).header.epoch == h.epoch
+
+
+def test_a_load_from_no_snapshot_beside_a_foreign_one_is_not_stale_forever(tmp_path):
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    with ck.writer("w") as w:
+        w.complete("a")
+    ck.compact()
+    shutil.rmtree(url)
+    fresh = resumelog.open(url)  # nothing of its own yet
+    stale = resumelog.open(str(tmp_path / "other"))
+    with stale.writer("w") as w:
+        w.complete("q")
+    stale.compact()
+    snap = (Path(tmp_path / "other") / paths.snapshot_name(1)).read_bytes()
+    (Path(url) / "snapshots").mkdir(parents=True, exist_ok=True)
+    (Path(url) / paths.snapshot_name(1)).write_bytes(snap)  # an epoch not this one's
+    assert decode_snapshot_frames(snap).header.epoch == stale.meta.nonce
+    fresh.refresh()
+    assert sorted(fresh.completed) == []
+    with fresh.writer("w") as w:
+        w.complete("b")
+    assert sorted(resumelog.open(url).completed) == ["b"]
+
+
+def test_resumelog_clear_deletes_meta_first(tmp_path):
+    """A reader racing ``clear`` sees the old checkpoint whole or not at all: with meta
+    gone, every object of its epoch is foreign."""
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    with ck.writer("w") as w:
+        w.complete("a")
+    order: list[list[str]] = []
+    store = ck.store
+    real = store.delete
+
+    def spy(keys):
+        keys = list(keys)
+        order.append(keys)
+        return real(keys)
+
+    store.delete = spy  # type: ignore[method-assign]
+    ck.clear()
+    assert order[0] == [paths.META]
+    assert not any(Path(url).rglob("*.seg"))
