@@ -44,6 +44,7 @@ import ray
 
 import resumelog
 import resumelog.ray_data as rd
+from resumelog.testing.ray import init_local_ray
 
 
 def make_inputs(inputs: Path, files: int, rows: int) -> list[str]:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     url = args.checkpoint or str(work / "checkpoint")
     opts = json.loads(args.storage_options)
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_local_ray(num_cpus=2, log_to_driver=False, logging_level="ERROR")  # ray.init(address="local", ...)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     if args.fast_read:
