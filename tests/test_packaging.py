@@ -118,3 +118,15 @@ def test_crc32c_is_the_castagnoli_crc_of_the_crc32c_package() -> None:
     assert crc32c(data) == package.crc32c(data)
     assert crc32c(data[100:], crc32c(data[:100])) == crc32c(data)
     assert crc32c(memoryview(data)[3:77]) == package.crc32c(data[3:77])
+
+
+def test_docstrings_cite_the_repositorys_own_docs() -> None:
+    """No citation of the design notes that live outside the repository; every
+    ``docs/<page>.md`` a module cites exists."""
+    cited = set()
+    for path in sorted((ROOT / "src" / "resumelog").rglob("*.py")):
+        text = path.read_text()
+        assert "DESIGN" not in text, path
+        cited |= set(re.findall(r"docs/([\w/-]+\.md)", text))
+    assert cited >= {"concepts.md", "format.md", "guarantees.md"}
+    assert all((ROOT / "docs" / page).is_file() for page in cited), cited
