@@ -71,6 +71,13 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         assert (site / page / "index.html").exists(), page
     api = (site / "api" / "resumelog" / "index.html").read_text()
     assert 'id="resumelog.open"' in api and 'id="resumelog.Checkpoint.status"' in api
+    # the facade's page opens with resumelog.open, then the classes in __all__'s order
+    top = re.findall(r'id="resumelog\.(\w+)"', api)
+    assert top[:3] == ["open", "Checkpoint", "WriterHandle"], top[:3]
+    curator = (site / "api" / "curator" / "index.html").read_text()
+    assert 'id="resumelog.curator.StageCheckpointer"' in curator and 'id="resumelog.curator.Pipeline"' in curator
+    deltas = (site / "api" / "curator_deltas" / "index.html").read_text()
+    assert 'id="resumelog.curator_deltas.stage_deltas"' in deltas
     assert 'id="resumelog.format.decode_segment"' in (site / "api" / "format" / "index.html").read_text()
     assert 'id="resumelog.storage.Store"' in (site / "api" / "storage" / "index.html").read_text()
     assert 'id="resumelog.algebra.FoldState"' in (site / "api" / "algebra" / "index.html").read_text()

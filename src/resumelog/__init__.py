@@ -28,29 +28,30 @@ from resumelog.journal import FlushPolicy, Writer
 
 __version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
 
-__all__ = [
-    "AlreadyExists",
-    "BackgroundCompaction",
+# In reading order, not sorted: the API reference (docs/api/resumelog.md) follows it.
+__all__ = [  # noqa: RUF022
+    "open",
     "Checkpoint",
+    "WriterHandle",
+    "Writer",
+    "FlushPolicy",
     "CompletedView",
+    "Status",
+    "BackgroundCompaction",
+    "ResumelogError",
+    "InvalidId",
+    "FingerprintMismatch",
+    "NothingToDo",
+    "FlushError",
+    "StorageError",
+    "AlreadyExists",
+    "ObjectNotFound",
+    "UnsupportedBackend",
     "CorruptObject",
     "CorruptSegment",
     "CorruptSnapshot",
-    "FingerprintMismatch",
-    "FlushError",
-    "FlushPolicy",
-    "InvalidId",
-    "NothingToDo",
-    "ObjectNotFound",
-    "ResumelogError",
-    "Status",
-    "StorageError",
-    "UnsupportedBackend",
     "UnsupportedFormat",
-    "Writer",
-    "WriterHandle",
     "__version__",
-    "open",
 ]
 
 
