@@ -45,6 +45,7 @@ import ray
 
 import resumelog
 import resumelog.ray_data as rd
+from resumelog.testing.ray import init_local_ray
 
 
 def emit(**fields: object) -> None:
@@ -276,7 +277,7 @@ def main() -> int:
     only = set(args.only or ("pipeline", "resume", "load"))
 
     tmp = tempfile.mkdtemp(prefix="bench-ray-data-", dir=args.workdir)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_local_ray(num_cpus=2, log_to_driver=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.use_datasource_v2 = args.datasource_v2

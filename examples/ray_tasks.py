@@ -36,6 +36,7 @@ import ray
 
 import resumelog
 import resumelog.ray
+from resumelog.testing.ray import init_local_ray
 
 
 @ray.remote(max_retries=0)  # a worker crash fails the task for good: the rerun redoes it
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sources = [f"src-{k:04d}" for k in range(args.sources)]
     crash_on = sources[args.crash_at] if 0 <= args.crash_at < len(sources) else ""
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    init_local_ray(num_cpus=args.num_cpus, log_to_driver=False)  # ray.init(address="local", ...)
     try:
         failed = run_phase("phase 1", url, sources, outdir, crash_on, args.delay)
         if failed:

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -71,6 +72,13 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
         assert (site / page / "index.html").exists(), page
     api = (site / "api" / "resumelog" / "index.html").read_text()
     assert 'id="resumelog.open"' in api and 'id="resumelog.Checkpoint.status"' in api
+    # the facade's page opens with resumelog.open, then the classes in __all__'s order
+    top = re.findall(r'id="resumelog\.(\w+)"', api)
+    assert top[:3] == ["open", "Checkpoint", "WriterHandle"], top[:3]
+    curator = (site / "api" / "curator" / "index.html").read_text()
+    assert 'id="resumelog.curator.StageCheckpointer"' in curator and 'id="resumelog.curator.Pipeline"' in curator
+    deltas = (site / "api" / "curator_deltas" / "index.html").read_text()
+    assert 'id="resumelog.curator_deltas.stage_deltas"' in deltas
     assert 'id="resumelog.format.decode_segment"' in (site / "api" / "format" / "index.html").read_text()
     assert 'id="resumelog.storage.Store"' in (site / "api" / "storage" / "index.html").read_text()
     assert 'id="resumelog.algebra.FoldState"' in (site / "api" / "algebra" / "index.html").read_text()
@@ -173,3 +181,20 @@ def test_every_test_the_reliability_page_cites_exists():
         if name not in {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}:
             missing.append(f"{path}::{name}")
     assert missing == []
+
+
+# --------------------------------------------------------------------------- storage.md
+
+
+def test_storage_conditional_create_check_runs_against_the_s3_servers(s3_url: tuple[str, dict[str, Any]]) -> None:
+    """The how-to's ``If-None-Match`` check, as printed, against the suite's S3 servers."""
+    pytest.importorskip("s3fs")
+    text = (DOCS / "storage.md").read_text()
+    (block,) = [b for b in python_blocks(DOCS / "storage.md") if "def check_conditional_create" in b]
+    assert "## Azure Blob Storage" in text and "single_writer=True" in text
+    code = block[: block.index("\nprint(")]  # the last line names a placeholder bucket
+    ns: dict[str, Any] = {}
+    exec(compile(code, "<storage.md check_conditional_create>", "exec"), ns)
+    url, opts = s3_url
+    result = ns["check_conditional_create"](url, opts)
+    assert result.startswith("honoured: the second create was refused ("), result

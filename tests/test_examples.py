@@ -176,3 +176,32 @@ def test_batch_generation_fresh_resume_and_overwrite(tmp_path: Path) -> None:
     out = run("batch_generation.py", "--out", tmp_path, "--num-records", 20, "--buffer-size", 10, "--overwrite")
     assert "deleted" in out and "dataset complete: 20 records (20 distinct ids) in 2 batch files" in out
     assert batch_files(tmp_path) == ["batch_00000.jsonl", "batch_00001.jsonl"]
+
+
+# ----------------------------------------------------------------- ray data
+
+
+@pytest.mark.ray
+def test_ray_data_parquet_with_defaults_shows_the_resume(tmp_path: Path) -> None:
+    """Default reader and crash point: the interrupted phase leaves files complete that
+    the resume skips, and the crash message names the poisoned id (issue 21)."""
+    pytest.importorskip("ray")
+    pytest.importorskip("pyarrow")
+    env = {k: v for k, v in os.environ.items() if k not in ("RESUMELOG_RUN_ID", "SLURM_ARRAY_JOB_ID")}
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ray_data_parquet.py"), "--workdir", str(tmp_path), "--num-files", "30"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr[-3000:]
+    poison = 18 * 50 + 25  # file int(0.6 * 30), row 50 // 2 of the default 50 rows per file
+    assert f"phase 1: interrupted (simulated crash on id {poison}); complete " in out
+    done1 = number(r"phase 1: interrupted .*; complete (\d+)/30", out)
+    assert 0 < done1 < 30
+    assert f"phase 2: skipped {done1} already complete" in out and f"phase 2: reading {30 - done1} files" in out
+    assert "complete 30/30" in out and "phase 3: skipped 30 already complete" in out
+    expected = sum(1 for i in range(30 * 50) if i % 7)
+    assert f"output: {expected} rows, {expected} distinct ids, expected {expected}" in out

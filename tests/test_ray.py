@@ -20,6 +20,7 @@ import pytest
 import resumelog
 import resumelog.ray as rray
 from resumelog.errors import NothingToDo
+from resumelog.testing.ray import init_local_ray
 
 ray = pytest.importorskip("ray")
 
@@ -37,13 +38,7 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 @pytest.fixture(scope="module")
 def ray_cluster() -> Any:
     """A private local Ray instance (xdist workers each start their own)."""
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=80 * 1024 * 1024,
-    )
+    init_local_ray(num_cpus=2, log_to_driver=False, object_store_memory=80 * 1024 * 1024)
     yield ray
     ray.shutdown()
 

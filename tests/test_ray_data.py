@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _init_ray() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from resumelog.testing.ray import init_local_ray
+
+    init_local_ray(num_cpus=2, log_to_driver=False, logging_level="ERROR")
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,9 @@ def throughput_inproc(base_dir: str, n: int) -> dict[str, Any]:
 def _ray_init() -> Any:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from resumelog.testing.ray import init_local_ray
+
+    init_local_ray(num_cpus=2, log_to_driver=False, logging_level="ERROR")
     return ray
 
 

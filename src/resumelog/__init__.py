@@ -1,8 +1,8 @@
 """resumelog: crash-safe resume for long data pipelines, on any storage.
 
 Each writer appends delta records to its own journal of immutable segments; a
-compactor folds them into snapshots of completed sources. See ``docs/`` and
-``DESIGN.md``.
+compactor folds them into snapshots of completed sources. See the documentation in
+``docs/``: ``concepts.md`` (the model), ``guarantees.md`` and ``format.md`` (the bytes).
 """
 
 from __future__ import annotations
@@ -26,31 +26,32 @@ from resumelog.errors import (
 )
 from resumelog.journal import FlushPolicy, Writer
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
 
-__all__ = [
-    "AlreadyExists",
-    "BackgroundCompaction",
+# In reading order, not sorted: the API reference (docs/api/resumelog.md) follows it.
+__all__ = [  # noqa: RUF022
+    "open",
     "Checkpoint",
+    "WriterHandle",
+    "Writer",
+    "FlushPolicy",
     "CompletedView",
+    "Status",
+    "BackgroundCompaction",
+    "ResumelogError",
+    "InvalidId",
+    "FingerprintMismatch",
+    "NothingToDo",
+    "FlushError",
+    "StorageError",
+    "AlreadyExists",
+    "ObjectNotFound",
+    "UnsupportedBackend",
     "CorruptObject",
     "CorruptSegment",
     "CorruptSnapshot",
-    "FingerprintMismatch",
-    "FlushError",
-    "FlushPolicy",
-    "InvalidId",
-    "NothingToDo",
-    "ObjectNotFound",
-    "ResumelogError",
-    "Status",
-    "StorageError",
-    "UnsupportedBackend",
     "UnsupportedFormat",
-    "Writer",
-    "WriterHandle",
     "__version__",
-    "open",
 ]
 
 

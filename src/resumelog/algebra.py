@@ -1,4 +1,4 @@
-"""The pure, order-independent fold of delta records (DESIGN §3-§4). No I/O, no clocks.
+"""The pure, order-independent fold of delta records (``docs/concepts.md``). No I/O, no clocks.
 
 Records
     A record is ``(key, source, delta)`` plus an *emission* flag, written by one
@@ -306,8 +306,8 @@ class FoldState:
     def completed_leaves(self, source: str) -> set[str]:
         """Leaf keys of ``source`` whose ``-1`` was recorded in any run still known.
 
-        Leaf keys are lineage keys ``<source>::<i>::<j>...`` (DESIGN §4, leaf-level
-        resume): the sink's ``-1`` for such a key means that leaf's output was
+        Leaf keys are lineage keys ``<source>::<i>::<j>...`` (``docs/concepts.md``,
+        leaf-level resume): the sink's ``-1`` for such a key means that leaf's output was
         written. Pending states of live runs and the final deltas of a completion
         both count; a retired run's leaves are forgotten (they are redone).
         """

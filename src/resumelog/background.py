@@ -6,7 +6,7 @@ leaves a snapshot, which opens in milliseconds, plus the records of the last few
 minutes. :meth:`Checkpoint.compact_in_background <resumelog.Checkpoint.compact_in_background>`
 starts one of these; ``resumelog compact --every`` is the same loop as a sidecar process.
 
-Compaction is safe while writers run (DESIGN §5: a snapshot is created with
+Compaction is safe while writers run (``docs/format.md`` §7: a snapshot is created with
 put-if-absent; a concurrent compactor loses and reloads), so the thread needs no
 coordination with them. It never touches the checkpoint's view: the next
 :meth:`~resumelog.Checkpoint.refresh` simply finds a newer snapshot and a shorter tail.

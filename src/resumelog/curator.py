@@ -11,9 +11,9 @@ Two layers:
     The executor hook (Curator's ``ExecutorPlugin`` idea): another framework's
     executor calls :meth:`~StageCheckpointer.after_stage` once per stage batch. It
     skips already completed sources at the source stage, records the counter records
-    of :func:`stage_deltas` (DESIGN §3), **flushes before returning whenever a record
-    is positive** (emission ``+1``, fan-out ``+k``: the durability barrier of DESIGN
-    §4) and returns the outputs to dispatch, sentinels stripped. With
+    of :func:`stage_deltas`, **flushes before returning whenever a record
+    is positive** (emission ``+1``, fan-out ``+k``: the durability barrier of
+    ``docs/concepts.md``) and returns the outputs to dispatch, sentinels stripped. With
     ``leaf_resume=True`` it also skips, before the last stage, leaves that a previous
     run already wrote (:meth:`~StageCheckpointer.before_stage`).
 

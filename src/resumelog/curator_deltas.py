@@ -1,9 +1,9 @@
-"""Pure counter deltas of a Curator-style stage (DESIGN §3), no I/O.
+"""Pure counter deltas of a Curator-style stage (``docs/concepts.md``), no I/O.
 
 A stage maps a batch of input tasks to a batch of output tasks. :func:`stage_deltas`
 turns one such call into the signed records ``(key, source, delta)`` that NeMo
-Curator's ``BaseStageAdapter._apply_resumability_counters`` fires, with the fixes
-DESIGN.md asks for (a single-stage pipeline completes; the ambiguous-batch warning is
+Curator's ``BaseStageAdapter._apply_resumability_counters`` fires, with two
+fixes (a single-stage pipeline completes; the ambiguous-batch warning is
 logged once per stage). Writing the records, flushing and skipping already completed
 sources belong to the caller (the stage runner in :mod:`resumelog.curator`).
 
@@ -239,7 +239,7 @@ def is_emission(delta: int, *, is_source: bool) -> bool:
     An emission marks its source as entered into the run (``Writer.record(...,
     emission=True)``); every positive record of a source stage is one, nothing else
     is. Positive records (emissions and fan-out ``+k``) must be flushed before the
-    outputs they account for are dispatched (DESIGN §4, durability barrier).
+    outputs they account for are dispatched (the durability barrier of ``docs/concepts.md``).
 
     Parameters
     ----------
@@ -288,7 +288,7 @@ def stage_deltas(
     is_failed: Callable[[T], bool] = default_is_failed,
     stage_name: str = "",
 ) -> list[Record]:
-    """Compute the counter records of one stage call (DESIGN §3, Curator parity).
+    """Compute the counter records of one stage call (Curator parity).
 
     Parameters
     ----------
@@ -326,7 +326,7 @@ def stage_deltas(
           two-stage pipeline (source → 1:1 sink) would use, so the records are those
           of that pipeline and the key differs from the ``+1``'s (one key with two
           deltas would be a rewrite, not a completion). Curator never completes a
-          single-stage pipeline; DESIGN §3 makes it complete. Skipping already
+          single-stage pipeline; resumelog completes it. Skipping already
           completed sources is the caller's job (drop them from ``outputs`` first).
         * **empty output**: no records.
         * **fan-out 1→N, N>1**: one record keyed on ``task_id(outputs[0])`` with the

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
-from crc32c import crc32c
 
+from resumelog._crc import crc32c
 from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
 from resumelog.idset import counted_uints, index_views
 

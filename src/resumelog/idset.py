@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate
 from typing import NamedTuple
 
-from crc32c import crc32c
+from resumelog._crc import crc32c
 
 __all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "id_hash", "pack_uints"]
 

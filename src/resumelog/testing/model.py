@@ -1,7 +1,7 @@
 """A reference model of a pipeline for property tests: what *truly* happened.
 
 The model knows nothing of resumelog's fold. It simulates a Curator-style pipeline
-(DESIGN §3): sources enter a run, each as one or more root tasks; a stage processes a
+(``docs/concepts.md``): sources enter a run, each as one or more root tasks; a stage processes a
 task into a fan-out (real, failed and filtered children), a positional output (pass
 on, filter, fail) or the sink. From that it knows
 
@@ -13,9 +13,9 @@ on, filter, fail) or the sink. From that it knows
 * the **expectation**: what a correct fold of the durable records must report,
   computed by brute force from the durable records (each stream's last value per key,
   conflict if streams disagree, complete iff emitted, no conflict, sum zero), plus the
-  sticky and reset rules of DESIGN §4.
+  sticky and reset rules of ``docs/concepts.md``.
 
-Two outcomes depend on *when* a fold evaluated a state (DESIGN's deliberate sticky
+Two outcomes depend on *when* a fold evaluated a state (the deliberate sticky
 completion), so the model gives a band ``must ⊆ completed ⊆ may`` rather than one set:
 
 * a record for a ``(run, source)`` that arrives *after* it became complete and is not
@@ -199,7 +199,7 @@ class Action(NamedTuple):
     run: str
     records: list[Rec]
     barrier: bool
-    """A positive delta: flush before :meth:`PipelineModel.dispatch` (DESIGN §4 barrier)."""
+    """A positive delta: flush before :meth:`PipelineModel.dispatch` (the durability barrier)."""
     effects: list[tuple[Task, str]]
     """``(task, new status)`` of processed tasks."""
     new_tasks: list[Task]

@@ -4,7 +4,7 @@
 segments, processes crash (their buffers are lost, optionally leaving a torn segment),
 tasks are retried on other writers (duplicate keys), compactors run alone, twice, or
 interleaved with other compactors, flushes and GC, listings miss segments, checkpoints
-are reopened and sources reset. After every step the DESIGN §4 invariants are checked
+are reopened and sources reset. After every step the invariants of ``docs/guarantees.md`` are checked
 against the model:
 
 1. **safety** — every source a fold or a checkpoint view reports complete truly
