@@ -173,3 +173,16 @@ def test_every_test_the_reliability_page_cites_exists():
         if name not in {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}:
             missing.append(f"{path}::{name}")
     assert missing == []
+
+
+def test_cli_reference_is_regenerated() -> None:
+    """docs/cli.md's per-command blocks (usage, options, examples) are what
+    ``python -m resumelog.cli._reference docs/cli.md`` writes from the parser."""
+    from resumelog.cli._main import EXAMPLES
+    from resumelog.cli._reference import update_page
+
+    text = (DOCS / "cli.md").read_text()
+    assert update_page(text) == text, "run: python -m resumelog.cli._reference docs/cli.md"
+    for name, examples in EXAMPLES.items():
+        section = text[text.index(f"## `{name}`") :]
+        assert examples and examples[0][0] in section.split("\n## ")[0], name
