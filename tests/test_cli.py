@@ -946,3 +946,15 @@ def test_export_without_pyarrow_is_a_clear_usage_error(
     out = capsys.readouterr()
     assert json.loads(out.out)["error"] == "export needs pyarrow: pip install pyarrow (or resumelog[ray])"
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_main_in_process_leaves_the_logger_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from resumelog.cli import main
+
+    log = logging.getLogger("resumelog")
+    before = (list(log.handlers), log.propagate, log.level)
+    assert main(["status", str(tmp_path / "missing")]) == 2
+    assert (list(log.handlers), log.propagate, log.level) == before
+    assert capsys.readouterr().err == f"resumelog: error: no checkpoint at {tmp_path / 'missing'}\n"

@@ -339,8 +339,17 @@ class _LineFormatter(logging.Formatter):
         return f"resumelog: {record.levelname.lower()}: {_one_line(msg)}"
 
 
-def _setup_logging(scrub: Scrubber, debug: bool, quiet: bool) -> None:
+def _setup_logging(scrub: Scrubber, debug: bool, quiet: bool) -> Callable[[], None]:
+    """Send the ``resumelog`` logger's records to stderr as one-line messages; returns
+    what puts the logger back as it was (``main`` called in-process, e.g. by tests)."""
     log = logging.getLogger("resumelog")
+    saved = (list(log.handlers), log.propagate, log.level)
+
+    def restore() -> None:
+        log.handlers[:] = saved[0]
+        log.propagate = saved[1]
+        log.setLevel(saved[2])
+
     for h in list(log.handlers):
         if getattr(h, "_resumelog_cli", False):
             log.removeHandler(h)
@@ -350,6 +359,7 @@ def _setup_logging(scrub: Scrubber, debug: bool, quiet: bool) -> None:
     log.addHandler(handler)
     log.propagate = False
     log.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.WARNING)
+    return restore
 
 
 # --------------------------------------------------------------------------- main
@@ -408,10 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     url: str | None = getattr(args, "url", None)
     scrub = Scrubber(url=url)
+    restore_logging: Callable[[], None] = lambda: None  # noqa: E731
     try:
         opts = parse_storage_options(getattr(args, "storage_option", None))
         scrub = Scrubber(opts, url)
-        _setup_logging(scrub, debug, quiet=args.command == "watch")
+        restore_logging = _setup_logging(scrub, debug, quiet=args.command == "watch")
         ctx = Ctx(args, opts, as_json, debug, scrub)
         handler: Callable[[Ctx], int] = _COMMANDS[args.command]
         code = handler(ctx)
@@ -435,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tb = "".join(traceback.format_exception(exc))
             sys.stderr.write(scrub(tb))
         return report_error(code, scrub(message), as_json=as_json, url=None if url is None else redact_url(url))
+    finally:
+        restore_logging()
 
 
 _COMMANDS: dict[str, Callable[[Ctx], int]] = {
