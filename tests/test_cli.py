@@ -6,9 +6,13 @@ Assertions are on ``--json`` documents (the schemas in ``docs/cli.md``) and exit
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -497,9 +501,9 @@ def test_watch_numbers_advance_on_a_terminal(tmp_path: Path, renderer: str) -> N
     assert {o.path.split("/")[0] for o in LocalStore(url).list("")} <= {"journal", paths.META}
 
 
-def spawn(*args: str, **kw: Any) -> Any:
+def spawn(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
     pexpect = pytest.importorskip("pexpect")
-    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    env = dict(env or {**os.environ, "RESUMELOG_NO_SIGTERM": "1"})
     env.pop("RESUMELOG_STORAGE_OPTIONS", None)
     return pexpect.spawn(CLI[0], [*CLI[1:], *args], env=env, encoding="utf-8", dimensions=(30, 120), **kw)
 
@@ -528,9 +532,31 @@ def test_progress_bar_only_on_a_terminal(ckpt: str) -> None:
     child.expect(pexpect.EOF, timeout=30)
     child.close()
     assert child.exitstatus == 0
-    assert "verify [" in child.before and "OK: " in child.before
+    assert "OK: " in child.before
+    if importlib.util.find_spec("rich") is not None:  # a rich.progress bar: count, rate, elapsed, ETA
+        assert "━" in child.before and "20/20" in child.before and "/s" in child.before and "ETA" in child.before
     out = run("verify", ckpt)
-    assert out.returncode == 0 and out.stderr == "" and "verify [" not in out.stdout
+    assert out.returncode == 0 and out.stderr == "" and "verify" not in out.stdout.split("OK: ")[0]
+
+
+def test_plain_progress_bar_without_rich_has_rate_and_eta(ckpt: str) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("verify", ckpt, env={**os.environ, "RESUMELOG_NO_SIGTERM": "1", "RESUMELOG_CLI_PLAIN": "1"})
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 0
+    assert re.search(r"verify \[#+\] 20/20  100%  [\d,.]+/s  \d+:\d\d elapsed  ETA \d+:\d\d", child.before), (
+        child.before
+    )
+
+
+def test_status_shows_progress_while_folding_a_long_tail(ckpt: str) -> None:
+    pexpect = pytest.importorskip("pexpect")
+    child = spawn("status", ckpt)
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 0
+    assert "folding journal" in child.before and "completed    15" in child.before
 
 
 # --------------------------------------------------------------------------- S3
@@ -594,3 +620,341 @@ def test_a_directory_without_resumelog_objects_is_no_checkpoint(tmp_path: Path) 
     assert out.returncode == 2 and one_error_line(out) == f"resumelog: error: no checkpoint at {tmp_path}"
     out = run("status", str(tmp_path / "notes.txt"))
     assert out.returncode == 2 and "is a file" in one_error_line(out)
+
+
+# --------------------------------------------------------------------------- issue 21: demo safety
+
+
+def test_demo_refuses_to_replace_an_existing_checkpoint(ckpt: str) -> None:
+    before = {o.path for o in LocalStore(ckpt).list("")}
+    out = run("demo", "--path", ckpt, "--sources", "4", "--workers", "1")
+    assert out.returncode == 2
+    assert "refusing to replace the existing checkpoint" in one_error_line(out) and "--yes" in out.stderr
+    assert {o.path for o in LocalStore(ckpt).list("")} == before
+    assert run_json("status", ckpt)["completed"] == 15  # untouched
+    doc = run_json("demo", "--path", ckpt, "--sources", "4", "--workers", "2", "--yes")
+    assert doc["ok"] is True and doc["sources"] == doc["completed"] == 4 and doc["missing"] == 0
+    assert run_json("status", ckpt)["completed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--workers", "0", "--workers: expected at least 1, got 0"), ("--sources", "0", "--sources: expected at least 1")],
+)
+def test_demo_rejects_no_workers_or_no_sources(tmp_path: Path, flag: str, value: str, message: str) -> None:
+    out = run("demo", "--path", str(tmp_path / "d"), flag, value)
+    assert out.returncode == 2 and message in one_error_line(out) and "OK" not in out.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_still_refuses_a_directory_of_something_else(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    out = run("demo", "--path", str(tmp_path), "--yes")
+    assert out.returncode == 2 and "is not a resumelog checkpoint" in one_error_line(out)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- issue 21: error messages
+
+
+def test_an_unknown_protocol_is_named(tmp_path: Path) -> None:
+    out = run("status", "htp://foo/bar")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "unknown protocol htp://" in line and "single_writer" not in line
+    assert "did you mean s3://" in one_error_line(run("status", "s4://bucket/x"))
+
+
+def test_fsspec_options_on_a_local_path_are_named(ckpt: str) -> None:
+    out = run("status", ckpt, "-o", "foo=bar")
+    assert out.returncode == 2
+    line = one_error_line(out)
+    assert "storage option 'foo' does not apply to a local path (it takes only: fsync" in line
+    assert "LocalStore" not in line and "__init__" not in line
+    assert run_json("status", ckpt, "-o", "fsync=false")["completed"] == 15  # a real local option still works
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "kind", "message"),
+    [
+        (["status", "{missing}"], 2, "usage", "no checkpoint at {missing}"),
+        (["gc", "{missing}", "--retain", "0"], 2, "usage", "gc: argument --retain: expected at least 1, got 0"),
+        (["frobnicate"], 2, "usage", "argument COMMAND: invalid choice: 'frobnicate'"),
+        (["status", "htp://x/y"], 2, "usage", "unknown protocol htp://"),
+    ],
+)
+def test_json_errors_are_json_on_stdout(tmp_path: Path, args: list[str], code: int, kind: str, message: str) -> None:
+    missing = str(tmp_path / "missing")
+    out = run(*(a.format(missing=missing) for a in args), "--json")
+    assert out.returncode == code
+    doc = json.loads(out.stdout)
+    assert doc["exit_code"] == code and doc["kind"] == kind
+    assert doc["error"].startswith(message.format(missing=missing))
+    assert one_error_line(out) == f"resumelog: error: {doc['error']}"  # the same line for humans
+    assert "usage:" not in out.stderr
+
+
+def test_a_corrupt_object_error_is_json_with_exit_1(ckpt: str) -> None:
+    tail = [s for s in segments(ckpt) if s.startswith("journal/w2/")]
+    flip_byte(Path(ckpt) / tail[1])
+    doc = run_json("completed", ckpt, code=1)
+    assert doc["kind"] == "problems" and doc["exit_code"] == 1 and tail[1] in doc["error"] and doc["url"] == ckpt
+
+
+@pytest.mark.s3
+def test_s3_missing_bucket_is_not_no_checkpoint(s3_url: tuple[str, dict[str, Any]]) -> None:
+    _, opts = s3_url
+    out = run("status", "s3://no-such-bucket-resumelog/x", *s3_args(opts))
+    assert out.returncode == 2
+    assert one_error_line(out) == (
+        "resumelog: error: no checkpoint at s3://no-such-bucket-resumelog/x: bucket 'no-such-bucket-resumelog' "
+        "does not exist at s3:// (or these credentials cannot see it)"
+    )
+    url, opts = s3_url  # an existing bucket with nothing under the prefix is just "no checkpoint"
+    assert one_error_line(run("status", url, *s3_args(opts))) == f"resumelog: error: no checkpoint at {url}"
+
+
+# --------------------------------------------------------------------------- issue 21: consistency
+
+
+def test_bare_resumelog_prints_help() -> None:
+    out = run()
+    assert out.returncode == 0 and out.stderr == ""
+    assert out.stdout.startswith("usage: resumelog") and "status" in out.stdout and "examples:" in out.stdout
+
+
+def test_every_command_help_has_examples() -> None:
+    from resumelog.cli._main import EXAMPLES, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == set(EXAMPLES)
+    out = run("watch", "--help")
+    assert out.returncode == 0 and "examples:\n  resumelog watch /data/ckpt --total 120000" in out.stdout
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert "examples:" in text and all(cmd in text for cmd, _ in EXAMPLES[name]), name
+        assert all(cmd.startswith(f"resumelog {name}") for cmd, _ in EXAMPLES[name]), name
+
+
+def test_watch_interval_takes_a_duration_like_grace_and_every(ckpt: str) -> None:
+    doc = run_json("watch", ckpt, "--interval", "5m", "--once")
+    assert doc["completed"] == 15
+    out = run("watch", ckpt, "--interval", "0s", "--once")
+    assert out.returncode == 2 and "--interval: expected a positive duration" in one_error_line(out)
+
+
+def test_gc_retain_0_is_refused_while_parsing(tmp_path: Path) -> None:
+    out = run("gc", str(tmp_path / "missing"), "--retain", "0")  # before opening anything
+    assert out.returncode == 2 and "--retain: expected at least 1, got 0" in one_error_line(out)
+
+
+def test_counts_of_one_are_singular(ckpt: str) -> None:
+    text = run("verify", ckpt).stdout
+    assert "checked meta, 1 snapshot, " in text and "in 2 streams" in text and "0 errors, 0 warnings" in text
+    status = run("status", ckpt).stdout
+    assert re.search(r"snapshot     #1  \(1 object, ", status), status
+    reset = run("reset", ckpt, "s1", "nope", "--yes").stdout
+    assert reset.splitlines() == ["reset 1 source: it will rerun", "1 given source was not complete (left alone)"]
+    gc = run("gc", ckpt, "--dry-run", "--retain", "1").stdout
+    assert "0 segments" in gc and "0 snapshots" in gc and "kept the newest snapshot," in gc
+
+
+SIGKILLED = textwrap.dedent(
+    """
+    import os, signal, sys, resumelog
+    ck = resumelog.open(sys.argv[1], run_id="r9")
+    w = ck.writer("doomed")
+    w.complete("k0")
+    w.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_sigkilled_writer_is_stale_in_status_and_watch(ckpt: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", SIGKILLED, ckpt], env={**os.environ, "RESUMELOG_NO_SIGTERM": "1"})
+    assert proc.returncode == -signal.SIGKILL
+    time.sleep(1.2)
+    st = run_json("status", ckpt, "--stale-after", "1s")
+    states = {w["writer_id"]: w["state"] for w in st["writers"]}
+    assert states == {"doomed": "stale", "w1": "closed", "w2": "closed"}
+    frame = run_json("watch", ckpt, "--once", "--stale-after", "1s")
+    assert {w["writer_id"]: w["state"] for w in frame["writers"]} == states
+    text = run("status", ckpt, "--stale-after", "1s").stdout
+    assert "writers (1 stale, 2 closed)" in text and re.search(r"doomed .* stale\n", text)
+    assert "writers: 0 active, 1 stale, 2 closed" in run("watch", ckpt, "--once", "--stale-after", "1s").stdout
+    fresh = run_json("status", ckpt)  # default threshold 5m: just flushed, so still active
+    assert {w["writer_id"]: w["state"] for w in fresh["writers"]}["doomed"] == "active"
+
+
+def test_an_operator_reset_is_not_an_anomaly(ckpt: str) -> None:
+    run_json("reset", ckpt, "s1", "--yes")
+    st = run_json("status", ckpt)
+    assert st["anomalies"] == 0 and st["anomaly_counts"] == {} and st["resets"] == 1
+    assert st["recent_anomalies"] == []
+    text = run("status", ckpt).stdout
+    assert "anomalies    0" in text and "resets       1" in text
+    frame = run_json("watch", ckpt, "--once")
+    assert frame["anomalies"] == 0 and frame["resets"] == 1
+
+
+def test_pending_means_the_same_in_status_and_inspect(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    ck = resumelog.open(url, run_id="r1")
+    with ck.writer("a") as w:
+        w.emit("x")  # started in r1, never drained
+        w.emit("y")
+    ck2 = resumelog.open(url, run_id="r2")
+    with ck2.writer("b") as w:
+        w.complete("x")  # r2 completed x: r1's partial state for x is no longer pending
+    ck2.compact()
+    st = run_json("status", url)
+    snap = run_json("inspect", url, paths.snapshot_name(1))
+    assert st["pending"] == snap["pending_sources"] == 1  # y
+    assert snap["pending_total"] == 2  # two partial states (r1/x, r1/y)
+    text = run("inspect", url, paths.snapshot_name(1)).stdout
+    assert "pending 1 (sources started, not complete; 2 partial states by run)" in text
+
+
+def test_watch_total_draws_a_progress_bar(ckpt: str) -> None:
+    out = run("watch", ckpt, "--once", "--total", "20")
+    assert out.returncode == 0
+    assert "progress  [######################--------]  75.0%  15/20" in out.stdout
+
+
+# --------------------------------------------------------------------------- issue 21: history and export
+
+
+def two_runs(url: str) -> None:
+    """Run r1 completes a0..a2 and starts a3; run r2 completes b0, b1 and a3."""
+    ck = resumelog.open(url, run_id="r1")
+    with ck.writer("w1") as w:
+        for i in range(3):
+            w.complete(f"a{i}")
+        w.emit("a3")
+    ck2 = resumelog.open(url, run_id="r2")
+    with ck2.writer("w2") as w:
+        w.complete("b0")
+        w.complete("b1")
+        w.complete("a3")
+
+
+def test_log_lists_runs_and_which_run_completed_a_source(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    two_runs(url)
+    doc = run_json("log", url)
+    assert [(r["run_id"], r["completed"], r["writers"], r["state"]) for r in doc["runs"]] == [
+        ("r1", 3, 1, "live"),
+        ("r2", 3, 1, "live"),
+    ]
+    assert doc["completed"] == 6
+    who = run_json("log", url, "a0", "a3", "nope")
+    assert who["sources"] == [
+        {"source": "a0", "completed": True, "run": "r1"},
+        {"source": "a3", "completed": True, "run": "r2"},
+        {"source": "nope", "completed": False, "run": None},
+    ]
+    text = run("log", url, "a0", "nope").stdout
+    assert text.splitlines() == ["a0\tr1", "nope\t-  (not complete)"]
+    assert run("log", url).stdout.startswith("2 runs at ")
+
+
+def test_completed_by_run(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    two_runs(url)
+    doc = run_json("completed", url, "--run", "r2", "--sort")
+    assert doc == {"url": url, "count": 3, "run": "r2", "completed": ["a3", "b0", "b1"]}
+    assert run("completed", url, "--run", "r1", "--sort").stdout.splitlines() == ["a0", "a1", "a2"]
+    out = run("completed", url, "--run", "r7")
+    assert out.returncode == 2 and "no run 'r7'" in one_error_line(out) and "r1, r2" in out.stderr
+
+
+def test_reset_run_voids_a_whole_run(tmp_path: Path) -> None:
+    url = str(tmp_path / "c")
+    two_runs(url)
+    refused = run("reset", url, "--run", "r2")
+    assert refused.returncode == 2 and "refusing" in one_error_line(refused)
+    doc = run_json("reset", url, "--run", "r2", "--yes")
+    assert doc == {"url": url, "runs": [{"run_id": "r2", "reset": ["b0", "b1", "a3"], "voided_pending": []}]}
+    assert sorted(run_json("completed", url)["completed"]) == ["a0", "a1", "a2"]
+    assert run_json("pending", url, "a3", "b0", "a0")["pending"] == ["a3", "b0"]
+    # r2's records are void for good: a late completion by r2 of a source it had done is ignored
+    late = resumelog.open(url, run_id="r2")
+    with late.writer("w3") as w:
+        w.complete("b0")
+    assert run_json("pending", url, "b0")["pending"] == ["b0"]
+    # a new run completes them again
+    ck = resumelog.open(url, run_id="r3")
+    with ck.writer("w4") as w:
+        w.complete("b0")
+    assert run_json("pending", url, "b0")["pending"] == []
+    assert run("reset", url, "--run", "nope", "--yes").returncode == 2
+    assert "not both" in one_error_line(run("reset", url, "s1", "--run", "r1", "--yes"))
+
+
+@pytest.mark.parametrize(("name", "fmt_name"), [("done.parquet", "parquet"), ("done.arrow", "arrow")])
+def test_export_reads_back_with_pyarrow(tmp_path: Path, name: str, fmt_name: str) -> None:
+    pa = pytest.importorskip("pyarrow")
+    url = str(tmp_path / "c")
+    two_runs(url)
+    out = tmp_path / name
+    doc = run_json("export", url, str(out))
+    assert doc["rows"] == 6 and doc["format"] == fmt_name and doc["bytes"] == out.stat().st_size
+    if fmt_name == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(out)
+    else:
+        table = pa.ipc.open_file(pa.memory_map(str(out))).read_all()
+    assert table.schema.names == ["source", "run"]
+    assert sorted(zip(table["source"].to_pylist(), table["run"].to_pylist())) == [
+        ("a0", "r1"),
+        ("a1", "r1"),
+        ("a2", "r1"),
+        ("a3", "r2"),
+        ("b0", "r2"),
+        ("b1", "r2"),
+    ]
+    assert table.schema.metadata[b"resumelog.url"] == url.encode()
+    again = run("export", url, str(out))
+    assert again.returncode == 2 and "--overwrite" in one_error_line(again)
+    only = run_json("export", url, str(out), "--run", "r1", "--overwrite")
+    assert only["rows"] == 3 and only["run"] == "r1"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_export_to_stdout_is_an_arrow_stream(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    url = str(tmp_path / "c")
+    two_runs(url)
+    proc = subprocess.run([*CLI, "export", url, "-"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    table = pa.ipc.open_stream(proc.stdout).read_all()
+    assert table.num_rows == 6
+
+
+def test_export_without_pyarrow_is_a_clear_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from resumelog.cli import main
+
+    url = str(tmp_path / "c")
+    two_runs(url)
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    assert main(["export", url, str(tmp_path / "x.parquet"), "--json"]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out)["error"] == "export needs pyarrow: pip install pyarrow (or resumelog[ray])"
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_main_in_process_leaves_the_logger_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from resumelog.cli import main
+
+    log = logging.getLogger("resumelog")
+    before = (list(log.handlers), log.propagate, log.level)
+    assert main(["status", str(tmp_path / "missing")]) == 2
+    assert (list(log.handlers), log.propagate, log.level) == before
+    assert capsys.readouterr().err == f"resumelog: error: no checkpoint at {tmp_path / 'missing'}\n"

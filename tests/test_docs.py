@@ -198,3 +198,16 @@ def test_storage_conditional_create_check_runs_against_the_s3_servers(s3_url: tu
     url, opts = s3_url
     result = ns["check_conditional_create"](url, opts)
     assert result.startswith("honoured: the second create was refused ("), result
+
+
+def test_cli_reference_is_regenerated() -> None:
+    """docs/cli.md's per-command blocks (usage, options, examples) are what
+    ``python -m resumelog.cli._reference docs/cli.md`` writes from the parser."""
+    from resumelog.cli._main import EXAMPLES
+    from resumelog.cli._reference import update_page
+
+    text = (DOCS / "cli.md").read_text()
+    assert update_page(text) == text, "run: python -m resumelog.cli._reference docs/cli.md"
+    for name, examples in EXAMPLES.items():
+        section = text[text.index(f"## `{name}`") :]
+        assert examples and examples[0][0] in section.split("\n## ")[0], name

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import resumelog  # noqa: E402
 import resumelog.ray_data as rd  # noqa: E402
 from resumelog.errors import ObjectNotFound  # noqa: E402
+from resumelog.testing.ray import init_local_ray  # noqa: E402
 from resumelog.ray_data import _native  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.ray
 def cluster() -> Iterator[None]:
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        init_local_ray(num_cpus=2)
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.checkpoint_config)
     ctx.enable_progress_bars = False

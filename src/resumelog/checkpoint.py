@@ -80,6 +80,16 @@ class Status(msgspec.Struct):
     ``gc`` deletes them."""
 
 
+class RunReset(msgspec.Struct):
+    """What :meth:`Checkpoint.reset_run` voided."""
+
+    run_id: str
+    completed: list[str]
+    """Sources the run had completed: they rerun."""
+    pending: list[str]
+    """Sources the run had started but not completed: it cannot complete them any more."""
+
+
 @dataclass(frozen=True)
 class WriterHandle:
     """Everything a process needs to open its own writer; plain data, picklable.
@@ -290,6 +300,10 @@ class Checkpoint:
     see other processes' progress since.
     """
 
+    load_progress: bool | None = False
+    """Progress bar of a load that folds a journal tail: ``False`` (the default) never
+    draws one, ``None`` draws one on stderr when it is a terminal (the CLI sets this)."""
+
     def __init__(
         self,
         store: Store,
@@ -334,7 +348,7 @@ class Checkpoint:
                 with self._lock:
                     self._stale = False
                 return
-        loaded = compactor.load(self.store, progress=False, listing=listing)  # listed once, not again
+        loaded = compactor.load(self.store, progress=self.load_progress, listing=listing)  # listed once, not again
         if self.meta is not None and loaded.epoch != self.meta.nonce:
             raise CheckpointReplaced(
                 f"the checkpoint at {self.store.url} was deleted or cleared since it was opened "
@@ -502,13 +516,38 @@ class Checkpoint:
                 todo.append((s, sorted({r} | {run for run in st.runs if (run, s) in st.pending})))
         if not todo:
             return []
+        self._write_resets(todo)
+        return [s for s, _ in todo]
+
+    def _write_resets(self, todo: list[tuple[str, list[str]]]) -> None:
+        """Write the tombstones ``(source, runs voided)`` in one segment of a writer of
+        their own; then reload the view."""
         with Writer(
             self.store, f"reset-{paths.default_writer_id()}"[:128], self.run_id, handle=None, epoch=self._epoch()
         ) as w:
             for s, voided in todo:
                 w.reset(s, voided)
         self.refresh()
-        return [s for s, _ in todo]
+
+    def reset_run(self, run_id: str) -> RunReset:
+        """Void run ``run_id`` (operator override): every source it completed reruns, and
+        it completes nothing more of the sources it had started.
+
+        Writes the same tombstones as :meth:`reset`, one per source, each naming
+        ``run_id`` (plus, for a completed source, every run holding partial state for
+        it), so no format change: sources the run had not started when this view was
+        loaded may still complete in it (stop a job before voiding its run).
+        """
+        self.refresh()
+        st = self._state
+        completed = [s for s in st.iter_completed() if st.completed_run(s) == run_id]
+        done = set(completed)
+        pending = sorted({src for run, src in st.pending if run == run_id and src not in done})
+        todo = [(s, sorted({run_id} | {run for run in st.runs if (run, s) in st.pending})) for s in completed]
+        todo += [(s, [run_id]) for s in pending]
+        if todo:
+            self._write_resets(todo)
+        return RunReset(run_id, completed, pending)
 
     def compact(self, *, keep_runs: int | None = None, progress: bool | None = None) -> compactor.CompactResult:
         """Fold all journals into a new snapshot (no-op if nothing is new)."""

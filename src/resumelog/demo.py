@@ -18,12 +18,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import resumelog
 from resumelog import paths
 
-__all__ = ["main", "run_demo"]
+__all__ = ["add_demo_arguments", "existing_checkpoint", "main", "run_demo"]
 
 FANOUT = 3
 
@@ -69,12 +70,16 @@ def _lines(p: Path) -> int:
         return 0
 
 
-def run_demo(path: str, sources: int = 240, workers: int = 4, delay: float = 0.01, out=print) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def run_demo(
+    path: str, sources: int = 240, workers: int = 4, delay: float = 0.01, out: Callable[[str], object] = print
+) -> dict[str, int]:
     """Run the two-run demo at ``path`` (cleared first); return the figures it printed."""
+    if sources < 1 or workers < 1:
+        raise ValueError("the demo needs at least 1 source and 1 worker")
+    workers = min(workers, sources)
     ids = [f"shard-{i:05d}" for i in range(sources)]
     fp = {"sources": sources, "fanout": FANOUT}
-    ckpt = resumelog.open(path, fingerprint=fp, on_mismatch="reset")
-    ckpt.clear()
+    resumelog.open(path).clear()  # the caller decided to replace whatever was there
     ckpt = resumelog.open(path, fingerprint=fp)
     ledger_dir = Path(path) / "_demo_ledgers"
     ledger_dir.mkdir(parents=True, exist_ok=True)
@@ -120,35 +125,52 @@ def run_demo(path: str, sources: int = 240, workers: int = 4, delay: float = 0.0
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m resumelog.demo`` (and ``resumelog demo``)."""
-    ap = argparse.ArgumentParser(prog="resumelog demo", description=__doc__.splitlines()[0])
+def _at_least_one(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {v}")
+    return v
+
+
+def add_demo_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``resumelog demo`` (also shown by ``resumelog demo --help``)."""
     ap.add_argument("--path", default="resumelog-demo", help="checkpoint directory (default: ./resumelog-demo)")
-    ap.add_argument("--sources", type=int, default=240)
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.worker:
-        spec = json.loads(a.worker)
+    ap.add_argument("--sources", type=_at_least_one, default=240, metavar="N", help="sources, >= 1 (default 240)")
+    ap.add_argument("--workers", type=_at_least_one, default=4, metavar="N", help="worker processes, >= 1 (default 4)")
+    ap.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="replace an existing checkpoint at --path without asking (the demo clears it first)",
+    )
+
+
+def existing_checkpoint(path: str) -> str | None:
+    """Why ``path`` cannot be used as is: ``"checkpoint"`` (resumelog objects are there,
+    the demo would delete them), ``"other"`` (a non-empty directory of something else, or
+    a file), or ``None`` (missing or empty: free to use)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "other"
+    if not os.path.isdir(path) or not os.listdir(path):
+        return None
+    if any(os.path.exists(os.path.join(path, p)) for p in (paths.META, paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX)):
+        return "checkpoint"
+    return "other"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m resumelog.demo`` (the same as ``resumelog demo``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--worker"] and len(args) == 2:
+        spec = json.loads(args[1])
         _work(spec["path"], spec["run"], spec["sources"], spec["ledger"], spec["delay"], flush_every=4)
         return 0
-    path = os.path.abspath(a.path)
-    if os.path.isdir(path) and os.listdir(path) and not os.path.exists(os.path.join(path, paths.META)):
-        print(f"resumelog demo: {path} exists and is not a resumelog checkpoint; pick another --path", file=sys.stderr)
-        return 2
-    figures = run_demo(path, a.sources, a.workers, out=(lambda *_: None) if a.json else print)
-    if a.json:
-        print(json.dumps(figures))
-    ok = figures["missing"] == 0 and figures["completed"] == figures["sources"]
-    if not a.json:
-        print(
-            f"OK: all {figures['sources']} sources complete; run 2 redid only the {figures['redone']} "
-            "that run 1 had not finished"
-            if ok
-            else "FAILED"
-        )
-    return 0 if ok else 1
+    from resumelog.cli import main as cli_main
+
+    return cli_main(["demo", *args])
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
 from resumelog.cli._common import (
+    DEFAULT_STALE_AFTER,
     EXIT_OK,
     EXIT_PROBLEMS,
     Scrubber,
@@ -22,13 +25,15 @@ from resumelog.cli._common import (
     fail,
     human_age,
     human_bytes,
+    plural,
     read_sources,
     redact_url,
     table,
+    writer_state,
 )
 
 if TYPE_CHECKING:
-    from resumelog.checkpoint import Checkpoint
+    from resumelog.checkpoint import Checkpoint, Status
     from resumelog.compactor import CompactResult
     from resumelog.storage import Store
 
@@ -37,8 +42,11 @@ __all__ = [
     "cmd_clear",
     "cmd_compact",
     "cmd_completed",
+    "cmd_demo",
+    "cmd_export",
     "cmd_gc",
     "cmd_inspect",
+    "cmd_log",
     "cmd_pending",
     "cmd_reset",
     "cmd_status",
@@ -79,6 +87,8 @@ def open_store(ctx: Ctx) -> Store:
     proto, path = split_url(ctx.url)
     if proto in ("file", "local") and os.path.exists(path) and not os.path.isdir(path):
         fail(f"{ctx.shown_url} is a file, not a checkpoint directory")
+    if proto in ("file", "local", "memory"):
+        _check_local_options(ctx, proto)
     try:
         return _open(ctx.url, ctx.storage_options)
     except TypeError as exc:
@@ -87,6 +97,28 @@ def open_store(ctx: Ctx) -> Store:
         if isinstance(exc, ResumelogError):
             raise
         fail(f"cannot open {ctx.shown_url}: {exc}")
+
+
+def _check_local_options(ctx: Ctx, proto: str) -> None:
+    """Name the storage options a local path or ``memory://`` does not take (they are
+    for fsspec backends), instead of a Python ``TypeError``."""
+    import inspect
+
+    from resumelog.storage import LocalStore
+
+    accepted = (
+        sorted(n for n, p in inspect.signature(LocalStore.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY)
+        if proto != "memory"
+        else []
+    )
+    unknown = sorted(k for k in ctx.storage_options if k not in accepted)
+    if unknown:
+        where = "memory://" if proto == "memory" else "a local path"
+        takes = f"it takes only: {', '.join(accepted)}" if accepted else "it takes none"
+        fail(
+            f"storage option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"{'do' if len(unknown) > 1 else 'does'} not apply to {where} ({takes}; -o options are for s3://, gs://...)"
+        )
 
 
 def has_checkpoint(store: Store) -> bool:
@@ -101,23 +133,36 @@ def has_checkpoint(store: Store) -> bool:
 
 
 def require_checkpoint(ctx: Ctx, store: Store) -> None:
-    """Exit 2 with "no checkpoint at URL" unless resumelog objects exist there."""
+    """Exit 2 with "no checkpoint at URL" unless resumelog objects exist there (or with
+    what is wrong with the location itself, such as a missing bucket)."""
     if not has_checkpoint(store):
-        fail(f"no checkpoint at {ctx.shown_url}")
+        no_checkpoint(ctx, store)
+
+
+def no_checkpoint(ctx: Ctx, store: Store) -> NoReturn:
+    """Exit 2: "no checkpoint at URL", or why the location cannot hold one at all."""
+    why = store.missing_root()
+    if why:
+        fail(f"no checkpoint at {ctx.shown_url}: {why}")
+    fail(f"no checkpoint at {ctx.shown_url}")
 
 
 def open_checkpoint(ctx: Ctx) -> Checkpoint:
     """Open an existing checkpoint without creating anything; a missing one is a usage
     error, "no checkpoint at URL"."""
     import resumelog
+    from resumelog.checkpoint import Checkpoint
     from resumelog.errors import ObjectNotFound
 
     store = open_store(ctx)
     require_checkpoint(ctx, store)
+    Checkpoint.load_progress = _PROGRESS  # a long journal tail shows a bar on a terminal
     try:
         return resumelog.open(store, create=False)
     except ObjectNotFound:  # cleared between the check and the open
         fail(f"no checkpoint at {ctx.shown_url}")
+    finally:
+        Checkpoint.load_progress = False
 
 
 #: progress bars: ``None`` lets the library draw them on a terminal (stderr) only
@@ -140,38 +185,68 @@ def confirm(ctx: Ctx, question: str, what: str) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def status_to_dict(st: Any) -> dict[str, Any]:
-    """The ``status --json`` document: :class:`resumelog.Status` as a JSON object."""
+def split_resets(st: Status) -> tuple[int, dict[str, int], int]:
+    """``(anomalies, anomaly_counts, resets)`` with operator resets apart: a ``reset`` is
+    something an operator asked for, not something that went wrong."""
+    counts = dict(st.anomaly_counts)
+    resets = counts.pop("reset", 0)
+    return sum(counts.values()), counts, resets
+
+
+def writer_rows(st: Status, now_ms: float, stale_after: float) -> list[dict[str, Any]]:
+    """Each stream of ``st`` with its age and state (``active``/``stale``/``closed``),
+    most recent flush first."""
+    out = []
+    for w in sorted(st.writers, key=lambda w: -w.last_flush_ms):
+        age = max((now_ms - w.last_flush_ms) / 1000, 0.0) if w.last_flush_ms else None
+        doc: dict[str, Any] = msgspec.to_builtins(w)
+        doc["last_flush_age_s"] = None if age is None else round(age, 3)
+        doc["state"] = writer_state(w.closed, age, stale_after)
+        out.append(doc)
+    return out
+
+
+def status_to_dict(st: Status, stale_after: float = DEFAULT_STALE_AFTER, now_ms: float | None = None) -> dict[str, Any]:
+    """The ``status --json`` document: :class:`resumelog.Status` as a JSON object, with
+    resets counted apart from anomalies and each writer's ``state`` and age."""
     result: dict[str, Any] = msgspec.to_builtins(st)
+    anomalies, counts, resets = split_resets(st)
+    result["anomalies"] = anomalies
+    result["anomaly_counts"] = counts
+    result["resets"] = resets
+    result["recent_anomalies"] = [a for a in result["recent_anomalies"] if a["kind"] != "reset"]
+    result["writers"] = writer_rows(st, time.time() * 1000 if now_ms is None else now_ms, stale_after)
     return result
 
 
 def cmd_status(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
     st = ckpt.status(gc_grace=ctx.args.grace)
+    doc = status_to_dict(st, ctx.args.stale_after)
     if ctx.json:
-        dump_json(status_to_dict(st))
+        dump_json(doc)
         return EXIT_OK
-    now_ms = time.time() * 1000
     out = [f"checkpoint   {redact_url(st.url)}  (format v{st.format_version})"]
     if st.fingerprint:
         out.append("fingerprint  " + ", ".join(f"{k}={v!r}" for k, v in sorted(st.fingerprint.items())))
     snap = f"#{st.snapshot}" if st.snapshot else "none yet"
-    out.append(f"snapshot     {snap}  ({st.snapshot_objects} objects, {human_bytes(st.snapshot_bytes)})")
+    out.append(f"snapshot     {snap}  ({plural(st.snapshot_objects, 'object')}, {human_bytes(st.snapshot_bytes)})")
     out.append(f"completed    {st.completed}")
-    out.append(f"pending      {st.pending}  (emitted, not drained)")
-    if st.anomalies:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(st.anomaly_counts.items()))
-        out.append(f"anomalies    {st.anomalies}  ({kinds})")
+    out.append(f"pending      {st.pending}  (started, not complete)")
+    if doc["anomalies"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(doc["anomaly_counts"].items()))
+        out.append(f"anomalies    {doc['anomalies']}  ({kinds})")
     else:
         out.append("anomalies    0")
+    if doc["resets"]:
+        out.append(f"resets       {doc['resets']}  (completions voided by an operator: those sources rerun)")
     out.append(
-        f"journal      {st.journal_objects} segments, {human_bytes(st.journal_bytes)}; "
-        f"{st.unfolded_segments} not yet compacted ({st.records_folded} records folded in all)"
+        f"journal      {plural(st.journal_objects, 'segment')}, {human_bytes(st.journal_bytes)}; "
+        f"{st.unfolded_segments} not yet compacted ({plural(st.records_folded, 'record')} folded in all)"
     )
     out.append(
-        f"gc           would free {st.gc_reclaimable_objects} objects, {human_bytes(st.gc_reclaimable_bytes)}"
-        f" (grace {human_age(ctx.args.grace)})"
+        f"gc           would free {plural(st.gc_reclaimable_objects, 'object')}, "
+        f"{human_bytes(st.gc_reclaimable_bytes)} (grace {human_age(ctx.args.grace)})"
     )
     if st.runs:
         out.append("")
@@ -182,36 +257,48 @@ def cmd_status(ctx: Ctx) -> int:
                 str(r.completed_sources),
                 str(r.pending_sources),
                 f"{r.first_snapshot}..{r.last_snapshot}",
-                "retired" if r.retired else "live",
+                run_state(r),
             ]
             for r in st.runs
         ]
         out.extend(table(rows, ["RUN", "COMPLETED", "PENDING", "SNAPSHOTS", "STATE"]))
-    if st.writers:
+    if doc["writers"]:
         out.append("")
-        out.append(f"writers ({len(st.writers)})")
+        states = Counter(w["state"] for w in doc["writers"])
+        out.append(f"writers ({', '.join(f'{states[k]} {k}' for k in ('active', 'stale', 'closed') if states[k])})")
         rows = []
-        for w in sorted(st.writers, key=lambda w: -w.last_flush_ms):
-            age = (now_ms - w.last_flush_ms) / 1000 if w.last_flush_ms else None
+        for w in doc["writers"]:
+            age = w["last_flush_age_s"]
             rows.append(
                 [
-                    w.writer_id,
-                    w.incarnation,
-                    w.run_id,
-                    str(w.last_seq),
-                    str(w.records),
+                    w["writer_id"],
+                    w["incarnation"],
+                    w["run_id"],
+                    str(w["last_seq"]),
+                    str(w["records"]),
                     "-" if age is None else human_age(age) + " ago",
-                    "closed" if w.closed else "open",
+                    w["state"],
                 ]
             )
         out.extend(table(rows, ["WRITER", "INCARNATION", "RUN", "SEQ", "RECORDS", "LAST FLUSH", "STATE"]))
-    if st.recent_anomalies:
+        if states["stale"]:
+            out.append(
+                f"  stale: open, but no flush for over {human_age(ctx.args.stale_after)} "
+                "(killed, hung, or idle; --stale-after sets the threshold)"
+            )
+    recent = [a for a in st.recent_anomalies if a["kind"] != "reset"]
+    if recent:
         out.append("")
         out.append("recent anomalies")
-        for a in st.recent_anomalies[-10:]:
+        for a in recent[-10:]:
             out.append(f"  {a['kind']}  {a['source'] or '-'}  run {a['run_id'] or '-'}  {a['detail']}".rstrip())
     print("\n".join(out))
     return EXIT_OK
+
+
+def run_state(r: Any) -> str:
+    """``live``, ``retired`` (its records are ignored) or ``damaged`` (records lost)."""
+    return "retired" if r.retired else "damaged" if getattr(r, "damaged", False) else "live"
 
 
 # --------------------------------------------------------------------------- queries
@@ -232,17 +319,48 @@ def cmd_pending(ctx: Ctx) -> int:
     return EXIT_PROBLEMS if ctx.args.exit_code and left else EXIT_OK
 
 
+def _require_run(ckpt: Checkpoint, run: str) -> Status:
+    """The status; exit 2 unless ``run`` is a run this checkpoint knows."""
+    st = ckpt.status()
+    runs = [r.run_id for r in st.runs]
+    if run not in runs:
+        shown = ", ".join(runs[-10:]) if runs else "none"
+        fail(f"no run {run!r} in {redact_url(ckpt.store.url)} (runs: {shown}; 'resumelog log URL' lists them)")
+    return st
+
+
+def completed_of(ckpt: Checkpoint, run: str | None, sort: bool = False) -> Iterator[tuple[str, str]]:
+    """``(source, run)`` of every completed source (only ``run``'s if given)."""
+    ids: Iterable[str] = sorted(ckpt.completed) if sort else iter(ckpt.completed)
+    for s in ids:
+        r = ckpt.completed_run(s)
+        if r is not None and (run is None or r == run):
+            yield s, r
+
+
 def cmd_completed(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
-    view = ckpt.completed
-    ids = sorted(view) if ctx.args.sort else iter(view)
+    run = ctx.args.run
+    if run is not None:
+        _require_run(ckpt, run)
+        ids: Iterable[str] = (s for s, _ in completed_of(ckpt, run, ctx.args.sort))
+        count: int | None = None
+    else:
+        view = ckpt.completed
+        ids = sorted(view) if ctx.args.sort else iter(view)
+        count = len(view)
     out = sys.stdout
     if ctx.json:
         import json
 
-        out.write(f'{{"url": {json.dumps(ckpt.store.url)}, "count": {len(view)}, "completed": [')
+        chosen = list(ids) if count is None else ids
+        n = len(chosen) if isinstance(chosen, list) else count
+        head = f'{{"url": {json.dumps(ckpt.store.url)}, "count": {n}, '
+        if run is not None:
+            head += f'"run": {json.dumps(run)}, '
+        out.write(head + '"completed": [')
         first = True
-        for s in ids:
+        for s in chosen:
             out.write(("" if first else ", ") + json.dumps(s, ensure_ascii=False))
             first = False
         out.write("]}\n")
@@ -255,6 +373,123 @@ def cmd_completed(ctx: Ctx) -> int:
             buf.clear()
     if buf:
         out.write("\n".join(buf) + "\n")
+    return EXIT_OK
+
+
+def cmd_log(ctx: Ctx) -> int:
+    a = ctx.args
+    sources = read_sources(a.sources_file, a.sources)
+    ckpt = open_checkpoint(ctx)
+    if sources:
+        given = list(dict.fromkeys(sources))
+        found = [{"source": s, "completed": (r := ckpt.completed_run(s)) is not None, "run": r} for s in given]
+        if ctx.json:
+            dump_json({"url": ckpt.store.url, "sources": found})
+        else:
+            for row in found:
+                print(f"{row['source']}\t{row['run'] if row['completed'] else '-  (not complete)'}")
+        return EXIT_OK
+    st = ckpt.status(gc_grace=0.0)
+    last_flush: dict[str, int] = {}
+    streams: Counter[str] = Counter()
+    for w in st.writers:
+        streams[w.run_id] += 1
+        last_flush[w.run_id] = max(last_flush.get(w.run_id, 0), w.last_flush_ms)
+    runs: list[dict[str, Any]] = [
+        {
+            "run_id": r.run_id,
+            "completed": r.completed_sources,
+            "pending": r.pending_sources,
+            "first_snapshot": r.first_snapshot,
+            "last_snapshot": r.last_snapshot,
+            "state": run_state(r),
+            "writers": streams.get(r.run_id, 0),
+            "last_flush_ms": last_flush.get(r.run_id) or None,
+        }
+        for r in st.runs
+    ]
+    if ctx.json:
+        dump_json({"url": st.url, "completed": st.completed, "runs": runs})
+        return EXIT_OK
+    now_ms = time.time() * 1000
+    print(f"{plural(len(runs), 'run')} at {redact_url(st.url)}, oldest first; {st.completed} sources complete")
+    rows = [
+        [
+            r["run_id"],
+            str(r["completed"]),
+            str(r["pending"]),
+            f"{r['first_snapshot']}..{r['last_snapshot']}",
+            str(r["writers"]),
+            "-" if not r["last_flush_ms"] else human_age((now_ms - r["last_flush_ms"]) / 1000) + " ago",
+            r["state"],
+        ]
+        for r in runs
+    ]
+    for line in table(rows, ["RUN", "COMPLETED", "PENDING", "SNAPSHOTS", "WRITERS", "LAST FLUSH", "STATE"]):
+        print(line)
+    return EXIT_OK
+
+
+_ARROW_EXTS = (".arrow", ".feather", ".ipc", ".arrows")
+
+
+def cmd_export(ctx: Ctx) -> int:
+    a = ctx.args
+    out: str = a.out
+    fmt_name: str = a.format or ("arrow" if out == "-" or out.lower().endswith(_ARROW_EXTS) else "parquet")
+    if out == "-" and fmt_name != "arrow":
+        fail("only Arrow IPC can go to stdout (OUT '-'); give a file name for Parquet")
+    if out != "-" and os.path.exists(out) and not a.overwrite:
+        fail(f"{out} exists; pass --overwrite to replace it")
+    try:
+        import pyarrow as pa
+    except ImportError:
+        fail("export needs pyarrow: pip install pyarrow (or resumelog[ray])")
+    ckpt = open_checkpoint(ctx)
+    st = _require_run(ckpt, a.run) if a.run is not None else ckpt.status()
+    schema = pa.schema(
+        [("source", pa.string()), ("run", pa.string())],
+        metadata={"resumelog.url": redact_url(st.url), "resumelog.snapshot": str(st.snapshot)},
+    )
+    rows = 0
+    tmp = out if out == "-" else f"{out}.{os.getpid()}.partial"
+    try:
+        writer: Any
+        if fmt_name == "parquet":
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(tmp, schema)
+        else:
+            import pyarrow.ipc
+
+            sink: Any = sys.stdout.buffer if out == "-" else tmp
+            writer = pyarrow.ipc.new_stream(sink, schema) if out == "-" else pyarrow.ipc.new_file(sink, schema)
+        with writer:
+            src: list[str] = []
+            run: list[str] = []
+            for s, r in completed_of(ckpt, a.run):
+                src.append(s)
+                run.append(r)
+                if len(src) >= 65536:
+                    writer.write_table(pa.table([src, run], schema=schema))
+                    rows += len(src)
+                    src, run = [], []
+            if src or not rows:
+                writer.write_table(pa.table([src, run], schema=schema))
+                rows += len(src)
+        if out != "-":
+            os.replace(tmp, out)
+    except BaseException:
+        if out != "-" and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    doc = {"url": ckpt.store.url, "out": out, "format": fmt_name, "rows": rows, "run": a.run}
+    if out != "-":
+        doc["bytes"] = os.path.getsize(out)
+    if ctx.json and out != "-":
+        dump_json(doc)
+    elif out != "-":
+        print(f"wrote {plural(rows, 'completed source')} to {out} ({fmt_name}, {human_bytes(doc['bytes'])})")
     return EXIT_OK
 
 
@@ -319,19 +554,17 @@ def _report_compaction(ctx: Ctx, url: str, r: CompactResult, seconds: float | No
         dump_json(doc)
     elif r.written:
         print(
-            f"wrote snapshot #{r.snapshot}: folded {r.segments_folded} segments ({r.records_folded} records); "
-            f"{r.completed} sources complete"
-            + (f"; retired runs {', '.join(r.retired_runs)}" if r.retired_runs else "")
+            f"wrote snapshot #{r.snapshot}: folded {plural(r.segments_folded, 'segment')} "
+            f"({plural(r.records_folded, 'record')}); {plural(r.completed, 'source')} complete"
+            + (f"; retired {plural(len(r.retired_runs), 'run')} {', '.join(r.retired_runs)}" if r.retired_runs else "")
         )
     else:
-        print(f"nothing new to fold; snapshot #{r.snapshot} is current ({r.completed} sources complete)")
+        print(f"nothing new to fold; snapshot #{r.snapshot} is current ({plural(r.completed, 'source')} complete)")
 
 
 def cmd_gc(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
     a = ctx.args
-    if a.retain < 1:
-        fail("--retain must be at least 1")
     r = ckpt.gc(retain=a.retain, grace=a.grace, dry_run=a.dry_run, progress=_PROGRESS)
     doc = {
         "url": ckpt.store.url,
@@ -348,9 +581,10 @@ def cmd_gc(ctx: Ctx) -> int:
         dump_json(doc)
         return EXIT_OK
     verb = "would delete" if r.dry_run else "deleted"
+    kept = "the newest snapshot" if a.retain == 1 else f"the {a.retain} newest snapshots"
     print(
-        f"{verb} {r.segments} segments ({human_bytes(r.segment_bytes)}) and {r.snapshots} snapshots "
-        f"({human_bytes(r.snapshot_bytes)}); kept the {a.retain} newest snapshots, grace {human_age(a.grace)}"
+        f"{verb} {plural(r.segments, 'segment')} ({human_bytes(r.segment_bytes)}) and "
+        f"{plural(r.snapshots, 'snapshot')} ({human_bytes(r.snapshot_bytes)}); kept {kept}, grace {human_age(a.grace)}"
     )
     if a.verbose:
         for k in r.keys:
@@ -373,18 +607,22 @@ def cmd_verify(ctx: Ctx) -> int:
         state = "OK" if report.ok else "CORRUPT"
         print(
             f"{state}: {report.url}: checked {'meta, ' if report.meta else 'no ' + paths.META + ', '}"
-            f"{report.snapshots} snapshots, {report.segments} segments in {report.streams} streams "
-            f"({report.records} records, {human_bytes(report.bytes)}); "
-            f"{report.errors} errors, {report.warnings} warnings"
+            f"{plural(report.snapshots, 'snapshot')}, {plural(report.segments, 'segment')} in "
+            f"{plural(report.streams, 'stream')} ({plural(report.records, 'record')}, {human_bytes(report.bytes)}); "
+            f"{plural(report.errors, 'error')}, {plural(report.warnings, 'warning')}"
         )
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
 def cmd_reset(ctx: Ctx) -> int:
     a = ctx.args
+    if a.runs:
+        if a.sources_file is not None or a.sources:
+            fail("give either source ids or --run, not both")
+        return _reset_runs(ctx, list(dict.fromkeys(a.runs)))
     sources = read_sources(a.sources_file, a.sources)
     if a.sources_file is None and not a.sources:
-        fail("give source ids as arguments or with --sources FILE|-")
+        fail("give source ids as arguments or with --sources FILE|-, or --run RUN")
     ckpt = open_checkpoint(ctx)
     given = list(dict.fromkeys(sources))
     completed = [s for s in given if ckpt.is_completed(s)]
@@ -394,7 +632,8 @@ def cmd_reset(ctx: Ctx) -> int:
         shown = ", ".join(completed[:5]) + (f" and {len(completed) - 5} more" if len(completed) > 5 else "")
         confirm(
             ctx,
-            f"Reset the completion of {len(completed)} sources ({shown}) at {ctx.shown_url}? They will rerun.",
+            f"Reset the completion of {plural(len(completed), 'source')} ({shown}) at {ctx.shown_url}? "
+            f"{'It' if len(completed) == 1 else 'They'} will rerun.",
             "reset",
         )
         done = ckpt.reset(completed)
@@ -409,11 +648,48 @@ def cmd_reset(ctx: Ctx) -> int:
         )
     else:
         if done:
-            print(f"reset {len(done)} sources: they will rerun")
+            print(f"reset {plural(len(done), 'source')}: {'it' if len(done) == 1 else 'they'} will rerun")
         if not_completed:
-            print(f"{len(not_completed)} given sources were not complete (left alone)")
+            n = len(not_completed)
+            print(f"{plural(n, 'given source')} {'was' if n == 1 else 'were'} not complete (left alone)")
         if not done and not not_completed:
             print("nothing to reset")
+    return EXIT_OK
+
+
+def _reset_runs(ctx: Ctx, runs: list[str]) -> int:
+    """``reset --run``: void whole runs with the same tombstones as a per-source reset."""
+    ckpt = open_checkpoint(ctx)
+    st = ckpt.status()
+    known = {r.run_id: r for r in st.runs}
+    for run in runs:
+        _require_run(ckpt, run)
+    completed = sum(known[r].completed_sources for r in runs)
+    pending = sum(known[r].pending_sources for r in runs)
+    confirm(
+        ctx,
+        f"Void {plural(len(runs), 'run')} ({', '.join(runs)}) at {ctx.shown_url}? "
+        f"{plural(completed, 'completed source')} will rerun and {plural(pending, 'pending source')} "
+        "will not complete in "
+        f"{'it' if len(runs) == 1 else 'them'}.",
+        "void a run",
+    )
+    results = {run: ckpt.reset_run(run) for run in runs}
+    if ctx.json:
+        dump_json(
+            {
+                "url": ckpt.store.url,
+                "runs": [
+                    {"run_id": run, "reset": r.completed, "voided_pending": r.pending} for run, r in results.items()
+                ],
+            }
+        )
+    else:
+        for run, r in results.items():
+            print(
+                f"voided run {run}: reset {plural(len(r.completed), 'completed source')} "
+                f"(they rerun), {plural(len(r.pending), 'pending source')} will not complete in it"
+            )
     return EXIT_OK
 
 
@@ -429,7 +705,7 @@ def cmd_clear(ctx: Ctx) -> int:
     size = sum(o.size for o in objs)
     confirm(
         ctx,
-        f"Delete the checkpoint at {ctx.shown_url} ({len(objs)} objects, {human_bytes(size)})? "
+        f"Delete the checkpoint at {ctx.shown_url} ({plural(len(objs), 'object')}, {human_bytes(size)})? "
         "Every source will rerun. This cannot be undone.",
         "clear the checkpoint",
     )
@@ -437,7 +713,7 @@ def cmd_clear(ctx: Ctx) -> int:
     if ctx.json:
         dump_json({"url": ckpt.store.url, "cleared": True, "objects": len(objs), "bytes": size})
     else:
-        print(f"deleted the checkpoint at {ctx.shown_url} ({len(objs)} objects, {human_bytes(size)})")
+        print(f"deleted the checkpoint at {ctx.shown_url} ({plural(len(objs), 'object')}, {human_bytes(size)})")
     return EXIT_OK
 
 
@@ -484,7 +760,7 @@ def cmd_watch(ctx: Ctx) -> int:
             store = open_store(ctx)
             if not has_checkpoint(store):
                 if a.once:
-                    fail(f"no checkpoint at {ctx.shown_url}")
+                    no_checkpoint(ctx, store)
                 raise ObjectNotFound(f"no checkpoint at {ctx.shown_url} yet; waiting")
             holder.append(resumelog.open(store, create=False))
         return holder[0].status()
@@ -505,6 +781,38 @@ def cmd_watch(ctx: Ctx) -> int:
             total=a.total,
             describe_error=describe_error,
             url=ctx.shown_url,
+            stale_after=a.stale_after,
         )
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def cmd_demo(ctx: Ctx) -> int:
+    from resumelog import demo
+
+    a = ctx.args
+    path = os.path.abspath(a.path)
+    found = demo.existing_checkpoint(path)
+    if found == "other":
+        fail(f"{path} exists and is not a resumelog checkpoint; pick another --path")
+    if found == "checkpoint":
+        confirm(
+            ctx,
+            f"{path} holds a checkpoint; the demo deletes it and starts over. Replace it?",
+            f"replace the existing checkpoint at {path}",
+        )
+    figures = demo.run_demo(path, a.sources, a.workers, out=(lambda *_: None) if ctx.json else print)
+    ok = figures["missing"] == 0 and figures["completed"] == figures["sources"]
+    if ctx.json:
+        dump_json({**figures, "ok": ok, "path": path})
+    else:
+        print(
+            f"OK: all {plural(figures['sources'], 'source')} complete; run 2 redid only the {figures['redone']} "
+            "that run 1 had not finished"
+            if ok
+            else f"FAILED: {figures['missing']} of {figures['sources']} sources missing after run 2"
+        )
+    return EXIT_OK if ok else EXIT_PROBLEMS

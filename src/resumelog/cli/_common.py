@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NoReturn, TextIO
 
 __all__ = [
+    "DEFAULT_STALE_AFTER",
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_PROBLEMS",
@@ -18,12 +19,15 @@ __all__ = [
     "Scrubber",
     "classify_error",
     "dump_json",
+    "error_kind",
     "human_age",
     "human_bytes",
     "parse_duration",
     "parse_storage_options",
+    "plural",
     "read_sources",
     "redact_url",
+    "writer_state",
 ]
 
 EXIT_OK = 0
@@ -269,6 +273,40 @@ def human_age(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def plural(n: int, noun: str, plural_form: str | None = None) -> str:
+    """``plural(1, "error")`` -> ``"1 error"``; ``plural(2, "error")`` -> ``"2 errors"``."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {plural_form or noun + 's'}"
+
+
+DEFAULT_STALE_AFTER = 300.0
+"""Seconds without a flush after which an open writer is shown as ``stale`` (default 5 min)."""
+
+
+def writer_state(closed: bool, age_s: float | None, stale_after: float = DEFAULT_STALE_AFTER) -> str:
+    """The one vocabulary ``status`` and ``watch`` use for a journal stream (writer incarnation).
+
+    ``closed``: the writer closed its stream (it will write nothing more). ``active``: not
+    closed and its last flush is at most ``stale_after`` seconds old. ``stale``: not closed
+    and silent for longer: the process was killed (SIGKILL, OOM, a lost node), hangs, or
+    has had nothing to flush; a stale stream that never resumes is harmless (its run's
+    unfinished sources rerun in the next run).
+    """
+    if closed:
+        return "closed"
+    if age_s is not None and age_s > stale_after:
+        return "stale"
+    return "active"
+
+
+def error_kind(code: int) -> str:
+    """The ``kind`` of a ``--json`` error document for an exit code."""
+    return {EXIT_PROBLEMS: "problems", EXIT_USAGE: "usage", EXIT_FAILED: "failed", 130: "interrupted"}.get(
+        code, "failed"
+    )
 
 
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> Iterator[str]:

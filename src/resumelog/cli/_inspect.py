@@ -202,6 +202,12 @@ def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
             }
         )
     pend_shown, pend_cut = _limit(pending, limit)
+    # "pending" as `status` counts it: sources with partial state that are not complete
+    # (a run's partial state for a source another run completed does not count)
+    partial = {p["source"] for p in pending}
+    if partial:
+        done = {blob[offsets[i] : offsets[i + 1]].decode(errors="replace") for i in range(n)}
+        partial -= done
     return {
         "format_version": h.format_version,
         "header": {
@@ -240,6 +246,7 @@ def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
         "pending": pend_shown,
         "pending_total": len(pending),
         "pending_truncated": pend_cut,
+        "pending_sources": len(partial),
         "resets": [{"source": r.source, "runs": list(r.runs)} for r in body.resets],
         "anomalies": [
             {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail} for a in body.anomalies
@@ -321,7 +328,10 @@ def render_text(doc: dict[str, Any]) -> Iterator[str]:
     elif kind == "snapshot" and "header" in doc:
         h = doc["header"]
         yield f"  snapshot #{h['number']}  created {_when(h['created_ms'])}  format v{h['format_version']}"
-        yield f"  completed {h['completed_count']}  pending {doc['pending_total']}  records folded {doc['records_folded']}"
+        yield (
+            f"  completed {h['completed_count']}  pending {doc['pending_sources']} (sources started, not complete; "
+            f"{doc['pending_total']} partial states by run)  records folded {doc['records_folded']}"
+        )
         yield f"  runs ({len(doc['runs'])}):"
         for r in doc["runs"]:
             yield (
@@ -341,7 +351,7 @@ def render_text(doc: dict[str, Any]) -> Iterator[str]:
             if doc["completed_truncated"]:
                 yield f"    ... {doc['completed_total'] - len(doc['completed'])} more (use --limit or --all)"
         if doc["pending"]:
-            yield "  pending (run  source  sum  flags):"
+            yield "  partial states (run  source  sum  flags):"
             for p in doc["pending"]:
                 flags = [x for x in ("emitted", "tainted") if p[x]] + (
                     [f"{p['conflicts']} conflicts"] if p["conflicts"] else []

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from resumelog.checkpoint import Status
-from resumelog.cli._common import human_age, human_bytes, table
+from resumelog.cli._common import DEFAULT_STALE_AFTER, human_age, human_bytes, plural, table, writer_state
 
 __all__ = ["Frame", "RateTracker", "run_watch"]
 
@@ -41,6 +41,8 @@ class Frame:
     eta_seconds: float | None
     writers: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    resets: int = 0
+    total: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -49,9 +51,12 @@ class Frame:
 class RateTracker:
     """Completions per minute and per-writer records per minute over a sliding window."""
 
-    def __init__(self, window: float = 60.0, total: int | None = None) -> None:
+    def __init__(
+        self, window: float = 60.0, total: int | None = None, stale_after: float = DEFAULT_STALE_AFTER
+    ) -> None:
         self.window = window
         self.total = total
+        self.stale_after = stale_after
         self.samples: deque[tuple[float, int, dict[str, int]]] = deque()
 
     def frame(self, st: Status, now: float | None = None, wall_ms: int | None = None) -> Frame:
@@ -87,15 +92,18 @@ class RateTracker:
                     "records_per_min": wrate,
                     "last_flush_age_s": age,
                     "closed": w.closed,
+                    "state": writer_state(w.closed, age, self.stale_after),
                 }
             )
         writers.sort(key=lambda w: (w["closed"], w["last_flush_age_s"] if w["last_flush_age_s"] is not None else 1e18))
+        counts = dict(st.anomaly_counts)
+        resets = counts.pop("reset", 0)
         return Frame(
             url=st.url,
             time_ms=wall_ms,
             completed=st.completed,
             pending=st.pending,
-            anomalies=st.anomalies,
+            anomalies=sum(counts.values()),
             snapshot=st.snapshot,
             journal_objects=st.journal_objects,
             journal_bytes=st.journal_bytes,
@@ -104,6 +112,8 @@ class RateTracker:
             remaining=remaining,
             eta_seconds=eta,
             writers=writers,
+            resets=resets,
+            total=self.total,
         )
 
 
@@ -120,13 +130,19 @@ def _eta(f: Frame, total: int | None) -> str:
 
 def summary_lines(f: Frame, total: int | None, interval: float) -> list[str]:
     clock = time.strftime("%H:%M:%S", time.localtime(f.time_ms / 1000))
-    open_w = sum(1 for w in f.writers if not w["closed"])
+    states = Counter(w["state"] for w in f.writers)
     lines = [
-        f"resumelog watch {f.url}  every {interval:g}s  {clock}",
+        f"resumelog watch {f.url}  every {human_age(interval) if interval >= 60 else f'{interval:g}s'}  {clock}",
         f"completed {f.completed}  pending {f.pending}  rate {_rate(f.rate_per_min)}  {_eta(f, total)}",
-        f"snapshot #{f.snapshot}  anomalies {f.anomalies}  journal {f.journal_objects} segments / "
+    ]
+    if total:
+        lines.append(f"progress  {progress_bar(f.completed, total)}")
+    lines += [
+        f"snapshot #{f.snapshot}  anomalies {f.anomalies}"
+        + (f"  resets {f.resets}" if f.resets else "")
+        + f"  journal {plural(f.journal_objects, 'segment')} / "
         f"{human_bytes(f.journal_bytes)}  not compacted {f.unfolded_segments}",
-        f"writers: {open_w} open, {len(f.writers) - open_w} closed",
+        f"writers: {states['active']} active, {states['stale']} stale, {states['closed']} closed",
     ]
     if f.error:
         lines.append(f"last error: {f.error}")
@@ -136,11 +152,18 @@ def summary_lines(f: Frame, total: int | None, interval: float) -> list[str]:
 _HEADER = ["WRITER", "INCARNATION", "RUN", "SEQ", "RECORDS", "REC/MIN", "LAST FLUSH", "STATE"]
 
 
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """``[#########---------------------]  30.0%  300/1000`` (plain text, for ``--total``)."""
+    frac = min(done / total, 1.0) if total > 0 else 1.0
+    n = int(frac * width)
+    return f"[{'#' * n}{'-' * (width - n)}] {frac * 100:5.1f}%  {done}/{total}"
+
+
 def _writer_rows(f: Frame, max_rows: int) -> tuple[list[list[str]], int]:
     rows = []
     for w in f.writers[:max_rows]:
         age = w["last_flush_age_s"]
-        state = "closed" if w["closed"] else ("idle" if age is not None and age > 60 else "active")
+        state = w["state"]
         rows.append(
             [
                 w["writer_id"],
@@ -171,7 +194,21 @@ def render_rich(f: Frame, total: int | None, interval: float, max_rows: int = 20
     from rich.table import Table
     from rich.text import Text
 
-    head = [Text(line) for line in summary_lines(f, total, interval)]
+    head: list[Any] = []
+    for line in summary_lines(f, total, interval):
+        if total and line.startswith("progress  "):
+            from rich.progress_bar import ProgressBar
+            from rich.table import Table as Grid
+
+            grid = Grid.grid(padding=(0, 1))
+            grid.add_row(
+                Text("progress"),
+                ProgressBar(total=total, completed=min(f.completed, total), width=40),
+                Text(f"{min(f.completed / total, 1.0) * 100:5.1f}%  {f.completed}/{total}"),
+            )
+            head.append(grid)
+        else:
+            head.append(Text(line))
     t = Table(*_HEADER, box=None, padding=(0, 1), header_style="bold")
     rows, more = _writer_rows(f, max_rows)
     for r in rows:
@@ -203,6 +240,7 @@ def run_watch(
     url: str = "",
     out: TextIO | None = None,
     max_frames: int | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
 ) -> int:
     """Loop: load a status, render a frame, sleep. Returns the exit code.
 
@@ -213,7 +251,7 @@ def run_watch(
     from resumelog.cli._common import dump_json
 
     out = out or sys.stdout
-    tracker = RateTracker(total=total)
+    tracker = RateTracker(total=total, stale_after=stale_after)
     frames = _frames(load, tracker, interval, once, describe_error, max_frames, url)
     if as_json:
         for f in frames:

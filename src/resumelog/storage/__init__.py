@@ -43,9 +43,36 @@ def open_store(url: str, storage_options: Mapping[str, Any] | None = None, *, si
         return LocalStore(path, **opts)
     if proto == "memory":
         return MemoryStore(path)
+    _check_protocol(str(url))
     from resumelog.storage._fsspec import FsspecStore
 
     return FsspecStore(url, opts, single_writer=single_writer)
+
+
+_SUPPORTED = ["file", "memory", "s3", "gs", "gcs"]
+
+
+def _check_protocol(url: str) -> None:
+    """Raise :class:`UnsupportedBackend` for a protocol fsspec does not know (a typo such
+    as ``htp://``), parsing the URL the way fsspec does."""
+    try:
+        from fsspec.core import split_protocol
+        from fsspec.registry import available_protocols
+    except ImportError:  # pragma: no cover - fsspec is a dependency
+        return
+    proto, _ = split_protocol(url)
+    if proto is None:
+        return
+    known = available_protocols()
+    if proto not in known:
+        import difflib
+
+        close = difflib.get_close_matches(proto, _SUPPORTED, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}://?)" if close else ""
+        raise UnsupportedBackend(
+            f"unknown protocol {proto}://{hint}: fsspec knows no such filesystem; a checkpoint lives on a local "
+            "path, file://, memory://, s3:// or gs://"
+        )
 
 
 def __getattr__(name: str) -> Any:

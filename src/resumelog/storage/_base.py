@@ -117,6 +117,15 @@ class Store(ABC):
             return False
         return True
 
+    def missing_root(self) -> str | None:
+        """Why the root cannot hold anything at all, e.g. ``"bucket 'x' does not exist"``;
+        ``None`` if it can, or if the backend cannot tell.
+
+        A diagnostic for callers that found nothing under the root and want to say why
+        (one request at most; never raises).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
 

@@ -126,6 +126,18 @@ class FsspecStore(Store):
     def url(self) -> str:
         return self._url
 
+    def missing_root(self) -> str | None:
+        """``"bucket 'x' does not exist ..."`` when the bucket is not there (or these
+        credentials cannot see it); ``None`` otherwise or when the check fails."""
+        bucket = self.root.split("/", 1)[0]
+        try:
+            found = bool(self._do(self.fs.exists, bucket))
+        except Exception:  # noqa: BLE001 - a diagnostic only: "cannot tell"
+            return None
+        if found:
+            return None
+        return f"bucket {bucket!r} does not exist at {self.protocol}:// (or these credentials cannot see it)"
+
     def _full(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
 
