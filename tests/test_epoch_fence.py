@@ -164,3 +164,26 @@ def test_resumelog_clear_deletes_meta_first(tmp_path):
     ck.clear()
     assert order[0] == [paths.META]
     assert not any(Path(url).rglob("*.seg"))
+
+
+def test_status_names_the_foreign_objects(tmp_path):
+    from resumelog.cli import main
+
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    w = ck.writer("w")
+    w.complete("a")
+    shutil.rmtree(url)
+    w.close()  # lands in the deleted checkpoint's place
+    resumelog.open(url)  # a new checkpoint there
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["status", url]) == 0
+    assert "foreign      1 object of a deleted checkpoint" in buf.getvalue()
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["gc", url, "--grace", "0", "--json"]) == 0
+    assert resumelog.open(url).status().foreign_objects == 0

@@ -248,6 +248,11 @@ def cmd_status(ctx: Ctx) -> int:
         f"gc           would free {plural(st.gc_reclaimable_objects, 'object')}, "
         f"{human_bytes(st.gc_reclaimable_bytes)} (grace {human_age(ctx.args.grace)})"
     )
+    if st.foreign_objects:
+        out.append(
+            f"foreign      {plural(st.foreign_objects, 'object')} of a deleted checkpoint "
+            "(written after it was deleted or cleared): ignored; gc deletes them"
+        )
     if st.runs:
         out.append("")
         out.append(f"runs ({len(st.runs)})")
