@@ -102,14 +102,14 @@ MUTANTS = [
     Mutant(
         "torn_middle_segment_treated_as_tail",
         "compactor.py",
-        "                if store.torn_writes_possible and last_of[key]:",
-        "                if store.torn_writes_possible:",
+        "                if isinstance(exc, TornSegment) and store.torn_writes_possible and last_of[key]:",
+        "                if isinstance(exc, TornSegment) and store.torn_writes_possible:",
         "a torn segment that is not the stream's last is skipped as a torn tail",
     ),
     Mutant(
         "no_second_listing",
         "compactor.py",
-        "    loaded.streams_relisted = _fold_latecomers(store, state, loaded.epoch)\n    state.finish(writers=loaded.for_compaction)",
+        "    loaded.streams_relisted = _fold_latecomers(store, loaded)\n    state.finish(writers=loaded.for_compaction)",
         "    state.finish(writers=loaded.for_compaction)",
         "the fold trusts one journal listing (no latecomer pass)",
     ),
@@ -232,6 +232,13 @@ MUTANTS = [
         "    if expect is not None and epoch != expect:",
         "    if False:",
         "a compaction opened before a delete publishes into the new checkpoint",
+    ),
+    Mutant(
+        "corrupt_segment_skipped",
+        "compactor.py",
+        '    if loaded.state.damage_run(run, f"{key}: {exc}", kind="corrupt_segment"):\n        loaded.salvaged = True\n',
+        "",
+        "a corrupt segment is skipped without quarantining its run",
     ),
 ]
 

@@ -16,7 +16,7 @@ from s3_support import S3_KINDS, bucket_of
 
 import resumelog
 from resumelog import compactor, paths
-from resumelog.errors import CorruptSegment, CorruptSnapshot, FingerprintMismatch, ObjectNotFound, UnsupportedFormat
+from resumelog.errors import CorruptSnapshot, FingerprintMismatch, ObjectNotFound, UnsupportedFormat
 from resumelog.format import FORMAT_VERSION, PREAMBLE_SIZE
 from resumelog.format import crc32c as crc
 from resumelog.storage import LocalStore, Store, open_store
@@ -259,19 +259,36 @@ def test_corrupt_latest_snapshot_falls_back_to_previous(backend):
     assert again.compact().snapshot == 3
 
 
-def test_corrupt_middle_segment_raises_naming_it(backend):
-    ck = backend.open()
+def test_a_corrupt_middle_segment_is_salvaged_naming_it(backend, caplog):
+    """One flipped bit in a segment not yet compacted: the checkpoint still opens,
+    compacts and reports; the segment's run is quarantined (its uncompacted
+    completions rerun, in a new run), published completions stand (issue 21)."""
+    ck = backend.open(run_id="r1")
+    with ck.writer("early") as w:
+        w.complete("published")
+    ck.compact()
     with ck.writer("w1") as w:
         for i in range(3):
             w.complete(f"s{i}")
             w.flush()
-    segs = [o.path for o in ck.store.list("journal/")]
+    segs = [o.path for o in ck.store.list("journal/") if "/w1/" in o.path]
     data = bytearray(backend.store().read(segs[1]))
     data[len(data) // 2] ^= 0x01
     backend.replace(segs[1], bytes(data))
-    with pytest.raises(CorruptSegment) as info:
-        backend.open()
-    assert segs[1] in str(info.value)
+    with caplog.at_level("WARNING", logger="resumelog"):
+        again = backend.open(run_id="r2")
+    assert "unreadable (a corrupt segment)" in caplog.text and segs[1] in caplog.text
+    assert sorted(again.completed) == ["published"]
+    st = again.status()
+    assert st.anomaly_counts == {"corrupt_segment": 1}
+    assert [r.run_id for r in st.runs if r.damaged] == ["r1"]
+    assert segs[1] in st.recent_anomalies[-1]["detail"]
+    assert again.compact().written  # the damage is published
+    with again.writer("rerun") as w:
+        w.complete_many(["s0", "s1", "s2"])
+    final = backend.open(run_id="r3")
+    assert sorted(final.completed) == ["published", "s0", "s1", "s2"]
+    assert final.status().anomaly_counts == {"corrupt_segment": 1}
 
 
 def test_torn_tail_tolerated_only_for_last_segment(tmp_path):
@@ -293,8 +310,9 @@ def test_torn_tail_tolerated_only_for_last_segment(tmp_path):
     mid = tmp_path / segs[1]
     mdata = mid.read_bytes()
     mid.write_bytes(mdata[:-5])
-    with pytest.raises(CorruptSegment):
-        resumelog.open(str(tmp_path))
+    salvaged = resumelog.open(str(tmp_path))  # its run is quarantined: nothing of it completes
+    assert sorted(salvaged.completed) == []
+    assert salvaged.status().anomaly_counts.get("corrupt_segment") == 1
 
 
 def test_torn_tail_is_recorded_once_not_at_every_compaction(tmp_path):
@@ -317,6 +335,8 @@ def test_torn_tail_is_recorded_once_not_at_every_compaction(tmp_path):
 
 
 def test_torn_tail_not_tolerated_on_object_store(memory_url):
+    """An object store never shows a partial object: a truncated one is corruption
+    (salvaged by quarantining its run), never a tolerated torn tail."""
     ck = resumelog.open(memory_url)
     with ck.writer("w1") as w:
         w.complete("a")
@@ -324,8 +344,9 @@ def test_torn_tail_not_tolerated_on_object_store(memory_url):
     data = ck.store.read(seg.path)
     ck.store.delete([seg.path])
     ck.store.put_if_absent(seg.path, data[:-4])
-    with pytest.raises(CorruptSegment):
-        resumelog.open(memory_url)
+    again = resumelog.open(memory_url)
+    assert sorted(again.completed) == []
+    assert again.status().anomaly_counts == {"corrupt_segment": 1}
 
 
 def test_gc_keeps_three_snapshots_and_open_stream_tails(backend):

@@ -21,8 +21,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import resumelog  # noqa: E402
 import resumelog.ray_data as rd  # noqa: E402
 from resumelog.errors import ObjectNotFound  # noqa: E402
-from resumelog.testing.ray import init_local_ray  # noqa: E402
 from resumelog.ray_data import _native  # noqa: E402
+from resumelog.testing.ray import init_local_ray  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -613,22 +613,25 @@ class FoldState:
         stored = self.base_done.get(source) if self.base_done is not None else None
         return SIMPLE_COMPLETION if stored is None else stored
 
-    def damage_run(self, run_id: str, detail: str) -> None:
-        """Quarantine a run whose records were partly lost from storage (a journal gap).
+    def damage_run(self, run_id: str, detail: str, kind: str = "journal_gap") -> bool:
+        """Quarantine a run whose records were partly lost from storage (a journal gap,
+        or ``kind="corrupt_segment"``: a segment that does not decode).
 
         A lost segment may have held any record of its run, a fan-out ``+k`` among them,
         so no source may complete in that run any more: its pending states are tainted
         and :meth:`finish` completes nothing for it, and the completions an earlier
         round of the same fold made in it (:attr:`provisional`) are voided. Its sources
         rerun in a new run; completions published before the loss stand. Idempotent
-        (one anomaly per gap).
+        (one anomaly per gap); returns whether this loss was new to the state.
         """
         info = self._run(run_id)
         if info.retired:
-            return  # its records are ignored anyway (a collected stream of a retired run)
-        if self.anomaly_once("journal_gap", "", run_id, detail):
+            return False  # its records are ignored anyway (a collected stream of a retired run)
+        new = self.anomaly_once(kind, "", run_id, detail)
+        if new:
+            what = "are missing from storage" if kind == "journal_gap" else "are unreadable (a corrupt segment)"
             self.warn(
-                f"resumelog: journal records of run {run_id} are missing from storage ({detail}); "
+                f"resumelog: journal records of run {run_id} {what} ({detail}); "
                 "the run completes nothing more, its pending sources rerun in a new run"
             )
         info.damaged = True
@@ -645,6 +648,7 @@ class FoldState:
                 self._uncomplete(src)
                 self.provisional.discard(src)
                 self.pending[(run_id, src)] = s
+        return new
 
     def apply_reset(self, reset: Reset) -> None:
         """Fold an operator tombstone: void completions of ``reset.source`` by ``reset.runs``."""

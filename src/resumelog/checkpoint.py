@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -20,6 +20,9 @@ from resumelog.errors import AlreadyExists, CheckpointReplaced, FingerprintMisma
 from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
 from resumelog.storage import ObjectInfo, Store, open_store
+
+if TYPE_CHECKING:
+    from resumelog.repair import RepairResult
 
 __all__ = ["Checkpoint", "CompletedView", "Status", "WriterHandle", "open"]
 
@@ -288,7 +291,7 @@ def _clear_layout(store: Store) -> None:
     foreign, so a reader racing the clear sees all of the checkpoint or none of it.
     """
     store.delete([paths.META])
-    for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX):
+    for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX, paths.QUARANTINE_PREFIX):
         store.delete(o.path for o in store.list(prefix))
 
 
@@ -609,6 +612,14 @@ class Checkpoint:
         if keep_runs is not None:
             self.compact(keep_runs=keep_runs, progress=progress)
         return compactor.gc(self.store, retain=retain, grace=grace, dry_run=dry_run, progress=progress)
+
+    def repair(self, *, dry_run: bool = False, progress: bool | None = None) -> RepairResult:
+        """Publish the damage of corrupt segments (their runs complete nothing more),
+        then move corrupt segments and snapshots aside to ``quarantine/``
+        (:func:`resumelog.repair.repair`; ``resumelog repair`` on the command line)."""
+        from resumelog.repair import repair
+
+        return repair(self, dry_run=dry_run, progress=progress)
 
     def clear(self) -> None:
         """Delete the whole checkpoint (every object under the root)."""

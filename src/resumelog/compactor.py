@@ -77,6 +77,11 @@ class Loaded:
     foreign: list[str] = field(default_factory=list)
     """Objects of another epoch met by the load (ignored): debris of a deleted checkpoint."""
     foreign_snapshots: set[int] = field(default_factory=set)
+    corrupt: list[str] = field(default_factory=list)
+    """Segments that do not decode, salvaged by quarantining their runs (``resumelog repair``)."""
+    salvaged: bool = False
+    """A corrupt segment quarantined a run the base snapshot did not know was damaged:
+    a compaction publishes even if it folded nothing else."""
 
 
 def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
@@ -367,16 +372,18 @@ def fold_journal(
                 raise result
             try:
                 seg = decode_segment(result, key)
-            except TornSegment as exc:
-                if store.torn_writes_possible and last_of[key]:
+                h = seg.header
+                if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
+                    raise CorruptSegment("segment header does not match its object name", key)
+            except CorruptSegment as exc:
+                if isinstance(exc, TornSegment) and store.torn_writes_possible and last_of[key]:
                     if state.anomaly_once("torn_tail", "", "", str(exc)):  # not at every fold
                         logger.warning("resumelog: ignoring torn last segment %s", key)
-                    stopped.add(sid)
-                    continue
-                raise
-            h = seg.header
-            if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
-                raise CorruptSegment("segment header does not match its object name", key)
+                else:
+                    stream = [k for k, _ in plan if k.startswith(key.rsplit("/", 1)[0] + "/")]
+                    _salvage_corrupt_segment(store, loaded, key, exc, stream)
+                stopped.add(sid)
+                continue
             if is_foreign(h.epoch, loaded.epoch):
                 stopped.add(sid)  # a stream lives in one epoch: the rest of it is foreign too
                 loaded.foreign.extend(k for k, _ in plan if k.startswith(key.rsplit("/", 1)[0] + "/"))
@@ -388,7 +395,7 @@ def fold_journal(
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
                     state.finish(final=False)  # provisional: collapses drained states, bounds memory
-    loaded.streams_relisted = _fold_latecomers(store, state, loaded.epoch)
+    loaded.streams_relisted = _fold_latecomers(store, loaded)
     state.finish(writers=loaded.for_compaction)
     state.provisional = None
 
@@ -473,7 +480,44 @@ def _journal_gap(
         state.damage_run(run, f"{sid}: segment {missing} missing")
 
 
-def _fold_latecomers(store: Store, state: FoldState, epoch: bytes | None) -> set[tuple[str, str]]:
+def _salvage_corrupt_segment(store: Store, loaded: Loaded, key: str, exc: CorruptSegment, stream: list[str]) -> None:
+    """Segment ``key`` does not decode (a flipped bit, a torn write that is not a
+    tolerated tail): salvage the checkpoint instead of refusing to open it.
+
+    Whatever the segment held is lost, so it is handled like a lost segment: its run
+    is quarantined (:meth:`FoldState.damage_run`, anomaly ``corrupt_segment``), which
+    is safe whatever it held, and its stream is not folded past it. The run is read
+    from the segment's own header if that frame is intact, else from the stream's mark
+    or another segment of the stream (``stream``: its planned keys; a stream belongs
+    to one run). If no run can be told, the error is raised: skipping records of an
+    unknown run could complete a source early. ``resumelog repair`` moves such objects
+    aside once a snapshot has recorded the damage.
+    """
+    p = paths.parse_segment(key)
+    assert p is not None
+    mark = loaded.state.streams.get(f"{p.writer_id}/{p.incarnation}")
+    run = mark.run_id if mark is not None else None
+    for k in [key, *(k for k in stream if k != key)] if run is None else []:
+        header = _segment_header(store, k)
+        if header is not None and (header.writer_id, header.incarnation) == (p.writer_id, p.incarnation):
+            if is_foreign(header.epoch, loaded.epoch):
+                loaded.foreign.extend(stream)
+                return  # debris of a deleted checkpoint: ignored, corrupt or not
+            run = header.run_id
+            break
+    if run is None:
+        raise CorruptSegment(
+            f"{exc}; the run it belongs to cannot be told (its header is unreadable and no other segment "
+            "of its stream is), so it cannot be salvaged: restore the object from a backup, or clear the checkpoint",
+            exc.path or key,
+        ) from exc
+    if key not in loaded.corrupt:
+        loaded.corrupt.append(key)
+    if loaded.state.damage_run(run, f"{key}: {exc}", kind="corrupt_segment"):
+        loaded.salvaged = True
+
+
+def _fold_latecomers(store: Store, loaded: Loaded) -> set[tuple[str, str]]:
     """List again and fold the positive records of segments the first listing missed.
 
     A listing is not a point-in-time snapshot: while it walks, a fan-out ``+k`` can be
@@ -483,6 +527,7 @@ def _fold_latecomers(store: Store, state: FoldState, epoch: bytes | None) -> set
     records keeps the folded set closed under "happened before" for everything that
     can lower a sum. Returns the streams the second listing holds.
     """
+    state = loaded.state
     fresh: list[str] = []
     listed: set[tuple[str, str]] = set()
     for o in store.list(paths.JOURNAL_PREFIX):
@@ -502,7 +547,12 @@ def _fold_latecomers(store: Store, state: FoldState, epoch: bytes | None) -> set
             seg = decode_segment(result, key)
         except TornSegment:
             continue  # a torn segment holds nothing that was acknowledged
-        if not is_foreign(seg.header.epoch, epoch):
+        except CorruptSegment as exc:
+            # its positive records cannot be read: quarantine its run, as the first pass
+            # does (it may be the segment the first pass stopped at)
+            _salvage_corrupt_segment(store, loaded, key, exc, [key])
+            continue
+        if not is_foreign(seg.header.epoch, loaded.epoch):
             state.apply_positive(seg.header, seg.batches)
     return listed
 
@@ -564,7 +614,7 @@ def compact(
         epoch = _check_epoch(store, loaded.epoch, expect_epoch)
         state = loaded.state
         dropped = _prune_streams(loaded)
-        if loaded.snapshot and loaded.segments_folded == 0 and not retired and not dropped and not skip:
+        if loaded.snapshot and loaded.segments_folded == 0 and not (retired or dropped or skip or loaded.salvaged):
             return CompactResult(loaded.snapshot, False, 0, 0, state.completed_count(), attempt)
         number = state.number
         base = paths.snapshot_name(loaded.snapshot) if loaded.snapshot else ""

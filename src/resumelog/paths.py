@@ -24,6 +24,7 @@ from resumelog.errors import InvalidId
 __all__ = [
     "JOURNAL_PREFIX",
     "META",
+    "QUARANTINE_PREFIX",
     "SNAPSHOT_PREFIX",
     "SegmentName",
     "default_writer_id",
@@ -38,6 +39,8 @@ __all__ = [
 META = "meta.msgpack"
 JOURNAL_PREFIX = "journal/"
 SNAPSHOT_PREFIX = "snapshots/"
+QUARANTINE_PREFIX = "quarantine/"
+"""Corrupt objects moved aside by ``resumelog repair`` (never read by the loader)."""
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SEG_RE = re.compile(r"journal/([A-Za-z0-9._-]{1,128})/([0-9A-Z]{26})/(\d{20})\.seg")

@@ -598,25 +598,77 @@ def cmd_gc(ctx: Ctx) -> int:
 
 
 def cmd_verify(ctx: Ctx) -> int:
-    from resumelog import paths
     from resumelog.cli._verify import verify_store
 
     store = open_store(ctx)
     require_checkpoint(ctx, store)
     report = verify_store(store, progress=_PROGRESS, deep=not ctx.args.shallow)
+    if ctx.args.repair and not report.ok:
+        result = open_checkpoint(ctx).repair(progress=_PROGRESS)
+        after = verify_store(store, progress=_PROGRESS, deep=not ctx.args.shallow)
+        if ctx.json:
+            dump_json({**after.to_dict(), "before": report.to_dict(), "repair": _repair_doc(result)})
+        else:
+            _print_repair(result)
+            _print_verify(after)
+        return EXIT_OK if after.ok else EXIT_PROBLEMS
     if ctx.json:
         dump_json(report.to_dict())
     else:
-        for p in report.problems:
-            print(f"{p.severity.upper()}  {p.path}: {p.kind}: {p.message}")
-        state = "OK" if report.ok else "CORRUPT"
-        print(
-            f"{state}: {report.url}: checked {'meta, ' if report.meta else 'no ' + paths.META + ', '}"
-            f"{plural(report.snapshots, 'snapshot')}, {plural(report.segments, 'segment')} in "
-            f"{plural(report.streams, 'stream')} ({plural(report.records, 'record')}, {human_bytes(report.bytes)}); "
-            f"{plural(report.errors, 'error')}, {plural(report.warnings, 'warning')}"
-        )
+        _print_verify(report)
     return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _print_verify(report: Any) -> None:
+    from resumelog import paths
+
+    for p in report.problems:
+        print(f"{p.severity.upper()}  {p.path}: {p.kind}: {p.message}")
+    state = "OK" if report.ok else "CORRUPT"
+    print(
+        f"{state}: {report.url}: checked {'meta, ' if report.meta else 'no ' + paths.META + ', '}"
+        f"{plural(report.snapshots, 'snapshot')}, {plural(report.segments, 'segment')} in "
+        f"{plural(report.streams, 'stream')} ({plural(report.records, 'record')}, {human_bytes(report.bytes)}); "
+        f"{plural(report.errors, 'error')}, {plural(report.warnings, 'warning')}"
+    )
+
+
+def _repair_doc(result: Any) -> dict[str, Any]:
+    return {
+        "dry_run": result.dry_run,
+        "corrupt_segments": result.corrupt_segments,
+        "corrupt_snapshots": result.corrupt_snapshots,
+        "damaged_runs": result.damaged_runs,
+        "snapshot": result.snapshot,
+        "moved": result.moved,
+    }
+
+
+def _print_repair(result: Any) -> None:
+    if result.clean:
+        print("nothing to repair: no corrupt segment or snapshot")
+        return
+    verb = "would move" if result.dry_run else "moved"
+    for key in result.corrupt_segments + result.corrupt_snapshots:
+        print(f"corrupt      {key}  ({verb} to quarantine/)")
+    if result.damaged_runs:
+        print(
+            f"damaged runs {', '.join(result.damaged_runs)}: they complete nothing more; "
+            "their pending sources rerun in the next run"
+        )
+    if not result.dry_run:
+        if result.snapshot:
+            print(f"snapshot     #{result.snapshot} records the damage")
+        print(f"repaired: {plural(len(result.moved), 'object')} moved to quarantine/ (inspect or delete them later)")
+
+
+def cmd_repair(ctx: Ctx) -> int:
+    result = open_checkpoint(ctx).repair(dry_run=ctx.args.dry_run, progress=_PROGRESS)
+    if ctx.json:
+        dump_json(_repair_doc(result))
+    else:
+        _print_repair(result)
+    return EXIT_OK
 
 
 def cmd_reset(ctx: Ctx) -> int:

@@ -123,10 +123,15 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "verify": [
         ("resumelog verify /data/ckpt", "read and check every object; exit 1 on corruption"),
         ("resumelog verify s3://bucket/ckpt --shallow --json", "faster: skip re-hashing every id"),
+        ("resumelog verify /data/ckpt --repair", "check, then salvage what is corrupt"),
     ],
     "reset": [
         ("resumelog reset /data/ckpt shard-007 shard-012", "rerun two sources (asks first)"),
         ("resumelog reset /data/ckpt --run r2 --yes", "void everything run r2 completed (a bad run)"),
+    ],
+    "repair": [
+        ("resumelog repair /data/ckpt --dry-run", "which objects are corrupt, which runs lose their completions"),
+        ("resumelog repair s3://bucket/ckpt --json", "publish the damage, move the corrupt objects to quarantine/"),
     ],
     "clear": [
         ("resumelog clear /data/ckpt --yes", "delete the whole checkpoint: every source reruns"),
@@ -274,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("verify", "read every object, check CRCs and structure, report each problem")
     p.add_argument("--shallow", action="store_true", help="skip recomputing every completed id's hash")
+    p.add_argument("--repair", action="store_true", help="then repair what it found (as `resumelog repair`)")
+
+    p = cmd("repair", "salvage corrupt objects: record their runs as damaged, move them to quarantine/")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be done")
 
     p = cmd("reset", "forget the completion of sources (they rerun next time), or void a whole run")
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="source ids (in addition to --sources)")
@@ -458,6 +467,7 @@ _COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "gc": _c.cmd_gc,
     "verify": _c.cmd_verify,
     "reset": _c.cmd_reset,
+    "repair": _c.cmd_repair,
     "clear": _c.cmd_clear,
     "inspect": _c.cmd_inspect,
     "watch": _c.cmd_watch,

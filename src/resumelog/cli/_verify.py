@@ -210,6 +210,9 @@ def verify_store(
         if n is not None:
             snaps.append((n, o))
             continue
+        if o.path.startswith(paths.QUARANTINE_PREFIX):
+            report.add(o.path, "quarantined", "moved aside by `resumelog repair` (never read)", "warning")
+            continue
         report.add(o.path, "unknown_object", "not a resumelog object name (left alone by resumelog)", "warning")
     snaps.sort(key=lambda t: t[0])
     report.streams = len(segs)
@@ -219,7 +222,10 @@ def verify_store(
         if meta is None:
             if listing:
                 report.add(
-                    paths.META, "missing_meta", "meta.msgpack is missing (fingerprint checks are off)", "warning"
+                    paths.META,
+                    "missing_meta",
+                    "meta.msgpack is missing: a deleted checkpoint (objects of format 4 are ignored)",
+                    "warning",
                 )
         else:
             report.meta = True
@@ -236,6 +242,7 @@ def verify_store(
                 on_object(paths.META)
         # snapshots, newest last; remember the marks of each that decodes
         marks: dict[tuple[str, str], int] = {}
+        damaged: set[str] = set()  # runs the newest readable snapshot records as damaged or retired
         for key, data in _read_all(store, [o.path for _, o in snaps]):
             bar.advance()
             if on_object:
@@ -261,6 +268,7 @@ def verify_store(
             for m in frames.body.streams:
                 sid = (m.writer_id, m.incarnation)
                 marks[sid] = max(marks.get(sid, -1), m.seq)
+            damaged = {r.run_id for r in frames.body.runs if r.damaged or r.retired}
         # segments, stream by stream
         for (writer, inc), items in sorted(segs.items()):
             items.sort(key=lambda t: t[0])
@@ -275,8 +283,7 @@ def verify_store(
                     f"segments 0..{first - 1} are missing and no snapshot covers them",
                 )
             missing = sorted(set(range(first, last + 1)) - set(seqs))
-            if missing:
-                report.add(stream, "journal_gap", f"segments missing inside the stream: {_ranges(missing)}")
+            run: str | None = None
             for key, data in _read_all(store, [o.path for _, o in items]):
                 bar.advance()
                 if on_object:
@@ -313,7 +320,18 @@ def verify_store(
                     paths.validate_id(hd.run_id, "run id")
                 except ValueError:
                     report.add(key, "corrupt", "segment header has an invalid run id")
+                run = hd.run_id
                 report.records += seg.footer.record_count
+            if missing and run in damaged:
+                report.add(
+                    stream,
+                    "journal_gap",
+                    f"segments missing inside the stream: {_ranges(missing)} (recorded: run {run} completes "
+                    "nothing more)",
+                    "warning",
+                )
+            elif missing:
+                report.add(stream, "journal_gap", f"segments missing inside the stream: {_ranges(missing)}")
     return report
 
 

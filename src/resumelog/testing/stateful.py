@@ -867,12 +867,33 @@ class PipelineMachine(RuleBasedStateMachine):
         self.uncollected = False
         self.say(f"gc(retain={retain}) deleted {result.segments} segment(s), {result.snapshots} snapshot(s)")
 
+    def check_salvaged(self, key: str, run: str | None, what: str) -> None:
+        """A load over the damaged segment ``key`` (of run ``run``, ``None`` if its
+        header is damaged too): either it raises :class:`CorruptSegment` naming ``key``
+        because no run can be told, or it salvages: ``key`` is reported corrupt, its run
+        is quarantined (anomaly ``corrupt_segment``), and nothing completes that the
+        durable records do not complete (the damaged run completes nothing new)."""
+        try:
+            loaded = self.fresh_fold()
+        except CorruptSegment as exc:
+            assert exc.path == key, f"the corruption of {key} was reported as {exc.path}"
+            assert "cannot be told" in str(exc), f"{what} of {key} refused although its run is known: {exc}"
+            self.say(f"{what} of {key}: refused (its run cannot be told)")
+            return
+        assert key in loaded.corrupt, f"{what} of {key} was silently accepted"
+        if run is not None:
+            info = loaded.state.runs.get(run)
+            assert info is not None and (info.damaged or info.retired), f"{what} of {key}: run {run} not quarantined"
+        self.check_safe(loaded.state, f"a fold over the {what} of {key}")
+        self.say(f"{what} of {key}: salvaged, run {run} quarantined")
+
     @precondition(lambda self: self.unfolded)
     @rule(data=st.data())
-    def segment_bit_flip_is_refused(self, data: st.DataObject) -> None:
+    def segment_bit_flip_is_salvaged(self, data: st.DataObject) -> None:
         """One flipped bit in any frame (preamble, header, a batch, the footer) of a
-        segment a load must fold: the load raises :class:`CorruptSegment` naming it,
-        never folds it nor skips it silently. The bytes are restored afterwards."""
+        segment a load must fold: the load never folds it nor skips it silently; it
+        salvages the checkpoint by quarantining the segment's run (:meth:`check_salvaged`).
+        The bytes are restored afterwards."""
         inner = self.store.inner
         candidates = []
         for key in self.identifiable_unfolded_segments():
@@ -885,23 +906,18 @@ class PipelineMachine(RuleBasedStateMachine):
             return
         key = self.pick(data, candidates, "segment to damage")
         raw = inner.read(key)
+        run = decode_segment(raw, key).header.run_id
         at = data.draw(st.integers(0, len(raw) - 1), label="byte")
         flipped = bytearray(raw)
         flipped[at] ^= 1 << data.draw(st.integers(0, 7), label="bit")
         with replaced_object(inner, key, bytes(flipped)):
-            try:
-                self.fresh_fold()
-            except CorruptSegment as exc:
-                assert exc.path == key, f"the corruption of {key} was reported as {exc.path}"
-                self.say(f"bit flip at byte {at} of {key}: refused")
-            else:
-                raise AssertionError(f"a bit flip at byte {at} of {key} was silently accepted")
+            self.check_salvaged(key, run, f"a bit flip at byte {at}")
 
     @precondition(lambda self: self.torn_tails_possible)
     @rule(data=st.data(), fraction=st.floats(0, 1))
-    def torn_middle_segment_is_refused(self, data: st.DataObject, fraction: float) -> None:
-        """A truncated segment that is not its stream's last is corruption: loading
-        must raise :class:`CorruptSegment`, never skip it (the bytes are restored after)."""
+    def torn_middle_segment_is_salvaged(self, data: st.DataObject, fraction: float) -> None:
+        """A truncated segment that is not its stream's last is corruption, not a torn
+        tail: salvaged like a bit flip, never skipped (the bytes are restored after)."""
         loaded = self.fresh_fold()
         streams: dict[tuple[str, str], list[int]] = defaultdict(list)
         for o in self.store.inner.list(paths.JOURNAL_PREFIX):
@@ -917,13 +933,12 @@ class PipelineMachine(RuleBasedStateMachine):
             return
         key = self.pick(data, candidates, "segment to tear")
         original = self.store.inner.read(key)
+        try:
+            run: str | None = decode_segment(original, key).header.run_id
+        except CorruptSegment:
+            run = None
         with replaced_object(self.store.inner, key, original[: min(len(original) - 1, int(len(original) * fraction))]):
-            try:
-                self.fresh_fold()
-            except CorruptSegment:
-                pass
-            else:
-                raise AssertionError(f"a torn middle segment {key} was silently accepted")
+            self.check_salvaged(key, run, "a truncation")
 
     # ------------------------------------------------------------------ operators
 
