@@ -7,7 +7,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +22,7 @@ from resumelog.journal import FlushPolicy, Writer
 from resumelog.storage import ObjectInfo, Store, open_store
 
 if TYPE_CHECKING:
+    from resumelog.outputs import Output
     from resumelog.repair import RepairResult
 
 __all__ = ["Checkpoint", "CompletedView", "Status", "WriterHandle", "open"]
@@ -397,6 +398,16 @@ class Checkpoint:
         """The run that completed ``source`` (``None`` if not completed)."""
         return self._state.completed_run(source)
 
+    def outputs(
+        self, root: str | Store, *, run: str | None = None, storage_options: Mapping[str, Any] | None = None
+    ) -> list[Output]:
+        """The committed outputs under ``root`` (written with :meth:`Writer.output`):
+        those of completed sources, from the run that completed each
+        (:func:`resumelog.outputs.committed`; reloads this view first)."""
+        from resumelog.outputs import committed
+
+        return committed(self, root, storage_options, run=run)
+
     @property
     def fingerprint(self) -> dict[str, Scalar]:
         """The fingerprint stored in ``meta.msgpack``."""
@@ -604,14 +615,24 @@ class Checkpoint:
         dry_run: bool = False,
         keep_runs: int | None = None,
         progress: bool | None = None,
+        outputs: Sequence[str | Store] = (),
+        outputs_storage_options: Mapping[str, Any] | None = None,
     ) -> compactor.GcResult:
         """Delete snapshots beyond ``retain`` and segments they cover (older than ``grace`` s).
 
-        With ``keep_runs``, first compact retiring all but that many recent runs.
+        With ``keep_runs``, first compact retiring all but that many recent runs. With
+        ``outputs`` (roots written with :meth:`Writer.output`), also delete their
+        orphaned outputs (voided attempts) and staging debris older than ``grace``
+        (:func:`resumelog.outputs.gc`; listed in ``result.outputs``).
         """
         if keep_runs is not None:
             self.compact(keep_runs=keep_runs, progress=progress)
-        return compactor.gc(self.store, retain=retain, grace=grace, dry_run=dry_run, progress=progress)
+        result = compactor.gc(self.store, retain=retain, grace=grace, dry_run=dry_run, progress=progress)
+        if outputs:
+            from resumelog.outputs import gc_many
+
+            result.outputs = list(gc_many(self, outputs, outputs_storage_options, grace=grace, dry_run=dry_run))
+        return result
 
     def repair(self, *, dry_run: bool = False, progress: bool | None = None) -> RepairResult:
         """Publish the damage of corrupt segments (their runs complete nothing more),

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from resumelog import paths
 from resumelog._progress import Progress
@@ -696,6 +697,9 @@ class GcResult:
     snapshots: int = 0
     snapshot_bytes: int = 0
     keys: list[str] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    """One :class:`resumelog.outputs.OutputGcResult` per outputs root given to
+    :meth:`Checkpoint.gc <resumelog.Checkpoint.gc>`."""
 
 
 def _live_snapshots(store: Store, epoch: bytes) -> tuple[list[tuple[int, ObjectInfo]], list[ObjectInfo]]:

@@ -15,9 +15,10 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from resumelog import paths
 from resumelog.algebra import DONE_KEY, EMIT_KEY
@@ -237,6 +238,68 @@ class Writer:
         """``complete`` each source."""
         for s in sources:
             self.complete(s)
+
+    def output(
+        self,
+        source: str,
+        root: str | Store,
+        *,
+        key: str | None = None,
+        name: str = "output",
+        delta: int = -1,
+        record: bool = True,
+        flush: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> AbstractContextManager[IO[bytes]]:
+        """Write an output exactly once: ``with w.output(source, root) as f: f.write(...)``.
+
+        The bytes go to a local spool file; on leaving the block without an exception
+        they are published with put-if-absent as
+        ``<root>/<run>/<source>/<key or ~>/<name>`` (ids escaped), and only then the
+        record that counts them is written: :meth:`complete` of ``source`` if ``key``
+        is ``None``, else ``record(key, source, delta)``; then :meth:`flush` (unless
+        ``flush=False``). If an earlier attempt of the same task in this run already
+        published the name, its bytes are kept. An exception in the block publishes
+        and records nothing. Read the outputs back with
+        :func:`resumelog.outputs.committed` (only those of completed sources, from
+        the run that completed them): see ``docs/exactly-once.md``.
+
+        Parameters
+        ----------
+        source : str
+            The source the output belongs to.
+        root : str or Store
+            The outputs root: a local path or any fsspec URL (it may differ from the
+            checkpoint's), or an opened store.
+        key : str, optional
+            The task that writes the output (as in :meth:`record`); ``None``: the
+            output is the whole source's, and it is recorded with :meth:`complete`.
+        name : str
+            The output's name within ``(source, key)``: give each output of a task its
+            own, the same on every attempt (as keys are).
+        delta : int
+            The record's delta when ``key`` is given (``-1``: a sink task).
+        record : bool
+            ``False``: publish only; you record the source's completion yourself after
+            all its outputs are published (several outputs per source).
+        flush : bool
+            Flush after the record (default), so the output counts when the block ends.
+        storage_options : mapping, optional
+            For ``root``; default: the checkpoint's if ``root`` uses its protocol.
+        """
+        from resumelog.outputs import write_output
+
+        return write_output(
+            self,
+            source,
+            root,
+            key=key,
+            name=name,
+            delta=delta,
+            record=record,
+            flush=flush,
+            storage_options=storage_options,
+        )
 
     def reset(self, source: str, runs: Iterable[str]) -> None:
         """Buffer an operator tombstone voiding ``source``'s completion by ``runs``."""

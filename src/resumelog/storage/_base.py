@@ -69,6 +69,22 @@ class Store(ABC):
         copy; the default joins them."""
         self.put_if_absent(key, b"".join(parts))
 
+    def put_if_absent_file(self, key: str, path: str) -> None:
+        """:meth:`put_if_absent` of the bytes of the local file ``path`` (left in place).
+
+        Backends that can take the file without reading it into memory override this
+        (local files: a hard link). The default reads it whole."""
+        with open(path, "rb") as f:
+            data = f.read()
+        self.put_if_absent(key, data)
+
+    def staging_path(self, key: str) -> str | None:
+        """A local file path for object ``key`` if objects are local files (its
+        directory created), so that a file written there can be handed to
+        :meth:`put_if_absent_file` without a copy; ``None`` otherwise (spool the file
+        elsewhere, e.g. in the system's temporary directory)."""
+        return None
+
     @abstractmethod
     def read(self, key: str) -> bytes:
         """Return the bytes of ``key``; :class:`~resumelog.errors.ObjectNotFound` if absent."""

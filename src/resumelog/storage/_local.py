@@ -94,6 +94,47 @@ class LocalStore(Store):
         else:
             self._create(key, parts)
 
+    def put_if_absent_file(self, key: str, path: str) -> None:
+        """A hard link from ``path`` to ``<key>`` (create-only), then fsync of the file
+        and the directory; a copy through :meth:`put_if_absent` if ``path`` is on
+        another filesystem (or the filesystem has no hard links). ``path`` must not be
+        written to afterwards: it *is* the object."""
+        self.requests["put"] += 1
+        final = self._path(key)
+        d = os.path.dirname(final)
+        try:
+            self._makedirs(d)
+            if self.fsync:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            try:
+                os.link(path, final)
+            except FileExistsError:
+                raise AlreadyExists(f"{final} already exists") from None
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                with open(path, "rb") as f:
+                    data = f.read()
+                self.requests["put"] -= 1  # counted by _create
+                self._create(key, [data])
+                return
+            if self.fsync:
+                _fsync_dir(d)
+        except AlreadyExists:
+            raise
+        except OSError as exc:
+            raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
+
+    def staging_path(self, key: str) -> str | None:
+        """The file of ``key`` (its directory created)."""
+        p = self._path(key)
+        self._makedirs(os.path.dirname(p))
+        return p
+
     def _create(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         """Write a temp file, link it to ``<key>`` (create-only), then fsync the file and
         the directory.
