@@ -205,3 +205,21 @@ def test_ray_data_parquet_with_defaults_shows_the_resume(tmp_path: Path) -> None
     assert "complete 30/30" in out and "phase 3: skipped 30 already complete" in out
     expected = sum(1 for i in range(30 * 50) if i % 7)
     assert f"output: {expected} rows, {expected} distinct ids, expected {expected}" in out
+
+
+# ----------------------------------------------------------------- exactly once
+
+
+def test_exactly_once_killed_workers_then_rerun_every_output_once(tmp_path: Path) -> None:
+    out = run("exactly_once.py", "--workdir", tmp_path, "--sources", 12, "--workers", 3)
+    assert "SIGKILLed after publishing" in out and "SIGKILLed while writing" in out
+    assert number(r"phase 1: completed (\d+)/12", out) < 12
+    assert "phase 2: completed 12/12 sources" in out
+    assert "visible outputs: 24 of 24 expected, duplicates 0" in out
+    orphans = number(r"debris of the killed attempts: (\d+) orphaned", out)
+    spools = number(r"orphaned outputs, (\d+) spool files", out)
+    assert orphans >= 1 and spools >= 1  # the killed attempts left debris, never visible
+    assert f"gc removed {orphans} orphaned outputs and {spools} spool files" in out
+    assert "exactly once: yes (24 objects left under the outputs root)" in out
+    ck = resumelog.open(str(tmp_path / "checkpoint"))
+    assert len(ck.outputs(str(tmp_path / "outputs"))) == 24
