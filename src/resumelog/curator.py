@@ -85,6 +85,7 @@ __all__ = [
     "FailedTask",
     "NoneTask",
     "NothingToDoPolicy",
+    "OutputSink",
     "Pipeline",
     "Record",
     "RunResult",
@@ -457,6 +458,58 @@ class Stage:
 
 
 @dataclass
+class OutputSink:
+    """Exactly-once outputs for a :class:`Pipeline`: each real output of the last stage
+    is published with :meth:`Writer.output <resumelog.Writer.output>` (``key`` = its
+    task id) *before* the stage's ``-1`` records are written, so that
+    :func:`resumelog.outputs.committed` shows every output of a completed source
+    exactly once. An output whose publish fails counts as a failed slot (its source
+    reruns).
+
+    Parameters
+    ----------
+    root : str
+        The outputs root (local path or any fsspec URL).
+    encode : Callable[[Task], bytes]
+        The bytes of an output task.
+    name : str or Callable[[Task], str], optional
+        The output's name (the same on every attempt). Default ``"output"``.
+    storage_options : dict, optional
+        For ``root``; default: the checkpoint's if ``root`` uses its protocol.
+    """
+
+    root: str
+    encode: Callable[[Task], bytes]
+    name: str | Callable[[Task], str] = "output"
+    storage_options: dict[str, object] | None = None
+
+    def publish(self, w: Writer, outputs: Sequence[Task]) -> list[Task]:
+        """Publish each real output; return ``outputs`` with failed publishes as failed slots."""
+        out: list[Task] = []
+        for t in outputs:
+            if isinstance(t, (NoneTask, FailedTask)) or t.source_id is None:
+                out.append(t)
+                continue
+            name = self.name(t) if callable(self.name) else self.name
+            try:
+                with w.output(
+                    t.source_id,
+                    self.root,
+                    key=t.task_id,
+                    name=name,
+                    record=False,
+                    storage_options=self.storage_options,
+                ) as f:
+                    f.write(self.encode(t))
+            except Exception as exc:  # noqa: BLE001 - a failed output fails its slot; the source reruns
+                logger.warning("resumelog: publishing output %r failed: %r; its source stays pending", t.task_id, exc)
+                out.append(FailedTask(t.task_id, t.source_id, exc))
+                continue
+            out.append(t)
+        return out
+
+
+@dataclass
 class RunResult:
     """What one :meth:`Pipeline.run` did.
 
@@ -531,6 +584,8 @@ class Pipeline:
         When every requested source is already complete. Default ``"warn"``.
     writer_id : str, optional
         The writer id of the writer :meth:`run` opens (default ``<host>-<pid>``).
+    outputs : OutputSink, optional
+        Publish the last stage's real outputs exactly once (see :class:`OutputSink`).
     """
 
     def __init__(
@@ -541,6 +596,7 @@ class Pipeline:
         leaf_resume: bool = False,
         on_nothing_to_do: NothingToDoPolicy = "warn",
         writer_id: str | None = None,
+        outputs: OutputSink | None = None,
     ) -> None:
         if not stages or not isinstance(stages[0], SourceStage):
             raise TypeError("the first stage of a Pipeline must be a SourceStage")
@@ -560,6 +616,7 @@ class Pipeline:
         self.leaf_resume = leaf_resume
         self.on_nothing_to_do: NothingToDoPolicy = on_nothing_to_do
         self.writer_id = writer_id
+        self.outputs = outputs
         self._root: Callable[[str], str] = _lineage_root if leaf_resume else root_id
         self._child: Callable[[str, int], str] = lineage_child if leaf_resume else child_id
 
@@ -609,6 +666,8 @@ class Pipeline:
             calls[src.name] = calls.get(src.name, 0) + 1
             roots.append(self._read(s))
         single = not self.stages
+        if single and self.outputs is not None:
+            roots = self.outputs.publish(w, roots)  # before the records that count them
         tasks = cp.after_stage(src.name, [], roots, is_source=True, is_sink=single)
         for k, stage in enumerate(self.stages):
             is_sink = k == len(self.stages) - 1
@@ -619,6 +678,8 @@ class Pipeline:
                 batch = todo[i : i + stage.batch_size]
                 calls[stage.name] += 1
                 outputs = self._call(stage, batch, i // stage.batch_size)
+                if is_sink and self.outputs is not None:
+                    outputs = self.outputs.publish(w, outputs)  # before the records that count them
                 tasks += cp.after_stage(stage.name, batch, outputs, is_source=False, is_sink=is_sink)
         result.skipped = list(dict.fromkeys(cp.skipped_sources))
         result.processed = list(cp.emitted_sources)

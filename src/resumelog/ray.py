@@ -42,15 +42,16 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import IO, Any, Literal, ParamSpec, TypeVar, cast
 
 from resumelog import paths
 from resumelog.checkpoint import Checkpoint, WriterHandle
 from resumelog.errors import NothingToDo
 from resumelog.journal import Writer
 
-__all__ = ["completes", "record_completed", "submit_pending", "worker_writer"]
+__all__ = ["completes", "output", "record_completed", "submit_pending", "worker_writer"]
 
 
 def __dir__() -> list[str]:
@@ -186,6 +187,43 @@ def record_completed(handle: WriterHandle, sources: str | Iterable[str]) -> list
         e.writer.complete_many(done)
         e.writer.flush()
     return done
+
+
+def output(
+    handle: WriterHandle,
+    source: str,
+    root: str,
+    *,
+    key: str | None = None,
+    name: str = "output",
+    storage_options: Mapping[str, Any] | None = None,
+) -> AbstractContextManager[IO[bytes]]:
+    """Write one output of ``source`` exactly once from a Ray task (or any process).
+
+    ``with resumelog.ray.output(handle, path, "s3://bucket/out", name="part-0.parquet") as f: ...``
+    spools the bytes locally and, on leaving the block, publishes them with
+    put-if-absent under the run's deterministic name (:meth:`Writer.output
+    <resumelog.Writer.output>` with ``record=False``, through this process's
+    :func:`worker_writer`); it records nothing. Put :func:`completes` on the task: it
+    records the sources after the task returns, so after every output is published.
+    A retried task publishes the same names again, which keeps the first attempt's
+    objects. Read the outputs with :func:`resumelog.outputs.committed`.
+
+    Parameters
+    ----------
+    handle : WriterHandle
+        From :meth:`Checkpoint.handle <resumelog.Checkpoint.handle>` in the driver.
+    source : str
+        The source the output belongs to.
+    root : str
+        The outputs root (any fsspec URL or local path).
+    key, name : str, optional
+        As for :meth:`Writer.output <resumelog.Writer.output>`: the same on every
+        attempt of the task.
+    storage_options : mapping, optional
+        For ``root``; default: the handle's if ``root`` uses the checkpoint's protocol.
+    """
+    return worker_writer(handle).output(source, root, key=key, name=name, record=False, storage_options=storage_options)
 
 
 def _as_sources(value: object, what: str, *, iterator_ok: bool = False) -> list[str]:

@@ -223,6 +223,9 @@ def cmd_status(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
     st = ckpt.status(gc_grace=ctx.args.grace)
     doc = status_to_dict(st, ctx.args.stale_after)
+    scans = _output_scans(ckpt, ctx.args.outputs, ctx.args.grace)
+    if ctx.args.outputs:
+        doc["outputs"] = scans
     if ctx.json:
         dump_json(doc)
         return EXIT_OK
@@ -252,6 +255,12 @@ def cmd_status(ctx: Ctx) -> int:
         out.append(
             f"foreign      {plural(st.foreign_objects, 'object')} of a deleted checkpoint "
             "(written after it was deleted or cleared): ignored; gc deletes them"
+        )
+    for sc in scans:
+        c = sc["counts"]
+        out.append(
+            f"outputs      {redact_url(sc['root'])}: {c['committed']} committed, {c['in_flight']} in flight, "
+            f"{c['orphaned']} orphaned, {c['staging']} staging; gc would free {plural(sc['gc_objects'], 'object')}"
         )
     if st.runs:
         out.append("")
@@ -299,6 +308,26 @@ def cmd_status(ctx: Ctx) -> int:
             out.append(f"  {a['kind']}  {a['source'] or '-'}  run {a['run_id'] or '-'}  {a['detail']}".rstrip())
     print("\n".join(out))
     return EXIT_OK
+
+
+def _output_scans(ckpt: Any, roots: list[str], grace: float) -> list[dict[str, Any]]:
+    """Per outputs root: counts of each kind of object and what gc would delete."""
+    from resumelog import outputs
+
+    docs = []
+    for root in roots:
+        sc = outputs.scan(ckpt, root)
+        g = outputs.gc(ckpt, root, grace=grace, dry_run=True)
+        docs.append(
+            {
+                "root": sc.root,
+                "counts": sc.counts(),
+                "committed_bytes": sum(o.size for o in sc.committed),
+                "gc_objects": g.orphaned + g.staging,
+                "gc_bytes": g.bytes,
+            }
+        )
+    return docs
 
 
 def run_state(r: Any) -> str:
@@ -570,7 +599,18 @@ def _report_compaction(ctx: Ctx, url: str, r: CompactResult, seconds: float | No
 def cmd_gc(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
     a = ctx.args
-    r = ckpt.gc(retain=a.retain, grace=a.grace, dry_run=a.dry_run, progress=_PROGRESS)
+    r = ckpt.gc(retain=a.retain, grace=a.grace, dry_run=a.dry_run, progress=_PROGRESS, outputs=a.outputs)
+    outs = [
+        {
+            "root": o.root,
+            "orphaned": o.orphaned,
+            "staging": o.staging,
+            "bytes": o.bytes,
+            "kept_recent": o.kept_recent,
+            "keys": o.keys,
+        }
+        for o in r.outputs
+    ]
     doc = {
         "url": ckpt.store.url,
         "dry_run": r.dry_run,
@@ -582,6 +622,8 @@ def cmd_gc(ctx: Ctx) -> int:
         "snapshot_bytes": r.snapshot_bytes,
         "keys": list(r.keys),
     }
+    if a.outputs:
+        doc["outputs"] = outs
     if ctx.json:
         dump_json(doc)
         return EXIT_OK
@@ -594,6 +636,14 @@ def cmd_gc(ctx: Ctx) -> int:
     if a.verbose:
         for k in r.keys:
             print(f"  {k}")
+    for o in r.outputs:
+        print(
+            f"outputs {redact_url(o.root)}: {verb} {plural(o.orphaned, 'orphaned output')} and "
+            f"{plural(o.staging, 'staging file')} ({human_bytes(o.bytes)}); {o.kept_recent} younger than the grace kept"
+        )
+        if a.verbose:
+            for k in o.keys:
+                print(f"  {k}")
     return EXIT_OK
 
 
@@ -612,10 +662,22 @@ def cmd_verify(ctx: Ctx) -> int:
             _print_repair(result)
             _print_verify(after)
         return EXIT_OK if after.ok else EXIT_PROBLEMS
+    scans = _output_scans(open_checkpoint(ctx), ctx.args.outputs, 3600.0) if ctx.args.outputs else []
     if ctx.json:
-        dump_json(report.to_dict())
+        doc = report.to_dict()
+        if ctx.args.outputs:
+            doc["outputs"] = scans
+        dump_json(doc)
     else:
         _print_verify(report)
+        for sc in scans:
+            c = sc["counts"]
+            if c["orphaned"] or c["staging"]:
+                print(
+                    f"WARNING  {redact_url(sc['root'])}: {c['orphaned']} orphaned outputs (voided attempts) and "
+                    f"{c['staging']} staging files, invisible to readers; `resumelog gc --outputs` deletes them"
+                )
+            print(f"outputs  {redact_url(sc['root'])}: {c['committed']} committed, {c['in_flight']} in flight")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 

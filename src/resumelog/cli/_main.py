@@ -220,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="show an open writer silent for longer than this as 'stale' (default 5m)",
         )
 
+    def outputs_arg(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument(
+            "--outputs",
+            metavar="ROOT",
+            action="append",
+            default=[],
+            help=f"an outputs root written with Writer.output (repeatable): {what}",
+        )
+
     p = cmd("status", "summary: completed/pending/anomalies, runs, writers, bytes, what gc would free")
     p.add_argument(
         "--grace",
@@ -229,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="grace period for the gc estimate (default 1h)",
     )
     stale_after(p)
+    outputs_arg(p, "count its committed, in-flight and orphaned outputs and staging debris")
 
     p = cmd("pending", "which of the given sources are not complete")
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="source ids (in addition to --sources)")
@@ -276,10 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retain", metavar="N", type=_at_least_one, default=3, help="snapshots to keep, >= 1 (default 3)")
     p.add_argument("-v", "--verbose", action="store_true", help="list the object keys")
+    outputs_arg(p, "also delete its orphaned outputs and staging debris older than the grace")
 
     p = cmd("verify", "read every object, check CRCs and structure, report each problem")
     p.add_argument("--shallow", action="store_true", help="skip recomputing every completed id's hash")
     p.add_argument("--repair", action="store_true", help="then repair what it found (as `resumelog repair`)")
+    outputs_arg(p, "report its orphaned outputs and staging debris (as warnings)")
 
     p = cmd("repair", "salvage corrupt objects: record their runs as damaged, move them to quarantine/")
     p.add_argument("--dry-run", action="store_true", help="only report what would be done")
