@@ -1,0 +1,324 @@
+"""Exactly-once outputs (resumelog.outputs, Writer.output) on real files and S3 servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import resumelog
+import resumelog.ray
+from resumelog import outputs
+from resumelog.curator import OutputSink, Pipeline, SourceStage, Task
+from resumelog.errors import InvalidId
+from resumelog.outputs import PendingOutput, escape, output_name, parse_output_name, scan, unescape
+
+
+def names_of(outs: list[outputs.Output]) -> list[tuple[str, str | None, str, str]]:
+    return [(o.source, o.key, o.name, o.run) for o in outs]
+
+
+# ---------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("value", ["a", "s3://b/k/x.parquet", ".", "..", ".hidden", "~", "a b%", "é/ü", "x" * 80])
+def test_escape_is_one_reversible_component(value: str) -> None:
+    e = escape(value)
+    assert "/" not in e and "~" not in e and e not in (".", "..") and not e.startswith(".")
+    assert unescape(e) == value
+
+
+def test_only_canonical_spellings_parse() -> None:
+    assert unescape("%61") is None  # 'a' must be written plainly
+    assert unescape("%2f") is None  # upper-case hex only
+    assert unescape("%ZZ") is None and unescape("") is None and unescape("%") is None
+    with pytest.raises(InvalidId):
+        escape("")
+    with pytest.raises(InvalidId):
+        escape("/" * 100)  # 300 characters escaped: too long for a path component
+
+
+def test_output_names_round_trip() -> None:
+    n = output_name("r1", "s3://b/x", "0_s_0", "part-0.jsonl")
+    assert n == "r1/s3%3A%2F%2Fb%2Fx/0_s_0/part-0.jsonl"
+    assert parse_output_name(n) == ("r1", "s3://b/x", "0_s_0", "part-0.jsonl")
+    whole = output_name("r1", "s", None, "output")
+    assert whole == "r1/s/~/output" and parse_output_name(whole) == ("r1", "s", None, "output")
+    for junk in ("~staging/x.spool", "r1/s/~", "r1/s/%61/x", "bad run!/s/~/x", "r1/s/~/x/y"):
+        assert parse_output_name(junk) is None, junk
+
+
+# ---------------------------------------------------------------------- the protocol
+
+
+def test_output_of_a_whole_source_is_published_then_completed(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    with ck.writer("w") as w:
+        with w.output("a/b", root) as f:
+            f.write(b"hello")
+        assert w.buffered == 0  # flushed: the output counts when the block ends
+    assert ck.is_completed("a/b") and ck.completed_run("a/b") == "r1"
+    outs = ck.outputs(root)
+    assert names_of(outs) == [("a/b", None, "output", "r1")]
+    assert outs[0].path == "r1/a%2Fb/~/output" and outs[0].size == 5
+    assert Path(outs[0].url).read_bytes() == b"hello"
+    assert os.listdir(tmp_path / "out" / "~staging") == []  # the spool file is gone
+
+
+def test_an_exception_in_the_block_publishes_and_records_nothing(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    with ck.writer("w") as w:
+        with pytest.raises(RuntimeError), w.output("s", root) as f:
+            f.write(b"half")
+            raise RuntimeError("the task failed")
+    assert not ck.is_completed("s") and ck.outputs(root) == []
+    sc = scan(ck, root)
+    assert sc.counts() == {"committed": 0, "in_flight": 0, "orphaned": 0, "staging": 0, "foreign": 0}
+
+
+def test_outputs_of_a_pending_source_are_invisible_until_it_completes(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    w = ck.writer("w")
+    w.emit("s")
+    w.record("fan", "s", 1)
+    w.flush()
+    with w.output("s", root, key="s/0", name="p0.txt") as f:
+        f.write(b"0")
+    reader = resumelog.open(str(tmp_path / "ck"), create=False)
+    assert reader.outputs(root) == []  # one of two sink records: pending
+    assert [o.name for o in scan(reader, root).in_flight] == ["p0.txt"]
+    with w.output("s", root, key="s/1", name="p1.txt") as f:
+        f.write(b"1")
+    assert [(o.key, o.name) for o in reader.outputs(root)] == [("s/0", "p0.txt"), ("s/1", "p1.txt")]
+    w.close()
+
+
+def test_a_retry_in_the_same_run_keeps_the_first_published_bytes(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    w1 = ck.writer("w1")
+    p = PendingOutput(w1, outputs.output_store(root), "s", None, "output")
+    p.file.write(b"first attempt")
+    p.publish()
+    p.discard()
+    w1.closed = True  # killed before its record
+    assert ck.outputs(root) == []
+    with ck.writer("w2") as w2:  # the retry, in the same run
+        with w2.output("s", root) as f:
+            f.write(b"second attempt")
+    outs = ck.outputs(root)
+    assert len(outs) == 1 and Path(outs[0].url).read_bytes() == b"first attempt"
+
+
+def test_a_rerun_never_shows_nor_deletes_an_attempt_of_another_run(tmp_path: Path) -> None:
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    ck1 = resumelog.open(url, run_id="r1")
+    w = ck1.writer("w")
+    with w.output("s", root, record=False) as f:  # published, then the job dies
+        f.write(b"r1")
+    with w.output("t", root) as f:
+        f.write(b"t")
+    w.closed = True
+    spool = PendingOutput(ck1.writer("w3"), outputs.output_store(root), "u", None, "output")
+    spool.file.write(b"killed while writing")
+    spool.file.close()
+    ck2 = resumelog.open(url, run_id="r2")
+    assert ck2.pending(["s", "t"]) == ["s"]
+    with ck2.writer("w") as w2:
+        with w2.output("s", root) as f:
+            f.write(b"r2")
+    assert names_of(ck2.outputs(root)) == [("s", None, "output", "r2"), ("t", None, "output", "r1")]
+    assert names_of(ck2.outputs(root, run="r1")) == [("t", None, "output", "r1")]
+    sc = scan(ck2, root)
+    assert [o.path for o in sc.orphaned] == ["r1/s/~/output"] and len(sc.staging) == 1
+    # gc keeps what is younger than the grace, then deletes orphans and debris only
+    res = ck2.gc(outputs=[root])
+    assert res.outputs[0].orphaned == 0 and res.outputs[0].kept_recent == 2
+    res = ck2.gc(grace=0, outputs=[root])
+    assert (res.outputs[0].orphaned, res.outputs[0].staging) == (1, 1)
+    assert sorted(o.path for o in outputs.output_store(root).list("")) == ["r1/t/~/output", "r2/s/~/output"]
+
+
+def test_a_reset_source_hides_its_outputs_and_its_rerun_shows_the_new_ones(tmp_path: Path) -> None:
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    ck = resumelog.open(url, run_id="r1")
+    with ck.writer("w") as w:
+        for s in ("a", "b"):
+            with w.output(s, root) as f:
+                f.write(s.encode())
+    assert ck.reset(["a"]) == ["a"]
+    assert [o.source for o in ck.outputs(root)] == ["b"]
+    assert [o.path for o in scan(ck, root).orphaned] == ["r1/a/~/output"]  # voided by the reset
+    ck2 = resumelog.open(url, run_id="r2")
+    with ck2.writer("w") as w:
+        with w.output("a", root) as f:
+            f.write(b"a again")
+    assert names_of(ck2.outputs(root)) == [("a", None, "output", "r2"), ("b", None, "output", "r1")]
+
+
+def test_a_retired_run_keeps_its_completed_outputs_and_loses_its_pending_ones(tmp_path: Path) -> None:
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    ck = resumelog.open(url, run_id="r1")
+    w = ck.writer("w")
+    with w.output("done", root) as f:
+        f.write(b"d")
+    with w.output("half", root, record=False) as f:
+        f.write(b"h")
+    w.close()
+    ck2 = resumelog.open(url, run_id="r2")
+    ck2.compact()
+    ck2.compact(keep_runs=0)
+    sc = scan(ck2, root)
+    assert [o.path for o in sc.committed] == ["r1/done/~/output"]
+    assert [o.path for o in sc.orphaned] == ["r1/half/~/output"]
+
+
+def test_several_outputs_of_one_source_under_one_completion(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    with ck.writer("w") as w:
+        for j in range(3):
+            with w.output("s", root, name=f"chunk-{j}.txt", record=False) as f:
+                f.write(str(j).encode())
+        assert ck.outputs(root) == []
+        w.complete("s")
+    assert [o.name for o in ck.outputs(root)] == ["chunk-0.txt", "chunk-1.txt", "chunk-2.txt"]
+
+
+def test_outputs_on_another_store_than_the_checkpoint(tmp_path: Path, memory_url: str) -> None:
+    ck = resumelog.open(memory_url, run_id="r1")
+    root = str(tmp_path / "out")
+    with ck.writer("w") as w:
+        with w.output("s", root) as f:
+            f.write(b"x")
+    assert [o.url for o in ck.outputs(root)] == [f"{tmp_path}/out/r1/s/~/output"]
+    # and the other way round: outputs in memory, spooled in the temporary directory
+    ck2 = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    with ck2.writer("w") as w:
+        with w.output("s", memory_url + "-out") as f:
+            f.write(b"y")
+    assert [o.path for o in ck2.outputs(memory_url + "-out")] == ["r1/s/~/output"]
+    resumelog.storage.MemoryStore(memory_url.split("://")[1] + "-out").clear()
+
+
+@pytest.mark.s3
+def test_outputs_on_s3_take_the_checkpoints_storage_options(s3_url: tuple[str, dict[str, Any]]) -> None:
+    url, opts = s3_url
+    root = url + "-out"
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    with ck.writer("w") as w:
+        with w.output("s/1", root) as f:  # no storage_options: the checkpoint's (same protocol)
+            f.write(b"on s3")
+        p = PendingOutput(w, outputs.output_store(root, opts), "s/2", None, "output")
+        p.file.write(b"retried")
+        p.publish()
+        p.discard()
+        with w.output("s/2", root) as f:  # the retry: the first bytes are kept
+            f.write(b"other bytes")
+    outs = ck.outputs(root)
+    assert [(o.source, o.url) for o in outs] == [
+        ("s/1", f"{root}/r1/s%2F1/~/output"),
+        ("s/2", f"{root}/r1/s%2F2/~/output"),
+    ]
+    store = outputs.output_store(root, opts)
+    assert store.read(outs[0].path) == b"on s3" and store.read(outs[1].path) == b"retried"
+
+
+# ---------------------------------------------------------------------- adapters
+
+
+def test_curator_pipeline_output_sink_publishes_before_the_sink_records(tmp_path: Path) -> None:
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    failing = {"s1-1"}  # in the first run only
+
+    def split(batch: list[Task]) -> list[object]:
+        return [f"{batch[0].data}-{j}" for j in range(2)]
+
+    def flaky(batch: list[Task]) -> list[object]:
+        if batch[0].data in failing:
+            raise RuntimeError("flaky")
+        return [t.data for t in batch]
+
+    def sink(batch: list[Task]) -> list[object]:
+        return [t.data for t in batch]
+
+    def pipeline(run: str) -> Pipeline:
+        return Pipeline(
+            [SourceStage(["s0", "s1"]), split, flaky, sink],
+            checkpoint=resumelog.open(url, run_id=run),
+            outputs=OutputSink(root, lambda t: str(t.data).encode(), name="row.txt"),
+        )
+
+    r1 = pipeline("r1").run()
+    assert r1.completed == ["s0"] and r1.failed == ["s1"]
+    ck = resumelog.open(url, create=False)
+    assert sorted((o.source, Path(o.url).read_text()) for o in ck.outputs(root)) == [("s0", "s0-0"), ("s0", "s0-1")]
+    failing.clear()
+    r2 = pipeline("r2").run()
+    assert r2.completed == ["s1"] and r2.skipped == ["s0"]
+    got = sorted((o.source, o.run, Path(o.url).read_text()) for o in ck.outputs(root))
+    assert got == [("s0", "r1", "s0-0"), ("s0", "r1", "s0-1"), ("s1", "r2", "s1-0"), ("s1", "r2", "s1-1")]
+    assert len(scan(ck, root).orphaned) == 1  # the s1 branch that got through in r1
+
+
+def test_ray_output_with_completes_in_a_plain_process(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = str(tmp_path / "out")
+    handle = ck.handle()
+
+    @resumelog.ray.completes("handle", source="path")
+    def convert(path: str, handle: resumelog.WriterHandle, fail: bool = False) -> int:
+        for j in range(2):
+            with resumelog.ray.output(handle, path, root, name=f"part-{j}") as f:
+                f.write(f"{path}:{j}".encode())
+            if fail:
+                raise RuntimeError("task died after its first output")
+        return 2
+
+    with pytest.raises(RuntimeError):
+        convert("p1", handle, fail=True)
+    assert convert("p2", handle) == 2
+    ck.refresh()
+    assert [(o.source, o.name) for o in ck.outputs(root)] == [("p2", "part-0"), ("p2", "part-1")]
+    assert convert("p1", handle) == 2  # the retry keeps p1's part-0 and adds part-1
+    assert len(ck.outputs(root)) == 4
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def test_cli_status_gc_verify_count_outputs(tmp_path: Path) -> None:
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    ck = resumelog.open(url, run_id="r1")
+    w = ck.writer("w")
+    with w.output("a", root) as f:
+        f.write(b"a")
+    with w.output("b", root, record=False) as f:
+        f.write(b"b")
+    w.close()
+    with resumelog.open(url, run_id="r2").writer("w") as w2:
+        with w2.output("b", root) as f:
+            f.write(b"b2")
+
+    def cli(*args: str) -> dict[str, Any]:
+        out = subprocess.run(
+            [sys.executable, "-m", "resumelog.cli", *args, "--json"], capture_output=True, text=True, check=True
+        )
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    st = cli("status", url, "--outputs", root)["outputs"][0]
+    assert st["counts"] == {"committed": 2, "in_flight": 0, "orphaned": 1, "staging": 0, "foreign": 0}
+    assert st["gc_objects"] == 0  # younger than the grace
+    assert cli("verify", url, "--outputs", root)["outputs"][0]["counts"]["orphaned"] == 1
+    g = cli("gc", url, "--outputs", root, "--grace", "0")["outputs"][0]
+    assert (g["orphaned"], g["keys"]) == (1, ["r1/b/~/output"])
+    assert cli("status", url, "--outputs", root)["outputs"][0]["counts"]["orphaned"] == 0
