@@ -223,3 +223,15 @@ def test_exactly_once_killed_workers_then_rerun_every_output_once(tmp_path: Path
     assert "exactly once: yes (24 objects left under the outputs root)" in out
     ck = resumelog.open(str(tmp_path / "checkpoint"))
     assert len(ck.outputs(str(tmp_path / "outputs"))) == 24
+
+
+def test_batch_generation_exactly_once_crash_then_resume(tmp_path: Path) -> None:
+    gen = ("batch_generation.py", "--out", tmp_path, "--num-records", 100, "--buffer-size", 25, "--exactly-once")
+    out = run(*gen, "--crash-after-write", 2, rc=3)
+    assert "simulated crash after writing batch 2" in out
+    out = run(*gen, "--resume")
+    assert "skipped 2 of 4 batches already complete, continuing at batch 2" in out
+    assert "generated 2 batches; 1 batch files of interrupted attempts hidden" in out
+    assert "dataset complete: 100 records (100 distinct ids) in 4 batch outputs" in out
+    out = run("batch_generation.py", "--out", tmp_path, "--num-records", 100, "--buffer-size", 25, "--resume", rc=2)
+    assert "exactly_once" in out  # the mode is part of the fingerprint
