@@ -5,7 +5,8 @@
 Sections (``--only``): ``throughput``, ``latency``, ``startup`` (with the scaling table and
 bytes on disk), ``background`` (``bench_background.py``: compacting during a run, then a
 crash and the next start), ``s3`` (``bench_s3.py``), ``raydata`` (``bench_ray_data.py``
-if present).
+if present), ``outputs`` (``bench_outputs.py``: an exactly-once output against a plain
+write, local and S3).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -47,7 +48,7 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata")
+SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "outputs")
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -583,6 +584,18 @@ class Runner:
             if line.startswith("{"):
                 self.emit(**{"system": "resumelog", **json.loads(line)})
 
+    def outputs(self) -> None:
+        script = os.path.join(BENCH_DIR, "bench_outputs.py")
+        cmd = [sys.executable, script] + (["--smoke", "--no-s3"] if self.mode == "smoke" else [])
+        if self.args.no_s3:
+            cmd.append("--no-s3")
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        if p.returncode:
+            self.emit(bench="error", system="outputs", reason=(p.stderr or "")[-800:])
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                self.emit(**json.loads(line))
+
     # ------------------------------------------------------------------ main
 
     def run(self) -> str:
@@ -598,6 +611,7 @@ class Runner:
         else:
             self.skip("s3", "--no-s3 given")
         self.section("raydata", self.raydata)
+        self.section("outputs", self.outputs)
         total = time.perf_counter() - self.t_start
         self.emit(
             bench="section", system="total", seconds=round(total, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()]

@@ -38,6 +38,8 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
     assert not errors, errors
     benches = {r["bench"] for r in rows}
     assert {"env", "throughput", "flush_latency", "startup", "compaction", "bytes", "background_compaction"} <= benches
+    eo = {r["variant"] for r in rows if r["bench"] == "outputs" and r["storage"] == "local"}
+    assert eo == {"plain", "plain+fsync", "exactly-once", "exactly-once, flush every 100"}
     systems = {r["system"] for r in rows if r["bench"] in ("throughput", "startup")}
     assert {"resumelog", "sqlite-wal", "object-per-event"} <= systems
     # every resumelog startup found every completed source
