@@ -58,10 +58,13 @@ __all__ = [
     "committed",
     "escape",
     "gc",
+    "gc_many",
     "output_name",
+    "output_store",
     "parse_output_name",
     "scan",
     "unescape",
+    "write_output",
 ]
 
 
