@@ -81,6 +81,8 @@ class Status(msgspec.Struct):
     foreign_objects: int = 0
     """Objects of a deleted or cleared checkpoint (another epoch) left behind: ignored;
     ``gc`` deletes them."""
+    resets: int = 0
+    """Completions voided by an operator's ``reset`` (not counted among ``anomalies``)."""
 
 
 class RunReset(msgspec.Struct):
@@ -431,6 +433,8 @@ class Checkpoint:
         ]
         journal = [o for o in loaded.journal if paths.parse_segment(o.path)]
         reclaim = compactor.gc(self.store, grace=gc_grace, dry_run=True)
+        counts = dict(st.anomaly_counts)
+        resets = counts.pop("reset", 0)  # an operator's action, not something that went wrong
         return Status(
             url=self.store.url,
             format_version=FORMAT_VERSION,
@@ -438,11 +442,13 @@ class Checkpoint:
             snapshot=loaded.snapshot,
             completed=st.completed_count(),
             pending=len(pending_sources),
-            anomalies=sum(st.anomaly_counts.values()),
-            anomaly_counts=dict(st.anomaly_counts),
+            anomalies=sum(counts.values()),
+            anomaly_counts=counts,
             recent_anomalies=[
-                {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail} for a in st.anomalies[-20:]
-            ],
+                {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail}
+                for a in st.anomalies[-40:]
+                if a.kind != "reset"
+            ][-20:],
             runs=runs,
             writers=writers,
             journal_objects=len(journal),
@@ -454,6 +460,7 @@ class Checkpoint:
             gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
             gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
             foreign_objects=len(loaded.foreign),
+            resets=resets,
         )
 
     # ------------------------------------------------------------------ writing
