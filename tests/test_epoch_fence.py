@@ -187,3 +187,18 @@ def test_status_names_the_foreign_objects(tmp_path):
     with contextlib.redirect_stdout(buf):
         assert main(["gc", url, "--grace", "0", "--json"]) == 0
     assert resumelog.open(url).status().foreign_objects == 0
+
+
+def test_a_handle_made_by_hand_stamps_the_epoch_of_the_checkpoint_it_finds(tmp_path):
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    w = resumelog.WriterHandle(url, "r1").writer("w")
+    w.complete("a")
+    w.close()
+    (seg,) = Path(url).rglob("*.seg")
+    assert decode_segment(seg.read_bytes()).header.epoch == ck.meta.nonce
+    shutil.rmtree(url)
+    w2 = resumelog.WriterHandle(url, "r1").writer("w")  # no checkpoint: one is created, as open() does
+    w2.complete("b")
+    w2.close()
+    assert sorted(resumelog.open(url).completed) == ["b"]

@@ -114,18 +114,25 @@ class WriterHandle:
     epoch: bytes = field(default=b"", repr=False)
     """The epoch of the checkpoint the handle was made from (its ``meta.msgpack``
     nonce): a writer opened from it writes into that checkpoint only, so if it was
-    deleted in the meantime, what the writer writes is ignored by every reader."""
+    deleted in the meantime, what the writer writes is ignored by every reader. Empty
+    (a handle made by hand): the epoch of the checkpoint at ``url`` when the writer
+    opens (created if there is none, as :func:`open` does)."""
 
     def writer(self, writer_id: str | None = None) -> Writer:
         """Open a new writer in this process (new incarnation, own buffer)."""
         store = open_store(self.url, self.storage_options, single_writer=self.single_writer)
+        epoch = self.epoch
+        if not epoch:  # a handle made by hand, not by Checkpoint.handle(): the checkpoint's epoch now
+            meta = _ensure_meta(store, None, "raise", True)
+            assert meta is not None
+            epoch = meta.nonce
         return Writer(
             store,
             writer_id if writer_id is not None else self.writer_id,
             self.run_id,
             policy=FlushPolicy(self.max_bytes, self.max_records, self.max_seconds),
             handle=self,
-            epoch=self.epoch,
+            epoch=epoch,
         )
 
 
