@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,10 @@ import pytest
 
 import resumelog
 from resumelog.storage import Store
+
+# snapshots read from the test S3 servers are cached here, not in ~/.cache (each xdist
+# worker has its own; subprocesses inherit it)
+os.environ.setdefault("RESUMELOG_CACHE_DIR", tempfile.mkdtemp(prefix="resumelog-test-cache-"))
 
 
 @pytest.fixture

@@ -118,6 +118,8 @@ class FsspecStore(Store):
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.requests: Counter[str] = Counter()
+        self.bytes_read = 0
+        """Bytes this store read by :meth:`read` and :meth:`read_prefix` (for benchmarks)."""
         # s3fs sends a HEAD before every whole-object GET to decide on ranged reads
         self._cat_kwargs: dict[str, Any] = {"max_concurrency": 1} if proto in ("s3", "s3a") else {}
         self._hooked = False
@@ -202,6 +204,7 @@ class FsspecStore(Store):
         full = self._full(key)
         try:
             data: bytes = self._do(self.fs.cat_file, full, **self._cat_kwargs)
+            self.bytes_read += len(data)
             return data
         except FileNotFoundError:
             raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
@@ -212,6 +215,7 @@ class FsspecStore(Store):
         full = self._full(key)
         try:
             data: bytes = self._do(self.fs.cat_file, full, start=0, end=n, **self._cat_kwargs)
+            self.bytes_read += len(data)
             return data
         except FileNotFoundError:
             raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
