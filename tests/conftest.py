@@ -56,6 +56,17 @@ def s3_server(request: pytest.FixtureRequest, s3_pool: S3Pool) -> Any:
     return s3_pool.get(request.param)
 
 
+@pytest.fixture(params=["local", *[f"s3-{k}" for k in S3_KINDS]])
+def local_or_s3(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, Any]]:
+    """``(url, storage_options)`` of a fresh checkpoint on local disk, then on each S3 server."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "ck"), {}
+    server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
+    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options()
+
+
 @pytest.fixture
 def s3_url(s3_server: Any) -> tuple[str, dict[str, Any]]:
     """A fresh checkpoint URL on the S3 server and its storage options."""

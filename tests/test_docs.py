@@ -87,11 +87,10 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- format.md
 
 
-def test_format_example_bytes_are_what_the_encoder_writes() -> None:
-    from resumelog.algebra import DONE_KEY, EMIT_KEY
-
+def _hex_dump(heading: str) -> bytes:
+    """The bytes of the first annotated hex dump after ``heading`` in format.md."""
     text = (DOCS / "format.md").read_text()
-    section = text[text.index("### Example") :]
+    section = text[text.index(heading) :]
     dump = re.search(r"```text\n(.*?)```", section, re.S)
     assert dump is not None
     data = bytearray()
@@ -99,6 +98,13 @@ def test_format_example_bytes_are_what_the_encoder_writes() -> None:
         offset, _, rest = line.partition("  ")
         assert int(offset, 16) == len(data), line
         data += bytes.fromhex(rest.split("  ")[0])
+    return bytes(data)
+
+
+def test_format_example_bytes_are_what_the_encoder_writes() -> None:
+    from resumelog.algebra import DONE_KEY, EMIT_KEY
+
+    data = _hex_dump("### Example")
     header = fmt.SegmentHeader("w1", "01J00000000000000000000000", 0, "r1", bytes(16), 1700000000000, b"\x11" * 16)
     batch = fmt.Batch(["s"], [0, 0], [EMIT_KEY, DONE_KEY], [1, -1], b"\x01\x00", [])
     assert bytes(data) == fmt.encode_segment(header, [batch])
@@ -108,15 +114,7 @@ def test_format_example_bytes_are_what_the_encoder_writes() -> None:
 
 
 def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
-    text = (DOCS / "format.md").read_text()
-    section = text[text.index("### Test vector") :]
-    dump = re.search(r"```text\n(.*?)```", section, re.S)
-    assert dump is not None
-    data = bytearray()
-    for line in dump.group(1).splitlines():
-        offset, _, rest = line.partition("  ")
-        assert int(offset, 16) == len(data), line
-        data += bytes.fromhex(rest.split("  ")[0])
+    data = _hex_dump("### Test vector")
     assert len(data) == 224
     frames = fmt.decode_snapshot_frames(bytes(data))
     h = frames.header

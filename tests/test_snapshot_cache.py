@@ -53,7 +53,7 @@ def test_a_warm_open_does_not_download_the_snapshot_again(s3):
 
 
 def test_a_cached_copy_is_never_stale_after_a_clear(s3):
-    url, opts, cache = s3
+    url, opts, _ = s3
     ck = _fill(url, opts, ["a", "b"])
     assert sorted(resumelog.open(url, storage_options=opts).completed) == ["a", "b"]  # cached now
     ck.clear()
