@@ -646,6 +646,69 @@ def test_native_filter_accepts_a_numpy_array_of_ids(cluster: None) -> None:
     assert f.filter_rows_for_block(block).column("id").to_pylist() == [2, 4]
 
 
+@ray.remote(num_cpus=0)
+def _filter_memory(cfg: Any, refs: list[Any], block: Any) -> tuple[int, int, list[str]]:
+    """In a Ray worker, as Ray's filter actor: build the filter, filter one block; return the
+    bytes Python allocations (objects and numpy arrays, not Arrow's pool) hold after it,
+    their peak, and the ids kept."""
+    import tracemalloc
+
+    tracemalloc.start()
+    f = rd.ResumelogCheckpointFilter(cfg, refs[0])  # (in a list: Ray passes the ref, not its value)
+    kept = f.filter_rows_for_block(block).column("id").to_pylist()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return current, peak, kept
+
+
+def test_native_filter_reports_and_holds_string_ids_without_a_python_object_each(cluster: None, tmp_path: Path) -> None:
+    """Issue 22, defect 3: string ids were held as a pandas Index of Python strings (~166 MB
+    per 1M ids) while the manager reported the Arrow nbytes (22.9 MB)."""
+    n = 200_000  # above _LARGE_SET: the reusable index, not pyarrow's per-call is_in
+    native = tmp_path / "native"
+    native.mkdir()
+    done = [f"doc-{i:07d}" for i in range(0, 2 * n, 2)]
+    pq.write_table(pa.table({"id": pa.array(done)}), native / "ray-ids-0.parquet")  # as Ray's id files
+    cfg = rd.ResumelogCheckpointConfig(id_column="id", checkpoint_path=str(native), ingest="blocking")
+    mgr = rd.ResumelogCheckpointManager(checkpoint_config=cfg, data_context=ray.data.DataContext.get_current())
+    ref, size = mgr.load_checkpoint()
+    ids = ray.get(ref)
+    assert len(ids) == n and ids.type == pa.large_string()
+    # the size Ray reserves memory by (x1.5 per filter actor): the array plus the 12-byte-per-id index
+    assert size == ids.nbytes + 12 * n
+
+    block = pa.table({"id": pa.array([f"doc-{i:07d}" for i in range(2 * n - 1000, 2 * n + 1000)] + ["", "doc"])})
+    current, peak, kept = ray.get(_filter_memory.remote(cfg, [ref], block))
+    assert kept == [f"doc-{i:07d}" for i in range(2 * n - 999, 2 * n, 2)] + [
+        f"doc-{i:07d}" for i in range(2 * n, 2 * n + 1000)
+    ] + ["", "doc"]
+    # what Python holds after the build is the index (12 bytes an id), not an object per id
+    # (a pandas Index of Python strings: ~60 bytes an id here); the build's peak stays near it too
+    assert current <= 12 * n + 200_000, current
+    assert peak <= 40 * n, peak
+
+
+def test_string_index_is_exact_under_hash_collisions_and_odd_strings() -> None:
+    import numpy as np
+
+    from resumelog.ray_data._filter import _string_hashes, _StringIndex
+
+    ids = pa.array(["", "a", "abcdefgh", "abcdefghi", "é" * 9, "x" * 100, "doc-1"], pa.large_string())
+    idx = _StringIndex(ids)
+    probe = pa.array(["zz", "", "b", "abcdefgh", "abcdefghi", "é" * 9, "abcdefgh\x00", "x" * 99, "doc-1"])
+    got = idx.mask(pc.cast(probe, pa.large_string()).slice(1))  # a slice: offsets not at 0
+    assert got.tolist() == [True, False, True, True, True, False, False, True]
+    h = _string_hashes(pc.cast(probe, pa.large_string()))
+    assert len(np.unique(h)) == len(probe)
+    # force collisions: every stored hash equal; only the string comparison decides
+    idx.hashes[:] = 7
+    idx.perm[:] = np.arange(len(ids), dtype=idx.perm.dtype)
+    q = pa.array(["doc-1", "nope"], pa.large_string())
+    real = _string_hashes(q)
+    idx.hashes[:] = real[0]  # "doc-1" and "nope" probes: the first collides with all seven ids
+    assert idx.mask(q).tolist() == [True, False]
+
+
 # ---------------------------------------------------------------------- the example
 
 
