@@ -674,8 +674,9 @@ def test_native_filter_reports_and_holds_string_ids_without_a_python_object_each
     ref, size = mgr.load_checkpoint()
     ids = ray.get(ref)
     assert len(ids) == n and ids.type == pa.large_string()
-    # the size Ray reserves memory by (x1.5 per filter actor): the array plus the 12-byte-per-id index
-    assert size == ids.nbytes + 12 * n
+    # the size Ray reserves memory by (x1.5 per filter actor): the array plus the index at its peak
+    # (hashes, argsort's order, positions: 20 bytes an id; 12 kept)
+    assert size == ids.nbytes + 20 * n
 
     block = pa.table({"id": pa.array([f"doc-{i:07d}" for i in range(2 * n - 1000, 2 * n + 1000)] + ["", "doc"])})
     current, peak, kept = ray.get(_filter_memory.remote(cfg, [ref], block))
@@ -683,9 +684,10 @@ def test_native_filter_reports_and_holds_string_ids_without_a_python_object_each
         f"doc-{i:07d}" for i in range(2 * n, 2 * n + 1000)
     ] + ["", "doc"]
     # what Python holds after the build is the index (12 bytes an id), not an object per id
-    # (a pandas Index of Python strings: ~60 bytes an id here); the build's peak stays near it too
+    # (a pandas Index of Python strings: ~60 bytes an id here); the build's peak is what the
+    # manager reports beside the array (20 bytes an id) plus the fixed-size hashing chunk
     assert current <= 12 * n + 200_000, current
-    assert peak <= 40 * n, peak
+    assert peak <= 20 * n + 8_000_000, peak
 
 
 def test_string_index_is_exact_under_hash_collisions_and_odd_strings() -> None:

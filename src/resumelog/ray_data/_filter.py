@@ -31,7 +31,7 @@ _M2 = np.uint64(0xBF58476D1CE4E5B9)
 _M3 = np.uint64(0x94D049BB133111EB)
 
 
-def _string_hashes(arr: Any, chunk: int = 1 << 17) -> Any:
+def _string_hashes(arr: Any, chunk: int = 1 << 16) -> Any:
     """64-bit hashes of the strings of a ``large_string`` array, vectorised over rows.
 
     Reads the Arrow buffers in place: pass ``k`` takes each string's bytes
@@ -101,8 +101,14 @@ class _StringIndex:
 
     @staticmethod
     def index_bytes(n: int) -> int:
-        """Bytes the index holds for ``n`` ids beside the Arrow array."""
+        """Bytes the index holds for ``n`` ids beside the Arrow array (12 per id)."""
         return n * (8 + (4 if n < 2**32 else 8))
+
+    @staticmethod
+    def peak_bytes(n: int) -> int:
+        """Bytes beside the Arrow array while the index is built: the hashes, ``argsort``'s
+        ``int64`` order and the positions taken from it (20 per id), then 12 per id."""
+        return _StringIndex.index_bytes(n) + (n * 8 if n < 2**32 else 0)
 
     def mask(self, col: Any) -> Any:
         """Boolean numpy mask of ``col`` (a ``large_string`` array) rows found in the set."""
@@ -246,12 +252,12 @@ class _IdMatcher:
 
     @staticmethod
     def footprint(ids: Any) -> int:
-        """Bytes a matcher over ``ids`` holds once built: the array plus its index.
+        """Bytes a matcher over ``ids`` needs: the array plus its index, at its peak.
 
         What :class:`~resumelog.ray_data.ResumelogCheckpointManager` reports to Ray
         (Ray reserves 1.5x this per filter actor): integer ids add a sorted ``int64``
         copy (8 bytes each); string ids (cast to ``large_string`` if they are not)
-        add the :class:`_StringIndex` (12 bytes each).
+        add the :class:`_StringIndex` while it is built (20 bytes each; it keeps 12).
         """
         if isinstance(ids, np.ndarray):
             ids = pa.array(ids)
@@ -264,7 +270,7 @@ class _IdMatcher:
             nbytes += 4 * (n + 1)  # 64-bit offsets
             if not (pa.types.is_string(t) or pa.types.is_binary(t)):
                 nbytes += 20 * n  # a decimal (or other) text form of each value
-        return nbytes + _StringIndex.index_bytes(n)
+        return nbytes + _StringIndex.peak_bytes(n)
 
     def keep(self, table: pa.Table, column: str) -> pa.Table:
         """``table`` without the rows whose ``column`` value is in the set."""

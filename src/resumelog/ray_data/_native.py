@@ -139,8 +139,8 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
        hold integer ids — or ``(None, 0)`` when nothing is checkpointed. The bytes
        are what each filter actor will hold, the array plus the index over it
        (:meth:`_IdMatcher.footprint <resumelog.ray_data._filter._IdMatcher.footprint>`:
-       12 bytes per string id, 8 per integer id), which Ray reserves 1.5 times per
-       filter actor.
+       20 bytes per string id while the index is built, 12 after; 8 per integer id),
+       which Ray reserves 1.5 times per filter actor.
 
     Works with a plain ``CheckpointConfig`` too (then: ``<checkpoint_path>/_resumelog``,
     no storage options, background ingest).
