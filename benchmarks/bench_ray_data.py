@@ -1,6 +1,7 @@
 """Ray Data figures for ``resumelog.ray_data``, printed as JSON lines (never asserted in tests).
 
     python benchmarks/bench_ray_data.py [--quick | --smoke] [--only NAME ...] [--datasource-v2]
+    python benchmarks/bench_ray_data.py --quick --only memory    # filter memory per 1M string ids
 
 One pipeline, ``read_parquet -> map_batches (string + arithmetic work) -> write_parquet``
 over F Parquet files of R rows, on a local Ray cluster (``num_cpus=2``):
@@ -20,6 +21,15 @@ over F Parquet files of R rows, on a local Ray cluster (``num_cpus=2``):
   ``ResumelogCheckpointManager.load_checkpoint`` (first start: reads the id files and
   folds them into resumelog in a background Ray task; later starts: one snapshot) and
   ``resumelog.open`` alone
+
+* ``memory``    the native filter's memory for string ids (1M; full run: 1M and 5M;
+  ``--smoke``: 100k; ids like ``doc-00000000042``, one Ray id file): what each
+  manager's ``load_checkpoint`` reports (Ray reserves 1.5x it per filter actor) and
+  what a filter actor really holds, the RSS growth of a fresh Ray actor
+  (``/proc/self/status``: ``VmRSS``, split into anonymous memory and the object
+  store's shared pages) after it builds the filter and filters one 10k-row block:
+  Ray's ``IdColumnCheckpointManager`` + ``NumpyArrayBasedCheckpointFilter`` vs
+  ``ResumelogCheckpointManager`` + ``ResumelogCheckpointFilter``; MB and MB per 1M ids
 
 Ray 2.60's DataSource V2 Parquet reader costs ~80 ms per small file on 2 cores, which
 would drown every other figure; the V1 reader is used unless ``--datasource-v2``.
@@ -258,23 +268,108 @@ def bench_load(tmp: str, n: int, per_file: int) -> None:
     shutil.rmtree(rl, ignore_errors=True)
 
 
+def _status_kb() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "RssAnon", "RssShmem", "RssFile"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+@ray.remote(num_cpus=0)
+class _FilterProbe:
+    """A filter actor's process, fresh (its own runtime env, so no reused worker)."""
+
+    def __init__(self) -> None:
+        from ray.data.checkpoint import checkpoint_filter  # noqa: F401
+
+        import resumelog.ray_data  # noqa: F401  (imports out of the measurement)
+
+    def measure(self, cls: Any, cfg: Any, refs: list[Any], block: pa.Table) -> dict[str, Any]:
+        """RSS growth from building ``cls`` over the ids and filtering one block."""
+        import gc
+
+        gc.collect()
+        before = _status_kb()
+        t0 = time.perf_counter()
+        f = cls(cfg, refs[0])
+        kept = f.filter_rows_for_block(block).num_rows
+        seconds = time.perf_counter() - t0
+        gc.collect()
+        after = _status_kb()
+        return {"kept": kept, "seconds": seconds, **{k: (after[k] - before.get(k, 0)) * 1024 for k in after}}
+
+
+def bench_memory(tmp: str, n: int) -> None:
+    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager, NumpyArrayBasedCheckpointFilter
+
+    ctx = ray.data.DataContext.get_current()
+    ids = pc.binary_join_element_wise("doc-", pc.utf8_lpad(pc.cast(pa.array(range(n)), pa.string()), 11, "0"), "")
+    block_ids = pc.binary_join_element_wise(
+        "doc-", pc.utf8_lpad(pc.cast(pa.array(range(n - 5_000, n + 5_000)), pa.string()), 11, "0"), ""
+    )
+    block = pa.table({"id": block_ids})
+    per_m = 1e6 / n
+    for system in ("ray-native", "resumelog"):
+        d = os.path.join(tmp, f"mem-{system}-{n}")
+        os.makedirs(d, exist_ok=True)
+        pq.write_table(pa.table({"id": ids}), os.path.join(d, "ids-0.parquet"))  # as Ray's writer leaves them
+        if system == "ray-native":
+            cfg = native_config(d)
+            mgr: Any = IdColumnCheckpointManager(checkpoint_config=cfg, data_context=ctx)
+            cls: Any = NumpyArrayBasedCheckpointFilter
+        else:
+            cfg = rd.ResumelogCheckpointConfig(id_column="id", checkpoint_path=d, ingest="blocking")
+            mgr = rd.ResumelogCheckpointManager(checkpoint_config=cfg, data_context=ctx)
+            cls = rd.ResumelogCheckpointFilter
+        ref, reported = mgr.load_checkpoint()
+        probe = _FilterProbe.options(  # type: ignore[attr-defined]
+            runtime_env={"env_vars": {"RESUMELOG_FILTER_PROBE": f"{system}-{n}-{time.time_ns()}"}}
+        ).remote()
+        m = ray.get(probe.measure.remote(cls, cfg, [ref], block))
+        ray.kill(probe)
+        assert m["kept"] == 5_000, m
+        emit(
+            bench="memory",
+            system=system,
+            ids=n,
+            id_bytes=len("doc-") + 11,
+            arrow_nbytes_mb=round(ids.nbytes / 1e6, 1),
+            reported_mb=round(reported / 1e6, 1),
+            reserved_mb=round(max(cfg.checkpoint_actor_memory_bytes, int(reported * 1.5)) / 1e6, 1),
+            rss_delta_mb=round(m["VmRSS"] / 1e6, 1),
+            anon_delta_mb=round(m["RssAnon"] / 1e6, 1),
+            shmem_delta_mb=round(m["RssShmem"] / 1e6, 1),
+            rss_per_1m_ids_mb=round(m["VmRSS"] / 1e6 * per_m, 1),
+            reported_per_1m_ids_mb=round(reported / 1e6 * per_m, 1),
+            build_and_first_block_s=round(m["seconds"], 3),
+        )
+        del ref
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds), to check the script runs")
-    ap.add_argument("--only", nargs="*", default=None, help="pipeline resume load")
+    ap.add_argument("--only", nargs="*", default=None, help="pipeline resume load memory")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--datasource-v2", action="store_true", help="use Ray's default (V2) Parquet reader")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.smoke:
         files, rows, repeat, sizes, per_file = 12, 200, 1, [20_000], 2_000
+        mem_sizes = [100_000]
     elif args.quick:
         files, rows, repeat, sizes, per_file = 100, 20_000, 3, [200_000, 2_000_000], 10_000
+        mem_sizes = [1_000_000]
     else:
         files, rows, repeat, sizes, per_file = 400, 50_000, 5, [200_000, 2_000_000], 10_000
+        mem_sizes = [1_000_000, 5_000_000]
     repeat = args.repeat or repeat
-    only = set(args.only or ("pipeline", "resume", "load"))
+    only = set(args.only or ("pipeline", "resume", "load", "memory"))
 
     tmp = tempfile.mkdtemp(prefix="bench-ray-data-", dir=args.workdir)
     init_local_ray(num_cpus=2, log_to_driver=False, logging_level="ERROR")
@@ -293,7 +388,7 @@ def main() -> int:
         mode="smoke" if args.smoke else "quick" if args.quick else "full",
     )
     try:
-        paths = make_inputs(os.path.join(tmp, "in"), files, rows)
+        paths = make_inputs(os.path.join(tmp, "in"), files, rows) if only - {"memory"} else []
         fresh: dict[str, float] = {}
         if "pipeline" in only or "resume" in only:
             fresh = bench_pipeline(tmp, paths, rows, repeat)
@@ -302,6 +397,9 @@ def main() -> int:
         if "load" in only:
             for n in sizes:
                 bench_load(tmp, n, per_file)
+        if "memory" in only:
+            for n in mem_sizes:
+                bench_memory(tmp, n)
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)

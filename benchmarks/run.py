@@ -5,8 +5,9 @@
 Sections (``--only``): ``throughput``, ``latency``, ``startup`` (with the scaling table and
 bytes on disk), ``background`` (``bench_background.py``: compacting during a run, then a
 crash and the next start), ``s3`` (``bench_s3.py``), ``raydata`` (``bench_ray_data.py``
-if present), ``outputs`` (``bench_outputs.py``: an exactly-once output against a plain
-write, local and S3).
+if present), ``raymem`` (``bench_ray_data.py --only memory``: the native filter's memory
+per 1M string ids, resumelog vs Ray), ``outputs`` (``bench_outputs.py``: an exactly-once
+output against a plain write, local and S3).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -48,7 +49,7 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "outputs")
+SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs")
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -531,7 +532,7 @@ class Runner:
         except bench_s3.S3Unavailable as exc:
             self.skip("s3", str(exc))
 
-    def raydata(self) -> None:
+    def raydata(self, only: tuple[str, ...] = ("pipeline", "resume", "load")) -> None:
         script = os.path.join(BENCH_DIR, "bench_ray_data.py")
         if not os.path.exists(script):
             self.skip("ray-data", "benchmarks/bench_ray_data.py does not exist (yet)")
@@ -548,6 +549,11 @@ class Runner:
         cmd = [sys.executable, script]
         if self.mode == "quick" and "--quick" in helptext:
             cmd.append("--quick")
+        if "memory" in helptext:  # a bench_ray_data.py that knows the memory section
+            cmd += ["--only", *only]
+        elif only == ("memory",):
+            self.skip("ray-filter-memory", "this bench_ray_data.py has no memory section")
+            return
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.args.raydata_timeout, env=env)
@@ -611,6 +617,7 @@ class Runner:
         else:
             self.skip("s3", "--no-s3 given")
         self.section("raydata", self.raydata)
+        self.section("raymem", lambda: self.raydata(("memory",)))
         self.section("outputs", self.outputs)
         total = time.perf_counter() - self.t_start
         self.emit(

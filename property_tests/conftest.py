@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import uuid
 
 import pytest
 from pt_settings import PROFILE, budget
 
 __all__ = ["PROFILE", "budget"]
+
+# snapshots read from the S3 test server are cached here, not in ~/.cache
+os.environ.setdefault("RESUMELOG_CACHE_DIR", tempfile.mkdtemp(prefix="resumelog-pt-cache-"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,6 +11,10 @@ import pytest
 
 import resumelog
 from resumelog.storage import Store
+
+# snapshots read from the test S3 servers are cached here, not in ~/.cache (each xdist
+# worker has its own; subprocesses inherit it)
+os.environ.setdefault("RESUMELOG_CACHE_DIR", tempfile.mkdtemp(prefix="resumelog-test-cache-"))
 
 
 @pytest.fixture
@@ -49,6 +54,17 @@ def s3_server(request: pytest.FixtureRequest, s3_pool: S3Pool) -> Any:
     """A real S3-compatible HTTP server on 127.0.0.1 (moto and SeaweedFS, see
     ``RESUMELOG_S3_SERVERS``) with a bucket ``resumelog-test``."""
     return s3_pool.get(request.param)
+
+
+@pytest.fixture(params=["local", *[f"s3-{k}" for k in S3_KINDS]])
+def local_or_s3(request: pytest.FixtureRequest, tmp_path: Any) -> tuple[str, dict[str, Any]]:
+    """``(url, storage_options)`` of a fresh checkpoint on local disk, then on each S3 server."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "ck"), {}
+    server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
+    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options()
 
 
 @pytest.fixture

@@ -87,11 +87,10 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- format.md
 
 
-def test_format_example_bytes_are_what_the_encoder_writes() -> None:
-    from resumelog.algebra import DONE_KEY, EMIT_KEY
-
+def _hex_dump(heading: str) -> bytes:
+    """The bytes of the first annotated hex dump after ``heading`` in format.md."""
     text = (DOCS / "format.md").read_text()
-    section = text[text.index("### Example") :]
+    section = text[text.index(heading) :]
     dump = re.search(r"```text\n(.*?)```", section, re.S)
     assert dump is not None
     data = bytearray()
@@ -99,12 +98,52 @@ def test_format_example_bytes_are_what_the_encoder_writes() -> None:
         offset, _, rest = line.partition("  ")
         assert int(offset, 16) == len(data), line
         data += bytes.fromhex(rest.split("  ")[0])
+    return bytes(data)
+
+
+def test_format_example_bytes_are_what_the_encoder_writes() -> None:
+    from resumelog.algebra import DONE_KEY, EMIT_KEY
+
+    data = _hex_dump("### Example")
     header = fmt.SegmentHeader("w1", "01J00000000000000000000000", 0, "r1", bytes(16), 1700000000000, b"\x11" * 16)
     batch = fmt.Batch(["s"], [0, 0], [EMIT_KEY, DONE_KEY], [1, -1], b"\x01\x00", [])
     assert bytes(data) == fmt.encode_segment(header, [batch])
     assert len(data) == 160
     seg = fmt.decode_segment(bytes(data))
     assert seg.header == header and seg.footer.record_count == 2
+
+
+def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
+    data = _hex_dump("### Test vector")
+    assert len(data) == 224
+    frames = fmt.decode_snapshot_frames(bytes(data))
+    h = frames.header
+    assert (h.format_version, h.number, h.nonce, h.created_ms, h.completed_count, h.ascii_ids, h.epoch) == (
+        4,
+        1,
+        bytes(16),
+        1700000000000,
+        1,
+        True,
+        b"\x11" * 16,
+    )
+    (mark,) = frames.body.streams
+    assert (mark.writer_id, mark.incarnation, mark.run_id, mark.seq, mark.closed, mark.records, mark.last_ms) == (
+        "w1",
+        "01J00000000000000000000000",
+        "r1",
+        0,
+        True,
+        2,
+        1700000000000,
+    )
+    assert [r.run_id for r in frames.body.runs] == ["r1"] and frames.body.records_folded == 2
+    assert bytes(frames.blob) == b"a" and int.from_bytes(frames.hashes, "little") == fmt.crc32c(b"a")
+    assert fmt.encode_snapshot_frames(frames) == bytes(data)
+    from resumelog.snapshot import load_snapshot
+
+    _, state = load_snapshot(bytes(data))
+    assert sorted(state.iter_completed()) == ["a"] and state.completed_run("a") == "r1"
 
 
 STRUCTS = [

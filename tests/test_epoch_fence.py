@@ -10,11 +10,9 @@ Real files and a real S3-compatible server; deletions as the tools users run do 
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 import pytest
-from s3_support import S3_KINDS, bucket_of
 
 import resumelog
 from resumelog import compactor, paths
@@ -30,17 +28,8 @@ def _rm(url: str, store: resumelog.storage.Store) -> None:
         shutil.rmtree(url)
 
 
-@pytest.fixture(params=["local", *[f"s3-{k}" for k in S3_KINDS]])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
-    """``(url, storage_options)`` of a fresh checkpoint on local disk or a real S3 server."""
-    if request.param == "local":
-        return str(tmp_path / "ck"), {}
-    server = request.getfixturevalue("s3_pool").get(request.param.removeprefix("s3-"))
-    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options()
-
-
-def test_a_writer_and_compactor_outliving_a_deleted_checkpoint_do_not_bring_it_back(where):
-    url, opts = where
+def test_a_writer_and_compactor_outliving_a_deleted_checkpoint_do_not_bring_it_back(local_or_s3):
+    url, opts = local_or_s3
     ck = resumelog.open(url, storage_options=opts)
     w = ck.writer("w")
     w.complete("a")
@@ -63,8 +52,8 @@ def test_a_writer_and_compactor_outliving_a_deleted_checkpoint_do_not_bring_it_b
     assert again.status().foreign_objects >= 1
 
 
-def test_a_snapshot_published_after_the_delete_is_ignored_and_collected(where):
-    url, opts = where
+def test_a_snapshot_published_after_the_delete_is_ignored_and_collected(local_or_s3):
+    url, opts = local_or_s3
     ck = resumelog.open(url, storage_options=opts)
     with ck.writer("w") as w:
         w.complete_many(["a", "b"])
@@ -187,3 +176,18 @@ def test_status_names_the_foreign_objects(tmp_path):
     with contextlib.redirect_stdout(buf):
         assert main(["gc", url, "--grace", "0", "--json"]) == 0
     assert resumelog.open(url).status().foreign_objects == 0
+
+
+def test_a_handle_made_by_hand_stamps_the_epoch_of_the_checkpoint_it_finds(tmp_path):
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url)
+    w = resumelog.WriterHandle(url, "r1").writer("w")
+    w.complete("a")
+    w.close()
+    (seg,) = Path(url).rglob("*.seg")
+    assert decode_segment(seg.read_bytes()).header.epoch == ck.meta.nonce
+    shutil.rmtree(url)
+    w2 = resumelog.WriterHandle(url, "r1").writer("w")  # no checkpoint: one is created, as open() does
+    w2.complete("b")
+    w2.close()
+    assert sorted(resumelog.open(url).completed) == ["b"]

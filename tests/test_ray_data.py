@@ -283,8 +283,7 @@ class Duplicate:  # a callable class (an actor pool); numpy in, numpy out: every
 
 
 def _duplicate_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-    # (Ray 2.60's row-based flat_map cannot rebuild a uint64 column holding values >= 2**63: drop row_hash)
-    row = {k: v for k, v in row.items() if k != "row_hash"}
+    # row_hash (int64 since issue 22) survives Ray's row-based flat_map
     return [{**row, "copy": 0}, {**row, "copy": 1}]
 
 
@@ -313,6 +312,105 @@ def test_map_batches_accounts_for_filters_and_fan_out(cluster: None, tmp_path: P
     assert len(keys) == len(set(keys)) == 2 * 400
     assert {i for i, _ in keys} == {i for i in range(600) if i % 3}
     assert "row_hash" not in t.column_names  # bookkeeping column dropped by default
+
+
+def _double(batch: Any) -> Any:  # 1:1 in every batch format: adds y = 2 * id
+    if isinstance(batch, pa.Table):
+        return batch.append_column("y", pc.multiply(batch["id"], 2))
+    batch["y"] = batch["id"] * 2  # a pandas DataFrame or a dict of numpy arrays
+    return batch
+
+
+ONE_TO_ONE_STEPS: dict[str, Callable[[Any], Any]] = {
+    "map": lambda ds: ds.map(lambda r: {**r, "y": r["id"] * 2}),  # rows as dicts of Python ints
+    "map_batches-pyarrow": lambda ds: ds.map_batches(_double, batch_format="pyarrow"),
+    "map_batches-pandas": lambda ds: ds.map_batches(_double, batch_format="pandas"),
+    "map_batches-numpy": lambda ds: ds.map_batches(_double, batch_format="numpy"),
+    "add_column": lambda ds: ds.add_column("y", lambda b: pc.multiply(b["id"], 2), batch_format="pyarrow"),
+    "select_columns": lambda ds: ds.add_column(
+        "y", lambda b: pc.multiply(b["id"], 2), batch_format="pyarrow"
+    ).select_columns(["row_hash", "id", "path", "y"]),
+    "map-then-accounted-filter": lambda ds: ds.map(lambda r: {**r, "y": r["id"] * 2}),  # + rd.map_batches below
+}
+
+
+@pytest.mark.parametrize("step", list(ONE_TO_ONE_STEPS))
+def test_file_level_write_after_a_native_one_to_one_step(cluster: None, tmp_path: Path, step: str) -> None:
+    """Issue 22, defect 2: a plain 1:1 Ray Data step between read_parquet and write_parquet.
+
+    Before the fix, ``ds.map`` turned Ray's uint64 ``row_hash`` into pickled Python
+    objects and the write failed in ``_digest`` (``invalid literal for int()``). Every
+    step must keep each row's hash: the output files are named by the digest of
+    exactly the hashes plain Ray gives each file's rows.
+    """
+    from resumelog.ray_data._common import _digest, _hash16
+
+    files = make_files(tmp_path / "in", 4, rows=25)
+    ckpt = resumelog.open(str(tmp_path / "ckpt"))
+    ds = ONE_TO_ONE_STEPS[step](rd.read_parquet(ckpt, files))
+    kept = None
+    if step == "map-then-accounted-filter":
+        ds = rd.map_batches(ds, ckpt, lambda t: t.filter(pc.not_equal(pc.bit_wise_and(t["id"], 1), 1)), stage="even")
+        kept = {i for i in range(100) if i % 2 == 0}
+    summary = rd.write_parquet(ds, ckpt, str(tmp_path / "out"))
+    assert summary.undrained == [] and summary.sources_completed == 4
+    t = out_table(tmp_path / "out")
+    assert sorted(t.column("id").to_pylist()) == sorted(kept if kept is not None else range(100))
+    assert all(y == 2 * i for i, y in zip(t.column("id").to_pylist(), t.column("y").to_pylist()))
+    assert "row_hash" not in t.column_names
+    if kept is None:  # the row hashes survived the step: one file per source, named by Ray's own hashes
+        ray_rows = ray.data.read_parquet(files, include_paths=True, include_row_hash=True).to_arrow_refs()
+        plain = pa.concat_tables(ray.get(ray_rows))
+        expected = set()
+        for p in files:
+            rows = plain.filter(pc.equal(plain["path"], p))
+            assert rows.column("row_hash").type == pa.uint64()
+            expected.add(f"{_hash16(p)}-{ckpt.run_id}-{_digest(rows)}.parquet")
+        assert set(summary.files) == expected
+    with pytest.raises(resumelog.NothingToDo):
+        rd.read_parquet(resumelog.open(str(tmp_path / "ckpt")), files)
+
+
+def test_a_step_dropping_row_hash_is_refused_before_anything_is_written(cluster: None, tmp_path: Path) -> None:
+    """select_columns without ``row_hash``: refused at planning time (nothing runs); a
+    batch function dropping it: refused by the first write task, before it writes."""
+    files = make_files(tmp_path / "in", 3, rows=10)
+    ckpt = resumelog.open(str(tmp_path / "ckpt"))
+    ds = rd.read_parquet(ckpt, files)
+    with pytest.raises(rd.UnfilterableDataset, match="lost the 'row_hash' column") as ei:
+        rd.write_parquet(ds.select_columns(["id", "path"]), ckpt, str(tmp_path / "out"))
+    assert isinstance(ei.value, resumelog.ResumelogError)
+    with pytest.raises(rd.UnfilterableDataset, match="lost the 'row_hash' column"):
+        rd.write_datasink(ds.rename_columns({"row_hash": "h"}), ckpt, CollectSink(str(tmp_path / "sink")))
+    with pytest.raises(ray.exceptions.RayTaskError, match="lost the 'row_hash' column"):
+        rd.write_parquet(ds.drop_columns(["row_hash"]), ckpt, str(tmp_path / "out"))
+    assert list((tmp_path / "out").glob("*.parquet")) == [] and not (tmp_path / "sink").exists()
+    assert rd.pending_paths(resumelog.open(str(tmp_path / "ckpt")), files) == files
+
+
+def test_row_hash_values_decode_every_type_a_step_can_leave() -> None:
+    import numpy as np
+    from ray.data._internal.object_extensions.arrow import ArrowPythonObjectArray
+
+    from resumelog.ray_data._common import _digest, _normalize_row_hash, _row_hash_values
+
+    u = np.array([0, 1, 2**63, 2**64 - 1, 12345], dtype=np.uint64)
+    forms = {
+        "uint64": pa.array(u),
+        "int64": pa.array(u.view(np.int64)),
+        "chunked": pa.chunked_array([pa.array(u[:2]), pa.array(u[2:])]),
+        "pickled": ArrowPythonObjectArray.from_objects([int(v) for v in u]),
+        "pickled-numpy": ArrowPythonObjectArray.from_objects(list(u)),
+        "string": pa.array([str(int(v)) for v in u]),
+        "binary8": pa.array([int(v).to_bytes(8, "little") for v in u], pa.binary(8)),
+    }
+    for name, col in forms.items():
+        got = _row_hash_values(col)
+        assert got is not None and got.tolist() == u.tolist(), name
+        t = pa.table({"row_hash": col, "k": pa.array(range(5))})
+        assert _normalize_row_hash(t).column("row_hash").type == pa.int64(), name
+        assert _digest(t) == _digest(pa.table({"row_hash": pa.array(u), "k": pa.array(range(5))})), name
+    assert _row_hash_values(pa.array([1.0, 2.0])) is None and _row_hash_values(pa.array([1, None])) is None
 
 
 def test_generic_reader_without_row_hashes_and_empty_files(cluster: None, tmp_path: Path) -> None:
@@ -548,6 +646,71 @@ def test_native_filter_accepts_a_numpy_array_of_ids(cluster: None) -> None:
     f = rd.ResumelogCheckpointFilter(cfg, ray.put(np.array([1, 3, 5])))
     block = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64())})
     assert f.filter_rows_for_block(block).column("id").to_pylist() == [2, 4]
+
+
+@ray.remote(num_cpus=0)
+def _filter_memory(cfg: Any, refs: list[Any], block: Any) -> tuple[int, int, list[str]]:
+    """In a Ray worker, as Ray's filter actor: build the filter, filter one block; return the
+    bytes Python allocations (objects and numpy arrays, not Arrow's pool) hold after it,
+    their peak, and the ids kept."""
+    import tracemalloc
+
+    tracemalloc.start()
+    f = rd.ResumelogCheckpointFilter(cfg, refs[0])  # (in a list: Ray passes the ref, not its value)
+    kept = f.filter_rows_for_block(block).column("id").to_pylist()
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return current, peak, kept
+
+
+def test_native_filter_reports_and_holds_string_ids_without_a_python_object_each(cluster: None, tmp_path: Path) -> None:
+    """Issue 22, defect 3: string ids were held as a pandas Index of Python strings (~166 MB
+    per 1M ids) while the manager reported the Arrow nbytes (22.9 MB)."""
+    n = 200_000  # above _LARGE_SET: the reusable index, not pyarrow's per-call is_in
+    native = tmp_path / "native"
+    native.mkdir()
+    done = [f"doc-{i:07d}" for i in range(0, 2 * n, 2)]
+    pq.write_table(pa.table({"id": pa.array(done)}), native / "ray-ids-0.parquet")  # as Ray's id files
+    cfg = rd.ResumelogCheckpointConfig(id_column="id", checkpoint_path=str(native), ingest="blocking")
+    mgr = rd.ResumelogCheckpointManager(checkpoint_config=cfg, data_context=ray.data.DataContext.get_current())
+    ref, size = mgr.load_checkpoint()
+    ids = ray.get(ref)
+    assert len(ids) == n and ids.type == pa.large_string()
+    # the size Ray reserves memory by (x1.5 per filter actor): the array plus the index at its peak
+    # (hashes, argsort's order, positions: 20 bytes an id; 12 kept)
+    assert size == ids.nbytes + 20 * n
+
+    block = pa.table({"id": pa.array([f"doc-{i:07d}" for i in range(2 * n - 1000, 2 * n + 1000)] + ["", "doc"])})
+    current, peak, kept = ray.get(_filter_memory.remote(cfg, [ref], block))
+    assert kept == [f"doc-{i:07d}" for i in range(2 * n - 999, 2 * n, 2)] + [
+        f"doc-{i:07d}" for i in range(2 * n, 2 * n + 1000)
+    ] + ["", "doc"]
+    # what Python holds after the build is the index (12 bytes an id), not an object per id
+    # (a pandas Index of Python strings: ~60 bytes an id here); the build's peak is what the
+    # manager reports beside the array (20 bytes an id) plus the fixed-size hashing chunk
+    assert current <= 12 * n + 200_000, current
+    assert peak <= 20 * n + 8_000_000, peak
+
+
+def test_string_index_is_exact_under_hash_collisions_and_odd_strings() -> None:
+    import numpy as np
+
+    from resumelog.ray_data._filter import _string_hashes, _StringIndex
+
+    ids = pa.array(["", "a", "abcdefgh", "abcdefghi", "é" * 9, "x" * 100, "doc-1"], pa.large_string())
+    idx = _StringIndex(ids)
+    probe = pa.array(["zz", "", "b", "abcdefgh", "abcdefghi", "é" * 9, "abcdefgh\x00", "x" * 99, "doc-1"])
+    got = idx.mask(pc.cast(probe, pa.large_string()).slice(1))  # a slice: offsets not at 0
+    assert got.tolist() == [True, False, True, True, True, False, False, True]
+    h = _string_hashes(pc.cast(probe, pa.large_string()))
+    assert len(np.unique(h)) == len(probe)
+    # force collisions: every stored hash equal; only the string comparison decides
+    idx.hashes[:] = 7
+    idx.perm[:] = np.arange(len(ids), dtype=idx.perm.dtype)
+    q = pa.array(["doc-1", "nope"], pa.large_string())
+    real = _string_hashes(q)
+    idx.hashes[:] = real[0]  # "doc-1" and "nope" probes: the first collides with all seven ids
+    assert idx.mask(q).tolist() == [True, False]
 
 
 # ---------------------------------------------------------------------- the example

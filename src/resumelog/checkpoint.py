@@ -82,6 +82,8 @@ class Status(msgspec.Struct):
     foreign_objects: int = 0
     """Objects of a deleted or cleared checkpoint (another epoch) left behind: ignored;
     ``gc`` deletes them."""
+    resets: int = 0
+    """Completions voided by an operator's ``reset`` (not counted among ``anomalies``)."""
 
 
 class RunReset(msgspec.Struct):
@@ -113,18 +115,25 @@ class WriterHandle:
     epoch: bytes = field(default=b"", repr=False)
     """The epoch of the checkpoint the handle was made from (its ``meta.msgpack``
     nonce): a writer opened from it writes into that checkpoint only, so if it was
-    deleted in the meantime, what the writer writes is ignored by every reader."""
+    deleted in the meantime, what the writer writes is ignored by every reader. Empty
+    (a handle made by hand): the epoch of the checkpoint at ``url`` when the writer
+    opens (created if there is none, as :func:`open` does)."""
 
     def writer(self, writer_id: str | None = None) -> Writer:
         """Open a new writer in this process (new incarnation, own buffer)."""
         store = open_store(self.url, self.storage_options, single_writer=self.single_writer)
+        epoch = self.epoch
+        if not epoch:  # a handle made by hand, not by Checkpoint.handle(): the checkpoint's epoch now
+            meta = _ensure_meta(store, None, "raise", True)
+            assert meta is not None
+            epoch = meta.nonce
         return Writer(
             store,
             writer_id if writer_id is not None else self.writer_id,
             self.run_id,
             policy=FlushPolicy(self.max_bytes, self.max_records, self.max_seconds),
             handle=self,
-            epoch=self.epoch,
+            epoch=epoch,
         )
 
 
@@ -442,6 +451,8 @@ class Checkpoint:
         ]
         journal = [o for o in loaded.journal if paths.parse_segment(o.path)]
         reclaim = compactor.gc(self.store, grace=gc_grace, dry_run=True)
+        counts = dict(st.anomaly_counts)
+        resets = counts.pop("reset", 0)  # an operator's action, not something that went wrong
         return Status(
             url=self.store.url,
             format_version=FORMAT_VERSION,
@@ -449,11 +460,13 @@ class Checkpoint:
             snapshot=loaded.snapshot,
             completed=st.completed_count(),
             pending=len(pending_sources),
-            anomalies=sum(st.anomaly_counts.values()),
-            anomaly_counts=dict(st.anomaly_counts),
+            anomalies=sum(counts.values()),
+            anomaly_counts=counts,
             recent_anomalies=[
-                {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail} for a in st.anomalies[-20:]
-            ],
+                {"kind": a.kind, "source": a.source, "run_id": a.run_id, "detail": a.detail}
+                for a in st.anomalies[-40:]
+                if a.kind != "reset"
+            ][-20:],
             runs=runs,
             writers=writers,
             journal_objects=len(journal),
@@ -465,6 +478,7 @@ class Checkpoint:
             gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
             gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
             foreign_objects=len(loaded.foreign),
+            resets=resets,
         )
 
     # ------------------------------------------------------------------ writing

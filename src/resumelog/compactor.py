@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from resumelog import paths
+from resumelog import paths, snapshot_cache
 from resumelog._progress import Progress
 from resumelog.algebra import FoldState
 from resumelog.errors import (
@@ -205,6 +205,7 @@ def load(
             )
         except _BadBase as exc:
             skip.add(exc.number)  # at most once per snapshot: it is skipped from now on
+            snapshot_cache.evict(store, paths.snapshot_name(exc.number))  # a cached copy gone bad
         except _StaleSnapshot as exc:
             attempt += 1
             if attempt == _LOAD_ATTEMPTS:
@@ -242,7 +243,7 @@ def _load_once(
             )
             continue
         try:
-            frames, state = load_snapshot(store.read_view(info.path), info.path, defer_done_crc=not verify)
+            frames, state = _load_base(store, info.path, defer_done_crc=not verify)
             if is_foreign(frames.header.epoch, epoch):
                 foreign.append(info.path)
                 foreign_numbers.add(n)
@@ -282,6 +283,19 @@ def _load_once(
         with _gc_paused():
             fold_journal(store, loaded, progress=progress, journal=listing.journal if listing is not None else None)
     return loaded
+
+
+def _load_base(store: Store, path: str, *, defer_done_crc: bool) -> tuple[SnapshotFrames, FoldState]:
+    """Decode snapshot ``path``, through the local snapshot cache on object stores; a
+    cached copy that fails its checks is dropped and the snapshot read again."""
+    data, cached = snapshot_cache.read_snapshot(store, path)
+    try:
+        return load_snapshot(data, path, defer_done_crc=defer_done_crc)
+    except CorruptSnapshot:
+        if not cached:
+            raise
+        snapshot_cache.evict(store, path)
+        return load_snapshot(store.read(path), path, defer_done_crc=defer_done_crc)
 
 
 class _BadBase(Exception):

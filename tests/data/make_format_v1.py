@@ -24,6 +24,16 @@ def lineage(w: resumelog.Writer, src: str, sinks: int = 3) -> None:
         w.record(f"0_{src}_{j}_0", src, -1)
 
 
+def write_fixture(version: int, last_commit: str) -> None:
+    """Write ``format_v<version>/`` with :func:`write_history`, if the installed resumelog
+    writes that version (it did up to ``last_commit``)."""
+    if fmt.FORMAT_VERSION != version:
+        sys.exit(f"needs resumelog writing format version {version} (commit {last_commit} or earlier)")
+    here = Path(__file__).parent / f"format_v{version}"
+    shutil.rmtree(here, ignore_errors=True)
+    write_history(here)
+
+
 def main() -> None:
     if fmt.FORMAT_VERSION != 1:
         sys.exit("needs resumelog writing format version 1 (commit 3c839ee or earlier)")

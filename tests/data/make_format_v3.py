@@ -8,23 +8,7 @@ it only produces a version-3 checkpoint when run with resumelog at or before com
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
-
-from make_format_v1 import write_history
-
-from resumelog import format as fmt
-
-HERE = Path(__file__).parent / "format_v3"
-
-
-def main() -> None:
-    if fmt.FORMAT_VERSION != 3:
-        sys.exit("needs resumelog writing format version 3 (commit 35e4762 or earlier)")
-    shutil.rmtree(HERE, ignore_errors=True)
-    write_history(HERE)
-
+from make_format_v1 import write_fixture
 
 if __name__ == "__main__":
-    main()
+    write_fixture(3, "35e4762")

@@ -185,14 +185,6 @@ def confirm(ctx: Ctx, question: str, what: str) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def split_resets(st: Status) -> tuple[int, dict[str, int], int]:
-    """``(anomalies, anomaly_counts, resets)`` with operator resets apart: a ``reset`` is
-    something an operator asked for, not something that went wrong."""
-    counts = dict(st.anomaly_counts)
-    resets = counts.pop("reset", 0)
-    return sum(counts.values()), counts, resets
-
-
 def writer_rows(st: Status, now_ms: float, stale_after: float) -> list[dict[str, Any]]:
     """Each stream of ``st`` with its age and state (``active``/``stale``/``closed``),
     most recent flush first."""
@@ -208,13 +200,9 @@ def writer_rows(st: Status, now_ms: float, stale_after: float) -> list[dict[str,
 
 def status_to_dict(st: Status, stale_after: float = DEFAULT_STALE_AFTER, now_ms: float | None = None) -> dict[str, Any]:
     """The ``status --json`` document: :class:`resumelog.Status` as a JSON object, with
-    resets counted apart from anomalies and each writer's ``state`` and age."""
+    resets counted apart from anomalies (as :class:`resumelog.Status` does) and each
+    writer's ``state`` and age."""
     result: dict[str, Any] = msgspec.to_builtins(st)
-    anomalies, counts, resets = split_resets(st)
-    result["anomalies"] = anomalies
-    result["anomaly_counts"] = counts
-    result["resets"] = resets
-    result["recent_anomalies"] = [a for a in result["recent_anomalies"] if a["kind"] != "reset"]
     result["writers"] = writer_rows(st, time.time() * 1000 if now_ms is None else now_ms, stale_after)
     return result
 
@@ -300,7 +288,7 @@ def cmd_status(ctx: Ctx) -> int:
                 f"  stale: open, but no flush for over {human_age(ctx.args.stale_after)} "
                 "(killed, hung, or idle; --stale-after sets the threshold)"
             )
-    recent = [a for a in st.recent_anomalies if a["kind"] != "reset"]
+    recent = st.recent_anomalies
     if recent:
         out.append("")
         out.append("recent anomalies")

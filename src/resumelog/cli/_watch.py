@@ -96,14 +96,12 @@ class RateTracker:
                 }
             )
         writers.sort(key=lambda w: (w["closed"], w["last_flush_age_s"] if w["last_flush_age_s"] is not None else 1e18))
-        counts = dict(st.anomaly_counts)
-        resets = counts.pop("reset", 0)
         return Frame(
             url=st.url,
             time_ms=wall_ms,
             completed=st.completed,
             pending=st.pending,
-            anomalies=sum(counts.values()),
+            anomalies=st.anomalies,
             snapshot=st.snapshot,
             journal_objects=st.journal_objects,
             journal_bytes=st.journal_bytes,
@@ -112,7 +110,7 @@ class RateTracker:
             remaining=remaining,
             eta_seconds=eta,
             writers=writers,
-            resets=resets,
+            resets=st.resets,
             total=self.total,
         )
 

@@ -25,13 +25,15 @@ from resumelog.ray_data._common import (
     _digest,
     _groups,
     _hash16,
+    _normalize_row_hash,
 )
 from resumelog.ray_data._planning import _PLANS
 from resumelog.ray_data._worker import _worker_writer
 
 
 def _restamp(digest: str, n: int) -> Any:
-    """``n`` new deterministic row hashes derived from a group digest (splitmix64)."""
+    """``n`` new deterministic row hashes derived from a group digest (splitmix64), as
+    ``int64`` (the type of :data:`~resumelog.ray_data.ROW_HASH_COLUMN`)."""
     seed = np.uint64(int(digest, 16))
     with np.errstate(over="ignore"):
         k = seed + np.arange(n, dtype=np.uint64)
@@ -40,7 +42,7 @@ def _restamp(digest: str, n: int) -> Any:
         k ^= k >> np.uint64(27)
         k *= np.uint64(0x94D049BB133111EB)
         k ^= k >> np.uint64(31)
-    return pa.array(k, type=pa.uint64())
+    return pa.array(k.view(np.int64), type=pa.int64())
 
 
 class _Accounting:
@@ -61,6 +63,7 @@ class _Accounting:
         self.batch_format = batch_format
 
     def __call__(self, fn: Callable[..., Any], table: pa.Table, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        table = _normalize_row_hash(table)  # int64 whatever an earlier native step made of it
         ins = _groups(table, self.source_column, self.source_id)
         batch = (
             table
@@ -73,6 +76,7 @@ class _Accounting:
             out = pa.concat_tables(parts, promote_options="default") if parts else table.schema.empty_table()
         else:
             out = _to_arrow(result)
+        out = _normalize_row_hash(out)  # e.g. uint64 back from a numpy or pandas batch
         if out.num_rows and self.source_column not in out.column_names:
             raise UnfilterableDataset(
                 f"map_batches stage {self.stage!r} dropped the source column {self.source_column!r}; keep it "

@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,16 @@ import ray.data
 from resumelog.errors import ResumelogError
 
 ROW_HASH_COLUMN = "row_hash"
-"""Ray's deterministic per-row hash column (``include_row_hash=True``)."""
+"""The deterministic per-row hash column: Ray's ``include_row_hash=True`` hash of file
+path and row position, carried as ``int64`` (the same 64 bits as Ray's ``uint64``).
+
+:func:`~resumelog.ray_data.read_parquet` reinterprets Ray's ``uint64`` as ``int64``
+because Ray's row-based steps (``Dataset.map``, ``flat_map``) rebuild columns from
+Python ints, and a Python int of 2**63 or more does not fit Arrow's inferred
+``int64``: Ray then stores the column as pickled Python objects. The writes and
+:func:`~resumelog.ray_data.map_batches` read the column whatever type it arrives in
+(any integer, decimal strings, 8-byte binary, Ray's pickled objects).
+"""
 
 _ROWS_KEY = "ray_data:rows:"  # + path: the read's +N per input file
 _SINK_KEY = "ray_data:sink:"  # + digest: a write task's -k per source
@@ -39,6 +49,13 @@ class UnfilterableDataset(ResumelogError, ValueError):
     Checkpointing it would silently reprocess (or silently skip) data. Read with
     :func:`read_parquet` / :func:`read` (they add Ray's ``path`` column), or name a
     column that holds the source id of each row.
+
+    Also raised when a step between :func:`read_parquet` and the write dropped the
+    ``row_hash`` column (e.g. ``select_columns`` without it): the write keys and names
+    each task's output by those hashes, which content cannot replace (two tasks with
+    identical rows of one file would share a key and an output name). Keep
+    ``"row_hash"`` in the selection; the write drops it from its output. Fix the
+    pipeline; retrying does not help.
     """
 
 
@@ -67,16 +84,84 @@ def _hash16(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+_U64_MASK = (1 << 64) - 1
+
+
+def _row_hash_values(col: pa.Array | pa.ChunkedArray) -> Any:
+    """The 64-bit values of a ``row_hash`` column as a ``uint64`` numpy array, or ``None``.
+
+    Accepts the types Ray Data steps hand the column back in: any integer type
+    (``int64``/``uint64`` reinterpreted bit for bit, narrower ones widened), decimal
+    strings, 8-byte (fixed-size) binary, and Ray's pickled-object extension type (what
+    a row-based ``map`` produces from Python ints that do not fit ``int64``; decoded
+    one value at a time, the only non-vectorised case). ``None`` for a column with
+    nulls or of another type (floats: a lossy conversion already happened).
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if col.null_count:
+        return None
+    t = col.type
+    if isinstance(t, pa.ExtensionType):
+        storage = col.storage
+        if pa.types.is_integer(storage.type) or pa.types.is_fixed_size_binary(storage.type):
+            return _row_hash_values(storage)
+        try:
+            objs = col.to_numpy(zero_copy_only=False)  # Ray's pickled objects: Python / numpy ints
+            return np.fromiter((int(v) & _U64_MASK for v in objs), dtype=np.uint64, count=len(objs))
+        except (TypeError, ValueError, OverflowError, pa.ArrowException):
+            return None
+    if pa.types.is_integer(t):
+        if t.bit_width != 64:
+            col = pc.cast(col, pa.int64())
+        return col.view(pa.uint64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            return pc.cast(col, pa.uint64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            try:
+                return pc.cast(col, pa.int64()).view(pa.uint64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:
+                return None
+    if pa.types.is_fixed_size_binary(t) and t.byte_width == 8:
+        buf = col.buffers()[1]
+        return np.frombuffer(buf, dtype="<u8", count=len(col), offset=col.offset * 8).copy()
+    if (pa.types.is_binary(t) or pa.types.is_large_binary(t)) and len(col):
+        if pc.all(pc.equal(pc.binary_length(col), 8)).as_py():
+            fixed = pa.Array.from_buffers(pa.binary(8), len(col), [None, pc.cast(col, pa.large_binary()).buffers()[2]])
+            return _row_hash_values(fixed)
+        return None
+    return None
+
+
+def _normalize_row_hash(table: pa.Table) -> pa.Table:
+    """``table`` with its ``row_hash`` column as ``int64`` (see :data:`ROW_HASH_COLUMN`),
+    whatever type a Ray Data step left it in; unchanged if absent or undecodable."""
+    i = table.schema.get_field_index(ROW_HASH_COLUMN)
+    if i < 0 or table.schema.field(i).type == pa.int64():
+        return table
+    values = _row_hash_values(table.column(i))
+    if values is None:
+        return table
+    return table.set_column(i, ROW_HASH_COLUMN, pa.array(values.view(np.int64), type=pa.int64()))
+
+
+def _signed_row_hash(table: pa.Table) -> pa.Table:
+    """The read's batch step: Ray's ``uint64`` ``row_hash`` reinterpreted as ``int64``."""
+    return _normalize_row_hash(table)
+
+
 def _digest(table: pa.Table) -> str:
     """Deterministic digest of a group of rows: their ``row_hash`` values in order when
-    present, else the Arrow IPC bytes of the rows (content). A retried task sees the
+    present (in any type :func:`_row_hash_values` decodes; the same digest for the same
+    64 bits), else the Arrow IPC bytes of the rows (content). A retried task sees the
     same rows in the same order, so it gets the same digest."""
     h = hashlib.blake2b(digest_size=8)
     if ROW_HASH_COLUMN in table.column_names:
-        col = table.column(ROW_HASH_COLUMN)
-        if col.null_count == 0:
+        values = _row_hash_values(table.column(ROW_HASH_COLUMN))
+        if values is not None:
             h.update(b"rh")
-            h.update(np.ascontiguousarray(col.to_numpy(), dtype="<u8").tobytes())
+            h.update(np.ascontiguousarray(values, dtype="<u8").tobytes())
             return h.hexdigest()
     sink = pa.BufferOutputStream()
     combined = table.combine_chunks()
@@ -127,6 +212,48 @@ def _filesystem(path: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.Fil
         return filesystem, _ray_path(path)
     fs, p = pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
     return fs, p
+
+
+def _check_row_hash(ds: ray.data.Dataset) -> None:
+    """Refuse on the driver a dataset that visibly lost :data:`ROW_HASH_COLUMN`.
+
+    Looks at the known schema, and at the column projections of the logical plan
+    (``select_columns`` or ``rename_columns``, Ray's ``Project``): one that neither keeps
+    every column nor names ``row_hash`` drops it. Steps that drop it otherwise (a
+    batch function's output) are caught by the first write task, before it writes.
+    """
+    try:
+        schema = ds.schema(fetch_if_missing=False)
+    except TypeError:  # pragma: no cover - older signature
+        schema = None
+    names = getattr(schema, "names", None)
+    if names is not None and ROW_HASH_COLUMN not in names:
+        raise UnfilterableDataset(_row_hash_dropped(list(names)))
+    try:
+        todo = [ds._logical_plan.dag]
+    except AttributeError:  # pragma: no cover - another Ray layout: the write task checks
+        return
+    while todo:
+        op = todo.pop()
+        exprs = getattr(op, "exprs", None) if type(op).__name__ == "Project" else None
+        if exprs is not None:
+            star = any(type(e).__name__ == "StarExpr" for e in exprs)
+            renamed = any(
+                getattr(e, "_is_rename", False) and getattr(getattr(e, "expr", None), "name", None) == ROW_HASH_COLUMN
+                for e in exprs
+            )
+            kept = [getattr(e, "name", None) for e in exprs]
+            if (not star or renamed) and ROW_HASH_COLUMN not in kept:
+                raise UnfilterableDataset(_row_hash_dropped([str(k) for k in kept if k is not None]))
+        todo.extend(getattr(op, "input_dependencies", None) or [])
+
+
+def _row_hash_dropped(columns: list[str]) -> str:
+    return (
+        f"the dataset lost the {ROW_HASH_COLUMN!r} column read_parquet added (columns: {columns}): the write "
+        "keys and names each task's output by it. Keep it in select_columns/drop_columns steps (write_parquet "
+        "drops it from the output), or change row counts with resumelog.ray_data.map_batches, which re-adds it"
+    )
 
 
 def _check_schema(ds: ray.data.Dataset, column: str) -> None:

@@ -25,6 +25,115 @@ logger = logging.getLogger("resumelog")
 
 _LARGE_SET = 65_536  # above this, string ids are matched through a reusable hash index
 
+_U64_MAX = np.uint64(0xFFFFFFFFFFFFFFFF)
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+
+
+def _string_hashes(arr: Any, chunk: int = 1 << 16) -> Any:
+    """64-bit hashes of the strings of a ``large_string`` array, vectorised over rows.
+
+    Reads the Arrow buffers in place: pass ``k`` takes each string's bytes
+    ``8k .. 8k+7`` as one little-endian word (a strided ``uint64`` view of the data
+    buffer at every byte offset, gathered by the rows' offsets; bytes past the string
+    are masked off) and mixes it in, so strings of up to ``L`` bytes take
+    ``ceil(L / 8)`` numpy passes and no Python object per string. Rows are hashed
+    ``chunk`` at a time, so the temporaries stay small beside the 8-byte result.
+    Null rows hash as empty strings (callers mask them).
+    """
+    n = len(arr)
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+    data = bufs[2]
+    blob = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    if len(blob) < 8:  # the sliding view needs one full word
+        blob = np.concatenate([blob, np.zeros(8, np.uint8)])
+    last = len(blob) - 8
+    windows = np.ndarray(shape=(last + 1,), dtype="<u8", buffer=blob, offset=0, strides=(1,))
+    out = np.empty(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for lo in range(0, n, chunk):
+            starts = offsets[lo : lo + chunk + 1]
+            lens = starts[1:] - starts[:-1]
+            starts = starts[:-1]
+            h = lens.astype(np.uint64) * _M1
+            rows = np.arange(len(lens))
+            for k in range(0, int(lens.max()) if len(lens) else 0, 8):
+                if k:
+                    rows = rows[lens[rows] > k]
+                pos = starts[rows] + k
+                q = np.minimum(pos, last)
+                word = windows[q] >> ((pos - q).astype(np.uint64) * np.uint64(8))
+                left = np.minimum(lens[rows] - k, 8).astype(np.uint64)
+                word &= np.where(left >= 8, _U64_MAX, (np.uint64(1) << (left * np.uint64(8))) - np.uint64(1))
+                x = (h[rows] ^ word) * _M2
+                x ^= x >> np.uint64(31)
+                h[rows] = x * _M3
+            h ^= h >> np.uint64(30)
+            h *= _M2
+            h ^= h >> np.uint64(27)
+            h *= _M3
+            h ^= h >> np.uint64(31)
+            out[lo : lo + len(h)] = h
+    return out
+
+
+class _StringIndex:
+    """A hash index over a ``large_string`` array, built once, probed per block.
+
+    Holds the sorted 64-bit hashes of the ids (8 bytes per id) and the position of
+    each in the array (4 bytes per id below 2**32 ids) beside the Arrow buffers
+    themselves: no Python object per id. A probe hashes the block's strings
+    (:func:`_string_hashes`), binary-searches the sorted hashes and confirms each
+    candidate by comparing the strings themselves (``pyarrow.compute.equal`` on the
+    taken rows), so a hash collision never drops a row that is not in the set.
+    """
+
+    def __init__(self, ids: Any) -> None:
+        self.ids = ids
+        h = _string_hashes(ids)
+        order = np.argsort(h)
+        self.perm = order.astype(np.uint32) if len(ids) < 2**32 else order
+        del order
+        h.sort()
+        self.hashes = h
+
+    @staticmethod
+    def index_bytes(n: int) -> int:
+        """Bytes the index holds for ``n`` ids beside the Arrow array (12 per id)."""
+        return n * (8 + (4 if n < 2**32 else 8))
+
+    @staticmethod
+    def peak_bytes(n: int) -> int:
+        """Bytes beside the Arrow array while the index is built: the hashes, ``argsort``'s
+        ``int64`` order and the positions taken from it (20 per id), then 12 per id."""
+        return _StringIndex.index_bytes(n) + (n * 8 if n < 2**32 else 0)
+
+    def mask(self, col: Any) -> Any:
+        """Boolean numpy mask of ``col`` (a ``large_string`` array) rows found in the set."""
+        n = len(self.hashes)
+        q = _string_hashes(col)
+        first = np.searchsorted(self.hashes, q)
+        found = np.zeros(len(col), dtype=bool)
+        rows = np.nonzero(first < n)[0]
+        k = 0
+        while rows.size:
+            j = first[rows] + k
+            inside = j < n
+            rows, j = rows[inside], j[inside]
+            same = self.hashes[j] == q[rows]
+            rows, j = rows[same], j[same]
+            if not rows.size:
+                break
+            stored = self.ids.take(pa.array(self.perm[j]))
+            probe = col.take(pa.array(rows))
+            eq = pc.fill_null(pc.equal(stored, probe), False).to_numpy(zero_copy_only=False)
+            found[rows[eq]] = True
+            rows = rows[~eq]  # another id with the same hash may follow
+            k += 1
+        return found
+
 
 def completed_ids(ckpt: Checkpoint) -> pa.Array:
     """Every completed source id of ``ckpt`` as one Arrow string array.
@@ -71,7 +180,8 @@ class _IdMatcher:
 
     Integer columns: a sorted ``int64`` array and ``numpy.searchsorted``. Strings:
     ``pyarrow.compute.is_in``, whose hash table is rebuilt on every call, so above
-    ``_LARGE_SET`` ids a ``pandas.Index`` (hash table built once, reused per block).
+    ``_LARGE_SET`` ids a :class:`_StringIndex` (sorted 64-bit hashes over the Arrow
+    buffers, built once, reused per block; no Python object per id).
     """
 
     def __init__(self, ids: Any) -> None:
@@ -124,7 +234,7 @@ class _IdMatcher:
             if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
                 col = pc.cast(col, pa.string())
             if self.size > _LARGE_SET:
-                found = self._pandas_mask(col)
+                found = self._hash_mask(col)
             else:
                 key = str(col.type)
                 vs = self._values.get(key)
@@ -133,12 +243,34 @@ class _IdMatcher:
                 found = pc.is_in(col, options=vs).to_numpy(zero_copy_only=False)
         return found & valid if valid is not None else found
 
-    def _pandas_mask(self, col: Any) -> Any:
+    def _hash_mask(self, col: Any) -> Any:
         if self._index is None:
-            import pandas as pd  # type: ignore[import-untyped]
+            self._index = _StringIndex(self.ids)
+        if not pa.types.is_large_string(col.type):
+            col = pc.cast(col, pa.large_string())
+        return self._index.mask(col)
 
-            self._index = pd.Index(self.ids.to_numpy(zero_copy_only=False))
-        return self._index.get_indexer(col.to_numpy(zero_copy_only=False)) >= 0
+    @staticmethod
+    def footprint(ids: Any) -> int:
+        """Bytes a matcher over ``ids`` needs: the array plus its index, at its peak.
+
+        What :class:`~resumelog.ray_data.ResumelogCheckpointManager` reports to Ray
+        (Ray reserves 1.5x this per filter actor): integer ids add a sorted ``int64``
+        copy (8 bytes each); string ids (cast to ``large_string`` if they are not)
+        add the :class:`_StringIndex` while it is built (20 bytes each; it keeps 12).
+        """
+        if isinstance(ids, np.ndarray):
+            ids = pa.array(ids)
+        n = len(ids)
+        t = ids.type
+        if pa.types.is_integer(t) and not pa.types.is_uint64(t):
+            return int(ids.nbytes) + 8 * n
+        nbytes = int(ids.nbytes)
+        if not pa.types.is_large_string(t):
+            nbytes += 4 * (n + 1)  # 64-bit offsets
+            if not (pa.types.is_string(t) or pa.types.is_binary(t)):
+                nbytes += 20 * n  # a decimal (or other) text form of each value
+        return nbytes + _StringIndex.peak_bytes(n)
 
     def keep(self, table: pa.Table, column: str) -> pa.Table:
         """``table`` without the rows whose ``column`` value is in the set."""

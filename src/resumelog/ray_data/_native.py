@@ -143,8 +143,12 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
     3. folds the latter into resumelog and deletes their files: in a Ray task beside
        the pipeline (``ingest="background"``; :attr:`last_ingest` is its
        ``ObjectRef``) or right here (``"blocking"``);
-    4. returns ``(ObjectRef of the id array, its bytes)`` — integers if Ray's files
-       hold integer ids — or ``(None, 0)`` when nothing is checkpointed.
+    4. returns ``(ObjectRef of the id array, bytes)`` — integers if Ray's files
+       hold integer ids — or ``(None, 0)`` when nothing is checkpointed. The bytes
+       are what each filter actor will hold, the array plus the index over it
+       (:meth:`_IdMatcher.footprint <resumelog.ray_data._filter._IdMatcher.footprint>`:
+       20 bytes per string id while the index is built, 12 after; 8 per integer id),
+       which Ray reserves 1.5 times per filter actor.
 
     Works with a plain ``CheckpointConfig`` too (then: ``<checkpoint_path>/_resumelog``,
     no storage options, background ingest).
@@ -249,7 +253,9 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
         )
         if not len(ids):
             return None, 0
-        return ray.put(ids), int(ids.nbytes)
+        # what a filter actor holds (the ids and the index over them), not the array's
+        # nbytes alone: Ray reserves 1.5x this much memory per filter actor
+        return ray.put(ids), _IdMatcher.footprint(ids)
 
 
 class ResumelogCheckpointFilter(CheckpointFilter):  # type: ignore[misc]
@@ -257,7 +263,9 @@ class ResumelogCheckpointFilter(CheckpointFilter):  # type: ignore[misc]
 
     Takes the Arrow array of ids :class:`ResumelogCheckpointManager` put in the
     object store (a NumPy array from Ray's own manager works too) and matches each
-    block's id column with :class:`vectorised lookups <_IdMatcher>`.
+    block's id column with :class:`vectorised lookups <_IdMatcher>`: string ids
+    through a hash index over the Arrow buffers (12 bytes per id beside the array,
+    no Python object per id).
     """
 
     def __init__(self, config: Any, checkpoint_ref: Any = None) -> None:

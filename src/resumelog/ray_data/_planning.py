@@ -23,7 +23,7 @@ import ray.data
 
 from resumelog.checkpoint import Checkpoint
 from resumelog.errors import NothingToDo
-from resumelog.ray_data._common import _ROWS_KEY, _filesystem, _ray_path
+from resumelog.ray_data._common import _ROWS_KEY, _filesystem, _ray_path, _signed_row_hash
 
 logger = logging.getLogger("resumelog")
 
@@ -134,6 +134,7 @@ class _Plan:
     source_column: str
     source_id: Callable[[str], str] | None
     run_id: str
+    row_hash: bool = False  # every read of the run added ROW_HASH_COLUMN: the writes require it
 
 
 _PLANS: weakref.WeakKeyDictionary[Checkpoint, _Plan] = weakref.WeakKeyDictionary()
@@ -196,6 +197,8 @@ def read(
     -------
     ray.data.Dataset
         Rows of the pending files with a ``path`` column (the source of each row).
+        With ``include_row_hash=True`` in ``reader_kwargs``, Ray's ``row_hash`` is
+        carried as ``int64`` (a batch step fused into the read) and the writes require it.
 
     Raises
     ------
@@ -230,10 +233,12 @@ def read(
         w.flush()  # the durability barrier: +N is on storage before any row is read
     if not to_read:
         raise NothingToDo(f"all {len(files)} sources complete ({len(todo)} had no rows); nothing to read")
+    row_hash = bool(reader_kwargs.get("include_row_hash"))
     prev = _PLANS.get(ckpt)
     if prev is not None and prev.run_id == ckpt.run_id and prev.source_id is source_id:
         sources = [*prev.sources, *sources]  # several reads of one run (e.g. a union)
-    _PLANS[ckpt] = _Plan(tuple(dict.fromkeys(sources)), "path", source_id, ckpt.run_id)
+        row_hash = row_hash and prev.row_hash
+    _PLANS[ckpt] = _Plan(tuple(dict.fromkeys(sources)), "path", source_id, ckpt.run_id, row_hash)
     if filesystem is not None:
         reader_kwargs["filesystem"] = filesystem
     if "override_num_blocks" not in reader_kwargs:
@@ -241,6 +246,10 @@ def read(
         if blocks is not None:
             reader_kwargs["override_num_blocks"] = blocks
     ds: ray.data.Dataset = reader(to_read, include_paths=True, **reader_kwargs)
+    if reader_kwargs.get("include_row_hash"):
+        # int64, not Ray's uint64: row-based steps (map, flat_map) rebuild the column from
+        # Python ints, and those of 2**63 and more would turn it into pickled objects
+        ds = ds.map_batches(_signed_row_hash, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
     return ds
 
 
@@ -304,7 +313,10 @@ def read_parquet(
     Returns
     -------
     ray.data.Dataset
-        The pending files' rows with ``path`` and ``row_hash`` columns.
+        The pending files' rows with ``path`` and ``row_hash`` (``int64``, see
+        :data:`~resumelog.ray_data.ROW_HASH_COLUMN`) columns. Keep ``row_hash`` until
+        the write: a write refuses a dataset that lost it
+        (:class:`~resumelog.ray_data.UnfilterableDataset`).
 
     Raises
     ------

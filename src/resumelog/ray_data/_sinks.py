@@ -31,11 +31,14 @@ from resumelog.ray_data._common import (
     ROW_HASH_COLUMN,
     UnfilterableDataset,
     UnsafeWriteMode,
+    _check_row_hash,
     _check_schema,
     _digest,
     _filesystem,
     _groups,
     _hash16,
+    _normalize_row_hash,
+    _row_hash_dropped,
 )
 from resumelog.ray_data._planning import _PLANS, _Plan
 from resumelog.ray_data._worker import _worker_writer
@@ -128,12 +131,21 @@ class _SinkBase(Datasink):  # type: ignore[misc,type-arg]
         self.drop_columns = tuple(drop_columns)
         self.write_returns: list[Any] = []
         self.sync_flush = True  # the driver sets False when it waits for the records
+        self.require_row_hash = False  # the driver sets True when the read added ROW_HASH_COLUMN
 
     @property
     def _column(self) -> str:
         c = self.source_column or self.id_column
         assert c is not None
         return c
+
+    def _block(self, block: Any) -> pa.Table:
+        """A block as Arrow, its ``row_hash`` back to ``int64`` whatever a step made of it
+        (so the blocks of a task concatenate), checked present when the read added it."""
+        table = _normalize_row_hash(BlockAccessor.for_block(block).to_arrow())
+        if self.require_row_hash and table.num_rows and ROW_HASH_COLUMN not in table.column_names:
+            raise UnfilterableDataset(_row_hash_dropped(table.column_names))
+        return table
 
     def _strip(self, table: pa.Table) -> pa.Table:
         drop = [c for c in self.drop_columns if c in table.column_names]
@@ -195,7 +207,7 @@ class ParquetSink(_SinkBase):
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> list[tuple[str, str, int]]:
         """Write this task's rows (one file per source), then record and flush."""
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [self._block(b) for b in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
@@ -290,7 +302,7 @@ class CheckpointingDatasink(_SinkBase):
 
         def tap() -> Iterator[Any]:
             for b in blocks:
-                t = BlockAccessor.for_block(b).to_arrow()
+                t = self._block(b)
                 if t.num_rows:
                     seen.append(t)
                     yield self._strip(t)
@@ -351,6 +363,15 @@ def _resolve(
     if source_id is None and plan.source_column == source_column:
         source_id = plan.source_id
     return source_column, source_id, plan
+
+
+def _requires_row_hash(ds: ray.data.Dataset, plan: _Plan | None, sink: _SinkBase) -> bool:
+    """Whether the write requires :data:`ROW_HASH_COLUMN` (the read added it and the write
+    is file level); refuses now a dataset whose known schema already lost it."""
+    if plan is None or not plan.row_hash or sink.source_column is None:
+        return False
+    _check_row_hash(ds)
+    return True
 
 
 def _summarize(ckpt: Checkpoint, plan: _Plan | None, summary: WriteSummary) -> WriteSummary:
@@ -443,6 +464,7 @@ def write_parquet(
     )
     _check_schema(ds, sink._column)
     sink.sync_flush = plan is None
+    sink.require_row_hash = _requires_row_hash(ds, plan, sink)
     summary = WriteSummary()
     if plan is not None:
         ckpt.refresh()  # never touch files of a source that is complete by now
@@ -505,5 +527,6 @@ def write_datasink(
     )
     _check_schema(ds, sink._column)
     sink.sync_flush = plan is None
+    sink.require_row_hash = _requires_row_hash(ds, plan, sink)
     ds.write_datasink(sink, ray_remote_args=ray_remote_args, concurrency=concurrency)
     return _summarize(ckpt, plan, WriteSummary())

@@ -118,6 +118,8 @@ class FsspecStore(Store):
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.requests: Counter[str] = Counter()
+        self.bytes_read = 0
+        """Bytes this store read by :meth:`read` and :meth:`read_prefix` (for benchmarks)."""
         # s3fs sends a HEAD before every whole-object GET to decide on ranged reads
         self._cat_kwargs: dict[str, Any] = {"max_concurrency": 1} if proto in ("s3", "s3a") else {}
         self._hooked = False
@@ -199,24 +201,21 @@ class FsspecStore(Store):
             return None
 
     def read(self, key: str) -> bytes:
-        full = self._full(key)
-        try:
-            data: bytes = self._do(self.fs.cat_file, full, **self._cat_kwargs)
-            return data
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
-        except Exception as exc:
-            raise _storage_error("read", self._url, key, exc) from exc
+        return self._cat(key)
 
     def read_prefix(self, key: str, n: int) -> bytes:
+        return self._cat(key, start=0, end=n)
+
+    def _cat(self, key: str, **kw: Any) -> bytes:
         full = self._full(key)
         try:
-            data: bytes = self._do(self.fs.cat_file, full, start=0, end=n, **self._cat_kwargs)
-            return data
+            data: bytes = self._do(self.fs.cat_file, full, **kw, **self._cat_kwargs)
         except FileNotFoundError:
             raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
         except Exception as exc:
             raise _storage_error("read", self._url, key, exc) from exc
+        self.bytes_read += len(data)
+        return data
 
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         if not keys:

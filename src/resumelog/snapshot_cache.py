@@ -1,0 +1,128 @@
+"""A local read-through cache of snapshots read from object stores.
+
+A snapshot is immutable, but its *name* is not unique forever: a cleared checkpoint
+numbers its snapshots from 1 again. So a cached copy is used only if its header
+``nonce`` (random per snapshot write, docs/format.md §5) equals the remote one, read
+with one ranged GET of the object's first bytes. A hit then costs that small GET
+instead of downloading the whole snapshot, and the copy is memory-mapped, so the
+done-entry frames are never read unless used. A miss downloads once and keeps the
+bytes.
+
+Where: ``$RESUMELOG_CACHE_DIR``, else ``$XDG_CACHE_HOME/resumelog`` or
+``~/.cache/resumelog``; ``RESUMELOG_CACHE_DIR=off`` turns it off. At most
+``$RESUMELOG_CACHE_MAX_BYTES`` (default 20 GiB): the least recently used copies go
+first. Local and memory stores are never cached (they are read in place). The cache is
+shared by processes: copies are written to a temporary name and renamed, so a reader
+never sees half a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import mmap
+import os
+import tempfile
+from pathlib import Path
+
+from resumelog.errors import CorruptSnapshot
+from resumelog.format import HEADER_PREFIX, KIND_SNAPSHOT, SnapshotHeader, decode_header
+from resumelog.storage import Store
+
+__all__ = ["cache_dir", "evict", "read_snapshot"]
+
+logger = logging.getLogger("resumelog")
+
+DEFAULT_MAX_BYTES = 20 << 30
+
+
+def cache_dir() -> Path | None:
+    """The cache directory (``None``: caching is off)."""
+    env = os.environ.get("RESUMELOG_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in ("", "off", "0", "none") else Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "resumelog"
+
+
+def _cacheable(store: Store) -> bool:
+    from resumelog.storage._fsspec import FsspecStore
+
+    return isinstance(store, FsspecStore) and not store.url.startswith(("file://", "local://"))
+
+
+def _entry(root: Path, store: Store, key: str) -> Path:
+    digest = hashlib.sha256(f"{store.url}\0{key}".encode()).hexdigest()
+    return root / "snapshots" / digest[:2] / f"{digest}.snap"
+
+
+def read_snapshot(store: Store, key: str) -> tuple[bytes | memoryview, bool]:
+    """The bytes of snapshot ``key`` of ``store``, and whether they are a cached copy:
+    the copy if it is the same snapshot write, else read from the store (and cached).
+    Never stale."""
+    root = cache_dir()
+    if root is None or not _cacheable(store):
+        return store.read_view(key), False
+    path = _entry(root, store, key)
+    try:
+        remote = decode_header(store.read_prefix(key, HEADER_PREFIX), KIND_SNAPSHOT, key)
+    except CorruptSnapshot:
+        remote = None  # the loader reads it whole and reports the corruption
+    if isinstance(remote, SnapshotHeader):
+        cached = _open_copy(path, remote.nonce)
+        if cached is not None:
+            return cached, True
+    data = store.read(key)
+    if isinstance(remote, SnapshotHeader):
+        _store_copy(root, path, data)
+    return data, False
+
+
+def evict(store: Store, key: str) -> None:
+    """Drop the cached copy of ``key`` (it failed a check after it was used)."""
+    root = cache_dir()
+    if root is not None and _cacheable(store):
+        with contextlib.suppress(OSError):
+            _entry(root, store, key).unlink()
+
+
+def _open_copy(path: Path, nonce: bytes) -> memoryview | None:
+    try:
+        with open(path, "rb") as f:
+            header = decode_header(f.read(HEADER_PREFIX), KIND_SNAPSHOT, str(path))
+            if not isinstance(header, SnapshotHeader) or header.nonce != nonce:
+                return None
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+    except (OSError, ValueError, CorruptSnapshot):
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recently used
+    return view
+
+
+def _store_copy(root: Path, path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        _trim(root, int(os.environ.get("RESUMELOG_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)))
+    except OSError as exc:  # a cache that cannot be written is no cache, not an error
+        logger.debug("resumelog: snapshot cache not written (%s)", exc)
+
+
+def _trim(root: Path, max_bytes: int) -> None:
+    entries = []
+    for p in (root / "snapshots").glob("*/*.snap"):
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            entries.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in entries)
+    for _, size, p in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        with contextlib.suppress(OSError):
+            p.unlink()
+            total -= size

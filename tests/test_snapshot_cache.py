@@ -1,0 +1,97 @@
+"""The local snapshot cache for object stores (issue 17, lookups without downloading
+everything): a warm open reads one ranged GET of the snapshot instead of the whole
+object, and a cached copy is never stale (a cleared checkpoint reuses snapshot names).
+Real S3-compatible servers on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from s3_support import S3_KINDS, bucket_of
+
+import resumelog
+from resumelog import compactor
+from resumelog.storage._fsspec import FsspecStore
+
+
+@pytest.fixture(params=S3_KINDS)
+def s3(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict, Path]:
+    server = request.getfixturevalue("s3_pool").get(request.param)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(cache))
+    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options(), cache
+
+
+def _fill(url: str, opts: dict, ids: list[str]) -> resumelog.Checkpoint:
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    with ck.writer("w") as w:
+        w.complete_many(ids)
+    ck.compact()
+    return ck
+
+
+def _load(url: str, opts: dict) -> tuple[compactor.Loaded, dict[str, int], int]:
+    store = FsspecStore(url, opts)
+    loaded = compactor.load(store)
+    return loaded, dict(store.requests), store.requests.get("GetObject", 0)
+
+
+def test_a_warm_open_does_not_download_the_snapshot_again(s3):
+    url, opts, cache = s3
+    ids = [f"doc-{i:06d}" for i in range(20_000)]
+    _fill(url, opts, ids)
+    shutil.rmtree(cache)  # the compacting process cached its own snapshot: start cold
+    cold, _, cold_gets = _load(url, opts)
+    assert len(list(cache.rglob("*.snap"))) == 1
+    warm, _, warm_gets = _load(url, opts)
+    assert warm_gets == cold_gets - 1  # the ranged header read stays; the full download is gone
+    assert sorted(warm.state.iter_completed()) == sorted(cold.state.iter_completed()) == ids
+    assert warm.snapshot == cold.snapshot == 1
+
+
+def test_a_cached_copy_is_never_stale_after_a_clear(s3):
+    url, opts, _ = s3
+    ck = _fill(url, opts, ["a", "b"])
+    assert sorted(resumelog.open(url, storage_options=opts).completed) == ["a", "b"]  # cached now
+    ck.clear()
+    _fill(url, opts, ["c"])  # snapshot 1 again, another write
+    assert sorted(resumelog.open(url, storage_options=opts).completed) == ["c"]
+
+
+def test_a_damaged_copy_is_dropped_and_the_snapshot_read_again(s3):
+    url, opts, cache = s3
+    _fill(url, opts, [f"s{i}" for i in range(100)])
+    _load(url, opts)
+    (copy,) = cache.rglob("*.snap")
+    data = bytearray(copy.read_bytes())
+    data[-3] ^= 0xFF  # inside a frame after the header: the nonce still matches
+    copy.write_bytes(bytes(data))
+    loaded, _, _ = _load(url, opts)
+    assert loaded.state.completed_count() == 100 and loaded.snapshot == 1
+    assert loaded.state.anomaly_counts.get("snapshot_fallback") is None
+
+
+def test_off_and_bounded(s3, monkeypatch):
+    url, opts, cache = s3
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", "off")
+    _fill(url, opts, ["a"])
+    _load(url, opts)
+    assert not cache.exists()
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(cache))
+    monkeypatch.setenv("RESUMELOG_CACHE_MAX_BYTES", "1")
+    _load(url, opts)  # written, then trimmed to the bound: nothing stays
+    assert list(cache.rglob("*.snap")) == []
+
+
+def test_local_and_memory_stores_are_read_in_place(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(cache))
+    ck = resumelog.open(str(tmp_path / "ck"))
+    with ck.writer("w") as w:
+        w.complete("a")
+    ck.compact()
+    assert sorted(resumelog.open(str(tmp_path / "ck")).completed) == ["a"]
+    assert not cache.exists()
