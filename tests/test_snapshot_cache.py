@@ -95,3 +95,19 @@ def test_local_and_memory_stores_are_read_in_place(tmp_path, monkeypatch):
     ck.compact()
     assert sorted(resumelog.open(str(tmp_path / "ck")).completed) == ["a"]
     assert not cache.exists()
+
+
+def test_a_remote_snapshot_corrupted_after_it_was_cached_is_read_from_the_intact_copy(s3):
+    """The copy is the same snapshot write (same nonce) and passed its CRC checks when it
+    was cached: a reader uses it; `verify` still reports the remote object."""
+    url, opts, _ = s3
+    _fill(url, opts, [f"s{i}" for i in range(50)])
+    store = FsspecStore(url, opts)
+    key = "snapshots/00000000000000000001.snap"
+    data = bytearray(store.read(key))
+    data[-3] ^= 0xFF
+    store.delete([key])
+    store.put_if_absent(key, bytes(data))
+    loaded, _, _ = _load(url, opts)
+    assert loaded.snapshot == 1 and loaded.state.completed_count() == 50
+    assert "snapshot_fallback" not in loaded.state.anomaly_counts
