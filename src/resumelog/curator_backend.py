@@ -99,6 +99,7 @@ __all__ = [
     "runtime_env",
     "runtime_env_hook",
     "setup_worker",
+    "source_stage",
 ]
 
 
@@ -253,13 +254,32 @@ def completed_resumability_sources(source_ids: list[str]) -> set[str]:
 # ---------------------------------------------------------------------- install
 
 
+@contextmanager
+def source_stage(stage: object) -> Iterator[None]:
+    """Within the block, records this thread flushes are a source stage's records.
+
+    Their positive deltas are emissions, and if ``stage.is_sink_stage`` is true each
+    ``+1`` gets its identity sink's ``-1``. The installed backend wraps Curator's
+    ``BaseStageAdapter._source_counters`` in it; an executor that computes source
+    records itself can use it around its :func:`flush_resumability_deltas` call.
+
+    Parameters
+    ----------
+    stage : object
+        The source stage (only its ``is_sink_stage`` attribute is read).
+    """
+    prev = getattr(_tls, "source_stage", None)
+    _tls.source_stage = stage
+    try:
+        yield
+    finally:
+        _tls.source_stage = prev
+
+
 def _wrap_source_counters(original: Callable[..., Any]) -> Callable[..., Any]:
     def _source_counters(self: Any, output_tasks: list[Any]) -> Any:
-        _tls.source_stage = self.stage
-        try:
+        with source_stage(self.stage):
             return original(self, output_tasks)
-        finally:
-            _tls.source_stage = None
 
     _source_counters.__wrapped__ = original  # type: ignore[attr-defined]
     _source_counters.__doc__ = original.__doc__

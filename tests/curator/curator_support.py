@@ -17,16 +17,20 @@ class Rec(NamedTuple):
     emission: bool
 
 
-def journal_records(root: str | Path) -> list[Rec]:
-    """Every record of every segment under ``<root>/journal``, in stream and segment order."""
+def journal_records(root: str | Path, run_id: str | None = None) -> list[Rec]:
+    """Every record of every segment under ``<root>/journal`` (of run ``run_id`` if
+    given), in stream and segment order."""
     out: list[Rec] = []
     for seg in sorted(Path(root, "journal").rglob("*.seg")):
-        for b in decode_segment(seg.read_bytes(), str(seg)).batches:
+        decoded = decode_segment(seg.read_bytes(), str(seg))
+        if run_id is not None and decoded.header.run_id != run_id:
+            continue
+        for b in decoded.batches:
             for i, key in enumerate(b.keys):
                 out.append(Rec(key, b.sources[b.source_index[i]], b.deltas[i], bool(b.flags[i] & 1)))
     return out
 
 
-def triples(root: str | Path) -> list[tuple[str, str, int]]:
+def triples(root: str | Path, run_id: str | None = None) -> list[tuple[str, str, int]]:
     """:func:`journal_records` as Curator's ``(task_id, source_id, delta)`` tuples."""
-    return [(r.key, r.source, r.delta) for r in journal_records(root)]
+    return [(r.key, r.source, r.delta) for r in journal_records(root, run_id)]
