@@ -89,6 +89,7 @@ __all__ = [
     "FlushMode",
     "NothingToDoPolicy",
     "completed_resumability_sources",
+    "curator_completed",
     "disable",
     "enable",
     "enabled",
@@ -123,6 +124,7 @@ SUPPORTED_VERSIONS = ("1.4.",)
 NothingToDoPolicy = Literal["raise", "warn", "ignore"]
 FlushMode = Literal["batch", "barrier"]
 
+_CURATOR_METADATA = ".nemo_curator_metadata"
 _SEAM = ("is_resumability_actor_active", "flush_resumability_deltas", "completed_resumability_sources")
 
 
@@ -575,6 +577,51 @@ def disable() -> None:
         else:
             del os.environ[_ENV_RAY_HOOK]
     os.environ.pop(ENV_CONFIG, None)
+
+
+def curator_completed(path: str | os.PathLike[str]) -> set[str]:
+    """The completed source ids of a NeMo Curator 1.4 LMDB checkpoint.
+
+    Reads every ``*.mdb`` writer file of ``<path>/.nemo_curator_metadata`` (or of
+    ``path`` itself if it is that directory) read-only, as Curator's actor does at
+    startup, and returns the union of their ``completed_sources`` databases.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The ``checkpoint_path`` given to Curator's ``Pipeline.run``, or its
+        ``.nemo_curator_metadata`` directory.
+
+    Returns
+    -------
+    set[str]
+        The completed source ids (empty if there is no checkpoint there).
+
+    Raises
+    ------
+    ImportError
+        The ``lmdb`` package is not installed.
+    """
+    from pathlib import Path
+
+    import lmdb  # type: ignore[import-not-found,unused-ignore]
+
+    d = Path(path)
+    if d.name != _CURATOR_METADATA and (d / _CURATOR_METADATA).is_dir():
+        d = d / _CURATOR_METADATA
+    done: set[str] = set()
+    for mdb in sorted(d.glob("*.mdb")):
+        env = lmdb.open(str(mdb), subdir=False, readonly=True, lock=False, max_dbs=1)
+        try:
+            try:
+                db = env.open_db(b"completed_sources", create=False)
+            except lmdb.Error:  # a writer file without completions
+                continue
+            with env.begin() as txn, txn.cursor(db=db) as cur:
+                done.update(k.decode() for k, _ in cur)
+        finally:
+            env.close()
+    return done
 
 
 @contextmanager
