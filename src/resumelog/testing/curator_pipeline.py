@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.markers:
         Path(a.markers).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     try:
         out = run(
             a.mode,
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nothing to do: {e}", file=sys.stderr)
             return 3
         raise
-    print(json.dumps({"outputs": len(out)}))
+    print(json.dumps({"outputs": len(out), "seconds": round(time.perf_counter() - t0, 3)}))
     return 0
 
 
