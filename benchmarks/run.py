@@ -7,7 +7,10 @@ bytes on disk), ``background`` (``bench_background.py``: compacting during a run
 crash and the next start), ``s3`` (``bench_s3.py``), ``raydata`` (``bench_ray_data.py``
 if present), ``raymem`` (``bench_ray_data.py --only memory``: the native filter's memory
 per 1M string ids, resumelog vs Ray), ``outputs`` (``bench_outputs.py``: an exactly-once
-output against a plain write, local and S3).
+output against a plain write, local and S3), ``curator`` (``bench_curator.py``: a real
+NeMo Curator 1.4 pipeline under its Ray executor on resumelog vs on Curator's own LMDB
+actor; needs ``nemo_curator`` importable in this environment, skipped otherwise and in
+``--smoke``).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -49,7 +52,7 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs")
+SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs", "curator")
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -578,6 +581,35 @@ class Runner:
                     **{"source": "bench_ray_data.py", **row, "bench_orig": row.get("bench")} | {"bench": "raydata"}
                 )
 
+    def curator_pipeline(self) -> None:
+        """``bench_curator.py`` in a subprocess; its JSON lines land in the report."""
+        if self.mode == "smoke":
+            self.skip("curator-pipeline", "smoke: a Ray cluster and three pipelines exceed the budget")
+            return
+        probe = subprocess.run([sys.executable, "-c", "import nemo_curator"], capture_output=True, text=True)
+        if probe.returncode:
+            self.skip(
+                "curator-pipeline", "nemo_curator is not importable here (pip install --no-deps nemo-curator==1.4.0)"
+            )
+            return
+        cmd = [sys.executable, os.path.join(BENCH_DIR, "bench_curator.py")] + (
+            ["--quick"] if self.mode == "quick" else []
+        )
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=self.args.curator_timeout, env=env)
+        except subprocess.TimeoutExpired:
+            self.skip("curator-pipeline", f"bench_curator.py timed out after {self.args.curator_timeout} s")
+            return
+        if p.returncode:
+            self.emit(bench="error", system="curator-pipeline", reason=(p.stderr or "")[-800:])
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                self.emit(
+                    **{"source": "bench_curator.py", **row, "bench_orig": row.get("bench")} | {"bench": "curator"}
+                )
+
     def background(self) -> None:
         script = os.path.join(BENCH_DIR, "bench_background.py")
         cmd = [sys.executable, script] + (
@@ -619,6 +651,7 @@ class Runner:
         self.section("raydata", self.raydata)
         self.section("raymem", lambda: self.raydata(("memory",)))
         self.section("outputs", self.outputs)
+        self.section("curator", self.curator_pipeline)
         total = time.perf_counter() - self.t_start
         self.emit(
             bench="section", system="total", seconds=round(total, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()]
@@ -687,6 +720,7 @@ def main() -> None:
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 section")
     ap.add_argument("--s3-server", default="moto", choices=["moto", "seaweedfs"])
     ap.add_argument("--raydata-timeout", type=float, default=300.0, help="seconds for bench_ray_data.py")
+    ap.add_argument("--curator-timeout", type=float, default=1800.0, help="seconds for bench_curator.py")
     Runner(ap.parse_args()).run()
 
 

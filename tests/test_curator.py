@@ -185,14 +185,39 @@ def test_single_stage_pipeline_completes(tmp_path: Path) -> None:
     assert again.nothing_to_do and done == ["a", "b"]
 
 
-def test_failed_read_is_not_emitted_and_reruns(tmp_path: Path) -> None:
+def test_filtered_read_is_not_emitted_and_reruns(tmp_path: Path) -> None:
+    def read(s: str) -> object:
+        return None if s == "none" else s
+
+    res = Pipeline([SourceStage(["ok", "none"], read), Sink()], checkpoint=open_ck(tmp_path)).run()
+    assert res.completed == ["ok"] and res.processed == ["ok"] and res.failed == ["none"]
+
+
+def test_failed_read_fails_the_run_like_curator(tmp_path: Path) -> None:
+    """NeMo Curator raises when a source stage emits a FailedTask; so does the runner,
+    for a read that raises (chained) or returns a FailedTask; nothing is emitted."""
+
     def read(s: str) -> object:
         if s == "bad":
             raise OSError("unreadable")
-        return None if s == "none" else s
+        return FailedTask("", s) if s == "failed" else s
 
-    res = Pipeline([SourceStage(["ok", "bad", "none"], read), Sink()], checkpoint=open_ck(tmp_path)).run()
-    assert res.completed == ["ok"] and res.processed == ["ok"] and res.failed == ["bad", "none"]
+    ck = open_ck(tmp_path)
+    with pytest.raises(ValueError, match="source stage emitted a FailedTask") as ei:
+        Pipeline([SourceStage(["ok", "bad"], read), Sink()], checkpoint=ck).run()
+    assert isinstance(ei.value.__cause__, OSError)
+    with pytest.raises(ValueError, match="not supported"):
+        Pipeline([SourceStage(["ok", "failed"], read), Sink()], checkpoint=open_ck(tmp_path, "r2")).run()
+    ck.refresh()
+    assert ck.status().completed == 0 and not ck.is_completed("ok")
+
+
+def test_nothing_to_do_is_curators_error_type(tmp_path: Path) -> None:
+    """NeMo Curator raises ``ValueError`` when it has no tasks to process."""
+    Pipeline([SourceStage(["a"]), Sink()], checkpoint=open_ck(tmp_path)).run()
+    with pytest.raises(ValueError, match="nothing to do") as ei:
+        Pipeline([SourceStage(["a"]), Sink()], checkpoint=open_ck(tmp_path, "r2"), on_nothing_to_do="raise").run()
+    assert isinstance(ei.value, resumelog.NothingToDo)
 
 
 def test_ambiguous_batches_warn_once_per_stage_and_leave_sources_pending(

@@ -73,11 +73,18 @@ def test_default_accessors_reject_foreign_tasks() -> None:
 # ----------------------------------------------------------------- one test per rule
 
 
-def test_source_stage_emits_plus_one_per_real_output_and_drops_sentinels() -> None:
-    outs = [src_task("a"), NoneTask("0_x"), src_task("b"), FailedTask("0_y")]
+def test_source_stage_emits_plus_one_per_real_output_and_drops_filtered() -> None:
+    outs = [src_task("a"), NoneTask("0_x"), src_task("b")]
     recs = stage_deltas([], outs, is_source=True, is_sink=False)
     assert recs == [("0_a", "a", 1), ("0_b", "b", 1)]
     assert all(is_emission(d, is_source=True) for _, _, d in recs)
+
+
+def test_source_stage_failed_output_raises_like_curator() -> None:
+    outs = [src_task("a"), FailedTask("0_y", data=OSError("gone"))]
+    with pytest.raises(ValueError, match="FailedTask, which is not supported") as ei:
+        stage_deltas([], outs, is_source=True, is_sink=False)
+    assert isinstance(ei.value.__cause__, OSError)
 
 
 def test_source_stage_takes_source_from_outputs_not_inputs() -> None:

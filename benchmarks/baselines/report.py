@@ -544,6 +544,20 @@ def render(rows: list[Row], mode: str) -> str:
                 + "\n"
             )
 
+    cur_rows = [r for r in _of(rows, "curator") if r.get("bench_orig") == "curator_pipeline"]
+    if cur_rows:
+        parts.append(
+            "\n## NeMo Curator 1.4 pipeline, checkpointing on resumelog vs Curator's actor (`bench_curator.py`)\n\n"
+        )
+        parts.append(
+            "| checkpointing | files | docs | Pipeline.run median (min) s | docs/s | overhead vs none |\n|---|---|---|---|---|---|\n"
+        )
+        for r in cur_rows:
+            parts.append(
+                f"| {r['system']} | {r['files']} | {r['docs']} | {_f(r['seconds_median'])} ({_f(r['seconds_min'])}) "
+                f"| {_f(r['docs_per_s'])} | {r['overhead_vs_none'] * 100:+.1f} % |\n"
+            )
+
     secs = [r for r in rows if r.get("bench") == "section" and r.get("system") != "total"]
     if secs:
         parts.append("\nSection times: " + ", ".join(f"{r['system']} {_f(r['seconds'])} s" for r in secs) + "\n")

@@ -404,10 +404,11 @@ class SourceStage:
         The source ids (non-empty strings; duplicates are dropped).
     read : Callable[[str], object], optional
         Loads a source's payload (the root task's ``data``); default: the source id.
-        Returning ``None`` or a :class:`NoneTask`, returning a :class:`FailedTask` or
-        raising drops the source without emitting it (Curator parity: source-stage
-        sentinels are dropped), so it stays pending. To filter a whole source so that
-        it *completes*, filter it in a later stage. Returning a :class:`Task` uses it
+        Returning ``None`` or a :class:`NoneTask` drops the source without emitting it
+        (it stays pending); returning a :class:`FailedTask` or raising fails the run
+        with ``ValueError`` (NeMo Curator parity: a source stage must not fail a slot;
+        the read's exception is chained). To filter a whole source so that it
+        *completes*, filter it in a later stage. Returning a :class:`Task` uses it
         as the root task (its ids are overwritten). Only pending sources are read.
     name : str, optional
         The stage name. Default ``"source"``.

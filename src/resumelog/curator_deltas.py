@@ -12,7 +12,8 @@ Summary of the rules (``n_real`` / ``n_failed`` count the real / failed outputs)
 ====================================  =================================================
 stage shape                           records
 ====================================  =================================================
-source stage                          sentinels dropped; per output ``(id, src, +1)``
+source stage                          NoneTasks dropped, a FailedTask raises
+                                      ``ValueError``; per output ``(id, src, +1)``
                                       (an emission); if also the sink, a
                                       ``(child_id(id, 0), src, -1)`` follows it
 empty output                          none
@@ -319,7 +320,8 @@ def stage_deltas(
     list[tuple[str, str, int]]
         ``(key, source, delta)`` records, in output order:
 
-        * **source stage**: sentinels are dropped; each remaining output gives
+        * **source stage**: filtered outputs are dropped, a failed one raises
+          ``ValueError`` (as in Curator); each remaining output gives
           ``(task_id(out), source_id(out), +1)``. If the stage is also the sink
           (single-stage pipeline) it is followed by ``(child_id(task_id(out), 0),
           source_id(out), -1)``: the key the identity sink of the equivalent
@@ -347,7 +349,9 @@ def stage_deltas(
     Raises
     ------
     ValueError
-        If an output of a source stage that is not a sentinel has no source id.
+        If an output of a source stage that is not a sentinel has no source id, or
+        one is a failed sentinel (NeMo Curator raises there too; the error it carries
+        in ``data``, if any, is chained).
     """
     if is_source:
         return _source_records(outputs, is_sink, task_id, source_id, is_filtered, is_failed)
@@ -397,8 +401,15 @@ def _source_records(
 ) -> list[Record]:
     records: list[Record] = []
     for out in outputs:
-        if is_filtered(out) or is_failed(out):
+        if is_filtered(out):
             continue
+        if is_failed(out):
+            cause = getattr(out, "data", None)
+            raise ValueError(
+                "source stage emitted a FailedTask, which is not supported (NeMo Curator parity): "
+                "a source that cannot be read fails the run"
+                + (f": {cause!r}" if isinstance(cause, BaseException) else "")
+            ) from (cause if isinstance(cause, BaseException) else None)
         src = source_id(out)
         key = task_id(out)
         if src is None:

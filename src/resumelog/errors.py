@@ -120,5 +120,9 @@ class CheckpointReplaced(ResumelogError):
     """
 
 
-class NothingToDo(ResumelogError):
-    """Every requested source is already complete. Not a failure: nothing to rerun."""
+class NothingToDo(ResumelogError, ValueError):
+    """Every requested source is already complete. Not a failure: nothing to rerun.
+
+    Also a ``ValueError``: the type NeMo Curator raises when a pipeline has no tasks
+    to process, so code written for Curator's checkpointing catches it.
+    """

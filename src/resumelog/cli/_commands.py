@@ -518,6 +518,48 @@ def cmd_export(ctx: Ctx) -> int:
 # --------------------------------------------------------------------------- maintenance
 
 
+def cmd_import_curator(ctx: Ctx) -> int:
+    """Carry the completed ids of a Curator 1.4 LMDB checkpoint into a resumelog one."""
+    import resumelog
+    from resumelog.curator_backend import curator_completed
+
+    src = ctx.args.path
+    meta = (
+        src
+        if os.path.basename(os.path.normpath(src)) == ".nemo_curator_metadata"
+        else os.path.join(src, ".nemo_curator_metadata")
+    )
+    if not os.path.isdir(meta) or not any(n.endswith(".mdb") for n in os.listdir(meta)):
+        fail(f"no NeMo Curator checkpoint at {src} (no {meta}/*.mdb)")
+    try:
+        ids = curator_completed(meta)
+    except ImportError:
+        fail("reading a Curator checkpoint needs the lmdb package: pip install lmdb")
+    ckpt = resumelog.open(open_store(ctx))
+    new = sorted(s for s in ids if not ckpt.is_completed(s))
+    if new:
+        with ckpt.writer("import-curator") as w:
+            w.complete_many(new)
+        ckpt.compact(progress=_PROGRESS)
+    doc = {
+        "url": ckpt.store.url,
+        "path": src,
+        "curator_completed": len(ids),
+        "imported": len(new),
+        "already_complete": len(ids) - len(new),
+        "run_id": ckpt.run_id if new else None,
+    }
+    if ctx.json:
+        dump_json(doc)
+    else:
+        print(
+            f"imported {plural(len(new), 'completed source')} from {src} into {ctx.shown_url}"
+            + (f" (run {ckpt.run_id})" if new else "")
+            + (f"; {len(ids) - len(new)} already complete" if len(ids) > len(new) else "")
+        )
+    return EXIT_OK
+
+
 def cmd_compact(ctx: Ctx) -> int:
     every = ctx.args.every
     if every is None:

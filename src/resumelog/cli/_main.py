@@ -144,6 +144,13 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("resumelog watch /data/ckpt --total 120000", "live view with a progress bar and an ETA"),
         ("resumelog watch s3://bucket/ckpt --interval 1m --json >> progress.jsonl", "a log of frames"),
     ],
+    "import-curator": [
+        (
+            "resumelog import-curator /data/run1 s3://bucket/jobs/run1/ckpt",
+            "carry the sources Curator's LMDB checkpoint completed over to resumelog",
+        ),
+        ("resumelog import-curator /data/run1/.nemo_curator_metadata /data/ckpt --json", "the same, as JSON"),
+    ],
     "demo": [
         ("resumelog demo", "run the demo in ./resumelog-demo"),
         ("resumelog demo --path /tmp/demo --sources 1000 --workers 8 --yes", "bigger, replacing an old demo"),
@@ -336,6 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total", metavar="N", type=_at_least_one, help="expected number of sources (progress bar and ETA)")
     stale_after(p)
 
+    p = cmd(
+        "import-curator",
+        "record the sources a NeMo Curator LMDB checkpoint (.nemo_curator_metadata) completed as complete",
+        url=False,
+    )
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="the checkpoint_path given to Curator's Pipeline.run, or its .nemo_curator_metadata directory",
+    )
+    p.add_argument("url", metavar="URL", help=_URL_HELP + " (created if missing)")
+
     p = cmd("demo", "the README demo: a pipeline killed midway and resumed", url=False)
     add_demo_arguments(p)
     return parser
@@ -486,4 +505,5 @@ _COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "log": _c.cmd_log,
     "export": _c.cmd_export,
     "demo": _c.cmd_demo,
+    "import-curator": _c.cmd_import_curator,
 }
