@@ -4,7 +4,7 @@
 set -u
 T=$(mktemp -d /tmp/rfh.XXXX)
 PORT=$(python -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-RAY_TMPDIR=$T setsid ray start --head --block --port=$PORT --node-ip-address=127.0.0.1 --num-cpus=1 --disable-usage-stats --include-dashboard=false >"$T/head.log" 2>&1 &
+RAY_TMPDIR=$T RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 setsid ray start --head --block --port=$PORT --node-ip-address=127.0.0.1 --num-cpus=1 --disable-usage-stats --include-dashboard=false >"$T/head.log" 2>&1 &
 HEAD=$!
 for i in $(seq 1 180); do [ -s "$T/ray/ray_current_cluster" ] && break; sleep 1; done
 ADDR=$(cat "$T/ray/ray_current_cluster")

@@ -128,8 +128,10 @@ def head_node(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[dict[str, s
     it (``RAY_ADDRESS``; Ray 2.60's token authentication turned off, as the cluster
     is private to the caller).
 
-    ``ray start`` replaces ``--node-ip-address=127.0.0.1`` by the host's address
-    (``services.resolve_ip_for_localhost``), so the node listens there.
+    The node and its drivers stay on loopback: ``ray start`` replaces
+    ``--node-ip-address=127.0.0.1`` by the host's address unless Ray's multi-node
+    switch is off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: the node IP is then the
+    loopback address; only other nodes joining, which nothing here does, is refused).
     """
     temp = tempfile.mkdtemp(prefix="rlray-", dir="/tmp")
     port = _free_port()
@@ -144,13 +146,13 @@ def head_node(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[dict[str, s
         f"--object-manager-port={_free_port()}",
     ]  # fmt: skip
     log = open(os.path.join(temp, "ray-start.log"), "wb")
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address}
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.Popen(
         cmd,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
     )
     try:
         probe = [sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"]
