@@ -122,11 +122,8 @@ class WriterHandle:
     def writer(self, writer_id: str | None = None) -> Writer:
         """Open a new writer in this process (new incarnation, own buffer)."""
         store = open_store(self.url, self.storage_options, single_writer=self.single_writer)
-        epoch = self.epoch
-        if not epoch:  # a handle made by hand, not by Checkpoint.handle(): the checkpoint's epoch now
-            meta = _ensure_meta(store, None, "raise", True)
-            assert meta is not None
-            epoch = meta.nonce
+        # a handle made by hand, not by Checkpoint.handle(): the checkpoint's epoch now
+        epoch = self.epoch or _current_meta(store).nonce
         return Writer(
             store,
             writer_id if writer_id is not None else self.writer_id,
@@ -292,6 +289,13 @@ def _ensure_meta(store: Store, fp: dict[str, Scalar] | None, on_mismatch: str, c
                 raise FingerprintMismatch(diff)
         return meta
     raise AlreadyExists(f"could not settle meta.msgpack at {store.url}")
+
+
+def _current_meta(store: Store) -> Meta:
+    """The checkpoint's ``meta.msgpack`` at ``store``, created (no fingerprint) if missing."""
+    meta = _ensure_meta(store, None, "raise", True)
+    assert meta is not None  # create=True
+    return meta
 
 
 def _clear_layout(store: Store) -> None:
@@ -505,8 +509,7 @@ class Checkpoint:
         view has none (opened with ``create=False`` over a checkpoint without one, or
         cleared)."""
         if self.meta is None:
-            self.meta = _ensure_meta(self.store, None, "raise", True)
-            assert self.meta is not None
+            self.meta = _current_meta(self.store)
         return self.meta.nonce
 
     def writer(self, writer_id: str | None = None, *, flush_policy: FlushPolicy | None = None) -> Writer:

@@ -118,11 +118,12 @@ def is_foreign(epoch: bytes, live: bytes | None) -> bool:
 def read_header(store: Store, path: str, kind: int) -> SegmentHeader | SnapshotHeader:
     """The header of object ``path`` with one ranged read (the whole object if its
     header is longer than :data:`~resumelog.format.HEADER_PREFIX`)."""
-    header = decode_header(store.read_prefix(path, HEADER_PREFIX), kind, path)
-    if header is None:
+    prefix = store.read_prefix(path, HEADER_PREFIX)
+    header = decode_header(prefix, kind, path)
+    if header is None and len(prefix) == HEADER_PREFIX:  # more to read: a header this long is odd, not wrong
         header = decode_header(store.read(path), kind, path)
-        if header is None:
-            raise (CorruptSnapshot if kind == KIND_SNAPSHOT else CorruptSegment)("object ends inside its header", path)
+    if header is None:
+        raise (CorruptSnapshot if kind == KIND_SNAPSHOT else CorruptSegment)("object ends inside its header", path)
     return header
 
 
@@ -395,13 +396,12 @@ def fold_journal(
                     if state.anomaly_once("torn_tail", "", "", str(exc)):  # not at every fold
                         logger.warning("resumelog: ignoring torn last segment %s", key)
                 else:
-                    stream = [k for k, _ in plan if k.startswith(key.rsplit("/", 1)[0] + "/")]
-                    _salvage_corrupt_segment(store, loaded, key, exc, stream)
+                    _salvage_corrupt_segment(store, loaded, key, exc, [o.path for _, o in streams[sid]])
                 stopped.add(sid)
                 continue
             if is_foreign(h.epoch, loaded.epoch):
                 stopped.add(sid)  # a stream lives in one epoch: the rest of it is foreign too
-                loaded.foreign.extend(k for k, _ in plan if k.startswith(key.rsplit("/", 1)[0] + "/"))
+                loaded.foreign.extend(o.path for _, o in streams[sid])
                 continue
             if state.apply_segment(h, seg.batches, seg.footer.closed):
                 loaded.segments_folded += 1
@@ -503,18 +503,20 @@ def _salvage_corrupt_segment(store: Store, loaded: Loaded, key: str, exc: Corrup
     is quarantined (:meth:`FoldState.damage_run`, anomaly ``corrupt_segment``), which
     is safe whatever it held, and its stream is not folded past it. The run is read
     from the segment's own header if that frame is intact, else from the stream's mark
-    or another segment of the stream (``stream``: its planned keys; a stream belongs
-    to one run). If no run can be told, the error is raised: skipping records of an
-    unknown run could complete a source early. ``resumelog repair`` moves such objects
+    or another segment of the stream (``stream``: the keys of its listed segments; a
+    stream belongs to one run). If no run can be told, the error is raised: skipping
+    records of an unknown run could complete a source early. ``resumelog repair`` moves such objects
     aside once a snapshot has recorded the damage.
     """
     p = paths.parse_segment(key)
     assert p is not None
     mark = loaded.state.streams.get(f"{p.writer_id}/{p.incarnation}")
     run = mark.run_id if mark is not None else None
-    for k in [key, *(k for k in stream if k != key)] if run is None else []:
-        header = _segment_header(store, k)
-        if header is not None and (header.writer_id, header.incarnation) == (p.writer_id, p.incarnation):
+    if run is None:  # its own header first, then the stream's other segments
+        for k in [key, *(k for k in stream if k != key)]:
+            header = _segment_header(store, k)
+            if header is None or (header.writer_id, header.incarnation) != (p.writer_id, p.incarnation):
+                continue
             if is_foreign(header.epoch, loaded.epoch):
                 loaded.foreign.extend(stream)
                 return  # debris of a deleted checkpoint: ignored, corrupt or not
