@@ -80,6 +80,21 @@ def check(url: str, root: str, opts: dict[str, Any], ledger: str, figures: dict[
     return done
 
 
+def _flushed_count(ledger: str) -> int:
+    try:
+        with open(ledger) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_for_flushes(ledger: str, n: int, timeout: float = 180.0) -> None:
+    """Until the ledger holds ``n`` lines (the workers are past start-up), or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _flushed_count(ledger) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str, int]:
     figures = {"runs": 0, "rounds": 0, "kills": 0, "self_kills": 0, "checks": 0}
     ledger = str(tmp_path / "ledger.txt")
@@ -89,7 +104,10 @@ def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str,
         run = f"run-{r}"
         last = r == RUNS - 1
         p_kill = 0.0 if last else P_KILL
+        started = _flushed_count(ledger)
         workers = {k: spawn(url, root, opts, run, k, ledger, rng.randrange(1 << 30), p_kill) for k in range(NWORKERS)}
+        if not last:  # kill workers at work, not while they import (slow on a fresh install)
+            _wait_for_flushes(ledger, started + NWORKERS)
         for _ in range(0 if last else ROUNDS):
             time.sleep(rng.uniform(0.3, 1.0))
             for k in rng.sample(range(NWORKERS), rng.randint(1, 2)):
