@@ -84,6 +84,9 @@ class Status(msgspec.Struct):
     ``gc`` deletes them."""
     resets: int = 0
     """Completions voided by an operator's ``reset`` (not counted among ``anomalies``)."""
+    layers: int = 0
+    """Layers of the completed-id index the loaded snapshot names (format version 5)."""
+    layer_bytes: int = 0
 
 
 class RunReset(msgspec.Struct):
@@ -305,7 +308,7 @@ def _clear_layout(store: Store) -> None:
     foreign, so a reader racing the clear sees all of the checkpoint or none of it.
     """
     store.delete([paths.META])
-    for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX, paths.QUARANTINE_PREFIX):
+    for prefix in (paths.SNAPSHOT_PREFIX, paths.LAYER_PREFIX, paths.JOURNAL_PREFIX, paths.QUARANTINE_PREFIX):
         store.delete(o.path for o in store.list(prefix))
 
 
@@ -455,6 +458,7 @@ class Checkpoint:
         ]
         journal = [o for o in loaded.journal if paths.parse_segment(o.path)]
         reclaim = compactor.gc(self.store, grace=gc_grace, dry_run=True)
+        refs = loaded.frames.layers or [] if loaded.frames is not None else []
         counts = dict(st.anomaly_counts)
         resets = counts.pop("reset", 0)  # an operator's action, not something that went wrong
         return Status(
@@ -479,10 +483,12 @@ class Checkpoint:
             snapshot_bytes=sum(o.size for o in loaded.snapshots),
             unfolded_segments=loaded.segments_folded,
             records_folded=st.records_folded,
-            gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
-            gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
+            gc_reclaimable_objects=reclaim.segments + reclaim.snapshots + reclaim.layers,
+            gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes + reclaim.layer_bytes,
             foreign_objects=len(loaded.foreign),
             resets=resets,
+            layers=len(refs),
+            layer_bytes=sum(r.size for r in refs),
         )
 
     # ------------------------------------------------------------------ writing
@@ -580,8 +586,13 @@ class Checkpoint:
             self._write_resets(todo)
         return RunReset(run_id, completed, pending)
 
-    def compact(self, *, keep_runs: int | None = None, progress: bool | None = None) -> compactor.CompactResult:
-        """Fold all journals into a new snapshot (no-op if nothing is new)."""
+    def compact(
+        self, *, keep_runs: int | None = None, progress: bool | None = None, merge: bool = False
+    ) -> compactor.CompactResult:
+        """Fold all journals into a new snapshot (no-op if nothing is new).
+
+        ``merge``: also merge the layers of the completed-id index into one (they are
+        otherwise merged as they grow; see ``docs/scaling.md``)."""
         for w in self._writers:
             if not w.closed and w.buffered:
                 w.flush()
@@ -591,6 +602,7 @@ class Checkpoint:
             protect_runs=frozenset({self.run_id}),
             progress=progress,
             expect_epoch=self._epoch(),
+            merge=merge,
         )
         self.refresh()
         return result

@@ -171,7 +171,7 @@ class HookedStore(Store):
                 hook()
 
     def put_if_absent(self, key: str, data: bytes) -> None:
-        if key.startswith(paths.SNAPSHOT_PREFIX):
+        if key.startswith(paths.SNAPSHOT_PREFIX):  # (its layers are written before it)
             self._fire("before_snapshot_put")
         mode = self.fail_next_put if key.startswith(paths.JOURNAL_PREFIX) and not self._off else None
         if mode == "before_write":
