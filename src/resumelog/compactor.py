@@ -309,23 +309,35 @@ def _load_base(
     header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
     if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
         return None
+    from_cache: set[str] = set()  # layers served by cached copies
 
     def read_layer(ref: LayerRef) -> bytes | memoryview:
-        return _read_layer(store, ref, path)
+        layer, hit = _read_layer(store, ref, path)
+        if hit:
+            from_cache.add(ref.name)
+        return layer
 
-    try:
-        return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer)
-    except CorruptSnapshot as exc:
-        if not cached or exc.path != path:
-            raise
-        snapshot_cache.evict(store, path)
-        return load_snapshot(store.read(path), path, defer_done_crc=defer_done_crc, read_layer=read_layer)
+    for retry in (False, True):
+        try:
+            return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer)
+        except CorruptSnapshot as exc:
+            # a cached copy (of the snapshot or a layer) that fails its checks: drop it, read again
+            if retry or not ((cached and exc.path == path) or exc.path in from_cache):
+                raise
+            if cached and exc.path == path:
+                snapshot_cache.evict(store, path)
+                data, cached = store.read(path), False
+            for name in from_cache:
+                snapshot_cache.evict(store, name)
+            from_cache.clear()
+    raise AssertionError("unreachable")
 
 
-def _read_layer(store: Store, ref: LayerRef, snapshot: str) -> bytes | memoryview:
-    """The bytes of a layer snapshot ``snapshot`` names. A missing layer means the
-    snapshot was superseded and collected during the load (load again) if the snapshot
-    is gone too, else a lost object: the snapshot is unusable (fall back)."""
+def _read_layer(store: Store, ref: LayerRef, snapshot: str) -> tuple[bytes | memoryview, bool]:
+    """The bytes of a layer snapshot ``snapshot`` names (and whether they are a cached
+    copy). A missing layer means the snapshot was superseded and collected during the
+    load (load again) if the snapshot is gone too, else a lost object: the snapshot is
+    unusable (fall back)."""
     try:
         return snapshot_cache.read_layer(store, ref)
     except ObjectNotFound:

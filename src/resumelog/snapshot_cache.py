@@ -37,6 +37,7 @@ from resumelog.format import (
     SnapshotHeader,
     decode_header,
 )
+from resumelog.paths import LAYER_PREFIX
 from resumelog.storage import Store
 
 __all__ = ["cache_dir", "evict", "read_layer", "read_snapshot"]
@@ -63,6 +64,8 @@ def _cacheable(store: Store) -> bool:
 
 def _entry(root: Path, store: Store, key: str) -> Path:
     digest = hashlib.sha256(f"{store.url}\0{key}".encode()).hexdigest()
+    if key.startswith(LAYER_PREFIX):
+        return root / "layers" / digest[:2] / f"{digest}.layer"
     return root / "snapshots" / digest[:2] / f"{digest}.snap"
 
 
@@ -88,19 +91,20 @@ def read_snapshot(store: Store, key: str) -> tuple[bytes | memoryview, bool]:
     return data, False
 
 
-def read_layer(store: Store, ref: LayerRef) -> bytes | memoryview:
-    """The bytes of the layer ``ref`` names: a cached copy if its header nonce is the
-    one the snapshot names (no request at all), else read from the store (and cached)."""
+def read_layer(store: Store, ref: LayerRef) -> tuple[bytes | memoryview, bool]:
+    """The bytes of the layer ``ref`` names, and whether they are a cached copy: the
+    copy if its header nonce is the one the snapshot names (no request at all), else
+    read from the store (and cached)."""
     root = cache_dir()
     if root is None or not _cacheable(store):
-        return store.read_view(ref.name)
+        return store.read_view(ref.name), False
     path = _entry(root, store, ref.name)
     cached = _open_copy(path, ref.nonce, KIND_LAYER)
     if cached is not None:
-        return cached
+        return cached, True
     data = store.read(ref.name)
     _store_copy(root, path, data)
-    return data
+    return data, False
 
 
 def evict(store: Store, key: str) -> None:
@@ -139,7 +143,7 @@ def _store_copy(root: Path, path: Path, data: bytes) -> None:
 
 def _trim(root: Path, max_bytes: int) -> None:
     entries = []
-    for p in (root / "snapshots").glob("*/*.snap"):
+    for p in [*(root / "snapshots").glob("*/*.snap"), *(root / "layers").glob("*/*.layer")]:
         with contextlib.suppress(OSError):
             st = p.stat()
             entries.append((st.st_mtime, st.st_size, p))

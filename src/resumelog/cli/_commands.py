@@ -891,7 +891,7 @@ def cmd_inspect(ctx: Ctx) -> int:
     except ObjectNotFound:
         require_checkpoint(ctx, store)
         fail(f"no object {key!r} in {ctx.shown_url} (keys are relative to the root, e.g. snapshots/...)")
-    doc = describe(key, data, limit=None if ctx.args.all else ctx.args.limit)
+    doc = describe(key, data, limit=None if ctx.args.all else ctx.args.limit, read=store.read)
     if ctx.json:
         dump_json(doc)
     else:
