@@ -49,6 +49,11 @@ class EncodedSnapshot(NamedTuple):
     named: dict[str, bytes | memoryview]
     """Every layer the snapshot names, by name (new or carried)."""
 
+    @property
+    def size(self) -> int:
+        """Bytes to write: the snapshot and its new layers."""
+        return len(self.data) + sum(len(b) for _, b in self.layers)
+
 
 def load_snapshot(
     data: bytes | memoryview | EncodedSnapshot,
