@@ -82,6 +82,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "writers": 4,
         "lookups": 1_000,
         "reps": 1,
+        "s3_reps": 1,
     },
     "quick": {
         "N": [100_000, 1_000_000, 10_000_000],
@@ -90,7 +91,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "M": [1_000_000, 4_000_000],
         "writers": 64,
         "lookups": 10_000,
-        "reps": 2,
+        "reps": 5,
+        "s3_reps": 2,
     },
     "full": {
         "N": [100_000, 1_000_000, 10_000_000, 100_000_000],
@@ -99,7 +101,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "M": [4_000_000, 16_000_000, 64_000_000],
         "writers": 64,
         "lookups": 10_000,
-        "reps": 3,
+        "reps": 5,
+        "s3_reps": 3,
     },
 }
 RUN_ID = "scale"
@@ -455,7 +458,7 @@ def fit_rows(rows: list[Row]) -> list[Row]:
         if fit is None:
             continue
         a, b, used = fit
-        base = {"figure": fig, "storage": storage, **({"shape": shape} if shape else {})}
+        base = {"system": "resumelog", "figure": fig, "storage": storage, **({"shape": shape} if shape else {})}
         out.append(
             {"bench": "scale_fit", **base, "x": xf, "unit": unit, "a": a, "exponent": round(b, 3), "fit_x": used}
         )
@@ -634,7 +637,7 @@ class Bench:
         self._targets()
 
     def _open(self, url: str, n: int, shape: str, storage: str, opts: dict[str, Any] | None) -> None:
-        reps = self.sz["reps"]
+        reps = self.sz["s3_reps" if storage == "s3" else "reps"]
         runs = [
             run_child("open", url=url, n=n, shape=shape, lookups=self.sz["lookups"], storage_options=opts)
             for _ in range(reps)
@@ -853,7 +856,12 @@ def _disp(fig: str, storage: str, v: float, unit: str) -> str:
 
 def _order(key: tuple[str, str, str]) -> tuple[int, int, str]:
     figs = [f for f, *_ in SERIES]
-    return figs.index(key[0]), ("local", "s3").index(key[1]) if key[1] in ("local", "s3") else 2, key[2]
+    storages, shapes = ("local", "s3"), ("", "shard", "random")
+    return (
+        figs.index(key[0]),
+        storages.index(key[1]) if key[1] in storages else 2,
+        str(shapes.index(key[2])) if key[2] in shapes else key[2],
+    )
 
 
 def _n(x: float) -> str:
@@ -862,8 +870,9 @@ def _n(x: float) -> str:
 
 
 def markdown(rows: list[Row]) -> str:
-    """The scale figures as a Markdown table: one line per figure, one column per N
-    (extrapolated values in italics, ``~``), then the fit's exponent."""
+    """The scale figures as Markdown tables (one against N, one against the records M
+    of one compaction): a line per figure, a column per size, extrapolated values in
+    italics with ``~``, then the fit's exponent; then the targets."""
     ser = series(rows)
     extra = {
         (r["figure"], r.get("storage", "local"), r.get("shape", ""), r.get("n", r.get("records"))): r["value"]
@@ -873,52 +882,49 @@ def markdown(rows: list[Row]) -> str:
     fits = {
         (r["figure"], r["storage"], r.get("shape", "")): r["exponent"] for r in rows if r.get("bench") == "scale_fit"
     }
+    env = next((r for r in rows if r.get("bench") == "env" and r.get("system") == "scale"), {})
+    tick = int(env.get("sizes", {}).get("tick_records", 100_000))
     labels = {
-        "tick_s": "compaction tick, 100k new records onto N",
+        "tick_s": f"compaction tick, {tick:,} new records onto N",
         "tick_peak_rss_mb": "peak RSS of that tick",
-        "open_lookups_s": "fresh client: open + 10k lookups",
+        "open_lookups_s": f"fresh client: open + {int(env.get('sizes', {}).get('lookups', 10_000)):,} lookups",
         "open_peak_rss_mb": "peak RSS of that client",
         "open_gets": "GETs of that client",
         "open_bytes_read": "bytes read by that client",
         "bytes_per_id": "bytes per completed id at rest",
+        "compaction_records_per_s": "compaction (fold + publish) of M records",
+        "compaction_peak_rss_mb": "peak RSS of that compaction",
     }
-    xs_n = sorted({x for (f, _, _), (xf, _, pts) in ser.items() if xf == "n" for x, _ in pts} | set(EXTRAPOLATE_TO))
-    out = []
-    head = ["figure", "storage", "lookups"] + [f"N={_n(x)}" for x in xs_n] + ["exponent"]
-    out.append("| " + " | ".join(head) + " |")
-    out.append("|" + "---|" * len(head))
-    for (fig, storage, shape), (xf, unit, pts) in sorted(ser.items(), key=lambda kv: _order(kv[0])):
-        if xf != "n":
+    writers = {r.get("writers") for r in rows if r.get("bench") == "scale_compaction"}
+    out: list[str] = []
+    for axis, name, lookups in (("n", "N", True), ("records", "M", False)):
+        keys = [k for k, v in ser.items() if v[0] == axis]
+        if not keys:
             continue
-        got = dict(pts)
-        cells = []
-        for x in xs_n:
-            if x in got:
-                cells.append(_disp(fig, storage, got[x], unit))
-            elif (fig, storage, shape, x) in extra:
-                cells.append(f"*~{_disp(fig, storage, extra[(fig, storage, shape, x)], unit)}*")
-            else:
-                cells.append("-")
-        b = fits.get((fig, storage, shape))
-        out.append(
-            "| "
-            + " | ".join([labels.get(fig, fig), storage, shape or "-", *cells, "-" if b is None else f"{b:.2f}"])
-            + " |"
-        )
-    comp = [r for r in rows if r.get("bench") == "scale_compaction"]
-    if comp:
-        out.append("")
-        out.append("| compaction (fold + publish), W writers | records | records/s | seconds | peak RSS |")
-        out.append("|---|---|---|---|---|")
-        for r in comp:
-            out.append(
-                f"| W={r['writers']} | {r['records']:,} | {r['records_per_s']:,} | {r['seconds']} | {r['peak_rss_mb']:,.0f} MB |"
-            )
-        for r in rows:
-            if r.get("bench") == "scale_extrapolated" and "records" in r:
-                out.append(
-                    f"| *extrapolated* | {int(r['records']):,} | *{r['figure']}: ~{_fmt(r['value'], r['unit'])}* | | |"
-                )
+        xs = sorted({x for k in keys for x, _ in ser[k][2]} | set(EXTRAPOLATE_TO))
+        head = ["figure", "storage"] + (["lookups"] if lookups else []) + [f"{name}={_n(x)}" for x in xs] + ["exponent"]
+        if out:
+            out.append("")
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(head))
+        for key in sorted(keys, key=_order):
+            fig, storage, shape = key
+            _xf, unit, pts = ser[key]
+            got = dict(pts)
+            cells = []
+            for x in xs:
+                if x in got:
+                    cells.append(_disp(fig, storage, got[x], unit))
+                elif (fig, storage, shape, x) in extra:
+                    cells.append(f"*~{_disp(fig, storage, extra[(fig, storage, shape, x)], unit)}*")
+                else:
+                    cells.append("-")
+            label = labels.get(fig, fig)
+            if axis == "records" and writers:
+                label += f" (W={', '.join(map(str, sorted(w for w in writers if w)))})"
+            b = fits.get(key)
+            first = [label, storage] + ([shape or "-"] if lookups else [])
+            out.append("| " + " | ".join([*first, *cells, "-" if b is None else f"{b:.2f}"]) + " |")
     tg = [r for r in rows if r.get("bench") == "scale_target"]
     if tg:
         out.append("")
@@ -926,7 +932,7 @@ def markdown(rows: list[Row]) -> str:
         out.append("|---|---|---|---|")
         for r in tg:
             out.append(
-                f"| {r['target']} | {r['storage']} | {r['measured']} {r['unit']} | {'yes' if r['met'] else 'no'} |"
+                f"| {r['target']} | {r['storage']} | {_fmt(r['measured'], r['unit'])} | {'yes' if r['met'] else 'no'} |"
             )
     return "\n".join(out) + "\n"
 
@@ -952,18 +958,27 @@ def plot(rows: list[Row], path: str, title: str = "", before: list[Row] | None =
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
     runs = [("", rows)] + ([("before: ", before)] if before else [])
     for (label, figs), ax in zip(panels, axes.flat):
+        all_y: list[float] = []
         for k, (prefix, rs) in enumerate(runs):
-            for (f, storage, shape), (_xf, _unit, pts) in series(rs).items():
+            for (f, storage, shape), (_xf, _unit, pts) in sorted(series(rs).items(), key=lambda kv: _order(kv[0])):
                 if f not in figs:
                     continue
                 name = f"{prefix}{f} {storage}{' ' + shape if shape else ''}"
                 xs, ys = zip(*sorted(pts))
+                all_y += ys
                 line = ax.plot(xs, ys, "o" if k == 0 else "s", label=name, alpha=1.0 if k == 0 else 0.5)[0]
                 fit = power_fit(pts)
                 if fit is not None:
                     a, b, _ = fit
                     gx = [min(xs) * (1e9 / min(xs)) ** (i / 40) for i in range(41)]
                     ax.plot(gx, [a * x**b for x in gx], "--", color=line.get_color(), alpha=0.6)
+                    ex = [x for x in EXTRAPOLATE_TO if x not in xs]
+                    ax.plot(ex, [a * x**b for x in ex], "o", mfc="none", color=line.get_color(), alpha=0.8)
+                    all_y += [a * x**b for x in ex]
+        if all_y and max(all_y) / min(all_y) < 4:  # a flat figure: show it flat
+            ax.set_ylim(min(all_y) / 4, max(all_y) * 4)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not measured in this run", ha="center", va="center", transform=ax.transAxes)
         if figs == ["tick_s"]:
             ax.axhline(TICK_TARGET_S, color="grey", lw=0.8, ls=":", label=f"target {TICK_TARGET_S} s")
         ax.axvspan(1e8 * 1.0001, 1e9, color="0.93", zorder=0)
@@ -972,8 +987,15 @@ def plot(rows: list[Row], path: str, title: str = "", before: list[Row] | None =
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("M records" if figs[0].startswith("compaction") else "N completed ids")
         ax.grid(True, which="both", lw=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle((title + "  " if title else "") + "(markers: measured; dashed: power-law fit; shaded: beyond 10^8)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    env = next((r for r in rows if r.get("bench") == "env" and r.get("system") == "scale"), {})
+    if env:
+        title = f"{title} · git {env.get('git', '')} · {env.get('date', '')[:10]}".strip(" ·")
+    fig.suptitle(
+        (title + "  " if title else "")
+        + "(filled: measured; dashed: power-law fit; hollow: extrapolated; shaded: beyond 10^8)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
