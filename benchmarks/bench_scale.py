@@ -547,8 +547,15 @@ class Bench:
                 continue
             url = os.path.join(self.work, f"rate-{m}")
             shutil.rmtree(url, ignore_errors=True)
-            wr = run_child("write_journals", url=url, records=m, writers=w)
-            c = run_child("compact", url=url)
+            try:
+                wr = run_child("write_journals", url=url, records=m, writers=w)
+                c = run_child("compact", url=url)
+            except ChildError as exc:
+                self.emit(
+                    bench="error", system="resumelog", what=f"compaction of {m:,} records", reason=str(exc)[-800:]
+                )
+                shutil.rmtree(url, ignore_errors=True)
+                continue
             self.emit(
                 bench="scale_compaction",
                 system="resumelog",
@@ -624,17 +631,28 @@ class Bench:
                 bytes_per_id=round(size / n, 2),
                 unit="B/id",
             )
-            # ---- a fresh client, local
+            # ---- a fresh client, local; the same on SeaweedFS (a copy), then a tick there
+            # (a failing step is reported and the ladder goes on: the local checkpoint is intact)
             for shape in ("shard", "random"):
-                self._open(url, n, shape, "local", None)
-            # ---- the same on SeaweedFS (a copy), then a tick there
+                self._guarded(f"open, local, {shape}, N={n:,}", self._open, url, n, shape, "local", None)
             if self.s3 is not None:
-                self._s3_at(url, n, done, tick_ids)
+                self._guarded(f"s3 at N={n:,}", self._s3_at, url, n, done, tick_ids)
             # ---- a tick onto N, local (adds tick_ids ids: the next build starts after them)
-            t = run_child("tick", url=url, lo=done, ids=tick_ids)
+            try:
+                t = run_child("tick", url=url, lo=done, ids=tick_ids)
+            except ChildError as exc:  # the checkpoint's state is unknown now: stop here
+                self.emit(bench="error", system="resumelog", what=f"tick, local, N={n:,}", reason=str(exc)[-800:])
+                break
             self._tick_row("local", n, t)
             done += tick_ids
         self._targets()
+
+    def _guarded(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            print(f"# {what} failed: {exc}", file=sys.stderr, flush=True)
+            self.emit(bench="error", system="resumelog", what=what, reason=f"{type(exc).__name__}: {str(exc)[-800:]}")
 
     def _open(self, url: str, n: int, shape: str, storage: str, opts: dict[str, Any] | None) -> None:
         reps = self.sz["s3_reps" if storage == "s3" else "reps"]
