@@ -616,6 +616,7 @@ class Bench:
                 rounds_total=rounds,
                 seconds=round(time.perf_counter() - t0, 1),
                 peak_rss_mb=build_rss,
+                units={"seconds": "s", "peak_rss_mb": "MB"},
             )
             done = n
             # ---- bytes at rest
@@ -1047,6 +1048,7 @@ def main() -> None:
         rows = read_jsonl(a.plot[0])
         before = [r for p in a.plot[1:] for r in read_jsonl(p)] or None
         out = a.out or os.path.join(BENCH_DIR, "results")
+        os.makedirs(out, exist_ok=True)
         got = plot(rows, os.path.join(out, "scale.png"), os.path.basename(a.plot[0]), before)
         print(got or "matplotlib is not importable: no plot", file=sys.stderr)
         return
