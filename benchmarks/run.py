@@ -10,7 +10,9 @@ per 1M string ids, resumelog vs Ray), ``outputs`` (``bench_outputs.py``: an exac
 output against a plain write, local and S3), ``curator`` (``bench_curator.py``: a real
 NeMo Curator 1.4 pipeline under its Ray executor on resumelog vs on Curator's own LMDB
 actor; needs ``nemo_curator`` importable in this environment, skipped otherwise and in
-``--smoke``).
+``--smoke``), ``scale`` (``bench_scale.py``: compaction tick, compaction rate, a fresh
+client's open + 10k lookups, peak RSS and bytes per id vs the completed ids N, on local
+disk and SeaweedFS, fitted and extrapolated to 10^9; ``--quick``: N up to 10^7).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -52,7 +54,7 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs", "curator")
+SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs", "curator", "scale")
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -622,6 +624,34 @@ class Runner:
             if line.startswith("{"):
                 self.emit(**{"system": "resumelog", **json.loads(line)})
 
+    def scale(self) -> None:
+        """``bench_scale.py`` in a subprocess (it runs its own children); its JSON lines
+        land in the report, its plot in ``<out>/scale.png``."""
+        script = os.path.join(BENCH_DIR, "bench_scale.py")
+        cmd = [sys.executable, script, "--workdir", self.work, "--out", self._out_dir()]
+        cmd += ["--smoke"] if self.mode == "smoke" else ["--quick"] if self.mode == "quick" else []
+        cmd += ["--no-s3"] if self.args.no_s3 else ["--server", self.args.scale_server]
+        timeout = {"smoke": 600, "quick": 3600}.get(self.mode, 6 * 3600)
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            self.emit(bench="error", system="scale", reason=f"bench_scale.py timed out after {timeout} s")
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        else:
+            out = p.stdout
+            if p.returncode:
+                self.emit(bench="error", system="scale", reason=(p.stderr or "")[-800:])
+        for line in out.splitlines():
+            if line.startswith("{"):
+                self.emit(**{"system": "resumelog", **json.loads(line)})
+
+    def _out_dir(self) -> str:
+        if self.args.out:
+            return str(self.args.out)
+        if self.mode == "smoke":
+            return os.path.join(self.work, "scale-out")
+        return os.path.join(BENCH_DIR, "results")
+
     def outputs(self) -> None:
         script = os.path.join(BENCH_DIR, "bench_outputs.py")
         cmd = [sys.executable, script] + (["--smoke", "--no-s3"] if self.mode == "smoke" else [])
@@ -652,6 +682,7 @@ class Runner:
         self.section("raymem", lambda: self.raydata(("memory",)))
         self.section("outputs", self.outputs)
         self.section("curator", self.curator_pipeline)
+        self.section("scale", self.scale)
         total = time.perf_counter() - self.t_start
         self.emit(
             bench="section", system="total", seconds=round(total, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()]
@@ -671,6 +702,11 @@ class Runner:
             for r in self.rows:
                 f.write(json.dumps(r) + "\n")
         md = render(self.rows, self.mode)
+        if any(str(r.get("bench", "")).startswith("scale_") for r in self.rows):
+            from bench_scale import markdown as scale_markdown
+
+            md += "\n## Scale (`bench_scale.py`): figures vs completed ids N, extrapolated in italics\n\n"
+            md += scale_markdown(self.rows)
         with open(base + ".md", "w") as f:
             f.write(md)
         chart = _chart(self.rows, base + ".png")
@@ -719,6 +755,9 @@ def main() -> None:
     ap.add_argument("--no-curator", action="store_true", help="skip the NeMo Curator baseline")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 section")
     ap.add_argument("--s3-server", default="moto", choices=["moto", "seaweedfs"])
+    ap.add_argument(
+        "--scale-server", default="seaweedfs", choices=["moto", "seaweedfs"], help="S3 server of the scale section"
+    )
     ap.add_argument("--raydata-timeout", type=float, default=300.0, help="seconds for bench_ray_data.py")
     ap.add_argument("--curator-timeout", type=float, default=1800.0, help="seconds for bench_curator.py")
     Runner(ap.parse_args()).run()

@@ -54,6 +54,16 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
     assert all(r["completed"] == r["sources"] for r in bg.values())
     assert all(r.get("failures", 0) == 0 for r in bg.values())
 
+    # the scale section (bench_scale.py --smoke): every figure at two N, then the fits
+    scale = [r for r in rows if str(r["bench"]).startswith("scale_")]
+    kinds = {(r["bench"], r.get("storage")) for r in scale}
+    assert {("scale_tick", "local"), ("scale_open", "local"), ("scale_bytes", "local")} <= kinds
+    assert {("scale_compaction", "local"), ("scale_fit", "local"), ("scale_extrapolated", "local")} <= kinds
+    assert {r["shape"] for r in scale if r["bench"] == "scale_open"} == {"shard", "random"}
+    assert all("WRONG" not in r for r in scale), [r for r in scale if "WRONG" in r]
+    assert all(r["extrapolated"] for r in scale if r["bench"] == "scale_extrapolated")
+    assert (out / "scale-smoke.jsonl").exists()
+
     md = (out / "smoke.md").read_text()
     assert md.startswith("# resumelog benchmarks")
     for heading in (
@@ -62,6 +72,7 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
         "## Compaction",
         "## Bytes on storage",
         "## Compacting during",
+        "## Scale",
     ):
         assert heading in md
     # the table printed to stdout is the one written
