@@ -291,7 +291,7 @@ def _load_once(
         foreign=foreign,
         foreign_snapshots=foreign_numbers,
     )
-    with _bad_base_raises(loaded_n, base_path):
+    with _bad_base_raises(loaded_n, base_path, state):
         if before_fold is not None:
             before_fold(state)
         with _gc_paused():
@@ -355,13 +355,15 @@ class _BadBase(Exception):
 
 
 @contextmanager
-def _bad_base_raises(number: int, path: str) -> Iterator[None]:
-    """Turn a :class:`CorruptSnapshot` of the base snapshot ``path`` (a deferred CRC,
-    a malformed shape table) into :class:`_BadBase`, so the load falls back."""
+def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]:
+    """Turn a :class:`CorruptSnapshot` of the base snapshot ``path`` or of a layer it
+    names (a deferred CRC, a malformed shape table) into :class:`_BadBase`, so the load
+    falls back."""
     try:
         yield
     except CorruptSnapshot as exc:
-        if number and exc.path == path:
+        names = {path, *(layer.ref.name for layer in state.base.layers if layer.ref is not None)}
+        if number and exc.path in names:
             raise _BadBase(number) from exc
         raise
 
@@ -694,7 +696,7 @@ def compact(
         number = state.number
         base = paths.snapshot_name(loaded.snapshot) if loaded.snapshot else ""
         try:
-            with _gc_paused(), _bad_base_raises(loaded.snapshot, base):
+            with _gc_paused(), _bad_base_raises(loaded.snapshot, base, state):
                 encoded = encode_snapshot(
                     state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch, merge_all=merge
                 )

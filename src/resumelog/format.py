@@ -76,6 +76,7 @@ __all__ = [
     "segment_parts",
     "split_frames",
     "verify_done",
+    "verify_layer_shapes",
 ]
 
 FORMAT_VERSION: Final = 5
@@ -635,6 +636,16 @@ class LayerFrames(msgspec.Struct, frozen=True):
     shape_ids: memoryview
     shapes: memoryview
     tombstones: list[str]
+    deferred: tuple[tuple[memoryview, int], ...] = ()
+    """Shape frames whose CRC is checked on first use (:func:`verify_layer_shapes`)."""
+
+
+def verify_layer_shapes(frames: LayerFrames, path: str = "") -> None:
+    """Check the deferred CRCs of a layer's shape frames (:func:`decode_layer` with
+    ``defer_done_crc``); :class:`~resumelog.errors.CorruptSnapshot` if one does not match."""
+    for frame, crc in frames.deferred:
+        if crc32c(frame) != crc:
+            raise CorruptSnapshot("CRC mismatch in a layer's shape frame", path)
 
 
 def encode_layer(frames: LayerFrames) -> bytes:
@@ -654,12 +665,19 @@ def encode_layer(frames: LayerFrames) -> bytes:
     )
 
 
-def decode_layer(data: bytes | memoryview, path: str = "") -> LayerFrames:
+def decode_layer(data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False) -> LayerFrames:
     """Split, check and decode a layer object; arrays stay zero-copy views.
-    :class:`~resumelog.errors.CorruptSnapshot` if it fails a check."""
-    frames = split_frames(data, KIND_LAYER, path)
+    :class:`~resumelog.errors.CorruptSnapshot` if it fails a check.
+
+    ``defer_done_crc``: the shape frames (5 and 6), when large, are CRC-checked by
+    :func:`verify_layer_shapes`, which everything reading the shapes calls first (as a
+    snapshot's done-entry frames, ``docs/format.md`` §8)."""
+    frames, deferred = _split_frames(data, KIND_LAYER, path, 5 if defer_done_crc else None)
     if len(frames) != LAYER_FRAMES:
         raise CorruptSnapshot(f"layer has {len(frames)} frames, expected {LAYER_FRAMES}", path)
+    for i in [i for i in deferred if i >= 7]:  # the tombstones are decoded now: checked now
+        if crc32c(frames[i]) != deferred.pop(i):
+            raise CorruptSnapshot(f"CRC mismatch in frame {i}", path)
     header: LayerHeader = _decode(_dec_layer_header, frames[0], "layer header", CorruptSnapshot, path)
     tombstones: list[str] = _decode(_dec_tombstones, frames[7], "layer tombstones", CorruptSnapshot, path)
     n = header.count
@@ -672,7 +690,8 @@ def decode_layer(data: bytes | memoryview, path: str = "") -> LayerFrames:
         ok = False
     if not ok:
         raise CorruptSnapshot("layer arrays do not match the declared counts", path)
-    return LayerFrames(header, frames[1], frames[2], frames[3], frames[4], frames[5], frames[6], tombstones)
+    late = tuple((frames[i], crc) for i, crc in sorted(deferred.items()))
+    return LayerFrames(header, frames[1], frames[2], frames[3], frames[4], frames[5], frames[6], tombstones, late)
 
 
 HEADER_PREFIX: Final = 4096

@@ -28,6 +28,7 @@ from resumelog.format import (
     encode_done_writers,
     encode_snapshot_frames,
     verify_done,
+    verify_layer_shapes,
 )
 from resumelog.idset import CompletedIndex
 from resumelog.layers import Layer, LayeredDone, LayeredIndex, build_layer, encode_new_layer, merge_layers, plan_merges
@@ -84,7 +85,7 @@ def load_snapshot(
     if frames.layers is not None:
         if read_layer is None:
             raise ValueError("a format-5 snapshot needs read_layer to load its layers")
-        layers = [_load_layer(read_layer(ref), ref, h.epoch) for ref in frames.layers]
+        layers = [_load_layer(read_layer(ref), ref, h.epoch, defer_done_crc) for ref in frames.layers]
     else:
         layers = [_legacy_layer(frames, path, state.run_order)] if h.completed_count or frames.legacy_done else []
     for layer in layers:
@@ -155,8 +156,8 @@ def _legacy_layer(frames: SnapshotFrames, path: str, run_order: list[str]) -> La
     return Layer(index, list(run_order), done)
 
 
-def _load_layer(data: bytes | memoryview, ref: LayerRef, epoch: bytes) -> Layer:
-    lf = decode_layer(data, ref.name)
+def _load_layer(data: bytes | memoryview, ref: LayerRef, epoch: bytes, defer_done_crc: bool) -> Layer:
+    lf = decode_layer(data, ref.name, defer_done_crc=defer_done_crc)
     h = lf.header
     if h.nonce != ref.nonce or h.count != ref.count or h.tombstones != ref.tombstones:
         raise CorruptSnapshot("the layer is not the one its snapshot names (nonce or counts differ)", ref.name)
@@ -166,7 +167,9 @@ def _load_layer(data: bytes | memoryview, ref: LayerRef, epoch: bytes) -> Layer:
         index = CompletedIndex(lf.hashes, lf.offsets, lf.runs, lf.blob, h.ascii_ids)
     except ValueError as exc:
         raise CorruptSnapshot(str(exc), ref.name) from None
-    done = BaseDone(index, lf.shape_ids, lf.shapes, lambda: None, ref.name) if lf.shape_ids else None
+    done = None
+    if lf.shape_ids:
+        done = BaseDone(index, lf.shape_ids, lf.shapes, lambda: verify_layer_shapes(lf, ref.name), ref.name)
     return Layer(index, list(h.runs), done, frozenset(lf.tombstones), ref, data=data)
 
 
