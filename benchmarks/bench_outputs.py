@@ -17,6 +17,15 @@ Prints JSON lines (``bench: "outputs"``), one per (storage, size, variant):
 
 Each row has ``ms_per_output`` (wall time / outputs, one process) and, on S3,
 ``requests_per_output`` (every S3 call the checkpoint and output stores made).
+
+On S3 it also publishes one large spool file (``bench: "outputs_publish_memory"``, 256 MiB;
+32 MiB with ``--smoke``) two ways and prints the peak of Python's heap during the
+publish (``tracemalloc``, which sees every buffer botocore and aiohttp allocate):
+
+* ``streamed``   — ``FsspecStore.put_if_absent_file``: a create-only multipart upload,
+  parts read from the file as they go (default 16 MiB parts, 4 at a time);
+* ``read whole`` — the former way (``Store.put_if_absent_file``, the base class): the
+  file read into memory, one conditional ``PUT``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import resumelog
 from resumelog.outputs import output_store
 
-SIZES = {"smoke": {"n": 20, "n_s3": 10, "sizes": [4096]}, "full": {"n": 400, "n_s3": 200, "sizes": [4096, 1 << 20]}}
+SIZES = {
+    "smoke": {"n": 20, "n_s3": 10, "sizes": [4096], "large": 32 << 20},
+    "full": {"n": 400, "n_s3": 200, "sizes": [4096, 1 << 20], "large": 256 << 20},
+}
 
 
 def emit(**row: Any) -> None:
@@ -88,7 +100,40 @@ def local(n: int, size: int, workdir: str) -> None:
              ms_per_output=round(dt / n * 1000, 3))  # fmt: skip
 
 
-def s3(kind: str, n: int, sizes: list[int]) -> None:
+def publish_memory(kind: str, opts: dict[str, Any], bucket: str, size: int) -> None:
+    """Peak Python heap while one ``size``-byte file is published, streamed and read whole."""
+    import tracemalloc
+
+    from resumelog.storage import FsspecStore, Store
+
+    fd, path = tempfile.mkstemp(prefix="resumelog-bench-large-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(size >> 20):
+                f.write(block)
+        for variant in ("streamed", "read whole"):
+            store = FsspecStore(f"s3://{bucket}/large-{uuid.uuid4().hex[:8]}", opts)
+            store.put_if_absent("warm-up", b"x")  # the client and its connection: not measured
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            if variant == "streamed":
+                store.put_if_absent_file("output", path)
+            else:
+                Store.put_if_absent_file(store, "output", path)
+            dt = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            emit_row = {"bench": "outputs_publish_memory", "system": "resumelog", "storage": f"s3-{kind}"}
+            print(json.dumps({**emit_row, "variant": variant, "size_mib": size >> 20,
+                              "peak_heap_mib": round(peak / (1 << 20), 1), "seconds": round(dt, 2),
+                              "requests": dict(store.requests)}), flush=True)  # fmt: skip
+            store.clear()
+    finally:
+        os.unlink(path)
+
+
+def s3(kind: str, n: int, sizes: list[int], large: int) -> None:
     from bench_s3 import BUCKET, S3Unavailable, s3_server
 
     try:
@@ -116,6 +161,7 @@ def s3(kind: str, n: int, sizes: list[int]) -> None:
                 dt, reqs = exactly_once(f"s3://{BUCKET}/ck-{tag}", f"s3://{BUCKET}/out-{tag}", opts, n, data, batch)
                 emit(system="resumelog", storage=f"s3-{kind}", variant=variant, size=size, n=n,
                      ms_per_output=round(dt / n * 1000, 3), requests_per_output=round(reqs / n, 3))  # fmt: skip
+        publish_memory(kind, opts, BUCKET, large)
     finally:
         cm.__exit__(None, None, None)
 
@@ -135,7 +181,7 @@ def main() -> None:
             os.makedirs(d)
             local(size["n"], s, d)
         if not args.no_s3:
-            s3(args.server, size["n_s3"], size["sizes"])
+            s3(args.server, size["n_s3"], size["sizes"], size["large"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

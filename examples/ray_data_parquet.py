@@ -8,11 +8,14 @@ with resumelog checkpointing, in three phases (one process, one Ray cluster):
 
 1. **interrupted**: the map function raises on a row of the file at ``--crash-at``
    (60 % of the files by default). Files whose outputs were all written are complete;
-2. **resumed**: skips them, reads only the other files, deletes the partial outputs the
-   crash left, writes the rest;
+2. **resumed**: skips them, reads only the other files and writes the rest (the
+   partial outputs the crash left stay invisible: each run publishes under its own
+   name, and readers see the run that completed each file);
 3. **finished**: every file is complete, so nothing is read and nothing is written.
 
-Then it checks the output directory: every input row that passes the filter exactly once.
+Then it reads the outputs back with ``rd.read_committed``: every input row that passes
+the filter exactly once. Listing the output directory yourself would also show the
+files of the interrupted attempt (``resumelog gc --outputs`` deletes them).
 
 Usage::
 
@@ -49,6 +52,7 @@ import ray
 
 import resumelog
 import resumelog.ray_data as rd
+from resumelog.outputs import scan
 from resumelog.testing.ray import init_local_ray
 
 
@@ -104,18 +108,18 @@ def run_once(
         print(f"{label}: interrupted ({cause}); complete {done}/{len(files)}")
         return len(todo), -1
     done = len(files) - len(ckpt.pending(files))
-    print(
-        f"{label}: wrote {summary.rows} rows in {len(summary.files)} files, removed "
-        f"{len(summary.stale_files_removed)} partial files of the interrupted run; complete {done}/{len(files)}"
-    )
+    print(f"{label}: wrote {summary.rows} rows in {len(summary.files)} files; complete {done}/{len(files)}")
     return len(todo), len(summary.files)
 
 
-def check(out: Path, files: int, rows: int) -> bool:
-    """Every input row that passes the filter, exactly once."""
-    ids = pq.read_table(out, columns=["id"])["id"].to_pylist() if any(out.glob("*.parquet")) else []
+def check(ckpt_url: str, opts: dict[str, Any], out: Path, files: int, rows: int) -> bool:
+    """Every input row that passes the filter, exactly once, in the committed outputs."""
+    ds = rd.read_committed(ckpt_url, str(out), checkpoint_storage_options=opts, columns=["id"])
+    ids = [i for t in ray.get(ds.to_arrow_refs()) if t.num_rows for i in t["id"].to_pylist()]
     expected = sum(1 for i in range(files * rows) if i % 7)
     print(f"output: {len(ids)} rows, {len(set(ids))} distinct ids, expected {expected}")
+    voided = scan(resumelog.open(ckpt_url, storage_options=opts, create=False), str(out)).orphaned
+    print(f"output: {len(voided)} files of the interrupted attempt, invisible (resumelog gc --outputs deletes them)")
     return len(ids) == len(set(ids)) == expected
 
 
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             run_once("phase 1", url, opts, files, out, poison(0.6 if args.crash_at is None else args.crash_at))
             run_once("phase 2", url, opts, files, out, None)
             run_once("phase 3", url, opts, files, out, None)
-        ok = check(out, args.num_files, args.rows_per_file)
+        ok = check(url, opts, out, args.num_files, args.rows_per_file)
         return 0 if ok or args.once else 1
     finally:
         ray.shutdown()

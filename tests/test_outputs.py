@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import resumelog
@@ -316,9 +317,56 @@ def test_cli_status_gc_verify_count_outputs(tmp_path: Path) -> None:
         return doc
 
     st = cli("status", url, "--outputs", root)["outputs"][0]
-    assert st["counts"] == {"committed": 2, "in_flight": 0, "orphaned": 1, "staging": 0, "foreign": 0}
+    counts = {k: st[k] for k in ("committed", "in_flight", "orphaned", "staging", "foreign")}
+    assert counts == {"committed": 2, "in_flight": 0, "orphaned": 1, "staging": 0, "foreign": 0}
+    assert (st["committed_bytes"], st["orphaned_bytes"]) == (3, 1)  # "a" + "b2", and r1's "b"
     assert st["gc_objects"] == 0  # younger than the grace
-    assert cli("verify", url, "--outputs", root)["outputs"][0]["counts"]["orphaned"] == 1
+    assert st == msgspec.to_builtins(resumelog.open(url, create=False).status(outputs=[root]).outputs[0])
+    assert cli("status", url)["outputs"] == []
+    assert cli("verify", url, "--outputs", root)["outputs"][0]["orphaned"] == 1
+    assert cli("status", url, "--outputs", root, "--grace", "0")["outputs"][0]["gc_objects"] == 1
     g = cli("gc", url, "--outputs", root, "--grace", "0")["outputs"][0]
     assert (g["orphaned"], g["keys"]) == (1, ["r1/b/~/output"])
-    assert cli("status", url, "--outputs", root)["outputs"][0]["counts"]["orphaned"] == 0
+    assert cli("status", url, "--outputs", root)["outputs"][0]["orphaned"] == 0
+
+
+def test_status_counts_each_kind_of_output_with_its_bytes(tmp_path: Path) -> None:
+    url, root, other = str(tmp_path / "ck"), str(tmp_path / "out"), str(tmp_path / "out2")
+    ck1 = resumelog.open(url, run_id="r1")
+    w = ck1.writer("w")
+    with w.output("done", root) as f:  # committed in r1
+        f.write(b"12345")
+    with w.output("redone", root, record=False) as f:  # a voided attempt once r2 completes it
+        f.write(b"123")
+    w.emit("half")
+    w.record("fan", "half", 1)
+    w.flush()
+    with w.output("half", root, key="k0", name="p0") as f:  # one of two parts: in flight
+        f.write(b"1234567")
+    w.closed = True
+    spool = PendingOutput(ck1.writer("w2"), outputs.output_store(root), "x", None, "output")
+    spool.file.write(b"killed")  # a spool file a killed writer left
+    spool.file.close()
+    (tmp_path / "out" / "notes.txt").write_bytes(b"not an output")
+    with resumelog.open(url, run_id="r2").writer("w") as w2:
+        with w2.output("redone", root) as f:
+            f.write(b"12345678")
+        with w2.output("elsewhere", other) as f:
+            f.write(b"1")
+
+    st = resumelog.open(url, create=False).status(outputs=[root, other])
+    assert [o.root for o in st.outputs] == [root, other]
+    o = st.outputs[0]
+    assert (o.committed, o.committed_bytes) == (2, 5 + 8)
+    assert (o.in_flight, o.in_flight_bytes) == (1, 7)
+    assert (o.orphaned, o.orphaned_bytes) == (1, 3)
+    assert (o.staging, o.staging_bytes) == (1, 6)
+    assert o.foreign == 1
+    assert (o.gc_objects, o.gc_bytes) == (0, 0)  # everything is younger than the grace
+    o = resumelog.open(url, create=False).status(gc_grace=0, outputs=[root]).outputs[0]
+    assert (o.gc_objects, o.gc_bytes) == (2, 3 + 6)  # the orphan and the spool file
+    assert (st.outputs[1].committed, st.outputs[1].committed_bytes, st.outputs[1].orphaned) == (1, 1, 0)
+    assert resumelog.open(url, create=False).status().outputs == []
+    # the same figures as scan() and a dry-run gc, from one code path
+    sc = scan(resumelog.open(url, create=False), root)
+    assert sc.counts() == {"committed": 2, "in_flight": 1, "orphaned": 1, "staging": 1, "foreign": 1}

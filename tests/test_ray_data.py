@@ -1,7 +1,9 @@
 """resumelog.ray_data on a real local Ray cluster: skip, filter, checkpointed writes, native CheckpointConfig.
 
 Every pipeline here runs on Ray Data for real (no mocks); interruptions are real task
-failures (a map function that raises on a "poison" id). Most pipelines use Ray's V1
+failures (a map function that raises on a "poison" id) or real crashes (a map function
+that SIGKILLs its worker process). The checkpointed writes' outputs are read back with
+``rd.read_committed``, as a user would. Most pipelines use Ray's V1
 Parquet reader (``use_datasource_v2 = False``): in Ray 2.60 the V2 reader costs ~80 ms
 per small file on 2 cores, 16 s for 200 files; one test runs the V2 reader.
 """
@@ -9,6 +11,7 @@ per small file on 2 cores, 16 s for 200 files; one test runs the V2 reader.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +30,7 @@ from s3_support import S3_KINDS  # noqa: E402
 
 import resumelog  # noqa: E402
 import resumelog.ray_data as rd  # noqa: E402
+from resumelog.outputs import output_name, scan  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -88,19 +92,31 @@ def work(poison: int | None = None, delay: float = 0.0) -> Callable[[Any], Any]:
     return fn
 
 
-def out_table(out: Path, names: list[str] | None = None) -> Any:
-    files = [out / n for n in names] if names is not None else sorted(out.glob("*.parquet"))
+EMPTY = {"id": pa.array([], pa.int64()), "path": pa.array([], pa.string())}
+
+
+def out_table(out: Path) -> Any:
+    """Every Parquet file directly in ``out`` (what Ray's own write_parquet writes)."""
+    files = sorted(out.glob("*.parquet"))
     if not files:
-        return pa.table({"id": pa.array([], pa.int64()), "path": pa.array([], pa.string())})
+        return pa.table(EMPTY)
     return pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
 
 
+def committed_table(url: str, root: str | Path, opts: dict[str, Any] | None = None, run: str | None = None) -> Any:
+    """The committed outputs of a checkpointed write, read back with ``rd.read_committed``."""
+    ds = rd.read_committed(url, str(root), checkpoint_storage_options=opts, run=run)
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table(EMPTY)
+
+
 def listing(d: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in d.iterdir()} if d.exists() else {}
+    """Every file under ``d`` (recursively) with its mtime."""
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()} if d.exists() else {}
 
 
 def crash_then_resume(
-    files: list[str], url: str, opts: dict[str, Any], out: Path, rows: int, *, fresh_cluster: bool = False
+    files: list[str], url: str, opts: dict[str, Any], out: str | Path, rows: int, *, fresh_cluster: bool = False
 ) -> None:
     """Run the pipeline, interrupted at 60 %; resume it; check exactly-once output."""
     n = len(files)
@@ -114,11 +130,10 @@ def crash_then_resume(
     todo_after_crash = ckpt.pending(files)
     done1 = n - len(todo_after_crash)
     assert 0 < done1 < n, done1  # interrupted midway
-    first = out_table(out)
-    # what the crashed run completed is in the output, each row once
+    first = committed_table(url, out, opts)
+    # what the crashed run completed is in the output, each row once, and nothing else
     done_paths = {p for p in files if ckpt.is_completed(p)}
-    got = Counter(first.column("path").to_pylist())
-    assert all(got[p] == rows for p in done_paths)
+    assert Counter(first.column("path").to_pylist()) == dict.fromkeys(done_paths, rows)
 
     if fresh_cluster:
         ray.shutdown()
@@ -134,10 +149,14 @@ def crash_then_resume(
     assert summary.undrained == [] and summary.sources_completed == len(todo)
     assert summary.rows == rows * len(todo)
     # this run processed each remaining file exactly once, and no completed file
-    new = out_table(out, summary.files)
+    new = committed_table(url, out, opts, run=ckpt2.run_id)
     assert Counter(new.column("path").to_pylist()) == dict.fromkeys(todo, rows)
+    assert summary.root == (str(out) if "://" in str(out) else os.path.abspath(out))
+    assert sorted(summary.files) == sorted(
+        o.path for o in resumelog.open(url, storage_options=opts).outputs(out, run=ckpt2.run_id)
+    )
     # the union: every input row exactly once
-    ids = out_table(out).column("id").to_pylist()
+    ids = committed_table(url, out, opts).column("id").to_pylist()
     assert len(ids) == n * rows and sorted(ids) == list(range(n * rows))
     assert rd.pending_paths(resumelog.open(url, storage_options=opts), files) == []
 
@@ -206,64 +225,152 @@ def test_s3_checkpoint_resumes_in_a_fresh_ray_cluster(
 ) -> None:
     url, opts = s3_url
     files = make_files(tmp_path / "in", 200, rows=10)
-    crash_then_resume(files, url, opts, tmp_path / "out", rows=10, fresh_cluster=True)
+    # the outputs on S3 too (the checkpoint's storage options): published from the workers
+    crash_then_resume(files, url, opts, url + "-out", rows=10, fresh_cluster=True)
     st = resumelog.open(url, storage_options=opts).status()
     assert st.completed == 200 and st.pending == 0 and st.anomalies == 0
 
 
-def test_partial_outputs_of_an_interrupted_source_are_replaced_not_duplicated(cluster: None, tmp_path: Path) -> None:
+def test_partial_outputs_of_an_interrupted_source_stay_invisible_and_are_collected(
+    cluster: None, tmp_path: Path
+) -> None:
     # one 1000-row file read as ~20 blocks, each written by its own task (the map does not
     # fuse with the read): the crash leaves some of its blocks written, the file incomplete
     files = make_files(tmp_path / "in", 1, rows=1000, row_group_size=50, prefix="big")
     files += make_files(tmp_path / "in", 3, rows=7, prefix="small", start=1000)
-    out = tmp_path / "out"
+    url, out = str(tmp_path / "ckpt"), tmp_path / "out"
     ctx = ray.data.DataContext.get_current()
     saved = ctx.target_max_block_size
     ctx.target_max_block_size = 2000
     try:
-        ckpt = resumelog.open(str(tmp_path / "ckpt"))
+        ckpt = resumelog.open(url)
         ds = rd.read_parquet(ckpt, files[:1])
         ds = ds.map_batches(work(poison=990, delay=2.0), batch_format="pyarrow", num_cpus=0.5)
         with pytest.raises(ray.exceptions.RayError, match="poison row"):
             rd.write_parquet(ds, ckpt, str(out))
         ckpt.refresh()
         assert not ckpt.is_completed(files[0])
-        partial = sorted(p.name for p in out.glob("*.parquet"))
-        assert partial and 0 < out_table(out).num_rows < 1000  # written blocks of an incomplete source
+        partial = sorted(o.path for o in scan(ckpt, out).in_flight)
+        assert partial and all(p.startswith(f"{ckpt.run_id}/") for p in partial)  # written blocks...
+        assert committed_table(url, out).num_rows == 0  # ...of an incomplete source: invisible
 
-        ckpt2 = resumelog.open(str(tmp_path / "ckpt"))
+        ckpt2 = resumelog.open(url)
         ds = rd.read_parquet(ckpt2, files)
         summary = rd.write_parquet(ds.map_batches(work(), batch_format="pyarrow", num_cpus=0.5), ckpt2, str(out))
     finally:
         ctx.target_max_block_size = saved
-    assert sorted(os.path.basename(p) for p in summary.stale_files_removed) == partial
     assert summary.undrained == [] and summary.sources_completed == 4
-    assert sorted(out_table(out).column("id").to_pylist()) == list(range(1021))
-    assert Counter(out_table(out).column("path").to_pylist()) == {files[0]: 1000, **dict.fromkeys(files[1:], 7)}
+    t = committed_table(url, out)
+    assert sorted(t.column("id").to_pylist()) == list(range(1021))
+    assert Counter(t.column("path").to_pylist()) == {files[0]: 1000, **dict.fromkeys(files[1:], 7)}
+    # the rerun deleted nothing: the interrupted attempt's files are orphans now, and gc collects them
+    sc = scan(ckpt2, out)
+    assert sorted(o.path for o in sc.orphaned) == partial and sc.in_flight == []
+    assert all(p.exists() for p in (out / name for name in partial))
+    result = ckpt2.gc(grace=0, outputs=[str(out)])
+    assert result.outputs[0].orphaned == len(partial)
+    assert not any((out / name).exists() for name in partial)
+    assert sorted(committed_table(url, out).column("id").to_pylist()) == list(range(1021))
 
 
-def test_a_late_record_of_the_interrupted_run_cannot_complete_a_source_whose_files_were_removed(
-    tmp_path: Path,
-) -> None:
+def kill_worker_on(poison: int, marker: Path, then: str = "succeed", delay: float = 2.0) -> Callable[[Any], Any]:
+    """A 1:1 batch function adding ``y``. The first time it meets the batch holding id
+    ``poison`` (``marker`` does not exist yet: it creates it) it SIGKILLs its own worker
+    process after ``delay`` seconds, so that other tasks publish meanwhile: a real crash,
+    no exception, no cleanup. Ray retries the task; the retry succeeds, or with
+    ``then="fail"`` raises, which fails the job (Ray does not retry exceptions)."""
+
+    def fn(batch: Any) -> Any:
+        if pc.any(pc.equal(batch["id"], poison)).as_py():
+            if not marker.exists():
+                marker.touch()
+                time.sleep(delay)
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif then == "fail":
+                raise RuntimeError(f"poison row {poison} after the crash")
+        return batch.append_column("y", pc.multiply(batch["id"], 2))
+
+    return fn
+
+
+def test_a_write_whose_worker_is_killed_then_rerun_shows_every_row_once(cluster: None, tmp_path: Path) -> None:
+    """Run 1: the worker writing the last block of a 1000-row file SIGKILLs itself, and
+    the retry fails: the job dies with that file's other blocks published. Run 2 redoes
+    the file; its first attempt of that block is killed too, and Ray's retry finishes
+    it. The committed outputs hold every row once, none from the voided attempt."""
+    files = make_files(tmp_path / "in", 1, rows=1000, row_group_size=50, prefix="big")
+    files += make_files(tmp_path / "in", 3, rows=7, prefix="small", start=1000)
     url, out = str(tmp_path / "ckpt"), tmp_path / "out"
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = 2000  # ~20 blocks for the big file, each its own write
+    try:
+        ckpt = resumelog.open(url)
+        run1 = ckpt.run_id
+        ds = rd.read_parquet(ckpt, files)
+        first = tmp_path / "killed-in-run-1"
+        ds = ds.map_batches(kill_worker_on(990, first, then="fail"), batch_format="pyarrow", num_cpus=0.5)
+        with pytest.raises(ray.exceptions.RayError, match="after the crash"):
+            rd.write_parquet(ds, ckpt, str(out))
+        assert first.exists()
+        ckpt.refresh()
+        assert not ckpt.is_completed(files[0])
+        voided = [o for o in scan(ckpt, out).in_flight if o.source == files[0]]
+        assert voided and {o.run for o in voided} == {run1}  # published before the crash
+        assert files[0] not in set(committed_table(url, out).column("path").to_pylist())
+
+        marker = tmp_path / "killed-once"
+        ckpt2 = resumelog.open(url)
+        ds = rd.read_parquet(ckpt2, files)
+        ds = ds.map_batches(kill_worker_on(990, marker), batch_format="pyarrow", num_cpus=0.5)
+        summary = rd.write_parquet(ds, ckpt2, str(out))
+    finally:
+        ctx.target_max_block_size = saved
+    assert marker.exists()  # run 2 crashed too, and its retry finished the block
+    assert summary.undrained == [] and resumelog.open(url).pending(files) == []
+    t = committed_table(url, out)
+    assert sorted(t.column("id").to_pylist()) == list(range(1021))  # every row exactly once
+    assert Counter(t.column("path").to_pylist()) == {files[0]: 1000, **dict.fromkeys(files[1:], 7)}
+    assert t.column("y").to_pylist() == [2 * i for i in t.column("id").to_pylist()]
+    outs = resumelog.open(url).outputs(str(out))
+    assert {o.run for o in outs if o.source == files[0]} == {ckpt2.run_id}
+    orphaned = {o.path for o in scan(resumelog.open(url), out).orphaned}
+    assert {o.path for o in voided} <= orphaned and not orphaned & {o.path for o in outs}
+
+
+def test_a_late_record_of_an_interrupted_run_never_shows_a_row_twice(cluster: None, tmp_path: Path) -> None:
+    """Run 1 published and recorded 6 of a source's 10 rows and died; run 2 redid the
+    source; run 1's other block (a task that outlived its driver) lands only now. Both
+    runs drained the source: the smaller run id holds the completion
+    (docs/exactly-once.md), and the committed outputs switch to run 1's two files, a
+    whole set: each row once, before and after. (ParquetSink.write runs in this process
+    here: the sink's publish-then-record path without a cluster.)"""
+    url, out = str(tmp_path / "ckpt"), str(tmp_path / "out")
+    rows = pa.table({"id": pa.array(range(10), pa.int64()), "path": ["src"] * 10})
+    rows = rows.append_column("row_hash", pa.array(range(100, 110), pa.int64()))
+
+    def sink_of(ck: resumelog.Checkpoint) -> rd.ParquetSink:
+        sink = rd.ParquetSink(out, ck.handle("w"))
+        sink.require_row_hash = True
+        return sink  # sync_flush: records durable when write() returns
+
     old = resumelog.open(url, run_id="run-1")
     with old.writer() as w:
         w.record("ray_data:rows:src", "src", 10, emission=True)
-        w.record("ray_data:sink:a", "src", -6)  # one block written and recorded...
-    sink = rd.ParquetSink(str(out), old.handle())
-    sink.on_write_start()
-    name = f"{rd._hash16('src')}-run-1-{'0' * 16}.parquet"
-    pq.write_table(pa.table({"id": list(range(6))}), out / name)
-    other = f"{rd._hash16('other')}-run-1-{'1' * 16}.parquet"  # a file of another source
-    pq.write_table(pa.table({"id": [99]}), out / other)
+    sink_of(old).write([rows.slice(0, 6)], None)
+    assert resumelog.open(url).outputs(out) == []
 
-    new = resumelog.open(url, run_id="run-2")  # the resumed run removes the partial output
-    removed = rd.ParquetSink(str(out), new.handle()).remove_stale(new, ["src"])
-    assert [os.path.basename(p) for p in removed] == [name] and (out / other).exists()
+    new = resumelog.open(url, run_id="run-2")  # the resumed run redoes the source
+    with new.writer() as w:
+        w.record("ray_data:rows:src", "src", 10, emission=True)
+    sink_of(new).write([rows], None)
+    assert sorted(committed_table(url, out).column("id").to_pylist()) == list(range(10))
 
-    with old.writer() as w:  # ...the other block's record of run-1 lands only now
-        w.record("ray_data:sink:b", "src", -4)
-    assert not resumelog.open(url).is_completed("src")  # voided: its rows are not in the output
+    sink_of(old).write([rows.slice(6)], None)  # run 1's last block lands late
+    ck = resumelog.open(url)
+    assert ck.completed_run("src") == "run-1" and [o.run for o in ck.outputs(out)] == ["run-1", "run-1"]
+    assert sorted(committed_table(url, out).column("id").to_pylist()) == list(range(10))
+    assert [o.run for o in scan(ck, out).orphaned] == []  # run 2's file: kept (its drained state could take over)
 
 
 def _drop_multiples_of_3(df: Any) -> Any:  # pandas in, pandas out
@@ -299,15 +406,17 @@ def test_map_batches_accounts_for_filters_and_fan_out(cluster: None, tmp_path: P
     assert rd.pending_paths(resumelog.open(str(tmp_path / "ckpt")), files) == files
 
     # accounted: a filter (pandas) and a fan-out (numpy, an actor) — every file drains; the files the
-    # unaccounted run wrote are replaced, not duplicated
+    # unaccounted run wrote stay invisible (orphans of a run that never completed them)
+    first_run = ckpt.run_id
     ckpt = resumelog.open(str(tmp_path / "ckpt"))
     ds = rd.read_parquet(ckpt, files)
     ds = rd.map_batches(ds, ckpt, _drop_multiples_of_3, batch_format="pandas", batch_size=7)
     ds = rd.map_batches(ds, ckpt, Duplicate, batch_format="numpy", fn_constructor_args=(2,), concurrency=1)
     summary = rd.write_parquet(ds, ckpt, str(out))
     assert summary.undrained == [] and summary.sources_completed == 20
-    assert len(summary.stale_files_removed) == 20
-    t = out_table(out)
+    orphaned = scan(ckpt, out).orphaned
+    assert len(orphaned) >= 20 and {o.run for o in orphaned} == {first_run}
+    t = committed_table(str(tmp_path / "ckpt"), out)
     keys = list(zip(t.column("id").to_pylist(), t.column("copy").to_pylist()))
     assert len(keys) == len(set(keys)) == 2 * 400
     assert {i for i, _ in keys} == {i for i in range(600) if i % 3}
@@ -343,7 +452,7 @@ def test_file_level_write_after_a_native_one_to_one_step(cluster: None, tmp_path
     step must keep each row's hash: the output files are named by the digest of
     exactly the hashes plain Ray gives each file's rows.
     """
-    from resumelog.ray_data._common import _digest, _hash16
+    from resumelog.ray_data._common import _SINK_KEY, _digest
 
     files = make_files(tmp_path / "in", 4, rows=25)
     ckpt = resumelog.open(str(tmp_path / "ckpt"))
@@ -354,7 +463,7 @@ def test_file_level_write_after_a_native_one_to_one_step(cluster: None, tmp_path
         kept = {i for i in range(100) if i % 2 == 0}
     summary = rd.write_parquet(ds, ckpt, str(tmp_path / "out"))
     assert summary.undrained == [] and summary.sources_completed == 4
-    t = out_table(tmp_path / "out")
+    t = committed_table(str(tmp_path / "ckpt"), tmp_path / "out")
     assert sorted(t.column("id").to_pylist()) == sorted(kept if kept is not None else range(100))
     assert all(y == 2 * i for i, y in zip(t.column("id").to_pylist(), t.column("y").to_pylist()))
     assert "row_hash" not in t.column_names
@@ -365,7 +474,7 @@ def test_file_level_write_after_a_native_one_to_one_step(cluster: None, tmp_path
         for p in files:
             rows = plain.filter(pc.equal(plain["path"], p))
             assert rows.column("row_hash").type == pa.uint64()
-            expected.add(f"{_hash16(p)}-{ckpt.run_id}-{_digest(rows)}.parquet")
+            expected.add(output_name(ckpt.run_id, p, _SINK_KEY + _digest(rows), rd.PART_NAME))
         assert set(summary.files) == expected
     with pytest.raises(resumelog.NothingToDo):
         rd.read_parquet(resumelog.open(str(tmp_path / "ckpt")), files)
@@ -384,7 +493,7 @@ def test_a_step_dropping_row_hash_is_refused_before_anything_is_written(cluster:
         rd.write_datasink(ds.rename_columns({"row_hash": "h"}), ckpt, CollectSink(str(tmp_path / "sink")))
     with pytest.raises(ray.exceptions.RayTaskError, match="lost the 'row_hash' column"):
         rd.write_parquet(ds.drop_columns(["row_hash"]), ckpt, str(tmp_path / "out"))
-    assert list((tmp_path / "out").glob("*.parquet")) == [] and not (tmp_path / "sink").exists()
+    assert list((tmp_path / "out").rglob("*.parquet")) == [] and not (tmp_path / "sink").exists()
     assert rd.pending_paths(resumelog.open(str(tmp_path / "ckpt")), files) == files
 
 
@@ -434,7 +543,9 @@ def test_generic_reader_without_row_hashes_and_empty_files(cluster: None, tmp_pa
     ds = rd.map_batches(ds, ckpt, lambda t: t.filter(pc.greater(t["id"], 3)), stage="gt3")  # content digests
     summary = rd.write_parquet(ds, ckpt, str(tmp_path / "out"))
     assert summary.undrained == [] and summary.sources_completed == 6 and summary.rows == 56
-    assert sorted(out_table(tmp_path / "out").column("id").to_pylist()) == list(range(4, 60))
+    assert sorted(committed_table(str(tmp_path / "ckpt"), tmp_path / "out").column("id").to_pylist()) == list(
+        range(4, 60)
+    )
     # a file without rows is complete without being read
     with pytest.raises(resumelog.NothingToDo, match="had no rows"):
         rd.read_parquet(ckpt, empty)
@@ -479,7 +590,11 @@ def test_row_level_write_then_filter_completed(cluster: None, tmp_path: Path) ->
     summary = rd.write_parquet(first, ckpt, str(tmp_path / "out"), id_column="id")
     assert summary.rows == 400
     ckpt = resumelog.open(str(tmp_path / "ckpt"))
-    assert len(ckpt.completed) == 400 and ckpt.is_completed("399") and not ckpt.is_completed("400")
+    ids = [s for s in ckpt.completed if not s.startswith("ray_data:id-part:")]  # + one source per task's file
+    assert len(ids) == 400 and ckpt.is_completed("399") and not ckpt.is_completed("400")
+    assert len(ckpt.completed) - 400 == len(summary.files) == len(ckpt.outputs(tmp_path / "out"))
+    written = committed_table(str(tmp_path / "ckpt"), tmp_path / "out").column("id").to_pylist()
+    assert sorted(written) == list(range(400))
 
     left = rd.filter_completed(ray.data.range(1000), ckpt, "id")
     assert sorted(r["id"] for r in left.take_all()) == list(range(400, 1000))

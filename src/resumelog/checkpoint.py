@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from resumelog.outputs import Output
     from resumelog.repair import RepairResult
 
-__all__ = ["Checkpoint", "CompletedView", "Status", "WriterHandle", "open"]
+__all__ = ["Checkpoint", "CompletedView", "OutputsStatus", "Status", "WriterHandle", "open"]
 
 logger = logging.getLogger("resumelog")
 
@@ -57,6 +57,33 @@ class WriterStatus(msgspec.Struct):
     closed: bool
 
 
+class OutputsStatus(msgspec.Struct):
+    """One outputs root (written with :meth:`Writer.output`) as seen by
+    :meth:`Checkpoint.status` with ``outputs=[root]``: the objects of each kind
+    (:func:`resumelog.outputs.scan`) with their bytes, and what
+    :meth:`Checkpoint.gc` with ``outputs=[root]`` would delete now."""
+
+    root: str
+    committed: int = 0
+    """Outputs readers see: the source completed in the output's run."""
+    committed_bytes: int = 0
+    in_flight: int = 0
+    """Outputs of sources not (yet) complete in their run, which may still complete them."""
+    in_flight_bytes: int = 0
+    orphaned: int = 0
+    """Outputs of voided attempts (another run completed the source, or the output's run
+    never can): invisible, deleted by ``gc`` once older than the grace."""
+    orphaned_bytes: int = 0
+    staging: int = 0
+    """Spool files killed writers left under ``~staging/``."""
+    staging_bytes: int = 0
+    foreign: int = 0
+    """Objects whose names are not outputs (never touched)."""
+    gc_objects: int = 0
+    """Orphans and spool files older than the grace: what ``gc`` would delete now."""
+    gc_bytes: int = 0
+
+
 class Status(msgspec.Struct):
     """A summary of a checkpoint (``resumelog status --json`` prints this)."""
 
@@ -84,6 +111,8 @@ class Status(msgspec.Struct):
     ``gc`` deletes them."""
     resets: int = 0
     """Completions voided by an operator's ``reset`` (not counted among ``anomalies``)."""
+    outputs: list[OutputsStatus] = msgspec.field(default_factory=list)
+    """One entry per outputs root passed to :meth:`Checkpoint.status` (``outputs=``)."""
     layers: int = 0
     """Layers of the completed-id index the loaded snapshot names (format version 5)."""
     layer_bytes: int = 0
@@ -429,8 +458,22 @@ class Checkpoint:
         """The fingerprint stored in ``meta.msgpack``."""
         return dict(self.meta.fingerprint) if self.meta else {}
 
-    def status(self, *, gc_grace: float = compactor.DEFAULT_GRACE) -> Status:
-        """Counts, runs, writers, bytes and anomalies (re-lists storage)."""
+    def status(
+        self,
+        *,
+        gc_grace: float = compactor.DEFAULT_GRACE,
+        outputs: Sequence[str | Store] = (),
+        outputs_storage_options: Mapping[str, Any] | None = None,
+    ) -> Status:
+        """Counts, runs, writers, bytes and anomalies (re-lists storage).
+
+        With ``outputs`` (roots written with :meth:`Writer.output`), also each root's
+        committed, in-flight and orphaned outputs and staging debris, with their bytes
+        and what ``gc`` would delete (``Status.outputs``; one listing per root, after
+        the checkpoint is read, as :func:`resumelog.outputs.committed` does).
+        ``outputs_storage_options``: for the roots (default: the checkpoint's for a root
+        on its protocol).
+        """
         self.refresh()
         st = self._state
         loaded = self._loaded
@@ -461,6 +504,11 @@ class Checkpoint:
         refs = loaded.frames.layers or [] if loaded.frames is not None else []
         counts = dict(st.anomaly_counts)
         resets = counts.pop("reset", 0)  # an operator's action, not something that went wrong
+        outs: list[OutputsStatus] = []
+        if outputs:
+            from resumelog.outputs import summarize
+
+            outs = [summarize(self, root, outputs_storage_options, grace=gc_grace, refresh=False) for root in outputs]
         return Status(
             url=self.store.url,
             format_version=FORMAT_VERSION,
@@ -487,6 +535,7 @@ class Checkpoint:
             gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes + reclaim.layer_bytes,
             foreign_objects=len(loaded.foreign),
             resets=resets,
+            outputs=outs,
             layers=len(refs),
             layer_bytes=sum(r.size for r in refs),
         )

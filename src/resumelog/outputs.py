@@ -44,7 +44,7 @@ from resumelog.errors import AlreadyExists, InvalidId
 from resumelog.storage import Store, open_store, split_url
 
 if TYPE_CHECKING:
-    from resumelog.checkpoint import Checkpoint
+    from resumelog.checkpoint import Checkpoint, OutputsStatus
     from resumelog.journal import Writer
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "output_store",
     "parse_output_name",
     "scan",
+    "summarize",
     "unescape",
     "write_output",
 ]
@@ -461,33 +462,69 @@ def gc(
     """Delete orphaned outputs (voided attempts) and staging debris older than ``grace``
     seconds. Never an output of the run that completed its source, nor one still in
     flight, nor an object whose name is not an output's."""
-    now = time.time() if now is None else now
     sc = scan(ckpt, root, storage_options)
-    store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
+    result = _collectable(sc, grace, time.time() if now is None else now, dry_run)
+    if result.keys and not dry_run:
+        store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
+        store.delete(result.keys)
+    return result
+
+
+def _collectable(sc: OutputScan, grace: float, now: float, dry_run: bool) -> OutputGcResult:
+    """What :func:`gc` deletes from a scan: orphans and spool files older than ``grace``."""
     result = OutputGcResult(sc.root, dry_run)
-    doomed: list[str] = []
 
     def old(mtime: float | None) -> bool:
         return mtime is not None and now - mtime >= grace
 
     for o in sc.orphaned:
         if old(o.mtime):
-            doomed.append(o.path)
+            result.keys.append(o.path)
             result.orphaned += 1
             result.bytes += o.size
         else:
             result.kept_recent += 1
     for path, size, mtime in sc.staging:
         if old(mtime):
-            doomed.append(path)
+            result.keys.append(path)
             result.staging += 1
             result.bytes += size
         else:
             result.kept_recent += 1
-    result.keys = doomed
-    if doomed and not dry_run:
-        store.delete(doomed)
     return result
+
+
+def summarize(
+    ckpt: Checkpoint,
+    root: str | Store,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    grace: float = DEFAULT_GRACE,
+    refresh: bool = True,
+    now: float | None = None,
+) -> OutputsStatus:
+    """Counts and bytes of each kind of object under ``root`` and what :func:`gc` would
+    delete now (one listing): the entry :meth:`Checkpoint.status
+    <resumelog.Checkpoint.status>` reports per outputs root, and what ``resumelog
+    status``/``verify --outputs`` print."""
+    from resumelog.checkpoint import OutputsStatus
+
+    sc = scan(ckpt, root, storage_options, refresh=refresh)
+    g = _collectable(sc, grace, time.time() if now is None else now, True)
+    return OutputsStatus(
+        root=sc.root,
+        committed=len(sc.committed),
+        committed_bytes=sum(o.size for o in sc.committed),
+        in_flight=len(sc.in_flight),
+        in_flight_bytes=sum(o.size for o in sc.in_flight),
+        orphaned=len(sc.orphaned),
+        orphaned_bytes=sum(o.size for o in sc.orphaned),
+        staging=len(sc.staging),
+        staging_bytes=sum(size for _, size, _ in sc.staging),
+        foreign=sc.foreign,
+        gc_objects=g.orphaned + g.staging,
+        gc_bytes=g.bytes,
+    )
 
 
 def gc_many(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import pytest
@@ -142,3 +143,33 @@ def test_writers_recover_after_the_server_restarts(tmp_path):
             w.close()
             final = resumelog.open(url, storage_options=again.storage_options())
             assert sorted(final.completed) == sorted([f"before-{i}" for i in range(5)] + ["during", "after"])
+
+
+def test_lost_response_of_a_multipart_complete_is_recognised_by_its_nonce(s3_server, url, tmp_path):
+    """The create-only multipart upload of a large output lands, but the answer to its
+    ``CompleteMultipartUpload`` is lost, and every retry of it fails: the object's
+    nonce (user metadata of the upload) tells the publisher that the object is its own."""
+    big = tmp_path / "big"
+    body = os.urandom(11 << 20)
+    big.write_bytes(body)
+    completes = [0]
+
+    def lost_complete(method, path):  # the complete is the one POST naming an upload id
+        if method != "POST" or "uploadId=" not in path:
+            return None
+        completes[0] += 1
+        return "reset_after" if completes[0] == 1 else "http503"
+
+    with fault_proxy(s3_server.endpoint_url) as px:
+        opts = proxied(s3_server, px, retries=1)
+        store = FsspecStore(url, opts, multipart_threshold=5 << 20, multipart_part_size=5 << 20)
+        px.plan = lost_complete
+        store.put_if_absent_file("out/big", str(big))
+        assert px.stats.faults["reset_after"] == 1 and px.stats.faults["http503"] >= 1
+        assert store.requests["CompleteMultipartUpload"] >= 1 and store.requests["HeadObject"] >= 1
+        other = FsspecStore(url, opts, multipart_threshold=5 << 20, multipart_part_size=5 << 20)
+        with pytest.raises(resumelog.AlreadyExists):  # another publisher's upload is not ours
+            other.put_if_absent_file("out/big", str(big))
+    plain = FsspecStore(url, s3_server.storage_options())
+    assert plain.read("out/big") == body
+    print(json.dumps({"fault": "reset_after complete", "server": s3_server.kind, "injected": 1, "lost": 0}))

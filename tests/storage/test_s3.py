@@ -204,3 +204,64 @@ def test_resume_from_another_cluster(s3_server, s3_url):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == expected
+
+
+# ---------------------------------------------------------------------- streamed publish of large files
+
+MiB = 1 << 20
+
+
+def _multipart_store(url: str, opts: dict[str, Any]) -> FsspecStore:
+    return FsspecStore(url, opts, multipart_threshold=5 * MiB, multipart_part_size=5 * MiB, multipart_concurrency=2)
+
+
+def _uploads_in_progress(store: FsspecStore) -> list[str]:
+    bucket, _, prefix = store.root.partition("/")
+    got = store.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix + "/")
+    return [u["Key"] for u in got.get("Uploads", [])]
+
+
+def test_a_large_file_is_published_as_a_create_only_multipart_upload(s3_url, tmp_path):
+    url, opts = s3_url
+    store = _multipart_store(url, opts)
+    first, second = tmp_path / "first", tmp_path / "second"
+    body = os.urandom(12 * MiB + 12345)  # three parts: 5 + 5 + 2 MiB
+    first.write_bytes(body)
+    second.write_bytes(body[::-1])
+    store.put_if_absent_file("out/big", str(first))
+    assert store.requests["CreateMultipartUpload"] == 1 and store.requests["UploadPart"] == 3
+    assert store.requests["CompleteMultipartUpload"] == 1 and store.requests["PutObject"] == 0
+    assert store.read("out/big") == body
+    assert [(o.path, o.size) for o in store.list("out/")] == [("out/big", len(body))]
+    # a second publisher of the name: AlreadyExists, the first bytes stay, its upload is aborted
+    other = _multipart_store(url, opts)
+    for path in (second, first):  # other bytes, and the same bytes from another publisher
+        with pytest.raises(resumelog.AlreadyExists) as info:
+            other.put_if_absent_file("out/big", str(path))
+        assert isinstance(info.value, FileExistsError)
+    assert other.requests["AbortMultipartUpload"] == 2
+    assert store.read("out/big") == body
+    assert _uploads_in_progress(store) == []
+    # at or below the threshold: one conditional PUT, as before
+    small = tmp_path / "small"
+    small.write_bytes(body[: 5 * MiB])
+    store.put_if_absent_file("out/small", str(small))
+    assert store.requests["PutObject"] == 1 and store.requests["CreateMultipartUpload"] == 1
+    with pytest.raises(resumelog.AlreadyExists):
+        store.put_if_absent_file("out/small", str(second))
+    assert store.read("out/small") == body[: 5 * MiB]
+
+
+def test_a_large_output_goes_through_writer_output_on_s3(s3_url):
+    url, opts = s3_url
+    root = _multipart_store(url + "-out", opts)
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    chunk = os.urandom(MiB)
+    with ck.writer("w") as w:
+        with w.output("big", root) as f:
+            for _ in range(11):  # 11 MiB: three parts
+                f.write(chunk)
+    assert root.requests["UploadPart"] == 3
+    outs = ck.outputs(root)
+    assert [(o.source, o.size) for o in outs] == [("big", 11 * MiB)]
+    assert root.read(outs[0].path) == chunk * 11

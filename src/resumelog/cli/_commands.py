@@ -209,11 +209,8 @@ def status_to_dict(st: Status, stale_after: float = DEFAULT_STALE_AFTER, now_ms:
 
 def cmd_status(ctx: Ctx) -> int:
     ckpt = open_checkpoint(ctx)
-    st = ckpt.status(gc_grace=ctx.args.grace)
+    st = ckpt.status(gc_grace=ctx.args.grace, outputs=ctx.args.outputs)
     doc = status_to_dict(st, ctx.args.stale_after)
-    scans = _output_scans(ckpt, ctx.args.outputs, ctx.args.grace)
-    if ctx.args.outputs:
-        doc["outputs"] = scans
     if ctx.json:
         dump_json(doc)
         return EXIT_OK
@@ -246,11 +243,11 @@ def cmd_status(ctx: Ctx) -> int:
             f"foreign      {plural(st.foreign_objects, 'object')} of a deleted checkpoint "
             "(written after it was deleted or cleared): ignored; gc deletes them"
         )
-    for sc in scans:
-        c = sc["counts"]
+    for o in st.outputs:
         out.append(
-            f"outputs      {redact_url(sc['root'])}: {c['committed']} committed, {c['in_flight']} in flight, "
-            f"{c['orphaned']} orphaned, {c['staging']} staging; gc would free {plural(sc['gc_objects'], 'object')}"
+            f"outputs      {redact_url(o.root)}: {o.committed} committed ({human_bytes(o.committed_bytes)}), "
+            f"{o.in_flight} in flight, {o.orphaned} orphaned ({human_bytes(o.orphaned_bytes)}), {o.staging} staging; "
+            f"gc would free {plural(o.gc_objects, 'object')}, {human_bytes(o.gc_bytes)}"
         )
     if st.runs:
         out.append("")
@@ -298,26 +295,6 @@ def cmd_status(ctx: Ctx) -> int:
             out.append(f"  {a['kind']}  {a['source'] or '-'}  run {a['run_id'] or '-'}  {a['detail']}".rstrip())
     print("\n".join(out))
     return EXIT_OK
-
-
-def _output_scans(ckpt: Any, roots: list[str], grace: float) -> list[dict[str, Any]]:
-    """Per outputs root: counts of each kind of object and what gc would delete."""
-    from resumelog import outputs
-
-    docs = []
-    for root in roots:
-        sc = outputs.scan(ckpt, root)
-        g = outputs.gc(ckpt, root, grace=grace, dry_run=True)
-        docs.append(
-            {
-                "root": sc.root,
-                "counts": sc.counts(),
-                "committed_bytes": sum(o.size for o in sc.committed),
-                "gc_objects": g.orphaned + g.staging,
-                "gc_bytes": g.bytes,
-            }
-        )
-    return docs
 
 
 def run_state(r: Any) -> str:
@@ -697,22 +674,26 @@ def cmd_verify(ctx: Ctx) -> int:
             _print_repair(result)
             _print_verify(after)
         return EXIT_OK if after.ok else EXIT_PROBLEMS
-    scans = _output_scans(open_checkpoint(ctx), ctx.args.outputs, 3600.0) if ctx.args.outputs else []
+    outs = []
+    if ctx.args.outputs:
+        from resumelog.outputs import summarize
+
+        ckpt = open_checkpoint(ctx)
+        outs = [summarize(ckpt, root) for root in ctx.args.outputs]
     if ctx.json:
         doc = report.to_dict()
         if ctx.args.outputs:
-            doc["outputs"] = scans
+            doc["outputs"] = msgspec.to_builtins(outs)
         dump_json(doc)
     else:
         _print_verify(report)
-        for sc in scans:
-            c = sc["counts"]
-            if c["orphaned"] or c["staging"]:
+        for o in outs:
+            if o.orphaned or o.staging:
                 print(
-                    f"WARNING  {redact_url(sc['root'])}: {c['orphaned']} orphaned outputs (voided attempts) and "
-                    f"{c['staging']} staging files, invisible to readers; `resumelog gc --outputs` deletes them"
+                    f"WARNING  {redact_url(o.root)}: {o.orphaned} orphaned outputs (voided attempts) and "
+                    f"{o.staging} staging files, invisible to readers; `resumelog gc --outputs` deletes them"
                 )
-            print(f"outputs  {redact_url(sc['root'])}: {c['committed']} committed, {c['in_flight']} in flight")
+            print(f"outputs  {redact_url(o.root)}: {o.committed} committed, {o.in_flight} in flight")
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 

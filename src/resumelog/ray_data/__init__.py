@@ -14,6 +14,7 @@ its rows are written; a rerun never reads it again::
     ds = rd.read_parquet(ckpt, paths)                 # only files not complete yet
     ds = rd.map_batches(ds, ckpt, drop_short_docs)    # row counts may change here
     summary = rd.write_parquet(ds, ckpt, "s3://bucket/out/")
+    rows = rd.read_committed(ckpt, "s3://bucket/out/")  # every row of each completed file, once
 
 A rerun of a finished job raises :class:`~resumelog.errors.NothingToDo` from
 :func:`read_parquet` and reads nothing. Only :func:`map_batches` (this module's
@@ -38,13 +39,15 @@ Design notes (see also ``docs/integrations.md``):
   the file path, each write's ``-k`` on a digest of the written rows' ``row_hash``
   (Ray's deterministic per-row hash of file path and position; a content digest when
   the reader cannot provide it).
-* Output files are named ``<source hash>-<run id>-<rows digest>.parquet``, one file per
-  source per write task: a retried task overwrites its own file, names never collide
-  with earlier runs, and before writing a rerun deletes the files of the sources it
-  is about to redo (partial output of an interrupted run), after a tombstone voids
-  those sources' completion by the runs that wrote them. Files of completed sources
-  are never touched. One pipeline per output directory at a time.
-* Write tasks record their ``-k`` after their files exist and return; a thread of the
+* Output files are exactly-once outputs (``docs/exactly-once.md``), one per source per
+  write task, published with put-if-absent as
+  ``<root>/<run>/<source>/ray_data%3Asink%3A<rows digest>/part.parquet``: a retried task
+  keeps its first attempt's file, a rerun publishes under its own run, and nothing is
+  ever deleted by a write. :func:`read_committed` reads the files of the run that
+  completed each source; ``ckpt.gc(outputs=[root])`` deletes those of voided attempts.
+  An arbitrary ``Datasink`` (:func:`write_datasink`) cannot be routed this way: it is
+  at-least-once.
+* Write tasks record their ``-k`` after their files are published and return; a thread of the
   worker flushes right after (non-positive records may be buffered: losing one only
   reruns a source). The driver's :func:`write_parquet` waits until the records are
   visible before it returns its :class:`WriteSummary`. Positive deltas (a fan-out in
@@ -59,7 +62,8 @@ Design notes (see also ``docs/integrations.md``):
 #   _worker      the per-process journal writer with its background flusher
 #   _planning    expand_paths, pending_paths, parquet_row_count, read, read_parquet
 #   _accounting  map_batches: out - in per source around a batch function
-#   _sinks       WriteSummary, ParquetSink, CheckpointingDatasink, write_parquet, write_datasink
+#   _sinks       WriteSummary, ParquetSink, CheckpointingDatasink, write_parquet, write_datasink,
+#                read_committed
 #   _filter      completed_ids, _IdMatcher, filter_completed
 #   _native      ResumelogCheckpointConfig, ResumelogCheckpointManager, ResumelogCheckpointFilter
 #
@@ -75,11 +79,13 @@ from resumelog.ray_data._common import ROW_HASH_COLUMN, UnfilterableDataset, Uns
 from resumelog.ray_data._planning import expand_paths, pending_paths, parquet_row_count, read, read_parquet
 from resumelog.ray_data._accounting import map_batches
 from resumelog.ray_data._sinks import (
+    PART_NAME,
     WriteSummary,
     ParquetSink,
     CheckpointingDatasink,
     write_parquet,
     write_datasink,
+    read_committed,
 )
 from resumelog.ray_data._filter import completed_ids, filter_completed
 from resumelog.ray_data._native import (
@@ -111,7 +117,6 @@ from resumelog.ray_data._accounting import _Accounting as _Accounting
 from resumelog.ray_data._accounting import _restamp as _restamp
 from resumelog.ray_data._accounting import _set_column as _set_column
 from resumelog.ray_data._accounting import _to_arrow as _to_arrow
-from resumelog.ray_data._sinks import _OUT_RE as _OUT_RE
 from resumelog.ray_data._sinks import _await_drain as _await_drain
 from resumelog.ray_data._sinks import _check_mode as _check_mode
 from resumelog.ray_data._sinks import _resolve as _resolve
@@ -131,6 +136,7 @@ from resumelog.ray_data._native import _resumelog_url as _resumelog_url
 logger = logging.getLogger("resumelog")
 
 __all__ = [
+    "PART_NAME",
     "ROW_HASH_COLUMN",
     "CheckpointingDatasink",
     "ParquetSink",
@@ -147,6 +153,7 @@ __all__ = [
     "parquet_row_count",
     "pending_paths",
     "read",
+    "read_committed",
     "read_parquet",
     "write_datasink",
     "write_parquet",

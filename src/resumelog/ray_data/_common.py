@@ -62,8 +62,9 @@ class UnfilterableDataset(ResumelogError, ValueError):
 class UnsafeWriteMode(ResumelogError, ValueError):
     """The write mode would delete or skip outputs that earlier runs completed.
 
-    A resumed run appends: files of completed sources stay, files of sources being
-    redone are replaced by name. Only ``mode="append"`` is accepted.
+    A resumed run appends: files of completed sources stay, and the sources being
+    redone are published under the new run's names (``read_committed`` shows the run
+    that completed each). Only ``mode="append"`` is accepted. Fix the call.
     """
 
 

@@ -1,16 +1,17 @@
 """Checkpointed writes: sinks that record completion after their outputs exist.
 
-:class:`ParquetSink` (one file per source per write task, stale partial outputs
-removed before a rerun) and :class:`CheckpointingDatasink` (any ``Datasink``) record
-each task's ``-rows`` per source, or its row ids; :func:`write_parquet` and
-:func:`write_datasink` run them and wait for the read's sources to drain.
+:class:`ParquetSink` publishes one file per source per write task as an exactly-once
+output (:meth:`Writer.output <resumelog.Writer.output>`, the same protocol as every
+other adapter) and :class:`CheckpointingDatasink` wraps any ``Datasink``; both record
+each task's ``-rows`` per source, or its row ids, after the task's outputs exist.
+:func:`write_parquet` and :func:`write_datasink` run them and wait for the read's
+sources to drain; :func:`read_committed` reads back the committed Parquet outputs.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import Datasink
 
 from resumelog.checkpoint import Checkpoint, WriterHandle
+from resumelog.journal import Writer
+from resumelog.outputs import _ckpt_options, committed, output_name, output_store
 from resumelog.ray_data._common import (
     _SINK_KEY,
     ROW_HASH_COLUMN,
@@ -34,18 +37,22 @@ from resumelog.ray_data._common import (
     _check_row_hash,
     _check_schema,
     _digest,
-    _filesystem,
     _groups,
-    _hash16,
     _normalize_row_hash,
     _row_hash_dropped,
 )
 from resumelog.ray_data._planning import _PLANS, _Plan
 from resumelog.ray_data._worker import _worker_writer
+from resumelog.storage import LocalStore, split_url
 
 logger = logging.getLogger("resumelog")
 
-_OUT_RE = re.compile(r"^([0-9a-f]{16})-(.+)-([0-9a-f]{16})\.parquet$")
+PART_NAME = "part.parquet"
+"""The output name of each Parquet file :class:`ParquetSink` publishes (its key tells
+the write task's files apart)."""
+_IDS_PART = "ray_data:id-part:"
+"""Row level: prefix of the source an id-column write task's file is published under
+(``+ <run id>:<digest of its rows>``), completed with the task's row ids."""
 
 
 def _await_drain(ckpt: Checkpoint, sources: Sequence[str], settle: float = 1.0, limit: float = 60.0) -> list[str]:
@@ -78,7 +85,10 @@ class WriteSummary:
     Attributes
     ----------
     files : list of str
-        Output files written (empty for :func:`write_datasink`).
+        Output files published, as object names under ``root``
+        (``<run>/<source>/<key>/part.parquet``, escaped; empty for
+        :func:`write_datasink`). A file a retried task found already published (by
+        its first attempt) is listed once per attempt that reported it.
     rows : int
         Rows written.
     sources_completed : int
@@ -87,16 +97,16 @@ class WriteSummary:
         Sources of the plan still pending after a successful write: rows were
         dropped or added by a step that was not accounted (use :func:`map_batches`).
         They rerun next time.
-    stale_files_removed : list of str
-        Output files of earlier, interrupted runs that the write deleted (partial
-        outputs of sources it redid).
+    root : str
+        The outputs root (``""`` for :func:`write_datasink`): read it back with
+        :func:`read_committed`.
     """
 
     files: list[str] = field(default_factory=list, repr=False)
     rows: int = 0
     sources_completed: int = 0
     undrained: list[str] = field(default_factory=list)
-    stale_files_removed: list[str] = field(default_factory=list, repr=False)
+    root: str = ""
 
 
 def _check_mode(mode: object) -> None:
@@ -105,8 +115,8 @@ def _check_mode(mode: object) -> None:
         raise UnsafeWriteMode(
             f"mode={value!r} is refused: a resumed run must keep the outputs of sources that earlier runs "
             "completed ('overwrite' would delete them, 'ignore'/'error'/'create' would skip or fail the "
-            "rerun). Use mode='append' (the default): resumelog replaces only the partial outputs of the "
-            "sources it redoes, by name."
+            "rerun). Use mode='append' (the default): each run publishes under its own name, and "
+            "read_committed() shows only the outputs of the run that completed each source."
         )
 
 
@@ -163,22 +173,35 @@ class _SinkBase(Datasink):  # type: ignore[misc,type-arg]
         out: list[str] = ids.to_pylist()
         return out
 
-    def _commit(self, records: list[tuple[str, str, int]], row_ids: list[str]) -> None:
+    def _commit(self, records: list[tuple[str, str, int]], completed: list[str]) -> None:
         # after the outputs exist. With a read plan the driver waits for the records to
         # land, so the (non-positive) records are flushed by the background thread;
         # otherwise (row ids) they are durable when the task returns.
-        _worker_writer(self.handle).commit(records, row_ids, sync=self.sync_flush)
+        _worker_writer(self.handle).commit(records, completed, sync=self.sync_flush)
 
     def on_write_complete(self, write_result: Any) -> None:
         self.write_returns = list(write_result.write_returns)
 
 
 class ParquetSink(_SinkBase):
-    """A Datasink writing Parquet and recording completion after each file exists.
+    """A Datasink publishing Parquet as exactly-once outputs, then recording completion.
 
-    One file per source per write task, named
-    ``<blake2b(source)[:16]>-<run id>-<digest of its rows>.parquet``. Used by
-    :func:`write_parquet`; build it yourself only to pass it to
+    Each write task writes one Parquet file per source it holds into a local spool
+    file and publishes it with put-if-absent through this process's writer
+    (:meth:`Writer.output <resumelog.Writer.output>` with ``record=False``, as
+    :func:`resumelog.ray.output` does) under
+    ``<root>/<run>/<source>/<sink key>/part.parquet`` (ids escaped, the key
+    ``ray_data:sink:<digest of the rows>``); only then does it record ``-rows`` per
+    source. A retried task publishes the same names, which keeps its first attempt's
+    files; a rerun publishes under its own run. Read the files back with
+    :func:`read_committed` (:func:`resumelog.outputs.committed`): those of the run that
+    completed each source, nothing of a voided attempt, and nothing is ever deleted.
+
+    Row level (``id_column``): each task's file is one output of the source
+    ``ray_data:id-part:<run>:<digest>``, completed together with the task's row ids
+    (first, so that a crash between the two can only show rows twice, never lose them).
+
+    Used by :func:`write_parquet`; build it yourself only to pass it to
     ``Dataset.write_datasink``.
     """
 
@@ -190,81 +213,52 @@ class ParquetSink(_SinkBase):
         source_column: str | None = "path",
         source_id: Callable[[str], str] | None = None,
         id_column: str | None = None,
-        filesystem: pafs.FileSystem | None = None,
+        storage_options: Mapping[str, Any] | None = None,
         drop_columns: Sequence[str] = (ROW_HASH_COLUMN,),
         parquet_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             handle, source_column=source_column, source_id=source_id, id_column=id_column, drop_columns=drop_columns
         )
-        self.filesystem, self.base = _filesystem(path, filesystem)
+        proto, rest = split_url(str(path))
+        # a local root is made absolute here, on the driver: workers may run elsewhere
+        self.root = os.path.abspath(rest) if proto in ("file", "local") else str(path)
         self.path = path
+        self.storage_options = None if storage_options is None else dict(storage_options)
         self.parquet_kwargs = dict(parquet_kwargs or {})
 
-    def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        """Create the output directory (driver side)."""
-        self.filesystem.create_dir(self.base, recursive=True)
-
     def write(self, blocks: Iterable[Any], ctx: Any) -> list[tuple[str, str, int]]:
-        """Write this task's rows (one file per source), then record and flush."""
+        """Publish this task's rows (one file per source), then record (flushed in the background)."""
         tables = [self._block(b) for b in blocks]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return []
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
-        run = self.handle.run_id
-        written: list[tuple[str, str, int]] = []
+        writer = _worker_writer(self.handle).writer
+        published: list[tuple[str, str, int]] = []
         records: list[tuple[str, str, int]] = []
-        row_ids: list[str] = []
+        completed: list[str] = []
         if self.source_column is not None:
             for source, rows in _groups(table, self.source_column, self.source_id).items():
-                digest = _digest(rows)
-                name = f"{_hash16(source)}-{run}-{digest}.parquet"
-                self._write_file(name, rows)
-                written.append((source, name, rows.num_rows))
-                records.append((_SINK_KEY + digest, source, -rows.num_rows))
+                key = _SINK_KEY + _digest(rows)
+                published.append((source, self._publish(writer, source, key, rows), rows.num_rows))
+                records.append((key, source, -rows.num_rows))
         else:
-            row_ids = self._row_ids(table)
-            name = f"{_hash16('ids')}-{run}-{_digest(table)}.parquet"
-            self._write_file(name, table)
-            written.append(("", name, table.num_rows))
-        self._commit(records, row_ids)  # only after every file of this task exists
-        return written
+            ids = self._row_ids(table)  # checked before anything is published
+            part = f"{_IDS_PART}{writer.run_id}:{_digest(table)}"
+            published.append((part, self._publish(writer, part, None, table), table.num_rows))
+            completed = [part, *ids]  # the file's source first: never rows without it
+        self._commit(records, completed)  # only after every file of this task is published
+        return published
 
-    def _write_file(self, name: str, rows: pa.Table) -> None:
-        path = f"{self.base.rstrip('/')}/{name}"
-        pq.write_table(self._strip(rows), path, filesystem=self.filesystem, **self.parquet_kwargs)
-
-    def remove_stale(self, ckpt: Checkpoint, sources: Iterable[str]) -> list[str]:
-        """Delete output files of ``sources`` left by earlier attempts (driver side).
-
-        Called before a run redoes ``sources`` (none of them complete): their files
-        are partial outputs of an interrupted run, and this run writes every row
-        again. Files of other sources are never touched. First, a tombstone per
-        source voids its completion by the runs that wrote those files (their names
-        hold the run id), flushed before anything is deleted: a record of the old run
-        that is still on its way (a background flush, a task that outlived its
-        driver) can then never complete the source with its files gone.
-        """
-        wanted = {_hash16(s): s for s in sources}
-        if not wanted:
-            return []
-        infos = self.filesystem.get_file_info(pafs.FileSelector(self.base, allow_not_found=True))
-        stale: list[str] = []
-        runs: dict[str, set[str]] = {}
-        for f in infos:
-            m = _OUT_RE.match(os.path.basename(f.path)) if f.type == pafs.FileType.File else None
-            if m and m.group(1) in wanted:
-                stale.append(f.path)
-                if m.group(2) != ckpt.run_id:
-                    runs.setdefault(wanted[m.group(1)], set()).add(m.group(2))
-        if runs:
-            with ckpt.writer() as w:
-                for source, old in runs.items():
-                    w.reset(source, old)
-        for p in stale:
-            self.filesystem.delete_file(p)
-        return stale
+    def _publish(self, writer: Writer, source: str, key: str | None, rows: pa.Table) -> str:
+        """Write ``rows`` to a spool file and publish it as the output ``(source, key,
+        part.parquet)`` of this run; its object name under the root."""
+        with writer.output(
+            source, self.root, key=key, name=PART_NAME, record=False, storage_options=self.storage_options
+        ) as f:
+            pq.write_table(self._strip(rows), f, **self.parquet_kwargs)
+        return output_name(writer.run_id, source, key, PART_NAME)
 
 
 class CheckpointingDatasink(_SinkBase):
@@ -399,43 +393,55 @@ def write_parquet(
     source_column: str = "path",
     source_id: Callable[[str], str] | None = None,
     id_column: str | None = None,
-    filesystem: pafs.FileSystem | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     mode: Any = "append",
     drop_columns: Sequence[str] = (ROW_HASH_COLUMN,),
     ray_remote_args: dict[str, Any] | None = None,
     concurrency: int | None = None,
+    filesystem: Any = None,
     **parquet_kwargs: Any,
 ) -> WriteSummary:
-    """Write ``ds`` as Parquet under ``path``, recording completion after each file.
+    """Write ``ds`` as Parquet exactly-once outputs under ``path``, recording completion
+    after each file is published.
 
     File level (default): ``ds`` comes from :func:`read_parquet` / :func:`read` with
-    the same ``ckpt``; each write task writes one file per source it holds, then
-    records ``-rows`` for it. Before running, the files of the sources this run
-    redoes that an interrupted earlier run left are deleted (never those of
-    completed sources). Row level (``id_column=...``): each written row's id is
-    recorded complete (filter the next run with :func:`filter_completed`).
+    the same ``ckpt``; each write task publishes one file per source it holds as an
+    exactly-once output (:class:`ParquetSink`), then records ``-rows`` for it. Read
+    the result with :func:`read_committed`: every row of every completed source
+    exactly once, whatever crashed before. Files of interrupted attempts stay where
+    they are, invisible, until ``ckpt.gc(outputs=[path])`` deletes them. Row level
+    (``id_column=...``): each task's file is published, then its row ids recorded
+    complete (filter the next run with :func:`filter_completed`).
 
     Parameters
     ----------
     ds : ray.data.Dataset
     ckpt : Checkpoint
     path : str
-        Output directory (local path or URI).
+        The outputs root (local path or fsspec URL: ``s3://bucket/out``).
     source_column : str, default "path"
         Column holding each row's source (Ray's ``path`` column).
     source_id : callable, optional
         As given to the read (default: the read's).
     id_column : str, optional
-        Row-level mode: record each row id instead of file-level sources. A crash
-        between a file's write and its record rewrites those rows next time
-        (at-least-once for that window); the file-level mode is exactly-once.
-    filesystem : pyarrow.fs.FileSystem, optional
+        Row-level mode: record each row id instead of file-level sources. A task's
+        file becomes visible with its first record; if its ids need more than one
+        journal segment (over ~1 MiB of ids) and the worker dies between two, the
+        rows whose ids were not recorded are written again next time (at-least-once
+        for that window); the file-level mode is exactly-once.
+    storage_options : mapping, optional
+        fsspec options for ``path`` (default: the checkpoint's if ``path`` uses its
+        protocol).
     mode : str or ray.data.SaveMode, default "append"
         Anything else raises :class:`UnsafeWriteMode`.
     drop_columns : sequence of str, default ("row_hash",)
         Bookkeeping columns not written (add ``"path"`` to drop the source column).
     ray_remote_args, concurrency
         As for ``Dataset.write_datasink``.
+    filesystem
+        Not supported: outputs are published through resumelog's stores
+        (put-if-absent), so give fsspec ``storage_options`` instead of a pyarrow
+        filesystem (``TypeError``).
     **parquet_kwargs
         Passed to ``pyarrow.parquet.write_table`` (``compression``...).
 
@@ -450,6 +456,11 @@ def write_parquet(
     UnfilterableDataset
         ``ds`` has no source/id column (e.g. ``ray.data.from_items`` without ids).
     """
+    if filesystem is not None:
+        raise TypeError(
+            "write_parquet publishes its files with put-if-absent through resumelog's stores, not through a "
+            "pyarrow filesystem: pass storage_options={...} (fsspec options for the path) instead of filesystem="
+        )
     _check_mode(mode)
     col, sid, plan = _resolve(ckpt, source_column, source_id, id_column)
     sink = ParquetSink(
@@ -458,21 +469,14 @@ def write_parquet(
         source_column=col,
         source_id=sid,
         id_column=id_column,
-        filesystem=filesystem,
+        storage_options=storage_options,
         drop_columns=drop_columns,
         parquet_kwargs=parquet_kwargs,
     )
     _check_schema(ds, sink._column)
     sink.sync_flush = plan is None
     sink.require_row_hash = _requires_row_hash(ds, plan, sink)
-    summary = WriteSummary()
-    if plan is not None:
-        ckpt.refresh()  # never touch files of a source that is complete by now
-        summary.stale_files_removed = sink.remove_stale(ckpt, ckpt.pending(plan.sources))
-        if summary.stale_files_removed:
-            logger.info(
-                "resumelog: removed %d partial output files of unfinished sources", len(summary.stale_files_removed)
-            )
+    summary = WriteSummary(root=sink.root)
     ds.write_datasink(sink, ray_remote_args=ray_remote_args, concurrency=concurrency)
     for _, name, n in (x for r in sink.write_returns for x in (r or [])):
         summary.files.append(name)
@@ -495,10 +499,12 @@ def write_datasink(
     """``ds.write_datasink(datasink)`` recording completion after each task's write.
 
     See :class:`CheckpointingDatasink`: sources complete once all their rows went
-    through ``datasink.write``. Partial outputs of an interrupted run cannot be
-    removed by resumelog here (it does not know the sink's layout), so a source
-    redone after a crash is written again: make the sink idempotent (upsert by id,
-    deterministic object names) for exactly-once.
+    through ``datasink.write``. This path is at-least-once: resumelog cannot route an
+    arbitrary sink's writes through its exactly-once outputs (it neither sees the
+    sink's files nor controls their names), so what an interrupted attempt wrote
+    stays, and a source redone after a crash is written again. Make the sink
+    idempotent (upsert by id, names derived from the rows) for exactly-once, or use
+    :func:`write_parquet` (or :func:`resumelog.ray.output` in your own tasks).
 
     Parameters
     ----------
@@ -530,3 +536,70 @@ def write_datasink(
     sink.require_row_hash = _requires_row_hash(ds, plan, sink)
     ds.write_datasink(sink, ray_remote_args=ray_remote_args, concurrency=concurrency)
     return _summarize(ckpt, plan, WriteSummary())
+
+
+def read_committed(
+    checkpoint: Checkpoint | str,
+    output_root: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    checkpoint_storage_options: Mapping[str, Any] | None = None,
+    run: str | None = None,
+    **read_parquet_kwargs: Any,
+) -> ray.data.Dataset:
+    """A Ray Dataset over the committed Parquet outputs under ``output_root``.
+
+    The files are :func:`resumelog.outputs.committed`'s (the checkpoint read first,
+    then the root listed): for each completed source, the ``*.parquet`` outputs of
+    the run that completed it — what :func:`write_parquet` (or ``Writer.output``)
+    published — and nothing of pending sources, voided attempts or staging debris.
+    Each row written for a completed source is in it exactly once.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint or str
+        The checkpoint, or its URL (opened read-only with
+        ``checkpoint_storage_options``).
+    output_root : str
+        The ``path`` given to :func:`write_parquet`: a local or shared path or an
+        object-store URL (Ray's workers read it).
+    storage_options : mapping, optional
+        fsspec options for ``output_root`` (default: the checkpoint's if it uses the
+        same protocol).
+    checkpoint_storage_options : mapping, optional
+        For a checkpoint given by URL.
+    run : str, optional
+        Only outputs of this run.
+    **read_parquet_kwargs
+        Passed to ``ray.data.read_parquet`` (``columns``, ``include_paths``...;
+        ``partitioning`` defaults to ``None``: output names are not Hive partitions).
+
+    Returns
+    -------
+    ray.data.Dataset
+        Empty (no blocks) if nothing is committed yet.
+    """
+    if isinstance(checkpoint, Checkpoint):
+        ckpt = checkpoint
+    else:
+        import resumelog
+
+        ckpt = resumelog.open(checkpoint, storage_options=checkpoint_storage_options, create=False)
+    outs = [o for o in committed(ckpt, output_root, storage_options, run=run) if o.name.endswith(".parquet")]
+    read_parquet_kwargs.setdefault("partitioning", None)
+    if not outs:
+        return ray.data.from_items([])
+    store = output_store(
+        output_root, storage_options if storage_options is not None else _ckpt_options(ckpt, output_root)
+    )
+    if isinstance(store, LocalStore):
+        return ray.data.read_parquet([o.url for o in outs], **read_parquet_kwargs)
+    fs = getattr(store, "fs", None)
+    if fs is None:
+        raise ValueError(
+            f"read_committed needs an outputs root that Ray's workers can read (a local or shared path, or an "
+            f"object store), not {type(store).__name__}"
+        )
+    root = getattr(store, "root", "")
+    handler = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+    return ray.data.read_parquet([f"{root}/{o.path}" for o in outs], filesystem=handler, **read_parquet_kwargs)

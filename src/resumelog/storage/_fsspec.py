@@ -13,12 +13,25 @@ nothing, the conflict was transient and the create is retried with jittered back
 
 Listing is one paginated listing per prefix (no per-object HEAD); reading many objects
 runs concurrently through fsspec's async batch ``cat``.
+
+``put_if_absent_file`` (how outputs are published) streams files larger than
+``multipart_threshold`` on S3 as a *create-only multipart upload*: the parts are read
+from the file a few at a time (memory stays near ``multipart_concurrency`` x
+``multipart_part_size`` whatever the file's size) and ``CompleteMultipartUpload``
+carries ``If-None-Match: *``, so the object appears whole or not at all, and never
+over an existing one (AWS S3, moto and SeaweedFS all refuse it with HTTP 412). The
+upload carries a random nonce as user metadata: a complete whose first attempt landed
+but whose answer was lost is recognised by it (one ``HeadObject``), a publisher that
+loses gets :class:`AlreadyExists` and its upload is aborted.
 """
 
 from __future__ import annotations
 
 import errno
+import io
+import os
 import random
+import secrets
 import signal
 import threading
 import time
@@ -37,6 +50,15 @@ __all__ = ["FsspecStore"]
 ATOMIC_CREATE_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 _INSTALL_HINT = {"s3fs": "pip install 'resumelog[s3]'", "gcsfs": "pip install 'resumelog[gcs]'"}
 _TRANSIENT_MARKERS = ("ConditionalRequestConflict", "SlowDown", "ServiceUnavailable", "503", "409", "Throttl")
+
+MULTIPART_MIN_PART = 5 << 20
+"""S3's smallest part (all parts but the last)."""
+MULTIPART_MAX_PARTS = 10_000
+"""S3's largest number of parts of one upload."""
+DEFAULT_MULTIPART_THRESHOLD = 16 << 20
+"""Files larger than this are published by :meth:`FsspecStore.put_if_absent_file` as a
+create-only multipart upload (S3), smaller ones by one conditional ``PUT``."""
+_NONCE_META = "resumelog-nonce"
 
 
 @contextmanager
@@ -78,6 +100,16 @@ class FsspecStore(Store):
         Attempts for a create that meets a transient conflict or throttling.
     concurrency
         Parallel reads in :meth:`read_many`.
+    multipart_threshold
+        :meth:`put_if_absent_file` of a larger file streams it as a create-only
+        multipart upload (S3); a smaller one is read into memory and sent as one
+        conditional ``PUT``.
+    multipart_part_size
+        Bytes per part (at least 5 MiB; larger when the file would need more than
+        10,000 parts).
+    multipart_concurrency
+        Parts uploaded at once: a publish holds about ``multipart_concurrency`` x
+        ``multipart_part_size`` bytes in memory.
     """
 
     def __init__(
@@ -88,8 +120,14 @@ class FsspecStore(Store):
         single_writer: bool = False,
         max_attempts: int = 8,
         concurrency: int = 32,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        multipart_part_size: int = DEFAULT_MULTIPART_THRESHOLD,
+        multipart_concurrency: int = 4,
     ) -> None:
         import fsspec
+
+        if multipart_threshold < 0 or multipart_concurrency < 1:
+            raise ValueError("multipart_threshold must be >= 0 and multipart_concurrency >= 1")
 
         proto, _, path = url.partition("://")
         proto = proto.lower()
@@ -117,6 +155,9 @@ class FsspecStore(Store):
         self._url = f"{proto}://{self.root}"
         self.max_attempts = max_attempts
         self.concurrency = concurrency
+        self.multipart_threshold = multipart_threshold
+        self.multipart_part_size = max(multipart_part_size, MULTIPART_MIN_PART)
+        self.multipart_concurrency = multipart_concurrency
         self.requests: Counter[str] = Counter()
         self.bytes_read = 0
         """Bytes this store read by :meth:`read` and :meth:`read_prefix` (for benchmarks)."""
@@ -193,6 +234,108 @@ class FsspecStore(Store):
                     raise _storage_error("write", self._url, key, exc) from exc
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    def put_if_absent_file(self, key: str, path: str) -> None:
+        """:meth:`put_if_absent` of the file ``path``: one conditional ``PUT`` of its bytes
+        up to ``multipart_threshold``; above it, on S3, a create-only multipart upload
+        streamed from the file (bounded memory, see the class). Other protocols read
+        the file whole."""
+        size = os.path.getsize(path)
+        if size <= self.multipart_threshold or self.protocol not in ("s3", "s3a") or not self.atomic_create:
+            super().put_if_absent_file(key, path)
+            return
+        from fsspec.asyn import sync
+
+        self._hook()
+        sync(self.fs.loop, self._multipart_create, key, path, size)
+
+    def _part_size(self, size: int) -> int:
+        """``multipart_part_size``, or more (whole MiB) if ``size`` needs more than 10,000 parts."""
+        per_part = -(-size // MULTIPART_MAX_PARTS)
+        if per_part <= self.multipart_part_size:
+            return self.multipart_part_size
+        return -(-per_part // (1 << 20)) * (1 << 20)
+
+    async def _multipart_create(self, key: str, path: str, size: int) -> None:
+        """Upload ``path`` in parts, then complete with ``If-None-Match: *``; abort the
+        upload unless it completed (ours) — also on cancellation or a failed part."""
+        import asyncio
+
+        full = self._full(key)
+        bucket, _, obj = full.partition("/")
+        nonce = secrets.token_hex(16)
+        part = self._part_size(size)
+        n = -(-size // part)
+        call = self.fs._call_s3
+        try:
+            r = await call("create_multipart_upload", Bucket=bucket, Key=obj, Metadata={_NONCE_META: nonce})
+        except Exception as exc:
+            raise _storage_error("write", self._url, key, exc) from exc
+        upload = r["UploadId"]
+        completed = False
+        try:
+            sem = asyncio.Semaphore(self.multipart_concurrency)
+
+            async def one(i: int) -> dict[str, Any]:
+                async with sem:  # at most multipart_concurrency parts in flight
+                    with _FileRange(path, i * part, min(part, size - i * part)) as body:
+                        out = await call(
+                            "upload_part", Bucket=bucket, Key=obj, UploadId=upload, PartNumber=i + 1, Body=body
+                        )
+                    return {"PartNumber": i + 1, "ETag": out["ETag"]}
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+            try:
+                parts = list(await asyncio.gather(*tasks))
+            except BaseException as exc:
+                for t in tasks:  # a failed part: stop the others before the abort
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if isinstance(exc, Exception):
+                    raise _storage_error("write", self._url, key, exc) from exc
+                raise
+            delay = 0.05
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    await call(
+                        "complete_multipart_upload",
+                        Bucket=bucket,
+                        Key=obj,
+                        UploadId=upload,
+                        MultipartUpload={"Parts": parts},
+                        IfNoneMatch="*",
+                    )
+                    completed = True
+                    return
+                except Exception as exc:
+                    # whatever the error (412, 409, or NoSuchUpload for a retry of a complete
+                    # that landed), the object's nonce says who published it
+                    owner = await self._nonce_of(bucket, obj, key)
+                    if owner == nonce:
+                        completed = True  # our earlier attempt landed; its response was lost
+                        return
+                    if owner is not None:
+                        raise AlreadyExists(f"{self._url}/{key} already exists") from None
+                    if (not _maybe_exists(exc) and not _transient(exc)) or attempt == self.max_attempts:
+                        raise _storage_error("write", self._url, key, exc) from exc
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 2.0)
+        finally:
+            if not completed:
+                try:
+                    await call("abort_multipart_upload", Bucket=bucket, Key=obj, UploadId=upload)
+                except Exception:  # noqa: BLE001 - best effort: a lifecycle rule collects the rest
+                    pass
+
+    async def _nonce_of(self, bucket: str, obj: str, key: str) -> str | None:
+        """The nonce the object was uploaded with (``""`` if none), ``None`` if absent."""
+        try:
+            head = await self.fs._call_s3("head_object", Bucket=bucket, Key=obj)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise _storage_error("check", self._url, key, exc) from exc
+        return str((head.get("Metadata") or {}).get(_NONCE_META, ""))
 
     def _read_or_none(self, key: str) -> bytes | None:
         try:
@@ -295,11 +438,70 @@ class FsspecStore(Store):
             raise _storage_error("check", self._url, key, exc) from exc
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self._url, self.storage_options, not self.atomic_create))
+        multipart = (self.multipart_threshold, self.multipart_part_size, self.multipart_concurrency)
+        return (_reopen, (self._url, self.storage_options, not self.atomic_create, multipart))
 
 
-def _reopen(url: str, options: dict[str, Any], single_writer: bool) -> FsspecStore:
-    return FsspecStore(url, options, single_writer=single_writer)
+def _reopen(
+    url: str, options: dict[str, Any], single_writer: bool, multipart: tuple[int, int, int] | None = None
+) -> FsspecStore:
+    if multipart is None:
+        return FsspecStore(url, options, single_writer=single_writer)
+    threshold, part, concurrency = multipart
+    return FsspecStore(
+        url,
+        options,
+        single_writer=single_writer,
+        multipart_threshold=threshold,
+        multipart_part_size=part,
+        multipart_concurrency=concurrency,
+    )
+
+
+class _FileRange(io.RawIOBase):
+    """Bytes ``start .. start + length`` of a local file as a seekable read-only stream:
+    the body of one part. botocore reads it once for the part's checksum and seeks
+    back, aiohttp then sends it in small chunks (a retry seeks back again), so a part
+    is never held in memory whole."""
+
+    def __init__(self, path: str, start: int, length: int) -> None:
+        super().__init__()
+        self._f = open(path, "rb")  # closed by close()
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = min(max(base + offset, 0), self._length)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self._length - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        got = self._f.readinto(view[:n])
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
 
 
 def _maybe_exists(exc: BaseException) -> bool:

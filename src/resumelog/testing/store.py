@@ -82,6 +82,22 @@ class StoreTests:
             store.put_if_absent_parts("p/one", [b"other"])
         assert store.read("p/one")[:4] == b"head"
 
+    def test_put_if_absent_file_publishes_a_local_file_once(self, store: Store, tmp_path: Any) -> None:
+        first, second = tmp_path / "first.spool", tmp_path / "second.spool"
+        body = bytes(range(256)) * 4096  # 1 MiB
+        first.write_bytes(body)
+        second.write_bytes(b"other bytes")
+        store.put_if_absent_file("out/a", str(first))
+        assert store.read("out/a") == body and self.raw_get(store, "out/a") == body
+        with pytest.raises(AlreadyExists) as info:
+            store.put_if_absent_file("out/a", str(second))
+        assert isinstance(info.value, FileExistsError)
+        assert store.read("out/a") == body
+        self.raw_put(store, "out/b", b"theirs")
+        with pytest.raises(AlreadyExists):
+            store.put_if_absent_file("out/b", str(second))
+        assert store.read("out/b") == b"theirs"
+
     def test_empty_and_large_objects(self, store: Store) -> None:
         big = bytes(range(256)) * 4096 * 3  # 3 MiB
         store.put_if_absent("big", big)
