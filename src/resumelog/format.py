@@ -723,7 +723,8 @@ def decode_header(
     payload = view[start : start + length]
     if crc32c(payload) != crc:
         raise err("CRC mismatch in the header frame", path)
-    dec = {KIND_SNAPSHOT: _dec_snap_header, KIND_LAYER: _dec_layer_header}.get(kind, _dec_header)
+    decoders: dict[int, msgspec.msgpack.Decoder[Any]] = {KIND_SNAPSHOT: _dec_snap_header, KIND_LAYER: _dec_layer_header}
+    dec = decoders.get(kind, _dec_header)
     header: SegmentHeader | SnapshotHeader | LayerHeader = _decode(
         dec, payload, f"{_KIND_NAMES.get(kind)} header", err, path
     )

@@ -312,9 +312,9 @@ def verify_store(
             damaged = {r.run_id for r in frames.body.runs if r.damaged or r.retired}
         # layers: each one read, checked, and matched against the snapshots naming it
         present = {o.path for o in layer_objs}
-        for name, (key, _ref) in sorted(named.items()):
-            if name not in present:
-                report.add(key, "missing_layer", f"names layer {name}, which is missing")
+        for layer_key, (key, _ref) in sorted(named.items()):
+            if layer_key not in present:
+                report.add(key, "missing_layer", f"names layer {layer_key}, which is missing")
         for key, data in _read_all(store, [o.path for o in layer_objs]):
             bar.advance()
             if on_object:
