@@ -373,7 +373,7 @@ def _wrap_source_counters(original: Callable[..., Any]) -> Callable[..., Any]:
     return _source_counters
 
 
-def _wrap_process_batch(original: Callable[..., Any]) -> Callable[..., Any]:
+def _process_batch(original: Callable[..., Any], adapter: Any, tasks: Any) -> Any:
     """``BaseStageAdapter.process_batch`` with what Curator 1.4 has no hook for.
 
     * At a source stage, whether the batch is the pipeline's root (only
@@ -385,23 +385,30 @@ def _wrap_process_batch(original: Callable[..., Any]) -> Callable[..., Any]:
     """
     from nemo_curator.tasks import EmptyTask
 
+    active = _active
+    stage = adapter.stage
+    if active is None:
+        return original(adapter, tasks)
+    if getattr(stage, "is_source_stage", False):
+        prev = getattr(_tls, "root_batch", True)
+        _tls.root_batch = len(tasks) > 0 and all(isinstance(t, EmptyTask) for t in tasks)
+        try:
+            return original(adapter, tasks)
+        finally:
+            _tls.root_batch = prev
+    if active.config.leaf_resume and getattr(stage, "is_sink_stage", False):
+        tasks = _skip_written_leaves(active, list(tasks))
+        if not tasks:
+            return []
+    return original(adapter, tasks)
+
+
+def _wrap_process_batch(original: Callable[..., Any]) -> Callable[..., Any]:
+    # Ray pickles the methods of the adapter classes Curator's executors build, by
+    # value when they are closures: this one refers only to importable functions
+    # (not to the module's locks and thread-locals), as _wrap_source_counters.
     def process_batch(self: Any, tasks: Any) -> Any:
-        active = _active
-        stage = self.stage
-        if active is None:
-            return original(self, tasks)
-        if getattr(stage, "is_source_stage", False):
-            prev = getattr(_tls, "root_batch", True)
-            _tls.root_batch = len(tasks) > 0 and all(isinstance(t, EmptyTask) for t in tasks)
-            try:
-                return original(self, tasks)
-            finally:
-                _tls.root_batch = prev
-        if active.config.leaf_resume and getattr(stage, "is_sink_stage", False):
-            tasks = _skip_written_leaves(active, list(tasks))
-            if not tasks:
-                return []
-        return original(self, tasks)
+        return _process_batch(original, self, tasks)
 
     process_batch.__wrapped__ = original  # type: ignore[attr-defined]
     process_batch.__doc__ = original.__doc__
