@@ -199,3 +199,15 @@ def test_inputs_without_source_pass_through(backend_factory: Factory) -> None:
     assert w.seen == [10, 11]
     active = rcb._active
     assert active is not None and active.reader is None and active.leaves == {}
+
+
+def test_leaf_resume_travels_to_ray_workers(backend_factory: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker installs the backend from the job's environment variable
+    (``setup_worker``): ``leaf_resume`` is part of it."""
+    b = backend_factory(leaf_resume=True)
+    env = rcb.runtime_env()["env_vars"]
+    rcb.disable()
+    monkeypatch.setenv(rcb.ENV_CONFIG, env[rcb.ENV_CONFIG])
+    rcb.setup_worker()  # what the worker_process_setup_hook runs
+    active = rcb._active
+    assert active is not None and active.config.leaf_resume and active.config.handle == b.handle
