@@ -592,6 +592,23 @@ def test_completed_leaves_survive_into_a_new_run(backend):
     assert again.completed_leaves("s") == {"s::0::0", "s::0::1", "s::0::2"}
 
 
+def test_completed_leaves_with_another_prefix(backend):
+    """Keys that are not lineage keys (NeMo Curator's task ids): ``prefix=""`` gives
+    every key of the source whose final delta in a live run is -1, nothing else."""
+    ck = backend.open(run_id="r1")
+    with ck.writer("w") as w:
+        w.record("0_s", "s", 1, emission=True)
+        w.record("0_s_0", "s", 2)  # fan-out: not a leaf
+        w.record("0_s_0_0", "s", -1)
+        w.record("0_s_1_0", "s", 0)  # failed: not written
+        w.record("0_t", "t", 1, emission=True)
+        w.record("0_t_0", "t", -1)  # another source
+    ck2 = backend.open(run_id="r2")
+    assert ck2.completed_leaves("s", prefix="") == {"0_s_0_0"}
+    assert ck2.completed_leaves("s", prefix="0_s_1") == set()
+    assert ck2.completed_leaves("s") == set()  # the default prefix is "s::"
+
+
 class LaggingSnapshotListStore(LocalStore):
     """The first snapshot listing misses the newest snapshot (it was published, and GC
     ran, between our listing of snapshots and our listing of the journal)."""

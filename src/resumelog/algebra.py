@@ -303,15 +303,18 @@ class FoldState:
                 yield s
         yield from added
 
-    def completed_leaves(self, source: str) -> set[str]:
+    def completed_leaves(self, source: str, prefix: str | None = None) -> set[str]:
         """Leaf keys of ``source`` whose ``-1`` was recorded in any run still known.
 
         Leaf keys are lineage keys ``<source>::<i>::<j>...`` (``docs/concepts.md``,
         leaf-level resume): the sink's ``-1`` for such a key means that leaf's output was
         written. Pending states of live runs and the final deltas of a completion
         both count; a retired run's leaves are forgotten (they are redone).
+        ``prefix`` replaces ``f"{source}::"`` as the filter on keys (``""``: every key
+        with a ``-1``, for adapters whose keys are not lineage keys).
         """
-        prefix = f"{source}::"
+        if prefix is None:
+            prefix = f"{source}::"
         leaves: set[str] = set()
         voided = self.resets.get(source, set())
         for run, info in self.runs.items():

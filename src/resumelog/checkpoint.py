@@ -434,10 +434,14 @@ class Checkpoint:
         is_done = self._state.is_completed
         return [s for s in sources if not is_done(s)]
 
-    def completed_leaves(self, source: str) -> set[str]:
+    def completed_leaves(self, source: str, *, prefix: str | None = None) -> set[str]:
         """Lineage keys (``<source>::<i>::<j>``) of leaves of ``source`` already written
-        (their sink ``-1`` recorded) by any live run: a rerun may skip them."""
-        return self._state.completed_leaves(source)
+        (their sink ``-1`` recorded) by any live run: a rerun may skip them.
+
+        ``prefix`` (default ``f"{source}::"``) filters the keys; ``""`` returns every
+        key of ``source`` whose final delta in a live run is ``-1`` (the NeMo Curator
+        backend, whose keys are Curator's task ids, uses it)."""
+        return self._state.completed_leaves(source, prefix)
 
     def completed_run(self, source: str) -> str | None:
         """The run that completed ``source`` (``None`` if not completed)."""

@@ -34,11 +34,24 @@ What :func:`enable` adds to Curator's own counter code
       record and leaves the others to the writer's size/age policy (cheaper; records
       a Ray worker still buffers when Ray kills it at shutdown are lost, so their
       sources rerun).
-    * **Nothing to do.** When every source a source-stage batch produced is already
-      complete, :class:`CuratorNothingToDo` (a :class:`~resumelog.errors.NothingToDo`
-      and a ``ValueError``, Curator's error type for "No tasks to process") is
-      raised, with every executor (``on_nothing_to_do="raise"``, the default), or a
-      warning is logged (``"warn"``), or nothing (``"ignore"``).
+    * **Nothing to do.** When every source the source stage produced from the
+      pipeline's root (Curator's ``EmptyTask``: the whole source stage is one batch)
+      is already complete, :class:`CuratorNothingToDo` (a
+      :class:`~resumelog.errors.NothingToDo` and a ``ValueError``, Curator's error
+      type for "No tasks to process") is raised, with every executor
+      (``on_nothing_to_do="raise"``, the default; under Ray Data it reaches the
+      driver as itself, not wrapped in Ray Data's ``UserCodeException``), or a
+      warning is logged (``"warn"``), or nothing (``"ignore"``). A source-stage
+      batch of ``initial_tasks`` is one of several: its completed sources are
+      dropped without raising (the executor then does what it does with an empty
+      stream, as with Curator's own checkpointing).
+    * **Leaf skip** (``leaf_resume=True``, off by default). At the last stage, an
+      input whose output an earlier run already wrote (its sink record, keyed
+      ``<input task id>_0``, has delta ``-1`` in that run) is not processed again:
+      it is dropped before the stage runs and its ``-1`` is recorded in this run, so
+      its source still drains. Only for deterministic stages: Curator's task ids
+      are positions (``<parent>_<i>``), so the same input must give the same tasks
+      in the same order in every run.
     * **Fold.** The records are folded order-independently (``docs/concepts.md``):
       the same key with two different deltas from two writers is a conflict that
       keeps the source pending (it reruns) where Curator's actor lets the later
@@ -55,8 +68,9 @@ Ray workers
     handle, storage options included, travels as a job environment variable.
 
 Stages and executors
-    Everything goes through ``BaseStageAdapter.process_batch``, so it works with the
-    Ray actor pool and Ray Data executors and in-process use of the adapter. Curator
+    Everything goes through ``BaseStageAdapter.process_batch`` (wrapped for the root
+    batch and the leaf skip), so it works with the Ray actor pool, Ray Data and
+    Xenna executors and in-process use of the adapter. Curator
     checks ``is_resumable`` only when ``checkpoint_path`` is given: with resumelog,
     keep the stages you would mark resumable. Do not pass ``checkpoint_path`` as
     well (Curator would also start its actor).
@@ -67,6 +81,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -126,6 +141,7 @@ FlushMode = Literal["batch", "barrier"]
 
 _CURATOR_METADATA = ".nemo_curator_metadata"
 _SEAM = ("is_resumability_actor_active", "flush_resumability_deltas", "completed_resumability_sources")
+_WRAPPED = ("process_batch", "_source_counters")
 
 
 class CuratorNothingToDo(NothingToDo, ValueError):
@@ -143,6 +159,7 @@ class _Config(msgspec.Struct, frozen=True):
     handle: WriterHandle
     on_nothing_to_do: str = "raise"
     flush: str = "batch"
+    leaf_resume: bool = False
 
 
 @dataclass
@@ -150,6 +167,18 @@ class _Active:
     config: _Config
     reader: Checkpoint | None = None
     reader_lock: threading.Lock = field(default_factory=threading.Lock)
+    leaves: dict[str, set[str]] = field(default_factory=dict)
+    """Leaf keys (sink record keys with delta ``-1``) per source, read once per process."""
+
+    def checkpoint(self, refresh: bool) -> Checkpoint:
+        """This process's reader (opened on first use); call with ``reader_lock`` held."""
+        ckpt = self.reader
+        if ckpt is None:
+            h = self.config.handle
+            ckpt = self.reader = _open(h.url, storage_options=h.storage_options, run_id=h.run_id, create=False)
+        elif refresh:
+            ckpt.refresh()
+        return ckpt
 
 
 _active: _Active | None = None
@@ -232,12 +261,7 @@ def completed_resumability_sources(source_ids: list[str]) -> set[str]:
     if active is None or not source_ids:
         return set()
     with active.reader_lock:
-        ckpt = active.reader
-        if ckpt is None:
-            h = active.config.handle
-            ckpt = active.reader = _open(h.url, storage_options=h.storage_options, run_id=h.run_id, create=False)
-        else:
-            ckpt.refresh()
+        ckpt = active.checkpoint(refresh=True)
         done = {s for s in source_ids if ckpt.is_completed(s)}
     if len(done) == len(set(source_ids)):
         msg = (
@@ -245,12 +269,73 @@ def completed_resumability_sources(source_ids: list[str]) -> set[str]:
             f"complete in {active.config.handle.url} (resumelog); nothing to do "
             "(reset them, or clear the checkpoint, to process them again)"
         )
+        if not getattr(_tls, "root_batch", True):
+            # one batch of several (initial_tasks): the others may have work to do
+            logger.debug("resumelog: %s", msg)
+            return done
         policy = active.config.on_nothing_to_do
         if policy == "raise":
+            _raise_original_in_ray_data()
             raise CuratorNothingToDo(msg)
         if policy == "warn":
             logger.warning("resumelog: %s", msg)
     return done
+
+
+def _raise_original_in_ray_data() -> None:
+    """Inside a Ray Data map task, have Ray Data raise our exception as itself.
+
+    Ray Data wraps an exception of a map function in its ``UserCodeException``,
+    which reaches the driver without the original's type (the cause does not cross
+    the process boundary), so the driver could not catch :class:`CuratorNothingToDo`.
+    Its ``raise_original_map_exception`` switch turns that off; set here on the
+    ``DataContext`` of the current task only (each task gets its own copy), right
+    before the task fails: the driver then gets ``RayTaskError(CuratorNothingToDo)``,
+    an instance of :class:`CuratorNothingToDo`, as with the other executors.
+    """
+    if "ray.data" not in sys.modules:
+        return
+    try:
+        from ray.data import DataContext
+        from ray.data._internal.execution.interfaces.task_context import TaskContext
+    except ImportError:  # pragma: no cover - another Ray layout: left wrapped
+        return
+    if TaskContext.get_current() is not None:
+        DataContext.get_current().raise_original_map_exception = True
+
+
+def _written_leaves(active: _Active, source: str) -> set[str]:
+    """Keys with a final ``-1`` for ``source`` in a live run (read once per process)."""
+    with active.reader_lock:
+        leaves = active.leaves.get(source)
+        if leaves is None:
+            leaves = active.leaves[source] = active.checkpoint(refresh=False).completed_leaves(source, prefix="")
+        return leaves
+
+
+def _skip_written_leaves(active: _Active, tasks: list[Any]) -> list[Any]:
+    """The last stage's inputs still to process; records ``-1`` for the others.
+
+    An input ``t`` whose sink record ``(<t.task_id>_0, source, -1)`` an earlier run
+    wrote (output written, or filtered) is dropped, and the same record is written
+    in this run so the source drains. Inputs without a source id or task id (not
+    tracked) are kept.
+    """
+    keep: list[Any] = []
+    skipped: list[tuple[str, str, int]] = []
+    for t in tasks:
+        sid = getattr(t, "_source_id", "")
+        tid = getattr(t, "task_id", "")
+        if sid and tid:
+            key = child_id(tid, 0)
+            if key in _written_leaves(active, sid):
+                skipped.append((key, sid, -1))
+                continue
+        keep.append(t)
+    if skipped:
+        logger.debug("resumelog: skipping %d leaves an earlier run already wrote", len(skipped))
+        flush_resumability_deltas(skipped)
+    return keep
 
 
 # ---------------------------------------------------------------------- install
@@ -288,6 +373,48 @@ def _wrap_source_counters(original: Callable[..., Any]) -> Callable[..., Any]:
     return _source_counters
 
 
+def _process_batch(original: Callable[..., Any], adapter: Any, tasks: Any) -> Any:
+    """``BaseStageAdapter.process_batch`` with what Curator 1.4 has no hook for.
+
+    * At a source stage, whether the batch is the pipeline's root (only
+      ``EmptyTask`` inputs: the whole source stage) decides whether "every source
+      complete" means nothing to do.
+    * At the last stage, with ``leaf_resume``, inputs whose output an earlier run
+      wrote are dropped before the stage runs (:func:`_skip_written_leaves`); if none
+      is left the stage is not called.
+    """
+    from nemo_curator.tasks import EmptyTask
+
+    active = _active
+    stage = adapter.stage
+    if active is None:
+        return original(adapter, tasks)
+    if getattr(stage, "is_source_stage", False):
+        prev = getattr(_tls, "root_batch", True)
+        _tls.root_batch = len(tasks) > 0 and all(isinstance(t, EmptyTask) for t in tasks)
+        try:
+            return original(adapter, tasks)
+        finally:
+            _tls.root_batch = prev
+    if active.config.leaf_resume and getattr(stage, "is_sink_stage", False):
+        tasks = _skip_written_leaves(active, list(tasks))
+        if not tasks:
+            return []
+    return original(adapter, tasks)
+
+
+def _wrap_process_batch(original: Callable[..., Any]) -> Callable[..., Any]:
+    # Ray pickles the methods of the adapter classes Curator's executors build, by
+    # value when they are closures: this one refers only to importable functions
+    # (not to the module's locks and thread-locals), as _wrap_source_counters.
+    def process_batch(self: Any, tasks: Any) -> Any:
+        return _process_batch(original, self, tasks)
+
+    process_batch.__wrapped__ = original  # type: ignore[attr-defined]
+    process_batch.__doc__ = original.__doc__
+    return process_batch
+
+
 def _curator_base() -> Any:
     try:
         import nemo_curator
@@ -311,7 +438,13 @@ def _curator_base() -> Any:
     return base
 
 
-def install(handle: WriterHandle, *, on_nothing_to_do: NothingToDoPolicy = "raise", flush: FlushMode = "batch") -> None:
+def install(
+    handle: WriterHandle,
+    *,
+    on_nothing_to_do: NothingToDoPolicy = "raise",
+    flush: FlushMode = "batch",
+    leaf_resume: bool = False,
+) -> None:
     """Install the backend in this process only (no Ray hook).
 
     :func:`enable` calls it in the driver and :func:`setup_worker` in each Ray worker;
@@ -326,6 +459,8 @@ def install(handle: WriterHandle, *, on_nothing_to_do: NothingToDoPolicy = "rais
         See :func:`enable`.
     flush : {"batch", "barrier"}, optional
         See :func:`enable`.
+    leaf_resume : bool, optional
+        See :func:`enable`.
     """
     global _active
     _check_options(on_nothing_to_do, flush)
@@ -336,13 +471,16 @@ def install(handle: WriterHandle, *, on_nothing_to_do: NothingToDoPolicy = "rais
         if not _originals:
             for name in _SEAM:
                 _originals[name] = getattr(base, name)
-            _originals["_source_counters"] = base.BaseStageAdapter.__dict__["_source_counters"]
             setattr(base, _SEAM[0], is_resumability_actor_active)
             setattr(base, _SEAM[1], flush_resumability_deltas)
             setattr(base, _SEAM[2], completed_resumability_sources)
-            base.BaseStageAdapter._source_counters = _wrap_source_counters(_originals["_source_counters"])
+            adapter = base.BaseStageAdapter
+            for name in _WRAPPED:
+                _originals[name] = adapter.__dict__[name]
+            adapter._source_counters = _wrap_source_counters(_originals["_source_counters"])
+            adapter.process_batch = _wrap_process_batch(_originals["process_batch"])
         old = _active
-        _active = _Active(_Config(handle, on_nothing_to_do, flush))
+        _active = _Active(_Config(handle, on_nothing_to_do, flush, bool(leaf_resume)))
     if old is not None and old.reader is not None:
         old.reader.close()
 
@@ -362,7 +500,8 @@ def _uninstall() -> None:
 
             for name in _SEAM:
                 setattr(base, name, _originals.pop(name))
-            base.BaseStageAdapter._source_counters = _originals.pop("_source_counters")
+            for name in _WRAPPED:
+                setattr(base.BaseStageAdapter, name, _originals.pop(name))
     if old is not None and old.reader is not None:
         old.reader.close()
 
@@ -443,7 +582,7 @@ def setup_worker() -> None:
     if not raw:
         return
     cfg = msgspec.json.decode(raw, type=_Config)
-    install(cfg.handle, on_nothing_to_do=cfg.on_nothing_to_do, flush=cfg.flush)  # type: ignore[arg-type]
+    install(cfg.handle, on_nothing_to_do=cfg.on_nothing_to_do, flush=cfg.flush, leaf_resume=cfg.leaf_resume)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- the driver API
@@ -491,6 +630,7 @@ def enable(
     fingerprint: Mapping[str, Scalar] | None = None,
     on_nothing_to_do: NothingToDoPolicy = "raise",
     flush: FlushMode = "batch",
+    leaf_resume: bool = False,
     ray_workers: bool = True,
 ) -> CuratorBackend:
     """Make real NeMo Curator 1.4 pipelines of this process checkpoint on resumelog.
@@ -520,6 +660,9 @@ def enable(
         ``"batch"`` (default): flush after every stage batch that produced records.
         ``"barrier"``: only after batches with a positive record (see the module
         docstring for what that costs on a crash).
+    leaf_resume : bool, optional
+        Skip, at the last stage, inputs whose output an earlier run already wrote
+        (see the module docstring). Only for deterministic stages. Default ``False``.
     ray_workers : bool, optional
         Hook the Ray jobs this driver starts (``RAY_RUNTIME_ENV_HOOK``). Default
         ``True``; ``False`` for in-process use only.
@@ -540,7 +683,7 @@ def enable(
     _curator_base()
     ckpt = _open(url, storage_options=storage_options, run_id=run_id, fingerprint=fingerprint)
     handle = ckpt.handle()
-    install(handle, on_nothing_to_do=on_nothing_to_do, flush=flush)
+    install(handle, on_nothing_to_do=on_nothing_to_do, flush=flush, leaf_resume=leaf_resume)
     if ray_workers:
         _hook_ray()
     return CuratorBackend(ckpt, handle)

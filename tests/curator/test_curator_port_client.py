@@ -38,10 +38,13 @@ class TestActorLookup:
         assert base.is_resumability_actor_active is rcb.is_resumability_actor_active
         assert base.flush_resumability_deltas is rcb.flush_resumability_deltas
         assert base.completed_resumability_sources is rcb.completed_resumability_sources
+        assert hasattr(base.BaseStageAdapter.process_batch, "__wrapped__")
         rcb.disable()
         from nemo_curator.utils import resumability_client as rc
 
         assert base.flush_resumability_deltas is rc.flush_resumability_deltas  # restored
+        for name in ("process_batch", "_source_counters"):  # the two wrapped methods too
+            assert not hasattr(base.BaseStageAdapter.__dict__[name], "__wrapped__"), name
 
 
 class TestFlushDeltas:

@@ -130,3 +130,50 @@ def test_nothing_to_do_raises_a_value_error(backend_factory: Factory, tmp_path: 
     with pytest.raises(ValueError, match="No tasks to process") as ei:
         _run(n=2)
     assert isinstance(ei.value, rcb.CuratorNothingToDo)
+
+
+@dataclass
+class _Keyed(_IntTask):
+    def get_deterministic_id(self) -> str | None:
+        return f"k{self.data}"
+
+
+@dataclass
+class _ListSource(ProcessingStage[_IntTask, _IntTask]):
+    """A source stage fed ``initial_tasks``: input ``i`` gives sources ``k<10i>``,
+    ``k<10i+1>``."""
+
+    name: str = "list_source"
+    is_source_stage: bool = True
+
+    def inputs(self) -> tuple[list[str], list[str]]:
+        return [], []
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        return [], []
+
+    def process(self, task: _IntTask) -> list[_IntTask]:
+        return [_Keyed(data=10 * task.data + j, dataset_name="d") for j in range(2)]
+
+
+def test_a_batch_of_initial_tasks_with_every_source_complete_is_no_error(backend_factory: Factory) -> None:
+    """With ``initial_tasks`` the source stage runs once per batch: one batch whose
+    sources are all complete is not "nothing to do" (other batches may have work):
+    its sources are dropped and the others run, where resumelog used to raise."""
+    a1 = backend_factory()
+    first = [_IntTask(data=1, dataset_name="d")]
+    first[0]._set_task_id("0", 0)  # as Pipeline.run's assign_root_task_ids
+    out = BaseStageAdapter(_Sink()).process_batch(BaseStageAdapter(_ListSource()).process_batch(first))
+    assert sorted(t._source_id for t in out) == ["k10", "k11"]
+    assert _done(a1, ["k10", "k11"]) == [True, True]
+
+    a2 = backend_factory()  # on_nothing_to_do="raise"
+    both = [_IntTask(data=i, dataset_name="d") for i in (1, 2)]
+    for i, t in enumerate(both):
+        t._set_task_id("0", i)
+    src = BaseStageAdapter(_ListSource())
+    assert src.process_batch([both[0]]) == []  # complete: dropped, no error
+    rest = src.process_batch([both[1]])
+    assert sorted(t._source_id for t in rest) == ["k20", "k21"]
+    BaseStageAdapter(_Sink()).process_batch(rest)
+    assert _done(a2, ["k10", "k11", "k20", "k21"]) == [True] * 4

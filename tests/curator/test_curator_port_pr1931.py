@@ -14,9 +14,10 @@ mechanisms map onto Curator 1.4 as follows:
 * per-parent attribution at a batched stage: ``batch_size=4`` variants;
 * the PR's ``resumability_*`` metadata keys and their strip warning do not exist in
   1.4 (ids come from ``task_id``): not ported;
-* the last-stage leaf skip (``_drop_completed_inputs``) needs a seam before a stage
-  runs, which 1.4's adapter does not have: not in the drop-in; resumelog's own runner
-  has it (``resumelog.curator.Pipeline(leaf_resume=True)``, tests/test_curator.py).
+* the last-stage leaf skip (``_drop_completed_inputs``): 1.4's adapter has no seam
+  before a stage runs; the drop-in wraps ``BaseStageAdapter.process_batch`` for it
+  (``enable(..., leaf_resume=True)``): ``test_writer_dies_mid_partition_leaf_resume``
+  here, the PR's unit cases in ``test_curator_port_leaf_skip.py``.
 """
 
 from __future__ import annotations
@@ -172,16 +173,36 @@ class Once(_Stage):
 
 @dataclass
 class WriteParquet(_Stage):
+    """The last stage; with ``die_after`` it raises once (marker file ``markers``)
+    when it is about to write a ``die_after + 1``-th file of partition ``die_in``."""
+
     out_dir: str = ""
     name: str = "8_write"
+    die_in: str = ""
+    die_after: int = 0
+    markers: str = ""
 
     def process(self, task: RowTask) -> RowTask:
-        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        task.data.to_parquet(Path(self.out_dir) / f"{task._metadata['partition']}-{task.task_id}.parquet", index=False)
+        out = Path(self.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        part = task._metadata["partition"]
+        if part == self.die_in and len(list(out.glob(f"{part}-*.parquet"))) >= self.die_after:
+            marker = Path(self.markers, "writer-died")
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                raise RuntimeError(f"writer died in {part}")
+        task.data.to_parquet(out / f"{part}-{task.task_id}.parquet", index=False)
         return task
 
 
-def _pipeline(out: Path, batch: int = 1, modes: tuple[str, ...] = DEFAULT_MODES, extra: list[Any] | None = None) -> Any:
+def _pipeline(
+    out: Path,
+    batch: int = 1,
+    modes: tuple[str, ...] = DEFAULT_MODES,
+    extra: list[Any] | None = None,
+    writer: WriteParquet | None = None,
+) -> Any:
     p = Pipeline(name="resumability_mock")
     for s in [
         Ls(modes=modes),
@@ -192,7 +213,7 @@ def _pipeline(out: Path, batch: int = 1, modes: tuple[str, ...] = DEFAULT_MODES,
         *(extra or []),
         PassThrough(name="6_passthrough"),
         PassThroughBatched(name="7_passthrough_batched", batch_size=batch),
-        WriteParquet(out_dir=str(out)),
+        writer or WriteParquet(out_dir=str(out)),
     ]:
         p.add_stage(s)
     p.build()  # Curator's own decomposition and source/sink roles
@@ -265,3 +286,28 @@ def test_transient_drop_not_marked_permanent(tmp_path: Path, backend_factory: Fa
     assert new and all("transient" in p.name for p in new)
     b2.checkpoint.refresh()
     assert [b2.checkpoint.is_completed(p) for p in _partitions(modes)] == [True] * 4
+
+
+@pytest.mark.parametrize("leaf_resume", [False, True])
+def test_writer_dies_mid_partition_leaf_resume(tmp_path: Path, backend_factory: Factory, leaf_resume: bool) -> None:
+    """The writer dies after 2 of the 4 files of ``part-2-all``. On resume the source
+    reruns; with ``leaf_resume`` its 2 written files are not written again (the PR's
+    last-stage skip) and the partition still completes."""
+    out, modes = tmp_path / "out", (ALL, ALL, ALL, ALL)
+    writer = WriteParquet(out_dir=str(out), die_in="part-2-all", die_after=2, markers=str(tmp_path / "m"))
+    b1 = backend_factory()
+    with pytest.raises(RuntimeError, match="writer died in part-2-all"):
+        _execute(_pipeline(out, modes=modes, writer=writer))
+    b1.checkpoint.refresh()
+    assert [b1.checkpoint.is_completed(p) for p in _partitions(modes)] == [True, True, False, False]
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("part-2-all-*.parquet")}
+    assert len(written) == 2
+
+    b2 = backend_factory(leaf_resume=leaf_resume)
+    _execute(_pipeline(out, modes=modes, writer=writer))
+    b2.checkpoint.refresh()
+    assert [b2.checkpoint.is_completed(p) for p in _partitions(modes)] == [True] * 4
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-2-all-*.parquet")}
+    assert len(after) == CHILDREN
+    rewritten = {n for n, t in written.items() if after[n] != t}
+    assert rewritten == (set() if leaf_resume else set(written))

@@ -1,16 +1,21 @@
-"""Real NeMo Curator 1.4 pipelines under Curator's Ray executor, interrupted and resumed,
-on resumelog and on Curator's own checkpointing, in the same test.
+"""Real NeMo Curator 1.4 pipelines under Curator's Ray executors, interrupted and
+resumed, on resumelog and on Curator's own checkpointing, in the same test.
 
 Port and extension of Curator's ``tests/backends/test_resumability_e2e.py``: a real
 local Ray cluster (``ray start --head``, torn down by its process group id), the
 pipeline of :mod:`resumelog.testing.curator_pipeline` (JSONL read → word-count filter
-→ JSONL writer) run with ``RayActorPoolExecutor`` by a driver subprocess per run:
+→ JSONL writer) run with ``RayActorPoolExecutor`` or ``RayDataExecutor`` by a driver
+subprocess per run:
 
 1. the writer SIGKILLs its own Ray worker at ``part-002`` and fails ``part-005``
    once (``FailedTask``);
 2. the writer hangs at ``part-005``, and the test SIGKILLs the driver;
 3. a clean run finishes;
-4. a rerun has nothing to do (``ValueError`` "No tasks to process" in both).
+4. a rerun has nothing to do: ``ValueError`` "No tasks to process" (exit status 3)
+   in both with the actor pool; with Ray Data, resumelog raises the same error type
+   (not Ray Data's ``UserCodeException``), while Curator's own checkpointing runs
+   an empty pipeline and returns no output (exit status 0): a difference on purpose
+   (the issue asks for Curator's error type whatever the executor).
 
 For each checkpointing (``--mode resumelog``: :func:`resumelog.curator_backend.enable`;
 ``--mode curator``: ``checkpoint_path``, Curator's LMDB actor) the test checks that
@@ -39,6 +44,7 @@ from resumelog.testing.curator_pipeline import make_inputs
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 MODES = ("resumelog", "curator")
+EXECUTORS = ("ray_actor_pool", "ray_data")
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +54,21 @@ def cluster_env() -> Iterator[dict[str, str]]:
 
 
 class _Job:
-    def __init__(self, root: Path, mode: str, inputs: Path, env: dict[str, str]) -> None:
-        self.root, self.mode, self.inputs = root, mode, inputs
+    def __init__(self, root: Path, mode: str, inputs: Path, env: dict[str, str], executor: str) -> None:
+        self.root, self.mode, self.inputs, self.executor = root, mode, inputs, executor
         self.ckpt, self.out, self.markers, self.track = (root / n for n in ("ckpt", "out", "markers", "track"))
         self.env = {**os.environ, **env}
 
     def cmd(self, label: str, **chaos: str) -> list[str]:
-        c = [sys.executable, "-m", "resumelog.testing.curator_pipeline", "--mode", self.mode]
+        c = [
+            sys.executable,
+            "-m",
+            "resumelog.testing.curator_pipeline",
+            "--mode",
+            self.mode,
+            "--executor",
+            self.executor,
+        ]
         c += ["--ckpt", str(self.ckpt), "--input", str(self.inputs), "--output", str(self.out)]
         c += ["--markers", str(self.markers), "--track", str(self.track), "--label", label]
         for k, v in chaos.items():
@@ -84,7 +98,16 @@ class _Job:
     def completed(self) -> set[str]:
         if self.mode == "resumelog":
             return set(resumelog.open(self.ckpt, create=False).completed)
-        return rcb.curator_completed(self.ckpt)
+        # Curator's deltas go to its detached actor fire-and-forget: after a SIGKILLed
+        # driver the actor may still be applying them; wait until its files settle
+        done, deadline = rcb.curator_completed(self.ckpt), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(2.0)
+            again = rcb.curator_completed(self.ckpt)
+            if again == done:
+                break
+            done = again
+        return done
 
     def seen(self, label: str) -> set[str]:
         if not self.track.exists():
@@ -121,17 +144,20 @@ def _scenario(job: _Job, source_of: dict[str, str]) -> list[set[str]]:
     assert job.run("run3") == 0, (job.root / "run3.log").read_text()[-3000:]
     assert job.seen("run3") == every - after2, mode
     assert done_files() == every, mode
-    # run 4: nothing to do -> Curator's error type in both (exit status 3)
-    assert job.run("run4") == 3, (job.root / "run4.log").read_text()[-3000:]
+    # run 4: nothing to do -> Curator's error type (exit status 3), but Curator's own
+    # checkpointing under Ray Data runs an empty stream and returns nothing (0)
+    expected = 0 if (mode, job.executor) == ("curator", "ray_data") else 3
+    assert job.run("run4") == expected, (job.root / "run4.log").read_text()[-3000:]
     assert job.seen("run4") == set()
     return [after1, after2]
 
 
-def test_interrupted_and_resumed_like_curator(tmp_path: Path, cluster_env: dict[str, str]) -> None:
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_interrupted_and_resumed_like_curator(tmp_path: Path, cluster_env: dict[str, str], executor: str) -> None:
     inputs = tmp_path / "in"
     files = make_inputs(inputs, n_files=8)
     source_of = {get_deterministic_hash([str(p)]): p.name for p in files}
-    jobs = {m: _Job(tmp_path / m, m, inputs, cluster_env) for m in MODES}
+    jobs = {m: _Job(tmp_path / m, m, inputs, cluster_env, executor) for m in MODES}
     history = {m: _scenario(job, source_of) for m, job in jobs.items()}  # one after the other, one cluster
 
     a, b = jobs["resumelog"], jobs["curator"]

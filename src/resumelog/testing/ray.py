@@ -119,14 +119,26 @@ def _free_port() -> int:
 
 
 @contextmanager
-def head_node(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[dict[str, str]]:
+def head_node(
+    num_cpus: int = 2,
+    timeout: float = 120.0,
+    *,
+    python: str | None = None,
+    dashboard: bool = False,
+    env: dict[str, str] | None = None,
+) -> Iterator[dict[str, str]]:
     """Start a Ray head node in its own process group (``ray start --head --block``),
     for drivers in other processes; stop it on exit by that group's id.
 
     Every port is chosen free and the node has a private temp dir, so no other
     cluster's address file is touched. Yields the environment a driver needs to join
     it (``RAY_ADDRESS``; Ray 2.60's token authentication turned off, as the cluster
-    is private to the caller).
+    is private to the caller; plus ``env``).
+
+    ``python`` runs the node (default: this interpreter), e.g. a virtualenv's with
+    more packages; ``dashboard`` starts Ray's dashboard on a free loopback port (its
+    state API needs ``ray[default]``); ``env`` is added to the node's environment
+    and to the one yielded.
 
     The node and its drivers stay on loopback: ``ray start`` replaces
     ``--node-ip-address=127.0.0.1`` by the host's address unless Ray's multi-node
@@ -136,42 +148,59 @@ def head_node(num_cpus: int = 2, timeout: float = 120.0) -> Iterator[dict[str, s
     temp = tempfile.mkdtemp(prefix="rlray-", dir="/tmp")
     port = _free_port()
     address = f"127.0.0.1:{port}"
+    python = python or sys.executable
+    dash = (
+        ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}"]
+        if dashboard
+        else ["--include-dashboard=false"]
+    )
     cmd = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        python, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         "--node-ip-address=127.0.0.1", f"--port={port}", f"--num-cpus={num_cpus}",
-        "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats",
+        *dash, f"--temp-dir={temp}", "--disable-usage-stats",
         f"--dashboard-agent-listen-port={_free_port()}",
         f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
         f"--runtime-env-agent-port={_free_port()}", f"--node-manager-port={_free_port()}",
         f"--object-manager-port={_free_port()}",
     ]  # fmt: skip
     log = open(os.path.join(temp, "ray-start.log"), "wb")
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    node_env = {
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # no graceful drain on SIGTERM (Ray 2.60 waits up to 30 s for a node nobody
+        # else uses: every module with a cluster paid it at teardown)
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        **(env or {}),
+    }
+    driver_env = {**node_env, "RAY_ADDRESS": address}
     proc = subprocess.Popen(
         cmd,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+        env={**os.environ, **node_env},
     )
     try:
-        probe = [sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"]
+        probe = [python, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"]
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"ray start exited with {proc.returncode}: {open(log.name).read()[-2000:]}")
             with suppress(subprocess.TimeoutExpired):
-                if subprocess.run(probe, capture_output=True, timeout=30, env={**os.environ, **env}).returncode == 0:
+                if (
+                    subprocess.run(probe, capture_output=True, timeout=30, env={**os.environ, **driver_env}).returncode
+                    == 0
+                ):
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("the local Ray cluster did not come up")
             time.sleep(1.0)
-        yield env
+        yield driver_env
     finally:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)  # ray start --block stops its cluster
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60 if dashboard else 30)
         except subprocess.TimeoutExpired:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
