@@ -166,9 +166,9 @@ MUTANTS = [
     Mutant(
         "deferred_crc_failure_wedges",
         "compactor.py",
-        "        if number and exc.path == path:\n            raise _BadBase(number) from exc",
+        "        if number and exc.path in names:\n            raise _BadBase(number) from exc",
         "        if False:\n            raise _BadBase(number) from exc",
-        "r5: a done-entry frame failing its deferred CRC fails the load instead of falling back",
+        "r5: a shape frame failing its deferred CRC fails the load instead of falling back",
     ),
     Mutant(
         "retired_stream_not_adopted",
