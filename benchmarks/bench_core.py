@@ -130,6 +130,7 @@ def bench_compaction(records: int, writers: int, tmp: str) -> None:
 def make_completed_snapshot(url: str, n: int) -> None:
     """A checkpoint whose snapshot holds n completed ids (built directly, fast)."""
     from resumelog.algebra import FoldState
+    from resumelog.compactor import put_snapshot
     from resumelog.format import RunInfo
     from resumelog.snapshot import encode_snapshot
 
@@ -139,7 +140,7 @@ def make_completed_snapshot(url: str, n: int) -> None:
     state.added = {f"shard-{i:010d}": "bench" for i in range(n)}
     data = encode_snapshot(state, None)
     resumelog.open(url)
-    LocalStore(url).put_if_absent("snapshots/00000000000000000001.snap", data)
+    put_snapshot(LocalStore(url), 1, data)
 
 
 STARTUP_CHILD = """

@@ -9,10 +9,17 @@ import uuid
 import pytest
 from pt_settings import PROFILE, budget
 
+import resumelog.layers
+
 __all__ = ["PROFILE", "budget"]
 
 # snapshots read from the S3 test server are cached here, not in ~/.cache
 os.environ.setdefault("RESUMELOG_CACHE_DIR", tempfile.mkdtemp(prefix="resumelog-pt-cache-"))
+
+# Small checkpoints would keep their completed-id index in one layer (layers under
+# MIN_LAYER entries are merged at once): here every compaction writes a layer and the
+# stacks grow and merge as a large checkpoint's do, tombstones across layers included.
+resumelog.layers.MIN_LAYER = 1
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -86,10 +86,10 @@ MUTANTS = [
     Mutant(
         "compaction_overwrites_snapshot",
         "compactor.py",
-        "        except AlreadyExists:\n            if _is_ours(store, key, data):\n                pass\n"
-        "            else:\n                continue  # another compactor published `number` first: reload",
-        "        except AlreadyExists:\n            store.delete([key])  # overwrite instead of put-if-absent\n"
-        "            store.put_if_absent(key, data)",
+        "            else:\n                store.delete(new_layers)  # no snapshot names them (gc would collect them too)\n"
+        "                continue  # another compactor published `number` first: reload",
+        "            else:\n                store.delete([key])  # overwrite instead of put-if-absent\n"
+        "                store.put_if_absent(key, data)",
         "compaction overwrites a snapshot another compactor published",
     ),
     Mutant(
@@ -145,8 +145,8 @@ MUTANTS = [
     Mutant(
         "gc_deletes_segments_before_snapshots",
         "compactor.py",
-        "            for group in (doomed[: result.snapshots], doomed[result.snapshots :]):",
-        "            for group in (doomed[result.snapshots :], doomed[: result.snapshots]):",
+        "            for group in (doomed[: result.snapshots], doomed[result.snapshots : cut], doomed[cut:]):",
+        "            for group in (doomed[cut:], doomed[: result.snapshots], doomed[result.snapshots : cut]):",
         "r1: GC deletes segments before the old snapshots (a reader's check can pass mid-GC)",
     ),
     Mutant(
@@ -166,9 +166,9 @@ MUTANTS = [
     Mutant(
         "deferred_crc_failure_wedges",
         "compactor.py",
-        "        if number and exc.path == path:\n            raise _BadBase(number) from exc",
+        "        if number and exc.path in names:\n            raise _BadBase(number) from exc",
         "        if False:\n            raise _BadBase(number) from exc",
-        "r5: a done-entry frame failing its deferred CRC fails the load instead of falling back",
+        "r5: a shape frame failing its deferred CRC fails the load instead of falling back",
     ),
     Mutant(
         "retired_stream_not_adopted",
@@ -239,6 +239,27 @@ MUTANTS = [
         '    if loaded.state.damage_run(run, f"{key}: {exc}", kind="corrupt_segment"):\n        loaded.salvaged = True\n',
         "",
         "a corrupt segment is skipped without quarantining its run",
+    ),
+    Mutant(
+        "layer_merge_loses_an_id",
+        "layers.py",
+        "    add = {s: where[upper.run_names[r]] for s, r in zip(upper_ids, upper_runs)}",
+        "    add = {s: where[upper.run_names[r]] for s, r in list(zip(upper_ids, upper_runs))[:-1]}",
+        "a merge of two layers drops one completion of the upper layer",
+    ),
+    Mutant(
+        "layer_merge_resurrects_an_id",
+        "layers.py",
+        "    built = build_index(lower.index, upper.tombstones, add, lower_tags, add_tags, disjoint=True)",
+        "    built = build_index(lower.index, (), add, lower_tags, add_tags, disjoint=True)",
+        "a merge ignores the upper layer's tombstones: an uncompleted id completes again",
+    ),
+    Mutant(
+        "gc_deletes_a_live_layer",
+        "compactor.py",
+        "        if n is None or o.path in named:",
+        "        if n is None:",
+        "GC deletes layers a retained snapshot still names",
     ),
 ]
 

@@ -9,6 +9,8 @@ bit flip is detected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -17,17 +19,20 @@ from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
 from resumelog.done_shapes import ShapeTable
-from resumelog.errors import CorruptObject, ResumelogError
+from resumelog.errors import CorruptObject, ObjectNotFound, ResumelogError
 from resumelog.format import (
+    KIND_LAYER,
     KIND_META,
     KIND_SEGMENT,
     KIND_SNAPSHOT,
+    LayerRef,
     Meta,
     SnapshotBody,
     SnapshotFrames,
     SnapshotHeader,
     TornSegment,
     decode_done_entries,
+    decode_layer,
     decode_meta,
     decode_segment,
     decode_snapshot_frames,
@@ -40,9 +45,15 @@ from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.testing import strategies as rst
 
 
-def use_snapshot(data: bytes) -> None:
-    """Load a snapshot and ask it everything a reader asks."""
-    _, state = load_snapshot(data)
+def use_snapshot(data: bytes, layers: dict[str, bytes] | None = None) -> None:
+    """Load a snapshot (with ``layers``, by name) and ask it everything a reader asks."""
+
+    def read_layer(ref: LayerRef) -> bytes:
+        if layers is None or ref.name not in layers:
+            raise ObjectNotFound(f"no layer {ref.name}")
+        return layers[ref.name]
+
+    _, state = load_snapshot(data, read_layer=read_layer)
     ids = list(state.iter_completed())
     for s in ids:
         state.is_completed(s)
@@ -52,7 +63,7 @@ def use_snapshot(data: bytes) -> None:
     state.completed_count()
     state.completed_by_run()
     state.is_completed("not-there")
-    frames, state = load_snapshot(data)
+    frames, state = load_snapshot(data, read_layer=read_layer)
     encode_snapshot(state, frames)  # a compaction carrying it forward
     state.retire_runs([])
     encode_snapshot(state, None)  # ... and one retiring every run
@@ -64,6 +75,7 @@ DECODERS = {
     "snapshot+queries": use_snapshot,
     "meta": decode_meta,
     "done entries": decode_done_entries,
+    "layer": decode_layer,
 }
 
 
@@ -82,23 +94,30 @@ def test_arbitrary_bytes(name, data):
 
 
 @st.composite
-def valid_objects(draw) -> tuple[str, bytes]:
-    kind = draw(st.sampled_from(["segment", "snapshot", "meta"]))
+def valid_objects(draw) -> tuple[str, bytes, Callable[[bytes], object]]:
+    """``(kind, bytes, decode)``: a valid object and what reads it (a snapshot with its
+    intact layers; a layer as the snapshot naming it)."""
+    kind = draw(st.sampled_from(["segment", "snapshot", "layer", "meta"]))
     if kind == "segment":
         batches = draw(st.lists(rst.batches(max_records=4), max_size=2))
-        return kind, encode_segment(draw(rst.segment_headers()), batches, closed=draw(st.booleans()))
+        return kind, encode_segment(draw(rst.segment_headers()), batches, closed=draw(st.booleans())), decode_segment
     if kind == "meta":
-        return kind, encode_meta(Meta(1, {"n": draw(st.integers(-(2**63), 2**63 - 1))}, b"\0" * 16))
+        blob = encode_meta(Meta(1, {"n": draw(st.integers(-(2**63), 2**63 - 1))}, b"\0" * 16))
+        return kind, blob, decode_meta
     specs = draw(rst.segment_specs(max_segments=4))
-    return kind, encode_snapshot(fold(build_segments(specs)), None)
+    enc = encode_snapshot(fold(build_segments(specs)), None)
+    layers = dict(enc.layers)
+    if kind == "layer" and layers:
+        name = next(iter(layers))
+        return kind, layers[name], lambda b: use_snapshot(enc.data, {**layers, name: b})
+    return "snapshot", enc.data, lambda b: use_snapshot(b, layers)
 
 
 @given(obj=valid_objects(), data=st.data())
 @budget(1)
 def test_truncations_are_errors_and_torn_segments_are_torn(obj, data):
-    kind, blob = obj
+    kind, blob, decode = obj
     cut = data.draw(st.integers(0, len(blob) - 1), label="cut")
-    decode = use_snapshot if kind == "snapshot" else DECODERS[kind]
     with pytest.raises(TornSegment if kind == "segment" else CorruptObject):
         decode(blob[:cut])
 
@@ -106,17 +125,16 @@ def test_truncations_are_errors_and_torn_segments_are_torn(obj, data):
 @given(obj=valid_objects(), data=st.data())
 @budget(1)
 def test_bit_flips_are_detected(obj, data):
-    kind, blob = obj
+    _kind, blob, decode = obj
     bit = data.draw(st.integers(0, len(blob) * 8 - 1), label="bit")
     flipped = bytearray(blob)
     flipped[bit // 8] ^= 1 << (bit % 8)
-    decode = use_snapshot if kind == "snapshot" else DECODERS[kind]
     with pytest.raises(ResumelogError):
         decode(bytes(flipped))
 
 
 @given(
-    kind=st.sampled_from([KIND_SEGMENT, KIND_SNAPSHOT, KIND_META]),
+    kind=st.sampled_from([KIND_SEGMENT, KIND_SNAPSHOT, KIND_LAYER, KIND_META]),
     payloads=st.lists(st.binary(max_size=40), max_size=8),
 )
 @budget(1)

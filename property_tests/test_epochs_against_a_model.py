@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pt_settings import budget
 
 import resumelog
-from resumelog import compactor, paths
+from resumelog import compactor
 from resumelog.errors import CheckpointReplaced, ObjectNotFound
 from resumelog.snapshot import encode_snapshot
 from resumelog.storage import MemoryStore
@@ -105,7 +105,7 @@ class Epochs:
                 self.stale = None
                 data = encode_snapshot(loaded.state, loaded.frames, epoch=epoch)
                 try:
-                    self.store.put_if_absent(paths.snapshot_name(loaded.state.number), data)
+                    compactor.put_snapshot(self.store, loaded.state.number, data)
                 except resumelog.AlreadyExists:
                     pass
         elif kind == "gc":

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import resumelog
+import resumelog.layers
 from resumelog import compactor, paths
 from resumelog import format as fmt
 from resumelog.errors import StorageError
@@ -339,12 +340,15 @@ def _frames(data: bytes) -> list[tuple[int, int]]:
 
 
 def test_flip_in_deferred_crc_frame_falls_back_to_older_snapshot(tmp_path, monkeypatch):
-    """Safety / no loss (1, 4), r5. Was: a bit flip in the latest snapshot's shape table
-    (frame 7, CRC deferred because large) was not caught at load, so the loader did not
-    fall back to the intact older snapshot; it surfaced later as ``CorruptSnapshot``
-    from the fold or ``encode_snapshot``: every later compaction, and ``open`` with a
-    late record in the tail, failed for good."""
+    """Safety / no loss (1, 4), r5. Was (format 4): a bit flip in the latest snapshot's
+    shape table (frame 7, CRC deferred because large) was not caught at load, so the
+    loader did not fall back to the intact older snapshot; it surfaced later as
+    ``CorruptSnapshot`` from the fold or ``encode_snapshot``: every later compaction,
+    and ``open`` with a late record in the tail, failed for good. Format 5 keeps the
+    shapes in layers (deferred the same way): a flip in the latest snapshot's own
+    layer, found when a late record needs its entries, makes the load fall back."""
     monkeypatch.setattr(fmt, "DEFER_CRC_MIN", 256)  # defer with a few hundred sources, not 70k
+    monkeypatch.setattr(resumelog.layers, "MIN_LAYER", 1)  # snapshot 2 adds a layer of its own
     root = str(tmp_path / "ck")
     n_sources = 300
     ck = resumelog.open(root, run_id="R")
@@ -353,43 +357,45 @@ def test_flip_in_deferred_crc_frame_falls_back_to_older_snapshot(tmp_path, monke
             w.emit(f"s{i}", key="e")
             w.record(key=f"x{i}", source=f"s{i}", delta=-1)
     ck.compact()  # snapshot 1: intact
-    with ck.writer("w2") as w:
-        w.complete("another")
-    ck.compact()  # snapshot 2: the latest, damaged below
+    m = n_sources // 2  # fewer than the layer below: not merged into it
+    with ck.writer("w2", flush_policy=None) as w:
+        for i in range(m):
+            w.emit(f"t{i}", key="e")
+            w.record(key=f"y{i}", source=f"t{i}", delta=-1)
+    ck.compact()  # snapshot 2: the latest, its own layer damaged below
     snaps = compactor.list_snapshots(ck.store)
     assert [n for n, _ in snaps] == [1, 2]
-
-    path = os.path.join(root, snaps[-1][1].path)
+    frames = decode_snapshot_frames(ck.store.read(snaps[-1][1].path))
+    assert frames.layers is not None and len(frames.layers) == 2
+    path = os.path.join(root, frames.layers[-1].name)
     with open(path, "rb") as f:
         data = bytearray(f.read())
-    frames = _frames(bytes(data))
-    start, length = frames[7]
+    start, length = _frames(bytes(data))[6]  # the shape table
     assert length >= fmt.DEFER_CRC_MIN  # the deferred case
-    assert decode_snapshot_frames(bytes(data), defer_done_crc=True).deferred  # deferred at this size
+    assert fmt.decode_layer(bytes(data), defer_done_crc=True).deferred
     data[start + length // 2] ^= 0x01
     os.chmod(path, 0o644)
     with open(path, "wb") as f:
         f.write(bytes(data))
 
-    assert resumelog.open(root, run_id="v").is_completed("another")  # an open does not touch frame 7
+    assert resumelog.open(root, run_id="v").is_completed("t0")  # an open does not touch the shapes
 
     late = resumelog.open(root, run_id="R").writer("w3")
-    late.record(key="x0-retry", source="s0", delta=0)  # new key, delta 0: harmless
-    late.record(key="y", source="s1", delta=+1)  # a real late record: reopens s1
+    late.record(key="t0-retry", source="t0", delta=0)  # new key, delta 0: harmless
+    late.record(key="z", source="t1", delta=+1)  # a real late record: reopens t1
     late.close()
-    c = resumelog.open(root, run_id="v2")  # folds the late record onto the base: was CorruptSnapshot
-    assert c.is_completed("s0") and not c.is_completed("s1")
-    assert c.is_completed("another") and c.is_completed(f"s{n_sources - 1}")
+    c = resumelog.open(root, run_id="v2")  # the late record needs t1's entries: falls back
+    assert c.is_completed("t0") and not c.is_completed("t1")
+    assert c.is_completed(f"t{m - 1}") and c.is_completed(f"s{n_sources - 1}")
     fallbacks = c.status().anomaly_counts.get("snapshot_fallback", 0)
-
     with c.writer("new") as nw:
         nw.complete("brand-new-source")  # ordinary new work
     c.compact()  # was: CorruptSnapshot, at every compaction, for good
     fallbacks += c.status().anomaly_counts.get("snapshot_fallback", 0)
     after = resumelog.open(root, run_id="v3")
-    assert after.is_completed("brand-new-source") and after.is_completed("another")
-    assert after.is_completed("s0") and not after.is_completed("s1")
-    assert len(after.completed) == n_sources - 1 + 2
+    assert after.is_completed("brand-new-source") and after.is_completed("t7")
+    assert after.is_completed("t0") and not after.is_completed("t1")
+    assert len(after.completed) == n_sources + m - 1 + 1
     assert fallbacks >= 1, "the damaged snapshot was not reported"
 
 

@@ -116,7 +116,8 @@ def flip_byte(path: Path, at: int | None = None) -> None:
 def test_status_counts(ckpt: str) -> None:
     st = run_json("status", ckpt)
     assert st["url"] == ckpt
-    assert st["format_version"] == fmt.FORMAT_VERSION == 4
+    assert st["format_version"] == fmt.FORMAT_VERSION == 5
+    assert st["layers"] == 1 and st["layer_bytes"] > 0
     assert st["fingerprint"] == {"n": 17}
     assert st["completed"] == 15
     assert st["pending"] == 2
@@ -350,7 +351,12 @@ def test_inspect_snapshot_json(ckpt: str) -> None:
     assert {c["run"] for c in doc["completed"]} == {"r1"}
     assert [r["run_id"] for r in doc["runs"]] == ["r1"]
     assert [s["writer_id"] for s in doc["streams"]] == ["w1"] and doc["streams"][0]["seq"] == 10
-    assert len(doc["frames"]) == 9  # header, body, 4 index arrays, shape ids, shape table, done writers
+    assert len(doc["frames"]) == 4  # header, body, layer references, done writers
+    (layer,) = doc["layers"]
+    assert layer["count"] == 10 and layer["tombstones"] == 0
+    ldoc = run_json("inspect", ckpt, layer["name"])
+    assert ldoc["kind"] == "layer" and ldoc["header"]["count"] == 10 and ldoc["header"]["runs"] == ["r1"]
+    assert sorted(c["source"] for c in ldoc["completed"]) == sorted(f"s{i}" for i in range(10))
     limited = run_json("inspect", ckpt, paths.snapshot_name(1), "--limit", "3")
     assert len(limited["completed"]) == 3 and limited["completed_truncated"] is True
     meta = run_json("inspect", ckpt, paths.META)
@@ -535,7 +541,7 @@ def test_progress_bar_only_on_a_terminal(ckpt: str) -> None:
     assert child.exitstatus == 0
     assert "OK: " in child.before
     if importlib.util.find_spec("rich") is not None:  # a rich.progress bar: count, rate, elapsed, ETA
-        assert "━" in child.before and "20/20" in child.before and "/s" in child.before and "ETA" in child.before
+        assert "━" in child.before and "21/21" in child.before and "/s" in child.before and "ETA" in child.before
     out = run("verify", ckpt)
     assert out.returncode == 0 and out.stderr == "" and "verify" not in out.stdout.split("OK: ")[0]
 
@@ -546,7 +552,7 @@ def test_plain_progress_bar_without_rich_has_rate_and_eta(ckpt: str) -> None:
     child.expect(pexpect.EOF, timeout=30)
     child.close()
     assert child.exitstatus == 0
-    assert re.search(r"verify \[#+\] 20/20  100%  [\d,.]+/s  \d+:\d\d elapsed  ETA \d+:\d\d", child.before), (
+    assert re.search(r"verify \[#+\] 21/21  100%  [\d,.]+/s  \d+:\d\d elapsed  ETA \d+:\d\d", child.before), (
         child.before
     )
 

@@ -113,8 +113,53 @@ def test_format_example_bytes_are_what_the_encoder_writes() -> None:
     assert seg.header == header and seg.footer.record_count == 2
 
 
+def _hex_dumps(heading: str) -> list[bytes]:
+    """Every annotated hex dump of the section that starts at ``heading``."""
+    text = (DOCS / "format.md").read_text()
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    out = []
+    for dump in re.findall(r"```text\n(.*?)```", text[start : end if end > 0 else None], re.S):
+        data = bytearray()
+        for line in dump.splitlines():
+            offset, _, rest = line.partition("  ")
+            assert int(offset, 16) == len(data), line
+            data += bytes.fromhex(rest.split("  ")[0])
+        out.append(bytes(data))
+    return out
+
+
 def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
-    data = _hex_dump("### Test vector")
+    data, layer = _hex_dumps("### Test vector")
+    assert (len(data), len(layer)) == (245, 158)
+    frames = fmt.decode_snapshot_frames(data)
+    h = frames.header
+    assert (h.format_version, h.number, h.nonce, h.created_ms, h.completed_count, h.ascii_ids, h.epoch) == (
+        5,
+        1,
+        bytes(16),
+        1700000000000,
+        1,
+        True,
+        b"\x11" * 16,
+    )
+    assert [r.run_id for r in frames.body.runs] == ["r1"] and frames.body.records_folded == 2
+    name = "layers/00000000000000000001-0000000000000000.layer"
+    assert frames.layers == [fmt.LayerRef(name, bytes(16), 1, 0, 158)]
+    assert fmt.encode_snapshot_frames(frames) == data
+    lf = fmt.decode_layer(layer, name)
+    assert lf.header == fmt.LayerHeader(5, bytes(16), b"\x11" * 16, 1700000000000, 1, True, ["r1"], 0)
+    assert bytes(lf.blob) == b"a" and int.from_bytes(lf.hashes, "little") == fmt.crc32c(b"a")
+    assert bytes(lf.runs) == b"\x00" and lf.tombstones == [] and not lf.shape_ids
+    assert fmt.encode_layer(lf) == layer
+    from resumelog.snapshot import load_snapshot
+
+    _, state = load_snapshot(data, read_layer=lambda ref: {name: layer}[ref.name])
+    assert sorted(state.iter_completed()) == ["a"] and state.completed_run("a") == "r1"
+
+
+def test_format_version_4_test_vector_still_decodes() -> None:
+    data = _hex_dump("### Version 4 test vector")
     assert len(data) == 224
     frames = fmt.decode_snapshot_frames(bytes(data))
     h = frames.header
@@ -139,7 +184,7 @@ def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
     )
     assert [r.run_id for r in frames.body.runs] == ["r1"] and frames.body.records_folded == 2
     assert bytes(frames.blob) == b"a" and int.from_bytes(frames.hashes, "little") == fmt.crc32c(b"a")
-    assert fmt.encode_snapshot_frames(frames) == bytes(data)
+    assert frames.layers is None
     from resumelog.snapshot import load_snapshot
 
     _, state = load_snapshot(bytes(data))
@@ -154,6 +199,8 @@ STRUCTS = [
     fmt.Meta,
     fmt.SnapshotHeader,
     fmt.SnapshotBody,
+    fmt.LayerRef,
+    fmt.LayerHeader,
     fmt.StreamMark,
     fmt.RunInfo,
     fmt.PendingEntry,
@@ -179,12 +226,14 @@ def test_format_spec_lists_every_field_in_wire_order(struct: type[msgspec.Struct
 
 def test_format_spec_constants() -> None:
     text = (DOCS / "format.md").read_text()
-    assert fmt.FORMAT_VERSION == 4 and "# Format specification (version 4)" in text
+    assert fmt.FORMAT_VERSION == 5 and "# Format specification (version 5)" in text
     assert fmt.MAGIC == b"RSLG" and fmt.PREAMBLE_SIZE == 24 and fmt.FRAME_HEADER_SIZE == 8
-    assert fmt.SNAPSHOT_FRAMES == 9 and "Exactly **9 frames**" in text
+    assert fmt.SNAPSHOT_FRAMES == 4 and "Exactly **4 frames**" in text
+    assert fmt.LAYER_FRAMES == 8 and "Exactly **8 frames**" in text
+    assert fmt.SNAPSHOT_FRAMES_V3 == 9 and "has **9 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V2 == 8 and "has **8 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V1 == 7 and "has **7 frames**" in text
-    for kind in (fmt.KIND_SEGMENT, fmt.KIND_SNAPSHOT, fmt.KIND_META):
+    for kind in (fmt.KIND_SEGMENT, fmt.KIND_SNAPSHOT, fmt.KIND_LAYER, fmt.KIND_META):
         assert f"`0x{kind:02X}` `'{chr(kind)}'`" in text
 
 

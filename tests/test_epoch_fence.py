@@ -64,9 +64,7 @@ def test_a_snapshot_published_after_the_delete_is_ignored_and_collected(local_or
     # a compactor that loaded before the delete publishes after it (the race of issue 22)
     from resumelog.snapshot import encode_snapshot
 
-    ck.store.put_if_absent(
-        paths.snapshot_name(state.state.number), encode_snapshot(state.state, state.frames, epoch=old_epoch)
-    )
+    compactor.put_snapshot(ck.store, state.state.number, encode_snapshot(state.state, state.frames, epoch=old_epoch))
     new = resumelog.open(url, storage_options=opts)
     assert sorted(new.completed) == []
     assert new.meta.nonce != old_epoch

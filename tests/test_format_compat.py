@@ -3,8 +3,9 @@ reader, which writes the current version from then on (docs/format.md §9).
 
 One committed fixture per version, each holding the same history: version 1
 (``tests/data/format_v1``, made by ``tests/data/make_format_v1.py`` at commit 3c839ee),
-version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4) and
-version 3 (``tests/data/format_v3``, ``make_format_v3.py`` at commit 35e4762)."""
+version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4),
+version 3 (``tests/data/format_v3``, ``make_format_v3.py`` at commit 35e4762) and
+version 4 (``tests/data/format_v4``, ``make_format_v4.py`` at commit 3fa4afd)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,22 @@ import pytest
 
 import resumelog
 from resumelog import paths
-from resumelog.format import FORMAT_VERSION, SNAPSHOT_FRAMES, decode_snapshot_frames, split_frames
+from resumelog.algebra import SIMPLE_COMPLETION
+from resumelog.format import (
+    FORMAT_VERSION,
+    SNAPSHOT_FRAMES,
+    LayerFrames,
+    decode_layer,
+    decode_snapshot_frames,
+    split_frames,
+)
 
 DATA = Path(__file__).parent / "data" / "format_v1"
 FIXTURES = {
     1: DATA,
     2: Path(__file__).parent / "data" / "format_v2",
     3: Path(__file__).parent / "data" / "format_v3",
+    4: Path(__file__).parent / "data" / "format_v4",
 }
 COMPLETED = sorted(
     ["c0", "c1", "c2", "c3", "c4", "old0", "old1", "old2", "oldsimple", "s20", "ü-unicode"]
@@ -95,7 +105,9 @@ def test_compaction_rewrites_an_older_version_as_the_current_keeping_every_entry
     assert int.from_bytes(data[6:8], "big") == FORMAT_VERSION
     frames = decode_snapshot_frames(data)
     assert len(split_frames(data, ord("N"))) == SNAPSHOT_FRAMES and frames.legacy_done is None
-    assert len(frames.shape_ids) == len(COMPLETED)  # u8 per id; the lineage sources share shapes
+    (layer,) = only_layer(v1, res.snapshot)  # the old index became the first layer
+    assert layer.header.count == len(COMPLETED) and not layer.tombstones
+    assert len(layer.shape_ids) == len(COMPLETED)  # u8 per id; the lineage sources share shapes
     ck = resumelog.open(v1, create=False, run_id="check")
     assert sorted(ck.completed) == COMPLETED and ck.pending(["p0"]) == ["p0"]
     late_records(v1)  # the entries survived the conversion
@@ -104,12 +116,25 @@ def test_compaction_rewrites_an_older_version_as_the_current_keeping_every_entry
     check_after_late(v1)
 
 
+def only_layer(root: Path, number: int) -> list[LayerFrames]:
+    frames = decode_snapshot_frames((root / paths.snapshot_name(number)).read_bytes())
+    assert frames.layers is not None
+    return [decode_layer((root / ref.name).read_bytes(), ref.name) for ref in frames.layers]
+
+
 def test_retiring_every_run_drops_the_converted_entries(v1: Path):
     ck = resumelog.open(v1, run_id="c")
     ck.compact()  # fold the tail first: keep_runs retires runs before folding
     res = ck.compact(keep_runs=0)
-    frames = decode_snapshot_frames((v1 / paths.snapshot_name(res.snapshot)).read_bytes())
-    assert len(frames.shape_ids) == 0 and bytes(frames.shapes) == b"\x90"
+    # the layer is not rewritten for a retirement: its entries are ignored when read ...
+    state = resumelog.compactor.load(ck.store).state
+    assert state.done_entries_of("old0") == state.done_entries_of("s0") == SIMPLE_COMPLETION
+    (layer,) = only_layer(v1, res.snapshot)
+    assert len(layer.shape_ids) == len(COMPLETED)
+    # ... and dropped by the next merge
+    res = ck.compact(merge=True)
+    (layer,) = only_layer(v1, res.snapshot)
+    assert len(layer.shape_ids) == 0 and bytes(layer.shapes) == b"\x90"
     assert sorted(resumelog.open(v1, create=False, run_id="x").completed) == COMPLETED
 
 

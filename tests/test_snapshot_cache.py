@@ -45,9 +45,10 @@ def test_a_warm_open_does_not_download_the_snapshot_again(s3):
     _fill(url, opts, ids)
     shutil.rmtree(cache)  # the compacting process cached its own snapshot: start cold
     cold, _, cold_gets = _load(url, opts)
-    assert len(list(cache.rglob("*.snap"))) == 1
+    assert len(list(cache.rglob("*.snap"))) == len(list(cache.rglob("*.layer"))) == 1
     warm, _, warm_gets = _load(url, opts)
-    assert warm_gets == cold_gets - 1  # the ranged header read stays; the full download is gone
+    # the snapshot's ranged header read stays; its full download and the layer's are gone
+    assert warm_gets == cold_gets - 2
     assert sorted(warm.state.iter_completed()) == sorted(cold.state.iter_completed()) == ids
     assert warm.snapshot == cold.snapshot == 1
 
@@ -74,6 +75,20 @@ def test_a_damaged_copy_is_dropped_and_the_snapshot_read_again(s3):
     assert loaded.state.anomaly_counts.get("snapshot_fallback") is None
 
 
+def test_a_damaged_layer_copy_is_dropped_and_the_layer_read_again(s3):
+    url, opts, cache = s3
+    _fill(url, opts, [f"s{i}" for i in range(100)])
+    _load(url, opts)
+    (copy,) = cache.rglob("*.layer")
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the id arrays: the header's nonce still matches
+    copy.write_bytes(bytes(data))
+    loaded, _, _ = _load(url, opts)
+    assert loaded.state.completed_count() == 100 and loaded.snapshot == 1
+    assert loaded.state.anomaly_counts.get("snapshot_fallback") is None
+    assert copy.read_bytes() != bytes(data)  # the copy was replaced by an intact one
+
+
 def test_off_and_bounded(s3, monkeypatch):
     url, opts, cache = s3
     monkeypatch.setenv("RESUMELOG_CACHE_DIR", "off")
@@ -83,7 +98,7 @@ def test_off_and_bounded(s3, monkeypatch):
     monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(cache))
     monkeypatch.setenv("RESUMELOG_CACHE_MAX_BYTES", "1")
     _load(url, opts)  # written, then trimmed to the bound: nothing stays
-    assert list(cache.rglob("*.snap")) == []
+    assert list(cache.rglob("*.snap")) == list(cache.rglob("*.layer")) == []
 
 
 def test_local_and_memory_stores_are_read_in_place(tmp_path, monkeypatch):

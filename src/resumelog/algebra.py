@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from resumelog.done_shapes import BaseDone, ShapeTable
+from resumelog.done_shapes import ShapeTable
 from resumelog.format import (
     EMISSION,
     Anomaly,
@@ -54,7 +54,7 @@ from resumelog.format import (
     SegmentHeader,
     StreamMark,
 )
-from resumelog.idset import CompletedIndex
+from resumelog.layers import LayeredDone, LayeredIndex
 
 __all__ = [
     "DONE_KEY",
@@ -223,7 +223,7 @@ class FoldState:
     """
 
     number: int = 1
-    base: CompletedIndex = field(default_factory=CompletedIndex.empty)
+    base: LayeredIndex = field(default_factory=LayeredIndex.empty)
     runs: dict[str, RunInfo] = field(default_factory=dict)
     run_order: list[str] = field(default_factory=list)
     stream_ids: list[str] = field(default_factory=list)
@@ -248,7 +248,7 @@ class FoldState:
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_counts: Counter[str] = field(default_factory=Counter)
     records_folded: int = 0
-    base_done: BaseDone | None = None
+    base_done: LayeredDone | None = None
     warn: Callable[[str], None] = logger.warning
     _stream_index: dict[str, int] = field(default_factory=dict)
     _touched: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)

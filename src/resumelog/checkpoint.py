@@ -113,6 +113,9 @@ class Status(msgspec.Struct):
     """Completions voided by an operator's ``reset`` (not counted among ``anomalies``)."""
     outputs: list[OutputsStatus] = msgspec.field(default_factory=list)
     """One entry per outputs root passed to :meth:`Checkpoint.status` (``outputs=``)."""
+    layers: int = 0
+    """Layers of the completed-id index the loaded snapshot names (format version 5)."""
+    layer_bytes: int = 0
 
 
 class RunReset(msgspec.Struct):
@@ -334,7 +337,7 @@ def _clear_layout(store: Store) -> None:
     foreign, so a reader racing the clear sees all of the checkpoint or none of it.
     """
     store.delete([paths.META])
-    for prefix in (paths.SNAPSHOT_PREFIX, paths.JOURNAL_PREFIX, paths.QUARANTINE_PREFIX):
+    for prefix in (paths.SNAPSHOT_PREFIX, paths.LAYER_PREFIX, paths.JOURNAL_PREFIX, paths.QUARANTINE_PREFIX):
         store.delete(o.path for o in store.list(prefix))
 
 
@@ -502,6 +505,7 @@ class Checkpoint:
         ]
         journal = [o for o in loaded.journal if paths.parse_segment(o.path)]
         reclaim = compactor.gc(self.store, grace=gc_grace, dry_run=True)
+        refs = loaded.frames.layers or [] if loaded.frames is not None else []
         counts = dict(st.anomaly_counts)
         resets = counts.pop("reset", 0)  # an operator's action, not something that went wrong
         outs: list[OutputsStatus] = []
@@ -531,11 +535,13 @@ class Checkpoint:
             snapshot_bytes=sum(o.size for o in loaded.snapshots),
             unfolded_segments=loaded.segments_folded,
             records_folded=st.records_folded,
-            gc_reclaimable_objects=reclaim.segments + reclaim.snapshots,
-            gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes,
+            gc_reclaimable_objects=reclaim.segments + reclaim.snapshots + reclaim.layers,
+            gc_reclaimable_bytes=reclaim.segment_bytes + reclaim.snapshot_bytes + reclaim.layer_bytes,
             foreign_objects=len(loaded.foreign),
             resets=resets,
             outputs=outs,
+            layers=len(refs),
+            layer_bytes=sum(r.size for r in refs),
         )
 
     # ------------------------------------------------------------------ writing
@@ -633,8 +639,13 @@ class Checkpoint:
             self._write_resets(todo)
         return RunReset(run_id, completed, pending)
 
-    def compact(self, *, keep_runs: int | None = None, progress: bool | None = None) -> compactor.CompactResult:
-        """Fold all journals into a new snapshot (no-op if nothing is new)."""
+    def compact(
+        self, *, keep_runs: int | None = None, progress: bool | None = None, merge: bool = False
+    ) -> compactor.CompactResult:
+        """Fold all journals into a new snapshot (no-op if nothing is new).
+
+        ``merge``: also merge the layers of the completed-id index into one (they are
+        otherwise merged as they grow; see ``docs/scaling.md``)."""
         for w in self._writers:
             if not w.closed and w.buffered:
                 w.flush()
@@ -644,6 +655,7 @@ class Checkpoint:
             protect_runs=frozenset({self.run_id}),
             progress=progress,
             expect_epoch=self._epoch(),
+            merge=merge,
         )
         self.refresh()
         return result

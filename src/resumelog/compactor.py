@@ -31,8 +31,11 @@ from resumelog.errors import (
 )
 from resumelog.format import (
     HEADER_PREFIX,
+    KIND_LAYER,
     KIND_SEGMENT,
     KIND_SNAPSHOT,
+    LayerHeader,
+    LayerRef,
     SegmentHeader,
     SnapshotFrames,
     SnapshotHeader,
@@ -43,10 +46,20 @@ from resumelog.format import (
     decode_segment,
     decode_snapshot_frames,
 )
-from resumelog.snapshot import encode_snapshot, load_snapshot
+from resumelog.snapshot import EncodedSnapshot, encode_snapshot, load_snapshot
 from resumelog.storage import ObjectInfo, Store
 
-__all__ = ["CompactResult", "GcResult", "Loaded", "compact", "gc", "list_snapshots", "load", "read_epoch"]
+__all__ = [
+    "CompactResult",
+    "GcResult",
+    "Loaded",
+    "compact",
+    "gc",
+    "list_snapshots",
+    "load",
+    "put_snapshot",
+    "read_epoch",
+]
 
 logger = logging.getLogger("resumelog")
 
@@ -115,7 +128,7 @@ def is_foreign(epoch: bytes, live: bytes | None) -> bool:
     return bool(epoch) and epoch != live
 
 
-def read_header(store: Store, path: str, kind: int) -> SegmentHeader | SnapshotHeader:
+def read_header(store: Store, path: str, kind: int) -> SegmentHeader | SnapshotHeader | LayerHeader:
     """The header of object ``path`` with one ranged read (the whole object if its
     header is longer than :data:`~resumelog.format.HEADER_PREFIX`)."""
     prefix = store.read_prefix(path, HEADER_PREFIX)
@@ -123,7 +136,7 @@ def read_header(store: Store, path: str, kind: int) -> SegmentHeader | SnapshotH
     if header is None and len(prefix) == HEADER_PREFIX:  # more to read: a header this long is odd, not wrong
         header = decode_header(store.read(path), kind, path)
     if header is None:
-        raise (CorruptSnapshot if kind == KIND_SNAPSHOT else CorruptSegment)("object ends inside its header", path)
+        raise (CorruptSegment if kind == KIND_SEGMENT else CorruptSnapshot)("object ends inside its header", path)
     return header
 
 
@@ -244,12 +257,12 @@ def _load_once(
             )
             continue
         try:
-            frames, state = _load_base(store, info.path, defer_done_crc=not verify)
-            if is_foreign(frames.header.epoch, epoch):
+            base = _load_base(store, info.path, defer_done_crc=not verify, epoch=epoch)
+            if base is None:
                 foreign.append(info.path)
                 foreign_numbers.add(n)
-                frames = state = None
                 continue
+            frames, state = base
             loaded_n = n
             base_path = info.path
             break
@@ -278,7 +291,7 @@ def _load_once(
         foreign=foreign,
         foreign_snapshots=foreign_numbers,
     )
-    with _bad_base_raises(loaded_n, base_path):
+    with _bad_base_raises(loaded_n, base_path, state):
         if before_fold is not None:
             before_fold(state)
         with _gc_paused():
@@ -286,17 +299,51 @@ def _load_once(
     return loaded
 
 
-def _load_base(store: Store, path: str, *, defer_done_crc: bool) -> tuple[SnapshotFrames, FoldState]:
-    """Decode snapshot ``path``, through the local snapshot cache on object stores; a
-    cached copy that fails its checks is dropped and the snapshot read again."""
+def _load_base(
+    store: Store, path: str, *, defer_done_crc: bool, epoch: bytes | None
+) -> tuple[SnapshotFrames, FoldState] | None:
+    """Decode snapshot ``path`` and the layers it names, through the local snapshot cache
+    on object stores; a cached copy that fails its checks is dropped and read again.
+    ``None`` if the snapshot is of another epoch than ``epoch`` (its layers are not read)."""
     data, cached = snapshot_cache.read_snapshot(store, path)
+    header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
+    if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
+        return None
+    from_cache: set[str] = set()  # layers served by cached copies
+
+    def read_layer(ref: LayerRef) -> bytes | memoryview:
+        layer, hit = _read_layer(store, ref, path)
+        if hit:
+            from_cache.add(ref.name)
+        return layer
+
+    for retry in (False, True):
+        try:
+            return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer)
+        except CorruptSnapshot as exc:
+            # a cached copy (of the snapshot or a layer) that fails its checks: drop it, read again
+            if retry or not ((cached and exc.path == path) or exc.path in from_cache):
+                raise
+            if cached and exc.path == path:
+                snapshot_cache.evict(store, path)
+                data, cached = store.read(path), False
+            for name in from_cache:
+                snapshot_cache.evict(store, name)
+            from_cache.clear()
+    raise AssertionError("unreachable")
+
+
+def _read_layer(store: Store, ref: LayerRef, snapshot: str) -> tuple[bytes | memoryview, bool]:
+    """The bytes of a layer snapshot ``snapshot`` names (and whether they are a cached
+    copy). A missing layer means the snapshot was superseded and collected during the
+    load (load again) if the snapshot is gone too, else a lost object: the snapshot is
+    unusable (fall back)."""
     try:
-        return load_snapshot(data, path, defer_done_crc=defer_done_crc)
-    except CorruptSnapshot:
-        if not cached:
-            raise
-        snapshot_cache.evict(store, path)
-        return load_snapshot(store.read(path), path, defer_done_crc=defer_done_crc)
+        return snapshot_cache.read_layer(store, ref)
+    except ObjectNotFound:
+        if not store.exists(snapshot):
+            raise _StaleSnapshot(f"{snapshot} was collected while it was read") from None
+        raise CorruptSnapshot(f"layer {ref.name} it names is missing", snapshot) from None
 
 
 class _BadBase(Exception):
@@ -308,13 +355,15 @@ class _BadBase(Exception):
 
 
 @contextmanager
-def _bad_base_raises(number: int, path: str) -> Iterator[None]:
-    """Turn a :class:`CorruptSnapshot` of the base snapshot ``path`` (a deferred CRC,
-    a malformed shape table) into :class:`_BadBase`, so the load falls back."""
+def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]:
+    """Turn a :class:`CorruptSnapshot` of the base snapshot ``path`` or of a layer it
+    names (a deferred CRC, a malformed shape table) into :class:`_BadBase`, so the load
+    falls back."""
     try:
         yield
     except CorruptSnapshot as exc:
-        if number and exc.path == path:
+        names = {path, *(layer.ref.name for layer in state.base.layers if layer.ref is not None)}
+        if number and exc.path in names:
             raise _BadBase(number) from exc
         raise
 
@@ -598,6 +647,7 @@ def compact(
     progress: bool | None = None,
     clock: Callable[[], float] = time.time,
     expect_epoch: bytes | None = None,
+    merge: bool = False,
 ) -> CompactResult:
     """Fold the latest snapshot and the journal tail into a new snapshot.
 
@@ -611,6 +661,10 @@ def compact(
     compaction never publishes into a checkpoint deleted or cleared under it. If
     the delete comes after the check, the snapshot carries the old epoch, which
     every reader ignores, and is deleted again when the compactor notices.
+
+    ``merge``: also merge every layer of the completed-id index into one (the layers
+    are otherwise merged as they grow, :func:`~resumelog.layers.plan_merges`): the
+    smallest index at rest and one bisect per lookup, at the cost of rewriting it.
     """
     skip: set[int] = set()
     for attempt in range(1, max_attempts + 1):
@@ -631,31 +685,69 @@ def compact(
         epoch = _check_epoch(store, loaded.epoch, expect_epoch)
         state = loaded.state
         dropped = _prune_streams(loaded)
-        if loaded.snapshot and loaded.segments_folded == 0 and not (retired or dropped or skip or loaded.salvaged):
+        merged = not merge or _merged(state)
+        if (
+            loaded.snapshot
+            and loaded.segments_folded == 0
+            and merged
+            and not (retired or dropped or skip or loaded.salvaged)
+        ):
             return CompactResult(loaded.snapshot, False, 0, 0, state.completed_count(), attempt)
         number = state.number
         base = paths.snapshot_name(loaded.snapshot) if loaded.snapshot else ""
         try:
-            with _gc_paused(), _bad_base_raises(loaded.snapshot, base):
-                data = encode_snapshot(state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch)
+            with _gc_paused(), _bad_base_raises(loaded.snapshot, base, state):
+                encoded = encode_snapshot(
+                    state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch, merge_all=merge
+                )
         except _BadBase as exc:
             skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
             continue
+        new_layers = [name for name, _ in encoded.layers]
+        data = encoded.data
         key = paths.snapshot_name(number)
         try:
-            store.put_if_absent(key, data)
+            put_snapshot(store, number, encoded)
         except AlreadyExists:
             if _is_ours(store, key, data):
                 pass
             else:
+                store.delete(new_layers)  # no snapshot names them (gc would collect them too)
                 continue  # another compactor published `number` first: reload
         if read_epoch(store) != epoch:  # deleted under us after all: take it back
-            store.delete([key])
+            store.delete([key, *new_layers])
             _check_epoch(store, read_epoch(store), epoch)
         return CompactResult(
             number, True, loaded.segments_folded, loaded.records_folded, state.completed_count(), attempt, retired
         )
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+def _merged(state: FoldState) -> bool:
+    """Whether the index is one stored layer that a merge would not change (no
+    tombstones, no shapes of retired runs)."""
+    layers = state.base.layers
+    if len(layers) != 1:
+        return not layers
+    layer = layers[0]
+    retired = {r for r, info in state.runs.items() if info.retired}
+    return (
+        layer.ref is not None
+        and not layer.tombstones
+        and (layer.done is None or not retired.intersection(layer.run_names))
+    )
+
+
+def put_snapshot(store: Store, number: int, encoded: EncodedSnapshot) -> None:
+    """Write the new layers of ``encoded``, then snapshot ``number`` itself with
+    put-if-absent (:class:`~resumelog.errors.AlreadyExists` if that number is taken;
+    the layers are then left for the caller or :func:`gc` to delete)."""
+    for name, layer in encoded.layers:  # before the snapshot that names them
+        try:
+            store.put_if_absent(name, layer)
+        except AlreadyExists:
+            pass  # a random name: our own write, retried after an ambiguous failure
+    store.put_if_absent(paths.snapshot_name(number), encoded.data)
 
 
 def _check_epoch(store: Store, epoch: bytes | None, expect: bytes | None) -> bytes:
@@ -712,6 +804,9 @@ class GcResult:
     segment_bytes: int = 0
     snapshots: int = 0
     snapshot_bytes: int = 0
+    layers: int = 0
+    """Layers (format version 5) no retained snapshot names any more."""
+    layer_bytes: int = 0
     keys: list[str] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
     """One :class:`resumelog.outputs.OutputGcResult` per outputs root given to
@@ -765,6 +860,7 @@ def gc(
         return result
     snaps, foreign = _live_snapshots(store, epoch)
     doomed: list[ObjectInfo] = list(foreign)
+    doomed_layers = _doomed_layers(store, snaps[-retain:], snaps[-1][0] if snaps else 0, epoch, now, grace)
     if snaps:
         # Segments are judged by the oldest retained snapshot alone (never a newer one
         # when it does not decode): a reader that loaded snapshot L and still lists L
@@ -814,14 +910,52 @@ def gc(
             doomed.append(o)
             result.segments += 1
             result.segment_bytes += o.size
+    result.layers = len(doomed_layers)
+    result.layer_bytes = sum(o.size for o in doomed_layers)
+    doomed[result.snapshots : result.snapshots] = doomed_layers
     result.keys = [o.path for o in doomed]
     if not dry_run and doomed:
         with Progress("gc", len(doomed), enabled=progress) as bar:
-            # the old snapshots in calls of their own, before any segment (a batch
-            # delete need not delete in order)
-            for group in (doomed[: result.snapshots], doomed[result.snapshots :]):
+            # the old snapshots in calls of their own, then the layers only they named,
+            # then the segments (a batch delete need not delete in order)
+            cut = result.snapshots + result.layers
+            for group in (doomed[: result.snapshots], doomed[result.snapshots : cut], doomed[cut:]):
                 for i in range(0, len(group), 1000):
                     chunk = group[i : i + 1000]
                     store.delete(o.path for o in chunk)
                     bar.advance(len(chunk))
     return result
+
+
+def _doomed_layers(
+    store: Store, retained: list[tuple[int, ObjectInfo]], latest: int, epoch: bytes, now: float, grace: float
+) -> list[ObjectInfo]:
+    """Layers that no retained snapshot names: written for a snapshot number already
+    taken (so no compaction can still publish a snapshot naming them) more than
+    ``grace`` seconds ago, or of another epoch. Listed after the snapshots, so a layer
+    of a compaction under way has a number above ``latest`` and is kept. None if a
+    retained snapshot cannot be read (its layers are unknown)."""
+    named: set[str] = set()
+    for _, o in retained:
+        try:
+            frames = decode_snapshot_frames(store.read(o.path), o.path, defer_done_crc=True)
+        except (CorruptSnapshot, ObjectNotFound):
+            return []
+        named.update(r.name for r in frames.layers or ())
+    doomed: list[ObjectInfo] = []
+    for o in store.list(paths.LAYER_PREFIX):
+        n = paths.parse_layer(o.path)
+        if n is None or o.path in named:
+            continue
+        if n > latest:
+            try:
+                header = read_header(store, o.path, KIND_LAYER)
+            except (CorruptSnapshot, ObjectNotFound):
+                continue
+            if is_foreign(header.epoch, epoch):
+                doomed.append(o)
+            continue
+        if o.mtime is not None and now - o.mtime < grace:
+            continue
+        doomed.append(o)
+    return doomed

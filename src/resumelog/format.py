@@ -29,16 +29,22 @@ from resumelog.idset import counted_uints, index_views
 __all__ = [
     "EMPTY_SHAPE_TABLE",
     "FORMAT_VERSION",
+    "KIND_LAYER",
     "KIND_META",
     "KIND_SEGMENT",
     "KIND_SNAPSHOT",
+    "LAYER_FRAMES",
     "SNAPSHOT_FRAMES",
     "SNAPSHOT_FRAMES_V1",
     "SNAPSHOT_FRAMES_V2",
+    "SNAPSHOT_FRAMES_V3",
     "Anomaly",
     "Batch",
     "DoneChunk",
     "DoneWriters",
+    "LayerFrames",
+    "LayerHeader",
+    "LayerRef",
     "Meta",
     "PendingEntry",
     "Reset",
@@ -55,10 +61,12 @@ __all__ = [
     "decode_done_entries",
     "decode_done_writers",
     "decode_header",
+    "decode_layer",
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
     "encode_done_writers",
+    "encode_layer",
     "encode_meta",
     "encode_object",
     "encode_segment",
@@ -68,14 +76,16 @@ __all__ = [
     "segment_parts",
     "split_frames",
     "verify_done",
+    "verify_layer_shapes",
 ]
 
-FORMAT_VERSION: Final = 4
+FORMAT_VERSION: Final = 5
 MAGIC: Final = b"RSLG"
 KIND_SEGMENT: Final = ord("S")
 KIND_SNAPSHOT: Final = ord("N")
 KIND_META: Final = ord("M")
-_KIND_NAMES = {KIND_SEGMENT: "segment", KIND_SNAPSHOT: "snapshot", KIND_META: "meta"}
+KIND_LAYER: Final = ord("L")
+_KIND_NAMES = {KIND_SEGMENT: "segment", KIND_SNAPSHOT: "snapshot", KIND_META: "meta", KIND_LAYER: "layer"}
 
 _PRE = struct.Struct(">4sBBHQI")  # magic, kind, flags, version, total_len, reserved
 PREAMBLE_SIZE: Final = _PRE.size + 4  # + crc32c
@@ -237,6 +247,35 @@ class SnapshotBody(msgspec.Struct, array_like=True):
     records_folded: int = 0
 
 
+class LayerRef(msgspec.Struct, array_like=True, frozen=True):
+    """A snapshot's reference to one layer of its completed-id index (version 5)."""
+
+    name: str
+    """Object key of the layer, ``layers/<number>-<token>.layer``."""
+    nonce: bytes
+    """The layer header's nonce: a reader checks that the object it read is this one."""
+    count: int
+    """Entries (completed ids) in the layer."""
+    tombstones: int
+    """Ids of the layers below that this layer masks."""
+    size: int
+    """Byte length of the layer object."""
+
+
+class LayerHeader(msgspec.Struct, array_like=True, frozen=True):
+    """First frame of a layer object (version 5)."""
+
+    format_version: int
+    nonce: bytes
+    epoch: bytes
+    created_ms: int
+    count: int
+    ascii_ids: bool
+    runs: list[str]
+    """The layer's run table: entry ``i`` was completed by run ``runs[run_index[i]]``."""
+    tombstones: int
+
+
 _enc = msgspec.msgpack.Encoder()
 _dec_header = msgspec.msgpack.Decoder(SegmentHeader)
 _dec_batch = msgspec.msgpack.Decoder(Batch)
@@ -244,6 +283,9 @@ _dec_footer = msgspec.msgpack.Decoder(SegmentFooter)
 _dec_meta = msgspec.msgpack.Decoder(Meta)
 _dec_snap_header = msgspec.msgpack.Decoder(SnapshotHeader)
 _dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
+_dec_layer_refs = msgspec.msgpack.Decoder(list[LayerRef])
+_dec_layer_header = msgspec.msgpack.Decoder(LayerHeader)
+_dec_tombstones = msgspec.msgpack.Decoder(list[str])
 _dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
 
 
@@ -348,7 +390,7 @@ def _split_frames(
 def _error_for(kind: int) -> type[CorruptObject]:
     if kind == KIND_SEGMENT:
         return CorruptSegment
-    if kind == KIND_SNAPSHOT:
+    if kind in (KIND_SNAPSHOT, KIND_LAYER):
         return CorruptSnapshot
     return CorruptObject
 
@@ -439,10 +481,16 @@ def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
 
 # --------------------------------------------------------------------------- snapshots
 
-SNAPSHOT_FRAMES: Final = 9
+SNAPSHOT_FRAMES: Final = 4
+"""header, body, layer references, done writers (format version 5: the completed ids
+live in layer objects, see :class:`LayerRef`)."""
+SNAPSHOT_FRAMES_V3: Final = 9
 """header, body, u32 hashes, u32|u64 offsets, completing-run indexes, id blob, shape ids,
-shape table, done writers (format version 3; version 2 has 8 frames, no done writers;
-version 1 has 7, see :class:`DoneChunk`)."""
+shape table, done writers (format versions 3 and 4; version 2 has 8 frames, no done
+writers; version 1 has 7, see :class:`DoneChunk`)."""
+LAYER_FRAMES: Final = 8
+"""header, u32 hashes, u32|u64 offsets, run indexes, id blob, shape ids, shape table,
+tombstones (format version 5)."""
 SNAPSHOT_FRAMES_V2: Final = 8
 SNAPSHOT_FRAMES_V1: Final = 7
 EMPTY_SHAPE_TABLE: Final = b"\x90"
@@ -492,6 +540,9 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     """Frames whose CRC is checked on first use, with their CRCs (:func:`verify_done`)."""
     legacy_done: list[DoneChunk] | None = None
     """Format version 1: the done-entry chunks (``shape_ids`` and ``shapes`` are empty)."""
+    layers: list[LayerRef] | None = None
+    """Format version 5: the layers of the completed-id index, oldest first (the index
+    frames above are then empty); ``None`` for versions 1-4."""
 
 
 def verify_done(frames: SnapshotFrames, path: str = "") -> None:
@@ -512,20 +563,11 @@ _dec_chunks = msgspec.msgpack.Decoder(list[DoneChunk])
 
 
 def encode_snapshot_frames(frames: SnapshotFrames) -> bytes:
-    """Encode a snapshot object (always the current format version)."""
+    """Encode a snapshot object (always the current format version: its index lives in
+    the layers ``frames.layers`` names; the index frames of ``frames`` are ignored)."""
     return encode_object(
         KIND_SNAPSHOT,
-        [
-            _enc.encode(frames.header),
-            _enc.encode(frames.body),
-            frames.hashes,
-            frames.offsets,
-            frames.runs,
-            frames.blob,
-            frames.shape_ids,
-            frames.shapes,
-            frames.writers,
-        ],
+        [_enc.encode(frames.header), _enc.encode(frames.body), _enc.encode(frames.layers or []), frames.writers],
     )
 
 
@@ -542,10 +584,19 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
     version = header.format_version
     if version > FORMAT_VERSION:
         raise UnsupportedFormat(f"snapshot format version {version} is newer", path)
-    expected = {1: SNAPSHOT_FRAMES_V1, 2: SNAPSHOT_FRAMES_V2}.get(version, SNAPSHOT_FRAMES)
+    expected = {1: SNAPSHOT_FRAMES_V1, 2: SNAPSHOT_FRAMES_V2, 3: SNAPSHOT_FRAMES_V3, 4: SNAPSHOT_FRAMES_V3}.get(
+        version, SNAPSHOT_FRAMES
+    )
     if len(frames) != expected:
         raise CorruptSnapshot(f"snapshot has {len(frames)} frames, expected {expected}", path)
     body: SnapshotBody = _decode(_dec_snap_body, frames[1], "snapshot body", CorruptSnapshot, path)
+    if version >= 5:
+        refs: list[LayerRef] = _decode(_dec_layer_refs, frames[2], "layer references", CorruptSnapshot, path)
+        visible = sum(r.count - r.tombstones for r in refs)
+        if visible != header.completed_count or any(min(r.count, r.tombstones) < 0 for r in refs):
+            raise CorruptSnapshot("the layers do not add up to the declared completed count", path)
+        empty = memoryview(b"")
+        return SnapshotFrames(header, body, empty, empty, empty, empty, empty, empty, frames[3], layers=refs)
     hashes, offsets, runs, blob = frames[2], frames[3], frames[4], frames[5]
     n = header.completed_count
     if version >= 2:
@@ -574,12 +625,83 @@ def decode_snapshot_frames(data: bytes | memoryview, path: str = "", *, defer_do
     return SnapshotFrames(header, body, hashes, offsets, runs, blob, deferred=late, legacy_done=chunks)
 
 
+class LayerFrames(msgspec.Struct, frozen=True):
+    """A decoded layer object (in memory only); arrays and blob are zero-copy views."""
+
+    header: LayerHeader
+    hashes: memoryview
+    offsets: memoryview
+    runs: memoryview
+    blob: memoryview
+    shape_ids: memoryview
+    shapes: memoryview
+    tombstones: list[str]
+    deferred: tuple[tuple[memoryview, int], ...] = ()
+    """Shape frames whose CRC is checked on first use (:func:`verify_layer_shapes`)."""
+
+
+def verify_layer_shapes(frames: LayerFrames, path: str = "") -> None:
+    """Check the deferred CRCs of a layer's shape frames (:func:`decode_layer` with
+    ``defer_done_crc``); :class:`~resumelog.errors.CorruptSnapshot` if one does not match."""
+    for frame, crc in frames.deferred:
+        if crc32c(frame) != crc:
+            raise CorruptSnapshot("CRC mismatch in a layer's shape frame", path)
+
+
+def encode_layer(frames: LayerFrames) -> bytes:
+    """Encode a layer object (format version 5, ``docs/format.md`` §5a)."""
+    return encode_object(
+        KIND_LAYER,
+        [
+            _enc.encode(frames.header),
+            frames.hashes,
+            frames.offsets,
+            frames.runs,
+            frames.blob,
+            frames.shape_ids,
+            frames.shapes,
+            _enc.encode(frames.tombstones),
+        ],
+    )
+
+
+def decode_layer(data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False) -> LayerFrames:
+    """Split, check and decode a layer object; arrays stay zero-copy views.
+    :class:`~resumelog.errors.CorruptSnapshot` if it fails a check.
+
+    ``defer_done_crc``: the shape frames (5 and 6), when large, are CRC-checked by
+    :func:`verify_layer_shapes`, which everything reading the shapes calls first (as a
+    snapshot's done-entry frames, ``docs/format.md`` §8)."""
+    frames, deferred = _split_frames(data, KIND_LAYER, path, 5 if defer_done_crc else None)
+    if len(frames) != LAYER_FRAMES:
+        raise CorruptSnapshot(f"layer has {len(frames)} frames, expected {LAYER_FRAMES}", path)
+    for i in [i for i in deferred if i >= 7]:  # the tombstones are decoded now: checked now
+        if crc32c(frames[i]) != deferred.pop(i):
+            raise CorruptSnapshot(f"CRC mismatch in frame {i}", path)
+    header: LayerHeader = _decode(_dec_layer_header, frames[0], "layer header", CorruptSnapshot, path)
+    tombstones: list[str] = _decode(_dec_tombstones, frames[7], "layer tombstones", CorruptSnapshot, path)
+    n = header.count
+    try:
+        index_views(frames[1], frames[2], frames[3])  # run indexes are checked when mapped
+        if frames[5]:
+            counted_uints(frames[5], n)
+        ok = len(frames[1]) == 4 * n and len(tombstones) == header.tombstones
+    except ValueError:
+        ok = False
+    if not ok:
+        raise CorruptSnapshot("layer arrays do not match the declared counts", path)
+    late = tuple((frames[i], crc) for i, crc in sorted(deferred.items()))
+    return LayerFrames(header, frames[1], frames[2], frames[3], frames[4], frames[5], frames[6], tombstones, late)
+
+
 HEADER_PREFIX: Final = 4096
 """Bytes of an object's start that hold its header frame in practice (segment and
 snapshot headers are well under 200 bytes): what :func:`decode_header` is given."""
 
 
-def decode_header(prefix: bytes | memoryview, kind: int, path: str = "") -> SegmentHeader | SnapshotHeader | None:
+def decode_header(
+    prefix: bytes | memoryview, kind: int, path: str = ""
+) -> SegmentHeader | SnapshotHeader | LayerHeader | None:
     """The header (frame 0) of a segment or snapshot (``kind``) from the first bytes of
     its object, or ``None`` if ``prefix`` is too short to hold it (read it whole).
     Checks the preamble and the header frame's CRC, not the rest of the object."""
@@ -601,8 +723,11 @@ def decode_header(prefix: bytes | memoryview, kind: int, path: str = "") -> Segm
     payload = view[start : start + length]
     if crc32c(payload) != crc:
         raise err("CRC mismatch in the header frame", path)
-    dec = _dec_snap_header if kind == KIND_SNAPSHOT else _dec_header
-    header: SegmentHeader | SnapshotHeader = _decode(dec, payload, f"{_KIND_NAMES.get(kind)} header", err, path)
+    decoders: dict[int, msgspec.msgpack.Decoder[Any]] = {KIND_SNAPSHOT: _dec_snap_header, KIND_LAYER: _dec_layer_header}
+    dec = decoders.get(kind, _dec_header)
+    header: SegmentHeader | SnapshotHeader | LayerHeader = _decode(
+        dec, payload, f"{_KIND_NAMES.get(kind)} header", err, path
+    )
     return header
 
 

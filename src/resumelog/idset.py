@@ -203,6 +203,10 @@ class CompletedIndex:
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
 
+    def raw(self) -> tuple[memoryview, memoryview, memoryview, memoryview]:
+        """The hash, offset and run arrays and the blob as stored (bytes views)."""
+        return (*(memoryview(a).cast("B") for a in (self._hashes, self._offsets, self._runs)), self._blob)  # type: ignore[return-value]
+
     def arrays(self) -> tuple[array[int], array[int]]:
         """Copies of the hash and run arrays (runs widened to ``u32``; for rebuilding)."""
         return _as_array("I", self._hashes), array("I", self._runs)

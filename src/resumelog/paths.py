@@ -23,12 +23,15 @@ from resumelog.errors import InvalidId
 
 __all__ = [
     "JOURNAL_PREFIX",
+    "LAYER_PREFIX",
     "META",
     "QUARANTINE_PREFIX",
     "SNAPSHOT_PREFIX",
     "SegmentName",
     "default_writer_id",
+    "layer_name",
     "new_ulid",
+    "parse_layer",
     "parse_segment",
     "parse_snapshot",
     "segment_name",
@@ -39,12 +42,15 @@ __all__ = [
 META = "meta.msgpack"
 JOURNAL_PREFIX = "journal/"
 SNAPSHOT_PREFIX = "snapshots/"
+LAYER_PREFIX = "layers/"
+"""Layers of the completed-id index (format version 5), named by the snapshots."""
 QUARANTINE_PREFIX = "quarantine/"
 """Corrupt objects moved aside by ``resumelog repair`` (never read by the loader)."""
 
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _SEG_RE = re.compile(r"journal/([A-Za-z0-9._-]{1,128})/([0-9A-Z]{26})/(\d{20})\.seg")
 _SNAP_RE = re.compile(r"snapshots/(\d{20})\.snap")
+_LAYER_RE = re.compile(r"layers/(\d{20})-([0-9a-f]{16})\.layer")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -108,3 +114,16 @@ def parse_snapshot(name: str) -> int | None:
     """Snapshot number from an object name; ``None`` if it is not a snapshot name."""
     m = _SNAP_RE.fullmatch(name)
     return int(m.group(1)) if m else None
+
+
+def parse_layer(name: str) -> int | None:
+    """The number of the snapshot a layer was written for, from its object name;
+    ``None`` if it is not a layer name (``layers/<number>-<token>.layer``)."""
+    m = _LAYER_RE.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def layer_name(number: int, token: str) -> str:
+    """Object name of a layer written for snapshot ``number`` (``token``: 16 hex digits
+    of its nonce, so that concurrent compactors never collide)."""
+    return f"{LAYER_PREFIX}{number:020d}-{token}.layer"

@@ -1,18 +1,21 @@
-"""Snapshots: a :class:`~resumelog.algebra.FoldState` to bytes and back (no I/O here)."""
+"""Snapshots: a :class:`~resumelog.algebra.FoldState` to bytes and back (no I/O here; the
+layers a snapshot names are read by a callback)."""
 
 from __future__ import annotations
 
 import secrets
-from array import array
 from collections import Counter
+from collections.abc import Callable
+from typing import NamedTuple
 
 from resumelog.algebra import FoldState, SourceRunState, Writers
-from resumelog.done_shapes import BaseDone, ShapeTable
+from resumelog.done_shapes import BaseDone
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     EMPTY_SHAPE_TABLE,
     FORMAT_VERSION,
     DoneWriters,
+    LayerRef,
     PendingEntry,
     Reset,
     RunInfo,
@@ -20,37 +23,76 @@ from resumelog.format import (
     SnapshotFrames,
     SnapshotHeader,
     decode_done_entries,
+    decode_layer,
     decode_snapshot_frames,
     encode_done_writers,
     encode_snapshot_frames,
     verify_done,
+    verify_layer_shapes,
 )
-from resumelog.idset import CompletedIndex, build_index, counted_uints, pack_uints
+from resumelog.idset import CompletedIndex
+from resumelog.layers import Layer, LayeredDone, LayeredIndex, build_layer, encode_new_layer, merge_layers, plan_merges
 
-__all__ = ["encode_snapshot", "load_snapshot"]
+__all__ = ["EncodedSnapshot", "encode_snapshot", "load_snapshot"]
+
+
+LayerReader = Callable[[LayerRef], "bytes | memoryview"]
+"""Reads the bytes of a referenced layer object (:func:`load_snapshot`)."""
+
+
+class EncodedSnapshot(NamedTuple):
+    """A snapshot to publish: the layers it names that are not stored yet (write them
+    first, under their names), then the snapshot object itself. :func:`load_snapshot`
+    also takes one whole (every layer it names is at hand: an in-memory round trip)."""
+
+    data: bytes
+    layers: list[tuple[str, bytes]]
+    named: dict[str, bytes | memoryview]
+    """Every layer the snapshot names, by name (new or carried)."""
+
+    @property
+    def size(self) -> int:
+        """Bytes to write: the snapshot and its new layers."""
+        return len(self.data) + sum(len(b) for _, b in self.layers)
 
 
 def load_snapshot(
-    data: bytes | memoryview, path: str = "", *, defer_done_crc: bool = False
+    data: bytes | memoryview | EncodedSnapshot,
+    path: str = "",
+    *,
+    defer_done_crc: bool = False,
+    read_layer: LayerReader | None = None,
 ) -> tuple[SnapshotFrames, FoldState]:
     """Decode a snapshot into a fold state ready to fold the tail after it.
 
+    ``read_layer`` reads the layers a format-5 snapshot names (required for those).
     Raises :class:`~resumelog.errors.CorruptSnapshot` or
     :class:`~resumelog.errors.UnsupportedFormat`.
     """
+    if isinstance(data, EncodedSnapshot):
+        named = data.named
+        read_layer = read_layer or (lambda ref: named[ref.name])
+        data = data.data
     frames = decode_snapshot_frames(data, path, defer_done_crc=defer_done_crc)
     h, body = frames.header, frames.body
-    try:
-        base = CompletedIndex(frames.hashes, frames.offsets, frames.runs, frames.blob, h.ascii_ids)
-    except ValueError as exc:
-        raise CorruptSnapshot(str(exc), path) from None
-    nruns = len(body.runs)
-    state = FoldState(number=h.number + 1, base=base)
+    state = FoldState(number=h.number + 1)
     for info in body.runs:
         state.runs[info.run_id] = RunInfo(
             info.run_id, info.first_snapshot, info.last_snapshot, info.retired, info.damaged
         )
         state.run_order.append(info.run_id)
+    nruns = len(body.runs)
+    if frames.layers is not None:
+        if read_layer is None:
+            raise ValueError("a format-5 snapshot needs read_layer to load its layers")
+        layers = [_load_layer(read_layer(ref), ref, h.epoch, defer_done_crc) for ref in frames.layers]
+    else:
+        layers = [_legacy_layer(frames, path, state.run_order)] if h.completed_count or frames.legacy_done else []
+    for layer in layers:
+        layer.bind(state.run_order, layer.ref.name if layer.ref is not None else path)
+    base = state.base = LayeredIndex(layers)
+    if base.count != h.completed_count:
+        raise CorruptSnapshot("the layers do not hold the declared completed count", path)
     for sid in body.stream_ids:
         state._stream(sid)
     for m in body.streams:
@@ -74,6 +116,27 @@ def load_snapshot(
     state.anomalies = list(body.anomalies)
     state.anomaly_counts = Counter(body.anomaly_counts)
     state.records_folded = body.records_folded
+    writers = BaseDone(
+        CompletedIndex.empty(),
+        memoryview(b""),
+        memoryview(EMPTY_SHAPE_TABLE),
+        lambda: verify_done(frames, path),
+        path,
+        None,
+        frames.writers,
+    )
+    retired = [i for i, info in enumerate(body.runs) if info.retired]
+    state.base_done = LayeredDone(base, writers, retired)
+    return frames, state
+
+
+def _legacy_layer(frames: SnapshotFrames, path: str, run_order: list[str]) -> Layer:
+    """The index of a format 1-4 snapshot as one (not yet stored) layer."""
+    h = frames.header
+    try:
+        index = CompletedIndex(frames.hashes, frames.offsets, frames.runs, frames.blob, h.ascii_ids)
+    except ValueError as exc:
+        raise CorruptSnapshot(str(exc), path) from None
     legacy = frames.legacy_done
 
     def load_legacy() -> dict[str, dict[str, int]]:
@@ -82,72 +145,77 @@ def load_snapshot(
             merged.update(decode_done_entries(c.data, path))
         return merged
 
-    state.base_done = BaseDone(
-        base,
+    done = BaseDone(
+        index,
         frames.shape_ids,
         frames.shapes,
         lambda: verify_done(frames, path),
         path,
         load_legacy if legacy is not None else None,
-        frames.writers,
     )
-    return frames, state
+    return Layer(index, list(run_order), done)
+
+
+def _load_layer(data: bytes | memoryview, ref: LayerRef, epoch: bytes, defer_done_crc: bool) -> Layer:
+    lf = decode_layer(data, ref.name, defer_done_crc=defer_done_crc)
+    h = lf.header
+    if h.nonce != ref.nonce or h.count != ref.count or h.tombstones != ref.tombstones:
+        raise CorruptSnapshot("the layer is not the one its snapshot names (nonce or counts differ)", ref.name)
+    if h.epoch != epoch:
+        raise CorruptSnapshot("the layer belongs to another epoch than its snapshot", ref.name)
+    try:
+        index = CompletedIndex(lf.hashes, lf.offsets, lf.runs, lf.blob, h.ascii_ids)
+    except ValueError as exc:
+        raise CorruptSnapshot(str(exc), ref.name) from None
+    done = None
+    if lf.shape_ids:
+        done = BaseDone(index, lf.shape_ids, lf.shapes, lambda: verify_layer_shapes(lf, ref.name), ref.name)
+    return Layer(index, list(h.runs), done, frozenset(lf.tombstones), ref, data=data)
 
 
 def encode_snapshot(
-    state: FoldState, previous: SnapshotFrames | None, *, created_ms: int = 0, epoch: bytes = b""
-) -> bytes:
+    state: FoldState,
+    previous: SnapshotFrames | None = None,
+    *,
+    created_ms: int = 0,
+    epoch: bytes = b"",
+    merge_all: bool = False,
+) -> EncodedSnapshot:
     """Encode ``state`` as snapshot number ``state.number`` of the checkpoint whose
-    ``meta.msgpack`` nonce is ``epoch``.
+    ``meta.msgpack`` nonce is ``epoch``, with the layers to write before it.
 
-    ``previous`` is the snapshot the state was loaded from: its frames are reused
-    verbatim when nothing in them changed. The completed ids keep their shapes (the
-    table grows by this fold's new shapes); completions of runs retired since
-    ``previous`` lose theirs, and the table drops shapes no id uses any more.
+    The layers of the loaded snapshot are kept as they are; what the fold changed
+    (``state.added``, ``state.removed``) becomes one new layer on top, merged with the
+    layers under it as :func:`~resumelog.layers.plan_merges` decides (``merge_all``:
+    every layer into one). ``previous`` is unused (kept for callers of format 4).
     """
+    del previous
     run_index = {r: i for i, r in enumerate(state.run_order)}
-    retired_idx = {run_index[r] for r, info in state.runs.items() if info.retired}
-    newly_retired = retired_idx
-    if previous is not None:
-        newly_retired = retired_idx - {i for i, info in enumerate(previous.body.runs) if info.retired}
-    base_done = state.base_done
-    table: ShapeTable | None = None  # decoded only when something must change in it
-    shape_ids: bytes | memoryview
-    shapes: bytes | memoryview
-    hashes: bytes | memoryview
-    offsets: bytes | memoryview
-    runs: bytes | memoryview
-    blob: bytes | memoryview
-    if state.shapes or base_done is None or base_done.legacy or newly_retired:
-        table = base_done.table() if base_done is not None else ShapeTable()
-    if previous is not None and not state.added and not state.removed and table is None:
-        # nothing changed: every frame as it was (CRC-checked before it is carried)
-        hashes, offsets, runs, blob = previous.hashes, previous.offsets, previous.runs, previous.blob
-        count, ascii_ids = previous.header.completed_count, previous.header.ascii_ids
-        shape_ids, shapes = base_done.raw() if base_done is not None else (b"", EMPTY_SHAPE_TABLE)
-    else:
-        base_ids = base_done.shape_ids(table) if base_done is not None else None
-        if table is None:
-            assert base_done is not None
-            shapes = base_done.raw()[1]  # the table is unchanged: carried as stored
-        remap = [0] * (len(state.shapes) + 1)
-        if table is not None:  # this fold's shapes that some completion still uses
-            for sid in sorted(set(state.done_shapes.values())):
-                remap[sid] = table.add(state.shapes.shapes[sid - 1])
-        add = {s: run_index[r] for s, r in state.added.items()}
-        add_ids = {s: remap[sid] for s, sid in state.done_shapes.items()} if state.done_shapes else None
-        built = build_index(state.base, state.removed, add, base_ids, add_ids, disjoint=True)
-        hashes, offsets, runs, blob, count, ascii_ids = built[:6]
-        tags = built.tags
-        if newly_retired:
-            # a retired run's records are ignored: its completions need no entries
-            run_of = counted_uints(runs, count)
-            tags = array("I", [0 if r in retired_idx else t for r, t in zip(run_of, tags)])
-            assert table is not None  # decoded above, since runs retired
-            tags, table = _compact_table(tags, table)
-        if table is not None:
-            shapes = table.encode() if len(table) else EMPTY_SHAPE_TABLE
-        shape_ids = pack_uints(tags) if any(tags) else b""
+    retired_names = frozenset(r for r, info in state.runs.items() if info.retired)
+    stack = list(state.base.layers)
+    if state.added or state.removed:
+        stack.append(build_layer(state.added, state.removed, state.done_shapes, state.shapes))
+    if stack:
+        k = plan_merges([layer.count + len(layer.tombstones) for layer in stack])
+        if stack[0].ref is None or merge_all:
+            # the index of a format 1-4 snapshot: the first version-5 compaction writes it
+            # as a layer, with everything above merged into it
+            if len(stack) == 1:
+                stack.append(Layer(CompletedIndex.empty(), [], None))
+            k = len(stack)
+        for _ in range(k - 1):
+            upper = stack.pop()
+            lower = stack.pop()
+            stack.append(merge_layers(lower, upper, bottom=not stack, retired=retired_names))
+    new_layers = [
+        encode_new_layer(layer, number=state.number, epoch=epoch, created_ms=created_ms)
+        for layer in stack
+        if layer.ref is None
+    ]
+    refs = [layer.ref for layer in stack if layer.ref is not None]
+    assert len(refs) == len(stack)
+    count = sum(r.count - r.tombstones for r in refs)
+    ascii_ids = all(layer.index.ascii_ids for layer in stack)
     header = SnapshotHeader(FORMAT_VERSION, state.number, secrets.token_bytes(16), created_ms, count, ascii_ids, epoch)
     pending = []
     # Only the streams some pending entry names are stored, renumbered: the table is
@@ -159,8 +227,8 @@ def encode_snapshot(
         streams: list[int] = []
         ords: list[int] = []
         deltas: list[int] = []
-        for k, si, o, d in s.items():
-            keys.append(k)
+        for k_, si, o, d in s.items():
+            keys.append(k_)
             sj = renumber.get(si)
             if sj is None:
                 sj = renumber[si] = len(stream_ids)
@@ -171,31 +239,28 @@ def encode_snapshot(
         pending.append(
             PendingEntry(run_index[run], src, s.emitted, s.tainted, keys, streams, ords, deltas, s.overdrawn)
         )
-    live = {r for r, info in state.runs.items() if not info.retired}
-    retired = set(state.runs) - live
     body = SnapshotBody(
         streams=state.stream_marks(),
         stream_ids=stream_ids,
         runs=[state.runs[r] for r in state.run_order],
         pending=pending,
-        resets=[Reset(src, sorted(runs - retired)) for src, runs in sorted(state.resets.items()) if runs - retired],
+        resets=[
+            Reset(src, sorted(runs - retired_names))
+            for src, runs in sorted(state.resets.items())
+            if runs - retired_names
+        ],
         anomalies=list(state.anomalies),
         anomaly_counts=dict(state.anomaly_counts),
         records_folded=state.records_folded,
     )
-    return encode_snapshot_frames(
+    empty = memoryview(b"")
+    data = encode_snapshot_frames(
         SnapshotFrames(
-            header,
-            body,
-            memoryview(hashes),
-            memoryview(offsets),
-            memoryview(runs),
-            memoryview(blob),
-            memoryview(shape_ids),
-            memoryview(shapes),
-            memoryview(_writers_frame(state)),
+            header, body, empty, empty, empty, empty, empty, empty, memoryview(_writers_frame(state)), layers=refs
         )
     )
+    named = {layer.ref.name: layer.data for layer in stack if layer.ref is not None and layer.data is not None}
+    return EncodedSnapshot(data, new_layers, named)
 
 
 def _writers_frame(state: FoldState) -> bytes:
@@ -259,17 +324,3 @@ def _writers_frame(state: FoldState) -> bytes:
             sources.append(src)
             writers.append(elems)
     return encode_done_writers(DoneWriters(streams, sources, writers))
-
-
-def _compact_table(tags: array[int], table: ShapeTable) -> tuple[array[int], ShapeTable]:
-    """Drop the shapes no id refers to any more (renumbering the ids)."""
-    used = sorted(set(tags) - {0})
-    if used and used[-1] > len(table):
-        raise CorruptSnapshot(f"a completed id names shape {used[-1]}, outside the shape table ({len(table)} shapes)")
-    if len(used) == len(table):
-        return tags, table
-    kept = ShapeTable()
-    remap = [0] * (len(table) + 1)
-    for sid in used:
-        remap[sid] = kept.add(table.shapes[sid - 1])
-    return array("I", [remap[t] for t in tags]), kept

@@ -6,7 +6,8 @@ numbers its snapshots from 1 again. So a cached copy is used only if its header
 with one ranged GET of the object's first bytes. A hit then costs that small GET
 instead of downloading the whole snapshot, and the copy is memory-mapped, so the
 done-entry frames are never read unless used. A miss downloads once and keeps the
-bytes.
+bytes. Layers (format version 5) are cached the same way; their snapshot names each
+layer's nonce, so a cached layer is used without any request.
 
 Where: ``$RESUMELOG_CACHE_DIR``, else ``$XDG_CACHE_HOME/resumelog`` or
 ``~/.cache/resumelog``; ``RESUMELOG_CACHE_DIR=off`` turns it off. At most
@@ -27,10 +28,19 @@ import tempfile
 from pathlib import Path
 
 from resumelog.errors import CorruptSnapshot
-from resumelog.format import HEADER_PREFIX, KIND_SNAPSHOT, SnapshotHeader, decode_header
+from resumelog.format import (
+    HEADER_PREFIX,
+    KIND_LAYER,
+    KIND_SNAPSHOT,
+    LayerHeader,
+    LayerRef,
+    SnapshotHeader,
+    decode_header,
+)
+from resumelog.paths import LAYER_PREFIX
 from resumelog.storage import Store
 
-__all__ = ["cache_dir", "evict", "read_snapshot"]
+__all__ = ["cache_dir", "evict", "read_layer", "read_snapshot"]
 
 logger = logging.getLogger("resumelog")
 
@@ -54,6 +64,8 @@ def _cacheable(store: Store) -> bool:
 
 def _entry(root: Path, store: Store, key: str) -> Path:
     digest = hashlib.sha256(f"{store.url}\0{key}".encode()).hexdigest()
+    if key.startswith(LAYER_PREFIX):
+        return root / "layers" / digest[:2] / f"{digest}.layer"
     return root / "snapshots" / digest[:2] / f"{digest}.snap"
 
 
@@ -79,6 +91,22 @@ def read_snapshot(store: Store, key: str) -> tuple[bytes | memoryview, bool]:
     return data, False
 
 
+def read_layer(store: Store, ref: LayerRef) -> tuple[bytes | memoryview, bool]:
+    """The bytes of the layer ``ref`` names, and whether they are a cached copy: the
+    copy if its header nonce is the one the snapshot names (no request at all), else
+    read from the store (and cached)."""
+    root = cache_dir()
+    if root is None or not _cacheable(store):
+        return store.read_view(ref.name), False
+    path = _entry(root, store, ref.name)
+    cached = _open_copy(path, ref.nonce, KIND_LAYER)
+    if cached is not None:
+        return cached, True
+    data = store.read(ref.name)
+    _store_copy(root, path, data)
+    return data, False
+
+
 def evict(store: Store, key: str) -> None:
     """Drop the cached copy of ``key`` (it failed a check after it was used)."""
     root = cache_dir()
@@ -87,11 +115,11 @@ def evict(store: Store, key: str) -> None:
             _entry(root, store, key).unlink()
 
 
-def _open_copy(path: Path, nonce: bytes) -> memoryview | None:
+def _open_copy(path: Path, nonce: bytes, kind: int = KIND_SNAPSHOT) -> memoryview | None:
     try:
         with open(path, "rb") as f:
-            header = decode_header(f.read(HEADER_PREFIX), KIND_SNAPSHOT, str(path))
-            if not isinstance(header, SnapshotHeader) or header.nonce != nonce:
+            header = decode_header(f.read(HEADER_PREFIX), kind, str(path))
+            if not isinstance(header, (SnapshotHeader, LayerHeader)) or header.nonce != nonce:
                 return None
             view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
     except (OSError, ValueError, CorruptSnapshot):
@@ -115,7 +143,7 @@ def _store_copy(root: Path, path: Path, data: bytes) -> None:
 
 def _trim(root: Path, max_bytes: int) -> None:
     entries = []
-    for p in (root / "snapshots").glob("*/*.snap"):
+    for p in [*(root / "snapshots").glob("*/*.snap"), *(root / "layers").glob("*/*.layer")]:
         with contextlib.suppress(OSError):
             st = p.stat()
             entries.append((st.st_mtime, st.st_size, p))

@@ -32,6 +32,21 @@ def small_snapshot(tmp_path) -> bytes:
     return (tmp_path / "snap" / paths.snapshot_name(1)).read_bytes()
 
 
+def small_layers(tmp_path) -> dict[str, bytes]:
+    """The layers of :func:`small_snapshot`, by name."""
+    root = tmp_path / "snap"
+    return {f"layers/{p.name}": p.read_bytes() for p in (root / "layers").iterdir()}
+
+
+def load_with(layers: dict[str, bytes]):
+    def read_layer(ref):
+        if ref.name not in layers:
+            raise resumelog.errors.ObjectNotFound(ref.name)
+        return layers[ref.name]
+
+    return read_layer
+
+
 def test_every_truncation_of_a_segment_is_torn():
     data = small_segment()
     decode_segment(data)
@@ -54,19 +69,35 @@ def test_every_bit_flip_of_a_segment_is_detected():
 
 def test_every_bit_flip_of_a_snapshot_is_detected(tmp_path):
     data = small_snapshot(tmp_path)
-    load_snapshot(data)
+    layers = small_layers(tmp_path)
+    load_snapshot(data, read_layer=load_with(layers))
     for i in range(len(data)):
         bad = bytearray(data)
         bad[i] ^= 0x10
         with pytest.raises(ResumelogError):
-            load_snapshot(bytes(bad), "snap")
+            load_snapshot(bytes(bad), "snap", read_layer=load_with(layers))
+
+
+def test_every_bit_flip_of_a_layer_is_detected(tmp_path):
+    data = small_snapshot(tmp_path)
+    ((name, layer),) = small_layers(tmp_path).items()
+    for i in range(len(layer)):
+        bad = bytearray(layer)
+        bad[i] ^= 0x10
+        with pytest.raises(ResumelogError):
+            load_snapshot(data, "snap", read_layer=load_with({name: bytes(bad)}))
 
 
 def test_every_truncation_of_a_snapshot_is_detected(tmp_path):
     data = small_snapshot(tmp_path)
+    layers = small_layers(tmp_path)
     for cut in range(0, len(data)):
         with pytest.raises(ResumelogError):
-            load_snapshot(data[:cut], "snap")
+            load_snapshot(data[:cut], "snap", read_layer=load_with(layers))
+    ((name, layer),) = layers.items()
+    for cut in range(0, len(layer)):
+        with pytest.raises(ResumelogError):
+            load_snapshot(data, "snap", read_layer=load_with({name: layer[:cut]}))
 
 
 def test_crafted_4gib_frame_is_refused_without_allocating():
@@ -141,14 +172,16 @@ def test_a_large_done_frame_is_checked_on_first_use_not_at_open(tmp_path):
             for j in range(3):
                 w.record(f"0_{t}_{j}_0", s, -1)
     ck.compact()
-    snap = tmp_path / "ck" / paths.snapshot_name(1)
+    frames = decode_snapshot_frames((tmp_path / "ck" / paths.snapshot_name(1)).read_bytes())
+    assert frames.layers is not None
+    snap = tmp_path / "ck" / frames.layers[0].name  # the shapes live in the layer (format 5)
     data = bytearray(snap.read_bytes())
-    frames = decode_snapshot_frames(bytes(data))
-    assert len(frames.shapes) >= fmt.DEFER_CRC_MIN  # the deferred case
-    data[-100] ^= 0x01  # inside the shape table, the last frame
+    lf = fmt.decode_layer(bytes(data))
+    assert len(lf.shapes) >= fmt.DEFER_CRC_MIN  # the deferred case
+    data[-100 - len(lf.shapes) // 2] ^= 0x01  # inside the shape table
     snap.write_bytes(bytes(data))
     with pytest.raises(resumelog.CorruptSnapshot):
-        decode_snapshot_frames(bytes(data))  # an eager decode (verify, inspect) sees it
+        fmt.decode_layer(bytes(data))  # an eager decode (verify, inspect) sees it
     view = resumelog.open(url)  # the open does not touch the frame
     assert len(view.completed) == 12_000 and view.is_completed("source-00000007")
     with resumelog.open(url, run_id="r").handle().writer("late") as w:

@@ -1,5 +1,7 @@
 """Crash storms: writers and compactors SIGKILLed at random points, restarted with the
 same writer ids, until every source completes. Checked against independent ledgers.
+Compactors write a layer each (merging as they go) and half of them collect garbage
+with no grace period, so merged layers are collected while others read them.
 
 Bounded in CI; ``RESUMELOG_SOAK=1`` runs 10,000 sources and more rounds.
 """
@@ -46,12 +48,18 @@ def spawn_worker(url, opts, run_id, k, ledger, seed):
     return subprocess.Popen([sys.executable, os.path.join(HERE, "storm_worker.py"), *argv])
 
 
-def spawn_compactor(url, opts):
+def spawn_compactor(url, opts, collect=False):
+    """A compactor process; ``collect``: then a GC with no grace (old snapshots, the
+    layers only they named, covered segments). Every compaction writes a layer (no
+    minimum layer size), so the stack grows and merges as a big checkpoint's does."""
     code = (
-        "import sys, json; from resumelog import compactor; from resumelog.storage import open_store; "
-        "compactor.compact(open_store(sys.argv[1], json.loads(sys.argv[2])), progress=False)"
+        "import sys, json; import resumelog.layers; from resumelog import compactor; "
+        "from resumelog.storage import open_store; resumelog.layers.MIN_LAYER = 1; "
+        "store = open_store(sys.argv[1], json.loads(sys.argv[2])); "
+        "compactor.compact(store, progress=False); "
+        "sys.argv[3] == '1' and compactor.gc(store, retain=1, grace=0)"
     )
-    return subprocess.Popen([sys.executable, "-c", code, url, json.dumps(opts)])
+    return subprocess.Popen([sys.executable, "-c", code, url, json.dumps(opts), "1" if collect else "0"])
 
 
 def check(url, opts, ledger, figures):
@@ -78,7 +86,7 @@ def run_storm(url, opts, tmp_path, figures):
     everything = {f"src-{i:06d}" for i in range(NSOURCES)}
     for _ in range(ROUNDS):
         time.sleep(rng.uniform(0.05, 0.4))
-        comp = spawn_compactor(url, opts) if rng.random() < 0.6 else None
+        comp = spawn_compactor(url, opts, collect=rng.random() < 0.5) if rng.random() < 0.6 else None
         time.sleep(rng.uniform(0.0, 0.2))
         victims = rng.sample(sorted(workers), rng.randint(1, 3))
         if comp is not None and rng.random() < 0.5:

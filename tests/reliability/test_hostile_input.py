@@ -51,7 +51,7 @@ def test_hostile_source_ids_are_opaque_data(tmp_path):
     assert all(again.is_completed(s) for s in ids)
     # nothing was created outside the checkpoint root
     assert os.listdir(tmp_path) == ["ck"]
-    assert sorted(os.listdir(root)) == ["journal", "meta.msgpack", "snapshots"]
+    assert sorted(os.listdir(root)) == ["journal", "layers", "meta.msgpack", "snapshots"]
 
 
 @pytest.mark.parametrize("bad", ["\ud800", "a\udfffb", ""])

@@ -219,6 +219,8 @@ def cmd_status(ctx: Ctx) -> int:
         out.append("fingerprint  " + ", ".join(f"{k}={v!r}" for k, v in sorted(st.fingerprint.items())))
     snap = f"#{st.snapshot}" if st.snapshot else "none yet"
     out.append(f"snapshot     {snap}  ({plural(st.snapshot_objects, 'object')}, {human_bytes(st.snapshot_bytes)})")
+    if st.layers:
+        out.append(f"index        {plural(st.layers, 'layer')}, {human_bytes(st.layer_bytes)}")
     out.append(f"completed    {st.completed}")
     out.append(f"pending      {st.pending}  (started, not complete)")
     if doc["anomalies"]:
@@ -541,7 +543,7 @@ def cmd_compact(ctx: Ctx) -> int:
     every = ctx.args.every
     if every is None:
         ckpt = open_checkpoint(ctx)
-        r = ckpt.compact(keep_runs=ctx.args.keep_runs, progress=_PROGRESS)
+        r = ckpt.compact(keep_runs=ctx.args.keep_runs, progress=_PROGRESS, merge=ctx.args.merge)
         _report_compaction(ctx, ckpt.store.url, r)
         return EXIT_OK
     if not every > 0:
@@ -562,7 +564,7 @@ def _compact_every(ctx: Ctx, every: float) -> int:
         while True:
             t0 = time.perf_counter()
             try:
-                r = compactor.compact(store, keep_runs=ctx.args.keep_runs, progress=False)
+                r = compactor.compact(store, keep_runs=ctx.args.keep_runs, progress=False, merge=ctx.args.merge)
             except Exception as exc:  # noqa: BLE001 - reported; the next tick retries
                 message = ctx.scrub(" ".join(classify_error(exc)[1].split()))
                 if ctx.json:
@@ -627,6 +629,8 @@ def cmd_gc(ctx: Ctx) -> int:
         "segment_bytes": r.segment_bytes,
         "snapshots": r.snapshots,
         "snapshot_bytes": r.snapshot_bytes,
+        "layers": r.layers,
+        "layer_bytes": r.layer_bytes,
         "keys": list(r.keys),
     }
     if a.outputs:
@@ -637,8 +641,9 @@ def cmd_gc(ctx: Ctx) -> int:
     verb = "would delete" if r.dry_run else "deleted"
     kept = "the newest snapshot" if a.retain == 1 else f"the {a.retain} newest snapshots"
     print(
-        f"{verb} {plural(r.segments, 'segment')} ({human_bytes(r.segment_bytes)}) and "
-        f"{plural(r.snapshots, 'snapshot')} ({human_bytes(r.snapshot_bytes)}); kept {kept}, grace {human_age(a.grace)}"
+        f"{verb} {plural(r.segments, 'segment')} ({human_bytes(r.segment_bytes)}), "
+        f"{plural(r.snapshots, 'snapshot')} ({human_bytes(r.snapshot_bytes)}) and "
+        f"{plural(r.layers, 'layer')} ({human_bytes(r.layer_bytes)}); kept {kept}, grace {human_age(a.grace)}"
     )
     if a.verbose:
         for k in r.keys:
@@ -700,7 +705,7 @@ def _print_verify(report: Any) -> None:
     state = "OK" if report.ok else "CORRUPT"
     print(
         f"{state}: {report.url}: checked {'meta, ' if report.meta else 'no ' + paths.META + ', '}"
-        f"{plural(report.snapshots, 'snapshot')}, {plural(report.segments, 'segment')} in "
+        f"{plural(report.snapshots, 'snapshot')}, {plural(report.layers, 'layer')}, {plural(report.segments, 'segment')} in "
         f"{plural(report.streams, 'stream')} ({plural(report.records, 'record')}, {human_bytes(report.bytes)}); "
         f"{plural(report.errors, 'error')}, {plural(report.warnings, 'warning')}"
     )
@@ -830,7 +835,8 @@ def cmd_clear(ctx: Ctx) -> int:
     objs = [
         o
         for o in ckpt.store.list("")
-        if o.path == paths.META or o.path.startswith((paths.JOURNAL_PREFIX, paths.SNAPSHOT_PREFIX))
+        if o.path == paths.META
+        or o.path.startswith((paths.JOURNAL_PREFIX, paths.SNAPSHOT_PREFIX, paths.LAYER_PREFIX, paths.QUARANTINE_PREFIX))
     ]
     size = sum(o.size for o in objs)
     confirm(
@@ -866,7 +872,7 @@ def cmd_inspect(ctx: Ctx) -> int:
     except ObjectNotFound:
         require_checkpoint(ctx, store)
         fail(f"no object {key!r} in {ctx.shown_url} (keys are relative to the root, e.g. snapshots/...)")
-    doc = describe(key, data, limit=None if ctx.args.all else ctx.args.limit)
+    doc = describe(key, data, limit=None if ctx.args.all else ctx.args.limit, read=store.read)
     if ctx.json:
         dump_json(doc)
     else:

@@ -8,19 +8,19 @@ into the library as ``resumelog.format.to_dict``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from resumelog import format as fmt
 from resumelog import paths
 from resumelog.algebra import DONE_KEY, EMIT_KEY
-from resumelog.errors import CorruptObject, UnsupportedFormat
+from resumelog.errors import CorruptObject, ObjectNotFound, UnsupportedFormat
 from resumelog.idset import index_views
 
 __all__ = ["describe", "normalize_key", "render_text"]
 
 _FRAME = struct.Struct(">II")
-_KINDS = {fmt.KIND_SEGMENT: "segment", fmt.KIND_SNAPSHOT: "snapshot", fmt.KIND_META: "meta"}
+_KINDS = {fmt.KIND_SEGMENT: "segment", fmt.KIND_SNAPSHOT: "snapshot", fmt.KIND_META: "meta", fmt.KIND_LAYER: "layer"}
 
 
 def normalize_key(obj: str, root: str) -> str:
@@ -47,6 +47,8 @@ def kind_of(key: str, data: bytes) -> str | None:
         return "segment"
     if paths.parse_snapshot(key) is not None or key.endswith(".snap"):
         return "snapshot"
+    if paths.parse_layer(key) is not None or key.endswith(".layer"):
+        return "layer"
     if len(data) >= 5 and data[:4] == fmt.MAGIC:
         return _KINDS.get(data[4])
     return None
@@ -100,8 +102,13 @@ def _limit(items: list[Any], limit: int | None) -> tuple[list[Any], bool]:
     return items[:limit], True
 
 
-def describe(key: str, data: bytes, *, limit: int | None = 100) -> dict[str, Any]:
+def describe(
+    key: str, data: bytes, *, limit: int | None = 100, read: Callable[[str], bytes] | None = None
+) -> dict[str, Any]:
     """Decode ``data`` (the object ``key``) into a JSON-ready dict.
+
+    ``read`` reads another object of the checkpoint: the layers a format-5 snapshot
+    names (their completed ids are listed with the snapshot's).
 
     Lists (records, completed ids, pending entries) are cut at ``limit`` items
     (``None``: everything); ``*_total`` and ``*_truncated`` say so. A corrupt object
@@ -116,7 +123,9 @@ def describe(key: str, data: bytes, *, limit: int | None = 100) -> dict[str, Any
         if kind == "segment":
             doc.update(_segment(key, data, limit))
         elif kind == "snapshot":
-            doc.update(_snapshot(key, data, limit))
+            doc.update(_snapshot(key, data, limit, read))
+        elif kind == "layer":
+            doc.update(_layer(key, data, limit))
         elif kind == "meta":
             doc.update(_meta(key, data))
         else:
@@ -163,24 +172,82 @@ def _segment(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
     }
 
 
-def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
-    sf = fmt.decode_snapshot_frames(data, key)
-    h, body = sf.header, sf.body
-    run_ids = [r.run_id for r in body.runs]
-    hashes, offsets, runs = index_views(sf.hashes, sf.offsets, sf.runs)  # lengths checked at decode
-    n = h.completed_count
-    take = n if limit is None else min(n, limit)
-    blob = bytes(sf.blob)
-    completed = []
+def _entries(
+    hashes_raw: memoryview,
+    offsets_raw: memoryview,
+    runs_raw: memoryview,
+    blob_raw: memoryview,
+    n: int,
+    run_ids: list[str],
+    take: int,
+) -> list[dict[str, Any]]:
+    hashes, offsets, runs = index_views(hashes_raw, offsets_raw, runs_raw)  # lengths checked at decode
+    blob = bytes(blob_raw[: offsets[take]]) if take else b""
+    out = []
     for i in range(take):
         r = runs[i]
-        completed.append(
+        out.append(
             {
                 "source": blob[offsets[i] : offsets[i + 1]].decode(errors="replace"),
                 "run": run_ids[r] if r < len(run_ids) else None,
                 "hash": f"{hashes[i]:08x}",
             }
         )
+    return out
+
+
+def _layer(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
+    lf = fmt.decode_layer(data, key)
+    h = lf.header
+    take = h.count if limit is None else min(h.count, limit)
+    tombs, cut = _limit(list(lf.tombstones), limit)
+    return {
+        "format_version": h.format_version,
+        "header": {
+            "format_version": h.format_version,
+            "nonce": h.nonce.hex(),
+            "created_ms": h.created_ms,
+            "count": h.count,
+            "ascii_ids": h.ascii_ids,
+            "runs": list(h.runs),
+            "tombstones": h.tombstones,
+        },
+        "completed": _entries(lf.hashes, lf.offsets, lf.runs, lf.blob, h.count, list(h.runs), take),
+        "completed_total": h.count,
+        "completed_truncated": take < h.count,
+        "tombstones": tombs,
+        "tombstones_truncated": cut,
+        "shape_id_bytes": len(lf.shape_ids),
+        "shape_table_bytes": len(lf.shapes),
+    }
+
+
+def _snapshot(key: str, data: bytes, limit: int | None, read: Callable[[str], bytes] | None = None) -> dict[str, Any]:
+    sf = fmt.decode_snapshot_frames(data, key)
+    h, body = sf.header, sf.body
+    run_ids = [r.run_id for r in body.runs]
+    n = h.completed_count
+    take = n if limit is None else min(n, limit)
+    done: set[str] | None = None
+    if sf.layers is None:
+        completed = _entries(sf.hashes, sf.offsets, sf.runs, sf.blob, n, run_ids, n)
+    else:
+        completed = []
+        if read is not None:
+            from resumelog.snapshot import load_snapshot
+
+            try:
+                state = load_snapshot(data, key, read_layer=lambda ref: read(ref.name))[1]
+            except ObjectNotFound as exc:
+                raise CorruptObject(f"a layer it names is missing ({exc})", key) from None
+            ids = state.base.ids()
+            done = set(ids)
+            completed = [
+                {"source": s, "run": state.completed_run(s), "hash": f"{fmt.crc32c(s.encode()):08x}"} for s in ids
+            ]
+    if done is None:
+        done = {c["source"] for c in completed}
+    completed = completed[:take]
     pending = []
     for p in body.pending:
         finals: dict[str, set[int]] = {}
@@ -204,10 +271,7 @@ def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
     pend_shown, pend_cut = _limit(pending, limit)
     # "pending" as `status` counts it: sources with partial state that are not complete
     # (a run's partial state for a source another run completed does not count)
-    partial = {p["source"] for p in pending}
-    if partial:
-        done = {blob[offsets[i] : offsets[i + 1]].decode(errors="replace") for i in range(n)}
-        partial -= done
+    partial = {p["source"] for p in pending} - done
     return {
         "format_version": h.format_version,
         "header": {
@@ -240,9 +304,12 @@ def _snapshot(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
             for m in body.streams
         ],
         "stream_ids": list(body.stream_ids),
+        "layers": [
+            {"name": r.name, "count": r.count, "tombstones": r.tombstones, "size": r.size} for r in sf.layers or ()
+        ],
         "completed": completed,
         "completed_total": n,
-        "completed_truncated": take < n,
+        "completed_truncated": len(completed) < n,
         "pending": pend_shown,
         "pending_total": len(pending),
         "pending_truncated": pend_cut,
@@ -332,6 +399,8 @@ def render_text(doc: dict[str, Any]) -> Iterator[str]:
             f"  completed {h['completed_count']}  pending {doc['pending_sources']} (sources started, not complete; "
             f"{doc['pending_total']} partial states by run)  records folded {doc['records_folded']}"
         )
+        for layer in doc["layers"]:
+            yield f"  layer {layer['name']}: {layer['count']} ids, {layer['tombstones']} tombstones, {layer['size']} bytes"
         yield f"  runs ({len(doc['runs'])}):"
         for r in doc["runs"]:
             yield (
@@ -365,6 +434,16 @@ def render_text(doc: dict[str, Any]) -> Iterator[str]:
             yield f"  reset {show(r['source'])} (runs {', '.join(r['runs'])})"
         if doc["anomaly_counts"]:
             yield "  anomalies: " + ", ".join(f"{k} {v}" for k, v in sorted(doc["anomaly_counts"].items()))
+    elif kind == "layer" and "header" in doc:
+        h = doc["header"]
+        yield f"  layer  created {_when(h['created_ms'])}  format v{h['format_version']}  runs {', '.join(h['runs'])}"
+        yield f"  {h['count']} completed ids, {h['tombstones']} tombstones (ids of the layers below it, masked)"
+        for c in doc["completed"]:
+            yield f"    {show(c['source'])}  {c['run']}"
+        if doc["completed_truncated"]:
+            yield f"    ... {doc['completed_total'] - len(doc['completed'])} more (use --limit or --all)"
+        for t in doc["tombstones"]:
+            yield f"    masks {show(t)}"
     elif kind == "meta" and "fingerprint" in doc:
         yield f"  format v{doc['format_version']}  created {_when(doc['created_ms'])}  nonce {doc['nonce']}"
         fp = doc["fingerprint"]
@@ -376,7 +455,9 @@ def _done_summary(sf: fmt.SnapshotFrames) -> dict[str, Any]:
     if sf.legacy_done is not None:
         return {"format": 1, "chunks": [{"runs": list(c.runs), "bytes": len(c.data)} for c in sf.legacy_done]}
     version = sf.header.format_version
-    out: dict[str, Any] = {"format": version, "shape_id_bytes": len(sf.shape_ids), "shape_table_bytes": len(sf.shapes)}
+    out: dict[str, Any] = {"format": version}
+    if sf.layers is None:
+        out.update(shape_id_bytes=len(sf.shape_ids), shape_table_bytes=len(sf.shapes))
     if version >= 3:
         dw = fmt.decode_done_writers(sf.writers)
         out["writer_bytes"] = len(sf.writers)

@@ -115,6 +115,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "compact": [
         ("resumelog compact /data/ckpt", "fold the journal tail into a new snapshot"),
         ("resumelog compact s3://bucket/ckpt --every 5m --json >> compactions.jsonl &", "a sidecar"),
+        ("resumelog compact /data/ckpt --merge", "and merge the index's layers into one"),
     ],
     "gc": [
         ("resumelog gc /data/ckpt --dry-run -v", "what would be deleted, key by key"),
@@ -273,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("compact", "fold the journals into a new snapshot")
     p.add_argument(
         "--keep-runs", metavar="N", type=_non_negative_int, help="retire every run but the N most recently active"
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="also merge the layers of the completed-id index into one (smallest at rest; they are otherwise "
+        "merged as they grow)",
     )
     p.add_argument(
         "--every",

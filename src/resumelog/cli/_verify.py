@@ -68,6 +68,7 @@ class VerifyReport:
     meta: bool = False
     segments: int = 0
     snapshots: int = 0
+    layers: int = 0
     records: int = 0
     streams: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -96,6 +97,7 @@ class VerifyReport:
             "bytes": self.bytes,
             "meta": self.meta,
             "snapshots": self.snapshots,
+            "layers": self.layers,
             "segments": self.segments,
             "streams": self.streams,
             "records": self.records,
@@ -106,43 +108,18 @@ class VerifyReport:
 
 
 def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[str]:
-    """Structural problems of a decoded snapshot's completed-id index and body.
+    """Structural problems of a decoded snapshot's completed-id index and body (for
+    format 5, whose index lives in layers, the body and the done writers only: see
+    :func:`check_layer`).
 
     ``deep`` also recomputes every id's hash (one CRC per id).
     """
     out: list[str] = []
     h, body = frames.header, frames.body
     n = h.completed_count
-    hashes, offsets, runs = index_views(frames.hashes, frames.offsets, frames.runs)  # lengths checked at decode
-    blob = bytes(frames.blob)
-    if offsets[0] != 0 or offsets[n] != len(blob):
-        out.append(f"completed-id offsets do not span the id blob ({offsets[0]}..{offsets[n]} vs {len(blob)} bytes)")
-        return out
-    for i in range(n):
-        if offsets[i + 1] < offsets[i]:
-            out.append(f"completed-id offsets decrease at entry {i}")
-            return out
-        if i and hashes[i] < hashes[i - 1]:
-            out.append(f"completed-id hashes are not sorted at entry {i}")
-            return out
     nruns = len(body.runs)
-    bad_runs = sum(1 for r in runs if r >= nruns)
-    if bad_runs:
-        out.append(f"{bad_runs} completed ids name a run index outside the run table ({nruns} runs)")
-    if h.ascii_ids and not blob.isascii():
-        out.append("header says ids are ASCII but the id blob is not")
-    if deep:
-        crc = fmt.crc32c
-        for i in range(n):
-            raw = blob[offsets[i] : offsets[i + 1]]
-            if crc(raw) != hashes[i]:
-                out.append(f"completed id #{i} does not match its hash (CRC-32C of its bytes)")
-                break
-            try:
-                raw.decode()
-            except UnicodeDecodeError:
-                out.append(f"completed id #{i} is not valid UTF-8")
-                break
+    if frames.layers is None:
+        out.extend(_check_index(frames.hashes, frames.offsets, frames.runs, frames.blob, n, nruns, h.ascii_ids, deep))
     nstreams = len(body.stream_ids)
     for p in body.pending:
         if not 0 <= p.run < nruns:
@@ -157,29 +134,86 @@ def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[
         except CorruptObject as exc:
             out.append(f"done-entry chunk for runs {c.runs}: {exc}")
     if frames.legacy_done is None:
-        out.extend(_check_shapes(frames, n))
+        try:
+            fmt.verify_done(frames)
+        except CorruptObject as exc:
+            return [*out, f"done entries: {exc}"]
+        if frames.layers is None:
+            out.extend(_check_shapes(frames.shape_ids, frames.shapes, n))
+        try:
+            fmt.decode_done_writers(frames.writers)
+        except CorruptObject as exc:
+            out.append(f"done writers: {exc}")
     return out
 
 
-def _check_shapes(frames: fmt.SnapshotFrames, n: int) -> list[str]:
-    """Problems of the shape table (frame 7), shape ids (frame 6) and done writers (frame 8)."""
+def check_layer(layer: fmt.LayerFrames, deep: bool = True) -> list[str]:
+    """Structural problems of a decoded layer (format 5): its index, shapes and run table."""
+    h = layer.header
+    out = _check_index(layer.hashes, layer.offsets, layer.runs, layer.blob, h.count, len(h.runs), h.ascii_ids, deep)
+    out.extend(_check_shapes(layer.shape_ids, layer.shapes, h.count))
+    if len(set(layer.tombstones)) != len(layer.tombstones):
+        out.append("a tombstone is repeated")
+    return out
+
+
+def _check_index(
+    hashes_raw: memoryview,
+    offsets_raw: memoryview,
+    runs_raw: memoryview,
+    blob_raw: memoryview,
+    n: int,
+    nruns: int,
+    ascii_ids: bool,
+    deep: bool,
+) -> list[str]:
+    out: list[str] = []
+    hashes, offsets, runs = index_views(hashes_raw, offsets_raw, runs_raw)  # lengths checked at decode
+    blob = bytes(blob_raw)
+    if offsets[0] != 0 or offsets[n] != len(blob):
+        out.append(f"completed-id offsets do not span the id blob ({offsets[0]}..{offsets[n]} vs {len(blob)} bytes)")
+        return out
+    for i in range(n):
+        if offsets[i + 1] < offsets[i]:
+            out.append(f"completed-id offsets decrease at entry {i}")
+            return out
+        if i and hashes[i] < hashes[i - 1]:
+            out.append(f"completed-id hashes are not sorted at entry {i}")
+            return out
+    bad_runs = sum(1 for r in runs if r >= nruns)
+    if bad_runs:
+        out.append(f"{bad_runs} completed ids name a run index outside the run table ({nruns} runs)")
+    if ascii_ids and not blob.isascii():
+        out.append("header says ids are ASCII but the id blob is not")
+    if deep:
+        crc = fmt.crc32c
+        for i in range(n):
+            raw = blob[offsets[i] : offsets[i + 1]]
+            if crc(raw) != hashes[i]:
+                out.append(f"completed id #{i} does not match its hash (CRC-32C of its bytes)")
+                break
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                out.append(f"completed id #{i} is not valid UTF-8")
+                break
+    return out
+
+
+def _check_shapes(shape_ids: memoryview, shapes: memoryview, n: int) -> list[str]:
+    """Problems of a shape table and the shape ids of ``n`` completed ids."""
     try:
-        fmt.verify_done(frames)
-        table = ShapeTable.decode(frames.shapes)
-    except (CorruptObject, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        table = ShapeTable.decode(shapes)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         return [f"shape table: {exc}"]
-    if not frames.shape_ids:
+    if not shape_ids:
         return []
     try:
-        top = max(counted_uints(frames.shape_ids, n), default=0)
+        top = max(counted_uints(shape_ids, n), default=0)
     except ValueError:
         return ["shape ids do not match the declared count"]
     if top > len(table):
         return [f"a completed id names shape {top}, outside the shape table ({len(table)} shapes)"]
-    try:
-        fmt.decode_done_writers(frames.writers)
-    except CorruptObject as exc:
-        return [f"done writers: {exc}"]
     return []
 
 
@@ -197,6 +231,7 @@ def verify_store(
     report.bytes = sum(o.size for o in listing)
     segs: dict[tuple[str, str], list[tuple[int, ObjectInfo]]] = defaultdict(list)
     snaps: list[tuple[int, ObjectInfo]] = []
+    layer_objs: list[ObjectInfo] = []
     meta: ObjectInfo | None = None
     for o in listing:
         if o.path == paths.META:
@@ -210,13 +245,16 @@ def verify_store(
         if n is not None:
             snaps.append((n, o))
             continue
+        if paths.parse_layer(o.path) is not None:
+            layer_objs.append(o)
+            continue
         if o.path.startswith(paths.QUARANTINE_PREFIX):
             report.add(o.path, "quarantined", "moved aside by `resumelog repair` (never read)", "warning")
             continue
         report.add(o.path, "unknown_object", "not a resumelog object name (left alone by resumelog)", "warning")
     snaps.sort(key=lambda t: t[0])
     report.streams = len(segs)
-    total = (1 if meta else 0) + len(snaps) + sum(len(v) for v in segs.values())
+    total = (1 if meta else 0) + len(snaps) + len(layer_objs) + sum(len(v) for v in segs.values())
     with Progress("verify", total, enabled=progress) as bar:
         # meta
         if meta is None:
@@ -243,6 +281,7 @@ def verify_store(
         # snapshots, newest last; remember the marks of each that decodes
         marks: dict[tuple[str, str], int] = {}
         damaged: set[str] = set()  # runs the newest readable snapshot records as damaged or retired
+        named: dict[str, tuple[str, fmt.LayerRef]] = {}  # layer -> (a snapshot naming it, its reference)
         for key, data in _read_all(store, [o.path for _, o in snaps]):
             bar.advance()
             if on_object:
@@ -265,10 +304,38 @@ def verify_store(
                 report.add(key, "name_mismatch", f"header says snapshot {frames.header.number}, name says {number}")
             for message in check_snapshot_index(frames, deep=deep):
                 report.add(key, "corrupt", message)
+            for ref in frames.layers or ():
+                named[ref.name] = (key, ref)
             for m in frames.body.streams:
                 sid = (m.writer_id, m.incarnation)
                 marks[sid] = max(marks.get(sid, -1), m.seq)
             damaged = {r.run_id for r in frames.body.runs if r.damaged or r.retired}
+        # layers: each one read, checked, and matched against the snapshots naming it
+        present = {o.path for o in layer_objs}
+        for layer_key, (key, _ref) in sorted(named.items()):
+            if layer_key not in present:
+                report.add(key, "missing_layer", f"names layer {layer_key}, which is missing")
+        for key, data in _read_all(store, [o.path for o in layer_objs]):
+            bar.advance()
+            if on_object:
+                on_object(key)
+            if isinstance(data, ObjectNotFound):
+                continue  # collected by a concurrent gc
+            if isinstance(data, BaseException):
+                raise data
+            report.layers += 1
+            try:
+                layer = fmt.decode_layer(data, key)
+            except UnsupportedFormat as exc:
+                report.add(key, "unsupported_format", _msg(exc))
+                continue
+            except CorruptObject as exc:
+                report.add(key, "corrupt", _msg(exc))
+                continue
+            for message in check_layer(layer, deep=deep):
+                report.add(key, "corrupt", message)
+            if key in named and layer.header.nonce != named[key][1].nonce:
+                report.add(key, "name_mismatch", f"is not the layer {named[key][0]} names (its nonce differs)")
         # segments, stream by stream
         for (writer, inc), items in sorted(segs.items()):
             items.sort(key=lambda t: t[0])

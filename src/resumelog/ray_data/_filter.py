@@ -155,18 +155,25 @@ def completed_ids(ckpt: Checkpoint) -> pa.Array:
 
 def _completed_ids_fast(ckpt: Checkpoint) -> pa.Array:
     state = ckpt._state
-    base = state.base
-    n = base.count
-    if n:
-        view = memoryview(base._offsets)
-        offsets = pa.py_buffer(view.cast("B"))
-        if view.itemsize == 4:  # u32 offsets (format v2, blob under 4 GiB): widened at C speed
-            u32 = pa.Array.from_buffers(pa.uint32(), n + 1, [None, offsets])
-            offsets = u32.cast(pa.int64()).buffers()[1]
-        blob = pa.py_buffer(base._blob)
-        arr = pa.LargeStringArray.from_buffers(n, offsets, blob)
-    else:
-        arr = pa.array([], type=pa.large_string())
+    parts = []
+    masked: set[str] = set()  # tombstones of the layers above: what they uncompleted
+    for layer in reversed(state.base.layers):
+        index = layer.index
+        n = index.count
+        if n:
+            view = memoryview(index._offsets)
+            offsets = pa.py_buffer(view.cast("B"))
+            if view.itemsize == 4:  # u32 offsets (blob under 4 GiB): widened at C speed
+                u32 = pa.Array.from_buffers(pa.uint32(), n + 1, [None, offsets])
+                offsets = u32.cast(pa.int64()).buffers()[1]
+            part = pa.LargeStringArray.from_buffers(n, offsets, pa.py_buffer(index._blob))
+            if masked:
+                value_set = pa.array(sorted(masked), type=pa.large_string())
+                part = pc.filter(part, pc.invert(pc.is_in(part, value_set=value_set)))
+            parts.append(part)
+        masked |= layer.tombstones
+    arr = pa.concat_arrays(parts) if parts else pa.array([], type=pa.large_string())
+    n = len(arr)
     drop = set(state.removed) | set(state.added)
     if drop and n:
         arr = pc.filter(arr, pc.invert(pc.is_in(arr, value_set=pa.array(sorted(drop), type=pa.large_string()))))
