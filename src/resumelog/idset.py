@@ -157,7 +157,13 @@ class CompletedIndex:
             b = source.encode()
         except UnicodeEncodeError:
             return -1
-        h = crc32c(b)
+        return self.find_encoded(b, crc32c(b))
+
+    def find_encoded(self, b: bytes, h: int) -> int:
+        """:meth:`find` of the id whose UTF-8 bytes are ``b`` and hash ``h`` (a caller
+        looking one id up in several indexes computes both once)."""
+        if not self.count:
+            return -1
         hashes = self._hashes
         d = self._dir
         if d is not None:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from resumelog import paths
+from resumelog._crc import crc32c
 from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
@@ -113,10 +114,17 @@ class LayeredIndex:
         stack under layer ``below`` only."""
         layers = self.layers
         top = len(layers) if below is None else below
+        if top <= 1:
+            return layers[0].index.find(source) if top else -1
+        try:
+            b = source.encode()
+        except UnicodeEncodeError:
+            return -1
+        h = crc32c(b)
         masked = self._masked
         for k in range(top - 1, -1, -1):
             layer = layers[k]
-            i = layer.index.find(source)
+            i = layer.index.find_encoded(b, h)
             if i >= 0:
                 return self._starts[k] + i
             if masked and source in layer.tombstones:
