@@ -24,9 +24,9 @@ Checks, per object:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -37,6 +37,8 @@ from resumelog.done_shapes import ShapeTable
 from resumelog.errors import CorruptObject, ObjectNotFound, UnsupportedFormat
 from resumelog.idset import counted_uints, index_views
 from resumelog.storage import ObjectInfo, Store
+
+T = TypeVar("T")
 
 __all__ = ["Problem", "VerifyReport", "check_snapshot_index", "verify_store"]
 
@@ -282,23 +284,14 @@ def verify_store(
         marks: dict[tuple[str, str], int] = {}
         damaged: set[str] = set()  # runs the newest readable snapshot records as damaged or retired
         named: dict[str, tuple[str, fmt.LayerRef]] = {}  # layer -> (a snapshot naming it, its reference)
-        for key, data in _read_all(store, [o.path for _, o in snaps]):
-            bar.advance()
-            if on_object:
-                on_object(key)
-            if isinstance(data, ObjectNotFound):
-                continue  # collected by a concurrent gc
-            if isinstance(data, BaseException):
-                raise data
+
+        def count_snapshot() -> None:
             report.snapshots += 1
-            try:
-                frames = fmt.decode_snapshot_frames(data, key)
-            except UnsupportedFormat as exc:
-                report.add(key, "unsupported_format", _msg(exc))
-                continue
-            except CorruptObject as exc:
-                report.add(key, "corrupt", _msg(exc))
-                continue
+
+        snap_keys = [o.path for _, o in snaps]
+        for key, frames in _decoded(
+            store, snap_keys, fmt.decode_snapshot_frames, report, bar, on_object, count_snapshot
+        ):
             number = paths.parse_snapshot(key)
             if frames.header.number != number:
                 report.add(key, "name_mismatch", f"header says snapshot {frames.header.number}, name says {number}")
@@ -315,23 +308,12 @@ def verify_store(
         for layer_key, (key, _ref) in sorted(named.items()):
             if layer_key not in present:
                 report.add(key, "missing_layer", f"names layer {layer_key}, which is missing")
-        for key, data in _read_all(store, [o.path for o in layer_objs]):
-            bar.advance()
-            if on_object:
-                on_object(key)
-            if isinstance(data, ObjectNotFound):
-                continue  # collected by a concurrent gc
-            if isinstance(data, BaseException):
-                raise data
+
+        def count_layer() -> None:
             report.layers += 1
-            try:
-                layer = fmt.decode_layer(data, key)
-            except UnsupportedFormat as exc:
-                report.add(key, "unsupported_format", _msg(exc))
-                continue
-            except CorruptObject as exc:
-                report.add(key, "corrupt", _msg(exc))
-                continue
+
+        layer_keys = [o.path for o in layer_objs]
+        for key, layer in _decoded(store, layer_keys, fmt.decode_layer, report, bar, on_object, count_layer):
             for message in check_layer(layer, deep=deep):
                 report.add(key, "corrupt", message)
             if key in named and layer.header.nonce != named[key][1].nonce:
@@ -400,6 +382,38 @@ def verify_store(
             elif missing:
                 report.add(stream, "journal_gap", f"segments missing inside the stream: {_ranges(missing)}")
     return report
+
+
+def _decoded(
+    store: Store,
+    keys: list[str],
+    decode: Callable[[bytes, str], T],
+    report: VerifyReport,
+    bar: Progress,
+    on_object: Callable[[str], None] | None,
+    count: Callable[[], None],
+) -> Iterator[tuple[str, T]]:
+    """Read ``keys`` and ``decode`` each, counting it; yields what decodes, reports what
+    does not (a newer format version, corruption) and skips what vanished (a concurrent
+    gc collected it)."""
+    for key, data in _read_all(store, keys):
+        bar.advance()
+        if on_object:
+            on_object(key)
+        if isinstance(data, ObjectNotFound):
+            continue
+        if isinstance(data, BaseException):
+            raise data
+        count()
+        try:
+            obj = decode(data, key)
+        except UnsupportedFormat as exc:
+            report.add(key, "unsupported_format", _msg(exc))
+            continue
+        except CorruptObject as exc:
+            report.add(key, "corrupt", _msg(exc))
+            continue
+        yield key, obj
 
 
 def _covered(marks: dict[tuple[str, str], int], name: paths.SegmentName) -> str:
