@@ -81,7 +81,8 @@ def drained_batch(draw: st.DrawFn) -> Batch:
     flags = bytearray()
     for i, src in enumerate(sources):
         fan = draw(st.integers(1, 3))
-        recs = [(f"0_{src}", 1, EMISSION), (f"0_{src}_0", fan - 1, 0)] + [(f"0_{src}_{j}_0", -1, 0) for j in range(fan)]
+        emission = draw(st.sampled_from([EMISSION, EMISSION, EMISSION, 0]))  # sometimes drained, never entered
+        recs = [(f"0_{src}", 1, emission), (f"0_{src}_0", fan - 1, 0)] + [(f"0_{src}_{j}_0", -1, 0) for j in range(fan)]
         for k, d, f in recs:
             index.append(i)
             ks.append(k)
@@ -245,6 +246,29 @@ def drained(*sources: str, pending: tuple[str, ...] = ()) -> Batch:
 def closing(src: str) -> Batch:
     """The records that drain a source ``drained(pending=(src,))`` entered."""
     return Batch([src], [0, 0, 0], [f"0_{src}_0", f"0_{src}_0_0", f"0_{src}_1_0"], [1, -1, -1], bytes(3))
+
+
+def test_a_drained_source_never_emitted_does_not_complete():
+    b = drained("s0", "s1")
+    compare([("segment", 0, [Batch(b.sources, b.source_index, b.keys, b.deltas, bytes(len(b.keys)))], False)])
+
+
+def test_a_key_written_twice_is_one_entry():
+    """``0_s0`` written twice (a redelivery): the sum over distinct keys is -1, the sum
+    of the records 0; and the same with another stream writing a different value."""
+    b = drained("s0")
+    twice = Batch(b.sources, [*b.source_index, 0], [*b.keys, "0_s0"], [*b.deltas, 1], b.flags + b"\0")
+    compare([("segment", 0, [twice], False)])
+    compare(
+        [("segment", 0, [drained("s0")], False), ("segment", 1, [Batch(["s0"], [0], ["0_s0_0"], [2], b"\0")], False)]
+    )
+
+
+def test_a_source_complete_in_one_run_drained_fresh_in_another():
+    """s0 completes in r1; r2 drains it in the next evaluation: r1 holds it (the
+    smaller run id), r2's drained state stays pending."""
+    compare([("segment", 0, [drained("s0")], False), ("finish", True), ("segment", 2, [drained("s0", "s1")], False)])
+    compare([("segment", 2, [drained("s0")], False), ("finish", True), ("segment", 0, [drained("s0", "s1")], False)])
 
 
 def test_two_runs_drain_a_fresh_source_in_one_evaluation():

@@ -138,6 +138,41 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     buf = state._deferred
     index = buf.index
     pending = state.pending
+    added = state.added
+    check_base = state.base.count > 0
+    ks = list(zip(repeat(run), batch.sources))
+    exact: dict[int, SourceRunState] = {}
+    if not pending or not any(map(pending.__contains__, ks)):
+        # The common case: every state is fresh (new, or in the columns already). Its
+        # numbers in C loops; the reference loop for a late record, a repeated id.
+        if len(set(batch.sources)) != len(ks):
+            return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)  # an id named twice
+        gs = list(map(index.get, ks))
+        fresh = [k for k, g in zip(ks, gs) if g is None]
+        start = len(buf.dkeys)
+        if fresh:
+            if added or check_base:
+                for _, src in fresh:
+                    if (src in added or check_base) and state.completed_run(src) == run:
+                        return False  # a late record: the reference loop reopens the completion
+            buf.dkeys.extend(fresh)
+            index.update(zip(fresh, range(start, start + len(fresh))))
+        if len(fresh) == len(ks):  # (all new: numbered in order)
+            local = list(range(start, start + len(ks)))
+        else:
+            number = iter(range(start, start + len(fresh)))
+            local = [next(number) if g is None else g for g in gs]
+        return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+    return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)
+
+
+def _apply_general(
+    state: FoldState, run: str, stream: int, first_ordinal: int, batch: Batch, deltas: Any, ks: list[tuple[str, str]]
+) -> bool:
+    """:func:`apply_batch` of a batch some of whose sources have a pending state."""
+    buf = state._deferred
+    index = buf.index
+    pending = state.pending
     touched = state._touched
     added = state.added
     check_base = state.base.count > 0
@@ -145,8 +180,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     local: list[int] = []
     exact: dict[int, SourceRunState] = {}
     fresh_before = bool(buf)  # a fresh state exists before this source
-    for i, src in enumerate(batch.sources):
-        k = (run, src)
+    for i, (k, src) in enumerate(zip(ks, batch.sources)):
         g = index.get(k)
         if g is not None:
             local.append(g)
@@ -166,15 +200,31 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     dkeys = buf.dkeys
     for i, g in enumerate(local):
         if g == _NEW:
-            k = (run, batch.sources[i])
+            k = ks[i]
             g = index.get(k)  # (a source id twice in one batch)
             if g is None:
                 g = index[k] = len(dkeys)
                 dkeys.append(k)
             local[i] = g
         elif g == _EXACT:
-            touched[(run, batch.sources[i])] = exact[i]
-    # 3. the records: fresh states' into the columns, the others' through the rule
+            touched[ks[i]] = exact[i]
+    return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+
+
+def _apply_records(
+    state: FoldState,
+    stream: int,
+    first_ordinal: int,
+    batch: Batch,
+    deltas: Any,
+    local: list[int],
+    exact: dict[int, SourceRunState],
+) -> bool:
+    """The records of a batch whose sources are classified (``local[i]``: the number of
+    a fresh state, or ``_EXACT`` with the state in ``exact[i]``): fresh states' into
+    the columns, the others' through the rule; then the batch's resets."""
+    buf = state._deferred
+    n = len(batch.keys)
     gid = np.asarray(local, dtype=np.int64)[np.asarray(batch.source_index, dtype=np.intp)]
     keys = np.asarray(batch.keys, dtype=object)
     flags = np.frombuffer(batch.flags, dtype=np.uint8)
@@ -254,7 +304,7 @@ class Columns:
         self._order = order
         self._ordinals: list[int] | None = None
         self._streams: list[int] | None = None
-        self._marks, self._patterns = _patterns(caches, self.keys, [k[1] for k in buf.dkeys])
+        self._marks, self._patterns = _patterns(caches, [k[1] for k in buf.dkeys])
 
     @property
     def ordinals(self) -> list[int]:
@@ -299,8 +349,15 @@ class Columns:
             pk: list[object] = [None] * len(groups)
         else:
             sep, cut = self._marks
-            pk = list(zip(map(str.replace, map(sep.join, groups), sources, repeat(cut)), deltas))
-            if "" in sources:
+            joined = list(map(sep.join, groups))
+            pk = list(zip(map(str.replace, joined, sources, repeat(cut)), deltas))
+            # exact only if no key holds a mark (the sources hold none: _patterns)
+            seps = np.fromiter(map(str.count, joined, repeat(sep)), dtype=np.int64, count=len(joined))
+            cuts = np.fromiter(map(str.__contains__, joined, repeat(cut)), dtype=bool, count=len(joined))
+            lens = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+            for j in np.flatnonzero((seps != lens - 1) | cuts).tolist():
+                pk[j] = None
+            if "" in sources:  # an empty id is not cut out of keys
                 pk = [None if not src else k for k, src in zip(pk, sources)]
         hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
         missing: dict[object, int] = {}
@@ -340,18 +397,19 @@ class Columns:
 
 
 def _patterns(
-    caches: dict[int, dict[object, object]], keys: list[str], sources: list[str]
+    caches: dict[int, dict[object, object]], sources: list[str]
 ) -> tuple[tuple[str, str], dict[object, object] | None]:
-    """The first (separator, cut mark) pair found in no key and no source of this
-    evaluation, and the shape cache for that pair in ``caches`` (one per pair: the
-    fold's, tied to its shape table), or ``None`` if no pair is free.
+    """The first (separator, cut mark) pair found in no source id of this evaluation,
+    and the shape cache for that pair in ``caches`` (one per pair: the fold's, tied to
+    its shape table), or ``None`` if no pair is free.
 
-    With both free and a non-empty source, ``sep.join(keys).replace(source, cut)``
-    determines every key's parts ``key.split(source)`` and their order (split and
-    replace cut the same non-overlapping occurrences, left to right), hence the shape
-    and order ``ShapeTable.intern_ordered`` gives them; shape ids never change (the
-    table only grows), so a cache lives as long as its table."""
-    text = "".join(keys) + "".join(sources)
+    If neither is in a source id nor in its keys (:meth:`Columns.shapes` checks the
+    keys), ``sep.join(keys).replace(source, cut)`` of a non-empty source determines
+    every key's parts ``key.split(source)`` and their order (split and replace cut
+    the same non-overlapping occurrences, left to right), hence the shape and order
+    ``ShapeTable.intern_ordered`` gives them; shape ids never change (the table only
+    grows), so a cache lives as long as its table."""
+    text = "".join(sources)
     for i, (sep, cut) in enumerate(_MARKS):
         if sep not in text and cut not in text:
             return (sep, cut), caches.setdefault(i, {})
