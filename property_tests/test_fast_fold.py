@@ -271,6 +271,14 @@ def test_a_source_complete_in_one_run_drained_fresh_in_another():
     compare([("segment", 2, [drained("s0")], False), ("finish", True), ("segment", 0, [drained("s0", "s1")], False)])
 
 
+def test_a_completion_taken_over_twice_in_one_evaluation():
+    """r3 holds s0; r2 then r1 drain it (fresh): r2 takes it over (r3's state becomes
+    pending), then r1 takes it from r2 (r2's state, pending already, keeps its place).
+    Found by the ``deep`` profile."""
+    one = [drained("s0")]
+    compare([("segment", 3, one, False), ("finish", False), ("segment", 2, one, False), ("segment", 0, one, False)])
+
+
 def test_two_runs_drain_a_fresh_source_in_one_evaluation():
     """The larger run's state comes first: it completes, then the smaller run takes the
     completion in the same evaluation and the larger run's drained state stays pending

@@ -52,6 +52,8 @@ it to 0 to send every batch through the fast path.
 
 from __future__ import annotations
 
+import bisect
+import operator
 import os
 from collections.abc import Callable, Collection
 from itertools import repeat
@@ -337,13 +339,16 @@ class Columns:
         return new
 
     def shapes(
-        self, groups: list[list[str]], deltas: list[tuple[int, ...]], sources: list[str]
-    ) -> tuple[list[object], list[object], dict[int, int]]:
+        self, groups: list[list[str]], deltas: list[tuple[int, ...]], sources: list[str], simple: set[int]
+    ) -> tuple[list[object], list[object], list[int]]:
         """The shape cache's keys and hits for many states at once (C loops): the
         key is ``None`` where it cannot be cached (no cache, an empty source id); the
         hit is ``_MISS`` where not cached yet, ``_DUPLICATE`` where the keys are not
-        distinct (known for every state: a key not cached yet is checked once); and
-        for a state not cached whose key an earlier one has, that one's index."""
+        distinct (known for every state: the keys of each key not cached yet are
+        checked once, distinct keys having distinct patterns); and, in order, the
+        states that intern their shape: those whose key is not cached and no earlier
+        state has, and those whose key cannot be cached. States in ``simple``
+        (:data:`~resumelog.algebra.SIMPLE_COMPLETION`, never interned) are left out."""
         patterns = self._patterns
         if patterns is None:
             pk: list[object] = [None] * len(groups)
@@ -360,21 +365,26 @@ class Columns:
             if "" in sources:  # an empty id is not cut out of keys
                 pk = [None if not src else k for k, src in zip(pk, sources)]
         hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
-        missing: dict[object, int] = {}
-        later: dict[int, int] = {}
-        for j in [j for j, hit in enumerate(hits) if hit is _MISS]:
-            k = pk[j]
-            first = missing.setdefault(k, j) if k is not None else j
-            if first == j:
-                if len(set(groups[j])) != len(groups[j]):
+        miss = [j for j, hit in enumerate(hits) if hit is _MISS and j not in simple]
+        back = miss[::-1]
+        firsts = dict(zip(map(pk.__getitem__, back), back))  # key -> its first state
+        firsts.pop(None, None)
+        uncached = [j for j in miss if pk[j] is None]
+        duplicated = set()
+        for k, j in firsts.items():
+            if len(set(groups[j])) != len(groups[j]):
+                duplicated.add(k)
+                patterns[k] = _DUPLICATE  # type: ignore[index]
+        if duplicated:
+            for j in miss:
+                if pk[j] in duplicated:
                     hits[j] = _DUPLICATE
-                    if k is not None:
-                        patterns[k] = _DUPLICATE  # type: ignore[index]
-            elif hits[first] is _DUPLICATE:
+        for j in uncached:
+            if len(set(groups[j])) != len(groups[j]):
                 hits[j] = _DUPLICATE
-            else:
-                later[j] = first
-        return pk, hits, later
+        interning = [j for k, j in firsts.items() if k not in duplicated]
+        interning += [j for j in uncached if hits[j] is _MISS]
+        return pk, hits, sorted(interning)
 
     def resolve(
         self,
@@ -454,12 +464,11 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     groups = list(map(cols.keys.__getitem__, slices))
     dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
     csrcs = [srcs[g] for g in cand]
-    pk, hits, first = cols.shapes(groups, dgroups, csrcs)
-    for j, hit in enumerate(hits):
-        if hit is _DUPLICATE:
-            ok[cand[j]] = False  # a key written twice: the reference rule decides
     two = np.flatnonzero(cols.counts[cand_arr] == 2).tolist()
     simple = {j for j in two if dict(zip(groups[j], dgroups[j])) == SIMPLE_COMPLETION}
+    pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple)
+    duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
+    ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
     crun = [runs[g] for g in cand]
     # walk the states in order: runs of bulk completions between the others
     pos = np.full(n + 1, -1, dtype=np.int64)
@@ -468,8 +477,11 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     lo = 0
     for stop in [*others, n]:
         if stop > lo:
-            js = pos[lo:stop].tolist()
-            _complete(ev, cols, js, groups, dgroups, csrcs, crun, cand, pk, hits, first, simple)
+            a = int(pos[lo])  # (the states lo..stop-1 are candidates a..b-1)
+            b = a + stop - lo
+            lo_first = bisect.bisect_left(firsts, a)
+            mine = firsts[lo_first : bisect.bisect_left(firsts, b, lo_first)]
+            _complete(ev, cols, a, b, groups, dgroups, csrcs, crun, cand, pk, hits, mine, simple)
         if stop < n:
             k = dkeys[stop]
             s = ev.pending[k] = cols.materialize(stop, SourceRunState())
@@ -481,7 +493,8 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
 def _complete(
     ev: _Evaluation,
     cols: Columns,
-    js: list[int],
+    a: int,
+    b: int,
     groups: list[list[str]],
     dgroups: list[tuple[int, ...]],
     csrcs: list[str],
@@ -489,25 +502,29 @@ def _complete(
     cand: list[int],
     pk: list[object],
     hits: list[object],
-    first: dict[int, int],
+    firsts: list[int],
     simple: set[int],
 ) -> None:
-    """Record the completions of candidates ``js`` (consecutive states, in order) as
+    """Record the completions of candidates ``a..b-1`` (consecutive states, in order) as
     :meth:`_Evaluation.collapse` would one by one: a new shape is interned when the
-    first state with it completes, so shape ids follow the evaluation's order."""
-    srcs = list(map(csrcs.__getitem__, js))
+    first state with it completes (``firsts``: those of them whose shape key was not
+    cached), so shape ids follow the evaluation's order."""
+    js = range(a, b)
+    srcs = csrcs[a:b]
     ev.done.extend(srcs)
     if ev.fresh is not None:
         ev.fresh.update(srcs)
-    ev.added.update(zip(srcs, map(crun.__getitem__, js)))
-    for j in [j for j in js if hits[j] is _MISS]:  # (in order)
-        if j in simple:
-            continue  # not interned: SIMPLE_COMPLETION is not stored
-        f = first.get(j)
-        hits[j] = hits[f] if f is not None else cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)
+    ev.added.update(zip(srcs, crun[a:b]))
+    patterns = cols._patterns
+    for j in firsts:  # (in order)
+        hits[j] = cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)
+    seg = hits[a:b]
+    if patterns is not None:
+        seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
+    hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
     writers = ev.done_writers
     if not ev.open_streams and not (simple and not simple.isdisjoint(js)):
-        ev.done_shapes.update(zip(srcs, [hits[j][0] for j in js]))  # type: ignore[index]
+        ev.done_shapes.update(zip(srcs, map(operator.itemgetter(0), seg)))  # type: ignore[arg-type]
         if writers:
             for src in srcs:
                 writers.pop(src, None)

@@ -821,7 +821,7 @@ class _Evaluation:
         self.fresh: set[str] | None = None  # set(done), made when first needed (rarely)
         self.took: list[tuple[str, str]] = []
         self.held: list[tuple[str, str]] = []
-        """Pending states this evaluation created (a completion taken over: the former holder's)."""
+        """Pending states this evaluation added (a completion taken over: the former holder's)."""
         self.revived = False
         """Whether a state of the fast path's columns was made pending during it."""
         self.damaged = {r for r, info in state.runs.items() if info.damaged}
@@ -888,8 +888,9 @@ class _Evaluation:
                 state._uncomplete(src, touch=False)
                 info = state.runs.get(holder)
                 if info is not None and not info.retired:
+                    if (holder, src) not in self.pending:  # (else it keeps its place)
+                        self.held.append((holder, src))
                     self.pending[(holder, src)] = held
-                    self.held.append((holder, src))
                 self.took.append(k)
         else:
             self.done.append(src)
