@@ -33,11 +33,12 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path[:0] = [os.path.join(os.path.dirname(HERE), "src"), HERE]  # this tree's resumelog writes the journals
 
 from baselines import resumelog_sys  # noqa: E402
 
-PATHS = ("numpy", "python")
+PATHS = ["numpy", "python"]
+SRC = {p: os.path.join(os.path.dirname(HERE), "src") for p in PATHS}
 
 
 def emit(**fields: object) -> None:
@@ -81,7 +82,7 @@ t5 = clock()
 import hashlib
 print(json.dumps({"read": t1 - t0, "decode": t2 - t1, "apply": t3 - t2, "finish": t4 - t3, "encode": t5 - t4,
                   "records": state.records_folded, "completed": state.completed_count(),
-                  "sha256": hashlib.sha256(data).hexdigest()}))
+                  "sha256": hashlib.sha256(data).hexdigest()}))  # (--before: no fixed nonce if its snapshot differs)
 """
 
 COMPACT_CHILD = r"""
@@ -107,8 +108,8 @@ print(json.dumps({"seconds": dt, "hit": hit, "completed": len(ck.completed)}))
 
 
 def child(code: str, path: str, *args: str) -> dict[str, object]:
-    env = dict(os.environ, RESUMELOG_FOLD=path)
-    src = os.path.join(os.path.dirname(HERE), "src")
+    env = dict(os.environ, RESUMELOG_FOLD="python" if path == "before" else path)
+    src = SRC[path]
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -164,7 +165,11 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="directory for the journals, kept between runs")
+    ap.add_argument("--before", help="the src/ directory of another tree, measured as path 'before' (A/B)")
     a = ap.parse_args()
+    if a.before:
+        PATHS.append("before")
+        SRC["before"] = a.before
     want = set(a.only or ["phases", "compaction", "open"])
     sources = a.sources or (200_000 if a.quick else 1_000_000)
     root = a.keep or tempfile.mkdtemp(prefix="resumelog-bench-fold-")

@@ -58,8 +58,8 @@ MUTANTS = [
     Mutant(
         "emission_not_required_in_fold",
         "algebra.py",
-        "        if not s.emitted or s.tainted:\n            return\n        run, src = k",
-        "        if s.tainted:\n            return\n        run, src = k",
+        "            if not s.emitted or s.tainted:\n                return\n            run, src = k",
+        "            if s.tainted:\n                return\n            run, src = k",
         "FoldState.finish completes sources that were never emitted",
     ),
     Mutant(
@@ -130,8 +130,8 @@ MUTANTS = [
     Mutant(
         "second_run_state_dropped",
         "algebra.py",
-        "            if run >= holder:\n                return",
-        "            if run >= holder:\n                del self.pending[k]\n                return",
+        "                if run >= holder:\n                    return",
+        "                if run >= holder:\n                    del pending[k]\n                    return",
         "a run draining a source another run completed drops its state (lost if that completion is voided)",
     ),
     # issue 16: each fix reverted
@@ -180,8 +180,8 @@ MUTANTS = [
     Mutant(
         "completion_never_taken_over",
         "algebra.py",
-        "            if src not in self.fresh:  # held since an earlier evaluation: take it over",
-        "            if src not in self.fresh:  # mutant: no takeover\n                return\n            if False:",
+        "                if src not in self.fresh:  # held since an earlier evaluation: take it over",
+        "                if src not in self.fresh:  # mutant: no takeover\n                    return\n                if False:",
         "r4 case 2: the run that drained first holds a completion, not the smaller run id",
     ),
     Mutant(

@@ -30,7 +30,7 @@ Evaluate (:func:`evaluate`)
     its records, and the sum of deltas is the sum over its keys), the sum is ``0``, it
     was emitted, its source is not complete and appears in no other fresh state, and
     its run is neither damaged nor voided for it by a reset: the same conditions
-    :meth:`_Evaluation.evaluate <resumelog.algebra._Evaluation.evaluate>` checks. The
+    :attr:`_Evaluation.evaluate <resumelog.algebra._Evaluation.evaluate>` checks. The
     completions are recorded in bulk (``dict.update`` and ``map`` over the runs of
     consecutive such states, C loops): completed set, shape ids (found in a cache keyed
     by the keys with the source id cut out, :meth:`Columns.shapes`; a miss is interned
@@ -428,7 +428,7 @@ def _patterns(
 
 def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     """Evaluate the fresh states (in the order they were numbered, after every touched
-    state), as :meth:`_Evaluation.evaluate` would one by one; see the module docstring."""
+    state), as :attr:`_Evaluation.evaluate` would one by one; see the module docstring."""
     from resumelog.algebra import SIMPLE_COMPLETION, SourceRunState
 
     dkeys = state._deferred.dkeys
@@ -506,7 +506,7 @@ def _complete(
     simple: set[int],
 ) -> None:
     """Record the completions of candidates ``a..b-1`` (consecutive states, in order) as
-    :meth:`_Evaluation.collapse` would one by one: a new shape is interned when the
+    :attr:`_Evaluation.evaluate` records them one by one: a new shape is interned when the
     first state with it completes (``firsts``: those of them whose shape key was not
     cached), so shape ids follow the evaluation's order."""
     js = range(a, b)

@@ -727,7 +727,7 @@ class FoldState:
         its own flush into its view), only states written entirely by that stream may
         complete — other streams' records may not all be visible — and the rest stay
         touched for the next full evaluation. The rule applied to each state is
-        :meth:`_Evaluation.evaluate`; states whose records wait in the fast path's
+        :attr:`_Evaluation.evaluate`; states whose records wait in the fast path's
         columns are evaluated after the others, in the order they were created
         (:func:`resumelog._fastfold.evaluate`, the same rule in bulk).
         """
@@ -784,9 +784,9 @@ class FoldState:
 
 class _Evaluation:
     """One evaluation of touched states (:meth:`FoldState.finish`): the completion rule
-    (:meth:`evaluate`, ``docs/format.md`` §8), apart from the bookkeeping a completion
-    makes (:meth:`collapse`: completed set, done shapes and writers) and the state's
-    deletion from the pending states afterwards (:meth:`close`)."""
+    (:attr:`evaluate`, ``docs/format.md`` §8; the bookkeeping a completion makes is
+    its last block: completed set, done shapes and writers) and the completed states'
+    deletion from the pending ones afterwards (:meth:`close`)."""
 
     __slots__ = (
         "added",
@@ -795,6 +795,7 @@ class _Evaluation:
         "done",
         "done_shapes",
         "done_writers",
+        "evaluate",
         "evaluated",
         "final",
         "find",
@@ -839,98 +840,106 @@ class _Evaluation:
         self.check_base = state.base.count > 0
         self.removed = state.removed
         self.find = state.base.find
+        self.evaluate = self._rules()
+        """``evaluate(k, s)``: the completion rule applied to state ``s`` of ``k``, then
+        the bookkeeping of a completion (completed set, shape, writers)."""
 
-    def evaluate(self, k: tuple[str, str], s: SourceRunState) -> None:
-        """Complete the state ``s`` of ``k = (run, source)`` if the rule says so: emitted,
-        not tainted, no conflicting key, agreed deltas summing to zero, its run neither
-        damaged nor voided by a reset for the source; of two runs that drained a
-        source, the smaller run id holds the completion."""
-        deltas: tuple[int, ...] | None = None  # the final deltas, in key order (one-stream states)
-        if s.multi:
-            total, conflicts = s.sums()
-            if conflicts and not s.reported:
-                s.reported = True
-                self.state.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
-            if total or conflicts:
-                if total < 0 and self.final and not s.overdrawn:
-                    self.state._over_drained(k, s, total)
-                return
-        else:
-            deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
-            total = sum(deltas)
-            if total:
-                if total < 0 and self.final and not s.overdrawn:
-                    self.state._over_drained(k, s, total)
-                return
-        if not s.emitted or s.tainted:
-            return
-        run, src = k
-        resets = self.resets
-        if (resets and run in resets.get(src, ())) or run in self.damaged:
-            s.tainted = True
-            return
+    def _rules(self) -> Callable[[tuple[str, str], SourceRunState], None]:
+        """:attr:`evaluate`, a closure over this evaluation's tables (a state is
+        evaluated a million times in a large fold: no attribute lookups on the way)."""
         state = self.state
-        if src in self.added or (self.check_base and src not in self.removed and self.find(src) >= 0):
-            # Already complete (by another run): completion is sticky, and of two
-            # runs that drained it the smaller run id holds it, whenever each was
-            # evaluated (in this evaluation, an earlier round or an earlier
-            # snapshot), so the holder does not depend on the order the records
-            # came in or on the compaction schedule. The other run's drained state
-            # is kept, to take over if the completion is voided or reopened.
-            holder = state.completed_run(src)
-            assert holder is not None
-            if run >= holder:
-                return
-            if self.fresh is None:
-                self.fresh = set(self.done)
-            if src not in self.fresh:  # held since an earlier evaluation: take it over
-                held = state._reopened(state.done_entries_of(src), state.done_writers_of(src))
-                state._uncomplete(src, touch=False)
-                info = state.runs.get(holder)
-                if info is not None and not info.retired:
-                    if (holder, src) not in self.pending:  # (else it keeps its place)
-                        self.held.append((holder, src))
-                    self.pending[(holder, src)] = held
-                self.took.append(k)
-        else:
-            self.done.append(src)
-            self.evaluated.append(src)
-            if self.fresh is not None:
-                self.fresh.add(src)
-        if deltas is None:
-            final_deltas = s.final_deltas()
-            self.collapse(src, run, final_deltas, tuple(final_deltas.values()), s)
-        else:
-            self.collapse(src, run, s.entries, deltas, s)
+        final = self.final
+        done, evaluated, took, held_keys = self.done, self.evaluated, self.took, self.held
+        damaged, resets, pending, added = self.damaged, self.resets, self.pending, self.added
+        check_base, removed, find = self.check_base, self.removed, self.find
+        done_shapes, done_writers, intern, open_streams = (
+            self.done_shapes,
+            self.done_writers,
+            self.intern,
+            self.open_streams,
+        )
 
-    def collapse(
-        self, src: str, run: str, keys: Collection[str], deltas: tuple[int, ...], s: SourceRunState | None
-    ) -> None:
-        """Record the completion of ``src`` by ``run`` with final entries ``zip(keys,
-        deltas)``: its shape, and which open streams wrote each key (from state ``s``;
-        ``None``: :meth:`writers` is the caller's)."""
-        self.added[src] = run
-        if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
-            self.done_shapes.pop(src, None)
-            self.done_writers.pop(src, None)  # reserved keys: their deltas never change
-            return
-        self.done_shapes[src], order = self.intern(keys, deltas, src)
-        if s is None:
-            return
-        w = None
-        open_streams = self.open_streams
-        if open_streams:  # else every writer is closed: its values are final, no names needed
-            if not s.multi:  # one stream per key: the writers are the entries' streams
-                w = self.writers(tuple([e[0] for e in s.entries.values()]), order)  # type: ignore[misc]
+        def evaluate(k: tuple[str, str], s: SourceRunState) -> None:
+            """Complete the state ``s`` of ``k = (run, source)`` if the rule says so:
+            emitted, not tainted, no conflicting key, agreed deltas summing to zero, its
+            run neither damaged nor voided by a reset for the source; of two runs that
+            drained a source, the smaller run id holds the completion."""
+            deltas: tuple[int, ...] | None = None  # the final deltas, in key order (one-stream states)
+            if s.multi:
+                total, conflicts = s.sums()
+                if conflicts and not s.reported:
+                    s.reported = True
+                    state.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
+                if total or conflicts:
+                    if total < 0 and final and not s.overdrawn:
+                        state._over_drained(k, s, total)
+                    return
             else:
-                ents = s.entries
-                wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
-                if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
-                    w = self.state._interned(tuple([wm[i] for i in order]))
-        if w is None:
-            self.done_writers.pop(src, None)
-        else:
-            self.done_writers[src] = w
+                deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
+                total = sum(deltas)
+                if total:
+                    if total < 0 and final and not s.overdrawn:
+                        state._over_drained(k, s, total)
+                    return
+            if not s.emitted or s.tainted:
+                return
+            run, src = k
+            if (resets and run in resets.get(src, ())) or run in damaged:
+                s.tainted = True
+                return
+            if src in added or (check_base and src not in removed and find(src) >= 0):
+                # Already complete (by another run): completion is sticky, and of two
+                # runs that drained it the smaller run id holds it, whenever each was
+                # evaluated (in this evaluation, an earlier round or an earlier
+                # snapshot), so the holder does not depend on the order the records
+                # came in or on the compaction schedule. The other run's drained state
+                # is kept, to take over if the completion is voided or reopened.
+                holder = state.completed_run(src)
+                assert holder is not None
+                if run >= holder:
+                    return
+                if self.fresh is None:
+                    self.fresh = set(done)
+                if src not in self.fresh:  # held since an earlier evaluation: take it over
+                    held = state._reopened(state.done_entries_of(src), state.done_writers_of(src))
+                    state._uncomplete(src, touch=False)
+                    info = state.runs.get(holder)
+                    if info is not None and not info.retired:
+                        if (holder, src) not in pending:  # (else it keeps its place)
+                            held_keys.append((holder, src))
+                        pending[(holder, src)] = held
+                    took.append(k)
+            else:
+                done.append(src)
+                evaluated.append(src)
+                if self.fresh is not None:
+                    self.fresh.add(src)
+            # -- the bookkeeping of the completion: completed set, shape, open writers
+            added[src] = run
+            keys: Collection[str] = s.entries
+            if deltas is None:
+                keys = final_deltas = s.final_deltas()
+                deltas = tuple(final_deltas.values())
+            if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
+                done_shapes.pop(src, None)
+                done_writers.pop(src, None)  # reserved keys: their deltas never change
+                return
+            done_shapes[src], order = intern(keys, deltas, src)
+            w = None
+            if open_streams:  # else every writer is closed: its values are final, no names needed
+                if not s.multi:  # one stream per key: the writers are the entries' streams
+                    w = self.writers(tuple([e[0] for e in s.entries.values()]), order)  # type: ignore[misc]
+                else:
+                    ents = s.entries
+                    wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
+                    if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
+                        w = state._interned(tuple([wm[i] for i in order]))
+            if w is None:
+                done_writers.pop(src, None)
+            else:
+                done_writers[src] = w
+
+        return evaluate
 
     def writers(self, ws: tuple[int, ...], order: tuple[int, ...]) -> Writers | None:
         """The writers to keep for a completion whose keys were written by streams ``ws``
