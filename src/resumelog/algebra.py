@@ -35,6 +35,15 @@ Laws (property-tested in ``property_tests/test_algebra_laws.py``):
   is voided. Only a :class:`~resumelog.format.Reset` tombstone voids a completion,
   for the runs it names.
 * Records of a *retired* run are ignored (counted as anomaly ``retired_run``).
+
+Where the rules are
+    The rule for a record is :meth:`SourceRunState.apply` (with :meth:`SourceRunState.sums`
+    for what a state adds up to); the rule for an evaluation is
+    ``_Evaluation.evaluate`` (complete, over-drained, conflict, which run holds a
+    completion). :class:`FoldState` is the bookkeeping around them: runs and marks,
+    anomalies, the completed set and its done entries, late records, resets,
+    quarantine. :mod:`resumelog._fastfold` computes the same fold for fresh states in
+    bulk (NumPy, optional) and hands every other state to these rules.
 """
 
 from __future__ import annotations
