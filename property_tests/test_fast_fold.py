@@ -364,3 +364,18 @@ def test_a_large_drained_journal_completes_in_bulk(monkeypatch):
         states.append((done, fingerprint(state, [])))
     assert states[0] == states[1]
     assert len(states[0][0]) == 900 and len(states[0][1]["pending"]) == 300
+
+
+def test_an_emptied_shape_cache_changes_nothing(monkeypatch):
+    """The shape cache is emptied when it grows past its bound (keys unlike from source
+    to source): evaluations after that intern again and give the same shape ids."""
+    monkeypatch.setattr(_fastfold, "_CACHE_MAX", 0)
+    compare(
+        [
+            ("segment", 0, [drained("s0", "s1")], False),
+            ("finish", False),
+            ("segment", 1, [drained("s2", "s3", pending=("s4",))], False),
+            ("finish", True),
+            ("segment", 2, [drained("s1", "s4")], False),
+        ]
+    )

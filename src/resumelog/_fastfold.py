@@ -94,6 +94,10 @@ _EXACT = -1  # a source with a state: the reference rule
 _MISS = object()
 _DUPLICATE = object()  # cached: these keys are not distinct
 _MARKS = [("\x1f", "\x1e"), ("\x1d", "\x1c"), ("\x00", "\x01")]
+_CACHE_MAX = 1 << 16
+"""A shape cache holding more keys is emptied before an evaluation (a cache, not state:
+pipelines have a handful of shapes; keys that differ per source would make it grow
+with the completed set)."""
 """Candidate (separator, cut mark) pairs of :meth:`Columns.shapes`'s cache keys."""
 
 
@@ -422,7 +426,10 @@ def _patterns(
     text = "".join(sources)
     for i, (sep, cut) in enumerate(_MARKS):
         if sep not in text and cut not in text:
-            return (sep, cut), caches.setdefault(i, {})
+            cache = caches.setdefault(i, {})
+            if len(cache) > _CACHE_MAX:  # keys unlike from source to source (e.g. random task ids)
+                cache.clear()
+            return (sep, cut), cache
     return ("", ""), None
 
 
