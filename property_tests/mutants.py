@@ -58,8 +58,8 @@ MUTANTS = [
     Mutant(
         "emission_not_required_in_fold",
         "algebra.py",
-        "            if not s.emitted or s.tainted:\n                continue\n            run, src = k",
-        "            if s.tainted:\n                continue\n            run, src = k",
+        "            if not s.emitted or s.tainted:\n                return\n            run, src = k",
+        "            if s.tainted:\n                return\n            run, src = k",
         "FoldState.finish completes sources that were never emitted",
     ),
     Mutant(
@@ -130,8 +130,8 @@ MUTANTS = [
     Mutant(
         "second_run_state_dropped",
         "algebra.py",
-        "                if run >= holder:\n                    continue",
-        "                if run >= holder:\n                    del pending[k]\n                    continue",
+        "                if run >= holder:\n                    return",
+        "                if run >= holder:\n                    del pending[k]\n                    return",
         "a run draining a source another run completed drops its state (lost if that completion is voided)",
     ),
     # issue 16: each fix reverted
@@ -180,8 +180,8 @@ MUTANTS = [
     Mutant(
         "completion_never_taken_over",
         "algebra.py",
-        "                if src not in fresh:  # held since an earlier evaluation: take it over",
-        "                if src not in fresh:  # mutant: no takeover\n                    continue\n                if False:",
+        "                if src not in self.fresh:  # held since an earlier evaluation: take it over",
+        "                if src not in self.fresh:  # mutant: no takeover\n                    return\n                if False:",
         "r4 case 2: the run that drained first holds a completion, not the smaller run id",
     ),
     Mutant(
@@ -260,6 +260,39 @@ MUTANTS = [
         "        if n is None or o.path in named:",
         "        if n is None:",
         "GC deletes layers a retained snapshot still names",
+    ),
+]
+
+
+MUTANTS += [
+    # issue 17: the fold's fast path (killed by test_fast_fold.py's comparison with the reference)
+    Mutant(
+        "fast_path_ignores_emission",
+        "_fastfold.py",
+        "    ok = (cols.sums == 0) & cols.emitted\n",
+        "    ok = cols.sums == 0\n",
+        "the fast path completes a drained source that was never emitted",
+    ),
+    Mutant(
+        "fast_path_completes_a_complete_source",
+        "_fastfold.py",
+        "    ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)\n",
+        "",
+        "the fast path completes a source another run completed in the same evaluation",
+    ),
+    Mutant(
+        "fast_path_ignores_repeated_keys",
+        "_fastfold.py",
+        "    ok[cand_arr[duplicate]] = False  # a key written twice",
+        "    pass  # mutant: a key written twice",
+        "the fast path sums a key written twice as two entries",
+    ),
+    Mutant(
+        "fast_path_touch_order",
+        "_fastfold.py",
+        "            if fresh_before and k not in touched:",
+        "            if False:",
+        "the fast path touches a pending state after a fresh one (the evaluation order changes)",
     ),
 ]
 

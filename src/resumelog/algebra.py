@@ -35,15 +35,25 @@ Laws (property-tested in ``property_tests/test_algebra_laws.py``):
   is voided. Only a :class:`~resumelog.format.Reset` tombstone voids a completion,
   for the runs it names.
 * Records of a *retired* run are ignored (counted as anomaly ``retired_run``).
+
+Where the rules are
+    The rule for a record is :meth:`SourceRunState.apply` (with :meth:`SourceRunState.sums`
+    for what a state adds up to); the rule for an evaluation is
+    ``_Evaluation.evaluate`` (complete, over-drained, conflict, which run holds a
+    completion). :class:`FoldState` is the bookkeeping around them: runs and marks,
+    anomalies, the completed set and its done entries, late records, resets,
+    quarantine. :mod:`resumelog._fastfold` computes the same fold for fresh states in
+    bulk (NumPy, optional) and hands every other state to these rules.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from resumelog import _fastfold
 from resumelog.done_shapes import ShapeTable
 from resumelog.format import (
     EMISSION,
@@ -252,6 +262,11 @@ class FoldState:
     warn: Callable[[str], None] = logger.warning
     _stream_index: dict[str, int] = field(default_factory=dict)
     _touched: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
+    _deferred: _fastfold.Buffer = field(default_factory=_fastfold.Buffer, repr=False)
+    """Records of the states the fast path keeps in columns (see :meth:`drain`)."""
+    _shape_cache: tuple[ShapeTable | None, dict[int, dict[object, object]]] = field(
+        default_factory=lambda: (None, {}), repr=False
+    )
 
     # ------------------------------------------------------------------ queries
 
@@ -313,6 +328,7 @@ class FoldState:
         ``prefix`` replaces ``f"{source}::"`` as the filter on keys (``""``: every key
         with a ``-1``, for adapters whose keys are not lineage keys).
         """
+        self.drain()
         if prefix is None:
             prefix = f"{source}::"
         leaves: set[str] = set()
@@ -403,7 +419,14 @@ class FoldState:
         return True
 
     def apply_batch(self, run: str, stream: int, first_ordinal: int, batch: Batch) -> None:
-        """Fold the records of one batch (ordinals ``first_ordinal + i``) and its resets."""
+        """Fold the records of one batch (ordinals ``first_ordinal + i``) and its resets.
+
+        The records of a fresh state (created by this fold) may wait in the fast
+        path's columns instead (:mod:`resumelog._fastfold`) until :meth:`finish`."""
+        if _fastfold.ENABLED and _fastfold.apply_batch(self, run, stream, first_ordinal, batch):
+            return
+        if self._deferred:
+            self.drain()  # this batch takes the reference loop: every state it may touch is pending
         pending = self.pending
         touched = self._touched
         added = self.added
@@ -439,6 +462,36 @@ class FoldState:
         for r in batch.resets:
             self.apply_reset(r)
 
+    def drain(self) -> None:
+        """Make every state whose records wait in the fast path's columns a pending
+        state, its records replayed through :meth:`SourceRunState.apply` in fold order.
+
+        Such states are fresh: created after every pending or touched state (the fast
+        path leaves a batch to the reference loop rather than touch a state first
+        after one of them), so appending them to :attr:`pending` and the touched
+        states keeps both in the order the reference fold creates them. Called by
+        every operation that reads or changes pending states other than
+        :meth:`apply_batch` and :meth:`finish`, which leave none waiting.
+        """
+        if self._deferred:
+            self._drain(self._deferred.columns(self._shape_caches()))
+
+    def _drain(self, cols: _fastfold.Columns) -> None:
+        pending = self.pending
+        touched = self._touched
+        buf = self._deferred
+        for g, k in enumerate(buf.dkeys):
+            pending[k] = touched[k] = cols.materialize(g, SourceRunState())
+        buf.clear()
+
+    def _shape_caches(self) -> dict[int, dict[object, object]]:
+        """The fast path's shape caches, valid for :attr:`shapes` (ids never change in a table)."""
+        table, caches = self._shape_cache
+        if table is not self.shapes:
+            caches = {}
+            self._shape_cache = (self.shapes, caches)
+        return caches
+
     def apply_positive(self, header: SegmentHeader, batches: Sequence[Batch]) -> None:
         """Fold only the positive records of a segment, without advancing its stream.
 
@@ -451,6 +504,7 @@ class FoldState:
         info = self.runs.get(header.run_id)
         if info is not None and info.retired:
             return
+        self.drain()
         self._run(header.run_id)
         stream = self._stream(f"{header.writer_id}/{header.incarnation}")
         ordinal = header.seq << 32
@@ -627,6 +681,7 @@ class FoldState:
         rerun in a new run; completions published before the loss stand. Idempotent
         (one anomaly per gap); returns whether this loss was new to the state.
         """
+        self.drain()
         info = self._run(run_id)
         if info.retired:
             return False  # its records are ignored anyway (a collected stream of a retired run)
@@ -655,6 +710,7 @@ class FoldState:
 
     def apply_reset(self, reset: Reset) -> None:
         """Fold an operator tombstone: void completions of ``reset.source`` by ``reset.runs``."""
+        self.drain()
         voided = self.resets.setdefault(reset.source, set())
         voided.update(reset.runs)
         crun = self.completed_run(reset.source)
@@ -682,116 +738,32 @@ class FoldState:
         conflicts are reported once per state. With ``sole_stream`` (a process folding
         its own flush into its view), only states written entirely by that stream may
         complete — other streams' records may not all be visible — and the rest stay
-        touched for the next full evaluation.
+        touched for the next full evaluation. The rule applied to each state is
+        :attr:`_Evaluation.evaluate`; states whose records wait in the fast path's
+        columns are evaluated after the others, in the order they were created
+        (:func:`resumelog._fastfold.evaluate`, the same rule in bulk).
         """
-        done: list[str] = []
+        cols = self._deferred.columns(self._shape_caches()) if self._deferred else None
+        if cols is not None and (sole_stream is not None or not cols.safe):
+            self._drain(cols)  # (a sum beyond 64 bits: the reference rule, with Python's integers)
+            cols = None
+        ev = _Evaluation(self, final=final, writers=writers)
         pending = self.pending
         only = self._stream_index.get(sole_stream) if sole_stream is not None else None
         keep: dict[tuple[str, str], SourceRunState] = {}
-        fresh: set[str] | None = None  # set(done), made when first needed (rarely)
-        took: list[tuple[str, str]] = []
-        damaged = {r for r, info in self.runs.items() if info.damaged}
-        provisional = self.provisional
-        resets = self.resets
-        added = self.added
-        done_shapes = self.done_shapes
-        done_writers = self.done_writers
-        index = self._stream_index
-        open_streams = {i for sid in self.open_stream_ids() if (i := index.get(sid)) is not None} if writers else set()
-        ordered: dict[tuple[tuple[int, ...], tuple[int, ...]], Writers] = {}  # (writers, order) -> interned
-        intern = self.shapes.intern_ordered
-        check_base = self.base.count > 0
-        removed = self.removed
-        find = self.base.find
+        evaluate = ev.evaluate
         for k, s in self._touched.items():  # insertion order: walks memory sequentially
             if pending.get(k) is not s:
                 continue  # dropped or replaced since it was touched
             if sole_stream is not None and any(e[1] != only for e in s.items()):
                 keep[k] = s
                 continue
-            deltas: tuple[int, ...] | None = None  # the final deltas, in key order (one-stream states)
-            if s.multi:
-                total, conflicts = s.sums()
-                if conflicts and not s.reported:
-                    s.reported = True
-                    self.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
-                if total or conflicts:
-                    if total < 0 and final and not s.overdrawn:
-                        self._over_drained(k, s, total)
-                    continue
-            else:
-                deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
-                total = sum(deltas)
-                if total:
-                    if total < 0 and final and not s.overdrawn:
-                        self._over_drained(k, s, total)
-                    continue
-            if not s.emitted or s.tainted:
-                continue
-            run, src = k
-            if (resets and run in resets.get(src, ())) or run in damaged:
-                s.tainted = True
-                continue
-            if src in added or (check_base and src not in removed and find(src) >= 0):  # is_completed(src)
-                # Already complete (by another run): completion is sticky, and of two
-                # runs that drained it the smaller run id holds it, whenever each was
-                # evaluated (in this evaluation, an earlier round or an earlier
-                # snapshot), so the holder does not depend on the order the records
-                # came in or on the compaction schedule. The other run's drained state
-                # is kept, to take over if the completion is voided or reopened.
-                holder = self.completed_run(src)
-                assert holder is not None
-                if run >= holder:
-                    continue
-                if fresh is None:
-                    fresh = set(done)
-                if src not in fresh:  # held since an earlier evaluation: take it over
-                    held = self._reopened(self.done_entries_of(src), self.done_writers_of(src))
-                    self._uncomplete(src, touch=False)
-                    info = self.runs.get(holder)
-                    if info is not None and not info.retired:
-                        pending[(holder, src)] = held
-                    took.append(k)
-            else:
-                done.append(src)
-                if fresh is not None:
-                    fresh.add(src)
-            added[src] = run
-            keys: Mapping[str, object] = s.entries
-            if deltas is None:
-                keys = final_deltas = s.final_deltas()
-                deltas = tuple(final_deltas.values())
-            if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
-                done_shapes.pop(src, None)
-                done_writers.pop(src, None)  # reserved keys: their deltas never change
-            else:
-                done_shapes[src], order = intern(keys, deltas, src)
-                w = None
-                if open_streams:  # else every writer is closed: its values are final, no names needed
-                    if not s.multi:  # one stream per key: the writers are the entries' streams
-                        ws: tuple[int, ...] = tuple([e[0] for e in s.entries.values()])  # type: ignore[misc]
-                        if not open_streams.isdisjoint(ws):
-                            w = ordered.get((ws, order))
-                            if w is None:
-                                w = ordered[(ws, order)] = self._interned(tuple([ws[i] for i in order]))
-                    else:
-                        ents = s.entries
-                        wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
-                        if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
-                            w = self._interned(tuple([wm[i] for i in order]))
-                if w is None:
-                    done_writers.pop(src, None)
-                else:
-                    done_writers[src] = w
-        for src in done:  # the state that completed it (the smaller run, if two did)
-            del pending[(added[src], src)]
-        for k in took:  # a completion taken over from a larger run id
-            if added.get(k[1]) == k[0]:
-                del pending[k]
-        if provisional is not None:
-            provisional.update(done)
+            evaluate(k, s)
+        if cols is not None:  # touched after every state above (see FoldState.apply_batch)
+            _fastfold.evaluate(self, ev, cols)
+            self._deferred.clear()
         self._touched = keep
-        return done
+        return ev.close()
 
     def _over_drained(self, k: tuple[str, str], s: SourceRunState, total: int) -> None:
         s.overdrawn = True
@@ -804,6 +776,7 @@ class FoldState:
 
     def retire_runs(self, keep: Iterable[str]) -> list[str]:
         """Retire every run not in ``keep``: drop its pending state, ignore its records."""
+        self.drain()
         keep = set(keep)
         retired = []
         for run_id, info in self.runs.items():
@@ -819,3 +792,193 @@ class FoldState:
     def stream_marks(self) -> list[StreamMark]:
         """High-water marks of every stream, for the snapshot."""
         return list(self.streams.values())
+
+
+class _Evaluation:
+    """One evaluation of touched states (:meth:`FoldState.finish`): the completion rule
+    (:attr:`evaluate`, ``docs/format.md`` §8; the bookkeeping a completion makes is
+    its last block: completed set, done shapes and writers) and the completed states'
+    deletion from the pending ones afterwards (:meth:`close`)."""
+
+    __slots__ = (
+        "added",
+        "check_base",
+        "damaged",
+        "done",
+        "done_shapes",
+        "done_writers",
+        "evaluate",
+        "evaluated",
+        "final",
+        "find",
+        "fresh",
+        "held",
+        "intern",
+        "open_streams",
+        "ordered",
+        "pending",
+        "removed",
+        "resets",
+        "revived",
+        "state",
+        "took",
+    )
+
+    def __init__(self, state: FoldState, *, final: bool, writers: bool) -> None:
+        self.state = state
+        self.final = final
+        self.done: list[str] = []
+        """Sources completed by this evaluation, in order (returned by :meth:`close`)."""
+        self.evaluated: list[str] = []
+        """Those whose completing state is pending (to delete when closing)."""
+        self.fresh: set[str] | None = None  # set(done), made when first needed (rarely)
+        self.took: list[tuple[str, str]] = []
+        self.held: list[tuple[str, str]] = []
+        """Pending states this evaluation added (a completion taken over: the former holder's)."""
+        self.revived = False
+        """Whether a state of the fast path's columns was made pending during it."""
+        self.damaged = {r for r, info in state.runs.items() if info.damaged}
+        self.pending = state.pending
+        self.resets = state.resets
+        self.added = state.added
+        self.done_shapes = state.done_shapes
+        self.done_writers = state.done_writers
+        index = state._stream_index
+        self.open_streams = (
+            {i for sid in state.open_stream_ids() if (i := index.get(sid)) is not None} if writers else set()
+        )
+        self.ordered: dict[tuple[tuple[int, ...], tuple[int, ...]], Writers] = {}  # (writers, order) -> interned
+        self.intern = state.shapes.intern_ordered
+        self.check_base = state.base.count > 0
+        self.removed = state.removed
+        self.find = state.base.find
+        self.evaluate = self._rules()
+        """``evaluate(k, s)``: the completion rule applied to state ``s`` of ``k``, then
+        the bookkeeping of a completion (completed set, shape, writers)."""
+
+    def _rules(self) -> Callable[[tuple[str, str], SourceRunState], None]:
+        """:attr:`evaluate`, a closure over this evaluation's tables (a state is
+        evaluated a million times in a large fold: no attribute lookups on the way)."""
+        state = self.state
+        final = self.final
+        done, evaluated, took, held_keys = self.done, self.evaluated, self.took, self.held
+        damaged, resets, pending, added = self.damaged, self.resets, self.pending, self.added
+        check_base, removed, find = self.check_base, self.removed, self.find
+        done_shapes, done_writers, intern, open_streams = (
+            self.done_shapes,
+            self.done_writers,
+            self.intern,
+            self.open_streams,
+        )
+
+        def evaluate(k: tuple[str, str], s: SourceRunState) -> None:
+            """Complete the state ``s`` of ``k = (run, source)`` if the rule says so:
+            emitted, not tainted, no conflicting key, agreed deltas summing to zero, its
+            run neither damaged nor voided by a reset for the source; of two runs that
+            drained a source, the smaller run id holds the completion."""
+            deltas: tuple[int, ...] | None = None  # the final deltas, in key order (one-stream states)
+            if s.multi:
+                total, conflicts = s.sums()
+                if conflicts and not s.reported:
+                    s.reported = True
+                    state.anomaly("conflict", k[1], k[0], f"{conflicts} key(s) with different deltas across streams")
+                if total or conflicts:
+                    if total < 0 and final and not s.overdrawn:
+                        state._over_drained(k, s, total)
+                    return
+            else:
+                deltas = tuple([e[2] for e in s.entries.values()])  # type: ignore[misc]
+                total = sum(deltas)
+                if total:
+                    if total < 0 and final and not s.overdrawn:
+                        state._over_drained(k, s, total)
+                    return
+            if not s.emitted or s.tainted:
+                return
+            run, src = k
+            if (resets and run in resets.get(src, ())) or run in damaged:
+                s.tainted = True
+                return
+            if src in added or (check_base and src not in removed and find(src) >= 0):
+                # Already complete (by another run): completion is sticky, and of two
+                # runs that drained it the smaller run id holds it, whenever each was
+                # evaluated (in this evaluation, an earlier round or an earlier
+                # snapshot), so the holder does not depend on the order the records
+                # came in or on the compaction schedule. The other run's drained state
+                # is kept, to take over if the completion is voided or reopened.
+                holder = state.completed_run(src)
+                assert holder is not None
+                if run >= holder:
+                    return
+                if self.fresh is None:
+                    self.fresh = set(done)
+                if src not in self.fresh:  # held since an earlier evaluation: take it over
+                    held = state._reopened(state.done_entries_of(src), state.done_writers_of(src))
+                    state._uncomplete(src, touch=False)
+                    info = state.runs.get(holder)
+                    if info is not None and not info.retired:
+                        if (holder, src) not in pending:  # (else it keeps its place)
+                            held_keys.append((holder, src))
+                        pending[(holder, src)] = held
+                    took.append(k)
+            else:
+                done.append(src)
+                evaluated.append(src)
+                if self.fresh is not None:
+                    self.fresh.add(src)
+            # -- the bookkeeping of the completion: completed set, shape, open writers
+            added[src] = run
+            keys: Collection[str] = s.entries
+            if deltas is None:
+                keys = final_deltas = s.final_deltas()
+                deltas = tuple(final_deltas.values())
+            if len(deltas) == 2 and dict(zip(keys, deltas)) == SIMPLE_COMPLETION:
+                done_shapes.pop(src, None)
+                done_writers.pop(src, None)  # reserved keys: their deltas never change
+                return
+            done_shapes[src], order = intern(keys, deltas, src)
+            w = None
+            if open_streams:  # else every writer is closed: its values are final, no names needed
+                if not s.multi:  # one stream per key: the writers are the entries' streams
+                    w = self.writers(tuple([e[0] for e in s.entries.values()]), order)  # type: ignore[misc]
+                else:
+                    ents = s.entries
+                    wm = [e[0] if type(e) is tuple else tuple(sorted(e)) for e in map(ents.__getitem__, keys)]
+                    if any(not open_streams.isdisjoint((x,) if isinstance(x, int) else x) for x in wm):
+                        w = state._interned(tuple([wm[i] for i in order]))
+            if w is None:
+                done_writers.pop(src, None)
+            else:
+                done_writers[src] = w
+
+        return evaluate
+
+    def writers(self, ws: tuple[int, ...], order: tuple[int, ...]) -> Writers | None:
+        """The writers to keep for a completion whose keys were written by streams ``ws``
+        (one each, entry order) and whose shape lists its entries in ``order``:
+        ``None`` if none of them is open."""
+        if self.open_streams.isdisjoint(ws):
+            return None
+        w = self.ordered.get((ws, order))
+        if w is None:
+            w = self.ordered[(ws, order)] = self.state._interned(tuple([ws[i] for i in order]))
+        return w
+
+    def close(self) -> list[str]:
+        """Delete the completed states from the pending ones; return the completed ids."""
+        pending = self.pending
+        added = self.added
+        for src in self.evaluated:  # the state that completed it (the smaller run, if two did)
+            del pending[(added[src], src)]
+        for k in self.took:  # a completion taken over from a larger run id
+            if added.get(k[1]) == k[0]:
+                del pending[k]
+        if self.held and self.revived:
+            # States of the fast path's columns were pending (unseen) before this
+            # evaluation began, so before every state it created: restore that order.
+            for k in self.held:
+                if k in pending:
+                    pending[k] = pending.pop(k)
+        if self.state.provisional is not None:
+            self.state.provisional.update(self.done)
+        return self.done

@@ -1,0 +1,552 @@
+"""The fold's fast path: fresh states kept in columns, evaluated in bulk.
+
+The reference fold (``docs/format.md`` §8) keeps one
+:class:`~resumelog.algebra.SourceRunState` per ``(run, source)``: a dict entry
+``key -> (stream, ordinal, delta)`` per record, the state itself in
+:attr:`FoldState.pending <resumelog.algebra.FoldState.pending>` and in the touched
+states, and :meth:`FoldState.finish <resumelog.algebra.FoldState.finish>` walks them
+one by one. In a journal tail nearly every state is *fresh* (created by the fold) and
+completes at the next evaluation; that per-record and per-state bookkeeping, not the
+rule, is most of the fold's time. This module keeps fresh states out of it:
+
+Apply (:func:`apply_batch`)
+    A batch's sources are looked up once. A source whose run has no state for it
+    gets a number (``gid``) in :class:`Buffer` instead of a state; its records are
+    appended, with NumPy, to columns (state number, key, delta, ordinal, stream,
+    flags). Records of states that exist already (pending from a snapshot or an
+    earlier evaluation) go through :meth:`SourceRunState.apply
+    <resumelog.algebra.SourceRunState.apply>` as in the reference. A batch that would
+    need more — a *late* record (its run completed the source: reopening it changes
+    the completed set), or a state touched for the first time after a fresh one (the
+    touched states' order is the evaluation's order) — makes every fresh state
+    pending (:meth:`FoldState.drain <resumelog.algebra.FoldState.drain>`) and takes
+    the reference loop. So fresh states always come after every pending and touched
+    state, in the order the reference fold would have created them.
+
+Evaluate (:func:`evaluate`)
+    After the touched states, one stable sort groups the columns by state, in fold
+    order, and gives each state's record count, sum of deltas and emission flag. A
+    state completes *in bulk* when its keys are distinct (then its entries are exactly
+    its records, and the sum of deltas is the sum over its keys), the sum is ``0``, it
+    was emitted, its source is not complete and appears in no other fresh state, and
+    its run is neither damaged nor voided for it by a reset: the same conditions
+    :attr:`_Evaluation.evaluate <resumelog.algebra._Evaluation.evaluate>` checks. The
+    completions are recorded in bulk (``dict.update`` and ``map`` over the runs of
+    consecutive such states, C loops): completed set, shape ids (found in a cache keyed
+    by the keys with the source id cut out, :meth:`Columns.shapes`; a miss is interned
+    as the reference interns), writers. Any other state is *materialized* (its records
+    replayed through the reference rule into a plain state, made pending) and
+    evaluated by the reference rule, in its turn.
+
+The result is identical to the reference — completed set (and its order), pending
+states (and their order), anomalies, marks, done shapes and writers, the snapshot's
+bytes — which ``property_tests/test_fast_fold.py`` checks on random journals, and the
+model-based machines run under both paths in CI.
+
+NumPy is an optional dependency (extra ``fast``). Without it, or with
+``RESUMELOG_FOLD=python``, every batch takes the reference path; ``RESUMELOG_FOLD=numpy``
+makes a missing NumPy an import error. ``RESUMELOG_FOLD_MIN_RECORDS`` (default
+:data:`MIN_RECORDS`) is the smallest batch worth NumPy's fixed cost per call; tests set
+it to 0 to send every batch through the fast path.
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+import os
+from collections.abc import Callable, Collection
+from itertools import repeat
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from resumelog.algebra import FoldState, SourceRunState, _Evaluation
+    from resumelog.format import Batch
+
+__all__ = ["ENABLED", "MIN_RECORDS", "MODE", "Buffer", "Columns", "apply_batch", "evaluate"]
+
+MODE = os.environ.get("RESUMELOG_FOLD", "auto").strip().lower() or "auto"
+"""``RESUMELOG_FOLD``: ``auto`` (NumPy when importable), ``numpy`` (required) or
+``python`` (the reference path only)."""
+if MODE not in ("auto", "numpy", "python"):
+    raise ValueError(f"RESUMELOG_FOLD must be auto, numpy or python, not {MODE!r}")
+
+np: Any = None
+if MODE != "python":
+    try:
+        import numpy as np
+    except ImportError:
+        if MODE == "numpy":
+            raise ImportError(
+                "RESUMELOG_FOLD=numpy but NumPy is not installed: pip install 'resumelog[fast]'"
+            ) from None
+
+ENABLED: bool = np is not None
+"""Whether batches may take the fast path (tests switch it to compare both paths)."""
+
+MIN_RECORDS: int = int(os.environ.get("RESUMELOG_FOLD_MIN_RECORDS", "128"))
+"""Smaller batches take the reference path (NumPy's fixed cost per call would exceed
+what it saves)."""
+
+_INT64_MAX = (1 << 63) - 1
+_NEW = -2  # a fresh source of the batch (number not given yet)
+_EXACT = -1  # a source with a state: the reference rule
+_MISS = object()
+_DUPLICATE = object()  # cached: these keys are not distinct
+_MARKS = [("\x1f", "\x1e"), ("\x1d", "\x1c"), ("\x00", "\x01")]
+_CACHE_MAX = 1 << 16
+"""A shape cache holding more keys is emptied before an evaluation (a cache, not state:
+pipelines have a handful of shapes; keys that differ per source would make it grow
+with the completed set)."""
+"""Candidate (separator, cut mark) pairs of :meth:`Columns.shapes`'s cache keys."""
+
+
+class Buffer:
+    """The fresh states (``dkeys[gid] = (run, source)``, ``index`` the inverse) and the
+    columns of their records, one array per batch, in fold order."""
+
+    __slots__ = ("deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "streams")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.dkeys)
+
+    def clear(self) -> None:
+        """Forget every fresh state and record (all were evaluated or made pending)."""
+        self.dkeys: list[tuple[str, str]] = []
+        self.index: dict[tuple[str, str], int] = {}
+        self.gids: list[Any] = []
+        self.keys: list[Any] = []
+        self.deltas: list[Any] = []
+        self.ordinals: list[Any] = []
+        self.streams: list[Any] = []
+        self.flags: list[Any] = []
+
+    def columns(self, caches: dict[int, dict[object, object]]) -> Columns:
+        """The records grouped by state (once per evaluation, then :meth:`clear`);
+        ``caches``: the fold's shape caches (:meth:`Columns.shapes`), valid as long
+        as its shape table."""
+        return Columns(self, caches)
+
+
+def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, batch: Batch) -> bool:
+    """Fold ``batch`` (ordinals ``first_ordinal + i``) the fast way and return ``True``,
+    or change nothing and return ``False`` (the batch needs the reference loop)."""
+    n = len(batch.keys)
+    if n < MIN_RECORDS or n == 0 or first_ordinal + n > _INT64_MAX:
+        return False
+    try:
+        deltas = np.asarray(batch.deltas, dtype=np.int64)
+    except OverflowError:  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
+        return False
+    buf = state._deferred
+    index = buf.index
+    pending = state.pending
+    added = state.added
+    check_base = state.base.count > 0
+    ks = list(zip(repeat(run), batch.sources))
+    exact: dict[int, SourceRunState] = {}
+    if not pending or not any(map(pending.__contains__, ks)):
+        # The common case: every state is fresh (new, or in the columns already). Its
+        # numbers in C loops; the reference loop for a late record, a repeated id.
+        if len(set(batch.sources)) != len(ks):
+            return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)  # an id named twice
+        gs = list(map(index.get, ks))
+        fresh = [k for k, g in zip(ks, gs) if g is None]
+        start = len(buf.dkeys)
+        if fresh:
+            if added or check_base:
+                for _, src in fresh:
+                    if (src in added or check_base) and state.completed_run(src) == run:
+                        return False  # a late record: the reference loop reopens the completion
+            buf.dkeys.extend(fresh)
+            index.update(zip(fresh, range(start, start + len(fresh))))
+        if len(fresh) == len(ks):  # (all new: numbered in order)
+            local = list(range(start, start + len(ks)))
+        else:
+            number = iter(range(start, start + len(fresh)))
+            local = [next(number) if g is None else g for g in gs]
+        return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+    return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)
+
+
+def _apply_general(
+    state: FoldState, run: str, stream: int, first_ordinal: int, batch: Batch, deltas: Any, ks: list[tuple[str, str]]
+) -> bool:
+    """:func:`apply_batch` of a batch some of whose sources have a pending state."""
+    buf = state._deferred
+    index = buf.index
+    pending = state.pending
+    touched = state._touched
+    added = state.added
+    check_base = state.base.count > 0
+    # 1. classify every source, changing nothing yet
+    local: list[int] = []
+    exact: dict[int, SourceRunState] = {}
+    fresh_before = bool(buf)  # a fresh state exists before this source
+    for i, (k, src) in enumerate(zip(ks, batch.sources)):
+        g = index.get(k)
+        if g is not None:
+            local.append(g)
+            continue
+        s = pending.get(k)
+        if s is not None:
+            if fresh_before and k not in touched:
+                return False  # touched first after a fresh state: the evaluation order needs it pending
+            local.append(_EXACT)
+            exact[i] = s
+            continue
+        if (src in added or check_base) and state.completed_run(src) == run:
+            return False  # a late record: the reference loop reopens the completion
+        local.append(_NEW)
+        fresh_before = True
+    # 2. number the fresh states and touch the others, in the batch's order
+    dkeys = buf.dkeys
+    for i, g in enumerate(local):
+        if g == _NEW:
+            k = ks[i]
+            g = index.get(k)  # (a source id twice in one batch)
+            if g is None:
+                g = index[k] = len(dkeys)
+                dkeys.append(k)
+            local[i] = g
+        elif g == _EXACT:
+            touched[ks[i]] = exact[i]
+    return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+
+
+def _apply_records(
+    state: FoldState,
+    stream: int,
+    first_ordinal: int,
+    batch: Batch,
+    deltas: Any,
+    local: list[int],
+    exact: dict[int, SourceRunState],
+) -> bool:
+    """The records of a batch whose sources are classified (``local[i]``: the number of
+    a fresh state, or ``_EXACT`` with the state in ``exact[i]``): fresh states' into
+    the columns, the others' through the rule; then the batch's resets."""
+    buf = state._deferred
+    n = len(batch.keys)
+    gid = np.asarray(local, dtype=np.int64)[np.asarray(batch.source_index, dtype=np.intp)]
+    keys = np.asarray(batch.keys, dtype=object)
+    flags = np.frombuffer(batch.flags, dtype=np.uint8)
+    ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
+    if exact:
+        mine = gid >= 0
+        source_index, ks, ds = batch.source_index, batch.keys, batch.deltas
+        for i in np.flatnonzero(~mine).tolist():
+            s = exact[source_index[i]]
+            s.apply(ks[i], stream, first_ordinal + i, ds[i])
+            if flags[i]:
+                s.emitted = True
+        gid, keys, deltas, ordinals, flags = gid[mine], keys[mine], deltas[mine], ordinals[mine], flags[mine]
+    if len(gid):
+        buf.gids.append(gid)
+        buf.keys.append(keys)
+        buf.deltas.append(deltas)
+        buf.ordinals.append(ordinals)
+        buf.streams.append(np.full(len(gid), stream, dtype=np.int64))
+        buf.flags.append(flags)
+    for r in batch.resets:
+        state.apply_reset(r)  # (makes the fresh states pending first)
+    return True
+
+
+class Columns:
+    """The buffer's records grouped by state, as Python lists (fold order within a
+    state): state ``g``'s records are ``keys[starts[g]:starts[g + 1]]`` etc."""
+
+    __slots__ = (
+        "_buf",
+        "_marks",
+        "_order",
+        "_ordinals",
+        "_patterns",
+        "_streams",
+        "counts",
+        "deltas",
+        "emitted",
+        "keys",
+        "safe",
+        "starts",
+        "sums",
+    )
+
+    def __init__(self, buf: Buffer, caches: dict[int, dict[object, object]]) -> None:
+        n_states = len(buf.dkeys)
+        if buf.gids:
+            g = np.concatenate(buf.gids)
+            order = np.argsort(g, kind="stable")
+            counts = np.bincount(g, minlength=n_states)
+            deltas = np.concatenate(buf.deltas)[order]
+            flagged = np.bincount(
+                g[np.concatenate(buf.flags) != 0], minlength=n_states
+            )  # any flag bit, as the reference
+        else:  # fresh states without records (a batch naming a source it has no record for)
+            order = g = np.zeros(0, dtype=np.int64)
+            counts = flagged = np.zeros(n_states, dtype=np.int64)
+            deltas = np.zeros(0, dtype=np.int64)
+        starts = np.zeros(n_states + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        # Sums of int64 deltas: prefix sums may wrap, but their differences are exact
+        # whenever a state's true sum fits in 64 bits, which this bound guarantees.
+        big = max(int(deltas.max()), -int(deltas.min())) if len(deltas) else 0
+        self.safe = big * int(counts.max(initial=0)) <= _INT64_MAX
+        prefix = np.zeros(len(deltas) + 1, dtype=np.int64)
+        with np.errstate(over="ignore"):
+            np.cumsum(deltas, out=prefix[1:])
+            sums = prefix[starts[1:]] - prefix[starts[:-1]]
+        self.starts: list[int] = starts.tolist()
+        self.counts: Any = counts
+        self.sums: Any = sums
+        self.emitted: Any = flagged > 0
+        self.deltas: list[int] = deltas.tolist()
+        self.keys: list[str] = np.concatenate(buf.keys)[order].tolist() if buf.keys else []
+        self._buf = buf
+        self._order = order
+        self._ordinals: list[int] | None = None
+        self._streams: list[int] | None = None
+        self._marks, self._patterns = _patterns(caches, [k[1] for k in buf.dkeys])
+
+    @property
+    def ordinals(self) -> list[int]:
+        """Each record's ordinal (made when first needed: to materialize a state)."""
+        if self._ordinals is None:
+            o = self._buf.ordinals
+            self._ordinals = np.concatenate(o)[self._order].tolist() if o else []
+        return self._ordinals
+
+    @property
+    def streams(self) -> list[int]:
+        """Each record's stream (made when first needed: writers, or to materialize)."""
+        if self._streams is None:
+            st = self._buf.streams
+            self._streams = np.concatenate(st)[self._order].tolist() if st else []
+        return self._streams
+
+    def materialize(self, g: int, new: SourceRunState) -> SourceRunState:
+        """Fill ``new`` (a plain, empty state) with state ``g``'s emission flag and its
+        records, replayed in fold order through the reference rule."""
+        a, b = self.starts[g], self.starts[g + 1]
+        new.emitted = bool(self.emitted[g])
+        keys = self.keys[a:b]
+        if len(set(keys)) == b - a:  # distinct keys: each record is one entry
+            new.entries.update(zip(keys, zip(self.streams[a:b], self.ordinals[a:b], self.deltas[a:b])))
+        else:
+            apply = new.apply
+            for key, stream, ordinal, delta in zip(keys, self.streams[a:b], self.ordinals[a:b], self.deltas[a:b]):
+                apply(key, stream, ordinal, delta)
+        return new
+
+    def shapes(
+        self, groups: list[list[str]], deltas: list[tuple[int, ...]], sources: list[str], simple: set[int]
+    ) -> tuple[list[object], list[object], list[int]]:
+        """The shape cache's keys and hits for many states at once (C loops): the
+        key is ``None`` where it cannot be cached (no cache, an empty source id); the
+        hit is ``_MISS`` where not cached yet, ``_DUPLICATE`` where the keys are not
+        distinct (known for every state: the keys of each key not cached yet are
+        checked once, distinct keys having distinct patterns); and, in order, the
+        states that intern their shape: those whose key is not cached and no earlier
+        state has, and those whose key cannot be cached. States in ``simple``
+        (:data:`~resumelog.algebra.SIMPLE_COMPLETION`, never interned) are left out."""
+        patterns = self._patterns
+        if patterns is None:
+            pk: list[object] = [None] * len(groups)
+        else:
+            sep, cut = self._marks
+            joined = list(map(sep.join, groups))
+            pk = list(zip(map(str.replace, joined, sources, repeat(cut)), deltas))
+            # exact only if no key holds a mark (the sources hold none: _patterns)
+            seps = np.fromiter(map(str.count, joined, repeat(sep)), dtype=np.int64, count=len(joined))
+            cuts = np.fromiter(map(str.__contains__, joined, repeat(cut)), dtype=bool, count=len(joined))
+            lens = np.fromiter(map(len, groups), dtype=np.int64, count=len(groups))
+            for j in np.flatnonzero((seps != lens - 1) | cuts).tolist():
+                pk[j] = None
+            if "" in sources:  # an empty id is not cut out of keys
+                pk = [None if not src else k for k, src in zip(pk, sources)]
+        hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
+        miss = [j for j, hit in enumerate(hits) if hit is _MISS and j not in simple]
+        back = miss[::-1]
+        firsts = dict(zip(map(pk.__getitem__, back), back))  # key -> its first state
+        firsts.pop(None, None)
+        uncached = [j for j in miss if pk[j] is None]
+        duplicated = set()
+        for k, j in firsts.items():
+            if len(set(groups[j])) != len(groups[j]):
+                duplicated.add(k)
+                patterns[k] = _DUPLICATE  # type: ignore[index]
+        if duplicated:
+            for j in miss:
+                if pk[j] in duplicated:
+                    hits[j] = _DUPLICATE
+        for j in uncached:
+            if len(set(groups[j])) != len(groups[j]):
+                hits[j] = _DUPLICATE
+        interning = [j for k, j in firsts.items() if k not in duplicated]
+        interning += [j for j in uncached if hits[j] is _MISS]
+        return pk, hits, sorted(interning)
+
+    def resolve(
+        self,
+        pk: object,
+        keys: list[str],
+        deltas: tuple[int, ...],
+        source: str,
+        intern: Callable[[Collection[str], tuple[int, ...], str], tuple[int, tuple[int, ...]]],
+    ) -> tuple[int, tuple[int, ...]]:
+        """The shape id and order of distinct ``keys`` not found by :meth:`shapes`
+        (interned now, in the evaluation's order, and cached under ``pk``)."""
+        if pk is None:
+            return intern(keys, deltas, source)
+        patterns = self._patterns
+        assert patterns is not None
+        hit = patterns.get(pk, _MISS)
+        if hit is _MISS:
+            hit = patterns[pk] = intern(keys, deltas, source)
+        return hit  # type: ignore[return-value]
+
+
+def _patterns(
+    caches: dict[int, dict[object, object]], sources: list[str]
+) -> tuple[tuple[str, str], dict[object, object] | None]:
+    """The first (separator, cut mark) pair found in no source id of this evaluation,
+    and the shape cache for that pair in ``caches`` (one per pair: the fold's, tied to
+    its shape table), or ``None`` if no pair is free.
+
+    If neither is in a source id nor in its keys (:meth:`Columns.shapes` checks the
+    keys), ``sep.join(keys).replace(source, cut)`` of a non-empty source determines
+    every key's parts ``key.split(source)`` and their order (split and replace cut
+    the same non-overlapping occurrences, left to right), hence the shape and order
+    ``ShapeTable.intern_ordered`` gives them; shape ids never change (the table only
+    grows), so a cache lives as long as its table."""
+    text = "".join(sources)
+    for i, (sep, cut) in enumerate(_MARKS):
+        if sep not in text and cut not in text:
+            cache = caches.setdefault(i, {})
+            if len(cache) > _CACHE_MAX:  # keys unlike from source to source (e.g. random task ids)
+                cache.clear()
+            return (sep, cut), cache
+    return ("", ""), None
+
+
+def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
+    """Evaluate the fresh states (in the order they were numbered, after every touched
+    state), as :attr:`_Evaluation.evaluate` would one by one; see the module docstring."""
+    from resumelog.algebra import SIMPLE_COMPLETION, SourceRunState
+
+    dkeys = state._deferred.dkeys
+    n = len(dkeys)
+    runs = [k[0] for k in dkeys]
+    srcs = [k[1] for k in dkeys]
+    starts = cols.starts
+    # Which states may complete without the reference rule: decided once, since nothing
+    # the evaluation does changes it for a source that is in one fresh state only.
+    ok = (cols.sums == 0) & cols.emitted
+    ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)
+    if ev.damaged:
+        ok &= ~np.fromiter(map(ev.damaged.__contains__, runs), dtype=bool, count=n)
+    resets = ev.resets
+    if resets:
+        ok &= ~np.fromiter((r in resets.get(s, ()) for r, s in dkeys), dtype=bool, count=n)
+    if ev.check_base:
+        find, removed = ev.find, ev.removed
+        for g in np.flatnonzero(ok).tolist():
+            if srcs[g] not in removed and find(srcs[g]) >= 0:
+                ok[g] = False
+    if len(set(srcs)) != n:  # a source fresh in two runs: which holds it is the reference rule's
+        seen: dict[str, int] = {}
+        for g, src in enumerate(srcs):
+            if src in seen:
+                ok[g] = ok[seen[src]] = False
+            else:
+                seen[src] = g
+    # the candidates' entries and cached shapes, in bulk
+    cand_arr = np.flatnonzero(ok)
+    cand = cand_arr.tolist()
+    slices = list(map(slice, [starts[g] for g in cand], [starts[g + 1] for g in cand]))
+    groups = list(map(cols.keys.__getitem__, slices))
+    dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
+    csrcs = [srcs[g] for g in cand]
+    two = np.flatnonzero(cols.counts[cand_arr] == 2).tolist()
+    simple = {j for j in two if dict(zip(groups[j], dgroups[j])) == SIMPLE_COMPLETION}
+    pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple)
+    duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
+    ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
+    crun = [runs[g] for g in cand]
+    # walk the states in order: runs of bulk completions between the others
+    pos = np.full(n + 1, -1, dtype=np.int64)
+    pos[cand_arr] = np.arange(len(cand), dtype=np.int64)
+    others = np.flatnonzero(~ok).tolist()
+    lo = 0
+    for stop in [*others, n]:
+        if stop > lo:
+            a = int(pos[lo])  # (the states lo..stop-1 are candidates a..b-1)
+            b = a + stop - lo
+            lo_first = bisect.bisect_left(firsts, a)
+            mine = firsts[lo_first : bisect.bisect_left(firsts, b, lo_first)]
+            _complete(ev, cols, a, b, groups, dgroups, csrcs, crun, cand, pk, hits, mine, simple)
+        if stop < n:
+            k = dkeys[stop]
+            s = ev.pending[k] = cols.materialize(stop, SourceRunState())
+            ev.revived = True
+            ev.evaluate(k, s)
+        lo = stop + 1
+
+
+def _complete(
+    ev: _Evaluation,
+    cols: Columns,
+    a: int,
+    b: int,
+    groups: list[list[str]],
+    dgroups: list[tuple[int, ...]],
+    csrcs: list[str],
+    crun: list[str],
+    cand: list[int],
+    pk: list[object],
+    hits: list[object],
+    firsts: list[int],
+    simple: set[int],
+) -> None:
+    """Record the completions of candidates ``a..b-1`` (consecutive states, in order) as
+    :attr:`_Evaluation.evaluate` records them one by one: a new shape is interned when the
+    first state with it completes (``firsts``: those of them whose shape key was not
+    cached), so shape ids follow the evaluation's order."""
+    js = range(a, b)
+    srcs = csrcs[a:b]
+    ev.done.extend(srcs)
+    if ev.fresh is not None:
+        ev.fresh.update(srcs)
+    ev.added.update(zip(srcs, crun[a:b]))
+    patterns = cols._patterns
+    for j in firsts:  # (in order)
+        hits[j] = cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)
+    seg = hits[a:b]
+    if patterns is not None:
+        seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
+    hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
+    writers = ev.done_writers
+    if not ev.open_streams and not (simple and not simple.isdisjoint(js)):
+        ev.done_shapes.update(zip(srcs, map(operator.itemgetter(0), seg)))  # type: ignore[arg-type]
+        if writers:
+            for src in srcs:
+                writers.pop(src, None)
+        return
+    for j, src in zip(js, srcs):
+        if j in simple:
+            ev.done_shapes.pop(src, None)
+            writers.pop(src, None)  # reserved keys: their deltas never change
+            continue
+        shape: tuple[int, tuple[int, ...]] = hits[j]  # type: ignore[assignment]
+        sid, order = shape
+        ev.done_shapes[src] = sid
+        g = cand[j]
+        w = ev.writers(tuple(cols.streams[cols.starts[g] : cols.starts[g + 1]]), order) if ev.open_streams else None
+        if w is None:
+            writers.pop(src, None)
+        else:
+            writers[src] = w

@@ -1,0 +1,65 @@
+"""The fold's two paths: NumPy is optional (a plain ``pip install .`` folds without it),
+and ``RESUMELOG_FOLD`` chooses. Each case runs in a fresh interpreter, where
+``sys.modules["numpy"] = None`` makes NumPy unimportable as on a machine without it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+
+NO_NUMPY = "import sys; sys.modules['numpy'] = None\n"
+
+FOLD = """
+import resumelog, tempfile
+from resumelog import _fastfold
+print("enabled", _fastfold.ENABLED)
+ck = resumelog.open(tempfile.mkdtemp(), run_id="r1")
+with ck.writer("w") as w:
+    for i in range(300):
+        w.emit(f"s{i}")
+        w.record(f"0_s{i}_0", f"s{i}", 1)
+        if i % 3:
+            w.record(f"0_s{i}_0_0", f"s{i}", -2)
+ck.compact()
+fresh = resumelog.open(ck.store.url, create=False)
+print("completed", len(fresh.completed), fresh.is_completed("s0"), fresh.is_completed("s1"))
+"""
+
+
+def run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("RESUMELOG_FOLD")}
+    e.update(env, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_without_numpy_the_reference_path_folds():
+    out = run(NO_NUMPY + FOLD)
+    assert out.returncode == 0, out.stderr
+    assert "enabled False" in out.stdout
+    assert "completed 200 False True" in out.stdout
+
+
+@pytest.mark.parametrize("mode", ["python", "numpy", "auto"])
+def test_each_mode_folds_the_same(mode):
+    pytest.importorskip("numpy")
+    out = run(FOLD, RESUMELOG_FOLD=mode, RESUMELOG_FOLD_MIN_RECORDS="0")
+    assert out.returncode == 0, out.stderr
+    assert f"enabled {mode != 'python'}" in out.stdout
+    assert "completed 200 False True" in out.stdout
+
+
+def test_numpy_required_but_missing_is_a_clear_error():
+    out = run(NO_NUMPY + "import resumelog", RESUMELOG_FOLD="numpy")
+    assert out.returncode != 0
+    assert "resumelog[fast]" in out.stderr
+
+
+def test_an_unknown_mode_is_refused():
+    out = run("import resumelog", RESUMELOG_FOLD="turbo")
+    assert out.returncode != 0
+    assert "RESUMELOG_FOLD must be auto, numpy or python" in out.stderr
