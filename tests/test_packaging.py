@@ -62,13 +62,14 @@ def test_project_urls() -> None:
     assert urls["Issues"] == urls["Source"] + "/issues"
 
 
-def test_extras_split_test_lint_docs_and_dev_is_all_of_them() -> None:
+def test_extras_split_test_lint_docs_fast_and_dev_is_all_of_them() -> None:
     extras = PROJECT["optional-dependencies"]
 
     def names(reqs: list[str]) -> set[str]:
         return {re.split(r"[\[<>=~! ]", r, maxsplit=1)[0].lower() for r in reqs}
 
-    assert extras["dev"] == ["resumelog[test,lint,docs]"]
+    assert extras["dev"] == ["resumelog[test,lint,docs,fast]"]
+    assert names(extras["fast"]) == {"numpy"}  # the fold's fast path; `pip install .` runs the reference
     assert names(extras["lint"]) == {"ruff", "mypy"}
     assert names(extras["docs"]) == {"mkdocs", "mkdocs-material", "mkdocstrings"}
     test = names(extras["test"])

@@ -126,6 +126,13 @@ def crash_then_resume(
     with pytest.raises(ray.exceptions.RayError, match="poison row"):
         rd.write_parquet(ds.map_batches(work(poison), batch_format="pyarrow"), ckpt, str(out))
 
+    if fresh_cluster:
+        # the crashed job's workers flush what they completed until they exit (at the
+        # latest when the cluster shuts down): judge the checkpoint once they are gone
+        ray.shutdown()
+        _init_ray()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.DataContext.get_current().use_datasource_v2 = False
     ckpt.refresh()
     todo_after_crash = ckpt.pending(files)
     done1 = n - len(todo_after_crash)
@@ -134,12 +141,6 @@ def crash_then_resume(
     # what the crashed run completed is in the output, each row once, and nothing else
     done_paths = {p for p in files if ckpt.is_completed(p)}
     assert Counter(first.column("path").to_pylist()) == dict.fromkeys(done_paths, rows)
-
-    if fresh_cluster:
-        ray.shutdown()
-        _init_ray()
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        ray.data.DataContext.get_current().use_datasource_v2 = False
 
     ckpt2 = resumelog.open(url, storage_options=opts)  # a new run, as after a restart
     todo = rd.pending_paths(ckpt2, files)
