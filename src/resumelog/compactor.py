@@ -860,19 +860,16 @@ def gc(
         return result
     snaps, foreign = _live_snapshots(store, epoch)
     doomed: list[ObjectInfo] = list(foreign)
-    doomed_layers = _doomed_layers(store, snaps[-retain:], snaps[-1][0] if snaps else 0, epoch, now, grace)
+    retained = _read_retained(store, snaps[-retain:])  # once: for the layers and the marks
+    doomed_layers = _doomed_layers(store, retained, snaps[-1][0] if snaps else 0, epoch, now, grace)
     if snaps:
         # Segments are judged by the oldest retained snapshot alone (never a newer one
         # when it does not decode): a reader that loaded snapshot L and still lists L
         # after its journal listing relies on every segment deletion so far being
         # covered by a snapshot no newer than L (:func:`_check_base_still_listed`).
-        oldest = snaps[-retain:][0][1]
         marks: dict[tuple[str, str], tuple[int, bool]] | None = None
-        try:
-            body = decode_snapshot_frames(store.read(oldest.path), oldest.path, defer_done_crc=True).body
-        except (CorruptSnapshot, ObjectNotFound):
-            pass  # delete no segment until that snapshot ages out of the retained ones
-        else:
+        if retained[0] is not None:  # else delete no segment until that snapshot ages out
+            body = retained[0].body
             retired = {r.run_id for r in body.runs if r.retired}
             marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
         # Snapshots older than the retained ones go first, segments after them (see above).
@@ -927,8 +924,20 @@ def gc(
     return result
 
 
+def _read_retained(store: Store, retained: list[tuple[int, ObjectInfo]]) -> list[SnapshotFrames | None]:
+    """The retained snapshots decoded, oldest first (``None``: one that does not decode or
+    vanished); their done-entry frames are not checked (only marks and layers are used)."""
+    out: list[SnapshotFrames | None] = []
+    for _, o in retained:
+        try:
+            out.append(decode_snapshot_frames(store.read(o.path), o.path, defer_done_crc=True))
+        except (CorruptSnapshot, ObjectNotFound):
+            out.append(None)
+    return out
+
+
 def _doomed_layers(
-    store: Store, retained: list[tuple[int, ObjectInfo]], latest: int, epoch: bytes, now: float, grace: float
+    store: Store, retained: list[SnapshotFrames | None], latest: int, epoch: bytes, now: float, grace: float
 ) -> list[ObjectInfo]:
     """Layers that no retained snapshot names: written for a snapshot number already
     taken (so no compaction can still publish a snapshot naming them) more than
@@ -936,10 +945,8 @@ def _doomed_layers(
     of a compaction under way has a number above ``latest`` and is kept. None if a
     retained snapshot cannot be read (its layers are unknown)."""
     named: set[str] = set()
-    for _, o in retained:
-        try:
-            frames = decode_snapshot_frames(store.read(o.path), o.path, defer_done_crc=True)
-        except (CorruptSnapshot, ObjectNotFound):
+    for frames in retained:
+        if frames is None:
             return []
         named.update(r.name for r in frames.layers or ())
     doomed: list[ObjectInfo] = []
