@@ -116,7 +116,7 @@ def flip_byte(path: Path, at: int | None = None) -> None:
 def test_status_counts(ckpt: str) -> None:
     st = run_json("status", ckpt)
     assert st["url"] == ckpt
-    assert st["format_version"] == fmt.FORMAT_VERSION == 5
+    assert st["format_version"] == fmt.FORMAT_VERSION == 6
     assert st["layers"] == 1 and st["layer_bytes"] > 0
     assert st["fingerprint"] == {"n": 17}
     assert st["completed"] == 15

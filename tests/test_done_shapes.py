@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 import resumelog
 from resumelog import paths
 from resumelog.done_shapes import ShapeTable
-from resumelog.format import decode_layer, decode_snapshot_frames
+from resumelog.format import decode_snapshot_frames
+from resumelog.layers import open_layer
 
 keys = st.text(min_size=1, max_size=12)  # any text, NUL included
 sources = st.text(max_size=6)  # the empty id too (never written by a Writer)
@@ -107,8 +108,8 @@ def test_a_snapshot_costs_under_30_bytes_per_completed_lineage_source(tmp_path):
     frames = decode_snapshot_frames(data)
     assert frames.header.completed_count == n and frames.layers is not None
     (ref,) = frames.layers
-    layer = decode_layer((tmp_path / "ck" / ref.name).read_bytes(), ref.name)
-    assert len(layer.shape_ids) == n  # one byte each: a single shape
+    layer = open_layer((tmp_path / "ck" / ref.name).read_bytes(), ref.name, defer=False)
+    assert sum(len(b.tags or ()) for b in layer.index.blocks()) == n  # one byte each: a single shape
     assert (len(data) + ref.size) / n < 30, (len(data) + ref.size) / n
     # the entries came back from the shape: a duplicate is told from a late record
     a, b = f"{5:016d}", f"{6:016d}"

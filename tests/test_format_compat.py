@@ -4,8 +4,9 @@ reader, which writes the current version from then on (docs/format.md §9).
 One committed fixture per version, each holding the same history: version 1
 (``tests/data/format_v1``, made by ``tests/data/make_format_v1.py`` at commit 3c839ee),
 version 2 (``tests/data/format_v2``, ``make_format_v2.py`` at commit 0f3a1b4),
-version 3 (``tests/data/format_v3``, ``make_format_v3.py`` at commit 35e4762) and
-version 4 (``tests/data/format_v4``, ``make_format_v4.py`` at commit 3fa4afd)."""
+version 3 (``tests/data/format_v3``, ``make_format_v3.py`` at commit 35e4762),
+version 4 (``tests/data/format_v4``, ``make_format_v4.py`` at commit 3fa4afd) and
+version 5 (``tests/data/format_v5``, ``make_format_v5.py`` at commit 89aef73)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,10 @@ from resumelog.algebra import SIMPLE_COMPLETION
 from resumelog.format import (
     FORMAT_VERSION,
     SNAPSHOT_FRAMES,
-    LayerFrames,
-    decode_layer,
     decode_snapshot_frames,
     split_frames,
 )
+from resumelog.layers import Layer, open_layer
 
 DATA = Path(__file__).parent / "data" / "format_v1"
 FIXTURES = {
@@ -32,6 +32,7 @@ FIXTURES = {
     2: Path(__file__).parent / "data" / "format_v2",
     3: Path(__file__).parent / "data" / "format_v3",
     4: Path(__file__).parent / "data" / "format_v4",
+    5: Path(__file__).parent / "data" / "format_v5",
 }
 COMPLETED = sorted(
     ["c0", "c1", "c2", "c3", "c4", "old0", "old1", "old2", "oldsimple", "s20", "ü-unicode"]
@@ -107,7 +108,7 @@ def test_compaction_rewrites_an_older_version_as_the_current_keeping_every_entry
     assert len(split_frames(data, ord("N"))) == SNAPSHOT_FRAMES and frames.legacy_done is None
     (layer,) = only_layer(v1, res.snapshot)  # the old index became the first layer
     assert layer.header.count == len(COMPLETED) and not layer.tombstones
-    assert len(layer.shape_ids) == len(COMPLETED)  # u8 per id; the lineage sources share shapes
+    assert shape_ids(layer) == len(COMPLETED)  # u8 per id; the lineage sources share shapes
     ck = resumelog.open(v1, create=False, run_id="check")
     assert sorted(ck.completed) == COMPLETED and ck.pending(["p0"]) == ["p0"]
     late_records(v1)  # the entries survived the conversion
@@ -116,10 +117,15 @@ def test_compaction_rewrites_an_older_version_as_the_current_keeping_every_entry
     check_after_late(v1)
 
 
-def only_layer(root: Path, number: int) -> list[LayerFrames]:
+def only_layer(root: Path, number: int) -> list[Layer]:
     frames = decode_snapshot_frames((root / paths.snapshot_name(number)).read_bytes())
     assert frames.layers is not None
-    return [decode_layer((root / ref.name).read_bytes(), ref.name) for ref in frames.layers]
+    return [open_layer((root / ref.name).read_bytes(), ref.name, defer=False) for ref in frames.layers]
+
+
+def shape_ids(layer: Layer) -> int:
+    """How many entries of ``layer`` have a stored shape id (an array element each)."""
+    return sum(len(b.tags) for b in layer.index.blocks() if b.tags is not None)
 
 
 def test_retiring_every_run_drops_the_converted_entries(v1: Path):
@@ -130,11 +136,11 @@ def test_retiring_every_run_drops_the_converted_entries(v1: Path):
     state = resumelog.compactor.load(ck.store).state
     assert state.done_entries_of("old0") == state.done_entries_of("s0") == SIMPLE_COMPLETION
     (layer,) = only_layer(v1, res.snapshot)
-    assert len(layer.shape_ids) == len(COMPLETED)
+    assert shape_ids(layer) == len(COMPLETED)
     # ... and dropped by the next merge
     res = ck.compact(merge=True)
     (layer,) = only_layer(v1, res.snapshot)
-    assert len(layer.shape_ids) == 0 and bytes(layer.shapes) == b"\x90"
+    assert shape_ids(layer) == 0 and not layer.has_shapes
     assert sorted(resumelog.open(v1, create=False, run_id="x").completed) == COMPLETED
 
 

@@ -430,8 +430,14 @@ class Checkpoint:
         return CompletedView(self)
 
     def pending(self, sources: Iterable[str]) -> list[str]:
-        """The given sources that are not completed, in the given order."""
-        is_done = self._state.is_completed
+        """The given sources that are not completed, in the given order.
+
+        On an object store the parts of the completed-id index these ids fall in are
+        read in one batch of ranged requests (a shard of neighbouring ids: a few)."""
+        sources = list(sources)
+        state = self._state
+        state.base.prefetch(sources)
+        is_done = state.is_completed
         return [s for s in sources if not is_done(s)]
 
     def completed_leaves(self, source: str, *, prefix: str | None = None) -> set[str]:

@@ -46,6 +46,7 @@ from resumelog.format import (
     decode_segment,
     decode_snapshot_frames,
 )
+from resumelog.layers import LayerSource
 from resumelog.snapshot import EncodedSnapshot, encode_snapshot, load_snapshot
 from resumelog.storage import ObjectInfo, Store
 
@@ -257,7 +258,7 @@ def _load_once(
             )
             continue
         try:
-            base = _load_base(store, info.path, defer_done_crc=not verify, epoch=epoch)
+            base = _load_base(store, info.path, defer_done_crc=not verify, epoch=epoch, lazy=not verify)
             if base is None:
                 foreign.append(info.path)
                 foreign_numbers.add(n)
@@ -300,19 +301,21 @@ def _load_once(
 
 
 def _load_base(
-    store: Store, path: str, *, defer_done_crc: bool, epoch: bytes | None
+    store: Store, path: str, *, defer_done_crc: bool, epoch: bytes | None, lazy: bool = False
 ) -> tuple[SnapshotFrames, FoldState] | None:
     """Decode snapshot ``path`` and the layers it names, through the local snapshot cache
     on object stores; a cached copy that fails its checks is dropped and read again.
-    ``None`` if the snapshot is of another epoch than ``epoch`` (its layers are not read)."""
+    ``None`` if the snapshot is of another epoch than ``epoch`` (its layers are not read).
+    ``lazy``: a reader's load: large layers not cached on an object store are read in
+    parts (their heads now, blocks when lookups need them, :mod:`resumelog.snapshot_cache`)."""
     data, cached = snapshot_cache.read_snapshot(store, path)
     header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
     if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
         return None
     from_cache: set[str] = set()  # layers served by cached copies
 
-    def read_layer(ref: LayerRef) -> bytes | memoryview:
-        layer, hit = _read_layer(store, ref, path)
+    def read_layer(ref: LayerRef) -> bytes | memoryview | LayerSource:
+        layer, hit = _read_layer(store, ref, path, lazy)
         if hit:
             from_cache.add(ref.name)
         return layer
@@ -333,13 +336,15 @@ def _load_base(
     raise AssertionError("unreachable")
 
 
-def _read_layer(store: Store, ref: LayerRef, snapshot: str) -> tuple[bytes | memoryview, bool]:
+def _read_layer(
+    store: Store, ref: LayerRef, snapshot: str, lazy: bool = False
+) -> tuple[bytes | memoryview | LayerSource, bool]:
     """The bytes of a layer snapshot ``snapshot`` names (and whether they are a cached
     copy). A missing layer means the snapshot was superseded and collected during the
     load (load again) if the snapshot is gone too, else a lost object: the snapshot is
     unusable (fall back)."""
     try:
-        return snapshot_cache.read_layer(store, ref)
+        return snapshot_cache.read_layer(store, ref, lazy=lazy)
     except ObjectNotFound:
         if not store.exists(snapshot):
             raise _StaleSnapshot(f"{snapshot} was collected while it was read") from None
@@ -734,7 +739,7 @@ def _merged(state: FoldState) -> bool:
     return (
         layer.ref is not None
         and not layer.tombstones
-        and (layer.done is None or not retired.intersection(layer.run_names))
+        and (not layer.has_shapes or not retired.intersection(layer.run_names))
     )
 
 

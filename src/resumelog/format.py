@@ -34,15 +34,18 @@ __all__ = [
     "KIND_SEGMENT",
     "KIND_SNAPSHOT",
     "LAYER_FRAMES",
+    "LAYER_HEAD_FRAMES",
     "SNAPSHOT_FRAMES",
     "SNAPSHOT_FRAMES_V1",
     "SNAPSHOT_FRAMES_V2",
     "SNAPSHOT_FRAMES_V3",
     "Anomaly",
     "Batch",
+    "BlockIndex",
     "DoneChunk",
     "DoneWriters",
     "LayerFrames",
+    "LayerHead",
     "LayerHeader",
     "LayerRef",
     "Meta",
@@ -62,24 +65,30 @@ __all__ = [
     "decode_done_writers",
     "decode_header",
     "decode_layer",
+    "decode_layer_block",
+    "decode_layer_head",
     "decode_meta",
     "decode_segment",
     "decode_snapshot_frames",
     "encode_done_writers",
     "encode_layer",
+    "encode_layer_block",
+    "encode_layer_v6",
     "encode_meta",
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
+    "layer_version",
     "object_parts",
     "read_preamble",
     "segment_parts",
     "split_frames",
     "verify_done",
+    "verify_layer_head_shapes",
     "verify_layer_shapes",
 ]
 
-FORMAT_VERSION: Final = 5
+FORMAT_VERSION: Final = 6
 MAGIC: Final = b"RSLG"
 KIND_SEGMENT: Final = ord("S")
 KIND_SNAPSHOT: Final = ord("N")
@@ -260,10 +269,14 @@ class LayerRef(msgspec.Struct, array_like=True, frozen=True):
     """Ids of the layers below that this layer masks."""
     size: int
     """Byte length of the layer object."""
+    head: int = 0
+    """Version 6: bytes from the start of the layer object to its first block frame (the
+    preamble and frames 0-3): one ranged read gives a reader all but the blocks. ``0``
+    names a version-5 layer (no blocks: read whole)."""
 
 
 class LayerHeader(msgspec.Struct, array_like=True, frozen=True):
-    """First frame of a layer object (version 5)."""
+    """First frame of a layer object (versions 5 and 6)."""
 
     format_version: int
     nonce: bytes
@@ -276,6 +289,17 @@ class LayerHeader(msgspec.Struct, array_like=True, frozen=True):
     tombstones: int
 
 
+class BlockIndex(msgspec.Struct, array_like=True, frozen=True):
+    """Frame 1 of a version-6 layer: its blocks, in key order (``docs/format.md`` §5a)."""
+
+    counts: list[int]
+    """Entries of each block (each at least 1)."""
+    sizes: list[int]
+    """Byte length of each block's frame, its 8-byte frame header included."""
+    firsts: list[bytes]
+    """The smallest id (UTF-8 bytes) of each block, strictly ascending."""
+
+
 _enc = msgspec.msgpack.Encoder()
 _dec_header = msgspec.msgpack.Decoder(SegmentHeader)
 _dec_batch = msgspec.msgpack.Decoder(Batch)
@@ -286,6 +310,7 @@ _dec_snap_body = msgspec.msgpack.Decoder(SnapshotBody)
 _dec_layer_refs = msgspec.msgpack.Decoder(list[LayerRef])
 _dec_layer_header = msgspec.msgpack.Decoder(LayerHeader)
 _dec_tombstones = msgspec.msgpack.Decoder(list[str])
+_dec_block_index = msgspec.msgpack.Decoder(BlockIndex)
 _dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
 
 
@@ -692,6 +717,153 @@ def decode_layer(data: bytes | memoryview, path: str = "", *, defer_done_crc: bo
         raise CorruptSnapshot("layer arrays do not match the declared counts", path)
     late = tuple((frames[i], crc) for i, crc in sorted(deferred.items()))
     return LayerFrames(header, frames[1], frames[2], frames[3], frames[4], frames[5], frames[6], tombstones, late)
+
+
+LAYER_HEAD_FRAMES: Final = 4
+"""Frames of a version-6 layer before its blocks: header, block index, shape table,
+tombstones."""
+
+_BLOCK_HEAD = struct.Struct("<BBBB")  # offset width, run width, shape-id width (0: none), 0
+
+
+class LayerHead(msgspec.Struct, frozen=True):
+    """The decoded head of a version-6 layer (frames 0-3; in memory only)."""
+
+    header: LayerHeader
+    blocks: BlockIndex
+    shapes: memoryview
+    tombstones: list[str]
+    head: int
+    """Offset of the first block frame."""
+    total: int
+    """``total_len`` of the object."""
+    shapes_crc: int | None = None
+    """The shape table's CRC when its check is deferred (:func:`verify_layer_head_shapes`)."""
+
+
+def layer_version(prefix: bytes | memoryview, path: str = "") -> int:
+    """The format version of a layer object from its first bytes (preamble checked)."""
+    view = memoryview(prefix)
+    if len(view) < PREAMBLE_SIZE:
+        raise CorruptSnapshot("layer object shorter than its preamble", path)
+    magic, k, _flags, version, _total, _res = _PRE.unpack_from(view, 0)
+    if magic != MAGIC or crc32c(view[: _PRE.size]) != int.from_bytes(view[_PRE.size : PREAMBLE_SIZE], "big"):
+        raise CorruptSnapshot("bad layer preamble", path)
+    if version > FORMAT_VERSION or version < 1:
+        raise UnsupportedFormat(f"format version {version} is not supported by this resumelog; upgrade", path)
+    if k != KIND_LAYER:
+        raise CorruptSnapshot(f"expected a layer object, found kind {k!r}", path)
+    return int(version)
+
+
+def encode_layer_block(hashes: bytes, offsets: bytes, runs: bytes, shape_ids: bytes, blob: bytes, count: int) -> bytes:
+    """The payload of one block of a version-6 layer (``docs/format.md`` §5a): a 4-byte
+    head of element widths, then the hash, offset, run and shape-id arrays and the blob."""
+    ow = len(offsets) // (count + 1)
+    rw = len(runs) // count
+    sw = len(shape_ids) // count
+    return b"".join((_BLOCK_HEAD.pack(ow, rw, sw, 0), hashes, offsets, runs, shape_ids, blob))
+
+
+def decode_layer_block(
+    frame: memoryview, count: int, path: str = ""
+) -> tuple[memoryview, memoryview, memoryview, memoryview, memoryview]:
+    """Check one block frame (its 8-byte header, CRC and widths) of ``count`` entries and
+    split it into zero-copy ``(hashes, offsets, runs, shape_ids, blob)`` views."""
+    view = memoryview(frame)
+    if len(view) < FRAME_HEADER_SIZE + _BLOCK_HEAD.size:
+        raise CorruptSnapshot("layer block shorter than its header", path)
+    length, crc = _FRAME.unpack_from(view, 0)
+    payload = view[FRAME_HEADER_SIZE:]
+    if length != len(payload):
+        raise CorruptSnapshot("layer block length differs from the block index", path)
+    if crc32c(payload) != crc:
+        raise CorruptSnapshot("CRC mismatch in a layer block", path)
+    ow, rw, sw, _ = _BLOCK_HEAD.unpack_from(payload, 0)
+    if ow not in (4, 8) or rw not in (1, 2, 4) or sw not in (0, 1, 2, 4) or count < 1:
+        raise CorruptSnapshot("layer block has invalid element widths", path)
+    pos = _BLOCK_HEAD.size
+    cuts = []
+    for size in (4 * count, ow * (count + 1), rw * count, sw * count):
+        cuts.append(payload[pos : pos + size])
+        pos += size
+    if pos > len(payload):
+        raise CorruptSnapshot("layer block arrays run past its end", path)
+    hashes, offsets, runs, shape_ids = cuts
+    return hashes, offsets, runs, shape_ids, payload[pos:]
+
+
+def encode_layer_v6(
+    header: LayerHeader, blocks: BlockIndex, shapes: bytes | memoryview, tombstones: list[str], payloads: list[bytes]
+) -> tuple[bytes, int]:
+    """Encode a version-6 layer object; returns its bytes and ``head`` (the offset of its
+    first block frame, for :class:`LayerRef`)."""
+    head_frames = [_enc.encode(header), _enc.encode(blocks), shapes, _enc.encode(tombstones)]
+    data = encode_object(KIND_LAYER, [*head_frames, *payloads])
+    head = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p in head_frames)
+    return data, head
+
+
+def decode_layer_head(
+    data: bytes | memoryview, path: str = "", *, size: int | None = None, defer_shapes_crc: bool = False
+) -> LayerHead:
+    """Decode the head of a version-6 layer from ``data``: the object's first bytes, at
+    least up to its first block (or the whole object). ``size``: the object's byte length
+    when ``data`` holds only a prefix (from its :class:`LayerRef`). Checks the preamble,
+    the CRCs of frames 0-3 (the shape table's is deferred with ``defer_shapes_crc``) and
+    that the block index is consistent with the header and the object's length."""
+    view = memoryview(data)
+    version = layer_version(view, path)
+    if version < 6:
+        raise CorruptSnapshot(f"expected a version-6 layer, found version {version}", path)
+    total = int(_PRE.unpack_from(view, 0)[4])
+    if size is None:
+        size = len(view)
+        if total != size:
+            raise CorruptSnapshot(f"layer is {size} bytes but declares {total}", path)
+    elif total != size:
+        raise CorruptSnapshot(f"layer declares {total} bytes, its snapshot {size}", path)
+    frames: list[memoryview] = []
+    shapes_crc: int | None = None
+    pos = PREAMBLE_SIZE
+    for i in range(LAYER_HEAD_FRAMES):
+        if pos + FRAME_HEADER_SIZE > min(len(view), total):
+            raise CorruptSnapshot(f"layer frame {i} runs past the bytes read", path)
+        length, crc = _FRAME.unpack_from(view, pos)
+        start = pos + FRAME_HEADER_SIZE
+        end = start + length
+        if end > min(len(view), total):
+            raise CorruptSnapshot(f"layer frame {i} runs past the bytes read", path)
+        payload = view[start:end]
+        if i == 2 and defer_shapes_crc and length >= DEFER_CRC_MIN:
+            shapes_crc = crc
+        elif crc32c(payload) != crc:
+            raise CorruptSnapshot(f"CRC mismatch in layer frame {i}", path)
+        frames.append(payload)
+        pos = end
+    header: LayerHeader = _decode(_dec_layer_header, frames[0], "layer header", CorruptSnapshot, path)
+    blocks: BlockIndex = _decode(_dec_block_index, frames[1], "layer block index", CorruptSnapshot, path)
+    tombstones: list[str] = _decode(_dec_tombstones, frames[3], "layer tombstones", CorruptSnapshot, path)
+    nb = len(blocks.counts)
+    if (
+        header.format_version != version
+        or len(blocks.sizes) != nb
+        or len(blocks.firsts) != nb
+        or sum(blocks.counts) != header.count
+        or any(c < 1 for c in blocks.counts)
+        or any(s < FRAME_HEADER_SIZE + _BLOCK_HEAD.size for s in blocks.sizes)
+        or pos + sum(blocks.sizes) != total
+        or any(a >= b for a, b in zip(blocks.firsts, blocks.firsts[1:]))
+        or len(tombstones) != header.tombstones
+    ):
+        raise CorruptSnapshot("layer block index does not match its header and length", path)
+    return LayerHead(header, blocks, frames[2], tombstones, pos, total, shapes_crc)
+
+
+def verify_layer_head_shapes(head: LayerHead, path: str = "") -> None:
+    """Check the deferred CRC of a version-6 layer's shape table."""
+    if head.shapes_crc is not None and crc32c(head.shapes) != head.shapes_crc:
+        raise CorruptSnapshot("CRC mismatch in a layer's shape frame", path)
 
 
 HEADER_PREFIX: Final = 4096

@@ -1,4 +1,4 @@
-"""The completed-id index as a stack of immutable layers (format version 5; no I/O here).
+"""The completed-id index as a stack of immutable layers (no I/O here).
 
 A snapshot names its layers, oldest first (``docs/format.md`` §5a, RFC 0005). A layer
 holds *entries* (completed ids, each with its completing run and the shape of its final
@@ -14,6 +14,12 @@ new layer holding what changed and never rewrites the layers below: its cost fol
 what is new, not what was ever completed. :func:`plan_merges` keeps the stack short by
 merging the newest layers when they reach the size of the one below (a binary counter:
 ``log2(N / tick)`` layers, each id rewritten ``log2`` times over its life).
+
+Since format version 6 (RFC 0006) a layer's entries are cut into **blocks** in key
+order, each a small sorted-hash index with its own CRC, behind a block index of first
+ids. A reader reads a layer's head (one ranged read) and then only the blocks its
+lookups fall in (:meth:`LayerIndex.prefetch` batches them); a version-5 layer is one
+block covering every id.
 """
 
 from __future__ import annotations
@@ -22,8 +28,12 @@ import secrets
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import NamedTuple
+
+import msgspec
 
 from resumelog import paths
 from resumelog._crc import crc32c
@@ -32,14 +42,44 @@ from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     EMPTY_SHAPE_TABLE,
     FORMAT_VERSION,
-    LayerFrames,
+    FRAME_HEADER_SIZE,
+    KIND_LAYER,
+    LAYER_HEAD_FRAMES,
+    PREAMBLE_SIZE,
+    BlockIndex,
+    LayerHead,
     LayerHeader,
     LayerRef,
-    encode_layer,
+    decode_layer,
+    decode_layer_block,
+    decode_layer_head,
+    encode,
+    encode_layer_block,
+    encode_layer_v6,
+    encode_object,
+    layer_version,
+    split_frames,
+    verify_layer_head_shapes,
+    verify_layer_shapes,
 )
-from resumelog.idset import CompletedIndex, build_index, counted_uints, pack_uints
+from resumelog.idset import CompletedIndex, counted_uints, pack_uints
 
-__all__ = ["MIN_LAYER", "Layer", "LayeredDone", "LayeredIndex", "build_layer", "merge_layers", "plan_merges"]
+__all__ = [
+    "BLOCK_BYTES",
+    "MIN_LAYER",
+    "Block",
+    "Layer",
+    "LayerIndex",
+    "LayerSource",
+    "LayeredDone",
+    "LayeredIndex",
+    "build_layer",
+    "encode_new_layer",
+    "make_layer",
+    "merge_layers",
+    "open_layer",
+    "plan_merges",
+]
 
 MIN_LAYER = 1 << 15
 """Layers with fewer entries are merged into the next one regardless of its size, so
@@ -49,29 +89,204 @@ MAX_LAYERS = 24
 """Beyond this many layers the newest two are merged whatever their sizes (a lookup
 bisects every layer it reaches)."""
 
+BLOCK_BYTES = 128 << 10
+"""A writer closes a block once its payload reaches this many bytes (~2,000 ids of 50
+bytes): a lookup reads one block, a shard of consecutive ids a few adjacent ones, and
+the block index of 10^8 ids of 50 bytes is ~3 MB."""
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One block of a layer: a sorted-hash index and its entries' shape ids."""
+
+    index: CompletedIndex
+    tags: Sequence[int] | None
+    """Shape id of each entry (numbered in the layer's shape table); ``None``: all 0."""
+
+
+BlockLoader = Callable[[list[int]], list[Block]]
+"""Reads and checks blocks ``ks`` of a layer (ascending, not yet loaded)."""
+
+
+class LayerIndex:
+    """The entries of one layer: blocks in key order, read on first use.
+
+    Positions are layer-wide (block ``k``'s entry ``i`` is ``starts[k] + i``)."""
+
+    __slots__ = ("_blocks", "_load", "ascii_ids", "count", "fences", "starts")
+
+    def __init__(
+        self,
+        fences: list[bytes],
+        counts: Sequence[int],
+        blocks: list[Block | None],
+        load: BlockLoader | None = None,
+        ascii_ids: bool = True,
+    ) -> None:
+        self.fences = fences
+        self.starts = [0, *accumulate(counts)]
+        self.count = self.starts[-1]
+        self._blocks = blocks
+        self._load = load
+        self.ascii_ids = ascii_ids
+
+    @classmethod
+    def single(cls, index: CompletedIndex, tags: Sequence[int] | None = None) -> LayerIndex:
+        """One block holding every id (a version-5 layer, a format 1-4 snapshot's index)."""
+        if not index.count:
+            return cls([], [], [], None, index.ascii_ids)
+        return cls([b""], [index.count], [Block(index, tags)], None, index.ascii_ids)
+
+    @property
+    def nblocks(self) -> int:
+        return len(self.fences)
+
+    def loaded(self) -> int:
+        """How many blocks are in memory."""
+        return sum(b is not None for b in self._blocks)
+
+    def block(self, k: int) -> Block:
+        """Block ``k`` (read on first use)."""
+        b = self._blocks[k]
+        if b is None:
+            self._fill([k])
+            b = self._blocks[k]
+            assert b is not None
+        return b
+
+    def _fill(self, ks: list[int]) -> None:
+        ks = [k for k in ks if self._blocks[k] is None]
+        if not ks:
+            return
+        if self._load is None:  # pragma: no cover - every lazy index has a loader
+            raise CorruptSnapshot("a layer block is not loaded and has no reader")
+        for k, b in zip(ks, self._load(ks)):
+            if b.index.count != self.starts[k + 1] - self.starts[k]:
+                raise CorruptSnapshot("a layer block holds another count than its block index says")
+            self._blocks[k] = b
+
+    def blocks(self) -> list[Block]:
+        """Every block, in key order (reads those not loaded, in one batch)."""
+        self._fill(list(range(self.nblocks)))
+        return [b for b in self._blocks if b is not None]
+
+    def _block_of(self, b: bytes) -> int:
+        return bisect_right(self.fences, b) - 1
+
+    def prefetch(self, keys: Iterable[bytes]) -> None:
+        """Read, in one batch, the blocks that lookups of the ids ``keys`` (UTF-8) need."""
+        if self._load is None or not self.fences:
+            return
+        ks = {self._block_of(b) for b in keys}
+        ks.discard(-1)
+        self._fill(sorted(ks))
+
+    def find(self, source: str) -> int:
+        """Position of ``source`` in the layer, or ``-1``."""
+        try:
+            b = source.encode()
+        except UnicodeEncodeError:
+            return -1
+        return self.find_encoded(b, crc32c(b))
+
+    def find_encoded(self, b: bytes, h: int) -> int:
+        """:meth:`find` of the id whose UTF-8 bytes are ``b`` and hash ``h``."""
+        fences = self.fences
+        if not fences:
+            return -1
+        k = bisect_right(fences, b) - 1
+        if k < 0:
+            return -1
+        blk = self._blocks[k] or self.block(k)
+        i = blk.index.find_encoded(b, h)
+        return self.starts[k] + i if i >= 0 else -1
+
+    def locate(self, pos: int) -> tuple[int, int]:
+        """``(block, entry)`` of a position."""
+        k = bisect_right(self.starts, pos) - 1
+        return k, pos - self.starts[k]
+
+    def run_at(self, pos: int) -> int:
+        """Index in the layer's run table of the run that completed entry ``pos``."""
+        k, i = self.locate(pos)
+        return self.block(k).index.run_at(i)
+
+    def tag_at(self, pos: int) -> int:
+        """Shape id of entry ``pos`` (``0``: none stored)."""
+        k, i = self.locate(pos)
+        tags = self.block(k).tags
+        return int(tags[i]) if tags is not None else 0
+
+    def run_counts(self) -> dict[int, int]:
+        """How many ids each run index completed (reads every block)."""
+        counts: Counter[int] = Counter()
+        for b in self.blocks():
+            counts.update(b.index.run_counts())
+        return dict(counts)
+
+    def ids(self) -> list[str]:
+        """All ids, block by block (each block in its stored order)."""
+        out: list[str] = []
+        for b in self.blocks():
+            out.extend(b.index.ids())
+        return out
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, source: object) -> bool:
+        return isinstance(source, str) and self.find(source) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids())
+
+    def sorted_entries(self) -> tuple[list[str], list[int], list[int]]:
+        """``(ids, run indexes, shape ids)`` of every entry, in key order."""
+        ids: list[str] = []
+        runs: list[int] = []
+        tags: list[int] = []
+        for b in self.blocks():
+            bids = b.index.ids()
+            bruns = b.index.arrays()[1]
+            btags = b.tags
+            order = sorted(range(len(bids)), key=bids.__getitem__)
+            ids.extend([bids[i] for i in order])
+            runs.extend([bruns[i] for i in order])
+            tags.extend([int(btags[i]) for i in order] if btags is not None else [0] * len(order))
+        return ids, runs, tags
+
 
 @dataclass(eq=False)
 class Layer:
     """One layer of a loaded or freshly built index."""
 
-    index: CompletedIndex
+    index: LayerIndex
     run_names: list[str]
     """The layer's run table (``index.run_at(i)`` indexes it)."""
-    done: BaseDone | None
-    """The shapes of the entries (``None``: no entry has stored shapes)."""
+    shapes: Callable[[], ShapeTable] | None = None
+    """Reads (and checks) the layer's shape table; ``None``: no entry has stored shapes."""
     tombstones: frozenset[str] = frozenset()
     ref: LayerRef | None = None
     """Where the layer is stored; ``None`` until it is written (or for the index of a
-    format 1-4 snapshot, which is written as a layer by the first version-5 compaction)."""
+    format 1-4 snapshot, which is written as a layer by the first version-6 compaction)."""
     runmap: array[int] = field(default_factory=lambda: array("I"))
     """``run_names`` as indexes into the fold state's run table (set by :meth:`bind`)."""
     data: bytes | memoryview | None = None
-    """The stored object's bytes (the index views point into them): for in-memory
-    round trips (:class:`~resumelog.snapshot.EncodedSnapshot`)."""
+    """The stored object's bytes when read whole or built in memory (for in-memory
+    round trips, :class:`~resumelog.snapshot.EncodedSnapshot`)."""
+    legacy: BaseDone | None = None
+    """The shapes of a version-5 layer or a format 1-4 snapshot's index (one block)."""
+    header: LayerHeader | None = None
+    """The stored header (``None`` for a format 1-4 snapshot's index)."""
+    _table: ShapeTable | None = None
 
     @property
     def count(self) -> int:
         return self.index.count
+
+    @property
+    def has_shapes(self) -> bool:
+        return self.shapes is not None or self.legacy is not None
 
     def bind(self, run_order: Sequence[str], path: str = "") -> None:
         """Map the layer's run table onto the state's ``run_order``."""
@@ -80,6 +295,47 @@ class Layer:
             self.runmap = array("I", [where[r] for r in self.run_names])
         except KeyError as exc:
             raise CorruptSnapshot(f"a layer names run {exc.args[0]!r}, missing from the run table", path) from None
+
+    def table(self) -> ShapeTable:
+        """The layer's shape table (empty when it stores none)."""
+        if self.legacy is not None:
+            return self.legacy.table()
+        if self._table is None:
+            self._table = self.shapes() if self.shapes is not None else ShapeTable()
+        return self._table
+
+    def entries_of(self, pos: int, source: str) -> Mapping[str, int] | None:
+        """The stored final entries of entry ``pos`` (id ``source``), or ``None``."""
+        if self.legacy is not None:
+            return self.legacy.get(source)
+        if self.shapes is None:
+            return None
+        sid = self.index.tag_at(pos)
+        if not sid:
+            return None
+        table = self.table()
+        if sid > len(table):
+            name = self.ref.name if self.ref is not None else ""
+            raise CorruptSnapshot(f"shape id {sid} outside the shape table ({len(table)} shapes)", name)
+        return table.entries(sid, source)
+
+    def sorted_entries(self, table: ShapeTable) -> tuple[list[str], list[int], list[int]]:
+        """``(ids, run indexes, shape ids)`` in key order, shape ids numbered in
+        ``table`` (a copy of :meth:`table` the caller may grow)."""
+        if self.legacy is None:
+            return self.index.sorted_entries()
+        block = self.index.blocks()[0] if self.index.count else None
+        if block is None:
+            return [], [], []
+        ids = block.index.ids()
+        runs = block.index.arrays()[1]
+        tags = self.legacy.shape_ids(table)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        return (
+            [ids[i] for i in order],
+            [runs[i] for i in order],
+            [int(tags[i]) for i in order] if tags is not None else [0] * len(order),
+        )
 
 
 class LayeredIndex:
@@ -130,6 +386,20 @@ class LayeredIndex:
             if masked and source in layer.tombstones:
                 return -1
         return -1
+
+    def prefetch(self, sources: Iterable[str]) -> None:
+        """Read, in one batch per layer, the blocks lookups of ``sources`` need (a reader
+        answering a list of ids on an object store: a few ranged reads, not one per id)."""
+        if not any(layer.index._load is not None for layer in self.layers):
+            return
+        keys = []
+        for s in sources:
+            try:
+                keys.append(s.encode())
+            except UnicodeEncodeError:
+                continue
+        for layer in self.layers:
+            layer.index.prefetch(keys)
 
     def locate(self, pos: int) -> tuple[int, int]:
         """``(layer, entry)`` of a global position."""
@@ -188,10 +458,11 @@ class LayeredDone:
         pos = self.index.find(source)
         if pos < 0:
             return None
-        layer = self.index.layers[self.index.locate(pos)[0]]
-        if layer.done is None or self.index.run_at(pos) in self._retired:
+        k, i = self.index.locate(pos)
+        layer = self.index.layers[k]
+        if not layer.has_shapes or int(layer.runmap[layer.index.run_at(i)]) in self._retired:
             return None
-        return layer.done.get(source)
+        return layer.entries_of(i, source)
 
     def has_writers(self) -> bool:
         return self._writers.has_writers()
@@ -203,7 +474,126 @@ class LayeredDone:
         return self._writers.all_writers()
 
 
+# --------------------------------------------------------------------------- reading
+
+RangeReader = Callable[[list[tuple[int, int]]], "list[bytes | memoryview]"]
+"""Reads byte ranges ``[start, end)`` of one stored layer object (in one batch)."""
+
+
+def open_layer(
+    data: bytes | memoryview | None,
+    path: str,
+    *,
+    head: bytes | memoryview | None = None,
+    read: RangeReader | None = None,
+    size: int | None = None,
+    defer: bool = True,
+) -> Layer:
+    """A layer from its whole bytes ``data``, or (version 6) from its ``head`` (the first
+    ``LayerRef.head`` bytes, object length ``size``) and a reader of its blocks.
+
+    A layer read whole has every block checked now; one read in parts has each block
+    checked when it is first read (a damaged block then raises from the lookup).
+    ``defer``: the shape table is checked when first used (and, read in parts, nothing
+    else is read now); otherwise every block is read and checked now. Raises
+    :class:`~resumelog.errors.CorruptSnapshot`."""
+    if data is not None:
+        view = memoryview(data)
+        if layer_version(view[:PREAMBLE_SIZE], path) < 6:
+            return _open_v5(data, path, defer)
+        lh = decode_layer_head(view, path, defer_shapes_crc=defer)
+
+        def read_whole(ranges: list[tuple[int, int]]) -> list[bytes | memoryview]:
+            return [view[a:b] for a, b in ranges]
+
+        read = read_whole
+    else:
+        assert head is not None and read is not None
+        lh = decode_layer_head(head, path, size=size, defer_shapes_crc=defer)
+    layer = _open_v6(lh, read, path)
+    layer.data = data
+    layer.header = lh.header
+    if data is not None:
+        layer.index.blocks()  # at hand: every block checked now, as any object read whole
+    if not defer:
+        layer.index.blocks()
+        layer.table()
+    return layer
+
+
+def _open_v6(lh: LayerHead, read: RangeReader, path: str) -> Layer:
+    h = lh.header
+    bi = lh.blocks
+    ends = list(accumulate(bi.sizes, initial=lh.head))
+    counts = bi.counts
+    ascii_ids = h.ascii_ids
+
+    def load(ks: list[int]) -> list[Block]:
+        runs: list[tuple[int, int]] = []  # (first block, last block) of each range
+        for k in ks:
+            if runs and runs[-1][1] == k - 1:
+                runs[-1] = (runs[-1][0], k)
+            else:
+                runs.append((k, k))
+        got = read([(ends[a], ends[b + 1]) for a, b in runs])
+        out: list[Block] = []
+        for (a, b), chunk in zip(runs, got):
+            view = memoryview(chunk)
+            if len(view) != ends[b + 1] - ends[a]:
+                raise CorruptSnapshot("a layer block read came back short", path)
+            for k in range(a, b + 1):
+                frame = view[ends[k] - ends[a] : ends[k + 1] - ends[a]]
+                hashes, offsets, run_ix, shape_ids, blob = decode_layer_block(frame, counts[k], path)
+                try:
+                    index = CompletedIndex(hashes, offsets, run_ix, blob, ascii_ids)
+                    tags = counted_uints(shape_ids, counts[k]) if shape_ids else None
+                except ValueError as exc:
+                    raise CorruptSnapshot(f"layer block {k}: {exc}", path) from None
+                out.append(Block(index, tags))
+        return out
+
+    index = LayerIndex(list(bi.firsts), counts, [None] * len(counts), load, ascii_ids)
+    shapes = None
+    if bytes(lh.shapes) != EMPTY_SHAPE_TABLE:
+
+        def shapes() -> ShapeTable:
+            verify_layer_head_shapes(lh, path)
+            try:
+                return ShapeTable.decode(lh.shapes)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise CorruptSnapshot(f"malformed shape table: {exc}", path) from None
+
+    return Layer(index, list(h.runs), shapes, frozenset(lh.tombstones))
+
+
+def _open_v5(data: bytes | memoryview, path: str, defer: bool) -> Layer:
+    """A version-5 layer (one hash-ordered index, read whole) as a one-block layer."""
+    lf = decode_layer(data, path, defer_done_crc=defer)
+    h = lf.header
+    try:
+        ci = CompletedIndex(lf.hashes, lf.offsets, lf.runs, lf.blob, h.ascii_ids)
+    except ValueError as exc:
+        raise CorruptSnapshot(str(exc), path) from None
+    legacy = None
+    if lf.shape_ids:
+        legacy = BaseDone(ci, lf.shape_ids, lf.shapes, lambda: verify_layer_shapes(lf, path), path)
+    layer = Layer(LayerIndex.single(ci), list(h.runs), None, frozenset(lf.tombstones), legacy=legacy)
+    layer.data = data
+    layer.header = h
+    return layer
+
+
+class LayerSource(NamedTuple):
+    """A stored version-6 layer read in parts: its head and a reader of its blocks."""
+
+    head: bytes | memoryview
+    """The object's first ``LayerRef.head`` bytes."""
+    read: RangeReader
+
+
 # --------------------------------------------------------------------------- building
+
+_PLACEHOLDER = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, 0, True, [], 0)
 
 
 def build_layer(
@@ -218,63 +608,105 @@ def build_layer(
     where = {r: i for i, r in enumerate(run_names)}
     table = ShapeTable()
     remap: dict[int, int] = {}
-    add_tags: dict[str, int] = {}
-    for s, sid in tags.items():
-        if s in added and sid:
+    ids = sorted(added)
+    out_tags: list[int] = []
+    for s in ids:
+        sid = tags.get(s, 0)
+        if sid:
             t = remap.get(sid)
             if t is None:
                 t = remap[sid] = table.add(shapes.shapes[sid - 1])
-            add_tags[s] = t
-    built = build_index(CompletedIndex.empty(), (), {s: where[r] for s, r in added.items()}, None, add_tags)
-    return _layer_of(
-        built.hashes,
-        built.offsets,
-        built.runs,
-        built.blob,
-        built.ascii_ids,
-        built.tags,
-        table,
-        run_names,
-        frozenset(removed),
-    )
+            sid = t
+        out_tags.append(sid)
+    return make_layer(ids, [where[added[s]] for s in ids], out_tags, table, run_names, frozenset(removed))
 
 
-def _layer_of(
-    hashes: bytes,
-    offsets: bytes,
-    runs: bytes,
-    blob: bytes,
-    ascii_ids: bool,
-    tags: array[int],
+def make_layer(
+    ids: list[str],
+    runs: Sequence[int],
+    tags: Sequence[int],
     table: ShapeTable,
     run_names: list[str],
     tombstones: frozenset[str],
 ) -> Layer:
-    index = CompletedIndex(hashes, offsets, runs, blob, ascii_ids)
-    done = None
-    if any(tags):
-        done = BaseDone(index, memoryview(pack_uints(tags)), memoryview(table.encode()), lambda: None)
-    return Layer(index, run_names, done, tombstones)
+    """A new (unwritten) version-6 layer of the entries ``ids`` (sorted, distinct), their
+    run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``.
+    Encoded once, with a placeholder header that :func:`encode_new_layer` replaces."""
+    payloads: list[bytes] = []
+    counts: list[int] = []
+    firsts: list[bytes] = []
+    ascii_ids = True
+    any_tags = any(tags)
+    start = 0
+    n = len(ids)
+    while start < n:
+        size = 0
+        end = start
+        encoded: list[bytes] = []
+        while end < n and size < BLOCK_BYTES:
+            b = ids[end].encode()
+            encoded.append(b)
+            size += len(b) + 10
+            end += 1
+        hs = [crc32c(b) for b in encoded]
+        order = sorted(range(len(encoded)), key=hs.__getitem__)
+        blob = b"".join([encoded[i] for i in order])
+        ascii_ids = ascii_ids and blob.isascii()
+        offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
+        offsets.extend(accumulate(len(encoded[i]) for i in order))
+        block_tags = [tags[start + i] for i in order] if any_tags else []
+        payloads.append(
+            encode_layer_block(
+                pack_uints([hs[i] for i in order], (4,)),
+                offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
+                pack_uints([runs[start + i] for i in order]),
+                pack_uints(block_tags) if any(block_tags) else b"",
+                blob,
+                len(encoded),
+            )
+        )
+        counts.append(len(encoded))
+        firsts.append(encoded[0])
+        start = end
+    index = BlockIndex(counts, [8 + len(p) for p in payloads], firsts)
+    header = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, n, ascii_ids, run_names, len(tombstones))
+    shapes = table.encode() if any_tags else EMPTY_SHAPE_TABLE
+    data, _ = encode_layer_v6(header, index, shapes, sorted(tombstones), payloads)
+    return open_layer(data, "(new layer)", defer=False)
 
 
 def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int) -> tuple[str, bytes]:
-    """Name and bytes of ``layer`` (not yet written), and its reference set on it."""
+    """Name and bytes of ``layer`` (built by :func:`make_layer`, not yet written), and its
+    reference set on it: the placeholder header is replaced, the rest kept byte for byte."""
+    assert layer.data is not None and layer.ref is None
+    frames = split_frames(layer.data, KIND_LAYER, "(new layer)")
+    old = layer.index
     nonce = secrets.token_bytes(16)
-    index = layer.index
-    hashes, offsets, runs, blob = index.raw()
-    if layer.done is not None:
-        shape_ids, shapes = layer.done.raw()
-    else:
-        shape_ids, shapes = memoryview(b""), memoryview(EMPTY_SHAPE_TABLE)
-    tombs = sorted(layer.tombstones)
     header = LayerHeader(
-        FORMAT_VERSION, nonce, epoch, created_ms, index.count, index.ascii_ids, layer.run_names, len(tombs)
+        FORMAT_VERSION,
+        nonce,
+        epoch,
+        created_ms,
+        old.count,
+        old.ascii_ids,
+        layer.run_names,
+        len(layer.tombstones),
     )
-    data = encode_layer(LayerFrames(header, hashes, offsets, runs, blob, shape_ids, shapes, tombs))
+    data = encode_object(KIND_LAYER, [encode(header), *frames[1:]])
+    head = len(data) - (len(layer.data) - _head_of(layer.data))
     name = paths.layer_name(number, nonce[:8].hex())
-    layer.ref = LayerRef(name, nonce, index.count, len(tombs), len(data))
+    layer.ref = LayerRef(name, nonce, old.count, len(layer.tombstones), len(data), head)
     layer.data = data
     return name, data
+
+
+def _head_of(data: bytes | memoryview) -> int:
+    """Offset of the first block frame of a version-6 layer's bytes."""
+    view = memoryview(data)
+    pos = PREAMBLE_SIZE
+    for _ in range(LAYER_HEAD_FRAMES):
+        pos += FRAME_HEADER_SIZE + int.from_bytes(view[pos : pos + 4], "big")
+    return pos
 
 
 def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset[str] = frozenset()) -> Layer:
@@ -290,39 +722,47 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
         if r not in where:
             where[r] = len(run_names)
             run_names.append(r)
-    table = lower.done.table() if lower.done is not None else ShapeTable()
-    table = ShapeTable(list(table.shapes))  # a copy: the loaded layer's stays as it is
-    lower_tags = lower.done.shape_ids(table) if lower.done is not None else None
-    upper_ids = upper.index.ids()
-    upper_runs = upper.index.arrays()[1]
-    add = {s: where[upper.run_names[r]] for s, r in zip(upper_ids, upper_runs)}
-    add_tags: dict[str, int] | None = None
-    if upper.done is not None:
-        utable = upper.done.table()
-        utags = upper.done.shape_ids(utable)
-        if utags is not None:
-            remap = [0] * (len(utable) + 1)
-            for sid in sorted(set(utags) - {0}):
-                remap[sid] = table.add(utable.shapes[sid - 1])
-            add_tags = {s: remap[t] for s, t in zip(upper_ids, utags) if t}
-    built = build_index(lower.index, upper.tombstones, add, lower_tags, add_tags, disjoint=True)
-    tags = built.tags
+    table = ShapeTable(list(lower.table().shapes))  # a copy: the loaded layer's stays as it is
+    lids, lruns, ltags = lower.sorted_entries(table)
+    utable = upper.table()
+    uids, uruns, utags = upper.sorted_entries(ShapeTable(list(utable.shapes)))
+    remap = [0] * (len(utable) + 1)
+    for sid in sorted(set(utags) - {0}):
+        if sid > len(utable):
+            raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(utable)} shapes)")
+        remap[sid] = table.add(utable.shapes[sid - 1])
+    umap = [where[r] for r in upper.run_names]
+    drop = upper.tombstones
+    if drop or uids:
+        uset = set(uids)
+        keep = [i for i, s in enumerate(lids) if s not in drop and s not in uset]
+        if len(keep) != len(lids):
+            lids = [lids[i] for i in keep]
+            lruns = [lruns[i] for i in keep]
+            ltags = [ltags[i] for i in keep]
+    ids = lids + uids
+    runs = lruns + [umap[r] for r in uruns]
+    tags = ltags + [remap[t] for t in utags]
+    if lids and uids and uids[0] < lids[-1]:  # two sorted runs: a linear merge in C
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        ids = [ids[i] for i in order]
+        runs = [runs[i] for i in order]
+        tags = [tags[i] for i in order]
     if retired and any(tags):
         dead = {i for i, r in enumerate(run_names) if r in retired}
         if dead:
-            run_of = counted_uints(built.runs, built.n)
-            tags = array("I", [0 if r in dead else t for r, t in zip(run_of, tags)])
+            tags = [0 if r in dead else t for r, t in zip(runs, tags)]
     if any(tags):
         tags, table = _compact_table(tags, table)
+    else:
+        table = ShapeTable()
     tombstones: frozenset[str] = frozenset()
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
-    return _layer_of(
-        built.hashes, built.offsets, built.runs, built.blob, built.ascii_ids, tags, table, run_names, tombstones
-    )
+    return make_layer(ids, runs, tags, table, run_names, tombstones)
 
 
-def _compact_table(tags: array[int], table: ShapeTable) -> tuple[array[int], ShapeTable]:
+def _compact_table(tags: list[int], table: ShapeTable) -> tuple[list[int], ShapeTable]:
     """Drop the shapes no id refers to any more (renumbering the ids)."""
     used = sorted(set(tags) - {0})
     if used and used[-1] > len(table):
@@ -333,7 +773,7 @@ def _compact_table(tags: array[int], table: ShapeTable) -> tuple[array[int], Sha
     remap = [0] * (len(table) + 1)
     for sid in used:
         remap[sid] = kept.add(table.shapes[sid - 1])
-    return array("I", [remap[t] for t in tags]), kept
+    return [remap[t] for t in tags], kept
 
 
 def plan_merges(sizes: Sequence[int]) -> int:

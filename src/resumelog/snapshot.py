@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from resumelog.algebra import FoldState, SourceRunState, Writers
-from resumelog.done_shapes import BaseDone
+from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     EMPTY_SHAPE_TABLE,
@@ -23,21 +23,32 @@ from resumelog.format import (
     SnapshotFrames,
     SnapshotHeader,
     decode_done_entries,
-    decode_layer,
     decode_snapshot_frames,
     encode_done_writers,
     encode_snapshot_frames,
     verify_done,
-    verify_layer_shapes,
 )
 from resumelog.idset import CompletedIndex
-from resumelog.layers import Layer, LayeredDone, LayeredIndex, build_layer, encode_new_layer, merge_layers, plan_merges
+from resumelog.layers import (
+    Layer,
+    LayeredDone,
+    LayeredIndex,
+    LayerIndex,
+    LayerSource,
+    build_layer,
+    encode_new_layer,
+    make_layer,
+    merge_layers,
+    open_layer,
+    plan_merges,
+)
 
 __all__ = ["EncodedSnapshot", "encode_snapshot", "load_snapshot"]
 
 
-LayerReader = Callable[[LayerRef], "bytes | memoryview"]
-"""Reads the bytes of a referenced layer object (:func:`load_snapshot`)."""
+LayerReader = Callable[[LayerRef], "bytes | memoryview | LayerSource"]
+"""Reads a referenced layer object (:func:`load_snapshot`): its bytes, or (version 6)
+its head and a reader of its blocks."""
 
 
 class EncodedSnapshot(NamedTuple):
@@ -153,24 +164,26 @@ def _legacy_layer(frames: SnapshotFrames, path: str, run_order: list[str]) -> La
         path,
         load_legacy if legacy is not None else None,
     )
-    return Layer(index, list(run_order), done)
+    return Layer(LayerIndex.single(index), list(run_order), legacy=done)
 
 
-def _load_layer(data: bytes | memoryview, ref: LayerRef, epoch: bytes, defer_done_crc: bool) -> Layer:
-    lf = decode_layer(data, ref.name, defer_done_crc=defer_done_crc)
-    h = lf.header
+def _load_layer(src: bytes | memoryview | LayerSource, ref: LayerRef, epoch: bytes, defer_done_crc: bool) -> Layer:
+    if isinstance(src, LayerSource):
+        if not ref.head:
+            raise CorruptSnapshot("a version-5 layer cannot be read in parts", ref.name)
+        layer = open_layer(None, ref.name, head=src.head, read=src.read, size=ref.size, defer=defer_done_crc)
+    else:
+        layer = open_layer(src, ref.name, defer=defer_done_crc)
+    h = layer.header
+    assert h is not None
     if h.nonce != ref.nonce or h.count != ref.count or h.tombstones != ref.tombstones:
         raise CorruptSnapshot("the layer is not the one its snapshot names (nonce or counts differ)", ref.name)
     if h.epoch != epoch:
         raise CorruptSnapshot("the layer belongs to another epoch than its snapshot", ref.name)
-    try:
-        index = CompletedIndex(lf.hashes, lf.offsets, lf.runs, lf.blob, h.ascii_ids)
-    except ValueError as exc:
-        raise CorruptSnapshot(str(exc), ref.name) from None
-    done = None
-    if lf.shape_ids:
-        done = BaseDone(index, lf.shape_ids, lf.shapes, lambda: verify_layer_shapes(lf, ref.name), ref.name)
-    return Layer(index, list(h.runs), done, frozenset(lf.tombstones), ref, data=data)
+    if ref.head and h.format_version < 6:
+        raise CorruptSnapshot("the snapshot names a version-5 layer as a version-6 one", ref.name)
+    layer.ref = ref
+    return layer
 
 
 def encode_snapshot(
@@ -201,7 +214,7 @@ def encode_snapshot(
             # the index of a format 1-4 snapshot: the first version-5 compaction writes it
             # as a layer, with everything above merged into it
             if len(stack) == 1:
-                stack.append(Layer(CompletedIndex.empty(), [], None))
+                stack.append(make_layer([], [], [], ShapeTable(), [], frozenset()))
             k = len(stack)
         for _ in range(k - 1):
             upper = stack.pop()

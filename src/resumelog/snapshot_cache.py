@@ -37,10 +37,11 @@ from resumelog.format import (
     SnapshotHeader,
     decode_header,
 )
+from resumelog.layers import LayerSource
 from resumelog.paths import LAYER_PREFIX
 from resumelog.storage import Store
 
-__all__ = ["cache_dir", "evict", "read_layer", "read_snapshot"]
+__all__ = ["RangedLayer", "cache_dir", "evict", "read_layer", "read_snapshot"]
 
 logger = logging.getLogger("resumelog")
 
@@ -91,20 +92,66 @@ def read_snapshot(store: Store, key: str) -> tuple[bytes | memoryview, bool]:
     return data, False
 
 
-def read_layer(store: Store, ref: LayerRef) -> tuple[bytes | memoryview, bool]:
-    """The bytes of the layer ``ref`` names, and whether they are a cached copy: the
-    copy if its header nonce is the one the snapshot names (no request at all), else
-    read from the store (and cached)."""
+def read_layer(store: Store, ref: LayerRef, *, lazy: bool = False) -> tuple[bytes | memoryview | LayerSource, bool]:
+    """The layer ``ref`` names, and whether it is a cached copy: the copy if its header
+    nonce is the one the snapshot names (no request at all), else read from the store
+    (and cached).
+
+    ``lazy`` (a reader): a version-6 layer of :data:`RANGED_MIN` bytes or more that is not
+    cached, on an object store, is read in parts: its head now (one ranged GET), then the
+    blocks lookups need (:class:`RangedLayer`)."""
     root = cache_dir()
-    if root is None or not _cacheable(store):
+    if not _cacheable(store):
         return store.read_view(ref.name), False
-    path = _entry(root, store, ref.name)
-    cached = _open_copy(path, ref.nonce, KIND_LAYER)
-    if cached is not None:
-        return cached, True
+    path = _entry(root, store, ref.name) if root is not None else None
+    if path is not None:
+        cached = _open_copy(path, ref.nonce, KIND_LAYER)
+        if cached is not None:
+            return cached, True
+    if lazy and ref.head and ref.size >= RANGED_MIN:
+        return LayerSource(store.read_prefix(ref.name, ref.head), RangedLayer(store, ref, root, path)), False
     data = store.read(ref.name)
-    _store_copy(root, path, data)
+    if root is not None and path is not None:
+        _store_copy(root, path, data)
     return data, False
+
+
+RANGED_MIN = 4 << 20
+"""Layers smaller than this are read whole (one GET either way)."""
+
+RANGED_CALLS = 16
+"""After this many ranged reads of one layer, the next reads it whole (and caches it):
+a fold of a long journal tail that looks ids up one at a time costs a bounded number
+of extra requests."""
+
+
+class RangedLayer:
+    """Reads byte ranges of one stored layer (its blocks), concurrently, until reading
+    it whole is cheaper: past :data:`RANGED_CALLS` reads, or once the ranges would add
+    up to a quarter of the object. Then the layer is read whole, once, and cached."""
+
+    def __init__(self, store: Store, ref: LayerRef, root: Path | None, path: Path | None) -> None:
+        self.store = store
+        self.ref = ref
+        self._root = root
+        self._path = path
+        self.calls = 0
+        self.fetched = 0
+        self._whole: memoryview | None = None
+
+    def __call__(self, ranges: list[tuple[int, int]]) -> list[bytes | memoryview]:
+        if self._whole is None:
+            want = sum(b - a for a, b in ranges)
+            self.calls += 1
+            if self.calls <= RANGED_CALLS and 4 * (self.fetched + want) < self.ref.size:
+                self.fetched += want
+                return self.store.read_ranges(self.ref.name, ranges)
+            data = self.store.read(self.ref.name)
+            if self._root is not None and self._path is not None:
+                _store_copy(self._root, self._path, data)
+            self._whole = memoryview(data)
+        whole = self._whole
+        return [whole[a:b] for a, b in ranges]
 
 
 def evict(store: Store, key: str) -> None:

@@ -174,14 +174,15 @@ def test_a_large_done_frame_is_checked_on_first_use_not_at_open(tmp_path):
     ck.compact()
     frames = decode_snapshot_frames((tmp_path / "ck" / paths.snapshot_name(1)).read_bytes())
     assert frames.layers is not None
-    snap = tmp_path / "ck" / frames.layers[0].name  # the shapes live in the layer (format 5)
+    snap = tmp_path / "ck" / frames.layers[0].name  # the shapes live in the layer (format 5 on)
     data = bytearray(snap.read_bytes())
-    lf = fmt.decode_layer(bytes(data))
-    assert len(lf.shapes) >= fmt.DEFER_CRC_MIN  # the deferred case
-    data[-100 - len(lf.shapes) // 2] ^= 0x01  # inside the shape table
+    lh = fmt.decode_layer_head(bytes(data))
+    assert len(lh.shapes) >= fmt.DEFER_CRC_MIN  # the deferred case
+    at = bytes(data).find(bytes(lh.shapes[:64]))
+    data[at + len(lh.shapes) // 2] ^= 0x01  # inside the shape table (layer frame 2)
     snap.write_bytes(bytes(data))
     with pytest.raises(resumelog.CorruptSnapshot):
-        fmt.decode_layer(bytes(data))  # an eager decode (verify, inspect) sees it
+        fmt.decode_layer_head(bytes(data))  # an eager decode (verify, inspect) sees it
     view = resumelog.open(url)  # the open does not touch the frame
     assert len(view.completed) == 12_000 and view.is_completed("source-00000007")
     with resumelog.open(url, run_id="r").handle().writer("late") as w:

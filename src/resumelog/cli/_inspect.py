@@ -197,10 +197,21 @@ def _entries(
 
 
 def _layer(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
-    lf = fmt.decode_layer(data, key)
-    h = lf.header
+    from resumelog.layers import open_layer
+
+    layer = open_layer(data, key, defer=False)
+    h = layer.header
+    assert h is not None
     take = h.count if limit is None else min(h.count, limit)
-    tombs, cut = _limit(list(lf.tombstones), limit)
+    tombs, cut = _limit(sorted(layer.tombstones), limit)
+    completed: list[dict[str, Any]] = []
+    shape_id_bytes = 0
+    for block in layer.index.blocks():
+        hashes, offsets, runs, blob = block.index.raw()
+        if len(completed) < take:
+            completed += _entries(hashes, offsets, runs, blob, block.index.count, list(h.runs), take - len(completed))
+        if block.tags is not None:
+            shape_id_bytes += len(block.tags) * getattr(block.tags, "itemsize", 4)
     return {
         "format_version": h.format_version,
         "header": {
@@ -212,13 +223,14 @@ def _layer(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
             "runs": list(h.runs),
             "tombstones": h.tombstones,
         },
-        "completed": _entries(lf.hashes, lf.offsets, lf.runs, lf.blob, h.count, list(h.runs), take),
+        "blocks": layer.index.nblocks,
+        "completed": completed,
         "completed_total": h.count,
         "completed_truncated": take < h.count,
         "tombstones": tombs,
         "tombstones_truncated": cut,
-        "shape_id_bytes": len(lf.shape_ids),
-        "shape_table_bytes": len(lf.shapes),
+        "shape_id_bytes": shape_id_bytes,
+        "shape_table_bytes": len(layer.table().encode()) if layer.has_shapes else 1,
     }
 
 

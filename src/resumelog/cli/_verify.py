@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import msgspec
 
@@ -150,13 +150,57 @@ def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[
 
 
 def check_layer(layer: fmt.LayerFrames, deep: bool = True) -> list[str]:
-    """Structural problems of a decoded layer (format 5): its index, shapes and run table."""
+    """Structural problems of a decoded version-5 layer: its index, shapes and run table."""
     h = layer.header
     out = _check_index(layer.hashes, layer.offsets, layer.runs, layer.blob, h.count, len(h.runs), h.ascii_ids, deep)
     out.extend(_check_shapes(layer.shape_ids, layer.shapes, h.count))
     if len(set(layer.tombstones)) != len(layer.tombstones):
         out.append("a tombstone is repeated")
     return out
+
+
+class CheckedLayer(NamedTuple):
+    """A layer object read by ``verify``: its header and its structural problems."""
+
+    header: fmt.LayerHeader
+    problems: list[str]
+
+
+def check_layer_object(data: bytes | memoryview, key: str = "", deep: bool = True) -> CheckedLayer:
+    """Decode and check a layer object of any version (every block of a version-6 one:
+    its CRC, index and shapes, and with ``deep`` that its ids lie between its first id
+    and the next block's). Raises what decoding its head raises."""
+    if fmt.layer_version(memoryview(data)[: fmt.PREAMBLE_SIZE], key) < 6:
+        lf = fmt.decode_layer(data, key)
+        return CheckedLayer(lf.header, check_layer(lf, deep))
+    lh = fmt.decode_layer_head(data, key)
+    h = lh.header
+    out = _check_shapes(memoryview(b""), lh.shapes, 0)
+    if len(set(lh.tombstones)) != len(lh.tombstones):
+        out.append("a tombstone is repeated")
+    view = memoryview(data)
+    pos = lh.head
+    bi = lh.blocks
+    for k, (count, size) in enumerate(zip(bi.counts, bi.sizes)):
+        try:
+            hashes, offsets, runs, shape_ids, blob = fmt.decode_layer_block(view[pos : pos + size], count, key)
+            index_views(hashes, offsets, runs)
+        except (CorruptObject, ValueError) as exc:
+            out.append(f"block {k}: {_msg(exc) if isinstance(exc, CorruptObject) else exc}")
+            pos += size
+            continue
+        pos += size
+        problems = _check_index(hashes, offsets, runs, blob, count, len(h.runs), h.ascii_ids, deep)
+        problems.extend(_check_shapes(shape_ids, lh.shapes, count))
+        if deep and not problems:
+            offs = index_views(hashes, offsets, runs)[1]
+            raw = bytes(blob)
+            ids = [raw[offs[i] : offs[i + 1]] for i in range(count)]
+            upper = bi.firsts[k + 1] if k + 1 < len(bi.firsts) else None
+            if min(ids) != bi.firsts[k] or (upper is not None and max(ids) >= upper):
+                problems.append("its ids are not between its first id and the next block's (lookups would miss them)")
+        out.extend(f"block {k}: {m}" for m in problems)
+    return CheckedLayer(h, out)
 
 
 def _check_index(
@@ -313,8 +357,12 @@ def verify_store(
             report.layers += 1
 
         layer_keys = [o.path for o in layer_objs]
-        for key, layer in _decoded(store, layer_keys, fmt.decode_layer, report, bar, on_object, count_layer):
-            for message in check_layer(layer, deep=deep):
+
+        def check(data: bytes, key: str) -> CheckedLayer:
+            return check_layer_object(data, key, deep)
+
+        for key, layer in _decoded(store, layer_keys, check, report, bar, on_object, count_layer):
+            for message in layer.problems:
                 report.add(key, "corrupt", message)
             if key in named and layer.header.nonce != named[key][1].nonce:
                 report.add(key, "name_mismatch", f"is not the layer {named[key][0]} names (its nonce differs)")

@@ -158,17 +158,17 @@ def _completed_ids_fast(ckpt: Checkpoint) -> pa.Array:
     parts = []
     masked: set[str] = set()  # tombstones of the layers above: what they uncompleted
     for layer in reversed(state.base.layers):
-        index = layer.index
-        n = index.count
-        if n:
+        value_set = pa.array(sorted(masked), type=pa.large_string()) if masked else None
+        for block in layer.index.blocks():
+            index = block.index
+            n = index.count
             view = memoryview(index._offsets)
             offsets = pa.py_buffer(view.cast("B"))
             if view.itemsize == 4:  # u32 offsets (blob under 4 GiB): widened at C speed
                 u32 = pa.Array.from_buffers(pa.uint32(), n + 1, [None, offsets])
                 offsets = u32.cast(pa.int64()).buffers()[1]
             part = pa.LargeStringArray.from_buffers(n, offsets, pa.py_buffer(index._blob))
-            if masked:
-                value_set = pa.array(sorted(masked), type=pa.large_string())
+            if value_set is not None:
                 part = pc.filter(part, pc.invert(pc.is_in(part, value_set=value_set)))
             parts.append(part)
         masked |= layer.tombstones

@@ -100,6 +100,13 @@ class Store(ABC):
         object stores. :class:`~resumelog.errors.ObjectNotFound` if absent."""
         return bytes(self.read(key)[:n])
 
+    def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
+        """The bytes ``[start, end)`` of ``key`` for each of ``ranges`` (within the object;
+        object stores issue the ranged requests concurrently).
+        :class:`~resumelog.errors.ObjectNotFound` if absent."""
+        data = self.read_view(key)
+        return [data[a:b] for a, b in ranges]
+
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         """Read several objects; yield ``(key, bytes or the exception)`` in input order.
 

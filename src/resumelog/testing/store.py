@@ -127,6 +127,15 @@ class StoreTests:
         with pytest.raises(ObjectNotFound):
             store.read_prefix("p/missing", 10)
 
+    def test_read_ranges(self, store: Store) -> None:
+        data = bytes(range(256)) * 40
+        store.put_if_absent("p/ranged", data)
+        ranges = [(0, 10), (100, 356), (len(data) - 7, len(data)), (5, 5)]
+        assert [bytes(b) for b in store.read_ranges("p/ranged", ranges)] == [data[a:b] for a, b in ranges]
+        assert store.read_ranges("p/ranged", []) == []
+        with pytest.raises(ObjectNotFound):
+            store.read_ranges("p/missing", [(0, 10)])
+
     def test_exists(self, store: Store) -> None:
         assert not store.exists("e")
         store.put_if_absent("e", b"1")

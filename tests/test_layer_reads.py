@@ -1,0 +1,116 @@
+"""Format version 6: a reader looks ids up without downloading every layer.
+
+A layer's entries are cut into key-ordered blocks behind a block index (docs/format.md
+§5a). On an object store a reader's open reads each large layer's head with one ranged
+GET, and ``pending(ids)`` reads the blocks those ids fall in, in one batch of ranged
+GETs; a layer that a reader would read most of is read whole (and cached) instead.
+Real S3-compatible servers on 127.0.0.1 (moto, SeaweedFS); the cache is off so that
+every read is a request."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+
+import resumelog
+from resumelog import layers, snapshot_cache
+from resumelog.format import decode_snapshot_frames
+from resumelog.layers import open_layer
+from tests.s3_support import S3_KINDS, bucket_of
+
+N = 6000
+IDS = [f"shard-{i // 1000:03d}/doc-{i:07d}" for i in range(N)]
+
+
+@pytest.fixture(params=S3_KINDS)
+def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict]:
+    server = request.getfixturevalue("s3_pool").get(request.param)
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", "off")
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 4096)  # ~70 ids a block: many blocks at a small N
+    monkeypatch.setattr(snapshot_cache, "RANGED_MIN", 0)
+    return f"s3://{bucket_of(server)}/{uuid.uuid4().hex}", server.storage_options()
+
+
+def _fill(url: str, opts: dict) -> None:
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    with ck.writer("w") as w:
+        w.complete_many(IDS[::2])  # even ids complete
+    ck.compact(merge=True)
+
+
+def _layer_size(ck: resumelog.Checkpoint) -> int:
+    (ref,) = ck._loaded.frames.layers  # type: ignore[union-attr]
+    return ref.size
+
+
+def test_a_shard_of_lookups_reads_a_few_blocks_not_the_layer(s3):
+    url, opts = s3
+    _fill(url, opts)
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    gets_open = ck.store.requests["GetObject"]
+    bytes_open = ck.store.bytes_read
+    shard = IDS[2000:3000] + ["shard-002/never"]
+    assert ck.pending(shard) == [s for s in shard if s not in set(IDS[::2])]
+    gets = ck.store.requests["GetObject"] - gets_open
+    read = ck.store.bytes_read - bytes_open
+    size = _layer_size(ck)
+    assert gets == 1, gets  # neighbouring blocks: one ranged GET
+    assert read < size / 4, (read, size)
+    assert bytes_open < size / 4  # the open read the head, not the blocks
+    assert ck.is_completed(IDS[2500]) and not ck.is_completed(IDS[2501])
+    assert ck.store.requests["GetObject"] - gets_open == 1  # those blocks are in memory now
+
+
+def test_scattered_lookups_fall_back_to_one_whole_read(s3):
+    url, opts = s3
+    _fill(url, opts)
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    before = ck.store.requests["GetObject"]
+    rng = random.Random(7)
+    probes = [rng.choice(IDS) for _ in range(3000)]
+    for s in probes[:50]:  # one at a time: a bounded number of ranged reads, then the whole
+        assert ck.is_completed(s) == (int(s[-7:]) % 2 == 0)
+    assert ck.store.requests["GetObject"] - before <= snapshot_cache.RANGED_CALLS + 1
+    done = set(IDS[::2])
+    assert ck.pending(probes) == [s for s in probes if s not in done]
+    assert sorted(ck.completed) == sorted(done)
+
+
+def test_a_damaged_block_read_in_parts_is_a_typed_error_naming_the_layer(s3, tmp_path: Path):
+    url, opts = s3
+    _fill(url, opts)
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    (ref,) = ck._loaded.frames.layers  # type: ignore[union-attr]
+    data = bytearray(ck.store.read(ref.name))
+    data[ref.head + 40] ^= 0xFF  # inside the first block
+    ck.store.delete([ref.name])
+    ck.store.put_if_absent(ref.name, bytes(data))
+    again = resumelog.open(url, storage_options=opts, create=False)  # the head is intact
+    with pytest.raises(resumelog.CorruptSnapshot, match=ref.name):
+        again.is_completed(IDS[0])
+    assert again.is_completed(IDS[-2])  # other blocks still answer
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4096, 1 << 20])
+def test_every_id_is_found_in_its_block_and_no_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes):
+    monkeypatch.setattr(layers, "BLOCK_BYTES", block_bytes)
+    rng = random.Random(block_bytes)
+    ids = sorted({"".join(rng.choice("ab\u00e9\U0001f600z/") for _ in range(rng.randint(1, 12))) for _ in range(3000)})
+    done = set(ids[::3])
+    ck = resumelog.open(tmp_path / "ck", run_id="r")
+    with ck.writer("w") as w:
+        w.complete_many(sorted(done))
+    ck.compact(merge=True)
+    frames = decode_snapshot_frames((tmp_path / "ck" / "snapshots" / f"{1:020d}.snap").read_bytes())
+    (ref,) = frames.layers or []
+    layer = open_layer((tmp_path / "ck" / ref.name).read_bytes(), ref.name)
+    assert layer.index.nblocks == (1 if block_bytes == 1 << 20 else layer.index.nblocks) and layer.index.nblocks >= 1
+    if block_bytes == 64:
+        assert layer.index.nblocks > 100
+    view = resumelog.open(tmp_path / "ck", create=False)
+    assert view.pending(ids) == [s for s in ids if s not in done]
+    assert sorted(view.completed) == sorted(done)
+    assert sorted(layer.index.ids()) == sorted(done)
