@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from pt_settings import PROFILE, budget
@@ -55,3 +56,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     with run_s3_server(kind, workdir=str(tmp_path_factory.mktemp(f"s3-{kind}"))) as server:
         server.create_bucket("resumelog-prop")
         yield server
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _small_blocks() -> Iterator[None]:
+    """Every layer written by a property test has many blocks (format 6: a few ids
+    each), so lookups cross block boundaries as in a large layer. Package-scoped: the
+    tests under tests/ run in the same processes with the real block size."""
+    old = resumelog.layers.BLOCK_BYTES
+    resumelog.layers.BLOCK_BYTES = 48
+    yield
+    resumelog.layers.BLOCK_BYTES = old

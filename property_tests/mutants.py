@@ -243,15 +243,16 @@ MUTANTS = [
     Mutant(
         "layer_merge_loses_an_id",
         "layers.py",
-        "    add = {s: where[upper.run_names[r]] for s, r in zip(upper_ids, upper_runs)}",
-        "    add = {s: where[upper.run_names[r]] for s, r in list(zip(upper_ids, upper_runs))[:-1]}",
+        "    ids = lids + uids\n    runs = lruns + [umap[r] for r in uruns]\n    tags = ltags + [remap[t] for t in utags]\n",
+        "    ids = lids + uids[:-1]\n    runs = lruns + [umap[r] for r in uruns[:-1]]\n"
+        "    tags = ltags + [remap[t] for t in utags[:-1]]\n",
         "a merge of two layers drops one completion of the upper layer",
     ),
     Mutant(
         "layer_merge_resurrects_an_id",
         "layers.py",
-        "    built = build_index(lower.index, upper.tombstones, add, lower_tags, add_tags, disjoint=True)",
-        "    built = build_index(lower.index, (), add, lower_tags, add_tags, disjoint=True)",
+        "    drop = upper.tombstones\n",
+        "    drop: frozenset[str] = frozenset()\n",
         "a merge ignores the upper layer's tombstones: an uncompleted id completes again",
     ),
     Mutant(
@@ -260,6 +261,13 @@ MUTANTS = [
         "        if n is None or o.path in named:",
         "        if n is None:",
         "GC deletes layers a retained snapshot still names",
+    ),
+    Mutant(
+        "layer_lookup_misses_a_block_first_id",
+        "layers.py",
+        "        k = bisect_right(fences, b) - 1\n        if k < 0:\n            return -1\n",
+        "        k = bisect_right(fences, b[:-1]) - 1\n        if k < 0:\n            return -1\n",
+        "a lookup takes the block before the one an id opens (format 6): its first id is never found",
     ),
 ]
 

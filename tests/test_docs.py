@@ -131,11 +131,11 @@ def _hex_dumps(heading: str) -> list[bytes]:
 
 def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
     data, layer = _hex_dumps("### Test vector")
-    assert (len(data), len(layer)) == (245, 158)
+    assert (len(data), len(layer)) == (246, 147)
     frames = fmt.decode_snapshot_frames(data)
     h = frames.header
     assert (h.format_version, h.number, h.nonce, h.created_ms, h.completed_count, h.ascii_ids, h.epoch) == (
-        5,
+        6,
         1,
         bytes(16),
         1700000000000,
@@ -145,13 +145,33 @@ def test_format_snapshot_test_vector_decodes_to_its_stated_values() -> None:
     )
     assert [r.run_id for r in frames.body.runs] == ["r1"] and frames.body.records_folded == 2
     name = "layers/00000000000000000001-0000000000000000.layer"
-    assert frames.layers == [fmt.LayerRef(name, bytes(16), 1, 0, 158)]
+    assert frames.layers == [fmt.LayerRef(name, bytes(16), 1, 0, 147, 121)]
     assert fmt.encode_snapshot_frames(frames) == data
+    lh = fmt.decode_layer_head(layer, name)
+    assert lh.header == fmt.LayerHeader(6, bytes(16), b"\x11" * 16, 1700000000000, 1, True, ["r1"], 0)
+    assert lh.blocks == fmt.BlockIndex([1], [26], [b"a"]) and lh.head == 121 and lh.tombstones == []
+    hashes, offsets, runs, shape_ids, blob = fmt.decode_layer_block(memoryview(layer)[121:], 1, name)
+    assert bytes(blob) == b"a" and int.from_bytes(hashes, "little") == fmt.crc32c(b"a")
+    assert bytes(offsets) == bytes([0, 0, 0, 0, 1, 0, 0, 0]) and bytes(runs) == b"\x00" and not shape_ids
+    block = fmt.encode_layer_block(bytes(hashes), bytes(offsets), bytes(runs), b"", b"a", 1)
+    assert fmt.encode_layer_v6(lh.header, lh.blocks, bytes(lh.shapes), [], [block]) == (layer, 121)
+    from resumelog.snapshot import load_snapshot
+
+    _, state = load_snapshot(data, read_layer=lambda ref: {name: layer}[ref.name])
+    assert sorted(state.iter_completed()) == ["a"] and state.completed_run("a") == "r1"
+
+
+def test_format_version_5_test_vector_still_decodes() -> None:
+    data, layer = _hex_dumps("### Version 5 test vector")
+    assert (len(data), len(layer)) == (245, 158)
+    frames = fmt.decode_snapshot_frames(data)
+    assert frames.header.format_version == 5
+    name = "layers/00000000000000000001-0000000000000000.layer"
+    assert frames.layers == [fmt.LayerRef(name, bytes(16), 1, 0, 158)]  # no head: a version-5 layer
     lf = fmt.decode_layer(layer, name)
     assert lf.header == fmt.LayerHeader(5, bytes(16), b"\x11" * 16, 1700000000000, 1, True, ["r1"], 0)
     assert bytes(lf.blob) == b"a" and int.from_bytes(lf.hashes, "little") == fmt.crc32c(b"a")
     assert bytes(lf.runs) == b"\x00" and lf.tombstones == [] and not lf.shape_ids
-    assert fmt.encode_layer(lf) == layer
     from resumelog.snapshot import load_snapshot
 
     _, state = load_snapshot(data, read_layer=lambda ref: {name: layer}[ref.name])
@@ -201,6 +221,7 @@ STRUCTS = [
     fmt.SnapshotBody,
     fmt.LayerRef,
     fmt.LayerHeader,
+    fmt.BlockIndex,
     fmt.StreamMark,
     fmt.RunInfo,
     fmt.PendingEntry,
@@ -226,10 +247,11 @@ def test_format_spec_lists_every_field_in_wire_order(struct: type[msgspec.Struct
 
 def test_format_spec_constants() -> None:
     text = (DOCS / "format.md").read_text()
-    assert fmt.FORMAT_VERSION == 5 and "# Format specification (version 5)" in text
+    assert fmt.FORMAT_VERSION == 6 and "# Format specification (version 6)" in text
     assert fmt.MAGIC == b"RSLG" and fmt.PREAMBLE_SIZE == 24 and fmt.FRAME_HEADER_SIZE == 8
     assert fmt.SNAPSHOT_FRAMES == 4 and "Exactly **4 frames**" in text
-    assert fmt.LAYER_FRAMES == 8 and "Exactly **8 frames**" in text
+    assert fmt.LAYER_FRAMES == 8 and "has exactly **8 frames**" in text
+    assert fmt.LAYER_HEAD_FRAMES == 4 and "**4 + B frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V3 == 9 and "has **9 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V2 == 8 and "has **8 frames**" in text
     assert fmt.SNAPSHOT_FRAMES_V1 == 7 and "has **7 frames**" in text

@@ -14,12 +14,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.s3_support import S3_KINDS, bucket_of
 
 import resumelog
 from resumelog import layers, snapshot_cache
 from resumelog.format import decode_snapshot_frames
 from resumelog.layers import open_layer
-from tests.s3_support import S3_KINDS, bucket_of
 
 N = 6000
 IDS = [f"shard-{i // 1000:03d}/doc-{i:07d}" for i in range(N)]
@@ -52,7 +52,7 @@ def test_a_shard_of_lookups_reads_a_few_blocks_not_the_layer(s3):
     ck = resumelog.open(url, storage_options=opts, create=False)
     gets_open = ck.store.requests["GetObject"]
     bytes_open = ck.store.bytes_read
-    shard = IDS[2000:3000] + ["shard-002/never"]
+    shard = [*IDS[2000:3000], "shard-002/never"]
     assert ck.pending(shard) == [s for s in shard if s not in set(IDS[::2])]
     gets = ck.store.requests["GetObject"] - gets_open
     read = ck.store.bytes_read - bytes_open

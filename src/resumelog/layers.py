@@ -660,7 +660,7 @@ def make_layer(
                 pack_uints([hs[i] for i in order], (4,)),
                 offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
                 pack_uints([runs[start + i] for i in order]),
-                pack_uints(block_tags) if any(block_tags) else b"",
+                pack_uints(block_tags) if any_tags else b"",
                 blob,
                 len(encoded),
             )
