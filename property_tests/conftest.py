@@ -58,10 +58,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.fixture(scope="package", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _small_blocks() -> Iterator[None]:
     """Every layer written by a property test has many blocks (format 6: a few ids
-    each), so lookups cross block boundaries as in a large layer. Package-scoped: the
+    each), so lookups cross block boundaries as in a large layer. Module-scoped: the
     tests under tests/ run in the same processes with the real block size."""
     old = resumelog.layers.BLOCK_BYTES
     resumelog.layers.BLOCK_BYTES = 48

@@ -37,8 +37,11 @@ def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple
 def _fill(url: str, opts: dict) -> None:
     ck = resumelog.open(url, storage_options=opts, run_id="r1")
     with ck.writer("w") as w:
-        w.complete_many(IDS[::2])  # even ids complete
-    ck.compact(merge=True)
+        w.complete_many(IDS[: N // 2 : 2])  # even ids complete
+    ck.compact()
+    with ck.writer("w2") as w:
+        w.complete_many(IDS[N // 2 :: 2])
+    ck.compact(merge=True)  # snapshot 2: one layer of every completed id
 
 
 def _layer_size(ck: resumelog.Checkpoint) -> int:
@@ -79,7 +82,10 @@ def test_scattered_lookups_fall_back_to_one_whole_read(s3):
     assert sorted(ck.completed) == sorted(done)
 
 
-def test_a_damaged_block_read_in_parts_is_a_typed_error_naming_the_layer(s3, tmp_path: Path):
+def test_a_damaged_block_read_in_parts_makes_the_reader_fall_back(s3):
+    """Blocks are checked when first read: the damage surfaces in a lookup, after the
+    open. The view is then reloaded from the snapshot before (and the journal after
+    it), as a load that found the damage at once would; the answers stay right."""
     url, opts = s3
     _fill(url, opts)
     ck = resumelog.open(url, storage_options=opts, create=False)
@@ -89,9 +95,34 @@ def test_a_damaged_block_read_in_parts_is_a_typed_error_naming_the_layer(s3, tmp
     ck.store.delete([ref.name])
     ck.store.put_if_absent(ref.name, bytes(data))
     again = resumelog.open(url, storage_options=opts, create=False)  # the head is intact
-    with pytest.raises(resumelog.CorruptSnapshot, match=ref.name):
-        again.is_completed(IDS[0])
-    assert again.is_completed(IDS[-2])  # other blocks still answer
+    assert again._loaded.snapshot == 2
+    assert again.is_completed(IDS[0]) and not again.is_completed(IDS[1])
+    assert again._loaded.snapshot == 1 and again._loaded.state.anomaly_counts["snapshot_fallback"] == 1
+    assert again.pending(IDS) == IDS[1::2]
+
+
+def test_a_damaged_block_on_local_disk_is_found_by_the_lookup_that_reads_it(tmp_path: Path):
+    ck = resumelog.open(tmp_path / "ck", run_id="r")
+    with ck.writer("w") as w:
+        w.complete_many(IDS[: N // 2])
+    ck.compact()
+    with ck.writer("w2") as w:
+        w.complete_many(IDS[N // 2 :])
+    ck.compact(merge=True)  # snapshot 2: one layer of every id
+    frames = decode_snapshot_frames((tmp_path / "ck" / "snapshots" / f"{2:020d}.snap").read_bytes())
+    (ref,) = frames.layers or []
+    path = tmp_path / "ck" / ref.name
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the last block: the open does not read it
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    view = resumelog.open(tmp_path / "ck", create=False)
+    assert view._loaded.snapshot == 2 and view.is_completed(IDS[0])
+    assert view.is_completed(IDS[-1])  # the damaged block: reloaded from snapshot 1 + the journal
+    assert view._loaded.snapshot == 1 and view._loaded.state.anomaly_counts["snapshot_fallback"] == 1
+    assert len(view.completed) == N and view.pending([*IDS, "x"]) == ["x"]
+    with pytest.raises(resumelog.CorruptSnapshot):
+        open_layer(bytes(data), ref.name, defer=False)  # a compactor's load checks every block
 
 
 @pytest.mark.parametrize("block_bytes", [64, 4096, 1 << 20])

@@ -83,10 +83,17 @@ def test_a_damaged_layer_copy_is_dropped_and_the_layer_read_again(s3):
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the id arrays: the header's nonce still matches
     copy.write_bytes(bytes(data))
-    loaded, _, _ = _load(url, opts)
+    # a compactor's load checks every block: the copy is dropped and the layer read again
+    loaded = compactor.load(FsspecStore(url, opts), verify=True)
     assert loaded.state.completed_count() == 100 and loaded.snapshot == 1
     assert loaded.state.anomaly_counts.get("snapshot_fallback") is None
     assert copy.read_bytes() != bytes(data)  # the copy was replaced by an intact one
+    # a reader checks a block when a lookup first reads it: the same, at that lookup
+    copy.write_bytes(bytes(data))
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    assert sorted(ck.completed) == sorted(f"s{i}" for i in range(100))
+    assert ck._loaded.snapshot == 1 and ck._loaded.state.anomaly_counts.get("snapshot_fallback") is None
+    assert copy.read_bytes() != bytes(data)
 
 
 def test_off_and_bounded(s3, monkeypatch):

@@ -7,16 +7,23 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
-from resumelog import compactor, paths
+from resumelog import compactor, paths, snapshot_cache
 from resumelog.algebra import FoldState
 from resumelog.background import BackgroundCompaction
-from resumelog.errors import AlreadyExists, CheckpointReplaced, FingerprintMismatch, InvalidId, ObjectNotFound
+from resumelog.errors import (
+    AlreadyExists,
+    CheckpointReplaced,
+    CorruptSnapshot,
+    FingerprintMismatch,
+    InvalidId,
+    ObjectNotFound,
+)
 from resumelog.format import FORMAT_VERSION, Meta, decode_meta, encode_meta
 from resumelog.journal import FlushPolicy, Writer
 from resumelog.storage import ObjectInfo, Store, open_store
@@ -26,6 +33,8 @@ if TYPE_CHECKING:
     from resumelog.repair import RepairResult
 
 __all__ = ["Checkpoint", "CompletedView", "OutputsStatus", "Status", "WriterHandle", "open"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("resumelog")
 
@@ -173,13 +182,13 @@ class CompletedView(Set[str]):
         self._ckpt = ckpt
 
     def __contains__(self, source: object) -> bool:
-        return isinstance(source, str) and self._ckpt._state.is_completed(source)
+        return isinstance(source, str) and self._ckpt._ask(lambda st: st.is_completed(source))
 
     def __len__(self) -> int:
         return self._ckpt._state.completed_count()
 
     def __iter__(self) -> Iterator[str]:
-        return self._ckpt._state.iter_completed()
+        return iter(self._ckpt._ask(lambda st: list(st.iter_completed())))
 
     def __repr__(self) -> str:
         return f"<completed: {len(self)} sources>"
@@ -376,11 +385,14 @@ class Checkpoint:
         self._view: FoldState
         self._loaded: compactor.Loaded
         self._stale = False
+        self._skip: set[int] = set()
+        """Snapshots whose stored layers were found damaged after a load (:meth:`_ask`)."""
+        self._damaged: dict[int, str] = {}
         self.refresh()
 
     # ------------------------------------------------------------------ reading
 
-    def refresh(self) -> None:
+    def refresh(self, *, force: bool = False) -> None:
         """Reload the view from storage (latest snapshot + journal tail).
 
         When nothing was added, removed or rewritten since the last load (the snapshot
@@ -389,7 +401,7 @@ class Checkpoint:
         listings a load starts with (a load reuses them) instead of reading and folding
         the tail (``watch`` on an idle job).
         """
-        prev: compactor.Loaded | None = getattr(self, "_loaded", None)
+        prev: compactor.Loaded | None = None if force else getattr(self, "_loaded", None)
         listing = compactor.Listing(compactor.list_snapshots(self.store))
         if prev is not None and _same_objects((o for _, o in listing.snapshots), prev.snapshots):
             listing.journal = self.store.list(paths.JOURNAL_PREFIX)
@@ -397,7 +409,9 @@ class Checkpoint:
                 with self._lock:
                     self._stale = False
                 return
-        loaded = compactor.load(self.store, progress=self.load_progress, listing=listing)  # listed once, not again
+        loaded = compactor.load(
+            self.store, progress=self.load_progress, listing=listing, skip=set(self._skip)
+        )  # listed once, not again
         if self.meta is not None and loaded.epoch != self.meta.nonce:
             raise CheckpointReplaced(
                 f"the checkpoint at {self.store.url} was deleted or cleared since it was opened "
@@ -420,9 +434,31 @@ class Checkpoint:
         # step is often compact() (which folds anyway) or the end of the program
         self._stale = True
 
+    def _ask(self, question: Callable[[FoldState], T]) -> T:
+        """``question(view)``; if it meets a damaged block of the view's completed-id
+        index (blocks are checked when first read, format 6), the view is reloaded:
+        first reading the layer again (a damaged cached copy is dropped), then, if the
+        stored layer itself is damaged, from the snapshot before (``snapshot_fallback``,
+        as a load that finds the damage does), and the question asked again."""
+        for _ in range(3):
+            state = self._state
+            try:
+                return question(state)
+            except CorruptSnapshot as exc:
+                loaded = self._loaded
+                layers = {ref.name for ref in (loaded.frames.layers or ())} if loaded.frames is not None else set()
+                if exc.path not in layers:
+                    raise
+                snapshot_cache.evict(self.store, exc.path)
+                if self._damaged.get(loaded.snapshot) == exc.path:
+                    self._skip.add(loaded.snapshot)  # damaged in the store, not a copy
+                self._damaged[loaded.snapshot] = exc.path
+                self.refresh(force=True)
+        return question(self._state)
+
     def is_completed(self, source: str) -> bool:
         """Whether ``source`` completed (in any run, not reset)."""
-        return self._state.is_completed(source)
+        return self._ask(lambda st: st.is_completed(source))
 
     @property
     def completed(self) -> CompletedView:
@@ -434,11 +470,14 @@ class Checkpoint:
 
         On an object store the parts of the completed-id index these ids fall in are
         read in one batch of ranged requests (a shard of neighbouring ids: a few)."""
-        sources = list(sources)
-        state = self._state
-        state.base.prefetch(sources)
-        is_done = state.is_completed
-        return [s for s in sources if not is_done(s)]
+        todo = list(sources)
+
+        def ask(state: FoldState) -> list[str]:
+            state.base.prefetch(todo)
+            is_done = state.is_completed
+            return [s for s in todo if not is_done(s)]
+
+        return self._ask(ask)
 
     def completed_leaves(self, source: str, *, prefix: str | None = None) -> set[str]:
         """Lineage keys (``<source>::<i>::<j>``) of leaves of ``source`` already written
@@ -447,11 +486,11 @@ class Checkpoint:
         ``prefix`` (default ``f"{source}::"``) filters the keys; ``""`` returns every
         key of ``source`` whose final delta in a live run is ``-1`` (the NeMo Curator
         backend, whose keys are Curator's task ids, uses it)."""
-        return self._state.completed_leaves(source, prefix)
+        return self._ask(lambda st: st.completed_leaves(source, prefix))
 
     def completed_run(self, source: str) -> str | None:
         """The run that completed ``source`` (``None`` if not completed)."""
-        return self._state.completed_run(source)
+        return self._ask(lambda st: st.completed_run(source))
 
     def outputs(
         self, root: str | Store, *, run: str | None = None, storage_options: Mapping[str, Any] | None = None
@@ -485,13 +524,13 @@ class Checkpoint:
         on its protocol).
         """
         self.refresh()
+        completed_by_run = self._ask(lambda st: st.completed_by_run())  # reads (and checks) every block
         st = self._state
         loaded = self._loaded
         pending_by_run: dict[str, set[str]] = {}
         for run, src in st.pending:
             if not st.is_completed(src):  # a drained state shadowed by another run's completion is not pending
                 pending_by_run.setdefault(run, set()).add(src)
-        completed_by_run = st.completed_by_run()
         pending_sources: set[str] = set().union(*pending_by_run.values())
         runs = [
             RunStatus(

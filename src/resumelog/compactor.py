@@ -254,7 +254,7 @@ def _load_once(
     for n, info in reversed(snaps):
         if n in skip:
             failures.append(
-                CorruptSnapshot("a done-entry frame failed its check after the snapshot was chosen", info.path)
+                CorruptSnapshot("a frame or layer block failed its check after the snapshot was chosen", info.path)
             )
             continue
         try:
@@ -738,6 +738,7 @@ def _merged(state: FoldState) -> bool:
     retired = {r for r, info in state.runs.items() if info.retired}
     return (
         layer.ref is not None
+        and layer.ref.head > 0  # a version-5 layer is rewritten as a version-6 one
         and not layer.tombstones
         and (not layer.has_shapes or not retired.intersection(layer.run_names))
     )

@@ -492,10 +492,10 @@ def open_layer(
     """A layer from its whole bytes ``data``, or (version 6) from its ``head`` (the first
     ``LayerRef.head`` bytes, object length ``size``) and a reader of its blocks.
 
-    A layer read whole has every block checked now; one read in parts has each block
-    checked when it is first read (a damaged block then raises from the lookup).
-    ``defer``: the shape table is checked when first used (and, read in parts, nothing
-    else is read now); otherwise every block is read and checked now. Raises
+    ``defer`` (a reader): each block is checked when a lookup first needs it (a damaged
+    block then raises :class:`~resumelog.errors.CorruptSnapshot` naming the layer from
+    that lookup), the shape table when first used; otherwise (a compactor, which
+    carries what it read) every block is read and checked now. Raises
     :class:`~resumelog.errors.CorruptSnapshot`."""
     if data is not None:
         view = memoryview(data)
@@ -513,8 +513,6 @@ def open_layer(
     layer = _open_v6(lh, read, path)
     layer.data = data
     layer.header = lh.header
-    if data is not None:
-        layer.index.blocks()  # at hand: every block checked now, as any object read whole
     if not defer:
         layer.index.blocks()
         layer.table()

@@ -210,9 +210,10 @@ def encode_snapshot(
         stack.append(build_layer(state.added, state.removed, state.done_shapes, state.shapes))
     if stack:
         k = plan_merges([layer.count + len(layer.tombstones) for layer in stack])
-        if stack[0].ref is None or merge_all:
-            # the index of a format 1-4 snapshot: the first version-5 compaction writes it
-            # as a layer, with everything above merged into it
+        if merge_all or any(layer.ref is None or not layer.ref.head for layer in state.base.layers):
+            # the index of a format 1-4 snapshot, or version-5 layers (one hash-ordered
+            # block: read whole): the first version-6 compaction rewrites them as one
+            # version-6 layer, with everything above merged into it
             if len(stack) == 1:
                 stack.append(make_layer([], [], [], ShapeTable(), [], frozenset()))
             k = len(stack)
