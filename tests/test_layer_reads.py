@@ -67,6 +67,16 @@ def test_a_shard_of_lookups_reads_a_few_blocks_not_the_layer(s3):
     assert ck.store.requests["GetObject"] - gets_open == 1  # those blocks are in memory now
 
 
+def test_a_shard_walked_one_id_at_a_time_is_read_ahead(s3):
+    url, opts = s3
+    _fill(url, opts)
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    before = ck.store.requests["GetObject"]
+    shard = IDS[2000:3000]  # ~15 blocks of ~70 ids
+    assert [ck.is_completed(s) for s in shard] == [i % 2 == 0 for i in range(2000, 3000)]
+    assert ck.store.requests["GetObject"] - before <= 3  # a block, then READ_AHEAD at a time
+
+
 def test_scattered_lookups_fall_back_to_one_whole_read(s3):
     url, opts = s3
     _fill(url, opts)

@@ -95,6 +95,11 @@ bytes): a lookup reads one block, a shard of consecutive ids a few adjacent ones
 the block index of 10^8 ids of 50 bytes is ~3 MB."""
 
 
+READ_AHEAD = 8
+"""Blocks read at once by a lookup that needs the block after one already read (a
+worker walking its shard in order: one read per ~1 MiB of ids instead of per block)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """One block of a layer: a sorted-hash index and its entries' shape ids."""
@@ -146,10 +151,14 @@ class LayerIndex:
         return sum(b is not None for b in self._blocks)
 
     def block(self, k: int) -> Block:
-        """Block ``k`` (read on first use)."""
+        """Block ``k`` (read on first use; when lookups walk the blocks in order, the
+        next :data:`READ_AHEAD` ones with it, in the same read)."""
         b = self._blocks[k]
         if b is None:
-            self._fill([k])
+            if k and self._blocks[k - 1] is not None:
+                self._fill(list(range(k, min(k + READ_AHEAD, len(self._blocks)))))
+            else:
+                self._fill([k])
             b = self._blocks[k]
             assert b is not None
         return b

@@ -209,7 +209,8 @@ def _layer(key: str, data: bytes, limit: int | None) -> dict[str, Any]:
     for block in layer.index.blocks():
         hashes, offsets, runs, blob = block.index.raw()
         if len(completed) < take:
-            completed += _entries(hashes, offsets, runs, blob, block.index.count, list(h.runs), take - len(completed))
+            n = block.index.count
+            completed += _entries(hashes, offsets, runs, blob, n, list(h.runs), min(n, take - len(completed)))
         if block.tags is not None:
             shape_id_bytes += len(block.tags) * getattr(block.tags, "itemsize", 4)
     return {
