@@ -155,3 +155,18 @@ def test_every_id_is_found_in_its_block_and_no_other(tmp_path: Path, monkeypatch
     assert view.pending(ids) == [s for s in ids if s not in done]
     assert sorted(view.completed) == sorted(done)
     assert sorted(layer.index.ids()) == sorted(done)
+
+
+def test_a_layer_collected_under_a_reader_makes_it_read_the_current_snapshot(s3):
+    url, opts = s3
+    _fill(url, opts)
+    reader = resumelog.open(url, storage_options=opts, create=False)  # heads read, no block yet
+    ck = resumelog.open(url, storage_options=opts, run_id="r2")
+    with ck.writer("w3") as w:
+        w.complete_many(IDS[1:100:2])  # odd ids of the first shard complete now
+    ck.compact(merge=True)
+    gone = ck.gc(retain=1, grace=0)
+    assert gone.layers >= 1  # the layer the reader's view names is collected
+    assert reader._loaded.snapshot == 2
+    assert reader.pending(IDS[:200]) == IDS[101:200:2]  # answered from snapshot 3
+    assert reader._loaded.snapshot == 3

@@ -439,11 +439,18 @@ class Checkpoint:
         index (blocks are checked when first read, format 6), the view is reloaded:
         first reading the layer again (a damaged cached copy is dropped), then, if the
         stored layer itself is damaged, from the snapshot before (``snapshot_fallback``,
-        as a load that finds the damage does), and the question asked again."""
+        as a load that finds the damage does), and the question asked again. A layer
+        read in parts that a GC collected meanwhile (the view outlived gc's grace) makes
+        it read the current snapshot."""
         for _ in range(3):
             state = self._state
             try:
                 return question(state)
+            except ObjectNotFound:
+                # a layer read in parts was collected: a newer snapshot superseded the
+                # view longer ago than gc's grace; read the current one
+                self.refresh(force=True)
+                continue
             except CorruptSnapshot as exc:
                 loaded = self._loaded
                 layers = {ref.name for ref in (loaded.frames.layers or ())} if loaded.frames is not None else set()
