@@ -78,6 +78,7 @@ __all__ = [
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
+    "frames_of",
     "layer_version",
     "object_parts",
     "read_preamble",
@@ -376,6 +377,21 @@ def read_preamble(data: bytes | memoryview, kind: int, path: str = "") -> int:
     if total < n or total > MAX_OBJECT_SIZE:
         raise err(f"object is {n} bytes but declares {total}", path)
     return int(total)
+
+
+def frames_of(data: bytes | memoryview) -> list[tuple[memoryview, int]]:
+    """``(payload, stored CRC)`` of every frame of an object this process just encoded
+    (nothing is checked: for re-framing without computing CRCs again)."""
+    view = memoryview(data)
+    total = int(_PRE.unpack_from(view, 0)[4])
+    out = []
+    pos = PREAMBLE_SIZE
+    while pos < total:
+        length, crc = _FRAME.unpack_from(view, pos)
+        start = pos + FRAME_HEADER_SIZE
+        out.append((view[start : start + length], crc))
+        pos = start + length
+    return out
 
 
 def split_frames(data: bytes | memoryview, kind: int, path: str = "") -> list[memoryview]:

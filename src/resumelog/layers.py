@@ -56,9 +56,9 @@ from resumelog.format import (
     encode,
     encode_layer_block,
     encode_layer_v6,
-    encode_object,
+    frames_of,
     layer_version,
-    split_frames,
+    object_parts,
     verify_layer_head_shapes,
     verify_layer_shapes,
 )
@@ -686,7 +686,7 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
     """Name and bytes of ``layer`` (built by :func:`make_layer`, not yet written), and its
     reference set on it: the placeholder header is replaced, the rest kept byte for byte."""
     assert layer.data is not None and layer.ref is None
-    frames = split_frames(layer.data, KIND_LAYER, "(new layer)")
+    frames = frames_of(layer.data)
     old = layer.index
     nonce = secrets.token_bytes(16)
     header = LayerHeader(
@@ -699,7 +699,8 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
         layer.run_names,
         len(layer.tombstones),
     )
-    data = encode_object(KIND_LAYER, [encode(header), *frames[1:]])
+    hdr = encode(header)
+    data = b"".join(object_parts(KIND_LAYER, [(hdr, crc32c(hdr)), *frames[1:]]))
     head = len(data) - (len(layer.data) - _head_of(layer.data))
     name = paths.layer_name(number, nonce[:8].hex())
     layer.ref = LayerRef(name, nonce, old.count, len(layer.tombstones), len(data), head)
