@@ -123,7 +123,7 @@ class Status(msgspec.Struct):
     outputs: list[OutputsStatus] = msgspec.field(default_factory=list)
     """One entry per outputs root passed to :meth:`Checkpoint.status` (``outputs=``)."""
     layers: int = 0
-    """Layers of the completed-id index the loaded snapshot names (format version 5)."""
+    """Layers of the completed-id index the loaded snapshot names (format version 5 on)."""
     layer_bytes: int = 0
 
 

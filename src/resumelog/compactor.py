@@ -811,7 +811,7 @@ class GcResult:
     snapshots: int = 0
     snapshot_bytes: int = 0
     layers: int = 0
-    """Layers (format version 5) no retained snapshot names any more."""
+    """Layers (format version 5 on) no retained snapshot names any more."""
     layer_bytes: int = 0
     keys: list[str] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)

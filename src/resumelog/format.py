@@ -258,7 +258,7 @@ class SnapshotBody(msgspec.Struct, array_like=True):
 
 
 class LayerRef(msgspec.Struct, array_like=True, frozen=True):
-    """A snapshot's reference to one layer of its completed-id index (version 5)."""
+    """A snapshot's reference to one layer of its completed-id index (version 5 on)."""
 
     name: str
     """Object key of the layer, ``layers/<number>-<token>.layer``."""
@@ -523,7 +523,7 @@ def decode_meta(data: bytes | memoryview, path: str = "") -> Meta:
 # --------------------------------------------------------------------------- snapshots
 
 SNAPSHOT_FRAMES: Final = 4
-"""header, body, layer references, done writers (format version 5: the completed ids
+"""header, body, layer references, done writers (format versions 5-6: the completed ids
 live in layer objects, see :class:`LayerRef`)."""
 SNAPSHOT_FRAMES_V3: Final = 9
 """header, body, u32 hashes, u32|u64 offsets, completing-run indexes, id blob, shape ids,
@@ -531,7 +531,7 @@ shape table, done writers (format versions 3 and 4; version 2 has 8 frames, no d
 writers; version 1 has 7, see :class:`DoneChunk`)."""
 LAYER_FRAMES: Final = 8
 """header, u32 hashes, u32|u64 offsets, run indexes, id blob, shape ids, shape table,
-tombstones (format version 5)."""
+tombstones (a version-5 layer; version 6: :data:`LAYER_HEAD_FRAMES` + blocks)."""
 SNAPSHOT_FRAMES_V2: Final = 8
 SNAPSHOT_FRAMES_V1: Final = 7
 EMPTY_SHAPE_TABLE: Final = b"\x90"
@@ -582,7 +582,7 @@ class SnapshotFrames(msgspec.Struct, frozen=True):
     legacy_done: list[DoneChunk] | None = None
     """Format version 1: the done-entry chunks (``shape_ids`` and ``shapes`` are empty)."""
     layers: list[LayerRef] | None = None
-    """Format version 5: the layers of the completed-id index, oldest first (the index
+    """Format version 5 on: the layers of the completed-id index, oldest first (the index
     frames above are then empty); ``None`` for versions 1-4."""
 
 
@@ -690,7 +690,7 @@ def verify_layer_shapes(frames: LayerFrames, path: str = "") -> None:
 
 
 def encode_layer(frames: LayerFrames) -> bytes:
-    """Encode a layer object (format version 5, ``docs/format.md`` §5a)."""
+    """Encode a version-5 layer object (``docs/format.md`` §9; writers write version 6)."""
     return encode_object(
         KIND_LAYER,
         [

@@ -43,7 +43,7 @@ META = "meta.msgpack"
 JOURNAL_PREFIX = "journal/"
 SNAPSHOT_PREFIX = "snapshots/"
 LAYER_PREFIX = "layers/"
-"""Layers of the completed-id index (format version 5), named by the snapshots."""
+"""Layers of the completed-id index (format version 5 on), named by the snapshots."""
 QUARANTINE_PREFIX = "quarantine/"
 """Corrupt objects moved aside by ``resumelog repair`` (never read by the loader)."""
 

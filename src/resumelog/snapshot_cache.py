@@ -6,8 +6,11 @@ numbers its snapshots from 1 again. So a cached copy is used only if its header
 with one ranged GET of the object's first bytes. A hit then costs that small GET
 instead of downloading the whole snapshot, and the copy is memory-mapped, so the
 done-entry frames are never read unless used. A miss downloads once and keeps the
-bytes. Layers (format version 5) are cached the same way; their snapshot names each
-layer's nonce, so a cached layer is used without any request.
+bytes. Layers (format version 5 on) are cached the same way; their snapshot names each
+layer's nonce, so a cached layer is used without any request. A reader that finds a
+large version-6 layer not cached reads it in parts instead (its head, then the blocks
+its lookups need: :class:`RangedLayer`), and caches it whole only if it comes to read
+most of it.
 
 Where: ``$RESUMELOG_CACHE_DIR``, else ``$XDG_CACHE_HOME/resumelog`` or
 ``~/.cache/resumelog``; ``RESUMELOG_CACHE_DIR=off`` turns it off. At most

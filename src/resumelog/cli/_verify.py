@@ -111,7 +111,7 @@ class VerifyReport:
 
 def check_snapshot_index(frames: fmt.SnapshotFrames, deep: bool = True) -> list[str]:
     """Structural problems of a decoded snapshot's completed-id index and body (for
-    format 5, whose index lives in layers, the body and the done writers only: see
+    format 5 on, whose index lives in layers, the body and the done writers only: see
     :func:`check_layer`).
 
     ``deep`` also recomputes every id's hash (one CRC per id).
