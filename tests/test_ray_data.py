@@ -641,7 +641,12 @@ def test_pending_paths_uses_rays_path_form_and_source_id(tmp_path: Path) -> None
     assert rd.pending_paths(ckpt, "s3://bucket/data/a.parquet") == []
 
 
-def test_completed_ids_zero_copy_matches_the_completed_view(tmp_path: Path) -> None:
+@pytest.mark.parametrize("block_bytes", [None, 256], ids=["one-block", "many-blocks"])
+def test_completed_ids_zero_copy_matches_the_completed_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block_bytes: int | None
+) -> None:
+    if block_bytes is not None:
+        monkeypatch.setattr(resumelog.layers, "BLOCK_BYTES", block_bytes)  # format 6: a few ids a block
     url = str(tmp_path / "ckpt")
     ckpt = resumelog.open(url)
     with ckpt.writer() as w:
