@@ -243,16 +243,15 @@ MUTANTS = [
     Mutant(
         "layer_merge_loses_an_id",
         "layers.py",
-        "    ids = lids + uids\n    runs = lruns + [umap[r] for r in uruns]\n    tags = ltags + [remap[t] for t in utags]\n",
-        "    ids = lids + uids[:-1]\n    runs = lruns + [umap[r] for r in uruns[:-1]]\n"
-        "    tags = ltags + [remap[t] for t in utags[:-1]]\n",
+        "    u = next(upper_it, None)\n    for b, lr, lt in",
+        "    next(upper_it, None)\n    u = next(upper_it, None)\n    for b, lr, lt in",
         "a merge of two layers drops one completion of the upper layer",
     ),
     Mutant(
         "layer_merge_resurrects_an_id",
         "layers.py",
-        "    drop = upper.tombstones\n",
-        "    drop: frozenset[str] = frozenset()\n",
+        "    drop = {t.encode() for t in upper.tombstones}\n",
+        "    drop: set[bytes] = set()\n",
         "a merge ignores the upper layer's tombstones: an uncompleted id completes again",
     ),
     Mutant(

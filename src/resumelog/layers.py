@@ -628,6 +628,70 @@ def build_layer(
     return make_layer(ids, [where[added[s]] for s in ids], out_tags, table, run_names, frozenset(removed))
 
 
+class LayerWriter:
+    """Builds a new version-6 layer from entries given in key order, cutting blocks as
+    they fill: only the block being cut is held as Python objects, the rest as encoded
+    bytes (a merge of two large layers streams through it)."""
+
+    def __init__(self) -> None:
+        self._payloads: list[bytes] = []
+        self._counts: list[int] = []
+        self._firsts: list[bytes] = []
+        self._ascii = True
+        self._tagged = False
+        self.count = 0
+        self._ids: list[bytes] = []
+        self._runs: list[int] = []
+        self._tags: list[int] = []
+        self._size = 0
+
+    def add(self, b: bytes, run: int, tag: int) -> None:
+        """Append the entry of id ``b`` (UTF-8, above every id added so far)."""
+        self._ids.append(b)
+        self._runs.append(run)
+        self._tags.append(tag)
+        self._size += len(b) + 10
+        if self._size >= BLOCK_BYTES:
+            self._cut()
+
+    def _cut(self) -> None:
+        encoded, runs, tags = self._ids, self._runs, self._tags
+        if not encoded:
+            return
+        hs = [crc32c(b) for b in encoded]
+        order = sorted(range(len(encoded)), key=hs.__getitem__)
+        blob = b"".join([encoded[i] for i in order])
+        self._ascii = self._ascii and blob.isascii()
+        offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
+        offsets.extend(accumulate(len(encoded[i]) for i in order))
+        block_tags = [tags[i] for i in order] if any(tags) else []
+        self._tagged = self._tagged or bool(block_tags)
+        self._payloads.append(
+            encode_layer_block(
+                pack_uints([hs[i] for i in order], (4,)),
+                offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
+                pack_uints([runs[i] for i in order]),
+                pack_uints(block_tags) if block_tags else b"",
+                blob,
+                len(encoded),
+            )
+        )
+        self._counts.append(len(encoded))
+        self._firsts.append(encoded[0])
+        self.count += len(encoded)
+        self._ids, self._runs, self._tags, self._size = [], [], [], 0
+
+    def finish(self, table: ShapeTable, run_names: list[str], tombstones: frozenset[str]) -> Layer:
+        """The layer (not yet written: :func:`encode_new_layer` names and stamps it)."""
+        self._cut()
+        index = BlockIndex(self._counts, [8 + len(p) for p in self._payloads], self._firsts)
+        header = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, self.count, self._ascii, run_names, len(tombstones))
+        shapes = table.encode() if self._tagged and len(table) else EMPTY_SHAPE_TABLE
+        data, _ = encode_layer_v6(header, index, shapes, sorted(tombstones), self._payloads)
+        self._payloads = []
+        return open_layer(data, "(new layer)", defer=False)
+
+
 def make_layer(
     ids: list[str],
     runs: Sequence[int],
@@ -637,49 +701,11 @@ def make_layer(
     tombstones: frozenset[str],
 ) -> Layer:
     """A new (unwritten) version-6 layer of the entries ``ids`` (sorted, distinct), their
-    run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``.
-    Encoded once, with a placeholder header that :func:`encode_new_layer` replaces."""
-    payloads: list[bytes] = []
-    counts: list[int] = []
-    firsts: list[bytes] = []
-    ascii_ids = True
-    any_tags = any(tags)
-    start = 0
-    n = len(ids)
-    while start < n:
-        size = 0
-        end = start
-        encoded: list[bytes] = []
-        while end < n and size < BLOCK_BYTES:
-            b = ids[end].encode()
-            encoded.append(b)
-            size += len(b) + 10
-            end += 1
-        hs = [crc32c(b) for b in encoded]
-        order = sorted(range(len(encoded)), key=hs.__getitem__)
-        blob = b"".join([encoded[i] for i in order])
-        ascii_ids = ascii_ids and blob.isascii()
-        offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
-        offsets.extend(accumulate(len(encoded[i]) for i in order))
-        block_tags = [tags[start + i] for i in order] if any_tags else []
-        payloads.append(
-            encode_layer_block(
-                pack_uints([hs[i] for i in order], (4,)),
-                offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
-                pack_uints([runs[start + i] for i in order]),
-                pack_uints(block_tags) if any_tags else b"",
-                blob,
-                len(encoded),
-            )
-        )
-        counts.append(len(encoded))
-        firsts.append(encoded[0])
-        start = end
-    index = BlockIndex(counts, [8 + len(p) for p in payloads], firsts)
-    header = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, n, ascii_ids, run_names, len(tombstones))
-    shapes = table.encode() if any_tags else EMPTY_SHAPE_TABLE
-    data, _ = encode_layer_v6(header, index, shapes, sorted(tombstones), payloads)
-    return open_layer(data, "(new layer)", defer=False)
+    run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``."""
+    w = LayerWriter()
+    for s, r, t in zip(ids, runs, tags):
+        w.add(s.encode(), r, t)
+    return w.finish(table, run_names, tombstones)
 
 
 def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int) -> tuple[str, bytes]:
@@ -717,8 +743,47 @@ def _head_of(data: bytes | memoryview) -> int:
     return pos
 
 
+def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
+    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order,
+    one block at a time (shape ids numbered in ``table`` for a version-5 or format
+    1-4 layer, whose entries are sorted whole)."""
+    if layer.legacy is not None:
+        assert table is not None
+        names, lruns, ltags = layer.sorted_entries(table)
+        for s, r, t in zip(names, lruns, ltags):
+            yield s.encode(), r, t
+        return
+    index = layer.index
+    for k in range(index.nblocks):
+        blk = index.block(k)
+        _, offsets, _, blob = blk.index.raw()
+        off = memoryview(offsets).cast("B").cast("I" if len(offsets) == 4 * (blk.index.count + 1) else "Q")
+        raw = bytes(blob)
+        n = blk.index.count
+        ids = [raw[off[i] : off[i + 1]] for i in range(n)]
+        runs = blk.index.arrays()[1]
+        tags = blk.tags
+        for i in sorted(range(n), key=ids.__getitem__):
+            yield ids[i], runs[i], (int(tags[i]) if tags is not None else 0)
+
+
+def _used_shapes(layer: Layer, table: ShapeTable | None, dead_runs: set[int]) -> set[int]:
+    """Shape ids of ``layer``'s entries that a merge keeps (not those of ``dead_runs``)."""
+    if not layer.has_shapes:
+        return set()
+    if layer.legacy is not None or dead_runs:
+        return {t for _, r, t in _key_ordered(layer, table) if t and r not in dead_runs}
+    used: set[int] = set()
+    for blk in layer.index.blocks():
+        if blk.tags is not None:
+            used.update(blk.tags)
+    used.discard(0)
+    return used
+
+
 def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset[str] = frozenset()) -> Layer:
-    """One layer equivalent to ``upper`` stacked on ``lower``.
+    """One layer equivalent to ``upper`` stacked on ``lower``, streamed in key order
+    (memory: the merged layer's bytes and one block of each as Python objects).
 
     ``bottom``: ``lower`` is the lowest layer, so tombstones mask nothing below and are
     dropped. Completions of ``retired`` runs lose their shapes (their records are
@@ -726,48 +791,50 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     """
     run_names = list(lower.run_names)
     where = {r: i for i, r in enumerate(run_names)}
-    for r in upper.run_names:
-        if r not in where:
-            where[r] = len(run_names)
-            run_names.append(r)
-    table = ShapeTable(list(lower.table().shapes))  # a copy: the loaded layer's stays as it is
-    lids, lruns, ltags = lower.sorted_entries(table)
+    for name in upper.run_names:
+        if name not in where:
+            where[name] = len(run_names)
+            run_names.append(name)
+    umap = [where[name] for name in upper.run_names]
+    dead = {i for i, name in enumerate(run_names) if name in retired}
+    # the merged shape table: the shapes some kept entry uses, lower's first
+    ltable = ShapeTable(list(lower.table().shapes))  # a copy: a version-1 layer interns into it
     utable = upper.table()
-    uids, uruns, utags = upper.sorted_entries(ShapeTable(list(utable.shapes)))
-    remap = [0] * (len(utable) + 1)
-    for sid in sorted(set(utags) - {0}):
+    lused = _used_shapes(lower, ltable, dead)
+    uused = _used_shapes(upper, ShapeTable(list(utable.shapes)), {r for r, m in enumerate(umap) if m in dead})
+    table = ShapeTable()
+    lmap: dict[int, int] = {0: 0}
+    umap_t: dict[int, int] = {0: 0}
+    for sid in sorted(lused):
+        if sid > len(ltable):
+            raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(ltable)} shapes)")
+        lmap[sid] = table.add(ltable.shapes[sid - 1])
+    for sid in sorted(uused):
         if sid > len(utable):
             raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(utable)} shapes)")
-        remap[sid] = table.add(utable.shapes[sid - 1])
-    umap = [where[r] for r in upper.run_names]
-    drop = upper.tombstones
-    if drop or uids:
-        uset = set(uids)
-        keep = [i for i, s in enumerate(lids) if s not in drop and s not in uset]
-        if len(keep) != len(lids):
-            lids = [lids[i] for i in keep]
-            lruns = [lruns[i] for i in keep]
-            ltags = [ltags[i] for i in keep]
-    ids = lids + uids
-    runs = lruns + [umap[r] for r in uruns]
-    tags = ltags + [remap[t] for t in utags]
-    if lids and uids and uids[0] < lids[-1]:  # two sorted runs: a linear merge in C
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        ids = [ids[i] for i in order]
-        runs = [runs[i] for i in order]
-        tags = [tags[i] for i in order]
-    if retired and any(tags):
-        dead = {i for i, r in enumerate(run_names) if r in retired}
-        if dead:
-            tags = [0 if r in dead else t for r, t in zip(runs, tags)]
-    if any(tags):
-        tags, table = _compact_table(tags, table)
-    else:
-        table = ShapeTable()
+        umap_t[sid] = table.add(utable.shapes[sid - 1])
+    drop = {t.encode() for t in upper.tombstones}
+    out = LayerWriter()
+    upper_it = _key_ordered(upper, ShapeTable(list(utable.shapes)))
+    u = next(upper_it, None)
+    for b, lr, lt in _key_ordered(lower, ltable):
+        while u is not None and u[0] < b:
+            ur = umap[u[1]]
+            out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
+            u = next(upper_it, None)
+        if u is not None and u[0] == b:
+            continue  # completed again above: the upper entry wins
+        if b in drop:
+            continue
+        out.add(b, lr, 0 if lr in dead else lmap.get(lt, 0))
+    while u is not None:
+        ur = umap[u[1]]
+        out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
+        u = next(upper_it, None)
     tombstones: frozenset[str] = frozenset()
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
-    return make_layer(ids, runs, tags, table, run_names, tombstones)
+    return out.finish(table, run_names, tombstones)
 
 
 def _compact_table(tags: list[int], table: ShapeTable) -> tuple[list[int], ShapeTable]:
