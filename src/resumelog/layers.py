@@ -654,6 +654,33 @@ class LayerWriter:
         if self._size >= BLOCK_BYTES:
             self._cut()
 
+    def add_many(self, encoded: list[bytes], runs: Sequence[int], tags: Sequence[int]) -> None:
+        """:meth:`add` of many entries (in key order), cut into blocks in bulk."""
+        n = len(encoded)
+        if not n:
+            return
+        cum = list(accumulate(map(len, encoded)))
+        i = 0
+        while i < n:
+            # the first j whose entries from i fill the block: size + Σ(len + 10) >= BLOCK_BYTES
+            base = cum[i - 1] if i else 0
+            room = BLOCK_BYTES - self._size
+            lo, hi = i, n
+            while lo < hi:  # smallest j in [i, n) with cum[j] - base + 10 * (j - i + 1) >= room
+                mid = (lo + hi) // 2
+                if cum[mid] - base + 10 * (mid - i + 1) >= room:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            j = lo + 1 if lo < n else n
+            self._ids.extend(encoded[i:j])
+            self._runs.extend(runs[i:j])
+            self._tags.extend(tags[i:j])
+            self._size += cum[j - 1] - base + 10 * (j - i)
+            if self._size >= BLOCK_BYTES:
+                self._cut()
+            i = j
+
     def _cut(self) -> None:
         encoded, runs, tags = self._ids, self._runs, self._tags
         if not encoded:
@@ -703,8 +730,7 @@ def make_layer(
     """A new (unwritten) version-6 layer of the entries ``ids`` (sorted, distinct), their
     run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``."""
     w = LayerWriter()
-    for s, r, t in zip(ids, runs, tags):
-        w.add(s.encode(), r, t)
+    w.add_many([s.encode() for s in ids], runs, tags)
     return w.finish(table, run_names, tombstones)
 
 
