@@ -170,3 +170,22 @@ def test_a_layer_collected_under_a_reader_makes_it_read_the_current_snapshot(s3)
     assert reader._loaded.snapshot == 2
     assert reader.pending(IDS[:200]) == IDS[101:200:2]  # answered from snapshot 3
     assert reader._loaded.snapshot == 3
+
+
+@pytest.mark.parametrize("block_bytes", [1, 48, 4096, 128 << 10])
+def test_blocks_cut_in_bulk_are_the_blocks_cut_one_entry_at_a_time(monkeypatch: pytest.MonkeyPatch, block_bytes):
+    from resumelog.done_shapes import ShapeTable
+
+    monkeypatch.setattr(layers, "BLOCK_BYTES", block_bytes)
+    rng = random.Random(block_bytes)
+    ids = sorted({"".join(rng.choice("abc\u00e9/") for _ in range(rng.randint(1, 30))) for _ in range(5000)})
+    runs = [rng.randrange(3) for _ in ids]
+    tags = [rng.choice([0, 0, 1, 2]) for _ in ids]
+    table = ShapeTable([[[["a", ""], 1]], [[["b", ""], -1]]])
+    bulk = layers.make_layer(ids, runs, tags, table, ["r0", "r1", "r2"], frozenset({"zz"}))
+    one = layers.LayerWriter()
+    for s, r, t in zip(ids, runs, tags):
+        one.add(s.encode(), r, t)
+    assert bulk.data == one.finish(table, ["r0", "r1", "r2"], frozenset({"zz"})).data
+    assert [bulk.index.tag_at(bulk.index.find(s)) for s in ids] == tags
+    assert [bulk.run_names[bulk.index.run_at(bulk.index.find(s))] for s in ids] == [f"r{r}" for r in runs]
