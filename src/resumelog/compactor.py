@@ -20,7 +20,9 @@ from typing import Any
 
 from resumelog import paths, snapshot_cache
 from resumelog._progress import Progress
+from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
+from resumelog.done_shapes import ShapeTable
 from resumelog.errors import (
     AlreadyExists,
     CheckpointReplaced,
@@ -96,6 +98,11 @@ class Loaded:
     salvaged: bool = False
     """A corrupt segment quarantined a run the base snapshot did not know was damaged:
     a compaction publishes even if it folded nothing else."""
+    spilled: list[str] = field(default_factory=list)
+    """Names of the layers the fold's spills made (:data:`SPILL_COMPLETIONS`): in memory
+    only, written by a compaction whose snapshot still names them (:func:`compact`)."""
+    spills: int = 0
+    """How many times the fold spilled its completions into layers."""
 
 
 def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
@@ -368,12 +375,28 @@ def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]
         raise
 
 
-ROUND_RECORDS = 2_000_000
+ROUND_RECORDS = 500_000
 """A long journal tail is evaluated every this many records while it is folded, so
 drained sources collapse to their completion instead of holding their fold state until
 the end: memory stays bounded by what is in flight, not by the tail's length. The
 result is the same (a record folded after its source completed provisionally reopens
-it exactly, quietly: ``FoldState.provisional``)."""
+it exactly, quietly: ``FoldState.provisional``). A round's records wait in the fold's
+columns until it is evaluated (some 250 bytes each with the NumPy fast path): 500,000
+records hold about 120 MB, and fold as fast as 2,000,000 (``benchmarks/bench_memory.py``)."""
+
+
+SPILL_COMPLETIONS: int | None = 1_000_000
+"""After an evaluation round (:data:`ROUND_RECORDS`), a fold holding at least this many
+completions of its own (``FoldState.added``, ``removed`` and ``done_writers``: Python
+dicts, some 200 bytes each) *spills* them: the state is encoded as a snapshot in memory
+and its completed-id index loaded back from it, as compact immutable layers (about 60
+bytes per 49-byte id), exactly as if a compaction had been published there and the
+next one had gone on (the fold is order-independent, and a snapshot round trip
+changes no answer). So a compaction's memory is bounded by its base's layers, its
+pending state, the journal segments in flight and this many completions, never by the
+records it folds. The layers are written only if the published snapshot names them
+(:func:`compact`). ``None``: never spill (every completion stays in Python objects
+until the snapshot is encoded)."""
 
 
 class _StaleSnapshot(Exception):
@@ -459,9 +482,49 @@ def fold_journal(
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
                     state.finish(final=False)  # provisional: collapses drained states, bounds memory
+                    if SPILL_COMPLETIONS is not None and _held(state) >= max(1, SPILL_COMPLETIONS):
+                        _spill(loaded)
     loaded.streams_relisted = _fold_latecomers(store, loaded)
     state.finish(writers=loaded.for_compaction)
     state.provisional = None
+
+
+def _held(state: FoldState) -> int:
+    """Completions (and voided or re-attributed ones) the fold holds in Python objects."""
+    return len(state.added) + len(state.removed) + len(state.done_writers)
+
+
+def _spill(loaded: Loaded) -> None:
+    """Move the completions ``loaded.state`` holds in Python objects into layers.
+
+    Right after an evaluation round (no state waits to be evaluated): the state is
+    encoded as snapshot ``state.number`` of the load's epoch, in memory, and its index
+    (the layers of the base, with the fold's completions merged in as
+    :func:`~resumelog.layers.plan_merges` decides) and done entries are taken back from
+    it; everything else the snapshot would round off stays as it is (pending states and
+    their flags, stream indexes, marks, runs, resets, anomalies, counters). The new
+    layers' names are kept in ``loaded.spilled``; the provisional completions become a
+    compact :class:`~resumelog._provisional.ProvisionalSet` (a quiet reopen, or a
+    quarantine voiding them, still sees every one)."""
+    state = loaded.state
+    assert not state._deferred and not state._touched, "spill right after an evaluation"
+    encoded = encode_snapshot(state, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")
+    _, spilled = load_snapshot(encoded, defer_done_crc=True)
+    state.base, state.base_done = spilled.base, spilled.base_done
+    del spilled
+    state.added = {}
+    state.removed = set()
+    state.done_shapes = {}
+    state.done_writers = {}
+    state.shapes = ShapeTable()
+    state._writer_tuples = {}
+    loaded.spilled.extend(name for name, _ in encoded.layers)
+    loaded.spills += 1
+    del encoded
+    provisional = state.provisional
+    if not isinstance(provisional, ProvisionalSet):
+        provisional = state.provisional = ProvisionalSet(provisional or ())
+    provisional.freeze()
 
 
 def _check_base_still_listed(store: Store, loaded: Loaded) -> None:
@@ -636,6 +699,8 @@ class CompactResult:
     completed: int
     attempts: int
     retired_runs: list[str] = field(default_factory=list)
+    spills: int = 0
+    """How many times the fold moved its completions into layers (:data:`SPILL_COMPLETIONS`)."""
 
 
 def compact(
@@ -703,6 +768,10 @@ def compact(
         except _BadBase as exc:
             skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
             continue
+        if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
+            named = encoded.named
+            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
+            encoded = encoded._replace(layers=[*spilled, *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data
         key = paths.snapshot_name(number)
@@ -718,9 +787,20 @@ def compact(
             store.delete([key, *new_layers])
             _check_epoch(store, read_epoch(store), epoch)
         return CompactResult(
-            number, True, loaded.segments_folded, loaded.records_folded, state.completed_count(), attempt, retired
+            number,
+            True,
+            loaded.segments_folded,
+            loaded.records_folded,
+            state.completed_count(),
+            attempt,
+            retired,
+            loaded.spills,
         )
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+def _as_bytes(data: bytes | memoryview) -> bytes:
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def _merged(state: FoldState) -> bool:
