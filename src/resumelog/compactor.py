@@ -730,6 +730,16 @@ def compact(
     ``merge``: also merge every layer of the completed-id index into one (the layers
     are otherwise merged as they grow, :func:`~resumelog.layers.plan_merges`): the
     smallest index at rest and one bisect per lookup, at the cost of rewriting it.
+
+    Memory: the journal tail is read a window of segments at a time and evaluated every
+    :data:`ROUND_RECORDS` records (drained sources collapse to their completion); once
+    the fold holds :data:`SPILL_COMPLETIONS` completions, they are *spilled* into
+    in-memory layers, as if a snapshot had been published there and the next
+    compaction went on (the published snapshot is the same, but for where its index is
+    cut into layers). So the fold's memory is bounded by the base's layers, the
+    pending state, one round and the spill threshold, not by the records it folds
+    (``docs/scaling.md``, *Memory*). The layers a spill made that the published
+    snapshot names are written with it (``CompactResult.spills``: how many spills).
     """
     skip: set[int] = set()
     for attempt in range(1, max_attempts + 1):
