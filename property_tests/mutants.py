@@ -297,9 +297,16 @@ MUTANTS += [
     Mutant(
         "spill_drops_round_completions",
         "compactor.py",
-        '    encoded = encode_snapshot(state, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
-        '    state.added = {}\n    encoded = encode_snapshot(state, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
-        "issue 17/4: a spill loses the completions the fold made since the last one",
+        '    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
+        '    view.added.clear()\n    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
+        "issue 17/4: a spill loses the completions it moves into layers",
+    ),
+    Mutant(
+        "partial_spill_drops_base_writers",
+        "compactor.py",
+        "            done_writers={s: w for s, w in writers.items() if s not in rest},  # base ones too\n",
+        "            done_writers={s: w for s, w in writers.items() if s in moved},  # base ones too\n",
+        "issue 17/4: a spill of part of the completions loses the writers of base completions a duplicate changed",
     ),
     Mutant(
         "spill_forgets_provisional_completions",

@@ -42,6 +42,8 @@ def published(store: Store) -> dict[str, Any]:
     counters) and done-writers frame, every completed id with its run, final entries
     and writers (by stream name), and what a fresh client's ``status()`` reports. The
     layers are read from the store: a layer the snapshot names but nobody wrote fails.
+    Left out with the layers: the header's ``ascii_ids`` (whether every layer holds
+    ASCII ids only, masked ones included: a lookup hint).
     """
     snaps = compactor.list_snapshots(store)
     if not snaps:
@@ -75,7 +77,6 @@ def published(store: Store) -> dict[str, Any]:
         "body": msgspec.to_builtins(frames.body),
         "writers_frame": bytes(frames.writers),
         "count": frames.header.completed_count,
-        "ascii": frames.header.ascii_ids,
         "completed": completed,
         "completed_by_run": dict(state.completed_by_run()),
         "status": st,
