@@ -152,3 +152,37 @@ def test_pipeline_machine_spilling_at_every_round(monkeypatch, round_records):
     monkeypatch.setattr(compactor, "ROUND_RECORDS", round_records)
     monkeypatch.setattr(compactor, "SPILL_COMPLETIONS", 1)
     run_state_machine_as_test(lambda: PipelineMachine(memory_store_factory()), settings=budget(0.3))
+
+
+@pytest.mark.parametrize("round_records, spill", [(3, 3), (2, 2), (3, 2), (4, 3)])
+def test_a_partial_spill_keeps_the_writers_a_duplicate_gave_a_base_completion(round_records, spill):
+    """A spill moves at most as many completions as keep its layer smaller than the one
+    below (the rest wait): the writers a duplicate from another open stream added to a
+    completion of the base (``FoldState.done_writers``) go with the spill all the same,
+    so the base completion's later rewrite by its first writer is still a conflict."""
+    ops = [
+        ("emit", 1, "S"),
+        ("record", 1, "S", "k", -1, False),  # S drained by w1
+        ("flush", 1),
+        ("compact", None),  # S is a completion of the base
+        ("complete_many", 0, 12),  # w0 (folded first): fresh completions, a first spill
+        ("record", 0, "S", "k", -1, False),  # a duplicate of k from another open stream
+        ("complete_many", 0, 30),  # more: later spills take part of what is held
+        ("flush", 0),
+        ("record", 1, "S", "k", 0, False),  # w1 rewrites k: w0 still says -1, a conflict
+        ("record", 1, "S", "k2", -1, False),
+        ("close", 1),
+        ("close", 0),
+    ]
+    j = Journal()
+    try:
+        for o in ops:
+            j.apply(o)
+        j.finish()
+        kept = compacted(j.store, round_records, None, None)
+        spilled = compacted(j.store, round_records, spill, None)
+        assert spilled[2] >= 3
+        assert kept[:2] == spilled[:2]
+        assert "S" not in kept[1]["completed"]
+    finally:
+        j.store.clear()
