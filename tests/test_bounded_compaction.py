@@ -266,3 +266,29 @@ def test_provisional_set_is_a_set():
     big.freeze()
     assert all(f"id-{i:06d}" in big for i in range(0, 10_000, 7)) and "id-x" not in big
     assert big.nbytes < 10_000 * 10  # a few bytes per id
+
+
+def test_spilled_layers_are_not_merged_back_together():
+    """Each spill moves fewer completions than the top layer holds (the rest wait for
+    the next), so ``plan_merges`` keeps every spilled layer apart: the published
+    snapshot names one layer per spill (plus the publish's own) in strictly decreasing
+    sizes, and not one merge rewrote an id. (A merge holds both layers' ids as Python
+    objects; equal spills would merge like a binary counter, half the fold at once.)"""
+    from resumelog.format import decode_snapshot_frames
+
+    store = mem()
+    ck = resumelog.open(store, run_id="r", flush_policy=resumelog.FlushPolicy(max_records=10))
+    with ck.writer("w") as w:
+        for i in range(100):
+            w.complete(f"s{i:03d}")
+    kept, spilled, (_, r) = both(store)
+    assert kept == spilled
+    copy = mem()
+    copy_store(store, copy)
+    with spilling(10, 16):
+        r = compactor.compact(copy)
+    snap = compactor.list_snapshots(copy)[-1][1].path
+    sizes = [ref.count for ref in decode_snapshot_frames(copy.read(snap), snap).layers or ()]
+    assert r.spills >= 4 and len(sizes) in (r.spills, r.spills + 1), (r.spills, sizes)
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), sizes
+    assert sum(sizes) == 100

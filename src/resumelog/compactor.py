@@ -518,20 +518,22 @@ def _spill(loaded: Loaded) -> bool:
     :class:`~resumelog._provisional.ProvisionalSet` (a quiet reopen, or a quarantine
     voiding them, still sees every one).
 
-    The new layer is made smaller than the top one (it takes that many completions, the
-    rest stay for the next spill) while the stack has room and the sizes have not
-    shrunk below a quarter of :data:`SPILL_COMPLETIONS`, so that ``plan_merges`` (which
-    merges the newest layer into the one below when that one is no larger) does not
-    merge spilled layers back together: a merge holds every id of both layers as Python
-    objects, and a binary counter of equal spills would merge half the fold at once.
-    Beyond that the spills merge as compactions' layers do.
+    The new layer is made smaller than the top one, the base's or the last spill's (it
+    takes that many completions, the rest stay for the next spill), while the stack has
+    room and that size is at least a quarter of :data:`SPILL_COMPLETIONS`, so that
+    ``plan_merges`` (which merges the newest layer into the one below when that one is
+    no larger) merges neither spilled layers back together nor a spill into the base: a
+    merge holds every id of both layers as Python objects, and a binary counter of equal
+    spills would merge half the fold at once. Otherwise the spill merges as compactions'
+    layers do.
     """
     state = loaded.state
     assert not state._deferred and not state._touched, "spill right after an evaluation"
     added, removed = state.added, state.removed
     take = len(added)
-    if loaded.spill_sizes and len(state.base.layers) + 2 < layers.MAX_LAYERS:
-        room = loaded.spill_sizes[-1] - 1 - len(removed)  # the new layer stays smaller
+    stack = state.base.layers
+    if stack and len(stack) + 2 < layers.MAX_LAYERS:
+        room = stack[-1].count + len(stack[-1].tombstones) - 1 - len(removed)  # the new layer stays smaller
         if room >= max(1, (SPILL_COMPLETIONS or 0) // 4):  # (else: spill all, merging)
             take = min(take, room)
     if not take and not removed:
