@@ -12,7 +12,9 @@ NeMo Curator 1.4 pipeline under its Ray executor on resumelog vs on Curator's ow
 actor; needs ``nemo_curator`` importable in this environment, skipped otherwise and in
 ``--smoke``), ``scale`` (``bench_scale.py``: compaction tick, compaction rate, a fresh
 client's open + 10k lookups, peak RSS and bytes per id vs the completed ids N, on local
-disk and SeaweedFS, fitted and extrapolated to 10^9; ``--quick``: N up to 10^7).
+disk and SeaweedFS, fitted and extrapolated to 10^9; ``--quick``: N up to 10^7),
+``memory`` (``bench_memory.py``: peak RSS of one compaction of M records, before and
+after spilling, issue 17 part 4; ``--quick``: M = 4M, 16M; full: also 64M).
 Systems: resumelog (local, memory, S3), NeMo Curator 1.4.0's LMDB resumability actor
 (through Ray and in-process), one object per event (local, S3), SQLite in WAL mode, Ray
 Data's native checkpointing (via ``bench_ray_data.py``). Every figure comes from a child
@@ -54,7 +56,19 @@ from baselines.common import ChildError, best_of, run_child, source_id  # noqa: 
 VENV = os.path.join(BENCH_DIR, ".venv-baselines")
 CURATOR_REQ = "nemo-curator==1.4.0"
 PROBE = source_id(7)
-SECTIONS = ("throughput", "latency", "startup", "background", "s3", "raydata", "raymem", "outputs", "curator", "scale")
+SECTIONS = (
+    "throughput",
+    "latency",
+    "startup",
+    "background",
+    "s3",
+    "raydata",
+    "raymem",
+    "outputs",
+    "curator",
+    "scale",
+    "memory",
+)
 
 SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -645,6 +659,23 @@ class Runner:
             if line.startswith("{"):
                 self.emit(**{"system": "resumelog", **json.loads(line)})
 
+    def memory(self) -> None:
+        """``bench_memory.py`` in a subprocess (it runs its own children)."""
+        script = os.path.join(BENCH_DIR, "bench_memory.py")
+        cmd = [sys.executable, script, "--workdir", self.work]
+        cmd += ["--smoke"] if self.mode == "smoke" else ["--quick"] if self.mode == "quick" else []
+        timeout = {"smoke": 300, "quick": 3600}.get(self.mode, 6 * 3600)
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.emit(bench="error", system="memory", reason=f"bench_memory.py timed out after {timeout} s")
+            return
+        if p.returncode:
+            self.emit(bench="error", system="memory", reason=(p.stderr or "")[-800:])
+        for line in p.stdout.splitlines():
+            if line.startswith("{"):
+                self.emit(**{"system": "resumelog", **json.loads(line)})
+
     def _out_dir(self) -> str:
         if self.args.out:
             return str(self.args.out)
@@ -683,6 +714,7 @@ class Runner:
         self.section("outputs", self.outputs)
         self.section("curator", self.curator_pipeline)
         self.section("scale", self.scale)
+        self.section("memory", self.memory)
         total = time.perf_counter() - self.t_start
         self.emit(
             bench="section", system="total", seconds=round(total, 1), loadavg_end=[round(x, 2) for x in os.getloadavg()]

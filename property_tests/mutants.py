@@ -301,6 +301,35 @@ MUTANTS += [
         "            if False:",
         "the fast path touches a pending state after a fresh one (the evaluation order changes)",
     ),
+    Mutant(
+        "spill_drops_round_completions",
+        "compactor.py",
+        '    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
+        '    view.added.clear()\n    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
+        "issue 17/4: a spill loses the completions it moves into layers",
+    ),
+    Mutant(
+        "partial_spill_drops_base_writers",
+        "compactor.py",
+        "            done_writers={s: w for s, w in writers.items() if s not in rest},  # base ones too\n",
+        "            done_writers={s: w for s, w in writers.items() if s in moved},  # base ones too\n",
+        "issue 17/4: a spill of part of the completions loses the writers of base completions a duplicate changed",
+    ),
+    Mutant(
+        "spill_forgets_provisional_completions",
+        "compactor.py",
+        "    provisional.freeze()\n",
+        "    provisional.recent.clear()\n",
+        "issue 17/4: after a spill, a later record of the same fold reopens a round's completion "
+        "as a late record, and a quarantine keeps it",
+    ),
+    Mutant(
+        "spilled_layers_not_written",
+        "compactor.py",
+        "            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]\n",
+        "            spilled = []\n",
+        "issue 17/4: the published snapshot names layers a spill made that nobody wrote",
+    ),
 ]
 
 

@@ -64,6 +64,12 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
     assert all(r["extrapolated"] for r in scale if r["bench"] == "scale_extrapolated")
     assert (out / "scale-smoke.jsonl").exists()
 
+    # the memory section (bench_memory.py --smoke): one compaction per setting, the last spilling
+    mem = {r["setting"]: r for r in rows if r["bench"] == "memory_compaction"}
+    assert set(mem) == {"before", "rounds", "after"}
+    assert mem["after"]["spills"] > 0 and mem["before"]["spills"] == 0
+    assert len({r["completed"] for r in mem.values()}) == 1
+
     md = (out / "smoke.md").read_text()
     assert md.startswith("# resumelog benchmarks")
     for heading in (

@@ -54,6 +54,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field
 
 from resumelog import _fastfold
+from resumelog._provisional import ProvisionalSet
 from resumelog.done_shapes import ShapeTable
 from resumelog.format import (
     EMISSION,
@@ -250,10 +251,13 @@ class FoldState:
     completions made by this fold, and base completions whose writers changed (a
     duplicate from another stream). Absent: the base's (frame 8), or none known."""
     _writer_tuples: dict[Writers, Writers] = field(default_factory=dict)
-    provisional: set[str] | None = None
+    provisional: set[str] | ProvisionalSet | None = None
     """While a fold evaluates in rounds to bound memory: sources completed by an
     intermediate evaluation, which a record later in the same fold may reopen quietly
-    (the records came in another order, nothing arrived late)."""
+    (the records came in another order, nothing arrived late). A fold that spills its
+    completions into layers (:func:`resumelog.compactor.fold_journal`) holds them in a
+    :class:`~resumelog._provisional.ProvisionalSet`: they are then in :attr:`base`,
+    no longer in :attr:`added`."""
     resets: dict[str, set[str]] = field(default_factory=dict)
     anomalies: list[Anomaly] = field(default_factory=list)
     anomaly_counts: Counter[str] = field(default_factory=Counter)
@@ -559,7 +563,7 @@ class FoldState:
             ws[-1] = stream
             self.done_writers[source] = self._interned(tuple([ws[i] for i in order]))
             return None
-        s = self._reopened(entries, self.done_writers_of(source))
+        s = self._reopened(entries, self.done_writers_of(source), stream)
         self._uncomplete(source)
         if self.provisional is not None and source in self.provisional:
             self.provisional.discard(source)  # evaluated before all its records were folded
@@ -573,22 +577,44 @@ class FoldState:
         self._touched[(run, source)] = s
         return s
 
-    def _reopened(self, entries: Mapping[str, int], writers: Writers | None) -> SourceRunState:
+    def _reopened(self, entries: Mapping[str, int], writers: Writers | None, current: int = -1) -> SourceRunState:
         """A pending state holding a collapsed completion's final entries (emitted),
         each attributed to the streams that wrote it (``writers``, shape order; closed
         or unknown writers: :data:`REOPENED_STREAM`), at ordinal ``-1``: a later record
-        of a writer is a rewrite, as if the state had never collapsed."""
+        of a writer is a rewrite, as if the state had never collapsed. ``current``: the
+        stream whose segment is being folded (its closing segment's own records are
+        still to come: it is not final yet)."""
         s = SourceRunState()
         s.emitted = True
         pseudo = self._stream(REOPENED_STREAM)
         if writers is None or len(writers) != len(entries):
             writers = (pseudo,) * len(entries)
+        # A writer that closed (or whose run retired) since it wrote is final too: the
+        # same attribution whether or not a snapshot (frame 8) or a spill came between.
+        final: dict[int, int] = {}
+
+        def live(x: int) -> int:
+            y = final.get(x)
+            if y is None:
+                m = self.streams.get(self.stream_ids[x])
+                info = self.runs.get(m.run_id) if m is not None else None
+                y = final[x] = (
+                    x
+                    if x == current or (m is not None and not m.closed and not (info is not None and info.retired))
+                    else pseudo
+                )
+            return y
+
         for (k, d), w in zip(entries.items(), writers):
             if isinstance(w, int):
-                s.entries[k] = (w, -1, d)
+                s.entries[k] = (live(w), -1, d)
             else:
-                s.entries[k] = {x: (-1, d) for x in w}
-                s.multi = True
+                xs = sorted({live(x) for x in w})
+                if len(xs) == 1:
+                    s.entries[k] = (xs[0], -1, d)
+                else:
+                    s.entries[k] = {x: (-1, d) for x in xs}
+                    s.multi = True
         return s
 
     def open_stream_ids(self) -> set[str]:
@@ -699,8 +725,9 @@ class FoldState:
         if self.provisional:
             # Completions an earlier round of this fold made in the run are as unproven
             # as its pending states (the lost segment may hold a fan-out of them): void
-            # them. Completions published by earlier folds stand.
-            for src in [src for src in self.provisional if self.added.get(src) == run_id]:
+            # them. Completions published by earlier folds stand. (In sorted order: the
+            # pending states they become are the same whatever holds the set.)
+            for src in sorted(src for src in self.provisional if self.completed_run(src) == run_id):
                 s = self._reopened(self.done_entries_of(src), self.done_writers_of(src))
                 s.tainted = True
                 self._uncomplete(src)
@@ -981,4 +1008,5 @@ class _Evaluation:
                     pending[k] = pending.pop(k)
         if self.state.provisional is not None:
             self.state.provisional.update(self.done)
+        del self.evaluate  # a closure over this evaluation: the cycle would outlive it while the GC is paused
         return self.done

@@ -15,12 +15,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from resumelog import paths, snapshot_cache
+from resumelog import layers, paths, snapshot_cache
 from resumelog._progress import Progress
+from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
+from resumelog.done_shapes import ShapeTable
 from resumelog.errors import (
     AlreadyExists,
     CheckpointReplaced,
@@ -97,6 +99,13 @@ class Loaded:
     salvaged: bool = False
     """A corrupt segment quarantined a run the base snapshot did not know was damaged:
     a compaction publishes even if it folded nothing else."""
+    spilled: list[str] = field(default_factory=list)
+    """Names of the layers the fold's spills made (:data:`SPILL_COMPLETIONS`): in memory
+    only, written by a compaction whose snapshot still names them (:func:`compact`)."""
+    spills: int = 0
+    """How many times the fold spilled its completions into layers."""
+    spill_sizes: list[int] = field(default_factory=list)
+    """The size (entries and tombstones) of the layer each spill added, in order."""
 
 
 def list_snapshots(store: Store) -> list[tuple[int, ObjectInfo]]:
@@ -373,12 +382,31 @@ def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]
         raise
 
 
-ROUND_RECORDS = 2_000_000
+ROUND_RECORDS = 500_000
 """A long journal tail is evaluated every this many records while it is folded, so
 drained sources collapse to their completion instead of holding their fold state until
 the end: memory stays bounded by what is in flight, not by the tail's length. The
 result is the same (a record folded after its source completed provisionally reopens
-it exactly, quietly: ``FoldState.provisional``)."""
+it exactly, quietly: ``FoldState.provisional``). A round's records wait in the fold's
+columns until it is evaluated, some 350 bytes each: compacting 4M records peaks at
+455 MB in rounds of 500,000 and at 981 MB in rounds of 2,000,000, at the same speed
+(``benchmarks/bench_memory.py``)."""
+
+
+SPILL_COMPLETIONS: int | None = 1_000_000
+"""After an evaluation round (:data:`ROUND_RECORDS`), a fold holding at least this many
+completions of its own (``FoldState.added``, ``removed`` and ``done_writers``: Python
+dicts, some 200 bytes each) *spills* them: the state is encoded as a snapshot in memory
+and its completed-id index loaded back from it, as compact immutable layers (about 60
+bytes per 49-byte id), exactly as if a compaction had been published there and the
+next one had gone on (the fold is order-independent, and a snapshot round trip
+changes no answer). So the fold's memory is bounded by its base's layers, its pending
+state, a round, the journal segments in flight and this many completions, not by the
+records it folds; what still grows with them is the layer merges a spill (or the
+publish) runs when :func:`~resumelog.layers.plan_merges` asks for one (``docs/scaling.md``,
+*Memory*). The layers are written only if the published snapshot names them
+(:func:`compact`). ``None``: never spill (every completion stays in Python objects
+until the snapshot is encoded)."""
 
 
 class _StaleSnapshot(Exception):
@@ -464,9 +492,96 @@ def fold_journal(
                 if since_round >= ROUND_RECORDS:
                     since_round = 0
                     state.finish(final=False)  # provisional: collapses drained states, bounds memory
+                    if SPILL_COMPLETIONS is not None and _held(state) >= max(1, SPILL_COMPLETIONS):
+                        _spill(loaded)
     loaded.streams_relisted = _fold_latecomers(store, loaded)
     state.finish(writers=loaded.for_compaction)
+    if loaded.spill_sizes and loaded.for_compaction:
+        # the layer the publish adds must be smaller than the last spilled one, or
+        # plan_merges would merge the spilled layers back together (see _spill)
+        while state.added and len(state.added) + len(state.removed) >= loaded.spill_sizes[-1] and _spill(loaded):
+            pass
     state.provisional = None
+
+
+def _held(state: FoldState) -> int:
+    """Completions (and voided or re-attributed ones) the fold holds in Python objects."""
+    return len(state.added) + len(state.removed) + len(state.done_writers)
+
+
+def _spill(loaded: Loaded) -> bool:
+    """Move completions ``loaded.state`` holds in Python objects into layers (``False``
+    if there was nothing to move).
+
+    Right after an evaluation (no state waits to be evaluated): the state is encoded as
+    snapshot ``state.number`` of the load's epoch, in memory, and its index (the layers
+    of the base and one new layer, merged as :func:`~resumelog.layers.plan_merges`
+    decides) and done entries are taken back from it; everything else the snapshot
+    would round off stays as it is (pending states and their flags, stream indexes,
+    marks, runs, resets, anomalies, counters). The new layers' names are kept in
+    ``loaded.spilled``; the provisional completions become a compact
+    :class:`~resumelog._provisional.ProvisionalSet` (a quiet reopen, or a quarantine
+    voiding them, still sees every one).
+
+    The new layer is made smaller than the top one, the base's or the last spill's (it
+    takes that many completions, the rest stay for the next spill), while the stack has
+    room and that size is at least a quarter of :data:`SPILL_COMPLETIONS`, so that
+    ``plan_merges`` (which merges the newest layer into the one below when that one is
+    no larger) merges neither spilled layers back together nor a spill into the base: a
+    merge holds every id of both layers as Python objects, and a binary counter of equal
+    spills would merge half the fold at once. Otherwise the spill merges as compactions'
+    layers do.
+    """
+    state = loaded.state
+    assert not state._deferred and not state._touched, "spill right after an evaluation"
+    added, removed = state.added, state.removed
+    take = len(added)
+    stack = state.base.layers
+    if stack and len(stack) + 2 < layers.MAX_LAYERS:
+        room = stack[-1].count + len(stack[-1].tombstones) - 1 - len(removed)  # the new layer stays smaller
+        if room >= max(1, (SPILL_COMPLETIONS or 0) // 4):  # (else: spill all, merging)
+            take = min(take, room)
+    if not take and not removed:
+        return False
+    rest: dict[str, str] = {}
+    if take < len(added):
+        moved: dict[str, str] = {}
+        for i, (src, run) in enumerate(added.items()):
+            (moved if i < take else rest)[src] = run
+        shapes, writers = state.done_shapes, state.done_writers
+        view = replace(
+            state,
+            added=moved,
+            done_shapes={s: shapes[s] for s in moved if s in shapes},
+            done_writers={s: w for s, w in writers.items() if s not in rest},  # base ones too
+        )
+        rest_shapes = {s: shapes[s] for s in rest if s in shapes}
+        rest_writers = {s: writers[s] for s in rest if s in writers}
+    else:
+        view = state
+    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")
+    del view
+    _, spilled = load_snapshot(encoded, defer_done_crc=True)
+    state.base, state.base_done = spilled.base, spilled.base_done
+    del spilled
+    # (an id of ``rest`` that the old base held was in ``removed``: the new layer masks it)
+    state.removed = set()
+    if rest:
+        state.added, state.done_shapes, state.done_writers = rest, rest_shapes, rest_writers
+    else:
+        state.added, state.done_shapes, state.done_writers = {}, {}, {}
+        state.shapes = ShapeTable()
+        state._writer_tuples = {}
+    loaded.spilled.extend(name for name, _ in encoded.layers)
+    loaded.spills += 1
+    top = state.base.layers[-1]
+    loaded.spill_sizes.append(top.count + len(top.tombstones))  # what plan_merges compares
+    del encoded
+    provisional = state.provisional
+    if not isinstance(provisional, ProvisionalSet):
+        provisional = state.provisional = ProvisionalSet(provisional or ())
+    provisional.freeze()
+    return True
 
 
 def _check_base_still_listed(store: Store, loaded: Loaded) -> None:
@@ -641,6 +756,8 @@ class CompactResult:
     completed: int
     attempts: int
     retired_runs: list[str] = field(default_factory=list)
+    spills: int = 0
+    """How many times the fold moved its completions into layers (:data:`SPILL_COMPLETIONS`)."""
 
 
 def compact(
@@ -670,6 +787,17 @@ def compact(
     ``merge``: also merge every layer of the completed-id index into one (the layers
     are otherwise merged as they grow, :func:`~resumelog.layers.plan_merges`): the
     smallest index at rest and one bisect per lookup, at the cost of rewriting it.
+
+    Memory: the journal tail is read a window of segments at a time and evaluated every
+    :data:`ROUND_RECORDS` records (drained sources collapse to their completion); once
+    the fold holds :data:`SPILL_COMPLETIONS` completions, they are *spilled* into
+    in-memory layers, as if a snapshot had been published there and the next
+    compaction went on (the published snapshot is the same, but for where its index is
+    cut into layers). So the fold's memory is bounded by the base's layers, the
+    pending state, one round and the spill threshold, not by the records it folds;
+    the layer merges a spill or the publish runs still grow with the ids merged
+    (``docs/scaling.md``, *Memory*). The layers a spill made that the published
+    snapshot names are written with it (``CompactResult.spills``: how many spills).
     """
     skip: set[int] = set()
     for attempt in range(1, max_attempts + 1):
@@ -708,6 +836,10 @@ def compact(
         except _BadBase as exc:
             skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
             continue
+        if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
+            named = encoded.named
+            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
+            encoded = encoded._replace(layers=[*spilled, *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data
         key = paths.snapshot_name(number)
@@ -723,9 +855,20 @@ def compact(
             store.delete([key, *new_layers])
             _check_epoch(store, read_epoch(store), epoch)
         return CompactResult(
-            number, True, loaded.segments_folded, loaded.records_folded, state.completed_count(), attempt, retired
+            number,
+            True,
+            loaded.segments_folded,
+            loaded.records_folded,
+            state.completed_count(),
+            attempt,
+            retired,
+            loaded.spills,
         )
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+def _as_bytes(data: bytes | memoryview) -> bytes:
+    return data if isinstance(data, bytes) else bytes(data)
 
 
 def _merged(state: FoldState) -> bool:

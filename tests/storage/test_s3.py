@@ -265,3 +265,38 @@ def test_a_large_output_goes_through_writer_output_on_s3(s3_url):
     outs = ck.outputs(root)
     assert [(o.source, o.size) for o in outs] == [("big", 11 * MiB)]
     assert root.read(outs[0].path) == chunk * 11
+
+
+def test_read_many_reads_a_window_at_a_time(s3_url, monkeypatch):
+    """``read_many`` of a long key list (a compaction's journal) reads a window of
+    objects at a time and yields each in order, missing ones as ``ObjectNotFound``: it
+    never holds the whole list's bytes at once."""
+    from resumelog.errors import ObjectNotFound
+    from resumelog.storage import _fsspec
+
+    url, opts = s3_url
+    store = FsspecStore(url, opts, concurrency=2)
+    monkeypatch.setattr(_fsspec, "READ_WINDOW", 2)  # 4 objects per window
+    keys = [f"journal/w/{i:03d}" for i in range(11)]
+    for i, k in enumerate(keys):
+        if i != 6:
+            store.put_if_absent(k, f"object {i}".encode() * (i + 1))
+    windows: list[int] = []
+    real = store._cat_all
+
+    async def counted(fulls):
+        windows.append(len(fulls))
+        return await real(fulls)
+
+    monkeypatch.setattr(store, "_cat_all", counted)
+    got = store.read_many(keys)
+    first = next(got)
+    assert first == (keys[0], b"object 0") and windows == [4]  # one window read, not the list
+    rest = list(got)
+    assert windows == [4, 4, 3]
+    for i, (k, v) in enumerate(rest, start=1):
+        assert k == keys[i]
+        if i == 6:
+            assert isinstance(v, ObjectNotFound)
+        else:
+            assert v == f"object {i}".encode() * (i + 1)

@@ -51,6 +51,10 @@ ATOMIC_CREATE_PROTOCOLS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "g
 _INSTALL_HINT = {"s3fs": "pip install 'resumelog[s3]'", "gcsfs": "pip install 'resumelog[gcs]'"}
 _TRANSIENT_MARKERS = ("ConditionalRequestConflict", "SlowDown", "ServiceUnavailable", "503", "409", "Throttl")
 
+READ_WINDOW = 2
+""":meth:`FsspecStore.read_many` reads this many times ``concurrency`` objects at a time
+(64 segments of 1 MiB by default), so that folding a long journal holds a window of it,
+not all of it."""
 MULTIPART_MIN_PART = 5 << 20
 """S3's smallest part (all parts but the last)."""
 MULTIPART_MAX_PARTS = 10_000
@@ -393,16 +397,21 @@ class FsspecStore(Store):
         from fsspec.asyn import sync
 
         self._hook()
-        got = sync(self.fs.loop, self._cat_all, fulls)
-        for k, v in zip(keys, got):
-            if isinstance(v, FileNotFoundError):
-                yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
-            elif isinstance(v, BaseException):
-                yield k, _storage_error("read", self._url, k, v)
-            elif v is None:
-                yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
-            else:
-                yield k, v
+        # A window of objects at a time: a compaction reads a journal of any length
+        # through here, and holds only the window (``READ_WINDOW`` x concurrency objects).
+        window = max(1, READ_WINDOW * self.concurrency)
+        for i in range(0, len(keys), window):
+            got: list[bytes | BaseException | None] = list(sync(self.fs.loop, self._cat_all, fulls[i : i + window]))
+            for j, k in enumerate(keys[i : i + window]):
+                v, got[j] = got[j], None  # the consumer holds it, not this window
+                if isinstance(v, FileNotFoundError):
+                    yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
+                elif isinstance(v, BaseException):
+                    yield k, _storage_error("read", self._url, k, v)
+                elif v is None:
+                    yield k, ObjectNotFound(f"{self._url}/{k} does not exist")
+                else:
+                    yield k, v
 
     async def _cat_all(self, fulls: list[str]) -> list[bytes | BaseException]:
         """GET every object concurrently (bounded), one request each, no HEADs."""

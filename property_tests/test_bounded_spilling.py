@@ -1,0 +1,188 @@
+"""Bounded compaction memory (issue 17 part 4): spilling changes nothing but layer boundaries.
+
+A compaction evaluates a long tail in rounds and, once it holds enough completions,
+*spills* them into in-memory layers (``compactor.SPILL_COMPLETIONS``) so that its
+memory does not grow with the records it folds. Random journals written through the
+public writer API — several runs and writers, records with few keys and sources (so
+duplicates, rewrites, cross-stream conflicts and over-drained sources happen), late
+records after a compaction, operators' resets, writers that crash with unflushed
+records, compactions between them that retire runs and stack layers — are compacted
+twice from byte-for-byte copies of the store, with the same evaluation rounds (1 to 3
+records), once spilling at 1 to 3 completions held and once never. The two published
+snapshots must be the same in everything but how their index is cut into layers:
+marks, runs, pending states (entries, streams, ordinals, flags), resets, anomalies and
+counters, the done-writers frame, every completed id with its run, final entries and
+writers (layers read back from the store: an unwritten one fails), and a fresh
+client's ``status()``. The pipeline machine also runs with spills at every round.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import run_state_machine_as_test
+from pt_settings import budget
+
+import resumelog
+from resumelog import compactor
+from resumelog.storage import MemoryStore
+from resumelog.testing.compaction import copy_store, published, spilling
+from resumelog.testing.stateful import PipelineMachine, crash_writer, memory_store_factory
+
+SOURCES = ("s0", "s1", "s2", "s3", "s4", "ü")
+KEYS = ("a", "b", "c", "d")
+RUNS = ("r1", "r2", "r3")
+POLICY = resumelog.FlushPolicy(max_records=2)
+
+op = st.one_of(
+    st.tuples(
+        st.just("record"),
+        st.integers(0, 2),
+        st.sampled_from(SOURCES),
+        st.sampled_from(KEYS),
+        st.integers(-2, 2),
+        st.booleans(),
+    ),
+    st.tuples(st.just("complete"), st.integers(0, 2), st.sampled_from(SOURCES)),
+    st.tuples(st.just("emit"), st.integers(0, 2), st.sampled_from(SOURCES)),
+    st.tuples(st.just("complete_many"), st.integers(0, 2), st.integers(0, 40)),
+    st.tuples(st.just("flush"), st.integers(0, 2)),
+    st.tuples(st.just("close"), st.integers(0, 2)),
+    st.tuples(st.just("crash"), st.integers(0, 2)),
+    st.tuples(st.just("reset"), st.lists(st.sampled_from(SOURCES), min_size=1, max_size=2)),
+    st.tuples(st.just("compact"), st.sampled_from([None, None, 1, 2])),
+    st.tuples(st.just("run"), st.sampled_from(RUNS)),
+)
+
+
+class Journal:
+    """Writes the operations into a memory store through the public API."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore(f"spill-{uuid.uuid4().hex}")
+        self.run = "r1"
+        self.views: dict[str, resumelog.Checkpoint] = {}
+        self.writers: dict[tuple[str, int], Any] = {}
+        self.batch = 0
+        self.view()  # the checkpoint exists (meta.msgpack)
+
+    def view(self) -> resumelog.Checkpoint:
+        if self.run not in self.views:
+            self.views[self.run] = resumelog.open(self.store, run_id=self.run, flush_policy=POLICY)
+        return self.views[self.run]
+
+    def writer(self, i: int) -> Any:
+        w = self.writers.get((self.run, i))
+        if w is None:
+            w = self.writers[(self.run, i)] = self.view().writer(f"w{i}")
+        return w
+
+    def apply(self, o: tuple[Any, ...]) -> None:
+        kind = o[0]
+        if kind == "record":
+            _, i, src, key, delta, emission = o
+            self.writer(i).record(key, src, delta, emission=emission)
+        elif kind == "emit":
+            self.writer(o[1]).emit(o[2])
+        elif kind == "complete":
+            self.writer(o[1]).complete(o[2])
+        elif kind == "complete_many":  # fresh sources, enough for several rounds and spills
+            self.batch += 1
+            for j in range(o[2]):
+                self.writer(o[1]).complete(f"b{self.batch}-{j}")
+        elif kind == "flush":
+            self.writer(o[1]).flush()
+        elif kind in ("close", "crash"):
+            w = self.writers.pop((self.run, o[1]), None)
+            if w is not None:
+                w.close() if kind == "close" else crash_writer(w)
+        elif kind == "reset":
+            self.view().reset(o[1])
+        elif kind == "compact":
+            self.view().compact(keep_runs=o[1])
+        elif kind == "run":
+            self.run = o[1]
+
+    def finish(self) -> None:
+        for w in self.writers.values():
+            crash_writer(w)  # unflushed records are lost, as in a crash
+        self.writers.clear()
+
+
+def compacted(store: MemoryStore, round_records: int, spill: int | None, keep_runs: int | None) -> tuple[Any, ...]:
+    copy = MemoryStore(f"{store.name}-{spill}")
+    try:
+        copy_store(store, copy)
+        with spilling(round_records, spill):
+            r = compactor.compact(copy, keep_runs=keep_runs)
+        return (r.written, r.records_folded, r.segments_folded, r.completed, r.retired_runs), published(copy), r.spills
+    finally:
+        copy.clear()
+
+
+@given(
+    ops=st.lists(op, max_size=40),
+    round_records=st.integers(1, 3),
+    spill=st.integers(1, 3),
+    keep_runs=st.sampled_from([None, None, 1, 2]),
+)
+@budget(3)
+def test_spilling_publishes_what_keeping_publishes(ops, round_records, spill, keep_runs):
+    j = Journal()
+    try:
+        for o in ops:
+            j.apply(o)
+        j.finish()
+        kept = compacted(j.store, round_records, None, keep_runs)
+        spilled = compacted(j.store, round_records, spill, keep_runs)
+        assert kept[2] == 0
+        assert kept[:2] == spilled[:2]
+    finally:
+        j.store.clear()
+
+
+@pytest.mark.parametrize("round_records", [1, 2])
+def test_pipeline_machine_spilling_at_every_round(monkeypatch, round_records):
+    """The pipeline machine (safety, convergence, no loss against its model) with every
+    fold evaluated every 1-2 records and spilling at every round."""
+    monkeypatch.setattr(compactor, "ROUND_RECORDS", round_records)
+    monkeypatch.setattr(compactor, "SPILL_COMPLETIONS", 1)
+    run_state_machine_as_test(lambda: PipelineMachine(memory_store_factory()), settings=budget(0.3))
+
+
+@pytest.mark.parametrize("round_records, spill", [(3, 3), (2, 2), (3, 2), (4, 3)])
+def test_a_partial_spill_keeps_the_writers_a_duplicate_gave_a_base_completion(round_records, spill):
+    """A spill moves at most as many completions as keep its layer smaller than the one
+    below (the rest wait): the writers a duplicate from another open stream added to a
+    completion of the base (``FoldState.done_writers``) go with the spill all the same,
+    so the base completion's later rewrite by its first writer is still a conflict."""
+    ops = [
+        ("emit", 1, "S"),
+        ("record", 1, "S", "k", -1, False),  # S drained by w1
+        ("flush", 1),
+        ("compact", None),  # S is a completion of the base
+        ("complete_many", 0, 12),  # w0 (folded first): fresh completions, a first spill
+        ("record", 0, "S", "k", -1, False),  # a duplicate of k from another open stream
+        ("complete_many", 0, 30),  # more: later spills take part of what is held
+        ("flush", 0),
+        ("record", 1, "S", "k", 0, False),  # w1 rewrites k: w0 still says -1, a conflict
+        ("record", 1, "S", "k2", -1, False),
+        ("close", 1),
+        ("close", 0),
+    ]
+    j = Journal()
+    try:
+        for o in ops:
+            j.apply(o)
+        j.finish()
+        kept = compacted(j.store, round_records, None, None)
+        spilled = compacted(j.store, round_records, spill, None)
+        assert spilled[2] >= 3
+        assert kept[:2] == spilled[:2]
+        assert "S" not in kept[1]["completed"]
+    finally:
+        j.store.clear()

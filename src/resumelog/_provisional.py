@@ -1,0 +1,164 @@
+"""The provisional completions of a fold that spills (:attr:`FoldState.provisional
+<resumelog.algebra.FoldState.provisional>`), held compactly.
+
+A long journal tail is evaluated in rounds, and the sources an intermediate round
+completes are *provisional*: a later record of the same fold reopens one quietly (the
+records came in another order, nothing arrived late), and a segment of its run found
+lost later in the fold voids it (``FoldState.damage_run``). A plain ``set`` of them
+grows with every completion the fold makes, which is what a spilling compaction
+(:func:`resumelog.compactor.fold_journal`) must not hold in Python objects: so the ids
+made provisional before a spill are *frozen* into sorted runs of compressed chunks
+(a few bytes per id), and only the changes since are Python sets.
+
+Exactly a set of strings for the operations the fold uses (``in``, ``add``,
+``update``, ``discard``, iteration): ``s`` is a member iff it is in :attr:`recent`, or
+it is in a frozen run and not in :attr:`gone` (discarded since it was frozen). A lookup
+in a frozen run is a bisect over the chunks' first ids and the decoding of one chunk
+(tens of microseconds); the fold looks up only on a reopen or a quarantine.
+"""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator
+
+import msgspec
+
+__all__ = ["ProvisionalSet"]
+
+CHUNK = 256
+"""Ids per compressed chunk of a frozen run."""
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(list[str]).decode
+
+
+class _Run:
+    """Sorted distinct ids in compressed chunks of :data:`CHUNK` (immutable)."""
+
+    __slots__ = ("_cache", "chunks", "firsts", "n")
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.firsts: list[str] = []
+        self.chunks: list[bytes] = []
+        self.n = 0
+        self._cache: tuple[int, list[str]] = (-1, [])
+        buf: list[str] = []
+        for s in ids:  # sorted, distinct
+            buf.append(s)
+            if len(buf) == CHUNK:
+                self._add(buf)
+                buf = []
+        if buf:
+            self._add(buf)
+
+    def _add(self, chunk: list[str]) -> None:
+        self.firsts.append(chunk[0])
+        self.chunks.append(zlib.compress(_encode(chunk), 1))
+        self.n += len(chunk)
+
+    def _chunk(self, i: int) -> list[str]:
+        if self._cache[0] != i:
+            self._cache = (i, _decode(zlib.decompress(self.chunks[i])))
+        return self._cache[1]
+
+    def __contains__(self, s: str) -> bool:
+        i = bisect_right(self.firsts, s) - 1
+        if i < 0:
+            return False
+        chunk = self._chunk(i)
+        j = bisect_left(chunk, s)
+        return j < len(chunk) and chunk[j] == s
+
+    def __iter__(self) -> Iterator[str]:
+        for c in self.chunks:
+            yield from _decode(zlib.decompress(c))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.chunks) + sum(len(s) for s in self.firsts)
+
+
+def _unique(ids: Iterable[str]) -> Iterator[str]:
+    """``ids`` (sorted) without repeats."""
+    last: str | None = None
+    for s in ids:
+        if s != last:
+            yield s
+            last = s
+
+
+class ProvisionalSet:
+    """A set of source ids whose bulk is frozen into compressed sorted runs (:meth:`freeze`)."""
+
+    __slots__ = ("gone", "recent", "runs")
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self.recent: set[str] = set(ids)
+        """Members added since the last :meth:`freeze` (never in :attr:`gone`)."""
+        self.gone: set[str] = set()
+        """Ids discarded since they were frozen (a frozen run cannot change)."""
+        self.runs: list[_Run] = []
+        """Frozen runs, oldest first; an id may be in several (frozen, discarded, added
+        again, frozen again): :meth:`__iter__` yields it once."""
+
+    def __contains__(self, s: object) -> bool:
+        if s in self.recent:
+            return True
+        if not isinstance(s, str) or s in self.gone:
+            return False
+        return any(s in run for run in reversed(self.runs))
+
+    def add(self, s: str) -> None:
+        self.gone.discard(s)
+        self.recent.add(s)
+
+    def update(self, ids: Iterable[str]) -> None:
+        gone = self.gone
+        if gone:
+            ids = list(ids)
+            gone.difference_update(ids)
+        self.recent.update(ids)
+
+    def discard(self, s: str) -> None:
+        self.recent.discard(s)
+        if self.runs:
+            self.gone.add(s)
+
+    def __iter__(self) -> Iterator[str]:
+        """Each member once: the frozen ones in order, then :attr:`recent`."""
+        recent, gone = self.recent, self.gone
+        for s in _unique(heapq.merge(*self.runs)):
+            if s not in gone and s not in recent:
+                yield s
+        yield from list(recent)
+
+    def __bool__(self) -> bool:
+        return bool(self.recent) or any(run.n for run in self.runs)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def freeze(self) -> None:
+        """Move :attr:`recent` into a frozen run; merge the newest runs while the older
+        is no larger (a binary counter: ``log2`` runs, each id recompressed ``log2``
+        times), leaving out ids discarded since."""
+        if self.recent:
+            self.runs.append(_Run(sorted(self.recent)))
+            self.recent = set()
+        runs = self.runs
+        while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
+            upper, lower = runs.pop(), runs.pop()
+            gone = self.gone
+            runs.append(_Run(s for s in _unique(heapq.merge(lower, upper)) if s not in gone))
+        if len(runs) == 1 and self.gone:
+            # every frozen id is in the one run: drop discards it does not hold (none
+            # can come back from it) so the set stays bounded by what is pending
+            self.gone = {s for s in self.gone if s in runs[0]}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the frozen runs (compressed chunks and their first ids)."""
+        return sum(run.nbytes for run in self.runs)
