@@ -108,17 +108,6 @@ def run_child(kw: dict[str, Any], timeout: float = 4 * 3600) -> dict[str, Any]:
     raise RuntimeError(f"compaction child failed ({why}): {(p.stderr or p.stdout)[-1500:]}")
 
 
-def mem_available_mb() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 def predict(points: list[tuple[int, float]], m: int) -> float | None:
     """Peak RSS at ``m`` records, linear through the two largest points (or the ratio of one)."""
     if not points:
@@ -165,7 +154,7 @@ def main() -> None:
             w = bench_scale.run_child("write_journals", url=url, records=m, writers=WRITERS)
             for name in args.settings:
                 guess = predict(seen[name], m)
-                if guess is not None and guess > MEM_FRACTION * mem_available_mb():
+                if guess is not None and guess > MEM_FRACTION * bench_scale.mem_available_mb():
                     emit(bench="skipped", what=f"{name} at {m:,} records", predicted_peak_mb=round(guess))
                     continue
                 for d in ("snapshots", "layers"):

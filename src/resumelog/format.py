@@ -757,19 +757,26 @@ class LayerHead(msgspec.Struct, frozen=True):
     """The shape table's CRC when its check is deferred (:func:`verify_layer_head_shapes`)."""
 
 
+def _checked_preamble(view: memoryview, kind: int, path: str) -> int:
+    """The version of the object whose first bytes are ``view`` (at least a preamble):
+    magic, CRC, version and kind checked (not the length)."""
+    err = _error_for(kind)
+    magic, k, _flags, version, _total, _res = _PRE.unpack_from(view, 0)
+    if magic != MAGIC or crc32c(view[: _PRE.size]) != int.from_bytes(view[_PRE.size : PREAMBLE_SIZE], "big"):
+        raise err("bad preamble", path)
+    if version > FORMAT_VERSION or version < 1:
+        raise UnsupportedFormat(f"format version {version} is not supported by this resumelog; upgrade", path)
+    if k != kind:
+        raise err(f"expected a {_KIND_NAMES.get(kind)} object, found kind {k!r}", path)
+    return int(version)
+
+
 def layer_version(prefix: bytes | memoryview, path: str = "") -> int:
     """The format version of a layer object from its first bytes (preamble checked)."""
     view = memoryview(prefix)
     if len(view) < PREAMBLE_SIZE:
         raise CorruptSnapshot("layer object shorter than its preamble", path)
-    magic, k, _flags, version, _total, _res = _PRE.unpack_from(view, 0)
-    if magic != MAGIC or crc32c(view[: _PRE.size]) != int.from_bytes(view[_PRE.size : PREAMBLE_SIZE], "big"):
-        raise CorruptSnapshot("bad layer preamble", path)
-    if version > FORMAT_VERSION or version < 1:
-        raise UnsupportedFormat(f"format version {version} is not supported by this resumelog; upgrade", path)
-    if k != KIND_LAYER:
-        raise CorruptSnapshot(f"expected a layer object, found kind {k!r}", path)
-    return int(version)
+    return _checked_preamble(view, KIND_LAYER, path)
 
 
 def encode_layer_block(hashes: bytes, offsets: bytes, runs: bytes, shape_ids: bytes, blob: bytes, count: int) -> bytes:
@@ -897,13 +904,7 @@ def decode_header(
     view = memoryview(prefix)
     if len(view) < PREAMBLE_SIZE + FRAME_HEADER_SIZE:
         return None
-    magic, k, _flags, version, _total, _res = _PRE.unpack_from(view, 0)
-    if magic != MAGIC or crc32c(view[: _PRE.size]) != int.from_bytes(view[_PRE.size : PREAMBLE_SIZE], "big"):
-        raise err("bad preamble", path)
-    if version > FORMAT_VERSION or version < 1:
-        raise UnsupportedFormat(f"format version {version} is not supported by this resumelog; upgrade", path)
-    if k != kind:
-        raise err(f"expected a {_KIND_NAMES.get(kind)} object, found kind {k!r}", path)
+    _checked_preamble(view, kind, path)
     length, crc = _FRAME.unpack_from(view, PREAMBLE_SIZE)
     start = PREAMBLE_SIZE + FRAME_HEADER_SIZE
     if len(view) < start + length:

@@ -31,12 +31,22 @@ from typing import NamedTuple
 
 from resumelog._crc import crc32c
 
-__all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "id_hash", "pack_uints"]
+__all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "encoded_key", "id_hash", "pack_uints"]
 
 _LITTLE = sys.byteorder == "little"
 
 id_hash = crc32c
 """Hash of an id's UTF-8 bytes used to order the index (CRC-32C)."""
+
+
+def encoded_key(source: str) -> tuple[bytes, int] | None:
+    """``(UTF-8 bytes, hash)`` of an id, as the indexes look it up; ``None`` if it has
+    no UTF-8 encoding (a lone surrogate: never stored, so never found)."""
+    try:
+        b = source.encode()
+    except UnicodeEncodeError:
+        return None
+    return b, crc32c(b)
 
 
 def _as_array(typecode: str, data: bytes | memoryview | array[int]) -> array[int]:
@@ -151,13 +161,8 @@ class CompletedIndex:
 
     def find(self, source: str) -> int:
         """Position of ``source`` in the index, or ``-1``."""
-        if not self.count:
-            return -1
-        try:
-            b = source.encode()
-        except UnicodeEncodeError:
-            return -1
-        return self.find_encoded(b, crc32c(b))
+        key = encoded_key(source) if self.count else None
+        return -1 if key is None else self.find_encoded(*key)
 
     def find_encoded(self, b: bytes, h: int) -> int:
         """:meth:`find` of the id whose UTF-8 bytes are ``b`` and hash ``h`` (a caller

@@ -62,7 +62,7 @@ from resumelog.format import (
     verify_layer_head_shapes,
     verify_layer_shapes,
 )
-from resumelog.idset import CompletedIndex, counted_uints, pack_uints
+from resumelog.idset import CompletedIndex, counted_uints, encoded_key, pack_uints
 
 __all__ = [
     "BLOCK_BYTES",
@@ -192,11 +192,8 @@ class LayerIndex:
 
     def find(self, source: str) -> int:
         """Position of ``source`` in the layer, or ``-1``."""
-        try:
-            b = source.encode()
-        except UnicodeEncodeError:
-            return -1
-        return self.find_encoded(b, crc32c(b))
+        key = encoded_key(source)
+        return -1 if key is None else self.find_encoded(*key)
 
     def find_encoded(self, b: bytes, h: int) -> int:
         """:meth:`find` of the id whose UTF-8 bytes are ``b`` and hash ``h``."""
