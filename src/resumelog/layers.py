@@ -146,10 +146,6 @@ class LayerIndex:
     def nblocks(self) -> int:
         return len(self.fences)
 
-    def loaded(self) -> int:
-        """How many blocks are in memory."""
-        return sum(b is not None for b in self._blocks)
-
     def block(self, k: int) -> Block:
         """Block ``k`` (read on first use; when lookups walk the blocks in order, the
         next :data:`READ_AHEAD` ones with it, in the same read)."""
@@ -246,21 +242,6 @@ class LayerIndex:
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
 
-    def sorted_entries(self) -> tuple[list[str], list[int], list[int]]:
-        """``(ids, run indexes, shape ids)`` of every entry, in key order."""
-        ids: list[str] = []
-        runs: list[int] = []
-        tags: list[int] = []
-        for b in self.blocks():
-            bids = b.index.ids()
-            bruns = b.index.arrays()[1]
-            btags = b.tags
-            order = sorted(range(len(bids)), key=bids.__getitem__)
-            ids.extend([bids[i] for i in order])
-            runs.extend([bruns[i] for i in order])
-            tags.extend([int(btags[i]) for i in order] if btags is not None else [0] * len(order))
-        return ids, runs, tags
-
 
 @dataclass(eq=False)
 class Layer:
@@ -324,24 +305,6 @@ class Layer:
             name = self.ref.name if self.ref is not None else ""
             raise CorruptSnapshot(f"shape id {sid} outside the shape table ({len(table)} shapes)", name)
         return table.entries(sid, source)
-
-    def sorted_entries(self, table: ShapeTable) -> tuple[list[str], list[int], list[int]]:
-        """``(ids, run indexes, shape ids)`` in key order, shape ids numbered in
-        ``table`` (a copy of :meth:`table` the caller may grow)."""
-        if self.legacy is None:
-            return self.index.sorted_entries()
-        block = self.index.blocks()[0] if self.index.count else None
-        if block is None:
-            return [], [], []
-        ids = block.index.ids()
-        runs = block.index.arrays()[1]
-        tags = self.legacy.shape_ids(table)
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        return (
-            [ids[i] for i in order],
-            [runs[i] for i in order],
-            [int(tags[i]) for i in order] if tags is not None else [0] * len(order),
-        )
 
 
 class LayeredIndex:
@@ -597,8 +560,6 @@ class LayerSource(NamedTuple):
 
 # --------------------------------------------------------------------------- building
 
-_PLACEHOLDER = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, 0, True, [], 0)
-
 
 def build_layer(
     added: Mapping[str, str],
@@ -750,42 +711,27 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
     )
     hdr = encode(header)
     data = b"".join(object_parts(KIND_LAYER, [(hdr, crc32c(hdr)), *frames[1:]]))
-    head = len(data) - (len(layer.data) - _head_of(layer.data))
+    head = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in [(hdr, 0), *frames[1:LAYER_HEAD_FRAMES]])
     name = paths.layer_name(number, nonce[:8].hex())
     layer.ref = LayerRef(name, nonce, old.count, len(layer.tombstones), len(data), head)
     layer.data = data
     return name, data
 
 
-def _head_of(data: bytes | memoryview) -> int:
-    """Offset of the first block frame of a version-6 layer's bytes."""
-    view = memoryview(data)
-    pos = PREAMBLE_SIZE
-    for _ in range(LAYER_HEAD_FRAMES):
-        pos += FRAME_HEADER_SIZE + int.from_bytes(view[pos : pos + 4], "big")
-    return pos
-
-
 def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
     """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order,
-    one block at a time (shape ids numbered in ``table`` for a version-5 or format
-    1-4 layer, whose entries are sorted whole)."""
-    if layer.legacy is not None:
-        assert table is not None
-        names, lruns, ltags = layer.sorted_entries(table)
-        for s, r, t in zip(names, lruns, ltags):
-            yield s.encode(), r, t
-        return
+    one block at a time (a version-5 or format 1-4 layer is one block: its shape ids
+    are numbered in ``table``, into which a version-1 one interns its entries)."""
     index = layer.index
     for k in range(index.nblocks):
         blk = index.block(k)
-        _, offsets, _, blob = blk.index.raw()
-        off = memoryview(offsets).cast("B").cast("I" if len(offsets) == 4 * (blk.index.count + 1) else "Q")
-        raw = bytes(blob)
         n = blk.index.count
+        _, offsets, _, blob = blk.index.raw()
+        off = counted_uints(offsets, n + 1, (4, 8))
+        raw = bytes(blob)
         ids = [raw[off[i] : off[i + 1]] for i in range(n)]
         runs = blk.index.arrays()[1]
-        tags = blk.tags
+        tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
         for i in sorted(range(n), key=ids.__getitem__):
             yield ids[i], runs[i], (int(tags[i]) if tags is not None else 0)
 
@@ -802,6 +748,16 @@ def _used_shapes(layer: Layer, table: ShapeTable | None, dead_runs: set[int]) ->
             used.update(blk.tags)
     used.discard(0)
     return used
+
+
+def _carry_shapes(used: set[int], source: ShapeTable, into: ShapeTable) -> dict[int, int]:
+    """Add the shapes ``used`` of ``source`` to ``into``: their new ids, by old id."""
+    remap = {0: 0}
+    for sid in sorted(used):
+        if sid > len(source):
+            raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(source)} shapes)")
+        remap[sid] = into.add(source.shapes[sid - 1])
+    return remap
 
 
 def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset[str] = frozenset()) -> Layer:
@@ -826,16 +782,8 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     lused = _used_shapes(lower, ltable, dead)
     uused = _used_shapes(upper, ShapeTable(list(utable.shapes)), {r for r, m in enumerate(umap) if m in dead})
     table = ShapeTable()
-    lmap: dict[int, int] = {0: 0}
-    umap_t: dict[int, int] = {0: 0}
-    for sid in sorted(lused):
-        if sid > len(ltable):
-            raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(ltable)} shapes)")
-        lmap[sid] = table.add(ltable.shapes[sid - 1])
-    for sid in sorted(uused):
-        if sid > len(utable):
-            raise CorruptSnapshot(f"a completed id names shape {sid}, outside the shape table ({len(utable)} shapes)")
-        umap_t[sid] = table.add(utable.shapes[sid - 1])
+    lmap = _carry_shapes(lused, ltable, table)
+    umap_t = _carry_shapes(uused, utable, table)
     drop = {t.encode() for t in upper.tombstones}
     out = LayerWriter()
     upper_it = _key_ordered(upper, ShapeTable(list(utable.shapes)))
@@ -858,20 +806,6 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
     return out.finish(table, run_names, tombstones)
-
-
-def _compact_table(tags: list[int], table: ShapeTable) -> tuple[list[int], ShapeTable]:
-    """Drop the shapes no id refers to any more (renumbering the ids)."""
-    used = sorted(set(tags) - {0})
-    if used and used[-1] > len(table):
-        raise CorruptSnapshot(f"a completed id names shape {used[-1]}, outside the shape table ({len(table)} shapes)")
-    if len(used) == len(table):
-        return tags, table
-    kept = ShapeTable()
-    remap = [0] * (len(table) + 1)
-    for sid in used:
-        remap[sid] = kept.add(table.shapes[sid - 1])
-    return [remap[t] for t in tags], kept
 
 
 def plan_merges(sizes: Sequence[int]) -> int:
