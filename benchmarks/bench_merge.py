@@ -5,7 +5,8 @@ binary counter of ``layers.plan_merges`` rewrites each id ``log2(N / tick)`` tim
 its life). Each measurement runs in a fresh child process: build a lower layer of
 ``--lower`` ids and an upper one of ``--upper`` ids (half new, a tenth of the lower
 ones masked), then merge them; prints one JSON line per size: seconds of the merge,
-the child's peak RSS (``VmHWM``) and its RSS before the merge.
+the child's peak RSS during the merge (``VmHWM``, reset after building the inputs) and
+its RSS before the merge.
 
     python benchmarks/bench_merge.py                      # 1M+1M, 4M+4M
     python benchmarks/bench_merge.py --sizes 8000000:1000000
@@ -46,6 +47,8 @@ def child(lower: int, upper: int) -> None:
     import gc
 
     gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to now: the figure is the merge's, not the build's
     rss0 = _vm("VmRSS")
     t0 = time.perf_counter()
     m = merge_layers(a, b, bottom=True)
