@@ -77,12 +77,15 @@ for s in segs:
 t3 = clock()
 state.finish()
 t4 = clock()
-data = snapshot.encode_snapshot(state, None)
+encoded = snapshot.encode_snapshot(state, None)
 t5 = clock()
 import hashlib
+digest = hashlib.sha256(encoded.data)
+for name, layer in sorted(encoded.layers):  # the new layers, by name
+    digest.update(name.encode()); digest.update(layer)
 print(json.dumps({"read": t1 - t0, "decode": t2 - t1, "apply": t3 - t2, "finish": t4 - t3, "encode": t5 - t4,
                   "records": state.records_folded, "completed": state.completed_count(),
-                  "sha256": hashlib.sha256(data).hexdigest()}))  # (--before: no fixed nonce if its snapshot differs)
+                  "sha256": digest.hexdigest()}))  # (--before: no fixed nonce if its snapshot differs)
 """
 
 COMPACT_CHILD = r"""
