@@ -17,9 +17,10 @@ import pytest
 from tests.s3_support import S3_KINDS, bucket_of
 
 import resumelog
-from resumelog import layers, snapshot_cache
+from resumelog import compactor, layers, snapshot_cache
 from resumelog.format import decode_snapshot_frames
 from resumelog.layers import open_layer
+from resumelog.storage._fsspec import FsspecStore
 
 N = 6000
 IDS = [f"shard-{i // 1000:03d}/doc-{i:07d}" for i in range(N)]
@@ -65,6 +66,31 @@ def test_a_shard_of_lookups_reads_a_few_blocks_not_the_layer(s3):
     assert bytes_open < size / 4  # the open read the head, not the blocks
     assert ck.is_completed(IDS[2500]) and not ck.is_completed(IDS[2501])
     assert ck.store.requests["GetObject"] - gets_open == 1  # those blocks are in memory now
+
+
+def test_a_compaction_reads_the_blocks_its_new_ids_fall_in_not_the_base(s3, monkeypatch: pytest.MonkeyPatch):
+    url, opts = s3
+    _fill(url, opts)
+    monkeypatch.setattr(layers, "MIN_LAYER", 16)  # the new ids become a layer of their own
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    base_size = _layer_size(ck)
+    new = IDS[2001:2200:2]  # 100 ids of one shard, none completed yet
+    with ck.writer("w3") as w:
+        w.complete_many(new)
+    store = FsspecStore(url, opts)
+    r = compactor.compact(store)
+    assert r.written and r.completed == N // 2 + len(new)
+    read = store.bytes_read
+    gets = store.requests["GetObject"]
+    # meta.msgpack (3 epoch checks), the snapshot, the segment, the layer's head and the
+    # blocks of those ids (one ranged GET: the segment's sources prefetched together);
+    # the rest of the base is carried by reference, unread
+    assert read < base_size / 4, (read, base_size)
+    assert gets == 7, dict(store.requests)
+    ck2 = resumelog.open(url, storage_options=opts, create=False)
+    assert len(ck2._loaded.frames.layers) == 2  # the base, carried by reference, and the new ids
+    done = set(IDS[::2]) | set(new)
+    assert ck2.pending(IDS) == [s for s in IDS if s not in done]
 
 
 def test_a_shard_walked_one_id_at_a_time_is_read_ahead(s3):

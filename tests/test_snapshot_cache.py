@@ -83,8 +83,17 @@ def test_a_damaged_layer_copy_is_dropped_and_the_layer_read_again(s3):
     data = bytearray(copy.read_bytes())
     data[len(data) // 2] ^= 0xFF  # inside the id arrays: the header's nonce still matches
     copy.write_bytes(bytes(data))
-    # a compactor's load checks every block: the copy is dropped and the layer read again
-    loaded = compactor.load(FsspecStore(url, opts), verify=True)
+    store = FsspecStore(url, opts)
+    # a compaction that does not read the block carries the layer by reference, unread
+    loaded = compactor.load(store, verify=True)
+    assert loaded.state.completed_count() == 100 and loaded.snapshot == 1
+    assert copy.read_bytes() == bytes(data)
+    # one that reads it (an id completed again is looked up in the base) checks it: the
+    # copy is dropped, the layer read again, and the compaction goes on from snapshot 1
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    with ck.writer("w2") as w:
+        w.complete("s5")
+    loaded = compactor.load(store, verify=True)
     assert loaded.state.completed_count() == 100 and loaded.snapshot == 1
     assert loaded.state.anomaly_counts.get("snapshot_fallback") is None
     assert copy.read_bytes() != bytes(data)  # the copy was replaced by an intact one

@@ -52,6 +52,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 from resumelog import _fastfold
 from resumelog._provisional import ProvisionalSet
@@ -414,6 +415,8 @@ class FoldState:
                     self.apply_reset(r)
             return True
         stream = self._stream(sid)
+        if self.base.count:  # the base's blocks its sources fall in, in one batch (if read in parts)
+            self.base.prefetch(chain.from_iterable(b.sources for b in batches))
         base_ord = header.seq << 32
         pos = 0
         for b in batches:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from resumelog import layers, paths, snapshot_cache
 from resumelog._progress import Progress
@@ -198,23 +198,28 @@ def load(
     listing: Listing | None = None,
     verify: bool = False,
     skip: set[int] | None = None,
+    damaged: dict[int, str] | None = None,
 ) -> Loaded:
     """Latest valid snapshot plus the journal tail after it, folded.
 
     ``listing``: the snapshot (and journal) listings when the caller just made them;
     used by the first attempt only (a retry lists again). ``verify``: the load is a
     compaction's, whose state will be encoded: check every frame of the snapshot
-    chosen as base before folding (its done-entry frames will be carried), and keep
-    the open writers of every completion (frame 8). Otherwise large done-entry frames
-    are CRC-checked on first use (a failure then makes the load fall back to the
-    previous snapshot all the same), and the last evaluation skips the writers. ``skip``: numbers of snapshots not to use (found
-    corrupt after they were chosen); grown by the load itself.
+    chosen as base and the heads of the layers it names before folding (they will be
+    carried), and keep the open writers of every completion (frame 8). Otherwise large
+    frames are CRC-checked on first use (a failure then makes the load fall back to
+    the previous snapshot all the same), and the last evaluation skips the writers.
+    Either way a layer's blocks are checked when first read (a compaction carries the
+    blocks it does not read by reference, unread). ``skip``: numbers of snapshots not
+    to use (found corrupt after they were chosen); grown by the load itself, as is
+    ``damaged`` (the layer of a snapshot that failed once: read again, then skipped).
 
     Raises :class:`~resumelog.errors.CorruptSnapshot` if snapshots exist but none
     decodes, :class:`~resumelog.errors.CorruptSegment` for a corrupt segment that is
     not a tolerated torn tail.
     """
     skip = set() if skip is None else skip
+    damaged = {} if damaged is None else damaged
     attempt = 0
     while True:
         try:
@@ -228,8 +233,7 @@ def load(
                 skip=skip,
             )
         except _BadBase as exc:
-            skip.add(exc.number)  # at most once per snapshot: it is skipped from now on
-            snapshot_cache.evict(store, paths.snapshot_name(exc.number))  # a cached copy gone bad
+            _forget_bad_base(store, exc, skip, damaged)
         except _StaleSnapshot as exc:
             attempt += 1
             if attempt == _LOAD_ATTEMPTS:
@@ -267,7 +271,10 @@ def _load_once(
             )
             continue
         try:
-            base = _load_base(store, info.path, defer_done_crc=not verify, epoch=epoch, lazy=not verify)
+            # a compaction checks the snapshot's frames and its layers' heads now, and
+            # the blocks it reads as it reads them (those it carries unread are not
+            # read at all: a tick costs what is new, not the base's size)
+            base = _load_base(store, info.path, defer_done_crc=not verify, epoch=epoch, compaction=verify)
             if base is None:
                 foreign.append(info.path)
                 foreign_numbers.add(n)
@@ -310,13 +317,20 @@ def _load_once(
 
 
 def _load_base(
-    store: Store, path: str, *, defer_done_crc: bool, epoch: bytes | None, lazy: bool = False
+    store: Store,
+    path: str,
+    *,
+    defer_done_crc: bool,
+    epoch: bytes | None,
+    compaction: bool = False,
 ) -> tuple[SnapshotFrames, FoldState] | None:
     """Decode snapshot ``path`` and the layers it names, through the local snapshot cache
     on object stores; a cached copy that fails its checks is dropped and read again.
     ``None`` if the snapshot is of another epoch than ``epoch`` (its layers are not read).
-    ``lazy``: a reader's load: large layers not cached on an object store are read in
-    parts (their heads now, blocks when lookups need them, :mod:`resumelog.snapshot_cache`)."""
+    Large layers not cached on an object store are read in parts (their heads now, blocks
+    when lookups or merges need them, :mod:`resumelog.snapshot_cache`); every block is
+    checked when first read. ``compaction``: a compaction's load (a layer collected
+    before its blocks are read makes it load again or fall back, as at load time)."""
     data, cached = snapshot_cache.read_snapshot(store, path)
     header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
     if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
@@ -324,14 +338,14 @@ def _load_base(
     from_cache: set[str] = set()  # layers served by cached copies
 
     def read_layer(ref: LayerRef) -> bytes | memoryview | LayerSource:
-        layer, hit = _read_layer(store, ref, path, lazy)
+        layer, hit = _read_layer(store, ref, path, compaction)
         if hit:
             from_cache.add(ref.name)
         return layer
 
     for retry in (False, True):
         try:
-            return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer)
+            return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer, check_blocks=False)
         except CorruptSnapshot as exc:
             # a cached copy (of the snapshot or a layer) that fails its checks: drop it, read again
             if retry or not ((cached and exc.path == path) or exc.path in from_cache):
@@ -346,26 +360,54 @@ def _load_base(
 
 
 def _read_layer(
-    store: Store, ref: LayerRef, snapshot: str, lazy: bool = False
+    store: Store, ref: LayerRef, snapshot: str, compaction: bool = False
 ) -> tuple[bytes | memoryview | LayerSource, bool]:
     """The bytes of a layer snapshot ``snapshot`` names (and whether they are a cached
     copy). A missing layer means the snapshot was superseded and collected during the
     load (load again) if the snapshot is gone too, else a lost object: the snapshot is
-    unusable (fall back)."""
+    unusable (fall back). ``compaction``: the same holds for the blocks of a layer read
+    in parts, when the compaction reads them (a reader's ``Checkpoint`` handles a
+    missing layer itself: it reads the current snapshot)."""
     try:
-        return snapshot_cache.read_layer(store, ref, lazy=lazy)
+        data, hit = snapshot_cache.read_layer(store, ref, lazy=True)
     except ObjectNotFound:
-        if not store.exists(snapshot):
-            raise _StaleSnapshot(f"{snapshot} was collected while it was read") from None
-        raise CorruptSnapshot(f"layer {ref.name} it names is missing", snapshot) from None
+        _layer_missing(store, ref, snapshot)
+    if compaction and isinstance(data, LayerSource):  # blocks read later: the same answer then
+        read = data.read
+
+        def read_blocks(ranges: list[tuple[int, int]]) -> list[bytes | memoryview]:
+            try:
+                return read(ranges)
+            except ObjectNotFound:
+                _layer_missing(store, ref, snapshot)
+
+        data = LayerSource(data.head, read_blocks)
+    return data, hit
+
+
+def _layer_missing(store: Store, ref: LayerRef, snapshot: str) -> NoReturn:
+    if not store.exists(snapshot):
+        raise _StaleSnapshot(f"{snapshot} was collected while it was read") from None
+    raise CorruptSnapshot(f"layer {ref.name} it names is missing", snapshot) from None
 
 
 class _BadBase(Exception):
-    """The base snapshot failed a check deferred past the choice of base: load again
-    without it."""
+    """The base snapshot, or the layer ``path`` it names, failed a check deferred past
+    the choice of base: load again (:func:`_forget_bad_base`)."""
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, path: str) -> None:
         self.number = number
+        self.path = path
+
+
+def _forget_bad_base(store: Store, exc: _BadBase, skip: set[int], damaged: dict[int, str]) -> None:
+    """Before loading again after ``exc``: drop the cached copy of what failed; skip the
+    snapshot from now on if the snapshot itself failed, or if the same layer fails a
+    second time (read again from the store: damaged there, not in a copy)."""
+    snapshot_cache.evict(store, exc.path)
+    if exc.path == paths.snapshot_name(exc.number) or damaged.get(exc.number) == exc.path:
+        skip.add(exc.number)  # at most twice per snapshot: it is skipped from now on
+    damaged[exc.number] = exc.path
 
 
 @contextmanager
@@ -378,7 +420,7 @@ def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]
     except CorruptSnapshot as exc:
         names = {path, *(layer.ref.name for layer in state.base.layers if layer.ref is not None)}
         if number and exc.path in names:
-            raise _BadBase(number) from exc
+            raise _BadBase(number, exc.path) from exc
         raise
 
 
@@ -800,6 +842,7 @@ def compact(
     snapshot names are written with it (``CompactResult.spills``: how many spills).
     """
     skip: set[int] = set()
+    damaged: dict[int, str] = {}
     for attempt in range(1, max_attempts + 1):
         retired: list[str] = []
 
@@ -814,7 +857,7 @@ def compact(
                     keep.add(r)
                 retired.extend(state.retire_runs(keep))
 
-        loaded = load(store, progress=progress, before_fold=retire, verify=True, skip=skip)
+        loaded = load(store, progress=progress, before_fold=retire, verify=True, skip=skip, damaged=damaged)
         epoch = _check_epoch(store, loaded.epoch, expect_epoch)
         state = loaded.state
         dropped = _prune_streams(loaded)
@@ -833,12 +876,14 @@ def compact(
                 encoded = encode_snapshot(
                     state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch, merge_all=merge
                 )
-        except _BadBase as exc:
-            skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
+        except _BadBase as exc:  # e.g. a malformed shape table behind a valid CRC
+            _forget_bad_base(store, exc, skip, damaged)
             continue
+        except _StaleSnapshot:
+            continue  # a layer a merge read in parts was collected: load again
         if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
             named = encoded.named
-            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
+            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]  # (built in memory)
             encoded = encoded._replace(layers=[*spilled, *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data
@@ -867,7 +912,8 @@ def compact(
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
 
 
-def _as_bytes(data: bytes | memoryview) -> bytes:
+def _as_bytes(data: bytes | memoryview | LayerSource) -> bytes:
+    assert not isinstance(data, LayerSource), "a spilled layer is built in memory"
     return data if isinstance(data, bytes) else bytes(data)
 
 

@@ -261,6 +261,8 @@ class Layer:
     data: bytes | memoryview | None = None
     """The stored object's bytes when read whole or built in memory (for in-memory
     round trips, :class:`~resumelog.snapshot.EncodedSnapshot`)."""
+    source: LayerSource | None = None
+    """Its head and block reader when read in parts (``data`` is then ``None``)."""
     legacy: BaseDone | None = None
     """The shapes of a version-5 layer or a format 1-4 snapshot's index (one block)."""
     header: LayerHeader | None = None
@@ -357,9 +359,11 @@ class LayeredIndex:
         return -1
 
     def prefetch(self, sources: Iterable[str]) -> None:
-        """Read, in one batch per layer, the blocks lookups of ``sources`` need (a reader
-        answering a list of ids on an object store: a few ranged reads, not one per id)."""
-        if not any(layer.index._load is not None for layer in self.layers):
+        """Read, in one batch per layer read in parts, the blocks lookups of ``sources``
+        need (a reader answering a list of ids, or a compaction folding a segment, on an
+        object store: a few ranged reads, not one per id). Layers in hand whole (read
+        whole, memory-mapped, built in memory) are left to the lookups."""
+        if not any(layer.source is not None for layer in self.layers):
             return
         keys = []
         for s in sources:
@@ -368,7 +372,8 @@ class LayeredIndex:
             except UnicodeEncodeError:
                 continue
         for layer in self.layers:
-            layer.index.prefetch(keys)
+            if layer.source is not None:
+                layer.index.prefetch(keys)
 
     def locate(self, pos: int) -> tuple[int, int]:
         """``(layer, entry)`` of a global position."""
@@ -457,15 +462,18 @@ def open_layer(
     read: RangeReader | None = None,
     size: int | None = None,
     defer: bool = True,
+    check_blocks: bool | None = None,
 ) -> Layer:
     """A layer from its whole bytes ``data``, or (version 6) from its ``head`` (the first
     ``LayerRef.head`` bytes, object length ``size``) and a reader of its blocks.
 
-    ``defer`` (a reader): each block is checked when a lookup first needs it (a damaged
-    block then raises :class:`~resumelog.errors.CorruptSnapshot` naming the layer from
-    that lookup), the shape table when first used; otherwise (a compactor, which
-    carries what it read) every block is read and checked now. Raises
-    :class:`~resumelog.errors.CorruptSnapshot`."""
+    ``defer``: the shape table is checked when first used (a reader), not now.
+    ``check_blocks`` (default: ``not defer``): read and check every block now;
+    otherwise each block is checked when a lookup (or a merge) first reads it, and a
+    damaged block then raises :class:`~resumelog.errors.CorruptSnapshot` naming the
+    layer from that read. A compactor checks the head now and the blocks as it reads
+    them: a layer it carries by reference is not read at all (``docs/format.md`` §8).
+    Raises :class:`~resumelog.errors.CorruptSnapshot`."""
     if data is not None:
         view = memoryview(data)
         if layer_version(view[:PREAMBLE_SIZE], path) < 6:
@@ -481,10 +489,14 @@ def open_layer(
         lh = decode_layer_head(head, path, size=size, defer_shapes_crc=defer)
     layer = _open_v6(lh, read, path)
     layer.data = data
+    if data is None:
+        assert head is not None and read is not None
+        layer.source = LayerSource(head, read)
     layer.header = lh.header
     if not defer:
-        layer.index.blocks()
         layer.table()
+    if check_blocks if check_blocks is not None else not defer:
+        layer.index.blocks()
     return layer
 
 

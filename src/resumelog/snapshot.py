@@ -58,8 +58,9 @@ class EncodedSnapshot(NamedTuple):
 
     data: bytes
     layers: list[tuple[str, bytes]]
-    named: dict[str, bytes | memoryview]
-    """Every layer the snapshot names, by name (new or carried)."""
+    named: dict[str, bytes | memoryview | LayerSource]
+    """Every layer the snapshot names, by name (new or carried; one read in parts as
+    its head and block reader)."""
 
     @property
     def size(self) -> int:
@@ -73,10 +74,15 @@ def load_snapshot(
     *,
     defer_done_crc: bool = False,
     read_layer: LayerReader | None = None,
+    check_blocks: bool | None = None,
 ) -> tuple[SnapshotFrames, FoldState]:
     """Decode a snapshot into a fold state ready to fold the tail after it.
 
     ``read_layer`` reads the layers a format-5 snapshot names (required for those).
+    ``defer_done_crc``: frames and shape tables too large to check at once are checked
+    when first used. ``check_blocks`` (default: ``not defer_done_crc``): read and check
+    every block of every version-6 layer now, rather than when a lookup or a merge
+    first reads it (:func:`~resumelog.layers.open_layer`).
     Raises :class:`~resumelog.errors.CorruptSnapshot` or
     :class:`~resumelog.errors.UnsupportedFormat`.
     """
@@ -96,7 +102,8 @@ def load_snapshot(
     if frames.layers is not None:
         if read_layer is None:
             raise ValueError("a format-5 snapshot needs read_layer to load its layers")
-        layers = [_load_layer(read_layer(ref), ref, h.epoch, defer_done_crc) for ref in frames.layers]
+        blocks = not defer_done_crc if check_blocks is None else check_blocks
+        layers = [_load_layer(read_layer(ref), ref, h.epoch, defer_done_crc, blocks) for ref in frames.layers]
     else:
         layers = [_legacy_layer(frames, path, state.run_order)] if h.completed_count or frames.legacy_done else []
     for layer in layers:
@@ -167,13 +174,23 @@ def _legacy_layer(frames: SnapshotFrames, path: str, run_order: list[str]) -> La
     return Layer(LayerIndex.single(index), list(run_order), legacy=done)
 
 
-def _load_layer(src: bytes | memoryview | LayerSource, ref: LayerRef, epoch: bytes, defer_done_crc: bool) -> Layer:
+def _load_layer(
+    src: bytes | memoryview | LayerSource, ref: LayerRef, epoch: bytes, defer_done_crc: bool, check_blocks: bool
+) -> Layer:
     if isinstance(src, LayerSource):
         if not ref.head:
             raise CorruptSnapshot("a version-5 layer cannot be read in parts", ref.name)
-        layer = open_layer(None, ref.name, head=src.head, read=src.read, size=ref.size, defer=defer_done_crc)
+        layer = open_layer(
+            None,
+            ref.name,
+            head=src.head,
+            read=src.read,
+            size=ref.size,
+            defer=defer_done_crc,
+            check_blocks=check_blocks,
+        )
     else:
-        layer = open_layer(src, ref.name, defer=defer_done_crc)
+        layer = open_layer(src, ref.name, defer=defer_done_crc, check_blocks=check_blocks)
     h = layer.header
     assert h is not None
     if h.nonce != ref.nonce or h.count != ref.count or h.tombstones != ref.tombstones:
@@ -273,7 +290,11 @@ def encode_snapshot(
             header, body, empty, empty, empty, empty, empty, empty, memoryview(_writers_frame(state)), layers=refs
         )
     )
-    named = {layer.ref.name: layer.data for layer in stack if layer.ref is not None and layer.data is not None}
+    named: dict[str, bytes | memoryview | LayerSource] = {}
+    for layer in stack:
+        stored = layer.data if layer.data is not None else layer.source
+        if layer.ref is not None and stored is not None:
+            named[layer.ref.name] = stored
     return EncodedSnapshot(data, new_layers, named)
 
 
