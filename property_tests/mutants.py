@@ -166,8 +166,8 @@ MUTANTS = [
     Mutant(
         "deferred_crc_failure_wedges",
         "compactor.py",
-        "        if number and exc.path in names:\n            raise _BadBase(number) from exc",
-        "        if False:\n            raise _BadBase(number) from exc",
+        "        if number and exc.path in names:\n            raise _BadBase(number, exc.path) from exc",
+        "        if False:\n            raise _BadBase(number, exc.path) from exc",
         "r5: a shape frame failing its deferred CRC fails the load instead of falling back",
     ),
     Mutant(
@@ -243,9 +243,9 @@ MUTANTS = [
     Mutant(
         "layer_merge_loses_an_id",
         "layers.py",
-        "    u = next(upper_it, None)\n    for b, lr, lt in",
-        "    next(upper_it, None)\n    u = next(upper_it, None)\n    for b, lr, lt in",
-        "a merge of two layers drops one completion of the upper layer",
+        "    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):\n",
+        "    next(upper_it, None)\n    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):\n",
+        "a merge of two layers drops the completions of the upper layer's first block",
     ),
     Mutant(
         "layer_merge_resurrects_an_id",
@@ -267,6 +267,13 @@ MUTANTS = [
         "        k = bisect_right(fences, b) - 1\n        if k < 0:\n            return -1\n",
         "        k = bisect_right(fences, b[:-1]) - 1\n        if k < 0:\n            return -1\n",
         "a lookup takes the block before the one an id opens (format 6): its first id is never found",
+    ),
+    Mutant(
+        "bulk_lookup_misses_a_block_first_id",
+        "layers.py",
+        "        ks = list(map(bisect_right, repeat(fences), bs))",
+        "        ks = list(map(bisect_right, repeat(fences), [b[:-1] for b in bs]))",
+        "a bulk lookup (a fold's new sources against its base) takes the block before the one an id opens",
     ),
 ]
 
@@ -451,8 +458,11 @@ def main(argv: list[str] | None = None) -> int:
                 (logs / f"{mutant.name}.txt").write_text(out)
             if args.show:
                 print(f"===== {mutant.name} =====\n{out}", flush=True)
-            killed = code not in (0, -1)
-            test, err = first_failure(out) if killed else ("-" if code == 0 else "timeout", "")
+            killed = code == 1  # tests failed (2-5: interrupted, internal or usage error, none collected)
+            if killed:
+                test, err = first_failure(out)
+            else:
+                test, err = {0: "-", -1: "timeout"}.get(code, f"pytest exit {code}"), ""
             rows.append((mutant.name, "yes" if killed else "NO", test, err, secs))
             print(f"{mutant.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {test}", flush=True)
     print()

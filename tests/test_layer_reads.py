@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import random
 import uuid
+from array import array
 from pathlib import Path
 
 import pytest
 from tests.s3_support import S3_KINDS, bucket_of
 
 import resumelog
-from resumelog import compactor, layers, snapshot_cache
+from resumelog import _fastfold, compactor, layers, snapshot_cache
+from resumelog.done_shapes import ShapeTable
 from resumelog.format import decode_snapshot_frames
-from resumelog.layers import open_layer
+from resumelog.idset import CompletedIndex
+from resumelog.layers import LayeredIndex, make_layer, open_layer
 from resumelog.storage._fsspec import FsspecStore
 
 N = 6000
@@ -181,6 +184,35 @@ def test_every_id_is_found_in_its_block_and_no_other(tmp_path: Path, monkeypatch
     assert view.pending(ids) == [s for s in ids if s not in done]
     assert sorted(view.completed) == sorted(done)
     assert sorted(layer.index.ids()) == sorted(done)
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize("block_bytes", [64, 4096])
+def test_bulk_lookups_answer_as_one_at_a_time(monkeypatch: pytest.MonkeyPatch, block_bytes, numpy):
+    if numpy:
+        pytest.importorskip("numpy")
+    monkeypatch.setattr(_fastfold, "ENABLED", numpy and _fastfold.np is not None)
+    monkeypatch.setattr(layers, "BLOCK_BYTES", block_bytes)
+    rng = random.Random(block_bytes)
+    ids = sorted({"".join(rng.choice("ab\u00e9\U0001f600z/") for _ in range(rng.randint(1, 9))) for _ in range(4000)})
+    stack = []
+    for k in range(3):  # three layers, each masking some ids of those below
+        mine = sorted(rng.sample(ids, 1200))
+        tombs = frozenset(rng.sample([s for s in ids if s not in mine], 150)) if k else frozenset()
+        stack.append(make_layer(mine, [k] * len(mine), [0] * len(mine), ShapeTable(), ["r0", "r1", "r2"], tombs))
+    index = LayeredIndex(stack)
+    queries = [*ids, *rng.sample(ids, 500), "\ud800", "", "never"]  # repeats, a lone surrogate, misses
+    expect = [index.find(s) for s in queries]
+    assert sum(p >= 0 for p in expect) > 1000 and min(expect) == -1
+    assert index.find_many(queries) == expect
+    # hashes that collide: a block of ids sharing one hash, each found by its bytes
+    blob = b"".join(f"id{i:02d}".encode() for i in range(40))
+    offsets = array("I", [4 * i for i in range(41)]).tobytes()
+    shared = CompletedIndex(array("I", [7] * 40).tobytes(), offsets, bytes(40), blob, True)
+    keys = [f"id{i:02d}".encode() for i in range(40)] + [b"id40", b"id01"]
+    hs = [7] * 41 + [8]
+    assert shared.find_many_encoded(keys, hs) == [*range(40), -1, -1]
+    assert shared.find_many_encoded(keys, hs) == list(map(shared.find_encoded, keys, hs))
 
 
 def test_a_layer_collected_under_a_reader_makes_it_read_the_current_snapshot(s3):

@@ -105,7 +105,7 @@ class Buffer:
     """The fresh states (``dkeys[gid] = (run, source)``, ``index`` the inverse) and the
     columns of their records, one array per batch, in fold order."""
 
-    __slots__ = ("deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "streams")
+    __slots__ = ("base_pos", "deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "streams")
 
     def __init__(self) -> None:
         self.clear()
@@ -116,6 +116,9 @@ class Buffer:
     def clear(self) -> None:
         """Forget every fresh state and record (all were evaluated or made pending)."""
         self.dkeys: list[tuple[str, str]] = []
+        self.base_pos: list[int] = []
+        """Each fresh state's source's position in the fold's base, or ``-1`` (looked up
+        once, when the state is numbered: the base changes only between evaluations)."""
         self.index: dict[tuple[str, str], int] = {}
         self.gids: list[Any] = []
         self.keys: list[Any] = []
@@ -144,8 +147,6 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     buf = state._deferred
     index = buf.index
     pending = state.pending
-    added = state.added
-    check_base = state.base.count > 0
     ks = list(zip(repeat(run), batch.sources))
     exact: dict[int, SourceRunState] = {}
     if not pending or not any(map(pending.__contains__, ks)):
@@ -157,11 +158,11 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         fresh = [k for k, g in zip(ks, gs) if g is None]
         start = len(buf.dkeys)
         if fresh:
-            if added or check_base:
-                for _, src in fresh:
-                    if (src in added or check_base) and state.completed_run(src) == run:
-                        return False  # a late record: the reference loop reopens the completion
+            pos = _base_positions(state, run, [src for _, src in fresh])
+            if pos is None:
+                return False  # a late record: the reference loop reopens the completion
             buf.dkeys.extend(fresh)
+            buf.base_pos.extend(pos)
             index.update(zip(fresh, range(start, start + len(fresh))))
         if len(fresh) == len(ks):  # (all new: numbered in order)
             local = list(range(start, start + len(ks)))
@@ -180,11 +181,10 @@ def _apply_general(
     index = buf.index
     pending = state.pending
     touched = state._touched
-    added = state.added
-    check_base = state.base.count > 0
     # 1. classify every source, changing nothing yet
     local: list[int] = []
     exact: dict[int, SourceRunState] = {}
+    new: list[str] = []
     fresh_before = bool(buf)  # a fresh state exists before this source
     for i, (k, src) in enumerate(zip(ks, batch.sources)):
         g = index.get(k)
@@ -198,10 +198,13 @@ def _apply_general(
             local.append(_EXACT)
             exact[i] = s
             continue
-        if (src in added or check_base) and state.completed_run(src) == run:
-            return False  # a late record: the reference loop reopens the completion
         local.append(_NEW)
+        new.append(src)
         fresh_before = True
+    pos = _base_positions(state, run, new)
+    if pos is None:
+        return False  # a late record: the reference loop reopens the completion
+    where = dict(zip(new, pos))
     # 2. number the fresh states and touch the others, in the batch's order
     dkeys = buf.dkeys
     for i, g in enumerate(local):
@@ -211,10 +214,29 @@ def _apply_general(
             if g is None:
                 g = index[k] = len(dkeys)
                 dkeys.append(k)
+                buf.base_pos.append(where[k[1]])
             local[i] = g
         elif g == _EXACT:
             touched[ks[i]] = exact[i]
     return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+
+
+def _base_positions(state: FoldState, run: str, sources: list[str]) -> list[int] | None:
+    """The positions of the sources of new fresh states of ``run`` in the fold's base
+    (``-1``: not there), or ``None`` if ``run`` completed one of them: a late record,
+    which reopens the completion (:meth:`FoldState.completed_run
+    <resumelog.algebra.FoldState.completed_run>` of each, the base looked up in bulk)."""
+    base = state.base
+    pos = base.find_many(sources) if base.count else [-1] * len(sources)
+    added, removed = state.added, state.removed
+    if added or base.count:
+        for src, p in zip(sources, pos):
+            r = added.get(src)
+            if r is None and p >= 0 and src not in removed:
+                r = state._run_name(base.run_at(p))
+            if r == run:
+                return None
+    return pos
 
 
 def _apply_records(
@@ -452,10 +474,11 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     resets = ev.resets
     if resets:
         ok &= ~np.fromiter((r in resets.get(s, ()) for r, s in dkeys), dtype=bool, count=n)
-    if ev.check_base:
-        find, removed = ev.find, ev.removed
-        for g in np.flatnonzero(ok).tolist():
-            if srcs[g] not in removed and find(srcs[g]) >= 0:
+    if ev.check_base:  # (positions found when the states were numbered)
+        removed = ev.removed
+        in_base = np.asarray(state._deferred.base_pos, dtype=np.int64) >= 0
+        for g in np.flatnonzero(ok & in_base).tolist():
+            if srcs[g] not in removed:
                 ok[g] = False
     if len(set(srcs)) != n:  # a source fresh in two runs: which holds it is the reference rule's
         seen: dict[str, int] = {}

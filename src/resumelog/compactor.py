@@ -883,7 +883,7 @@ def compact(
             continue  # a layer a merge read in parts was collected: load again
         if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
             named = encoded.named
-            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]  # (built in memory)
+            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
             encoded = encoded._replace(layers=[*spilled, *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data

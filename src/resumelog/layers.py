@@ -24,13 +24,14 @@ block covering every id.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import NamedTuple
 
 import msgspec
@@ -203,6 +204,36 @@ class LayerIndex:
         i = blk.index.find_encoded(b, h)
         return self.starts[k] + i if i >= 0 else -1
 
+    def find_many_encoded(self, bs: list[bytes], hs: list[int]) -> list[int]:
+        """:meth:`find_encoded` of each ``(bs[j], hs[j])``: the ids grouped by block, the
+        blocks missing read in one batch, each block searched once for all its ids."""
+        out = [-1] * len(bs)
+        fences = self.fences
+        if not fences:
+            return out
+        ks = list(map(bisect_right, repeat(fences), bs))  # (block + 1 of each id)
+        distinct = sorted(set(ks))
+        groups: dict[int, Sequence[int]]
+        if len(distinct) == 1:
+            groups = {distinct[0]: range(len(bs))}
+        else:  # the ids ordered by block (C sorts), cut where the block changes
+            order = sorted(range(len(bs)), key=ks.__getitem__)
+            sk = list(map(ks.__getitem__, order))
+            groups = {k: order[bisect_left(sk, k) : bisect_right(sk, k)] for k in distinct}
+        groups.pop(0, None)  # before the first block: not in the layer
+        groups = {k - 1: js for k, js in groups.items()}
+        self._fill(list(groups))
+        blocks, starts = self._blocks, self.starts
+        for k, js in groups.items():
+            blk = blocks[k]
+            assert blk is not None
+            start = starts[k]
+            found = blk.index.find_many_encoded([bs[j] for j in js], [hs[j] for j in js])
+            for j, i in zip(js, found):
+                if i >= 0:
+                    out[j] = start + i
+        return out
+
     def locate(self, pos: int) -> tuple[int, int]:
         """``(block, entry)`` of a position."""
         k = bisect_right(self.starts, pos) - 1
@@ -357,6 +388,47 @@ class LayeredIndex:
             if masked and source in layer.tombstones:
                 return -1
         return -1
+
+    def find_many(self, sources: Sequence[str]) -> list[int]:
+        """:meth:`find` of each of ``sources`` (one pass per layer, the newest first,
+        over the ids not found or masked yet)."""
+        out = [-1] * len(sources)
+        layers = self.layers
+        if not layers:
+            return out
+        todo: list[int] = list(range(len(sources)))
+        try:
+            bs = list(map(str.encode, sources))
+        except UnicodeEncodeError:  # a lone surrogate: never stored
+            bs = []
+            todo = []
+            for i, s in enumerate(sources):
+                with contextlib.suppress(UnicodeEncodeError):
+                    bs.append(s.encode())
+                    todo.append(i)
+        hs = list(map(crc32c, bs))
+        starts = self._starts
+        masked = self._masked
+        for k in range(len(layers) - 1, -1, -1):
+            layer = layers[k]
+            found = layer.index.find_many_encoded(bs, hs)
+            tombstones = layer.tombstones if masked else None
+            if not tombstones and max(found, default=-1) < 0:
+                continue  # none here: look every one up below
+            start = starts[k]
+            keep = []
+            for j, (i, f) in enumerate(zip(todo, found)):
+                if f >= 0:
+                    out[i] = start + f
+                elif not (tombstones and sources[i] in tombstones):
+                    keep.append(j)
+            if len(keep) < len(todo):
+                if not keep:
+                    break
+                todo = [todo[j] for j in keep]
+                bs = [bs[j] for j in keep]
+                hs = [hs[j] for j in keep]
+        return out
 
     def prefetch(self, sources: Iterable[str]) -> None:
         """Read, in one batch per layer read in parts, the blocks lookups of ``sources``
@@ -730,22 +802,38 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
     return name, data
 
 
-def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order,
-    one block at a time (a version-5 or format 1-4 layer is one block: its shape ids
-    are numbered in ``table``, into which a version-1 one interns its entries)."""
+Chunk = tuple[list[bytes], list[int], list[int]]
+"""Entries in key order: UTF-8 ids, run indexes, shape ids (one block of a layer)."""
+
+
+def _key_ordered_blocks(layer: Layer, table: ShapeTable | None) -> Iterator[Chunk]:
+    """The entries of ``layer`` in key order, one block at a time (a version-5 or format
+    1-4 layer is one block: its shape ids are numbered in ``table``, into which a
+    version-1 one interns its entries)."""
     index = layer.index
     for k in range(index.nblocks):
         blk = index.block(k)
         n = blk.index.count
+        if not n:
+            continue
         _, offsets, _, blob = blk.index.raw()
         off = counted_uints(offsets, n + 1, (4, 8))
         raw = bytes(blob)
-        ids = [raw[off[i] : off[i + 1]] for i in range(n)]
+        ids = list(map(raw.__getitem__, map(slice, off[:n], off[1:])))
         runs = blk.index.arrays()[1]
         tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
-        for i in sorted(range(n), key=ids.__getitem__):
-            yield ids[i], runs[i], (int(tags[i]) if tags is not None else 0)
+        order = sorted(range(n), key=ids.__getitem__)
+        yield (
+            list(map(ids.__getitem__, order)),
+            list(map(runs.__getitem__, order)),
+            list(map(tags.__getitem__, order)) if tags is not None else [0] * n,
+        )
+
+
+def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
+    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order."""
+    for ids, runs, tags in _key_ordered_blocks(layer, table):
+        yield from zip(ids, runs, tags)
 
 
 def _used_shapes(layer: Layer, table: ShapeTable | None, dead_runs: set[int]) -> set[int]:
@@ -798,26 +886,81 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     umap_t = _carry_shapes(uused, utable, table)
     drop = {t.encode() for t in upper.tombstones}
     out = LayerWriter()
-    upper_it = _key_ordered(upper, ShapeTable(list(utable.shapes)))
-    u = next(upper_it, None)
-    for b, lr, lt in _key_ordered(lower, ltable):
-        while u is not None and u[0] < b:
-            ur = umap[u[1]]
-            out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
-            u = next(upper_it, None)
-        if u is not None and u[0] == b:
-            continue  # completed again above: the upper entry wins
-        if b in drop:
-            continue
-        out.add(b, lr, 0 if lr in dead else lmap.get(lt, 0))
-    while u is not None:
-        ur = umap[u[1]]
-        out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
-        u = next(upper_it, None)
+    lower_it = _remapped(_key_ordered_blocks(lower, ltable), None, lmap, dead)
+    upper_it = _remapped(_key_ordered_blocks(upper, ShapeTable(list(utable.shapes))), umap, umap_t, dead)
+    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):
+        out.add_many(ids, runs, tags)
     tombstones: frozenset[str] = frozenset()
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
     return out.finish(table, run_names, tombstones)
+
+
+def _remapped(
+    chunks: Iterator[Chunk], runmap: Sequence[int] | None, tagmap: Mapping[int, int], dead: set[int]
+) -> Iterator[Chunk]:
+    """``chunks`` with run indexes through ``runmap`` (``None``: kept) and shape ids through
+    ``tagmap`` (``0``: none, and for the entries of ``dead`` runs)."""
+    for ids, runs, tags in chunks:
+        if runmap is not None:
+            runs = list(map(runmap.__getitem__, runs))
+        if dead:
+            tags = [0 if r in dead else tagmap.get(t, 0) for r, t in zip(runs, tags)]
+        elif any(tags):
+            tags = list(map(tagmap.get, tags, repeat(0)))
+        yield ids, runs, tags
+
+
+def _merged_chunks(lower: Iterator[Chunk], upper: Iterator[Chunk], drop: set[bytes]) -> Iterator[Chunk]:
+    """The entries of two key-ordered chunk streams in key order, in chunks: on an id in
+    both, the upper entry; lower entries whose id is in ``drop`` left out. Each step
+    takes every entry up to the smaller of the two chunks' last ids (at least one whole
+    chunk), so at most two chunks are held; merging two sorted runs is a C sort."""
+    lo = next(lower, None)
+    up = next(upper, None)
+    while lo is not None and up is not None:
+        if up[0][-1] < lo[0][0]:  # the upper chunk comes first, whole
+            yield up
+            up = next(upper, None)
+            continue
+        if lo[0][-1] < up[0][0]:  # the lower chunk comes first, whole
+            yield _without(lo, drop)
+            lo = next(lower, None)
+            continue
+        cut = min(lo[0][-1], up[0][-1])
+        a = bisect_right(lo[0], cut)
+        b = bisect_right(up[0], cut)
+        la, lo_rest = _split(lo, a)
+        ua, up_rest = _split(up, b)
+        la = _without(_without(la, drop), set(ua[0]).intersection(la[0]))  # (the upper entry wins)
+        ids, runs, tags = la[0] + ua[0], la[1] + ua[1], la[2] + ua[2]
+        order = sorted(range(len(ids)), key=ids.__getitem__)  # (two sorted runs: merged)
+        yield list(map(ids.__getitem__, order)), list(map(runs.__getitem__, order)), list(map(tags.__getitem__, order))
+        lo = lo_rest if lo_rest is not None else next(lower, None)
+        up = up_rest if up_rest is not None else next(upper, None)
+    while lo is not None:
+        yield _without(lo, drop)
+        lo = next(lower, None)
+    while up is not None:
+        yield up
+        up = next(upper, None)
+
+
+def _split(chunk: Chunk, at: int) -> tuple[Chunk, Chunk | None]:
+    """The first ``at`` entries of ``chunk`` and the rest (``None`` if none is left)."""
+    ids, runs, tags = chunk
+    if at >= len(ids):
+        return chunk, None
+    return (ids[:at], runs[:at], tags[:at]), (ids[at:], runs[at:], tags[at:])
+
+
+def _without(chunk: Chunk, drop: set[bytes]) -> Chunk:
+    """``chunk`` without the entries whose id is in ``drop``."""
+    ids, runs, tags = chunk
+    if not drop or drop.isdisjoint(ids):
+        return chunk
+    keep = [i for i, b in enumerate(ids) if b not in drop]
+    return list(map(ids.__getitem__, keep)), list(map(runs.__getitem__, keep)), list(map(tags.__getitem__, keep))
 
 
 def plan_merges(sizes: Sequence[int]) -> int:
