@@ -243,9 +243,9 @@ MUTANTS = [
     Mutant(
         "layer_merge_loses_an_id",
         "layers.py",
-        "    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):\n",
-        "    next(upper_it, None)\n    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):\n",
-        "a merge of two layers drops the completions of the upper layer's first block",
+        "    u = next(upper_it, None)\n    for b, lr, lt in",
+        "    next(upper_it, None)\n    u = next(upper_it, None)\n    for b, lr, lt in",
+        "a merge of two layers drops one completion of the upper layer",
     ),
     Mutant(
         "layer_merge_resurrects_an_id",

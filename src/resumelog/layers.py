@@ -729,10 +729,11 @@ class LayerWriter:
             return
         hs = [crc32c(b) for b in encoded]
         order = sorted(range(len(encoded)), key=hs.__getitem__)
-        blob = b"".join([encoded[i] for i in order])
+        ordered = list(map(encoded.__getitem__, order))
+        blob = b"".join(ordered)
         self._ascii = self._ascii and blob.isascii()
         offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
-        offsets.extend(accumulate(len(encoded[i]) for i in order))
+        offsets.extend(accumulate(map(len, ordered)))
         block_tags = [tags[i] for i in order] if any(tags) else []
         self._tagged = self._tagged or bool(block_tags)
         self._payloads.append(
@@ -802,38 +803,22 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
     return name, data
 
 
-Chunk = tuple[list[bytes], list[int], list[int]]
-"""Entries in key order: UTF-8 ids, run indexes, shape ids (one block of a layer)."""
-
-
-def _key_ordered_blocks(layer: Layer, table: ShapeTable | None) -> Iterator[Chunk]:
-    """The entries of ``layer`` in key order, one block at a time (a version-5 or format
-    1-4 layer is one block: its shape ids are numbered in ``table``, into which a
-    version-1 one interns its entries)."""
+def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
+    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order,
+    one block at a time (a version-5 or format 1-4 layer is one block: its shape ids
+    are numbered in ``table``, into which a version-1 one interns its entries)."""
     index = layer.index
     for k in range(index.nblocks):
         blk = index.block(k)
         n = blk.index.count
-        if not n:
-            continue
         _, offsets, _, blob = blk.index.raw()
         off = counted_uints(offsets, n + 1, (4, 8))
         raw = bytes(blob)
-        ids = list(map(raw.__getitem__, map(slice, off[:n], off[1:])))
+        ids = [raw[off[i] : off[i + 1]] for i in range(n)]
         runs = blk.index.arrays()[1]
         tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
-        order = sorted(range(n), key=ids.__getitem__)
-        yield (
-            list(map(ids.__getitem__, order)),
-            list(map(runs.__getitem__, order)),
-            list(map(tags.__getitem__, order)) if tags is not None else [0] * n,
-        )
-
-
-def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order."""
-    for ids, runs, tags in _key_ordered_blocks(layer, table):
-        yield from zip(ids, runs, tags)
+        for i in sorted(range(n), key=ids.__getitem__):
+            yield ids[i], runs[i], (int(tags[i]) if tags is not None else 0)
 
 
 def _used_shapes(layer: Layer, table: ShapeTable | None, dead_runs: set[int]) -> set[int]:
@@ -886,81 +871,26 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     umap_t = _carry_shapes(uused, utable, table)
     drop = {t.encode() for t in upper.tombstones}
     out = LayerWriter()
-    lower_it = _remapped(_key_ordered_blocks(lower, ltable), None, lmap, dead)
-    upper_it = _remapped(_key_ordered_blocks(upper, ShapeTable(list(utable.shapes))), umap, umap_t, dead)
-    for ids, runs, tags in _merged_chunks(lower_it, upper_it, drop):
-        out.add_many(ids, runs, tags)
+    upper_it = _key_ordered(upper, ShapeTable(list(utable.shapes)))
+    u = next(upper_it, None)
+    for b, lr, lt in _key_ordered(lower, ltable):
+        while u is not None and u[0] < b:
+            ur = umap[u[1]]
+            out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
+            u = next(upper_it, None)
+        if u is not None and u[0] == b:
+            continue  # completed again above: the upper entry wins
+        if b in drop:
+            continue
+        out.add(b, lr, 0 if lr in dead else lmap.get(lt, 0))
+    while u is not None:
+        ur = umap[u[1]]
+        out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
+        u = next(upper_it, None)
     tombstones: frozenset[str] = frozenset()
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
     return out.finish(table, run_names, tombstones)
-
-
-def _remapped(
-    chunks: Iterator[Chunk], runmap: Sequence[int] | None, tagmap: Mapping[int, int], dead: set[int]
-) -> Iterator[Chunk]:
-    """``chunks`` with run indexes through ``runmap`` (``None``: kept) and shape ids through
-    ``tagmap`` (``0``: none, and for the entries of ``dead`` runs)."""
-    for ids, runs, tags in chunks:
-        if runmap is not None:
-            runs = list(map(runmap.__getitem__, runs))
-        if dead:
-            tags = [0 if r in dead else tagmap.get(t, 0) for r, t in zip(runs, tags)]
-        elif any(tags):
-            tags = list(map(tagmap.get, tags, repeat(0)))
-        yield ids, runs, tags
-
-
-def _merged_chunks(lower: Iterator[Chunk], upper: Iterator[Chunk], drop: set[bytes]) -> Iterator[Chunk]:
-    """The entries of two key-ordered chunk streams in key order, in chunks: on an id in
-    both, the upper entry; lower entries whose id is in ``drop`` left out. Each step
-    takes every entry up to the smaller of the two chunks' last ids (at least one whole
-    chunk), so at most two chunks are held; merging two sorted runs is a C sort."""
-    lo = next(lower, None)
-    up = next(upper, None)
-    while lo is not None and up is not None:
-        if up[0][-1] < lo[0][0]:  # the upper chunk comes first, whole
-            yield up
-            up = next(upper, None)
-            continue
-        if lo[0][-1] < up[0][0]:  # the lower chunk comes first, whole
-            yield _without(lo, drop)
-            lo = next(lower, None)
-            continue
-        cut = min(lo[0][-1], up[0][-1])
-        a = bisect_right(lo[0], cut)
-        b = bisect_right(up[0], cut)
-        la, lo_rest = _split(lo, a)
-        ua, up_rest = _split(up, b)
-        la = _without(_without(la, drop), set(ua[0]).intersection(la[0]))  # (the upper entry wins)
-        ids, runs, tags = la[0] + ua[0], la[1] + ua[1], la[2] + ua[2]
-        order = sorted(range(len(ids)), key=ids.__getitem__)  # (two sorted runs: merged)
-        yield list(map(ids.__getitem__, order)), list(map(runs.__getitem__, order)), list(map(tags.__getitem__, order))
-        lo = lo_rest if lo_rest is not None else next(lower, None)
-        up = up_rest if up_rest is not None else next(upper, None)
-    while lo is not None:
-        yield _without(lo, drop)
-        lo = next(lower, None)
-    while up is not None:
-        yield up
-        up = next(upper, None)
-
-
-def _split(chunk: Chunk, at: int) -> tuple[Chunk, Chunk | None]:
-    """The first ``at`` entries of ``chunk`` and the rest (``None`` if none is left)."""
-    ids, runs, tags = chunk
-    if at >= len(ids):
-        return chunk, None
-    return (ids[:at], runs[:at], tags[:at]), (ids[at:], runs[at:], tags[at:])
-
-
-def _without(chunk: Chunk, drop: set[bytes]) -> Chunk:
-    """``chunk`` without the entries whose id is in ``drop``."""
-    ids, runs, tags = chunk
-    if not drop or drop.isdisjoint(ids):
-        return chunk
-    keep = [i for i, b in enumerate(ids) if b not in drop]
-    return list(map(ids.__getitem__, keep)), list(map(runs.__getitem__, keep)), list(map(tags.__getitem__, keep))
 
 
 def plan_merges(sizes: Sequence[int]) -> int:
