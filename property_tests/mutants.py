@@ -275,6 +275,20 @@ MUTANTS = [
         "        ks = list(map(bisect_right, repeat(fences), [b[:-1] for b in bs]))",
         "a bulk lookup (a fold's new sources against its base) takes the block before the one an id opens",
     ),
+    Mutant(
+        "merge_drops_layers_stacked_meanwhile",
+        "compactor.py",
+        "            new_refs = [*refs[:at], built.ref, *refs[at + len(built.inputs) :]]\n",
+        "            new_refs = [*refs[:at], built.ref]\n",
+        "a background merge rebasing over a tick drops the layers the tick stacked above the merged ones",
+    ),
+    Mutant(
+        "merge_layer_not_kept_by_gc",
+        "compactor.py",
+        "        target = max(latest, number) + 1 + MERGE_HEADROOM\n",
+        "        target = max(latest, number)\n",
+        "a background merge names its layer with a snapshot number already taken: GC collects it before it is named",
+    ),
 ]
 
 

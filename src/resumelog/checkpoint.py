@@ -692,12 +692,20 @@ class Checkpoint:
         return RunReset(run_id, completed, pending)
 
     def compact(
-        self, *, keep_runs: int | None = None, progress: bool | None = None, merge: bool = False
+        self,
+        *,
+        keep_runs: int | None = None,
+        progress: bool | None = None,
+        merge: bool = False,
+        defer_merges: bool = False,
     ) -> compactor.CompactResult:
         """Fold all journals into a new snapshot (no-op if nothing is new).
 
         ``merge``: also merge the layers of the completed-id index into one (they are
-        otherwise merged as they grow; see ``docs/scaling.md``)."""
+        otherwise merged as they grow; see ``docs/scaling.md``). ``defer_merges``: merge
+        only small layers, leaving the merges that rewrite large ones to :meth:`merge`
+        (run elsewhere, e.g. ``resumelog merge --every 5m``): a tick then costs what it
+        folds, not the size of the index."""
         for w in self._writers:
             if not w.closed and w.buffered:
                 w.flush()
@@ -708,7 +716,17 @@ class Checkpoint:
             progress=progress,
             expect_epoch=self._epoch(),
             merge=merge,
+            defer_merges=defer_merges,
         )
+        self.refresh()
+        return result
+
+    def merge(self, *, full: bool = False) -> compactor.MergeResult:
+        """Merge layers of the completed-id index as their sizes ask (``full``: all into
+        one) and publish the result as a new snapshot; the background half of
+        ``compact(defer_merges=True)`` (:func:`resumelog.compactor.merge`). Safe beside
+        writers, compactors and other merges."""
+        result = compactor.merge(self.store, full=full, expect_epoch=self._epoch())
         self.refresh()
         return result
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import gc as _pygc
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
+
+from msgspec.structs import replace as replace_struct
 
 from resumelog import layers, paths, snapshot_cache
 from resumelog._progress import Progress
@@ -47,9 +50,10 @@ from resumelog.format import (
     decode_meta,
     decode_segment,
     decode_snapshot_frames,
+    encode_snapshot_frames,
 )
-from resumelog.layers import LayerSource
-from resumelog.snapshot import EncodedSnapshot, encode_snapshot, load_snapshot
+from resumelog.layers import LayerSource, encode_new_layer
+from resumelog.snapshot import EncodedSnapshot, encode_snapshot, load_layer, load_snapshot
 from resumelog.storage import ObjectInfo, Store
 
 __all__ = [
@@ -812,6 +816,7 @@ def compact(
     clock: Callable[[], float] = time.time,
     expect_epoch: bytes | None = None,
     merge: bool = False,
+    defer_merges: bool = False,
 ) -> CompactResult:
     """Fold the latest snapshot and the journal tail into a new snapshot.
 
@@ -829,6 +834,10 @@ def compact(
     ``merge``: also merge every layer of the completed-id index into one (the layers
     are otherwise merged as they grow, :func:`~resumelog.layers.plan_merges`): the
     smallest index at rest and one bisect per lookup, at the cost of rewriting it.
+    ``defer_merges``: merge only small layers (a tick then costs what it folded, not
+    the size of the index), leaving the merges that rewrite large layers to
+    :func:`merge`, run by another process or at another time; with nobody merging,
+    past :data:`~resumelog.layers.MAX_LAYERS` layers the tick merges as usual.
 
     Memory: the journal tail is read a window of segments at a time and evaluated every
     :data:`ROUND_RECORDS` records (drained sources collapse to their completion); once
@@ -874,7 +883,12 @@ def compact(
         try:
             with _gc_paused(), _bad_base_raises(loaded.snapshot, base, state):
                 encoded = encode_snapshot(
-                    state, loaded.frames, created_ms=int(clock() * 1000), epoch=epoch, merge_all=merge
+                    state,
+                    loaded.frames,
+                    created_ms=int(clock() * 1000),
+                    epoch=epoch,
+                    merge_all=merge,
+                    defer_merges=defer_merges,
                 )
         except _BadBase as exc:  # e.g. a malformed shape table behind a valid CRC
             _forget_bad_base(store, exc, skip, damaged)
@@ -910,6 +924,172 @@ def compact(
             loaded.spills,
         )
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
+
+
+MERGE_HEADROOM = 100
+"""A merge (:func:`merge`) names the layer it writes this many snapshot numbers above
+the latest snapshot when it writes it, so that GC keeps it (``docs/format.md`` §7: a
+layer numbered above the latest snapshot belongs to a compaction under way) while the
+merge publishes over the ticks of concurrent compactors (the merging is done by then:
+publishing takes a read and a write per attempt). If the snapshots pass that number
+first, the merge starts again. The cost: a merged layer no snapshot names any more (a
+merge that died, or one superseded within this many snapshots) stays until the
+checkpoint's snapshots pass its number, then GC collects it as any other."""
+
+
+@dataclass
+class MergeResult:
+    """What a merge did."""
+
+    snapshot: int
+    """Number of the snapshot now latest."""
+    written: bool
+    """Whether this call published it (``False``: nothing to merge)."""
+    layers_before: int
+    layers_after: int
+    entries: int
+    """Entries of the layer the merge wrote (``0`` if none)."""
+    attempts: int
+
+
+class _Built(NamedTuple):
+    inputs: list[str]
+    bottom: bool
+    number: int
+    name: str
+    ref: LayerRef
+
+
+def merge(
+    store: Store,
+    *,
+    full: bool = False,
+    max_attempts: int = 50,
+    expect_epoch: bytes | None = None,
+    clock: Callable[[], float] = time.time,
+) -> MergeResult:
+    """Merge layers of the completed-id index of the latest snapshot, as
+    :func:`~resumelog.layers.plan_merges` asks (``full``: all of them into one), and
+    publish a snapshot equal to the latest but for its list of layers.
+
+    The background half of compaction: ticks (:func:`compact` with ``defer_merges``)
+    only stack small layers, and this call, run by another process or at another time,
+    does the merges that rewrite large ones. Safe beside any number of writers,
+    compactors and merges: a tick that publishes first makes the merge *rebase* — the
+    layers it merged are immutable and a tick only stacks layers above them, so the
+    merged layer replaces them in the newest snapshot as well, without merging again.
+    If another merge took them, the merged layer is deleted and the merge planned anew.
+    A snapshot of format 1-5 is rewritten by a compaction (``compact(merge=True)``).
+    Raises :class:`~resumelog.errors.CorruptSnapshot` if the latest snapshot does not
+    decode (a compaction falls back; a merge never publishes over it).
+    """
+    built: _Built | None = None
+    try:
+        for attempt in range(1, max_attempts + 1):
+            epoch = _check_epoch(store, read_epoch(store), expect_epoch)
+            latest = _latest_frames(store, epoch)
+            if latest is None:
+                return MergeResult(0, False, 0, 0, 0, attempt)
+            number, path, frames = latest
+            refs = frames.layers
+            if refs is None or any(not r.head for r in refs):
+                r = compact(store, merge=True, expect_epoch=epoch, clock=clock)
+                return MergeResult(r.snapshot, r.written, 0, 1 if r.completed else 0, 0, attempt)
+            at = -1
+            if built is not None:
+                at = _find_run([r.name for r in refs], built.inputs)
+                if at < 0 or (at > 0 and built.bottom) or number + 1 >= built.number:
+                    store.delete([built.name])  # merged by another, or too late to publish
+                    built = None
+            if built is None:
+                k = len(refs) if full else layers.plan_merges([r.count + r.tombstones for r in refs])
+                if k <= 1:
+                    return MergeResult(number, False, len(refs), len(refs), 0, attempt)
+                try:
+                    built = _build_merge(store, path, frames, len(refs) - k, number, epoch, clock)
+                except _StaleSnapshot:
+                    continue  # collected while read: a newer snapshot exists
+                at = len(refs) - k
+            new_refs = [*refs[:at], built.ref, *refs[at + len(built.inputs) :]]
+            count = sum(r.count - r.tombstones for r in new_refs)
+            if count != frames.header.completed_count:  # pragma: no cover - a merge that would lose or add ids
+                raise ResumelogError(
+                    f"merging {len(built.inputs)} layers of {path} would change its completed count "
+                    f"({frames.header.completed_count} -> {count}): not published"
+                )
+            header = replace_struct(
+                frames.header, number=number + 1, nonce=secrets.token_bytes(16), created_ms=int(clock() * 1000)
+            )
+            data = encode_snapshot_frames(replace_struct(frames, header=header, layers=new_refs))
+            key = paths.snapshot_name(number + 1)
+            try:
+                store.put_if_absent(key, data)
+            except AlreadyExists:
+                if _is_ours(store, key, data):
+                    pass
+                else:
+                    continue  # a tick (or a merge) published that number first: rebase
+            if read_epoch(store) != epoch:  # deleted under us: take it back
+                store.delete([key, built.name])
+                built = None
+                _check_epoch(store, read_epoch(store), epoch)
+            result = MergeResult(number + 1, True, len(refs), len(new_refs), built.ref.count if built else 0, attempt)
+            built = None
+            return result
+        raise ResumelogError(f"merge gave up after {max_attempts} lost races on {store.url}")
+    finally:
+        if built is not None:  # not published: no snapshot names it
+            store.delete([built.name])
+
+
+def _latest_frames(store: Store, epoch: bytes) -> tuple[int, str, SnapshotFrames] | None:
+    """The newest snapshot of ``epoch``, decoded and checked (``None``: none yet)."""
+    for n, info in reversed(list_snapshots(store)):
+        try:
+            data, _ = snapshot_cache.read_snapshot(store, info.path)
+        except ObjectNotFound:
+            continue  # collected between list and read: an older one, a newer exists
+        header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, info.path)
+        if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
+            continue
+        return n, info.path, decode_snapshot_frames(data, info.path)
+    return None
+
+
+def _find_run(names: list[str], run: list[str]) -> int:
+    """Where ``run`` appears in ``names`` as consecutive items, or ``-1``."""
+    for i in range(len(names) - len(run) + 1):
+        if names[i : i + len(run)] == run:
+            return i
+    return -1
+
+
+def _build_merge(
+    store: Store, path: str, frames: SnapshotFrames, at: int, number: int, epoch: bytes, clock: Callable[[], float]
+) -> _Built:
+    """Merge the layers ``frames.layers[at:]`` of snapshot ``path`` into one and write it."""
+    refs = (frames.layers or [])[at:]
+    runs = frames.body.runs
+    run_order = [r.run_id for r in runs]
+    retired = frozenset(r.run_id for r in runs if r.retired)
+    stack = []
+    for ref in refs:
+        src, _ = _read_layer(store, ref, path, compaction=True)
+        layer = load_layer(src, ref, epoch, False, False)
+        layer.bind(run_order, ref.name)
+        stack.append(layer)
+    with _gc_paused():
+        while len(stack) > 1:
+            upper = stack.pop()
+            lower = stack.pop()
+            stack.append(layers.merge_layers(lower, upper, bottom=at == 0 and not stack, retired=retired))
+        latest = max((n for n, _ in list_snapshots(store)), default=number)  # (ticks while merging)
+        target = max(latest, number) + 1 + MERGE_HEADROOM
+        name, data = encode_new_layer(stack[0], number=target, epoch=epoch, created_ms=int(clock() * 1000))
+    merged = stack[0].ref
+    assert merged is not None
+    store.put_if_absent(name, data)
+    return _Built([r.name for r in refs], at == 0, target, name, merged)
 
 
 def _as_bytes(data: bytes | memoryview | LayerSource) -> bytes:

@@ -893,10 +893,22 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     return out.finish(table, run_names, tombstones)
 
 
-def plan_merges(sizes: Sequence[int]) -> int:
+def plan_merges(sizes: Sequence[int], *, deferred: bool = False) -> int:
     """How many of the newest layers (of ``sizes``, oldest first) to merge into one: the
     newest two are merged while the lower is no larger than the upper (or smaller than
-    :data:`MIN_LAYER`), or while there are more than :data:`MAX_LAYERS`."""
+    :data:`MIN_LAYER`), or while there are more than :data:`MAX_LAYERS`.
+
+    ``deferred`` (a tick whose large merges are left to ``compactor.merge``): only while
+    the lower is smaller than :data:`MIN_LAYER`, unless there are more than
+    :data:`MAX_LAYERS` (nobody merged: then as above)."""
+    if deferred and len(sizes) <= MAX_LAYERS:
+        stack = list(sizes)
+        merged = 1
+        while len(stack) >= 2 and stack[-2] < MIN_LAYER:
+            top = stack.pop()
+            stack[-1] += top
+            merged += 1
+        return merged
     stack = list(sizes)
     merged = 1
     while len(stack) >= 2 and (stack[-2] <= max(stack[-1], MIN_LAYER) or len(stack) > MAX_LAYERS):

@@ -43,7 +43,7 @@ from resumelog.layers import (
     plan_merges,
 )
 
-__all__ = ["EncodedSnapshot", "encode_snapshot", "load_snapshot"]
+__all__ = ["EncodedSnapshot", "encode_snapshot", "load_layer", "load_snapshot"]
 
 
 LayerReader = Callable[[LayerRef], "bytes | memoryview | LayerSource"]
@@ -103,7 +103,7 @@ def load_snapshot(
         if read_layer is None:
             raise ValueError("a format-5 snapshot needs read_layer to load its layers")
         blocks = not defer_done_crc if check_blocks is None else check_blocks
-        layers = [_load_layer(read_layer(ref), ref, h.epoch, defer_done_crc, blocks) for ref in frames.layers]
+        layers = [load_layer(read_layer(ref), ref, h.epoch, defer_done_crc, blocks) for ref in frames.layers]
     else:
         layers = [_legacy_layer(frames, path, state.run_order)] if h.completed_count or frames.legacy_done else []
     for layer in layers:
@@ -174,9 +174,12 @@ def _legacy_layer(frames: SnapshotFrames, path: str, run_order: list[str]) -> La
     return Layer(LayerIndex.single(index), list(run_order), legacy=done)
 
 
-def _load_layer(
+def load_layer(
     src: bytes | memoryview | LayerSource, ref: LayerRef, epoch: bytes, defer_done_crc: bool, check_blocks: bool
 ) -> Layer:
+    """The layer ``ref`` names, from its bytes or its head and block reader, checked
+    against ``ref`` and the snapshot's ``epoch`` (:class:`~resumelog.errors.CorruptSnapshot`
+    if it is not that layer); not yet bound to a run table."""
     if isinstance(src, LayerSource):
         if not ref.head:
             raise CorruptSnapshot("a version-5 layer cannot be read in parts", ref.name)
@@ -210,6 +213,7 @@ def encode_snapshot(
     created_ms: int = 0,
     epoch: bytes = b"",
     merge_all: bool = False,
+    defer_merges: bool = False,
 ) -> EncodedSnapshot:
     """Encode ``state`` as snapshot number ``state.number`` of the checkpoint whose
     ``meta.msgpack`` nonce is ``epoch``, with the layers to write before it.
@@ -217,7 +221,8 @@ def encode_snapshot(
     The layers of the loaded snapshot are kept as they are; what the fold changed
     (``state.added``, ``state.removed``) becomes one new layer on top, merged with the
     layers under it as :func:`~resumelog.layers.plan_merges` decides (``merge_all``:
-    every layer into one). ``previous`` is unused (kept for callers of format 4).
+    every layer into one; ``defer_merges``: only small layers, large merges being left
+    to :func:`resumelog.compactor.merge`). ``previous`` is unused (kept for callers of format 4).
     """
     del previous
     run_index = {r: i for i, r in enumerate(state.run_order)}
@@ -226,7 +231,7 @@ def encode_snapshot(
     if state.added or state.removed:
         stack.append(build_layer(state.added, state.removed, state.done_shapes, state.shapes))
     if stack:
-        k = plan_merges([layer.count + len(layer.tombstones) for layer in stack])
+        k = plan_merges([layer.count + len(layer.tombstones) for layer in stack], deferred=defer_merges)
         if merge_all or any(layer.ref is None or not layer.ref.head for layer in state.base.layers):
             # the index of a format 1-4 snapshot, or version-5 layers (one hash-ordered
             # block: read whole): the first version-6 compaction rewrites them as one

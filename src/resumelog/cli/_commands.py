@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -34,7 +34,7 @@ from resumelog.cli._common import (
 
 if TYPE_CHECKING:
     from resumelog.checkpoint import Checkpoint, Status
-    from resumelog.compactor import CompactResult
+    from resumelog.compactor import CompactResult, MergeResult
     from resumelog.storage import Store
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "cmd_gc",
     "cmd_inspect",
     "cmd_log",
+    "cmd_merge",
     "cmd_pending",
     "cmd_reset",
     "cmd_status",
@@ -540,44 +541,89 @@ def cmd_import_curator(ctx: Ctx) -> int:
 
 
 def cmd_compact(ctx: Ctx) -> int:
+    from resumelog import compactor
+
+    a = ctx.args
+    every = a.every
+    if every is None:
+        ckpt = open_checkpoint(ctx)
+        r = ckpt.compact(keep_runs=a.keep_runs, progress=_PROGRESS, merge=a.merge, defer_merges=a.defer_merges)
+        _report_compaction(ctx, ckpt.store.url, r)
+        return EXIT_OK
+
+    def tick(store: Store, t0: float) -> None:
+        r = compactor.compact(store, keep_runs=a.keep_runs, progress=False, merge=a.merge, defer_merges=a.defer_merges)
+        _report_compaction(ctx, store.url, r, seconds=time.perf_counter() - t0)
+
+    return _every(ctx, every, tick)
+
+
+def cmd_merge(ctx: Ctx) -> int:
+    from resumelog import compactor
+
     every = ctx.args.every
     if every is None:
         ckpt = open_checkpoint(ctx)
-        r = ckpt.compact(keep_runs=ctx.args.keep_runs, progress=_PROGRESS, merge=ctx.args.merge)
-        _report_compaction(ctx, ckpt.store.url, r)
+        t0 = time.perf_counter()
+        r = ckpt.merge(full=ctx.args.all)
+        _report_merge(ctx, ckpt.store.url, r, time.perf_counter() - t0)
         return EXIT_OK
+
+    def tick(store: Store, t0: float) -> None:
+        r = compactor.merge(store, full=ctx.args.all)
+        _report_merge(ctx, store.url, r, time.perf_counter() - t0)
+
+    return _every(ctx, every, tick)
+
+
+def _every(ctx: Ctx, every: float, step: Callable[[Store, float], None]) -> int:
+    """The sidecar loop: the store alone (no view is loaded, so a checkpoint that cannot
+    be read yet only fails its ticks), ``step(store, start)`` now and every ``every``
+    seconds (``start``: when the step began, by ``time.perf_counter``)."""
     if not every > 0:
         fail("--every must be a positive duration")
-    return _compact_every(ctx, every)
-
-
-def _compact_every(ctx: Ctx, every: float) -> int:
-    """The sidecar loop: the store alone (no view is loaded, so a checkpoint that cannot
-    be read yet only fails its ticks), a compaction now and every ``every`` seconds."""
-    from resumelog import compactor
-
     store = open_store(ctx)
     require_checkpoint(ctx, store)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the compaction under way, exit 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the step under way, exit 0
     try:
         while True:
             t0 = time.perf_counter()
             try:
-                r = compactor.compact(store, keep_runs=ctx.args.keep_runs, progress=False, merge=ctx.args.merge)
+                step(store, t0)
             except Exception as exc:  # noqa: BLE001 - reported; the next tick retries
                 message = ctx.scrub(" ".join(classify_error(exc)[1].split()))
                 if ctx.json:
                     dump_json({"url": store.url, "error": message, "seconds": round(time.perf_counter() - t0, 3)})
                 else:
                     print(f"resumelog: error: {message} (retrying in {every:g} s)", file=sys.stderr)
-            else:
-                _report_compaction(ctx, store.url, r, seconds=time.perf_counter() - t0)
             sys.stdout.flush()
             if stop.wait(every):
                 return EXIT_OK
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _report_merge(ctx: Ctx, url: str, r: MergeResult, seconds: float) -> None:
+    doc = {
+        "url": url,
+        "snapshot": r.snapshot,
+        "written": r.written,
+        "layers_before": r.layers_before,
+        "layers_after": r.layers_after,
+        "entries": r.entries,
+        "attempts": r.attempts,
+        "seconds": round(seconds, 3),
+    }
+    if ctx.json:
+        dump_json(doc)
+    elif r.written:
+        print(
+            f"wrote snapshot #{r.snapshot}: {plural(r.layers_before, 'layer')} -> {r.layers_after} "
+            f"({plural(r.entries, 'entry', 'entries')} rewritten)"
+        )
+    else:
+        print(f"nothing to merge; snapshot #{r.snapshot} is current ({plural(r.layers_before, 'layer')})")
 
 
 def _report_compaction(ctx: Ctx, url: str, r: CompactResult, seconds: float | None = None) -> None:

@@ -116,6 +116,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("resumelog compact /data/ckpt", "fold the journal tail into a new snapshot"),
         ("resumelog compact s3://bucket/ckpt --every 5m --json >> compactions.jsonl &", "a sidecar"),
         ("resumelog compact /data/ckpt --merge", "and merge the index's layers into one"),
+        ("resumelog compact s3://bucket/ckpt --every 30s --defer-merges &", "ticks that cost what is new"),
+    ],
+    "merge": [
+        ("resumelog merge s3://bucket/ckpt --every 5m --json >> merges.jsonl &", "the merges those ticks defer"),
+        ("resumelog merge /data/ckpt --all", "merge every layer of the index into one, now"),
     ],
     "gc": [
         ("resumelog gc /data/ckpt --dry-run -v", "what would be deleted, key by key"),
@@ -287,6 +292,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_duration,
         help="keep compacting, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside a "
         "long job); a failed compaction is reported and retried at the next tick",
+    )
+
+    p.add_argument(
+        "--defer-merges",
+        action="store_true",
+        help="merge only small layers of the index, leaving the merges that rewrite large ones to "
+        "`resumelog merge` (a tick then costs what it folds, not the size of the index)",
+    )
+
+    p = cmd("merge", "merge layers of the completed-id index into one (the merges --defer-merges ticks leave)")
+    p.add_argument("--all", action="store_true", help="every layer into one (default: as the layers' sizes ask)")
+    p.add_argument(
+        "--every",
+        metavar="DURATION",
+        type=_positive_duration,
+        help="keep merging, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside "
+        "`compact --every ... --defer-merges`); a failed merge is reported and retried at the next tick",
     )
 
     p = cmd("gc", "delete old snapshots and the segments they cover")
@@ -502,6 +524,7 @@ _COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "pending": _c.cmd_pending,
     "completed": _c.cmd_completed,
     "compact": _c.cmd_compact,
+    "merge": _c.cmd_merge,
     "gc": _c.cmd_gc,
     "verify": _c.cmd_verify,
     "reset": _c.cmd_reset,

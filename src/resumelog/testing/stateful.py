@@ -694,6 +694,56 @@ class PipelineMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.unfolded)
     @rule()
+    def compact_deferring_merges(self) -> None:
+        """A tick that leaves the merges of large layers to ``compactor.merge``."""
+        with self.store.hooks_off():
+            result = compactor.compact(self.store, progress=False, defer_merges=True)
+        self.compacted(result, "compact(defer_merges=True)")
+
+    @rule(
+        data=st.data(),
+        full=st.booleans(),
+        meanwhile=st.sampled_from(["nothing", "tick", "flush+tick", "flush+tick+gc", "merge", "merge+gc"]),
+    )
+    def merge_in_background(self, data: st.DataObject, full: bool, meanwhile: str) -> None:
+        """A background merge (``compactor.merge``) while, before it publishes, a writer
+        flushes and a tick publishes (it rebases over the tick), or another merge takes
+        its layers (it starts again), and GC (retain=1) collects. Alone, it changes
+        nothing but the layers: the same completed set, runs and pending state."""
+        flusher = None
+        if "flush" in meanwhile and self.live_writers():
+            flusher = self.pick(data, self.live_writers(), "flushing writer")
+        before = fold_summary(self.fresh_fold().state) if meanwhile in ("nothing", "merge", "merge+gc") else None
+
+        def other() -> None:
+            if flusher is not None:
+                self.flush(flusher)
+            if "tick" in meanwhile:
+                tick = compactor.compact(self.store, progress=False, defer_merges=True)
+                self.compacted(tick, "  meanwhile a tick")
+            if meanwhile.startswith("merge"):
+                self.say(f"  meanwhile another merge -> {compactor.merge(self.store, full=True)}")
+            if "gc" in meanwhile:
+                compactor.gc(self.store, retain=1, grace=0)
+                self.say("  meanwhile gc(retain=1)")
+
+        if meanwhile != "nothing":
+            self.store.before_snapshot_put = other
+        try:
+            result = compactor.merge(self.store, full=full)
+        finally:
+            self.store.disarm()
+        self.say(f"merge(full={full}, {meanwhile}) -> {result}")
+        self.uncollected = self.uncollected or result.written
+        if before is not None and not self.unfolded:
+            assert fold_summary(self.fresh_fold().state) == before, "a merge changed the fold"
+        frames = self.fresh_fold().frames
+        named = {ref.name for ref in frames.layers or ()} if frames is not None else set()
+        stored = {o.path for o in self.store.inner.list(paths.LAYER_PREFIX)}
+        assert named <= stored, f"the latest snapshot names layers not stored: {sorted(named - stored)}"
+
+    @precondition(lambda self: self.unfolded)
+    @rule()
     def compact_twice(self) -> None:
         """Idempotence: a second compaction with nothing new writes nothing, changes nothing."""
         self.compact()
