@@ -835,11 +835,10 @@ def compact(
                 )
         except _BadBase as exc:
             skip.add(exc.number)  # e.g. a malformed shape table behind a valid CRC
+            del loaded, state  # (its spilled layers' temporary files go now, not after the next load)
             continue
         if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
-            named = encoded.named
-            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
-            encoded = encoded._replace(layers=[*spilled, *encoded.layers])
+            encoded = encoded._replace(layers=[*_spilled_layers(encoded, loaded.spilled), *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data
         key = paths.snapshot_name(number)
@@ -850,6 +849,7 @@ def compact(
                 pass
             else:
                 store.delete(new_layers)  # no snapshot names them (gc would collect them too)
+                del encoded, loaded, state  # the temporary files of spooled layers go now
                 continue  # another compactor published `number` first: reload
         if read_epoch(store) != epoch:  # deleted under us after all: take it back
             store.delete([key, *new_layers])
@@ -867,8 +867,9 @@ def compact(
     raise ResumelogError(f"compaction gave up after {max_attempts} lost races on {store.url}")
 
 
-def _as_bytes(data: bytes | memoryview) -> bytes:
-    return data if isinstance(data, bytes) else bytes(data)
+def _spilled_layers(encoded: EncodedSnapshot, spilled: list[str]) -> list[tuple[str, bytes | memoryview]]:
+    """The layers of a fold's spills that ``encoded`` still names (to write with it)."""
+    return [(n, encoded.named[n]) for n in spilled if n in encoded.named]
 
 
 def _merged(state: FoldState) -> bool:
