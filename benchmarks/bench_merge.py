@@ -4,12 +4,17 @@ A merge is the one step of compaction whose cost grows with the completed ids (t
 binary counter of ``layers.plan_merges`` rewrites each id ``log2(N / tick)`` times over
 its life). Each measurement runs in a fresh child process: build a lower layer of
 ``--lower`` ids and an upper one of ``--upper`` ids (half new, a tenth of the lower
-ones masked), then merge them; prints one JSON line per size: seconds of the merge,
-the child's peak RSS during the merge (``VmHWM``, reset after building the inputs) and
-its RSS before the merge.
+ones masked), then merge them and stamp the result as a compaction does before it
+writes it (``encode_new_layer``: the stored object's bytes). Prints one JSON line per
+size: seconds of the merge and of the stamp; the child's peak RSS over both
+(``VmHWM``, reset after building the inputs: it counts the pages of memory-mapped
+files too); and its peak *anonymous* memory over both (``RssAnon``, what cannot be
+paged out without swap), sampled every ~2 ms from the parent process (no GIL shared
+with the merge), and its value before the merge.
 
     python benchmarks/bench_merge.py                      # 1M+1M, 4M+4M
-    python benchmarks/bench_merge.py --sizes 8000000:1000000
+    python benchmarks/bench_merge.py --sizes 16000000:4000000
+    python benchmarks/bench_merge.py --spool-bytes 100000000000  # no spooling (A/B)
 """
 
 from __future__ import annotations
@@ -18,21 +23,26 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 
 
-def _vm(field: str) -> float:
-    with open("/proc/self/status") as f:
+def _vm(field: str, pid: str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
-def child(lower: int, upper: int) -> None:
+def child(lower: int, upper: int, spool_bytes: int | None) -> None:
     import resumelog
+    from resumelog import layers
     from resumelog.done_shapes import ShapeTable
-    from resumelog.layers import make_layer, merge_layers
+    from resumelog.layers import encode_new_layer, make_layer, merge_layers
+
+    if spool_bytes is not None:
+        layers.SPOOL_BYTES = spool_bytes  # type: ignore[attr-defined,unused-ignore]
 
     def sid(i: int) -> str:
         return f"s3://corpus/cc/shard-{i // 4096:06d}/part-{i:010d}.jsonl"
@@ -49,38 +59,95 @@ def child(lower: int, upper: int) -> None:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to now: the figure is the merge's, not the build's
-    rss0 = _vm("VmRSS")
+    rss0, anon0 = _vm("VmRSS"), _vm("RssAnon")
+    print("merge", flush=True)  # the parent samples RssAnon from here ...
+    time.sleep(0.05)
     t0 = time.perf_counter()
     m = merge_layers(a, b, bottom=True)
-    dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    _, data = encode_new_layer(m, number=2, epoch=bytes(16), created_ms=0)
+    t2 = time.perf_counter()
+    time.sleep(0.05)
+    print("end", flush=True)  # ... to here
     print(
         json.dumps(
             {
                 "bench": "layer_merge",
                 "resumelog": resumelog.__file__,
+                "spool_bytes": getattr(layers, "SPOOL_BYTES", None),
                 "lower": lower,
                 "upper": len(b.index.ids()) if upper <= 10 else upper,
                 "merged": m.count,
-                "seconds": round(dt, 3),
+                "seconds": round(t1 - t0, 3),
+                "stamp_seconds": round(t2 - t1, 3),
                 "rss_before_mb": round(rss0, 1),
                 "peak_rss_mb": round(_vm("VmHWM"), 1),
-                "layer_mb": round(len(m.data or b"") / 1e6, 1),
+                "anon_before_mb": round(anon0, 1),
+                "layer_mb": round(len(data) / 1e6, 1),
             }
-        )
+        ),
+        flush=True,
     )
+
+
+def measure(lower: int, upper: int, spool_bytes: int | None) -> dict[str, object]:
+    """Run one child; its JSON line with the peak RssAnon the parent saw while it merged."""
+    argv = [sys.executable, __file__, "--child", str(lower), str(upper)]
+    if spool_bytes is not None:
+        argv.append(str(spool_bytes))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    pid = str(proc.pid)
+    sampling = threading.Event()
+    done = threading.Event()
+    peak = [0.0]
+    samples = [0]
+
+    def sample() -> None:
+        while not done.is_set():
+            if sampling.is_set():
+                try:
+                    peak[0] = max(peak[0], _vm("RssAnon", pid))
+                    samples[0] += 1
+                except (OSError, ValueError):
+                    return
+            time.sleep(0.002)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    assert proc.stdout is not None
+    result: dict[str, object] = {}
+    for line in proc.stdout:
+        if line.strip() == "merge":
+            sampling.set()
+        elif line.strip() == "end":
+            sampling.clear()
+        elif line.startswith("{"):
+            result = json.loads(line)
+    done.set()
+    t.join()
+    if proc.wait() != 0:
+        raise SystemExit(f"the child failed (exit {proc.returncode})")
+    result["peak_anon_mb"] = round(peak[0], 1)
+    result["anon_samples"] = samples[0]
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", nargs="*", default=["1000000:1000000", "4000000:4000000"], help="LOWER:UPPER ids")
-    ap.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--spool-bytes",
+        type=int,
+        help="set layers.SPOOL_BYTES in the child (a huge value: the merged layer stays in memory, as before spooling)",
+    )
+    ap.add_argument("--child", nargs="+", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(*args.child)
+        child(args.child[0], args.child[1], args.child[2] if len(args.child) > 2 else None)
         return
     for size in args.sizes:
         lower, upper = (int(x) for x in size.split(":"))
-        subprocess.run([sys.executable, __file__, "--child", str(lower), str(upper)], check=True)
+        print(json.dumps(measure(lower, upper, args.spool_bytes)), flush=True)
 
 
 if __name__ == "__main__":

@@ -61,9 +61,11 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module", autouse=True)
 def _small_blocks() -> Iterator[None]:
     """Every layer written by a property test has many blocks (format 6: a few ids
-    each), so lookups cross block boundaries as in a large layer. Module-scoped: the
-    tests under tests/ run in the same processes with the real block size."""
-    old = resumelog.layers.BLOCK_BYTES
-    resumelog.layers.BLOCK_BYTES = 48
+    each), so lookups cross block boundaries as in a large layer, and every layer but
+    the smallest is spooled to a temporary file as a large one is (its first blocks
+    held in memory, the rest written to the file). Module-scoped: the tests under
+    tests/ run in the same processes with the real sizes."""
+    old = resumelog.layers.BLOCK_BYTES, resumelog.layers.SPOOL_BYTES
+    resumelog.layers.BLOCK_BYTES, resumelog.layers.SPOOL_BYTES = 48, 512
     yield
-    resumelog.layers.BLOCK_BYTES = old
+    resumelog.layers.BLOCK_BYTES, resumelog.layers.SPOOL_BYTES = old

@@ -87,6 +87,7 @@ MUTANTS = [
         "compaction_overwrites_snapshot",
         "compactor.py",
         "            else:\n                store.delete(new_layers)  # no snapshot names them (gc would collect them too)\n"
+        "                del encoded, loaded, state  # the temporary files of spooled layers go now\n"
         "                continue  # another compactor published `number` first: reload",
         "            else:\n                store.delete([key])  # overwrite instead of put-if-absent\n"
         "                store.put_if_absent(key, data)",
@@ -345,10 +346,24 @@ MUTANTS += [
         "as a late record, and a quarantine keeps it",
     ),
     Mutant(
+        "layer_spool_loses_blocks_held_in_memory",
+        "layers.py",
+        "                for p, c in self._frames:\n                    self._spool.write(p, c)\n",
+        "",
+        "a layer writer that starts spooling drops the blocks it held in memory",
+    ),
+    Mutant(
+        "spooled_layer_stamped_without_its_head",
+        "layers.py",
+        "            f, start = self._file, self.reserve - n\n",
+        "            f, start = self._file, self.reserve - n + FRAME_HEADER_SIZE\n",
+        "a spooled layer's stored object starts after the start of the head written before its blocks",
+    ),
+    Mutant(
         "spilled_layers_not_written",
         "compactor.py",
-        "            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]\n",
-        "            spilled = []\n",
+        "            out.append((n, data))\n    return out\n",
+        "            pass\n    return out\n",
         "issue 17/4: the published snapshot names layers a spill made that nobody wrote",
     ),
 ]

@@ -12,16 +12,22 @@ client's ``status()``.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import itertools
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import resumelog
 from resumelog import compactor, layers, paths
 from resumelog._provisional import ProvisionalSet
+from resumelog.errors import StorageError
 from resumelog.storage import LocalStore, MemoryStore, Store
 from resumelog.testing.compaction import copy_store, published, spilling
-from resumelog.testing.stateful import crash_writer
+from resumelog.testing.stateful import HookedStore, crash_writer
 
 POLICY = resumelog.FlushPolicy(max_records=3)
 
@@ -292,3 +298,160 @@ def test_spilled_layers_are_not_merged_back_together():
     assert r.spills >= 4 and len(sizes) in (r.spills, r.spills + 1), (r.spills, sizes)
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), sizes
     assert sum(sizes) == 100
+
+
+# --------------------------------------------------------------------------- spooled layers
+
+
+def _fixed_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nonces (of layers and snapshots) from a counter: two runs write the same bytes."""
+    counter = itertools.count()
+    monkeypatch.setattr(layers.secrets, "token_bytes", lambda n: next(counter).to_bytes(n, "big"))
+
+
+def _left_in(d: Path) -> list[str]:
+    """Files in ``d``, and files under it this process holds open or mapped."""
+    gc.collect()
+    out = [p.name for p in d.iterdir()]
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(d)):
+            out.append(target)
+    with open("/proc/self/maps") as f:
+        out += [line.strip() for line in f if str(d) in line]
+    return out
+
+
+@pytest.fixture
+def spool_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Layers spooled whenever they have a block, into a directory of the test's own."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc")
+    d = tmp_path / "spool"
+    d.mkdir()
+    monkeypatch.setenv("RESUMELOG_SPOOL_DIR", str(d))
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 64)  # a few ids a block: many blocks
+    return d
+
+
+def _count_spools(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    made = [0]
+
+    class Counted(layers.BlockSpool):
+        def __init__(self) -> None:
+            made[0] += 1
+            super().__init__()
+
+    monkeypatch.setattr(layers, "BlockSpool", Counted)
+    return made
+
+
+def test_spooled_compactions_publish_the_same_bytes(tmp_path, spool_dir, monkeypatch):
+    """Compactions (a merge as plan_merges decides, then every layer merged into one)
+    of the same journal on local storage write the same objects, byte for byte, whether
+    their layers are built in memory or spooled to temporary files (threshold 0); the
+    spool directory is empty afterwards, with nothing in it left open or mapped."""
+    store = mem()
+    journal(store)
+    made = _count_spools(monkeypatch)
+    written = []
+    for spool_bytes in (layers.SPOOL_BYTES, 0):
+        monkeypatch.setattr(layers, "SPOOL_BYTES", spool_bytes)
+        _fixed_nonces(monkeypatch)
+        copy = LocalStore(str(tmp_path / f"ck-{spool_bytes}"))
+        copy_store(store, copy)
+        assert compactor.compact(copy, clock=lambda: 1000.0).written
+        assert compactor.compact(copy, clock=lambda: 1001.0, merge=True).written
+        written.append({o.path: copy.read(o.path) for o in copy.list("")})
+        assert made[0] > 0 if not spool_bytes else made[0] == 0
+    assert written[0] == written[1]
+    assert sum(k.startswith(paths.LAYER_PREFIX) for k in written[0]) >= 4
+    assert _left_in(spool_dir) == []
+
+
+@contextlib.contextmanager
+def copy_writer(store: Store) -> Iterator[resumelog.Writer]:
+    """A writer of run r9 on ``store``."""
+    ck = resumelog.open(store, run_id="r9", flush_policy=POLICY)
+    w = ck.writer("late")
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def test_spooled_spills_publish_the_same(spool_dir, monkeypatch):
+    """A fold spilling at every round into spooled layers (loaded back from their maps,
+    written with the snapshot) publishes what one that never spills publishes."""
+    store = mem()
+    journal(store)
+    reference, _, _ = both(store)
+    monkeypatch.setattr(layers, "SPOOL_BYTES", 0)
+    made = _count_spools(monkeypatch)
+    kept, spilled, (_, r) = both(store)
+    assert r.spills > 3 and made[0] > r.spills
+    assert kept == spilled == reference
+    assert _left_in(spool_dir) == []
+
+
+class FailingLayerStore(LocalStore):
+    """Refuses to write layers (a full disk, a lost connection)."""
+
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
+        if key.startswith(paths.LAYER_PREFIX):
+            raise StorageError(f"injected failure writing {key}")
+        super().put_if_absent(key, data)
+
+
+def test_spooled_layers_are_released_after_a_lost_race_and_a_failure(tmp_path, spool_dir, monkeypatch):
+    """A compaction that loses the put-if-absent of its snapshot to another compactor
+    (and publishes on its second attempt), and one whose layer writes fail, leave
+    nothing in the spool directory, open or mapped."""
+    monkeypatch.setattr(layers, "SPOOL_BYTES", 0)
+    made = _count_spools(monkeypatch)
+    inner = LocalStore(str(tmp_path / "ck"))
+    journal(inner)
+    assert made[0] > 0  # the journal's compactions spooled already
+    with copy_writer(inner) as w:
+        w.complete_many([f"n{i:03d}" for i in range(40)])
+    hooked = HookedStore(inner)
+    hooked.before_snapshot_put = lambda: compactor.compact(inner)  # publishes the same number first
+    before = made[0]
+    r = compactor.compact(hooked, merge=True)
+    assert r.attempts == 2 and made[0] > before + 1
+    assert _left_in(spool_dir) == []
+    failing = FailingLayerStore(str(tmp_path / "ck"))
+    with copy_writer(failing) as w:
+        w.complete_many([f"m{i:03d}" for i in range(40)])
+    snapshots = compactor.list_snapshots(inner)
+    with pytest.raises(StorageError, match="injected"):
+        compactor.compact(failing, merge=True)
+    assert compactor.list_snapshots(inner) == snapshots  # nothing published
+    assert _left_in(spool_dir) == []
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+def test_spooled_layers_on_s3(s3_url, spool_dir, monkeypatch, multipart):
+    """On S3 (a real server) the spooled layers' maps are written as one ``PUT`` each
+    (copied into bytes: botocore takes no memoryview), or, above the store's multipart
+    threshold (0 here), as create-only multipart uploads read from the map; a fresh
+    client reads every id back."""
+    from resumelog.storage import FsspecStore
+
+    url, opts = s3_url
+    monkeypatch.setattr(layers, "SPOOL_BYTES", 0)
+    made = _count_spools(monkeypatch)
+    ck = resumelog.open(url, storage_options=opts, run_id="r", flush_policy=POLICY)
+    with ck.writer("w") as w:
+        w.complete_many([f"s{i:03d}" for i in range(200)])
+    store = FsspecStore(url, opts, multipart_threshold=0 if multipart else 16 << 20)
+    assert compactor.compact(store, merge=True).written and made[0] > 0
+    uploads = store.requests["CreateMultipartUpload"]
+    assert uploads >= (2 if multipart else 0) and (multipart or uploads == 0)  # the layer and the snapshot
+    assert sorted(resumelog.open(url, storage_options=opts, create=False).completed) == [
+        f"s{i:03d}" for i in range(200)
+    ]
+    assert _left_in(spool_dir) == []

@@ -247,3 +247,90 @@ def test_blocks_cut_in_bulk_are_the_blocks_cut_one_entry_at_a_time(monkeypatch: 
     assert bulk.data == one.finish(table, ["r0", "r1", "r2"], frozenset({"zz"})).data
     assert [bulk.index.tag_at(bulk.index.find(s)) for s in ids] == tags
     assert [bulk.run_names[bulk.index.run_at(bulk.index.find(s))] for s in ids] == [f"r{r}" for r in runs]
+
+
+# --------------------------------------------------------------------------- spooled layers
+
+
+def _fixed_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nonces from a counter: two runs that stamp the same layers write the same bytes."""
+    import itertools
+
+    counter = itertools.count()
+    monkeypatch.setattr(layers.secrets, "token_bytes", lambda n: next(counter).to_bytes(n, "big"))
+
+
+def _maps_into(d: Path) -> list[str]:
+    """The open files and memory maps of this process under directory ``d``."""
+    out = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = str(fd.readlink())
+        except OSError:
+            continue
+        if target.startswith(str(d)):
+            out.append(target)
+    with open("/proc/self/maps") as f:
+        out += [line.strip() for line in f if str(d) in line]
+    return out
+
+
+@pytest.mark.parametrize("block_bytes", [1, 48, 4096, 128 << 10])
+@pytest.mark.parametrize("reserve", [layers.SPOOL_RESERVE, 0])  # 0: the head does not fit, blocks copied
+def test_a_spooled_layer_is_the_layer_built_in_memory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, block_bytes: int, reserve: int
+):
+    """A writer that spools its blocks to a temporary file (threshold 0) builds the same
+    layer, byte for byte once stamped, as one that holds them in memory, and so does a
+    merge of spooled layers; the spooled layer reads its blocks from the file (no bytes
+    of its own until stamped) and the stamped object is a read-only view of a map.
+    Nothing is left in the spool directory, open or mapped, once the layers are gone."""
+    import gc
+
+    from resumelog.done_shapes import ShapeTable
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("RESUMELOG_SPOOL_DIR", str(spool))
+    monkeypatch.setattr(layers, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(layers, "SPOOL_RESERVE", reserve)
+    rng = random.Random(block_bytes)
+    ids = sorted({"".join(rng.choice("abc\u00e9/") for _ in range(rng.randint(1, 30))) for _ in range(5000)})
+    runs = [rng.randrange(3) for _ in ids]
+    tags = [rng.choice([0, 0, 1, 2]) for _ in ids]
+    table = ShapeTable([[[["a", ""], 1]], [[["b", ""], -1]]])
+    names = ["r0", "r1", "r2"]
+    lo, up = ids[::2], ids[1::3]
+
+    def build(spool_bytes: int) -> list[bytes]:
+        monkeypatch.setattr(layers, "SPOOL_BYTES", spool_bytes)
+        _fixed_nonces(monkeypatch)
+        whole = layers.make_layer(ids, runs, tags, table, names, frozenset({"zz"}))
+        lower = layers.make_layer(lo, runs[::2], tags[::2], table, names, frozenset())
+        upper = layers.make_layer(up, runs[1::3], tags[1::3], table, ["r2", "r9", "r1"], frozenset(lo[::5]))
+        merged = layers.merge_layers(lower, upper, bottom=False, retired=frozenset({"r1"}))
+        out = []
+        for layer in (whole, merged):
+            assert (layer.spool is not None, layer.data is None) == (not spool_bytes,) * 2
+            assert sorted(layer.index.ids()) == sorted(ids if layer is whole else (set(lo) - set(lo[::5])) | set(up))
+            _, data = layers.encode_new_layer(layer, number=7, epoch=b"e" * 16, created_ms=1234)
+            assert layer.spool is None and layer.data is data and layer.ref is not None
+            assert layer.ref.size == len(data)
+            if not spool_bytes:
+                assert isinstance(data, memoryview) and data.readonly
+                assert _maps_into(spool)  # a map of an unnamed file in the spool directory
+            back = open_layer(data, "x", defer=False)  # the stored object reads back whole
+            assert back.index.ids() == layer.index.ids()
+            assert [back.index.tag_at(i) for i in range(back.count)] == [
+                layer.index.tag_at(i) for i in range(layer.count)
+            ]
+            out.append(bytes(data))
+        return out
+
+    in_memory = build(layers.SPOOL_BYTES)
+    spooled = build(0)
+    assert spooled == in_memory
+    gc.collect()
+    assert _maps_into(spool) == [] and list(spool.iterdir()) == []

@@ -892,13 +892,12 @@ def compact(
                 )
         except _BadBase as exc:  # e.g. a malformed shape table behind a valid CRC
             _forget_bad_base(store, exc, skip, damaged)
+            del loaded, state  # (its spilled layers' temporary files go now, not after the next load)
             continue
         except _StaleSnapshot:
             continue  # a layer a merge read in parts was collected: load again
         if loaded.spilled:  # the layers of the fold's spills that the snapshot still names
-            named = encoded.named
-            spilled = [(n, _as_bytes(named[n])) for n in loaded.spilled if n in named]
-            encoded = encoded._replace(layers=[*spilled, *encoded.layers])
+            encoded = encoded._replace(layers=[*_spilled_layers(encoded, loaded.spilled), *encoded.layers])
         new_layers = [name for name, _ in encoded.layers]
         data = encoded.data
         key = paths.snapshot_name(number)
@@ -909,6 +908,7 @@ def compact(
                 pass
             else:
                 store.delete(new_layers)  # no snapshot names them (gc would collect them too)
+                del encoded, loaded, state  # the temporary files of spooled layers go now
                 continue  # another compactor published `number` first: reload
         if read_epoch(store) != epoch:  # deleted under us after all: take it back
             store.delete([key, *new_layers])
@@ -1092,9 +1092,15 @@ def _build_merge(
     return _Built([r.name for r in refs], at == 0, target, name, merged)
 
 
-def _as_bytes(data: bytes | memoryview | LayerSource) -> bytes:
-    assert not isinstance(data, LayerSource), "a spilled layer is built in memory"
-    return data if isinstance(data, bytes) else bytes(data)
+def _spilled_layers(encoded: EncodedSnapshot, spilled: list[str]) -> list[tuple[str, bytes | memoryview]]:
+    """The layers of a fold's spills that ``encoded`` still names (to write with it)."""
+    out: list[tuple[str, bytes | memoryview]] = []
+    for n in spilled:
+        data = encoded.named.get(n)
+        if data is not None:
+            assert not isinstance(data, LayerSource), "a spilled layer is built, not read in parts"
+            out.append((n, data))
+    return out
 
 
 def _merged(state: FoldState) -> bool:

@@ -78,6 +78,7 @@ __all__ = [
     "encode_object",
     "encode_segment",
     "encode_snapshot_frames",
+    "frame_header",
     "frames_of",
     "layer_version",
     "object_parts",
@@ -335,11 +336,16 @@ def encode_object(kind: int, payloads: Sequence[bytes | memoryview]) -> bytes:
     return b"".join(object_parts(kind, [(p, crc32c(p)) for p in payloads]))
 
 
-def object_parts(kind: int, frames: Sequence[tuple[bytes | memoryview, int]]) -> list[bytes | memoryview]:
+def object_parts(
+    kind: int, frames: Sequence[tuple[bytes | memoryview, int]], tail: int = 0
+) -> list[bytes | memoryview]:
     """The bytes of an object of ``kind`` as a list of parts to concatenate (or hand to
     ``Store.put_if_absent_parts``), from ``(payload, CRC-32C of payload)`` pairs: a
-    writer computes each CRC while the payload is hot and never copies the payloads."""
-    total = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in frames)
+    writer computes each CRC while the payload is hot and never copies the payloads.
+
+    ``tail``: the object goes on with that many bytes of frames framed elsewhere
+    (:func:`frame_header`; a layer's blocks spooled to a file): the preamble counts them."""
+    total = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in frames) + tail
     pre = _PRE.pack(MAGIC, kind, 0, FORMAT_VERSION, total, 0)
     parts: list[bytes | memoryview] = [pre + crc32c(pre).to_bytes(4, "big")]
     for p, crc in frames:
@@ -377,6 +383,11 @@ def read_preamble(data: bytes | memoryview, kind: int, path: str = "") -> int:
     if total < n or total > MAX_OBJECT_SIZE:
         raise err(f"object is {n} bytes but declares {total}", path)
     return int(total)
+
+
+def frame_header(payload: bytes | memoryview, crc: int) -> bytes:
+    """The 8-byte header of a frame holding ``payload`` (whose CRC-32C is ``crc``)."""
+    return _FRAME.pack(len(payload), crc)
 
 
 def frames_of(data: bytes | memoryview) -> list[tuple[memoryview, int]]:

@@ -25,7 +25,10 @@ block covering every id.
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import secrets
+import tempfile
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
@@ -56,7 +59,7 @@ from resumelog.format import (
     decode_layer_head,
     encode,
     encode_layer_block,
-    encode_layer_v6,
+    frame_header,
     frames_of,
     layer_version,
     object_parts,
@@ -68,6 +71,7 @@ from resumelog.idset import CompletedIndex, counted_uints, encoded_key, pack_uin
 __all__ = [
     "BLOCK_BYTES",
     "MIN_LAYER",
+    "SPOOL_BYTES",
     "Block",
     "Layer",
     "LayerIndex",
@@ -80,6 +84,7 @@ __all__ = [
     "merge_layers",
     "open_layer",
     "plan_merges",
+    "spool_dir",
 ]
 
 MIN_LAYER = 1 << 15
@@ -94,6 +99,34 @@ BLOCK_BYTES = 128 << 10
 """A writer closes a block once its payload reaches this many bytes (~2,000 ids of 50
 bytes): a lookup reads one block, a shard of consecutive ids a few adjacent ones, and
 the block index of 10^8 ids of 50 bytes is ~3 MB."""
+
+
+SPOOL_BYTES = 8 << 20
+"""A :class:`LayerWriter` holds a new layer's block frames in memory up to this many
+bytes (a compaction's usual small layer stays fileless); past it, it *spools* them to an
+unnamed temporary file in :func:`spool_dir`, so that a merge of large layers (or a large
+new layer) holds a few blocks in memory, not the layer. The layer then reads its blocks
+through a read-only memory map of that file (pages the kernel can drop and read again),
+and :func:`encode_new_layer` writes the stored object's head into the same file: the
+object's bytes are a view of the map, never copied into anonymous memory. The bytes are
+the same either way. ``0``: spool every layer that has a block."""
+
+SPOOL_RESERVE = 64 << 20
+"""Bytes a spool file leaves unwritten before its blocks (a hole, on filesystems with
+sparse files: no disk space) for the head of the stored object, which
+:func:`encode_new_layer` writes right before the blocks, so the object is the file's tail.
+A head larger than this (a block index of more than about a million blocks, or many
+tombstones) is written into a second file, followed by a copy of the blocks."""
+
+_COPY_CHUNK = 8 << 20
+
+
+def spool_dir() -> str:
+    """Where a :class:`LayerWriter` spools large layers (:data:`SPOOL_BYTES`):
+    ``$RESUMELOG_SPOOL_DIR`` if set, else the system's temporary directory
+    (:func:`tempfile.gettempdir`: ``$TMPDIR``, ...). It needs room for the largest layer;
+    the files are unnamed (removed when created), so nothing is left behind."""
+    return os.environ.get("RESUMELOG_SPOOL_DIR") or tempfile.gettempdir()
 
 
 READ_AHEAD = 8
@@ -291,7 +324,9 @@ class Layer:
     """``run_names`` as indexes into the fold state's run table (set by :meth:`bind`)."""
     data: bytes | memoryview | None = None
     """The stored object's bytes when read whole or built in memory (for in-memory
-    round trips, :class:`~resumelog.snapshot.EncodedSnapshot`)."""
+    round trips, :class:`~resumelog.snapshot.EncodedSnapshot`); a read-only view of a
+    memory-mapped temporary file for a new layer that was spooled (:data:`SPOOL_BYTES`),
+    ``None`` for one until :func:`encode_new_layer` writes it."""
     source: LayerSource | None = None
     """Its head and block reader when read in parts (``data`` is then ``None``)."""
     legacy: BaseDone | None = None
@@ -299,6 +334,9 @@ class Layer:
     header: LayerHeader | None = None
     """The stored header (``None`` for a format 1-4 snapshot's index)."""
     _table: ShapeTable | None = None
+    spool: BlockSpool | None = None
+    """The temporary file holding the blocks of a new layer that was spooled (until
+    :func:`encode_new_layer` writes the object there)."""
 
     @property
     def count(self) -> int:
@@ -670,14 +708,79 @@ def build_layer(
     return make_layer(ids, [where[added[s]] for s in ids], out_tags, table, run_names, frozenset(removed))
 
 
+class BlockSpool:
+    """The block frames of a new layer in an unnamed temporary file (:data:`SPOOL_BYTES`),
+    from byte :data:`SPOOL_RESERVE` on; the file is removed when created, and its space
+    freed once the file and every view of its memory map are gone."""
+
+    __slots__ = ("_file", "_view", "frames", "reserve", "size")
+
+    def __init__(self) -> None:
+        self.reserve = SPOOL_RESERVE
+        self._file = tempfile.TemporaryFile(dir=spool_dir())
+        self._file.seek(self.reserve)
+        self.size = 0
+        """Bytes of block frames written."""
+        self._view: memoryview | None = None
+        self.frames: list[tuple[bytes, int]] = []
+        """``(payload, CRC)`` of the layer's head frames 0-3 (set by :meth:`LayerWriter.finish`)."""
+
+    def write(self, payload: bytes, crc: int) -> None:
+        """Append the frame of ``payload`` (CRC-32C ``crc``)."""
+        self._file.write(frame_header(payload, crc))
+        self._file.write(payload)
+        self.size += FRAME_HEADER_SIZE + len(payload)
+
+    def blocks(self) -> memoryview:
+        """The block frames, as a read-only view of the file's memory map (once every
+        block is written)."""
+        if self._view is None:
+            self._file.flush()
+            self._view = memoryview(mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ))[self.reserve :]
+        return self._view
+
+    def stamp(self, head: bytes) -> memoryview:
+        """The object made of ``head`` (preamble and frames 0-3) and the block frames, as
+        a read-only view of a memory map: ``head`` is written into the reserve right
+        before the blocks, or (larger than the reserve) into a second file followed by
+        a copy of the blocks. The spool takes no more writes."""
+        blocks = self.blocks()
+        n = len(head)
+        if n <= self.reserve:
+            f, start = self._file, self.reserve - n
+            f.seek(start)
+            f.write(head)
+        else:
+            f, start = tempfile.TemporaryFile(dir=spool_dir()), 0
+            try:
+                f.write(head)
+                for i in range(0, self.size, _COPY_CHUNK):  # through the map: file pages, not anonymous memory
+                    f.write(blocks[i : i + _COPY_CHUNK])
+            except BaseException:
+                f.close()
+                raise
+        try:
+            f.flush()
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[start : start + n + self.size]
+        finally:
+            f.close()  # the map holds the file (and the blocks' views the spool's)
+            self._file.close()
+        return view
+
+
 class LayerWriter:
     """Builds a new version-6 layer from entries given in key order, cutting blocks as
     they fill: only the block being cut is held as Python objects, the rest as encoded
-    bytes (a merge of two large layers streams through it)."""
+    bytes, in memory up to :data:`SPOOL_BYTES`, then in a temporary file (a merge of two
+    large layers streams through it in a few blocks of memory)."""
 
     def __init__(self) -> None:
-        self._payloads: list[bytes] = []
+        self._frames: list[tuple[bytes, int]] = []  # (payload, CRC) of the blocks held in memory
+        self._held = 0
+        self._spool_at = SPOOL_BYTES
+        self._spool: BlockSpool | None = None
         self._counts: list[int] = []
+        self._sizes: list[int] = []
         self._firsts: list[bytes] = []
         self._ascii = True
         self._tagged = False
@@ -736,16 +839,26 @@ class LayerWriter:
         offsets.extend(accumulate(map(len, ordered)))
         block_tags = [tags[i] for i in order] if any(tags) else []
         self._tagged = self._tagged or bool(block_tags)
-        self._payloads.append(
-            encode_layer_block(
-                pack_uints([hs[i] for i in order], (4,)),
-                offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
-                pack_uints([runs[i] for i in order]),
-                pack_uints(block_tags) if block_tags else b"",
-                blob,
-                len(encoded),
-            )
+        payload = encode_layer_block(
+            pack_uints([hs[i] for i in order], (4,)),
+            offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
+            pack_uints([runs[i] for i in order]),
+            pack_uints(block_tags) if block_tags else b"",
+            blob,
+            len(encoded),
         )
+        crc = crc32c(payload)
+        if self._spool is not None:
+            self._spool.write(payload, crc)
+        else:
+            self._frames.append((payload, crc))
+            self._held += FRAME_HEADER_SIZE + len(payload)
+            if self._held >= self._spool_at:
+                self._spool = BlockSpool()
+                for p, c in self._frames:
+                    self._spool.write(p, c)
+                self._frames, self._held = [], 0
+        self._sizes.append(FRAME_HEADER_SIZE + len(payload))
         self._counts.append(len(encoded))
         self._firsts.append(encoded[0])
         self.count += len(encoded)
@@ -754,12 +867,26 @@ class LayerWriter:
     def finish(self, table: ShapeTable, run_names: list[str], tombstones: frozenset[str]) -> Layer:
         """The layer (not yet written: :func:`encode_new_layer` names and stamps it)."""
         self._cut()
-        index = BlockIndex(self._counts, [8 + len(p) for p in self._payloads], self._firsts)
+        index = BlockIndex(self._counts, self._sizes, self._firsts)
         header = LayerHeader(FORMAT_VERSION, bytes(16), b"", 0, self.count, self._ascii, run_names, len(tombstones))
         shapes = table.encode() if self._tagged and len(table) else EMPTY_SHAPE_TABLE
-        data, _ = encode_layer_v6(header, index, shapes, sorted(tombstones), self._payloads)
-        self._payloads = []
-        return open_layer(data, "(new layer)", defer=False)
+        head_frames = [(p, crc32c(p)) for p in (encode(header), encode(index), shapes, encode(sorted(tombstones)))]
+        spool, self._spool = self._spool, None
+        if spool is None:
+            data = b"".join(object_parts(KIND_LAYER, [*head_frames, *self._frames]))
+            self._frames = []
+            return open_layer(data, "(new layer)", defer=False)
+        spool.frames = head_frames
+        head = b"".join(object_parts(KIND_LAYER, head_frames, tail=spool.size))
+        blocks = spool.blocks()
+        n = len(head)
+
+        def read(ranges: list[tuple[int, int]]) -> list[bytes | memoryview]:
+            return [blocks[a - n : b - n] for a, b in ranges]
+
+        layer = open_layer(None, "(new layer)", head=head, read=read, size=n + spool.size, defer=False)
+        layer.spool = spool
+        return layer
 
 
 def make_layer(
@@ -777,11 +904,11 @@ def make_layer(
     return w.finish(table, run_names, tombstones)
 
 
-def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int) -> tuple[str, bytes]:
+def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int) -> tuple[str, bytes | memoryview]:
     """Name and bytes of ``layer`` (built by :func:`make_layer`, not yet written), and its
-    reference set on it: the placeholder header is replaced, the rest kept byte for byte."""
-    assert layer.data is not None and layer.ref is None
-    frames = frames_of(layer.data)
+    reference set on it: the placeholder header is replaced, the rest kept byte for byte.
+    A spooled layer's bytes are a read-only view of a memory-mapped temporary file."""
+    assert layer.ref is None and (layer.data is not None or layer.spool is not None)
     old = layer.index
     nonce = secrets.token_bytes(16)
     header = LayerHeader(
@@ -795,8 +922,18 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
         len(layer.tombstones),
     )
     hdr = encode(header)
-    data = b"".join(object_parts(KIND_LAYER, [(hdr, crc32c(hdr)), *frames[1:]]))
-    head = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in [(hdr, 0), *frames[1:LAYER_HEAD_FRAMES]])
+    data: bytes | memoryview
+    spool = layer.spool
+    if spool is None:
+        assert layer.data is not None
+        frames = frames_of(layer.data)
+        data = b"".join(object_parts(KIND_LAYER, [(hdr, crc32c(hdr)), *frames[1:]]))
+        head = PREAMBLE_SIZE + sum(FRAME_HEADER_SIZE + len(p) for p, _ in [(hdr, 0), *frames[1:LAYER_HEAD_FRAMES]])
+    else:
+        prefix = b"".join(object_parts(KIND_LAYER, [(hdr, crc32c(hdr)), *spool.frames[1:]], tail=spool.size))
+        data = spool.stamp(prefix)
+        head = len(prefix)
+        layer.spool = None
     name = paths.layer_name(number, nonce[:8].hex())
     layer.ref = LayerRef(name, nonce, old.count, len(layer.tombstones), len(data), head)
     layer.data = data

@@ -57,7 +57,10 @@ class EncodedSnapshot(NamedTuple):
     also takes one whole (every layer it names is at hand: an in-memory round trip)."""
 
     data: bytes
-    layers: list[tuple[str, bytes]]
+    layers: list[tuple[str, bytes | memoryview]]
+    """``(name, bytes)`` of each new layer: a large one's bytes are a read-only view of a
+    memory-mapped temporary file (:data:`~resumelog.layers.SPOOL_BYTES`), which lasts as
+    long as some view of it does."""
     named: dict[str, bytes | memoryview | LayerSource]
     """Every layer the snapshot names, by name (new or carried; one read in parts as
     its head and block reader)."""
@@ -239,10 +242,8 @@ def encode_snapshot(
             if len(stack) == 1:
                 stack.append(make_layer([], [], [], ShapeTable(), [], frozenset()))
             k = len(stack)
-        for _ in range(k - 1):
-            upper = stack.pop()
-            lower = stack.pop()
-            stack.append(merge_layers(lower, upper, bottom=not stack, retired=retired_names))
+        for _ in range(k - 1):  # (no name keeps a merged-away layer, or its spool, alive)
+            stack[-2:] = [merge_layers(stack[-2], stack[-1], bottom=len(stack) == 2, retired=retired_names)]
     new_layers = [
         encode_new_layer(layer, number=state.number, epoch=epoch, created_ms=created_ms)
         for layer in stack

@@ -252,6 +252,37 @@ def test_a_large_file_is_published_as_a_create_only_multipart_upload(s3_url, tmp
     assert store.read("out/small") == body[: 5 * MiB]
 
 
+def test_large_data_is_put_as_a_create_only_multipart_upload_read_from_its_map(s3_url, tmp_path):
+    """``put_if_absent`` of more than ``multipart_threshold`` bytes (a large layer: a
+    read-only view of a memory-mapped temporary file, or bytes) is a create-only
+    multipart upload whose parts are read from the buffer as they are sent (botocore
+    takes no memoryview, and one ``PUT`` is limited to 5 GB on S3); a second publisher
+    of the name gets ``AlreadyExists`` and its upload is aborted."""
+    import mmap
+
+    url, opts = s3_url
+    store = _multipart_store(url, opts)
+    body = os.urandom(12 * MiB + 12345)  # three parts: 5 + 5 + 2 MiB
+    path = tmp_path / "layer"
+    path.write_bytes(b"x" * 100 + body)
+    with open(path, "rb") as f:
+        view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[100:]
+    store.put_if_absent("layers/big", view)
+    assert store.requests["CreateMultipartUpload"] == 1 and store.requests["UploadPart"] == 3
+    assert store.requests["CompleteMultipartUpload"] == 1 and store.requests["PutObject"] == 0
+    assert store.read("layers/big") == body
+    other = _multipart_store(url, opts)
+    for data in (view, body[::-1]):  # the same bytes from another publisher, other bytes
+        with pytest.raises(resumelog.AlreadyExists):
+            other.put_if_absent("layers/big", data)
+    assert other.requests["AbortMultipartUpload"] == 2 and other.requests["PutObject"] == 0
+    assert store.read("layers/big") == body
+    assert _uploads_in_progress(store) == []
+    store.put_if_absent("layers/small", view[: 5 * MiB])  # at the threshold: one conditional PUT
+    assert store.requests["PutObject"] == 1 and store.read("layers/small") == body[: 5 * MiB]
+    del view
+
+
 def test_a_large_output_goes_through_writer_output_on_s3(s3_url):
     url, opts = s3_url
     root = _multipart_store(url + "-out", opts)

@@ -59,9 +59,13 @@ class Store(ABC):
         """Where the store lives, for messages (never contains credentials)."""
 
     @abstractmethod
-    def put_if_absent(self, key: str, data: bytes) -> None:
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         """Create ``key`` with ``data``; raise :class:`~resumelog.errors.AlreadyExists`
-        if it exists. When this returns, the object is durable."""
+        if it exists. When this returns, the object is durable.
+
+        ``data`` may be a read-only memoryview, e.g. of a memory-mapped file (a large
+        layer of the completed-id index, spooled to a temporary file): backends must
+        not copy it whole into memory unless they keep objects in memory anyway."""
 
     def put_if_absent_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         """:meth:`put_if_absent` of the concatenation of ``parts``. Backends that can

@@ -15,9 +15,11 @@ Listing is one paginated listing per prefix (no per-object HEAD); reading many o
 runs concurrently through fsspec's async batch ``cat``.
 
 ``put_if_absent_file`` (how outputs are published) streams files larger than
-``multipart_threshold`` on S3 as a *create-only multipart upload*: the parts are read
-from the file a few at a time (memory stays near ``multipart_concurrency`` x
-``multipart_part_size`` whatever the file's size) and ``CompleteMultipartUpload``
+``multipart_threshold`` on S3 as a *create-only multipart upload*, and so does
+``put_if_absent`` of larger data (a large layer of the completed-id index, a read-only
+view of a memory-mapped temporary file; and above 5 GB, S3's limit of one ``PUT``): the
+parts are read from the file or buffer a few at a time (memory stays near
+``multipart_concurrency`` x ``multipart_part_size`` whatever the object's size) and ``CompleteMultipartUpload``
 carries ``If-None-Match: *``, so the object appears whole or not at all, and never
 over an existing one (AWS S3, moto and SeaweedFS all refuse it with HTTP 412). The
 upload carries a random nonce as user metadata: a complete whose first attempt landed
@@ -36,7 +38,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -60,9 +62,13 @@ MULTIPART_MIN_PART = 5 << 20
 MULTIPART_MAX_PARTS = 10_000
 """S3's largest number of parts of one upload."""
 DEFAULT_MULTIPART_THRESHOLD = 16 << 20
-"""Files larger than this are published by :meth:`FsspecStore.put_if_absent_file` as a
-create-only multipart upload (S3), smaller ones by one conditional ``PUT``."""
+"""Files (and data) larger than this are published by :meth:`FsspecStore.put_if_absent_file`
+(:meth:`FsspecStore.put_if_absent`) as a create-only multipart upload (S3), smaller ones
+by one conditional ``PUT``."""
 _NONCE_META = "resumelog-nonce"
+
+PartReader = Callable[[int, int], "io.RawIOBase"]
+"""``(start, length)`` -> a stream of those bytes of an object being uploaded in parts."""
 
 
 @contextmanager
@@ -105,9 +111,9 @@ class FsspecStore(Store):
     concurrency
         Parallel reads in :meth:`read_many`.
     multipart_threshold
-        :meth:`put_if_absent_file` of a larger file streams it as a create-only
-        multipart upload (S3); a smaller one is read into memory and sent as one
-        conditional ``PUT``.
+        :meth:`put_if_absent_file` of a larger file (or :meth:`put_if_absent` of more
+        data) streams it as a create-only multipart upload (S3); a smaller one is read
+        into memory and sent as one conditional ``PUT``.
     multipart_part_size
         Bytes per part (at least 5 MiB; larger when the file would need more than
         10,000 parts).
@@ -214,7 +220,19 @@ class FsspecStore(Store):
 
     # ------------------------------------------------------------------ operations
 
-    def put_if_absent(self, key: str, data: bytes) -> None:
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
+        """One conditional ``PUT``; on S3, ``data`` larger than ``multipart_threshold``
+        goes as a create-only multipart upload instead (see the class), its parts read
+        from ``data`` as they are sent: a large layer mapped from a temporary file is
+        never copied whole into memory, and objects above S3's 5 GB limit of one
+        ``PUT`` can be written. A smaller memoryview is copied into ``bytes`` (botocore
+        takes no memoryview)."""
+        if self._multipart(len(data)):
+            view = memoryview(data).cast("B")
+            self._multipart_put(key, lambda start, length: _ViewRange(view, start, length), len(view))
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)
         full = self._full(key)
         delay = 0.05
         for attempt in range(1, self.max_attempts + 1):
@@ -231,7 +249,7 @@ class FsspecStore(Store):
                     raise _storage_error("write", self._url, key, exc) from exc
                 existing = self._read_or_none(key)
                 if existing is not None:
-                    if existing == bytes(data):
+                    if existing == data:
                         return  # our own earlier attempt landed; its response was lost
                     raise AlreadyExists(f"{self._url}/{key} already exists") from None
                 if attempt == self.max_attempts:
@@ -245,13 +263,20 @@ class FsspecStore(Store):
         streamed from the file (bounded memory, see the class). Other protocols read
         the file whole."""
         size = os.path.getsize(path)
-        if size <= self.multipart_threshold or self.protocol not in ("s3", "s3a") or not self.atomic_create:
+        if not self._multipart(size):
             super().put_if_absent_file(key, path)
             return
+        self._multipart_put(key, lambda start, length: _FileRange(path, start, length), size)
+
+    def _multipart(self, size: int) -> bool:
+        """Whether an object of ``size`` bytes is written as a create-only multipart upload."""
+        return size > self.multipart_threshold and self.protocol in ("s3", "s3a") and self.atomic_create
+
+    def _multipart_put(self, key: str, body: PartReader, size: int) -> None:
         from fsspec.asyn import sync
 
         self._hook()
-        sync(self.fs.loop, self._multipart_create, key, path, size)
+        sync(self.fs.loop, self._multipart_create, key, body, size)
 
     def _part_size(self, size: int) -> int:
         """``multipart_part_size``, or more (whole MiB) if ``size`` needs more than 10,000 parts."""
@@ -260,8 +285,8 @@ class FsspecStore(Store):
             return self.multipart_part_size
         return -(-per_part // (1 << 20)) * (1 << 20)
 
-    async def _multipart_create(self, key: str, path: str, size: int) -> None:
-        """Upload ``path`` in parts, then complete with ``If-None-Match: *``; abort the
+    async def _multipart_create(self, key: str, body: PartReader, size: int) -> None:
+        """Upload ``size`` bytes in parts (``body(start, length)``: a stream of one), then complete with ``If-None-Match: *``; abort the
         upload unless it completed (ours) — also on cancellation or a failed part."""
         import asyncio
 
@@ -282,9 +307,9 @@ class FsspecStore(Store):
 
             async def one(i: int) -> dict[str, Any]:
                 async with sem:  # at most multipart_concurrency parts in flight
-                    with _FileRange(path, i * part, min(part, size - i * part)) as body:
+                    with body(i * part, min(part, size - i * part)) as stream:
                         out = await call(
-                            "upload_part", Bucket=bucket, Key=obj, UploadId=upload, PartNumber=i + 1, Body=body
+                            "upload_part", Bucket=bucket, Key=obj, UploadId=upload, PartNumber=i + 1, Body=stream
                         )
                     return {"PartNumber": i + 1, "ETag": out["ETag"]}
 
@@ -490,16 +515,13 @@ def _reopen(
     )
 
 
-class _FileRange(io.RawIOBase):
-    """Bytes ``start .. start + length`` of a local file as a seekable read-only stream:
-    the body of one part. botocore reads it once for the part's checksum and seeks
-    back, aiohttp then sends it in small chunks (a retry seeks back again), so a part
-    is never held in memory whole."""
+class _PartStream(io.RawIOBase):
+    """``length`` bytes as a seekable read-only stream: the body of one part. botocore
+    reads it once for the part's checksum and seeks back, aiohttp then sends it in
+    small chunks (a retry seeks back again), so a part is never held in memory whole."""
 
-    def __init__(self, path: str, start: int, length: int) -> None:
+    def __init__(self, length: int) -> None:
         super().__init__()
-        self._f = open(path, "rb")  # closed by close()
-        self._start = start
         self._length = length
         self._pos = 0
 
@@ -520,6 +542,15 @@ class _FileRange(io.RawIOBase):
         self._pos = min(max(base + offset, 0), self._length)
         return self._pos
 
+
+class _FileRange(_PartStream):
+    """Bytes ``start .. start + length`` of a local file."""
+
+    def __init__(self, path: str, start: int, length: int) -> None:
+        super().__init__(length)
+        self._f = open(path, "rb")  # closed by close()
+        self._start = start
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         n = min(len(view), self._length - self._pos)
@@ -533,6 +564,28 @@ class _FileRange(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._f.close()
+        super().close()
+
+
+class _ViewRange(_PartStream):
+    """Bytes ``start .. start + length`` of a buffer (a memory-mapped file: the pages are
+    read as the part is sent, never copied whole)."""
+
+    def __init__(self, view: memoryview, start: int, length: int) -> None:
+        super().__init__(length)
+        self._view: memoryview | None = view[start : start + length]
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self._length - self._pos)
+        if n <= 0 or self._view is None:
+            return 0
+        view[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._view = None
         super().close()
 
 

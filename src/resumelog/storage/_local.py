@@ -83,7 +83,7 @@ class LocalStore(Store):
             if self.fsync:
                 _fsync_dir(os.path.dirname(m))
 
-    def put_if_absent(self, key: str, data: bytes) -> None:
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         self._create(key, [data])
 
     def put_if_absent_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:

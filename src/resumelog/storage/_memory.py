@@ -36,7 +36,7 @@ class MemoryStore(Store):
     def url(self) -> str:
         return f"memory://{self.name}"
 
-    def put_if_absent(self, key: str, data: bytes) -> None:
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         check_key(key)
         self.requests["put"] += 1
         with self._lock:

@@ -170,7 +170,7 @@ class HookedStore(Store):
             with self.hooks_off():
                 hook()
 
-    def put_if_absent(self, key: str, data: bytes) -> None:
+    def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         if key.startswith(paths.SNAPSHOT_PREFIX):  # (its layers are written before it)
             self._fire("before_snapshot_put")
         mode = self.fail_next_put if key.startswith(paths.JOURNAL_PREFIX) and not self._off else None

@@ -82,6 +82,24 @@ class StoreTests:
             store.put_if_absent_parts("p/one", [b"other"])
         assert store.read("p/one")[:4] == b"head"
 
+    def test_put_if_absent_takes_a_view_of_a_memory_map(self, store: Store, tmp_path: Any) -> None:
+        """A large layer is handed over as a read-only view of a memory-mapped file."""
+        import mmap
+
+        body = bytes(range(256)) * 4096 * 3  # 3 MiB
+        path = tmp_path / "layer.spool"
+        path.write_bytes(b"hole" + body)
+        with open(path, "rb") as f:
+            view = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))[4:]
+        store.put_if_absent("layers/a", view)
+        store.put_if_absent("layers/small", view[:100])
+        assert store.read("layers/a") == body and self.raw_get(store, "layers/a") == body
+        assert store.read("layers/small") == body[:100]
+        with pytest.raises(AlreadyExists):
+            store.put_if_absent("layers/a", view[1:])
+        assert store.read("layers/a") == body
+        del view
+
     def test_put_if_absent_file_publishes_a_local_file_once(self, store: Store, tmp_path: Any) -> None:
         first, second = tmp_path / "first.spool", tmp_path / "second.spool"
         body = bytes(range(256)) * 4096  # 1 MiB
