@@ -272,9 +272,9 @@ MUTANTS = [
     Mutant(
         "bulk_lookup_misses_a_block_first_id",
         "layers.py",
-        "        ks = list(map(bisect_right, repeat(fences), bs))",
-        "        ks = list(map(bisect_right, repeat(fences), [b[:-1] for b in bs]))",
-        "a bulk lookup (a fold's new sources against its base) takes the block before the one an id opens",
+        "            b = bisect_left(bs, fences[k + 1], a) if k < last else n\n",
+        "            b = bisect_right(bs, fences[k + 1], a) if k < last else n\n",
+        "a bulk lookup (a fold's new sources against its base) looks a block's first id up in the block before",
     ),
     Mutant(
         "merge_drops_layers_stacked_meanwhile",

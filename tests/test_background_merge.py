@@ -140,6 +140,22 @@ def test_a_superseded_merged_layer_is_collected_once_snapshots_pass_its_number(
     assert not store.exists(merged)  # the snapshots reached its number: collected
 
 
+def test_a_superseded_merged_layer_is_collected_once_an_hour_old(tmp_path: Path) -> None:
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url, run_id="r1")
+    _ticks(ck, 3)
+    ck.merge(full=True)
+    (merged,) = _layers(LocalStore(url))
+    _ticks(ck, 1, start=3)
+    ck.merge(full=True)  # supersedes `merged`, numbered 100 snapshots ahead
+    store = LocalStore(url)
+    compactor.gc(store, retain=1, grace=0, now=time.time() + compactor.ORPHAN_AGE - 60)
+    assert store.exists(merged)  # a merge could still be publishing it
+    r = compactor.gc(store, retain=1, grace=0, now=time.time() + compactor.ORPHAN_AGE + 1)
+    assert not store.exists(merged) and merged in r.keys
+    assert all(store.exists(name) for name in _layers(store))
+
+
 CHILD = textwrap.dedent(
     """
     import os, sys, time

@@ -931,10 +931,16 @@ MERGE_HEADROOM = 100
 the latest snapshot when it writes it, so that GC keeps it (``docs/format.md`` §7: a
 layer numbered above the latest snapshot belongs to a compaction under way) while the
 merge publishes over the ticks of concurrent compactors (the merging is done by then:
-publishing takes a read and a write per attempt). If the snapshots pass that number
-first, the merge starts again. The cost: a merged layer no snapshot names any more (a
-merge that died, or one superseded within this many snapshots) stays until the
-checkpoint's snapshots pass its number, then GC collects it as any other."""
+publishing takes a read and a write per attempt). If the snapshots pass that number,
+or :data:`ORPHAN_AGE` / 2 seconds go by, first, the merge starts again."""
+
+ORPHAN_AGE = 3600.0
+"""GC deletes a layer numbered above the latest snapshot that no retained snapshot
+names once it is this many seconds old (by the store's mtime), whatever its ``grace``:
+a compaction writes its layers right before its snapshot (an hour covers uploading
+gigabytes of them), and a merge gives up on publishing its layer after half this
+time, so such a layer is one whose writer died or a merged layer that a later merge
+superseded."""
 
 
 @dataclass
@@ -958,6 +964,8 @@ class _Built(NamedTuple):
     number: int
     name: str
     ref: LayerRef
+    written: float
+    """When the layer was written (``time.monotonic``)."""
 
 
 def merge(
@@ -998,7 +1006,8 @@ def merge(
             at = -1
             if built is not None:
                 at = _find_run([r.name for r in refs], built.inputs)
-                if at < 0 or (at > 0 and built.bottom) or number + 1 >= built.number:
+                late = number + 1 >= built.number or time.monotonic() - built.written > ORPHAN_AGE / 2
+                if at < 0 or (at > 0 and built.bottom) or late:
                     store.delete([built.name])  # merged by another, or too late to publish
                     built = None
             if built is None:
@@ -1089,7 +1098,7 @@ def _build_merge(
     merged = stack[0].ref
     assert merged is not None
     store.put_if_absent(name, data)
-    return _Built([r.name for r in refs], at == 0, target, name, merged)
+    return _Built([r.name for r in refs], at == 0, target, name, merged, time.monotonic())
 
 
 def _spilled_layers(encoded: EncodedSnapshot, spilled: list[str]) -> list[tuple[str, bytes | memoryview]]:
@@ -1323,8 +1332,9 @@ def _doomed_layers(
     """Layers that no retained snapshot names: written for a snapshot number already
     taken (so no compaction can still publish a snapshot naming them) more than
     ``grace`` seconds ago, or of another epoch. Listed after the snapshots, so a layer
-    of a compaction under way has a number above ``latest`` and is kept. None if a
-    retained snapshot cannot be read (its layers are unknown)."""
+    of a compaction or merge under way has a number above ``latest`` and is kept, unless
+    it is :data:`ORPHAN_AGE` old (its writer died, or a merged layer was superseded). None
+    if a retained snapshot cannot be read (its layers are unknown)."""
     named: set[str] = set()
     for frames in retained:
         if frames is None:
@@ -1336,6 +1346,9 @@ def _doomed_layers(
         if n is None or o.path in named:
             continue
         if n > latest:
+            if o.mtime is not None and now - o.mtime >= ORPHAN_AGE:
+                doomed.append(o)  # a compaction or merge publishes within seconds of writing it
+                continue
             try:
                 header = read_header(store, o.path, KIND_LAYER)
             except (CorruptSnapshot, ObjectNotFound):

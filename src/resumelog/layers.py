@@ -34,7 +34,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate
 from typing import NamedTuple
 
 import msgspec
@@ -237,34 +237,40 @@ class LayerIndex:
         i = blk.index.find_encoded(b, h)
         return self.starts[k] + i if i >= 0 else -1
 
-    def find_many_encoded(self, bs: list[bytes], hs: list[int]) -> list[int]:
-        """:meth:`find_encoded` of each ``(bs[j], hs[j])``: the ids grouped by block, the
+    def find_sorted(self, bs: list[bytes], hs: list[int]) -> list[int]:
+        """:meth:`find_encoded` of each ``(bs[j], hs[j])``, ``bs`` in ascending order: the
+        ids cut into runs by block (a bisect per block reached, none per id), the
         blocks missing read in one batch, each block searched once for all its ids."""
         out = [-1] * len(bs)
         fences = self.fences
-        if not fences:
+        n = len(bs)
+        if not fences or not n:
             return out
-        ks = list(map(bisect_right, repeat(fences), bs))  # (block + 1 of each id)
-        distinct = sorted(set(ks))
-        groups: dict[int, Sequence[int]]
-        if len(distinct) == 1:
-            groups = {distinct[0]: range(len(bs))}
-        else:  # the ids ordered by block (C sorts), cut where the block changes
-            order = sorted(range(len(bs)), key=ks.__getitem__)
-            sk = list(map(ks.__getitem__, order))
-            groups = {k: order[bisect_left(sk, k) : bisect_right(sk, k)] for k in distinct}
-        groups.pop(0, None)  # before the first block: not in the layer
-        groups = {k - 1: js for k, js in groups.items()}
-        self._fill(list(groups))
+        a = 0
+        k = bisect_right(fences, bs[0]) - 1
+        if k < 0:  # ids before the first block are in no block
+            a = bisect_left(bs, fences[0])
+            k = 0
+        runs: list[tuple[int, int, int]] = []
+        last = len(fences) - 1
+        while a < n:
+            b = bisect_left(bs, fences[k + 1], a) if k < last else n
+            if b > a:  # (none: the ids before the first block were skipped into the next)
+                runs.append((k, a, b))
+            a = b
+            if a < n:
+                k = bisect_right(fences, bs[a], k + 1) - 1  # the block of the next id
+        self._fill([k for k, _, _ in runs])
         blocks, starts = self._blocks, self.starts
-        for k, js in groups.items():
+        for k, a, b in runs:
             blk = blocks[k]
             assert blk is not None
-            start = starts[k]
-            found = blk.index.find_many_encoded([bs[j] for j in js], [hs[j] for j in js])
-            for j, i in zip(js, found):
-                if i >= 0:
-                    out[j] = start + i
+            found = blk.index.find_many_encoded(bs[a:b], hs[a:b])
+            if max(found) >= 0:
+                start = starts[k]
+                for i, f in enumerate(found, a):
+                    if f >= 0:
+                        out[i] = start + f
         return out
 
     def locate(self, pos: int) -> tuple[int, int]:
@@ -428,8 +434,8 @@ class LayeredIndex:
         return -1
 
     def find_many(self, sources: Sequence[str]) -> list[int]:
-        """:meth:`find` of each of ``sources`` (one pass per layer, the newest first,
-        over the ids not found or masked yet)."""
+        """:meth:`find` of each of ``sources``: their UTF-8 bytes sorted once, then one
+        pass per layer, the newest first, over the ids not found or masked yet."""
         out = [-1] * len(sources)
         layers = self.layers
         if not layers:
@@ -444,12 +450,15 @@ class LayeredIndex:
                 with contextlib.suppress(UnicodeEncodeError):
                     bs.append(s.encode())
                     todo.append(i)
+        order = sorted(range(len(bs)), key=bs.__getitem__)  # (the layers search sorted ids)
+        bs = list(map(bs.__getitem__, order))
+        todo = list(map(todo.__getitem__, order))
         hs = list(map(crc32c, bs))
         starts = self._starts
         masked = self._masked
         for k in range(len(layers) - 1, -1, -1):
             layer = layers[k]
-            found = layer.index.find_many_encoded(bs, hs)
+            found = layer.index.find_sorted(bs, hs)
             tombstones = layer.tombstones if masked else None
             if not tombstones and max(found, default=-1) < 0:
                 continue  # none here: look every one up below

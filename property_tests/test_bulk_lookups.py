@@ -1,0 +1,49 @@
+"""A fold looks its new sources up in its base in bulk (``LayeredIndex.find_many``:
+ids sorted once, cut into runs by block, each block searched once); readers look ids
+up one at a time (``find``). Both must give the same answer for every id, on any stack
+of layers with tombstones, at any block size, with NumPy (one vectorised search per
+block) and without."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pt_settings import budget
+
+from resumelog import _fastfold, layers
+from resumelog.done_shapes import ShapeTable
+from resumelog.layers import LayeredIndex, make_layer
+
+ids = st.text(alphabet="ab/\u00e9\U0001f600", min_size=0, max_size=6)
+
+
+@st.composite
+def stacks(draw: st.DrawFn) -> tuple[LayeredIndex, list[str]]:
+    universe = sorted(draw(st.sets(ids, min_size=1, max_size=120)))
+    stack = []
+    for k in range(draw(st.integers(1, 4))):
+        mine = sorted(draw(st.sets(st.sampled_from(universe), max_size=len(universe))))
+        rest = [s for s in universe if s not in mine]
+        tombs = frozenset(draw(st.sets(st.sampled_from(rest), max_size=10))) if k and rest else frozenset()
+        stack.append(make_layer(mine, [k] * len(mine), [0] * len(mine), ShapeTable(), ["a", "b", "c", "d"], tombs))
+    queries = draw(st.lists(st.one_of(st.sampled_from(universe), ids, st.just("\ud800")), max_size=200))
+    return LayeredIndex(stack), queries
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+@pytest.mark.parametrize("block_bytes", [1, 24, 200])
+def test_bulk_lookups_equal_lookups_one_at_a_time(monkeypatch: pytest.MonkeyPatch, numpy: bool, block_bytes: int):
+    if numpy and _fastfold.np is None:
+        pytest.skip("NumPy is not installed")
+    monkeypatch.setattr(_fastfold, "ENABLED", numpy)
+    monkeypatch.setattr(layers, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr("resumelog.idset._BULK_MIN", 1)  # every block through the bulk search
+
+    @given(stacks())
+    @budget(0.5)
+    def check(case: tuple[LayeredIndex, list[str]]) -> None:
+        index, queries = case
+        assert index.find_many(queries) == [index.find(q) for q in queries]
+
+    check()
