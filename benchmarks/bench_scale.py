@@ -381,10 +381,19 @@ def child_merge(url: str) -> Row:
     }
 
 
+def child_gc(url: str, hours: float = 0.0) -> Row:
+    """``compactor.gc`` keeping the newest snapshot, as if ``hours`` later."""
+    from resumelog import compactor
+
+    r = compactor.gc(_store(url, None), retain=1, grace=0, now=time.time() + hours * 3600, progress=False)
+    return {"deleted": len(r.keys)}
+
+
 CHILDREN: dict[str, Callable[..., Row]] = {
     "build": child_build,
     "tick": child_tick,
     "merge": child_merge,
+    "gc": child_gc,
     "open": child_open,
     "write_journals": child_write_journals,
     "compact": child_compact,
@@ -649,7 +658,9 @@ class Bench:
                 units={"seconds": "s", "peak_rss_mb": "MB"},
             )
             done = n
-            # ---- bytes at rest
+            # ---- bytes at rest: after a GC an hour on, when the merged layers earlier
+            # background merges left (superseded since) are collected too (ORPHAN_AGE)
+            run_child("gc", url=url, hours=1.0)
             objs = _local_objects(url)
             size = sum(s for _, s in objs)
             self.emit(
