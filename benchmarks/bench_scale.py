@@ -121,8 +121,15 @@ TICK_RATIO_TARGET = 2.0
 MEM_FRACTION = 0.85
 
 
+SHORT_IDS = os.environ.get("RESUMELOG_BENCH_IDS") == "short"
+"""``--ids short`` (set for the children through the environment): 16-byte ids."""
+
+
 def source_id(i: int) -> str:
-    """A realistic source id, 49 bytes: 4,096 files per shard."""
+    """A realistic source id, 49 bytes: 4,096 files per shard (``--ids short``: 16 bytes,
+    ``doc-000001234567``)."""
+    if SHORT_IDS:
+        return f"doc-{i:012d}"
     return f"s3://corpus/cc/shard-{i >> 12:06d}/part-{i:010d}.jsonl"
 
 
@@ -1127,6 +1134,12 @@ def main() -> None:
     ap.add_argument("--out", help="where scale-<mode>.jsonl and scale.png go (default benchmarks/results)")
     ap.add_argument("--workdir", help="where the checkpoints are written (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument(
+        "--ids",
+        choices=["path", "short"],
+        default="path",
+        help="source ids: 49-byte object paths (default) or 16-byte 'doc-000001234567'",
+    )
     ap.add_argument("--plot", nargs="+", metavar="JSONL", help="only redraw the plot from these files (first: now)")
     a = ap.parse_args()
     if a.plot:
@@ -1143,6 +1156,11 @@ def main() -> None:
         sizes["N"] = sorted(a.n)
     if a.m is not None:
         sizes["M"] = sorted(a.m)
+    if a.ids == "short":
+        global SHORT_IDS
+        SHORT_IDS = True
+        os.environ["RESUMELOG_BENCH_IDS"] = "short"  # (for the children)
+        sizes["ids"] = "short"
     work = tempfile.mkdtemp(prefix="resumelog-scale-", dir=a.workdir)
     out = a.out or (tempfile.mkdtemp(prefix="resumelog-scale-out-") if mode == "smoke" else None)
     out = out or os.path.join(BENCH_DIR, "results")
