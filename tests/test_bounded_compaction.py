@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_layer_reads import _maps_into
 
 import resumelog
 from resumelog import compactor, layers, paths
@@ -312,17 +313,7 @@ def _fixed_nonces(monkeypatch: pytest.MonkeyPatch) -> None:
 def _left_in(d: Path) -> list[str]:
     """Files in ``d``, and files under it this process holds open or mapped."""
     gc.collect()
-    out = [p.name for p in d.iterdir()]
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = str(fd.readlink())
-        except OSError:
-            continue
-        if target.startswith(str(d)):
-            out.append(target)
-    with open("/proc/self/maps") as f:
-        out += [line.strip() for line in f if str(d) in line]
-    return out
+    return [p.name for p in d.iterdir()] + _maps_into(d)
 
 
 @pytest.fixture

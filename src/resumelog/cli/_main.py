@@ -90,6 +90,17 @@ def _positive_duration(text: str) -> float:
     return v
 
 
+def _every_option(p: argparse.ArgumentParser, doing: str, beside: str, step: str) -> None:
+    """``--every DURATION``: the command as a sidecar loop."""
+    p.add_argument(
+        "--every",
+        metavar="DURATION",
+        type=_positive_duration,
+        help=f"keep {doing}, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside "
+        f"{beside}); a failed {step} is reported and retried at the next tick",
+    )
+
+
 #: per command: (command line, what it does); shown in ``resumelog COMMAND --help`` and in docs/cli.md
 EXAMPLES: dict[str, list[tuple[str, str]]] = {
     "status": [
@@ -286,13 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also merge the layers of the completed-id index into one (smallest at rest; they are otherwise "
         "merged as they grow)",
     )
-    p.add_argument(
-        "--every",
-        metavar="DURATION",
-        type=_positive_duration,
-        help="keep compacting, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside a "
-        "long job); a failed compaction is reported and retried at the next tick",
-    )
+    _every_option(p, "compacting", "a long job", "compaction")
 
     p.add_argument(
         "--defer-merges",
@@ -303,13 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("merge", "merge layers of the completed-id index into one (the merges --defer-merges ticks leave)")
     p.add_argument("--all", action="store_true", help="every layer into one (default: as the layers' sizes ask)")
-    p.add_argument(
-        "--every",
-        metavar="DURATION",
-        type=_positive_duration,
-        help="keep merging, every DURATION (30s, 5m...), until SIGTERM or Ctrl-C (a sidecar beside "
-        "`compact --every ... --defer-merges`); a failed merge is reported and retried at the next tick",
-    )
+    _every_option(p, "merging", "`compact --every ... --defer-merges`", "merge")
 
     p = cmd("gc", "delete old snapshots and the segments they cover")
     p.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
