@@ -205,4 +205,23 @@ def head_node(
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        _kill_session(proc.pid)
         log.close()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process left in session ``sid`` (the head node's: ``ray start``
+    was its leader). Ray's workers run in process groups of their own, so stopping the
+    head's group could leave one (``ray::StageWorker``) running after the cluster; they
+    all stay in the session. Linux only (``/proc``); elsewhere nothing."""
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid:  # (state, ppid, pgrp, session, ...)
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry), signal.SIGKILL)
