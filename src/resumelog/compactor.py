@@ -1002,7 +1002,8 @@ def merge(
             refs = frames.layers
             if refs is None or any(not r.head for r in refs):
                 r = compact(store, merge=True, expect_epoch=epoch, clock=clock)
-                return MergeResult(r.snapshot, r.written, 0, 1 if r.completed else 0, 0, attempt)
+                before = len(refs) if refs is not None else 1  # (a format 1-4 index: one)
+                return MergeResult(r.snapshot, r.written, before, 1 if r.completed else 0, r.completed, attempt)
             at = -1
             if built is not None:
                 at = _find_run([r.name for r in refs], built.inputs)
