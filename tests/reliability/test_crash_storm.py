@@ -1,4 +1,5 @@
-"""Crash storms: writers and compactors SIGKILLed at random points, restarted with the
+"""Crash storms: writers and compactors (ticks, and ticks deferring their merges to a
+background merge) SIGKILLed at random points, restarted with the
 same writer ids, until every source completes. Checked against independent ledgers.
 Compactors write a layer each (merging as they go) and half of them collect garbage
 with no grace period, so merged layers are collected while others read them.
@@ -48,18 +49,22 @@ def spawn_worker(url, opts, run_id, k, ledger, seed):
     return subprocess.Popen([sys.executable, os.path.join(HERE, "storm_worker.py"), *argv])
 
 
-def spawn_compactor(url, opts, collect=False):
+def spawn_compactor(url, opts, collect=False, background_merge=False):
     """A compactor process; ``collect``: then a GC with no grace (old snapshots, the
     layers only they named, covered segments). Every compaction writes a layer (no
-    minimum layer size), so the stack grows and merges as a big checkpoint's does."""
+    minimum layer size), so the stack grows and merges as a big checkpoint's does.
+    ``background_merge``: a tick that defers its merges, then a background merge
+    (``compactor.merge``), which the storm may kill too."""
     code = (
         "import sys, json; import resumelog.layers; from resumelog import compactor; "
         "from resumelog.storage import open_store; resumelog.layers.MIN_LAYER = 1; "
         "store = open_store(sys.argv[1], json.loads(sys.argv[2])); "
-        "compactor.compact(store, progress=False); "
+        "compactor.compact(store, progress=False, defer_merges=sys.argv[4] == '1'); "
+        "sys.argv[4] == '1' and compactor.merge(store); "
         "sys.argv[3] == '1' and compactor.gc(store, retain=1, grace=0)"
     )
-    return subprocess.Popen([sys.executable, "-c", code, url, json.dumps(opts), "1" if collect else "0"])
+    argv = [url, json.dumps(opts), "1" if collect else "0", "1" if background_merge else "0"]
+    return subprocess.Popen([sys.executable, "-c", code, *argv])
 
 
 def check(url, opts, ledger, figures):
@@ -86,7 +91,11 @@ def run_storm(url, opts, tmp_path, figures):
     everything = {f"src-{i:06d}" for i in range(NSOURCES)}
     for _ in range(ROUNDS):
         time.sleep(rng.uniform(0.05, 0.4))
-        comp = spawn_compactor(url, opts, collect=rng.random() < 0.5) if rng.random() < 0.6 else None
+        comp = None
+        if rng.random() < 0.6:
+            merging = rng.random() < 0.5
+            comp = spawn_compactor(url, opts, collect=rng.random() < 0.5, background_merge=merging)
+            figures["background_merges"] += merging
         time.sleep(rng.uniform(0.0, 0.2))
         victims = rng.sample(sorted(workers), rng.randint(1, 3))
         if comp is not None and rng.random() < 0.5:
@@ -117,7 +126,7 @@ pytestmark = pytest.mark.timeout(7200 if SOAK else 600)
 
 
 def test_crash_storm_local(tmp_path):
-    figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
+    figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "background_merges": 0, "checks": 0}
     run_storm(str(tmp_path / "ck"), {}, tmp_path, figures)
     print(json.dumps({"storm": "local", **figures, "lost": 0, "false_completions": 0}))
     assert figures["writer_kills"] >= ROUNDS // 2
@@ -126,7 +135,7 @@ def test_crash_storm_local(tmp_path):
 def test_crash_storm_s3(tmp_path, s3_pool):
     """On SeaweedFS: its conditional create is atomic (moto's is not, see s3server)."""
     server = s3_pool.get("seaweedfs")
-    figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "checks": 0}
+    figures = {"rounds": 0, "writer_kills": 0, "compactor_kills": 0, "background_merges": 0, "checks": 0}
     run_storm(f"s3://{bucket_of(server)}/storm-{os.getpid()}", server.storage_options(), tmp_path, figures)
     print(json.dumps({"storm": "s3-seaweedfs", **figures, "lost": 0, "false_completions": 0}))
     assert figures["writer_kills"] >= ROUNDS // 2
