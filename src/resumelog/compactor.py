@@ -336,8 +336,7 @@ def _load_base(
     checked when first read. ``compaction``: a compaction's load (a layer collected
     before its blocks are read makes it load again or fall back, as at load time)."""
     data, cached = snapshot_cache.read_snapshot(store, path)
-    header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
-    if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
+    if _foreign_snapshot(data, path, epoch):
         return None
     from_cache: set[str] = set()  # layers served by cached copies
 
@@ -361,6 +360,12 @@ def _load_base(
                 snapshot_cache.evict(store, name)
             from_cache.clear()
     raise AssertionError("unreachable")
+
+
+def _foreign_snapshot(data: bytes | memoryview, path: str, epoch: bytes | None) -> bool:
+    """Whether snapshot ``path`` (its bytes ``data``) is of another epoch than ``epoch``."""
+    header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, path)
+    return isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch)
 
 
 def _read_layer(
@@ -1059,8 +1064,7 @@ def _latest_frames(store: Store, epoch: bytes) -> tuple[int, str, SnapshotFrames
             data, _ = snapshot_cache.read_snapshot(store, info.path)
         except ObjectNotFound:
             continue  # collected between list and read: an older one, a newer exists
-        header = decode_header(memoryview(data)[:HEADER_PREFIX], KIND_SNAPSHOT, info.path)
-        if isinstance(header, SnapshotHeader) and is_foreign(header.epoch, epoch):
+        if _foreign_snapshot(data, info.path, epoch):
             continue
         return n, info.path, decode_snapshot_frames(data, info.path)
     return None
@@ -1089,10 +1093,7 @@ def _build_merge(
         layer.bind(run_order, ref.name)
         stack.append(layer)
     with _gc_paused():
-        while len(stack) > 1:
-            upper = stack.pop()
-            lower = stack.pop()
-            stack.append(layers.merge_layers(lower, upper, bottom=at == 0 and not stack, retired=retired))
+        layers.merge_newest(stack, len(stack), retired=retired, lowest=at == 0)
         latest = max((n for n, _ in list_snapshots(store)), default=number)  # (ticks while merging)
         target = max(latest, number) + 1 + MERGE_HEADROOM
         name, data = encode_new_layer(stack[0], number=target, epoch=epoch, created_ms=int(clock() * 1000))

@@ -82,6 +82,7 @@ __all__ = [
     "encode_new_layer",
     "make_layer",
     "merge_layers",
+    "merge_newest",
     "open_layer",
     "plan_merges",
     "spool_dir",
@@ -384,6 +385,21 @@ class Layer:
         return table.entries(sid, source)
 
 
+def _utf8(sources: Sequence[str]) -> tuple[list[int], list[bytes]]:
+    """The positions and UTF-8 bytes of the ``sources`` that have them (an id with a lone
+    surrogate has none: never stored, never found)."""
+    try:
+        return list(range(len(sources))), list(map(str.encode, sources))
+    except UnicodeEncodeError:
+        at: list[int] = []
+        bs: list[bytes] = []
+        for i, s in enumerate(sources):
+            with contextlib.suppress(UnicodeEncodeError):
+                bs.append(s.encode())
+                at.append(i)
+        return at, bs
+
+
 class LayeredIndex:
     """The completed ids of a stack of layers (oldest first), with the interface of
     :class:`~resumelog.idset.CompletedIndex` the fold uses: positions returned by
@@ -440,16 +456,7 @@ class LayeredIndex:
         layers = self.layers
         if not layers:
             return out
-        todo: list[int] = list(range(len(sources)))
-        try:
-            bs = list(map(str.encode, sources))
-        except UnicodeEncodeError:  # a lone surrogate: never stored
-            bs = []
-            todo = []
-            for i, s in enumerate(sources):
-                with contextlib.suppress(UnicodeEncodeError):
-                    bs.append(s.encode())
-                    todo.append(i)
+        todo, bs = _utf8(sources)
         order = sorted(range(len(bs)), key=bs.__getitem__)  # (the layers search sorted ids)
         bs = list(map(bs.__getitem__, order))
         todo = list(map(todo.__getitem__, order))
@@ -484,12 +491,7 @@ class LayeredIndex:
         whole, memory-mapped, built in memory) are left to the lookups."""
         if not any(layer.source is not None for layer in self.layers):
             return
-        keys = []
-        for s in sources:
-            try:
-                keys.append(s.encode())
-            except UnicodeEncodeError:
-                continue
+        _, keys = _utf8(list(sources))
         for layer in self.layers:
             if layer.source is not None:
                 layer.index.prefetch(keys)
@@ -1037,6 +1039,15 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
     return out.finish(table, run_names, tombstones)
+
+
+def merge_newest(stack: list[Layer], k: int, *, retired: frozenset[str], lowest: bool = True) -> None:
+    """Merge the ``k`` newest layers of ``stack`` (oldest first) into one, in place, each
+    upper layer onto the one below (:func:`merge_layers`); ``lowest``: ``stack[0]`` is
+    the index's lowest layer (tombstones merged into it mask nothing and are dropped).
+    No name keeps a merged-away layer (or its spool file) alive."""
+    for _ in range(k - 1):
+        stack[-2:] = [merge_layers(stack[-2], stack[-1], bottom=lowest and len(stack) == 2, retired=retired)]
 
 
 def plan_merges(sizes: Sequence[int], *, deferred: bool = False) -> int:

@@ -38,7 +38,7 @@ from resumelog.layers import (
     build_layer,
     encode_new_layer,
     make_layer,
-    merge_layers,
+    merge_newest,
     open_layer,
     plan_merges,
 )
@@ -242,8 +242,7 @@ def encode_snapshot(
             if len(stack) == 1:
                 stack.append(make_layer([], [], [], ShapeTable(), [], frozenset()))
             k = len(stack)
-        for _ in range(k - 1):  # (no name keeps a merged-away layer, or its spool, alive)
-            stack[-2:] = [merge_layers(stack[-2], stack[-1], bottom=len(stack) == 2, retired=retired_names)]
+        merge_newest(stack, k, retired=retired_names)
     new_layers = [
         encode_new_layer(layer, number=state.number, epoch=epoch, created_ms=created_ms)
         for layer in stack
