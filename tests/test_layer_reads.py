@@ -20,6 +20,7 @@ from tests.s3_support import S3_KINDS, bucket_of
 import resumelog
 from resumelog import _fastfold, compactor, layers, snapshot_cache
 from resumelog.done_shapes import ShapeTable
+from resumelog.errors import ObjectNotFound
 from resumelog.format import decode_snapshot_frames
 from resumelog.idset import CompletedIndex
 from resumelog.layers import LayeredIndex, make_layer, open_layer
@@ -119,6 +120,42 @@ def test_scattered_lookups_fall_back_to_one_whole_read(s3):
     done = set(IDS[::2])
     assert ck.pending(probes) == [s for s in probes if s not in done]
     assert sorted(ck.completed) == sorted(done)
+
+
+def test_a_layer_read_whole_is_a_map_of_an_unnamed_file(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With the cache off, a large layer read whole (by a reader whose lookups scatter,
+    or at once) is streamed by one GET into a file in the spool directory, unlinked at
+    once, and memory-mapped: its bytes never sit whole in the process's own memory."""
+    import mmap
+
+    url, opts = s3
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setenv("RESUMELOG_SPOOL_DIR", str(spool))
+    _fill(url, opts)
+    store = FsspecStore(url, opts)
+    (ref,) = compactor.load(store).frames.layers  # type: ignore[union-attr]
+    stored = store.read(ref.name)
+    ranged = snapshot_cache.RangedLayer(store, ref, None, None)
+    whole_at = [(0, ref.size)]  # a quarter of the object at once: read whole
+    before = store.requests["GetObject"]
+    (got,) = ranged(whole_at)
+    assert store.requests["GetObject"] - before == 1
+    assert isinstance(got, memoryview) and isinstance(got.obj, mmap.mmap)
+    assert bytes(got) == stored and list(spool.iterdir()) == []
+    assert [bytes(b) for b in ranged([(0, 10), (100, 200)])] == [stored[:10], stored[100:200]]
+    assert store.requests["GetObject"] - before == 1  # (from the map)
+    data, hit = snapshot_cache.read_layer(store, ref)  # not lazy: read whole at once
+    assert not hit and isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap)
+    assert bytes(data) == stored and list(spool.iterdir()) == []
+    gone = ref.__class__(**{**{f: getattr(ref, f) for f in ref.__struct_fields__}, "name": "layers/9-gone.layer"})
+    with pytest.raises(ObjectNotFound):
+        snapshot_cache.read_layer(store, gone)
+    assert list(spool.iterdir()) == []
+    ck = resumelog.open(url, storage_options=opts, create=False)
+    probes = random.Random(3).sample(IDS, 400)  # scattered: ranged reads, then one whole read
+    assert [ck.is_completed(s) for s in probes] == [int(s[-7:]) % 2 == 0 for s in probes]
+    assert list(spool.iterdir()) == []
 
 
 def test_a_damaged_block_read_in_parts_makes_the_reader_fall_back(s3):

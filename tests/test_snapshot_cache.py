@@ -117,6 +117,41 @@ def test_off_and_bounded(s3, monkeypatch):
     assert list(cache.rglob("*.snap")) == list(cache.rglob("*.layer")) == []
 
 
+def test_a_large_layer_is_streamed_into_its_copy_and_mapped(s3, monkeypatch, tmp_path):
+    """A large layer read whole goes by one streamed GET into its cached copy (a
+    temporary name, renamed), which is memory-mapped: not held in the process's own
+    memory, and the next reader's hit. A cache that cannot be written falls back to an
+    unnamed file in the spool directory."""
+    import mmap
+
+    from resumelog import snapshot_cache
+
+    url, opts, cache = s3
+    monkeypatch.setattr(snapshot_cache, "RANGED_MIN", 0)  # every layer is large
+    _fill(url, opts, [f"s{i}" for i in range(300)])
+    store = FsspecStore(url, opts)
+    (ref,) = compactor.load(store).frames.layers  # type: ignore[union-attr]
+    stored = store.read(ref.name)
+    shutil.rmtree(cache)
+    before = store.requests["GetObject"]
+    data, hit = snapshot_cache.read_layer(store, ref)
+    assert not hit and store.requests["GetObject"] - before == 1
+    assert isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap) and bytes(data) == stored
+    (copy,) = cache.rglob("*.layer")
+    assert copy.read_bytes() == stored and list(cache.rglob("*.partial")) == []
+    again, hit = snapshot_cache.read_layer(store, ref)
+    assert hit and bytes(again) == stored and store.requests["GetObject"] - before == 1
+    # a cache directory that cannot be made: the spool directory instead, nothing left
+    blocked, spool = tmp_path / "a-file", tmp_path / "spool"
+    blocked.write_bytes(b"not a directory")
+    spool.mkdir()
+    monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(blocked / "cache"))
+    monkeypatch.setenv("RESUMELOG_SPOOL_DIR", str(spool))
+    data, hit = snapshot_cache.read_layer(store, ref)
+    assert not hit and isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap)
+    assert bytes(data) == stored and list(spool.iterdir()) == []
+
+
 def test_local_and_memory_stores_are_read_in_place(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("RESUMELOG_CACHE_DIR", str(cache))

@@ -6,7 +6,8 @@ numbers its snapshots from 1 again. So a cached copy is used only if its header
 with one ranged GET of the object's first bytes. A hit then costs that small GET
 instead of downloading the whole snapshot, and the copy is memory-mapped, so the
 done-entry frames are never read unless used. A miss downloads once and keeps the
-bytes. Layers (format version 5 on) are cached the same way; their snapshot names each
+bytes (a layer of :data:`RANGED_MIN` bytes or more is streamed into its copy and
+mapped, never held whole in memory). Layers (format version 5 on) are cached the same way; their snapshot names each
 layer's nonce, so a cached layer is used without any request. A reader that finds a
 large version-6 layer not cached reads it in parts instead (its head, then the blocks
 its lookups need: :class:`RangedLayer`), and caches it whole only if it comes to read
@@ -40,7 +41,7 @@ from resumelog.format import (
     SnapshotHeader,
     decode_header,
 )
-from resumelog.layers import LayerSource
+from resumelog.layers import LayerSource, spool_dir
 from resumelog.paths import LAYER_PREFIX
 from resumelog.storage import Store
 
@@ -113,10 +114,50 @@ def read_layer(store: Store, ref: LayerRef, *, lazy: bool = False) -> tuple[byte
             return cached, True
     if lazy and ref.head and ref.size >= RANGED_MIN:
         return LayerSource(store.read_prefix(ref.name, ref.head), RangedLayer(store, ref, root, path)), False
-    data = store.read(ref.name)
+    return _read_whole(store, ref, root, path), False
+
+
+def _read_whole(store: Store, ref: LayerRef, root: Path | None, path: Path | None) -> bytes | memoryview:
+    """Layer ``ref`` read whole, and cached. One of :data:`RANGED_MIN` bytes or more is
+    streamed to a file and memory-mapped, never held whole in the process's own memory
+    (its pages are the kernel's to drop and read again): to the cache copy itself, or,
+    with the cache off or not writable, to an unnamed file in the spool directory
+    (:func:`~resumelog.layers.spool_dir`, as a merge's output)."""
+    if ref.size < RANGED_MIN:
+        data = store.read(ref.name)
+        if root is not None and path is not None:
+            _store_copy(root, path, data)
+        return data
     if root is not None and path is not None:
-        _store_copy(root, path, data)
-    return data, False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+            os.close(fd)
+        except OSError as exc:
+            logger.debug("resumelog: snapshot cache not written (%s)", exc)
+        else:
+            try:
+                view = _download(store, ref.name, tmp)
+                os.replace(tmp, path)  # (the map stays valid)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _trim(root, int(os.environ.get("RESUMELOG_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)))
+            return view
+    fd, tmp = tempfile.mkstemp(dir=spool_dir(), suffix=".layer")
+    os.close(fd)
+    try:
+        return _download(store, ref.name, tmp)
+    finally:
+        os.unlink(tmp)  # (the map keeps the unnamed file)
+
+
+def _download(store: Store, key: str, tmp: str) -> memoryview:
+    """``key`` streamed into the file ``tmp``, memory-mapped (read-only)."""
+    store.read_to_file(key, tmp)
+    with open(tmp, "rb") as f:
+        return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
 
 
 RANGED_MIN = 4 << 20
@@ -149,10 +190,7 @@ class RangedLayer:
             if self.calls <= RANGED_CALLS and 4 * (self.fetched + want) < self.ref.size:
                 self.fetched += want
                 return self.store.read_ranges(self.ref.name, ranges)
-            data = self.store.read(self.ref.name)
-            if self._root is not None and self._path is not None:
-                _store_copy(self._root, self._path, data)
-            self._whole = memoryview(data)
+            self._whole = memoryview(_read_whole(self.store, self.ref, self._root, self._path))
         whole = self._whole
         return [whole[a:b] for a, b in ranges]
 

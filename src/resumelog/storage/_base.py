@@ -111,6 +111,17 @@ class Store(ABC):
         data = self.read_view(key)
         return [data[a:b] for a, b in ranges]
 
+    def read_to_file(self, key: str, path: str) -> int:
+        """Write the bytes of ``key`` to the local file ``path`` (created, or truncated)
+        and return how many. Object stores stream them (one GET, never whole in memory:
+        a large layer read whole goes to a file and is memory-mapped); the default writes
+        :meth:`read_view`'s bytes. :class:`~resumelog.errors.ObjectNotFound` if absent
+        (``path`` is then not created)."""
+        data = self.read_view(key)
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data)
+
     def read_many(self, keys: Sequence[str]) -> Iterator[tuple[str, bytes | BaseException]]:
         """Read several objects; yield ``(key, bytes or the exception)`` in input order.
 

@@ -401,6 +401,21 @@ class FsspecStore(Store):
             raise StorageError(f"cannot read {self._url}/{key}: a ranged read came back short")
         return got
 
+    def read_to_file(self, key: str, path: str) -> int:
+        """One GET streamed into ``path`` (fsspec's ``get_file``: s3fs and gcsfs copy
+        the body in chunks, resuming a broken stream with a ranged GET)."""
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"no directory for {path}")  # not the object's absence
+        try:
+            self._do(self.fs.get_file, self._full(key), path)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
+        except Exception as exc:
+            raise _storage_error("read", self._url, key, exc) from exc
+        size = os.path.getsize(path)
+        self.bytes_read += size
+        return size
+
     def _cat(self, key: str, **kw: Any) -> bytes:
         full = self._full(key)
         try:

@@ -116,6 +116,18 @@ class StoreTests:
             store.put_if_absent_file("out/b", str(second))
         assert store.read("out/b") == b"theirs"
 
+    @pytest.mark.parametrize("size", [0, 10, (3 << 20) + 7])
+    def test_read_to_file_writes_the_object(self, store: Store, tmp_path: Any, size: int) -> None:
+        data = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
+        store.put_if_absent("f/obj", data)
+        path = tmp_path / "copy"
+        path.write_bytes(b"left over from before, longer than ten bytes")
+        assert store.read_to_file("f/obj", str(path)) == size
+        assert path.read_bytes() == data
+        with pytest.raises(ObjectNotFound):
+            store.read_to_file("f/none", str(tmp_path / "absent"))
+        assert not (tmp_path / "absent").exists()
+
     def test_empty_and_large_objects(self, store: Store) -> None:
         big = bytes(range(256)) * 4096 * 3  # 3 MiB
         store.put_if_absent("big", big)
