@@ -309,6 +309,7 @@ def child_open(url: str, n: int, shape: str, lookups: int, storage_options: dict
         "gets": sum(v for k, v in reqs.items() if k in ("GetObject", "HeadObject", "get")),
         "bytes_read": getattr(store, "bytes_read", None),
         "rss_before_mb": round(rss0, 1),
+        "anon_mb": round(_vm("RssAnon"), 1),  # after the lookups: what the client holds (mapped files excluded)
     }
 
 
@@ -747,6 +748,7 @@ class Bench:
             "total_s": best["total_s"],
             "total_s_all": [r["total_s"] for r in runs],
             "peak_rss_mb": best["peak_rss_mb"],
+            "anon_mb": best.get("anon_mb"),
             "gets": best["gets"],
             "requests": best["requests"],
         }
@@ -754,7 +756,7 @@ class Bench:
             row["total_ms"] = round(best["total_s"] * 1e3, 2)
         if best.get("bytes_read") is not None:
             row["bytes_read"] = best["bytes_read"]
-        row["units"] = {"total_s": "s", "total_ms": "ms", "peak_rss_mb": "MB", "bytes_read": "B"}
+        row["units"] = {"total_s": "s", "total_ms": "ms", "peak_rss_mb": "MB", "anon_mb": "MB", "bytes_read": "B"}
         if shape == "shard" and best["hits"] != best["lookups"]:
             row["WRONG"] = f"{best['hits']} of {best['lookups']} shard ids found"
         self.emit(**row)
