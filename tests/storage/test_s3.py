@@ -325,3 +325,17 @@ def test_read_many_reads_a_window_at_a_time(s3_url, monkeypatch):
             assert isinstance(v, ObjectNotFound)
         else:
             assert v == f"object {i}".encode() * (i + 1)
+
+
+def test_read_to_file_is_one_streamed_get(s3_url, tmp_path):
+    """A large object read to a file is one GET copied in chunks: s3fs would otherwise
+    fetch parts of ``default_block_size`` concurrently, ten at a time, each whole in
+    memory (set to 1 MiB here, so that a 3 MiB object has three parts)."""
+    url, opts = s3_url
+    store = FsspecStore(url, {**opts, "default_block_size": 1 << 20})
+    data = bytes(range(256)) * 4096 * 3 + b"tail"
+    store.put_if_absent("layers/big", data)
+    gets = store.requests["GetObject"]
+    assert store.read_to_file("layers/big", str(tmp_path / "copy")) == len(data)
+    assert store.requests["GetObject"] - gets == 1
+    assert (tmp_path / "copy").read_bytes() == data

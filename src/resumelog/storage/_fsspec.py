@@ -403,11 +403,12 @@ class FsspecStore(Store):
 
     def read_to_file(self, key: str, path: str) -> int:
         """One GET streamed into ``path`` (fsspec's ``get_file``: s3fs and gcsfs copy
-        the body in chunks, resuming a broken stream with a ranged GET)."""
+        the body in chunks, resuming a broken stream with a ranged GET; s3fs told not to
+        fetch parts concurrently, which would hold ten 50 MiB parts in memory)."""
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"no directory for {path}")  # not the object's absence
         try:
-            self._do(self.fs.get_file, self._full(key), path)
+            self._do(self.fs.get_file, self._full(key), path, **self._cat_kwargs)
         except FileNotFoundError:
             raise ObjectNotFound(f"{self._url}/{key} does not exist") from None
         except Exception as exc:
