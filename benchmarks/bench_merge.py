@@ -4,7 +4,8 @@ A merge is the one step of compaction whose cost grows with the completed ids (t
 binary counter of ``layers.plan_merges`` rewrites each id ``log2(N / tick)`` times over
 its life). Each measurement runs in a fresh child process: build a lower layer of
 ``--lower`` ids and an upper one of ``--upper`` ids (half new, a tenth of the lower
-ones masked), then merge them and stamp the result as a compaction does before it
+ones masked), opened from their stored bytes as a compaction opens them (blocks read when
+the merge needs them), then merge them and stamp the result as a compaction does before it
 writes it (``encode_new_layer``: the stored object's bytes). Prints one JSON line per
 size: seconds of the merge and of the stamp; the child's peak RSS over both
 (``VmHWM``, reset after building the inputs: it counts the pages of memory-mapped
@@ -15,6 +16,14 @@ with the merge), and its value before the merge.
     python benchmarks/bench_merge.py                      # 1M+1M, 4M+4M
     python benchmarks/bench_merge.py --sizes 16000000:4000000
     python benchmarks/bench_merge.py --spool-bytes 100000000000  # no spooling (A/B)
+    python benchmarks/bench_merge.py --layout ordered shards --shapes  # block copies
+
+``--layout``: ``interleaved`` (above: every block of both layers touched, nothing to
+copy), ``ordered`` (the upper ids all above the lower ones, none masked: a pipeline
+going through its sources in key order) or ``shards`` (the upper ids in 64 runs of
+consecutive ids spread over the lower's key range, none masked: 64 workers each
+advancing in its shard). ``--shapes``: every entry carries a shape id (1 or 2, the
+same table in both layers), as a pipeline's completions do.
 """
 
 from __future__ import annotations
@@ -35,11 +44,14 @@ def _vm(field: str, pid: str = "self") -> float:
     return 0.0
 
 
-def child(lower: int, upper: int, spool_bytes: int | None) -> None:
+LAYOUTS = ("interleaved", "ordered", "shards")
+
+
+def child(lower: int, upper: int, spool_bytes: int | None, layout: str = "interleaved", shapes: bool = False) -> None:
     import resumelog
     from resumelog import layers
     from resumelog.done_shapes import ShapeTable
-    from resumelog.layers import encode_new_layer, make_layer, merge_layers
+    from resumelog.layers import encode_new_layer, make_layer, merge_layers, open_layer
 
     if spool_bytes is not None:
         layers.SPOOL_BYTES = spool_bytes  # type: ignore[attr-defined,unused-ignore]
@@ -49,10 +61,30 @@ def child(lower: int, upper: int, spool_bytes: int | None) -> None:
 
     lo = [sid(2 * i) for i in range(lower)]
     lo.sort()
-    a = make_layer(lo, [0] * lower, [0] * lower, ShapeTable(), ["r1"], frozenset())
-    up = sorted({sid(2 * i + 1) for i in range(upper // 2)} | {sid(2 * i) for i in range(0, 2 * (upper // 2), 2)})
-    masked = frozenset(sid(2 * i) for i in range(1, lower, 10))
-    b = make_layer(up, [0] * len(up), [0] * len(up), ShapeTable(), ["r2"], masked)
+    table = ShapeTable([[[["a", ""], 1]], [[["b", ""], -1]]] if shapes else [])
+    a = make_layer(
+        lo,
+        [0] * lower,
+        [1, 2] * (lower // 2) + [1] * (lower % 2) if shapes else [0] * lower,
+        table,
+        ["r1"],
+        frozenset(),
+    )
+    masked: frozenset[str] = frozenset()
+    if layout == "interleaved":
+        up = sorted({sid(2 * i + 1) for i in range(upper // 2)} | {sid(2 * i) for i in range(0, 2 * (upper // 2), 2)})
+        masked = frozenset(sid(2 * i) for i in range(1, lower, 10))
+    elif layout == "ordered":
+        up = [sid(2 * lower + i) for i in range(upper)]
+    else:  # 64 runs of consecutive odd ids, spread over the lower's range
+        per, step = upper // 64, max(1, lower // 64)
+        up = sorted(sid(2 * (w * step + j) + 1) for w in range(64) for j in range(per))
+    tags = ([1, 2] * (len(up) // 2) + [1] * (len(up) % 2)) if shapes else [0] * len(up)
+    b = make_layer(
+        up, [0] * len(up), tags, ShapeTable(table.shapes), ["r1"] if layout != "interleaved" else ["r2"], masked
+    )
+    # as a compaction opens stored layers: their blocks unread until the merge needs them
+    a, b = (open_layer(encode_new_layer(x, number=1, epoch=bytes(16), created_ms=0)[1], "input") for x in (a, b))
     del lo, up
     import gc
 
@@ -90,11 +122,12 @@ def child(lower: int, upper: int, spool_bytes: int | None) -> None:
     )
 
 
-def measure(lower: int, upper: int, spool_bytes: int | None) -> dict[str, object]:
+def measure(
+    lower: int, upper: int, spool_bytes: int | None, layout: str = "interleaved", shapes: bool = False
+) -> dict[str, object]:
     """Run one child; its JSON line with the peak RssAnon the parent saw while it merged."""
-    argv = [sys.executable, __file__, "--child", str(lower), str(upper)]
-    if spool_bytes is not None:
-        argv.append(str(spool_bytes))
+    argv = [sys.executable, __file__, "--child", str(lower), str(upper), str(spool_bytes or 0)]
+    argv += [str(LAYOUTS.index(layout)), str(int(shapes))]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     pid = str(proc.pid)
     sampling = threading.Event()
@@ -140,14 +173,19 @@ def main() -> None:
         type=int,
         help="set layers.SPOOL_BYTES in the child (a huge value: the merged layer stays in memory, as before spooling)",
     )
+    ap.add_argument("--layout", nargs="+", choices=LAYOUTS, default=["interleaved"], help="where the upper ids fall")
+    ap.add_argument("--shapes", action="store_true", help="entries carry shape ids")
     ap.add_argument("--child", nargs="+", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.child[2] if len(args.child) > 2 else None)
+        lower, upper, spool, layout, shapes = args.child
+        child(lower, upper, spool or None, LAYOUTS[layout], bool(shapes))
         return
-    for size in args.sizes:
-        lower, upper = (int(x) for x in size.split(":"))
-        print(json.dumps(measure(lower, upper, args.spool_bytes)), flush=True)
+    for layout in args.layout:
+        for size in args.sizes:
+            lower, upper = (int(x) for x in size.split(":"))
+            row = measure(lower, upper, args.spool_bytes, layout, args.shapes)
+            print(json.dumps({**row, "layout": layout, "shapes": args.shapes}), flush=True)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,9 @@ class Layer:
     spool: BlockSpool | None = None
     """The temporary file holding the blocks of a new layer that was spooled (until
     :func:`encode_new_layer` writes the object there)."""
+    frames: RawBlocks | None = None
+    """A version-6 layer's block frames as stored (a merge copies the blocks no entry of
+    the other layer falls between without decoding them: :func:`merge_layers`)."""
 
     @property
     def count(self) -> int:
@@ -663,7 +666,16 @@ def _open_v6(lh: LayerHead, read: RangeReader, path: str) -> Layer:
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise CorruptSnapshot(f"malformed shape table: {exc}", path) from None
 
-    return Layer(index, list(h.runs), shapes, frozenset(lh.tombstones))
+    def frame(k: int) -> memoryview:
+        (chunk,) = read([(ends[k], ends[k + 1])])
+        view = memoryview(chunk)
+        if len(view) != ends[k + 1] - ends[k]:
+            raise CorruptSnapshot("a layer block read came back short", path)
+        return view
+
+    layer = Layer(index, list(h.runs), shapes, frozenset(lh.tombstones))
+    layer.frames = RawBlocks(list(bi.sizes), frame)
+    return layer
 
 
 def _open_v5(data: bytes | memoryview, path: str, defer: bool) -> Layer:
@@ -681,6 +693,14 @@ def _open_v5(data: bytes | memoryview, path: str, defer: bool) -> Layer:
     layer.data = data
     layer.header = h
     return layer
+
+
+class RawBlocks(NamedTuple):
+    """The block frames of a version-6 layer, undecoded: ``sizes[k]`` bytes each,
+    ``read(k)`` the frame of block ``k`` (header included, not checked)."""
+
+    sizes: list[int]
+    read: Callable[[int], memoryview]
 
 
 class LayerSource(NamedTuple):
@@ -858,7 +878,10 @@ class LayerWriter:
             blob,
             len(encoded),
         )
-        crc = crc32c(payload)
+        self._emit(payload, crc32c(payload), len(encoded), encoded[0])
+        self._ids, self._runs, self._tags, self._size = [], [], [], 0
+
+    def _emit(self, payload: bytes, crc: int, count: int, first: bytes) -> None:
         if self._spool is not None:
             self._spool.write(payload, crc)
         else:
@@ -870,10 +893,23 @@ class LayerWriter:
                     self._spool.write(p, c)
                 self._frames, self._held = [], 0
         self._sizes.append(FRAME_HEADER_SIZE + len(payload))
-        self._counts.append(len(encoded))
-        self._firsts.append(encoded[0])
-        self.count += len(encoded)
-        self._ids, self._runs, self._tags, self._size = [], [], [], 0
+        self._counts.append(count)
+        self._firsts.append(first)
+        self.count += count
+
+    def add_frame(self, frame: memoryview, count: int, first: bytes, *, ascii_ids: bool, path: str) -> None:
+        """Append a stored block frame as it is (its ``count`` entries, smallest id
+        ``first``, all above every id added so far), after the entries added before it
+        (cut into a block of their own). Its run indexes and shape ids must mean the
+        same in this layer; ``ascii_ids``: whether its layer's ids are all ASCII. The
+        frame's CRC is checked (:class:`~resumelog.errors.CorruptSnapshot` naming
+        ``path``): a damaged block is never copied into a new layer."""
+        shape_ids = decode_layer_block(frame, count, path)[3]  # (checks the CRC, widths and sizes)
+        self._cut()
+        self._ascii = self._ascii and ascii_ids
+        self._tagged = self._tagged or len(shape_ids) > 0
+        crc = int.from_bytes(frame[4:FRAME_HEADER_SIZE], "big")  # (the frame header's, checked)
+        self._emit(bytes(frame[FRAME_HEADER_SIZE:]), crc, count, first)
 
     def finish(self, table: ShapeTable, run_names: list[str], tombstones: frozenset[str]) -> Layer:
         """The layer (not yet written: :func:`encode_new_layer` names and stamps it)."""
@@ -951,22 +987,34 @@ def encode_new_layer(layer: Layer, *, number: int, epoch: bytes, created_ms: int
     return name, data
 
 
+Entries = tuple[list[bytes], list[int], list[int]]
+"""Entries of a block in key order, as parallel lists: UTF-8 ids, run indexes, shape ids."""
+
+
+def _block_entries(layer: Layer, k: int, table: ShapeTable | None) -> Entries:
+    """The entries of block ``k`` of ``layer`` in key order (a version-5 or format 1-4
+    layer is one block: its shape ids are numbered in ``table``, into which a version-1
+    one interns its entries)."""
+    blk = layer.index.block(k)
+    n = blk.index.count
+    _, offsets, _, blob = blk.index.raw()
+    off = counted_uints(offsets, n + 1, (4, 8))
+    raw = bytes(blob)
+    ids = [raw[off[i] : off[i + 1]] for i in range(n)]
+    runs = blk.index.arrays()[1]
+    tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
+    order = sorted(range(n), key=ids.__getitem__)
+    return (
+        list(map(ids.__getitem__, order)),
+        list(map(runs.__getitem__, order)),
+        [int(tags[i]) for i in order] if tags is not None else [0] * n,
+    )
+
+
 def _key_ordered(layer: Layer, table: ShapeTable | None) -> Iterator[tuple[bytes, int, int]]:
-    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer`` in key order,
-    one block at a time (a version-5 or format 1-4 layer is one block: its shape ids
-    are numbered in ``table``, into which a version-1 one interns its entries)."""
-    index = layer.index
-    for k in range(index.nblocks):
-        blk = index.block(k)
-        n = blk.index.count
-        _, offsets, _, blob = blk.index.raw()
-        off = counted_uints(offsets, n + 1, (4, 8))
-        raw = bytes(blob)
-        ids = [raw[off[i] : off[i + 1]] for i in range(n)]
-        runs = blk.index.arrays()[1]
-        tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
-        for i in sorted(range(n), key=ids.__getitem__):
-            yield ids[i], runs[i], (int(tags[i]) if tags is not None else 0)
+    """``(UTF-8 id, run index, shape id)`` of every entry of ``layer``, in key order."""
+    for k in range(layer.index.nblocks):
+        yield from zip(*_block_entries(layer, k, table))
 
 
 def _used_shapes(layer: Layer, table: ShapeTable | None, dead_runs: set[int]) -> set[int]:
@@ -993,9 +1041,97 @@ def _carry_shapes(used: set[int], source: ShapeTable, into: ShapeTable) -> dict[
     return remap
 
 
+class _Cursor:
+    """A merge's position in one layer, in key order: at block ``k`` (not read yet, its
+    ids from ``fences[k]`` up to ``fences[k + 1]``) or at entry ``i`` of ``entries``, the
+    block before it, read and renumbered for the merged layer by ``fix``."""
+
+    __slots__ = ("entries", "fences", "fix", "i", "k", "layer", "n", "table")
+
+    def __init__(self, layer: Layer, table: ShapeTable | None, fix: Callable[[Entries], Entries]) -> None:
+        self.layer = layer
+        self.table = table
+        self.fix = fix
+        self.fences = layer.index.fences
+        self.n = layer.index.nblocks
+        self.k = 0
+        self.entries: Entries | None = None
+        self.i = 0
+
+    def done(self) -> bool:
+        return self.entries is None and self.k >= self.n
+
+    def lo(self) -> bytes:
+        """The smallest id left."""
+        return self.fences[self.k] if self.entries is None else self.entries[0][self.i]
+
+    def hi(self) -> bytes | None:
+        """Above every id of block ``k`` (``None``: the last block)."""
+        return self.fences[self.k + 1] if self.k + 1 < self.n else None
+
+    def read(self) -> None:
+        """Read block ``k``: be at its first entry (none left if all were masked)."""
+        self.entries = self.fix(_block_entries(self.layer, self.k, self.table))
+        self.i = 0
+        self.k += 1
+        if not self.entries[0]:
+            self.entries = None
+
+    def take(self, j: int, into: Entries) -> None:
+        """Move entries ``i..j-1`` to ``into``."""
+        assert self.entries is not None
+        i = self.i
+        ids, runs, tags = self.entries
+        into[0].extend(ids[i:j])
+        into[1].extend(runs[i:j])
+        into[2].extend(tags[i:j])
+        self.i = j
+        if j >= len(self.entries[0]):
+            self.entries = None
+
+
+def _merge_entries(low: _Cursor, up: _Cursor, into: Entries) -> None:
+    """Merge the read entries of both cursors into ``into`` until one's run out (the
+    same id in both: the upper entry)."""
+    assert low.entries is not None and up.entries is not None
+    lids, lruns, ltags = low.entries
+    uids, uruns, utags = up.entries
+    li, ui, nl, nu = low.i, up.i, len(lids), len(uids)
+    ids, runs, tags = into
+    add_id, add_run, add_tag = ids.append, runs.append, tags.append
+    while li < nl and ui < nu:
+        b = lids[li]
+        ub = uids[ui]
+        if b < ub:
+            add_id(b)
+            add_run(lruns[li])
+            add_tag(ltags[li])
+            li += 1
+        else:
+            add_id(ub)
+            add_run(uruns[ui])
+            add_tag(utags[ui])
+            ui += 1
+            if b == ub:
+                li += 1  # completed again above: the upper entry wins
+    low.i, up.i = li, ui
+    if li >= nl:
+        low.entries = None
+    if ui >= nu:
+        up.entries = None
+
+
 def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset[str] = frozenset()) -> Layer:
     """One layer equivalent to ``upper`` stacked on ``lower``, streamed in key order
     (memory: the merged layer's bytes and one block of each as Python objects).
+
+    A block of either layer that no entry of the other falls between (nor, for
+    ``lower``, a tombstone of ``upper``) is copied as it is stored, not decoded, when
+    its run indexes and shape ids mean the same in the merged layer and it is at least a
+    quarter of :data:`BLOCK_BYTES` (smaller ones are re-cut, so copies never fragment a
+    layer into ever smaller blocks): ids that arrive in key order (a pipeline's shards)
+    make a merge cost about what is new, not what is merged. Entries of blocks that
+    overlap are merged run by run (a bisect per run of ids from one layer).
 
     ``bottom``: ``lower`` is the lowest layer, so tombstones mask nothing below and are
     dropped. Completions of ``retired`` runs lose their shapes (their records are
@@ -1017,24 +1153,98 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     table = ShapeTable()
     lmap = _carry_shapes(lused, ltable, table)
     umap_t = _carry_shapes(uused, utable, table)
-    drop = {t.encode() for t in upper.tombstones}
+    tombs = sorted(t.encode() for t in upper.tombstones)
+    drop = set(tombs)
+    lsame = all(lmap[t] == t for t in lused)  # lower's shape ids unchanged
+    usame_runs = umap == list(range(len(umap)))
+    usame = all(umap_t[t] == t for t in uused)
+    copy_lower = lower.frames is not None and not dead and lsame
+    copy_upper = upper.frames is not None and not dead and usame_runs and usame
+
+    def dead_tags(runs: list[int], tags: list[int]) -> list[int]:
+        return [0 if r in dead else t for r, t in zip(runs, tags)] if dead else tags
+
+    def fix_lower(e: Entries) -> Entries:
+        ids, runs, tags = e
+        if drop and not drop.isdisjoint(ids):  # masked by the upper layer
+            keep = [i for i, b in enumerate(ids) if b not in drop]
+            ids, runs, tags = [ids[i] for i in keep], [runs[i] for i in keep], [tags[i] for i in keep]
+        if not lsame:
+            tags = [lmap.get(t, 0) for t in tags]
+        return ids, runs, dead_tags(runs, tags)
+
+    def fix_upper(e: Entries) -> Entries:
+        ids, runs, tags = e
+        if not usame_runs:
+            runs = list(map(umap.__getitem__, runs))
+        if not usame:
+            tags = [umap_t.get(t, 0) for t in tags]
+        return ids, runs, dead_tags(runs, tags)
+
     out = LayerWriter()
-    upper_it = _key_ordered(upper, ShapeTable(list(utable.shapes)))
-    u = next(upper_it, None)
-    for b, lr, lt in _key_ordered(lower, ltable):
-        while u is not None and u[0] < b:
-            ur = umap[u[1]]
-            out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
-            u = next(upper_it, None)
-        if u is not None and u[0] == b:
-            continue  # completed again above: the upper entry wins
-        if b in drop:
+    pending: Entries = ([], [], [])  # entries merged, not yet handed to ``out``
+    low = _Cursor(lower, ltable, fix_lower)
+    up = _Cursor(upper, ShapeTable(list(utable.shapes)), fix_upper)
+    small = BLOCK_BYTES // 4
+
+    def flush() -> None:
+        out.add_many(*pending)
+        for x in pending:
+            x.clear()
+
+    def masks(lo: bytes, hi: bytes | None) -> bool:  # a tombstone in [lo, hi)
+        i = bisect_left(tombs, lo)
+        return i < len(tombs) and (hi is None or tombs[i] < hi)
+
+    def copy(c: _Cursor, below: bytes | None) -> bool:
+        """Copy block ``c.k`` if it may be and every id left in the other layer is at
+        least ``below`` (``None``: none is left)."""
+        layer = c.layer
+        assert layer.frames is not None
+        k = c.k
+        hi = c.hi()
+        if below is not None and (hi is None or below < hi):
+            return False
+        if layer.frames.sizes[k] < small or (layer is lower and masks(c.fences[k], hi)):
+            return False
+        flush()
+        name = layer.ref.name if layer.ref is not None else ""
+        count = layer.index.starts[k + 1] - layer.index.starts[k]
+        out.add_frame(layer.frames.read(k), count, c.fences[k], ascii_ids=layer.index.ascii_ids, path=name)
+        c.k += 1
+        return True
+
+    while not low.done() and not up.done():
+        lo_l, lo_u = low.lo(), up.lo()
+        if low.entries is None and copy_lower and copy(low, lo_u):
             continue
-        out.add(b, lr, 0 if lr in dead else lmap.get(lt, 0))
-    while u is not None:
-        ur = umap[u[1]]
-        out.add(u[0], ur, 0 if ur in dead else umap_t.get(u[2], 0))
-        u = next(upper_it, None)
+        if up.entries is None and copy_upper and copy(up, lo_l):
+            continue
+        if low.entries is None and lo_l <= lo_u:
+            low.read()
+            continue
+        if up.entries is None and lo_u <= lo_l:
+            up.read()
+            continue
+        le, ue = low.entries, up.entries
+        if le is not None and ue is not None:  # both at entries: merge until one block runs out
+            _merge_entries(low, up, pending)
+        elif le is not None:  # the upper layer at a block above: the lower's ids below it
+            low.take(bisect_left(le[0], lo_u, low.i), pending)
+        else:
+            assert ue is not None
+            up.take(bisect_left(ue[0], lo_l, up.i), pending)
+        if len(pending[0]) >= 4096:
+            flush()
+    for c, ok in ((low, copy_lower), (up, copy_upper)):
+        while not c.done():  # the other layer has run out
+            if c.entries is None and not (ok and copy(c, None)):
+                c.read()
+            if c.entries is not None:
+                c.take(len(c.entries[0]), pending)
+                if len(pending[0]) >= 4096:
+                    flush()
+    flush()
     tombstones: frozenset[str] = frozenset()
     if not bottom:
         tombstones = lower.tombstones | frozenset(t for t in upper.tombstones if lower.index.find(t) < 0)
