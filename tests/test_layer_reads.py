@@ -371,3 +371,38 @@ def test_a_spooled_layer_is_the_layer_built_in_memory(
     assert spooled == in_memory
     gc.collect()
     assert _maps_into(spool) == [] and list(spool.iterdir()) == []
+
+
+def test_a_merge_never_copies_a_damaged_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A merge copies the blocks of ids completed in key order as stored, after checking
+    each frame's CRC: a damaged block fails the compaction's read of its layer, which
+    falls back (its snapshot skipped, the one before it and the journals folded again)
+    and writes no layer holding the damaged bytes."""
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 4096)
+    ck = resumelog.open(tmp_path / "ck", run_id="r")
+    third = N // 3
+    for k in range(2):
+        with ck.writer(f"w{k}") as w:
+            w.complete_many(IDS[k * third : (k + 1) * third])
+        ck.compact(merge=True)  # snapshot 2: one layer of the first two thirds, ~50 blocks
+    frames = decode_snapshot_frames((tmp_path / "ck" / "snapshots" / f"{2:020d}.snap").read_bytes())
+    (ref,) = frames.layers or []
+    path = tmp_path / "ck" / ref.name
+    data = bytearray(path.read_bytes())
+    sizes = open_layer(bytes(data), ref.name).frames.sizes  # type: ignore[union-attr]
+    k = len(sizes) // 2
+    data[ref.head + sum(sizes[:k]) + 8 + 20] ^= 0xFF  # inside the payload of a block in the middle
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+    with ck.writer("w2") as w:
+        w.complete_many(IDS[2 * third :])  # above every id of the layer: its blocks would be copied
+    fresh = resumelog.open(tmp_path / "ck", run_id="r")  # (ck holds the layer it wrote in memory)
+    result = fresh.compact(merge=True)
+    assert result.snapshot == 3 and result.completed == N
+    assert result.records_folded == 2 * (N - third)  # snapshot 2 skipped: snapshot 1 and the journals after it
+    new = decode_snapshot_frames((tmp_path / "ck" / "snapshots" / f"{3:020d}.snap").read_bytes())
+    assert ref.name not in {r.name for r in new.layers or []}
+    for r in new.layers or []:  # every block of every layer it names is intact
+        open_layer((tmp_path / "ck" / r.name).read_bytes(), r.name, defer=False)
+    view = resumelog.open(tmp_path / "ck", create=False)
+    assert view._loaded.snapshot == 3 and sorted(view.completed) == sorted(IDS)

@@ -674,7 +674,7 @@ def _open_v6(lh: LayerHead, read: RangeReader, path: str) -> Layer:
         return view
 
     layer = Layer(index, list(h.runs), shapes, frozenset(lh.tombstones))
-    layer.frames = RawBlocks(list(bi.sizes), frame)
+    layer.frames = RawBlocks(list(bi.sizes), frame, path)
     return layer
 
 
@@ -701,6 +701,8 @@ class RawBlocks(NamedTuple):
 
     sizes: list[int]
     read: Callable[[int], memoryview]
+    path: str
+    """The layer's name (for errors)."""
 
 
 class LayerSource(NamedTuple):
@@ -1208,9 +1210,9 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
         if layer.frames.sizes[k] < small or (layer is lower and masks(c.fences[k], hi)):
             return False
         flush()
-        name = layer.ref.name if layer.ref is not None else ""
         count = layer.index.starts[k + 1] - layer.index.starts[k]
-        out.add_frame(layer.frames.read(k), count, c.fences[k], ascii_ids=layer.index.ascii_ids, path=name)
+        frame = layer.frames.read(k)
+        out.add_frame(frame, count, c.fences[k], ascii_ids=layer.index.ascii_ids, path=layer.frames.path)
         c.k += 1
         return True
 
