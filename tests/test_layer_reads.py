@@ -406,3 +406,44 @@ def test_a_merge_never_copies_a_damaged_block(tmp_path: Path, monkeypatch: pytes
         open_layer((tmp_path / "ck" / r.name).read_bytes(), r.name, defer=False)
     view = resumelog.open(tmp_path / "ck", create=False)
     assert view._loaded.snapshot == 3 and sorted(view.completed) == sorted(IDS)
+
+
+def test_an_open_reads_the_heads_of_its_layers_at_once(s3, monkeypatch: pytest.MonkeyPatch):
+    """A fresh open of a snapshot of several layers reads their heads (and its small
+    layers whole) concurrently, not one round trip per layer: as many GETs as one at a
+    time, several in flight together (counted on the S3 client's own events)."""
+    url, opts = s3
+    monkeypatch.setattr(layers, "MIN_LAYER", 1)  # every tick a layer of its own
+    ck = resumelog.open(url, storage_options=opts, run_id="r1")
+    for k in range(5):
+        with ck.writer(f"w{k}") as w:
+            w.complete_many(IDS[k * 1000 : (k + 1) * 1000])
+        ck.compact(defer_merges=True)
+    expect = {s: True for s in IDS[:5000]}
+
+    def open_counting() -> tuple[int, int, resumelog.Checkpoint]:
+        store = FsspecStore(url, opts)
+        store._hook()
+        events = store.fs.s3.meta.events
+        flight = [0, 0]
+
+        def before(**_: object) -> None:
+            flight[0] += 1
+            flight[1] = max(flight[1], flight[0])
+
+        def after(**_: object) -> None:
+            flight[0] -= 1
+
+        events.register("before-call.s3.GetObject", before)
+        events.register("after-call.s3.GetObject", after)
+        view = resumelog.open(store, create=False)
+        return store.requests["GetObject"], flight[1], view
+
+    gets, most, view = open_counting()
+    assert len(view._loaded.frames.layers) == 5  # type: ignore[union-attr]
+    assert {s: view.is_completed(s) for s in expect} == expect and not view.is_completed(IDS[-1])
+    assert most >= 2  # the layers' reads overlapped
+    monkeypatch.setattr(snapshot_cache, "prefetch_layers", lambda store, refs: {})
+    gets_one_by_one, most_one_by_one, view = open_counting()
+    assert gets == gets_one_by_one and most_one_by_one == 1  # no layer read twice
+    assert {s: view.is_completed(s) for s in expect} == expect

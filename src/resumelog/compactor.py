@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, NoReturn
@@ -339,16 +339,22 @@ def _load_base(
     if _foreign_snapshot(data, path, epoch):
         return None
     from_cache: set[str] = set()  # layers served by cached copies
+    prefetched: dict[str, snapshot_cache.Prefetched] = {}
+
+    def prefetch(refs: Sequence[LayerRef]) -> None:
+        prefetched.update(snapshot_cache.prefetch_layers(store, refs))
 
     def read_layer(ref: LayerRef) -> bytes | memoryview | LayerSource:
-        layer, hit = _read_layer(store, ref, path, compaction)
+        layer, hit = _read_layer(store, ref, path, compaction, prefetched.pop(ref.name, None))
         if hit:
             from_cache.add(ref.name)
         return layer
 
     for retry in (False, True):
         try:
-            return load_snapshot(data, path, defer_done_crc=defer_done_crc, read_layer=read_layer, check_blocks=False)
+            return load_snapshot(
+                data, path, defer_done_crc=defer_done_crc, read_layer=read_layer, check_blocks=False, prefetch=prefetch
+            )
         except CorruptSnapshot as exc:
             # a cached copy (of the snapshot or a layer) that fails its checks: drop it, read again
             if retry or not ((cached and exc.path == path) or exc.path in from_cache):
@@ -369,7 +375,11 @@ def _foreign_snapshot(data: bytes | memoryview, path: str, epoch: bytes | None) 
 
 
 def _read_layer(
-    store: Store, ref: LayerRef, snapshot: str, compaction: bool = False
+    store: Store,
+    ref: LayerRef,
+    snapshot: str,
+    compaction: bool = False,
+    prefetched: snapshot_cache.Prefetched | None = None,
 ) -> tuple[bytes | memoryview | LayerSource, bool]:
     """The bytes of a layer snapshot ``snapshot`` names (and whether they are a cached
     copy). A missing layer means the snapshot was superseded and collected during the
@@ -378,7 +388,7 @@ def _read_layer(
     in parts, when the compaction reads them (a reader's ``Checkpoint`` handles a
     missing layer itself: it reads the current snapshot)."""
     try:
-        data, hit = snapshot_cache.read_layer(store, ref, lazy=True)
+        data, hit = snapshot_cache.read_layer(store, ref, lazy=True, prefetched=prefetched)
     except ObjectNotFound:
         _layer_missing(store, ref, snapshot)
     if compaction and isinstance(data, LayerSource):  # blocks read later: the same answer then

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from resumelog.algebra import FoldState, SourceRunState, Writers
@@ -78,10 +78,12 @@ def load_snapshot(
     defer_done_crc: bool = False,
     read_layer: LayerReader | None = None,
     check_blocks: bool | None = None,
+    prefetch: Callable[[Sequence[LayerRef]], None] | None = None,
 ) -> tuple[SnapshotFrames, FoldState]:
     """Decode a snapshot into a fold state ready to fold the tail after it.
 
-    ``read_layer`` reads the layers a format-5 snapshot names (required for those).
+    ``read_layer`` reads the layers a format-5 snapshot names (required for those);
+    ``prefetch``, if given, is told all of them first (to read them at once).
     ``defer_done_crc``: frames and shape tables too large to check at once are checked
     when first used. ``check_blocks`` (default: ``not defer_done_crc``): read and check
     every block of every version-6 layer now, rather than when a lookup or a merge
@@ -106,6 +108,8 @@ def load_snapshot(
         if read_layer is None:
             raise ValueError("a format-5 snapshot needs read_layer to load its layers")
         blocks = not defer_done_crc if check_blocks is None else check_blocks
+        if prefetch is not None:
+            prefetch(frames.layers)
         layers = [load_layer(read_layer(ref), ref, h.epoch, defer_done_crc, blocks) for ref in frames.layers]
     else:
         layers = [_legacy_layer(frames, path, state.run_order)] if h.completed_count or frames.legacy_done else []

@@ -29,7 +29,9 @@ import logging
 import mmap
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
@@ -45,7 +47,7 @@ from resumelog.layers import LayerSource, spool_dir
 from resumelog.paths import LAYER_PREFIX
 from resumelog.storage import Store
 
-__all__ = ["RangedLayer", "cache_dir", "evict", "read_layer", "read_snapshot"]
+__all__ = ["Prefetched", "RangedLayer", "cache_dir", "evict", "prefetch_layers", "read_layer", "read_snapshot"]
 
 logger = logging.getLogger("resumelog")
 
@@ -96,14 +98,62 @@ def read_snapshot(store: Store, key: str) -> tuple[bytes | memoryview, bool]:
     return data, False
 
 
-def read_layer(store: Store, ref: LayerRef, *, lazy: bool = False) -> tuple[bytes | memoryview | LayerSource, bool]:
+class Prefetched(NamedTuple):
+    """What :func:`prefetch_layers` read of a layer: its head, or all of it."""
+
+    data: bytes
+    head: bool
+    """``True``: the first ``LayerRef.head`` bytes (the rest read in parts)."""
+
+
+def _read_in_parts(ref: LayerRef) -> bool:
+    return bool(ref.head) and ref.size >= RANGED_MIN
+
+
+def prefetch_layers(store: Store, refs: Sequence[LayerRef]) -> dict[str, Prefetched]:
+    """The first read :func:`read_layer` (``lazy``) would make of each layer of ``refs``
+    not in the cache, made at once: the heads of those read in parts (ranged GETs, issued
+    concurrently) and the small ones whole (concurrently too), so that opening a snapshot
+    of many layers costs one round trip, not one per layer. Empty on local and memory
+    stores, for a single layer, or if any read fails: :func:`read_layer` then reads each
+    itself and names what is wrong."""
+    if len(refs) < 2 or not _cacheable(store):
+        return {}
+    root = cache_dir()
+    heads: list[LayerRef] = []
+    wholes: list[LayerRef] = []
+    for ref in refs:
+        if root is not None and _entry(root, store, ref.name).exists():
+            continue  # (probably cached: read_layer checks the copy)
+        if _read_in_parts(ref):
+            heads.append(ref)
+        elif ref.size < RANGED_MIN:  # (a large one read whole goes to a file: read_layer)
+            wholes.append(ref)
+    out: dict[str, Prefetched] = {}
+    try:
+        if heads:
+            got = store.read_prefixes([(ref.name, ref.head) for ref in heads])
+            out.update((ref.name, Prefetched(head, True)) for ref, head in zip(heads, got))
+        for key, data in store.read_many([ref.name for ref in wholes]):
+            if isinstance(data, BaseException):
+                return {}
+            out[key] = Prefetched(data, False)
+    except Exception:  # noqa: BLE001 - read again one by one, where the error is named
+        return {}
+    return out
+
+
+def read_layer(
+    store: Store, ref: LayerRef, *, lazy: bool = False, prefetched: Prefetched | None = None
+) -> tuple[bytes | memoryview | LayerSource, bool]:
     """The layer ``ref`` names, and whether it is a cached copy: the copy if its header
     nonce is the one the snapshot names (no request at all), else read from the store
     (and cached).
 
     ``lazy`` (a reader): a version-6 layer of :data:`RANGED_MIN` bytes or more that is not
     cached, on an object store, is read in parts: its head now (one ranged GET), then the
-    blocks lookups need (:class:`RangedLayer`)."""
+    blocks lookups need (:class:`RangedLayer`). ``prefetched``: what
+    :func:`prefetch_layers` read of it (not read again)."""
     root = cache_dir()
     if not _cacheable(store):
         return store.read_view(ref.name), False
@@ -112,8 +162,13 @@ def read_layer(store: Store, ref: LayerRef, *, lazy: bool = False) -> tuple[byte
         cached = _open_copy(path, ref.nonce, KIND_LAYER)
         if cached is not None:
             return cached, True
-    if lazy and ref.head and ref.size >= RANGED_MIN:
-        return LayerSource(store.read_prefix(ref.name, ref.head), RangedLayer(store, ref, root, path)), False
+    if lazy and _read_in_parts(ref):
+        head = prefetched.data if prefetched is not None and prefetched.head else store.read_prefix(ref.name, ref.head)
+        return LayerSource(head, RangedLayer(store, ref, root, path)), False
+    if prefetched is not None and not prefetched.head:
+        if root is not None and path is not None:
+            _store_copy(root, path, prefetched.data)
+        return prefetched.data, False
     return _read_whole(store, ref, root, path), False
 
 

@@ -104,6 +104,12 @@ class Store(ABC):
         object stores. :class:`~resumelog.errors.ObjectNotFound` if absent."""
         return bytes(self.read(key)[:n])
 
+    def read_prefixes(self, items: Sequence[tuple[str, int]]) -> list[bytes]:
+        """:meth:`read_prefix` of each ``(key, n)``, in order: object stores issue the
+        ranged requests concurrently (the heads of a snapshot's layers, at open).
+        :class:`~resumelog.errors.ObjectNotFound` if a key is absent."""
+        return [self.read_prefix(key, n) for key, n in items]
+
     def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
         """The bytes ``[start, end)`` of ``key`` for each of ``ranges`` (within the object;
         object stores issue the ranged requests concurrently).

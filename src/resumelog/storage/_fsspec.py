@@ -378,6 +378,21 @@ class FsspecStore(Store):
     def read_prefix(self, key: str, n: int) -> bytes:
         return self._cat(key, start=0, end=n)
 
+    def read_prefixes(self, items: Sequence[tuple[str, int]]) -> list[bytes]:
+        if len(items) < 2:
+            return super().read_prefixes(items)
+        fulls = [self._full(key) for key, _ in items]
+        try:
+            got: list[bytes] = self._do(
+                self.fs.cat_ranges, fulls, [0] * len(items), [n for _, n in items], on_error="raise"
+            )
+        except FileNotFoundError:
+            return super().read_prefixes(items)  # one at a time: the error names the missing key
+        except Exception as exc:
+            raise _storage_error("read", self._url, items[0][0], exc) from exc
+        self.bytes_read += sum(map(len, got))
+        return got
+
     def read_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes | memoryview]:
         want = [(a, b) for a, b in ranges if b > a]  # an empty range is no request (S3 refuses it)
         if not want:

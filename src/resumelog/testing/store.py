@@ -116,6 +116,15 @@ class StoreTests:
             store.put_if_absent_file("out/b", str(second))
         assert store.read("out/b") == b"theirs"
 
+    def test_read_prefixes(self, store: Store) -> None:
+        store.put_if_absent("p/a", b"abcdef")
+        store.put_if_absent("p/b", b"xy")
+        assert store.read_prefixes([("p/a", 3), ("p/b", 5), ("p/a", 6)]) == [b"abc", b"xy", b"abcdef"]
+        assert store.read_prefixes([("p/b", 1)]) == [b"x"] and store.read_prefixes([]) == []
+        with pytest.raises(ObjectNotFound) as info:
+            store.read_prefixes([("p/a", 2), ("p/none", 2)])
+        assert "p/none" in str(info.value)
+
     @pytest.mark.parametrize("size", [0, 10, (3 << 20) + 7])
     def test_read_to_file_writes_the_object(self, store: Store, tmp_path: Any, size: int) -> None:
         data = bytes(range(256)) * (size // 256) + b"y" * (size % 256)
