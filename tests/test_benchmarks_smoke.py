@@ -85,3 +85,36 @@ def test_run_quick_smoke(tmp_path: Path) -> None:
     assert "## Record throughput" in p.stdout
     table = [ln for ln in md.splitlines() if ln.startswith("| resumelog | local | buffered")]
     assert table and all(ln.count("|") == table[0].count("|") for ln in table)
+
+
+def _bench(*argv: str) -> list[dict[str, object]]:
+    p = subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ}
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_merge_smoke() -> None:
+    """``bench_merge.py`` at tiny sizes, every layout: the merged layer holds what the
+    layouts say (the upper ids new, none masked, but for ``interleaved``)."""
+    rows = _bench(
+        str(ROOT / "benchmarks" / "bench_merge.py"), "--sizes", "3000:640", "--layout", "interleaved", "ordered", "shards"
+    )
+    merged = {r["layout"]: r["merged"] for r in rows}
+    assert merged["ordered"] == merged["shards"] == 3640
+    assert 3000 < int(merged["interleaved"]) < 3640  # (a tenth of the lower ids masked, half the upper new)
+
+
+def test_bench_open_layers_smoke() -> None:
+    """``bench_open_layers.py`` on a loopback SeaweedFS: both modes open the same layers
+    with the same GETs."""
+    from resumelog.testing.s3server import available_kinds
+
+    if "seaweedfs" not in available_kinds():
+        import pytest
+
+        pytest.skip("SeaweedFS is not installed")
+    rows = _bench(str(ROOT / "benchmarks" / "bench_open_layers.py"), "--small", "2", "--reps", "1")
+    assert [r["mode"] for r in rows] == ["at_once", "one_by_one"]
+    assert rows[0]["layers"] == rows[1]["layers"] == 3 and rows[0]["gets"] == rows[1]["gets"]
