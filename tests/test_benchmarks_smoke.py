@@ -99,7 +99,13 @@ def test_bench_merge_smoke() -> None:
     """``bench_merge.py`` at tiny sizes, every layout: the merged layer holds what the
     layouts say (the upper ids new, none masked, but for ``interleaved``)."""
     rows = _bench(
-        str(ROOT / "benchmarks" / "bench_merge.py"), "--sizes", "3000:640", "--layout", "interleaved", "ordered", "shards"
+        str(ROOT / "benchmarks" / "bench_merge.py"),
+        "--sizes",
+        "3000:640",
+        "--layout",
+        "interleaved",
+        "ordered",
+        "shards",
     )
     merged = {r["layout"]: r["merged"] for r in rows}
     assert merged["ordered"] == merged["shards"] == 3640
