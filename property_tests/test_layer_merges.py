@@ -48,7 +48,7 @@ def pairs(draw: st.DrawFn) -> tuple[Layer, Layer, dict[str, object], bool, froze
     else:
         cut = draw(st.integers(0, n))
         lo, up = (universe[:cut], universe[cut:]) if mode == "above" else (universe[cut:], universe[:cut])
-    lower_names = draw(st.sampled_from([["r1"], ["r1", "r2"]]))
+    lower_names = draw(st.sampled_from([["r1"], ["r1"], ["r1", "r2"]]))  # (one run: merged by the ids alone)
     # the same run table most often (run indexes that mean the same: copies allowed)
     upper_names = draw(st.sampled_from([lower_names, lower_names, ["r2", "r9", "r1"], ["r9"]]))
     ltable = ShapeTable(SHAPES[: draw(st.integers(0, 3))])
@@ -56,7 +56,7 @@ def pairs(draw: st.DrawFn) -> tuple[Layer, Layer, dict[str, object], bool, froze
 
     def entries(ids: list[str], names: list[str], table: ShapeTable) -> tuple[list[int], list[int]]:
         runs = [draw(st.integers(0, len(names) - 1)) for _ in ids]
-        tags = [draw(st.integers(0, len(table))) for _ in ids] if draw(st.integers(0, 3)) else [0] * len(ids)
+        tags = [draw(st.integers(0, len(table))) for _ in ids] if draw(st.booleans()) else [0] * len(ids)
         return runs, tags
 
     lower_tombs = frozenset(draw(st.sets(st.sampled_from(universe), max_size=3)))

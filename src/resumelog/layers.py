@@ -872,10 +872,11 @@ class LayerWriter:
         offsets.extend(accumulate(map(len, ordered)))
         block_tags = [tags[i] for i in order] if any(tags) else []
         self._tagged = self._tagged or bool(block_tags)
+        one_run = runs.count(runs[0]) == len(runs)
         payload = encode_layer_block(
             pack_uints([hs[i] for i in order], (4,)),
             offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
-            pack_uints([runs[i] for i in order]),
+            pack_uints([runs[0]] * len(runs) if one_run else [runs[i] for i in order]),
             pack_uints(block_tags) if block_tags else b"",
             blob,
             len(encoded),
@@ -1005,6 +1006,9 @@ def _block_entries(layer: Layer, k: int, table: ShapeTable | None) -> Entries:
     ids = [raw[off[i] : off[i + 1]] for i in range(n)]
     runs = blk.index.arrays()[1]
     tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
+    if tags is None and n and runs.count(runs[0]) == n:  # one run, no shapes: sort the ids alone
+        ids.sort()
+        return ids, [runs[0]] * n, [0] * n
     order = sorted(range(n), key=ids.__getitem__)
     return (
         list(map(ids.__getitem__, order)),
@@ -1048,7 +1052,7 @@ class _Cursor:
     ids from ``fences[k]`` up to ``fences[k + 1]``) or at entry ``i`` of ``entries``, the
     block before it, read and renumbered for the merged layer by ``fix``."""
 
-    __slots__ = ("entries", "fences", "fix", "i", "k", "layer", "n", "table")
+    __slots__ = ("entries", "fences", "fix", "i", "k", "layer", "n", "plain", "table")
 
     def __init__(self, layer: Layer, table: ShapeTable | None, fix: Callable[[Entries], Entries]) -> None:
         self.layer = layer
@@ -1059,6 +1063,8 @@ class _Cursor:
         self.k = 0
         self.entries: Entries | None = None
         self.i = 0
+        self.plain: int | None = None
+        """The run of every entry read, if they have one run and no shapes."""
 
     def done(self) -> bool:
         return self.entries is None and self.k >= self.n
@@ -1076,8 +1082,11 @@ class _Cursor:
         self.entries = self.fix(_block_entries(self.layer, self.k, self.table))
         self.i = 0
         self.k += 1
-        if not self.entries[0]:
+        ids, runs, tags = self.entries
+        if not ids:
             self.entries = None
+        else:
+            self.plain = runs[0] if runs.count(runs[0]) == len(runs) and not any(tags) else None
 
     def take(self, j: int, into: Entries) -> None:
         """Move entries ``i..j-1`` to ``into``."""
@@ -1100,6 +1109,22 @@ def _merge_entries(low: _Cursor, up: _Cursor, into: Entries) -> None:
     uids, uruns, utags = up.entries
     li, ui, nl, nu = low.i, up.i, len(lids), len(uids)
     ids, runs, tags = into
+    if low.plain is not None and low.plain == up.plain:  # one run, no shapes: merge the ids in C
+        top = min(lids[-1], uids[-1])  # (one block runs out there: its next ids are above)
+        lj, uj = bisect_right(lids, top, li), bisect_right(uids, top, ui)
+        lower_ids, upper_ids = lids[li:lj], uids[ui:uj]
+        if set(lower_ids).isdisjoint(upper_ids):  # (no id completed again above)
+            merged = lower_ids + upper_ids
+            merged.sort()  # two sorted runs: one linear merge
+            ids.extend(merged)
+            runs.extend([low.plain] * len(merged))
+            tags.extend([0] * len(merged))
+            low.i, up.i = lj, uj
+            if lj >= nl:
+                low.entries = None
+            if uj >= nu:
+                up.entries = None
+            return
     add_id, add_run, add_tag = ids.append, runs.append, tags.append
     while li < nl and ui < nu:
         b = lids[li]
