@@ -270,6 +270,13 @@ MUTANTS = [
         "a merge copies the upper layer's blocks although its shape ids are renumbered in the merged layer",
     ),
     Mutant(
+        "merge_by_ids_ignores_ids_completed_again",
+        "layers.py",
+        "        if set(lower_ids).isdisjoint(upper_ids):  # (no id completed again above)\n",
+        "        if True:\n",
+        "a merge of one-run layers by the ids alone keeps both entries of an id completed again above",
+    ),
+    Mutant(
         "gc_deletes_a_live_layer",
         "compactor.py",
         "        if n is None or o.path in named:",
