@@ -1088,6 +1088,13 @@ class _Cursor:
         else:
             self.plain = runs[0] if runs.count(runs[0]) == len(runs) and not any(tags) else None
 
+    def seek(self, i: int) -> None:
+        """Be at entry ``i`` of the entries read (past the last: none left)."""
+        assert self.entries is not None
+        self.i = i
+        if i >= len(self.entries[0]):
+            self.entries = None
+
     def take(self, j: int, into: Entries) -> None:
         """Move entries ``i..j-1`` to ``into``."""
         assert self.entries is not None
@@ -1096,9 +1103,12 @@ class _Cursor:
         into[0].extend(ids[i:j])
         into[1].extend(runs[i:j])
         into[2].extend(tags[i:j])
-        self.i = j
-        if j >= len(self.entries[0]):
-            self.entries = None
+        self.seek(j)
+
+
+_PENDING = 4096
+"""A merge hands the entries it merged entry by entry to its :class:`LayerWriter` by this
+many at a time (``add_many``: a bisect per block, not a call per entry)."""
 
 
 def _merge_entries(low: _Cursor, up: _Cursor, into: Entries) -> None:
@@ -1119,11 +1129,8 @@ def _merge_entries(low: _Cursor, up: _Cursor, into: Entries) -> None:
             ids.extend(merged)
             runs.extend([low.plain] * len(merged))
             tags.extend([0] * len(merged))
-            low.i, up.i = lj, uj
-            if lj >= nl:
-                low.entries = None
-            if uj >= nu:
-                up.entries = None
+            low.seek(lj)
+            up.seek(uj)
             return
     add_id, add_run, add_tag = ids.append, runs.append, tags.append
     while li < nl and ui < nu:
@@ -1141,11 +1148,8 @@ def _merge_entries(low: _Cursor, up: _Cursor, into: Entries) -> None:
             ui += 1
             if b == ub:
                 li += 1  # completed again above: the upper entry wins
-    low.i, up.i = li, ui
-    if li >= nl:
-        low.entries = None
-    if ui >= nu:
-        up.entries = None
+    low.seek(li)
+    up.seek(ui)
 
 
 def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset[str] = frozenset()) -> Layer:
@@ -1214,10 +1218,12 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     up = _Cursor(upper, ShapeTable(list(utable.shapes)), fix_upper)
     small = BLOCK_BYTES // 4
 
-    def flush() -> None:
-        out.add_many(*pending)
-        for x in pending:
-            x.clear()
+    def flush(least: int = 0) -> None:
+        """Hand the merged entries to ``out`` (if there are at least ``least``)."""
+        if len(pending[0]) >= least:
+            out.add_many(*pending)
+            for x in pending:
+                x.clear()
 
     def masks(lo: bytes, hi: bytes | None) -> bool:  # a tombstone in [lo, hi)
         i = bisect_left(tombs, lo)
@@ -1261,16 +1267,14 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
         else:
             assert ue is not None
             up.take(bisect_left(ue[0], lo_l, up.i), pending)
-        if len(pending[0]) >= 4096:
-            flush()
+        flush(_PENDING)
     for c, ok in ((low, copy_lower), (up, copy_upper)):
         while not c.done():  # the other layer has run out
             if c.entries is None and not (ok and copy(c, None)):
                 c.read()
             if c.entries is not None:
                 c.take(len(c.entries[0]), pending)
-                if len(pending[0]) >= 4096:
-                    flush()
+                flush(_PENDING)
     flush()
     tombstones: frozenset[str] = frozenset()
     if not bottom:

@@ -165,21 +165,21 @@ def read_layer(
     if lazy and _read_in_parts(ref):
         head = prefetched.data if prefetched is not None and prefetched.head else store.read_prefix(ref.name, ref.head)
         return LayerSource(head, RangedLayer(store, ref, root, path)), False
-    if prefetched is not None and not prefetched.head:
-        if root is not None and path is not None:
-            _store_copy(root, path, prefetched.data)
-        return prefetched.data, False
-    return _read_whole(store, ref, root, path), False
+    whole = prefetched.data if prefetched is not None and not prefetched.head else None
+    return _read_whole(store, ref, root, path, whole), False
 
 
-def _read_whole(store: Store, ref: LayerRef, root: Path | None, path: Path | None) -> bytes | memoryview:
-    """Layer ``ref`` read whole, and cached. One of :data:`RANGED_MIN` bytes or more is
-    streamed to a file and memory-mapped, never held whole in the process's own memory
-    (its pages are the kernel's to drop and read again): to the cache copy itself, or,
-    with the cache off or not writable, to an unnamed file in the spool directory
-    (:func:`~resumelog.layers.spool_dir`, as a merge's output)."""
-    if ref.size < RANGED_MIN:
-        data = store.read(ref.name)
+def _read_whole(
+    store: Store, ref: LayerRef, root: Path | None, path: Path | None, data: bytes | None = None
+) -> bytes | memoryview:
+    """Layer ``ref`` read whole (``data``: already read), and cached. One of
+    :data:`RANGED_MIN` bytes or more is streamed to a file and memory-mapped, never held
+    whole in the process's own memory (its pages are the kernel's to drop and read
+    again): to the cache copy itself, or, with the cache off or not writable, to an
+    unnamed file in the spool directory (:func:`~resumelog.layers.spool_dir`, as a
+    merge's output)."""
+    if data is not None or ref.size < RANGED_MIN:
+        data = store.read(ref.name) if data is None else data
         if root is not None and path is not None:
             _store_copy(root, path, data)
         return data
@@ -198,7 +198,7 @@ def _read_whole(store: Store, ref: LayerRef, root: Path | None, path: Path | Non
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-            _trim(root, int(os.environ.get("RESUMELOG_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)))
+            _trim(root)
             return view
     fd, tmp = tempfile.mkstemp(dir=spool_dir(), suffix=".layer")
     os.close(fd)
@@ -279,12 +279,14 @@ def _store_copy(root: Path, path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-        _trim(root, int(os.environ.get("RESUMELOG_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES)))
+        _trim(root)
     except OSError as exc:  # a cache that cannot be written is no cache, not an error
         logger.debug("resumelog: snapshot cache not written (%s)", exc)
 
 
-def _trim(root: Path, max_bytes: int) -> None:
+def _trim(root: Path) -> None:
+    """Delete the least recently used copies past ``$RESUMELOG_CACHE_MAX_BYTES``."""
+    max_bytes = int(os.environ.get("RESUMELOG_CACHE_MAX_BYTES", DEFAULT_MAX_BYTES))
     entries = []
     for p in [*(root / "snapshots").glob("*/*.snap"), *(root / "layers").glob("*/*.layer")]:
         with contextlib.suppress(OSError):
