@@ -5,8 +5,11 @@
 The workload is ``run.py``'s (``baselines/common.py``): per source ``emit +1`` (source
 stage), a fan-out ``+2`` and three sink ``-1`` records with Curator-style task ids as
 keys (5 records per source), written by W writers, nothing compacted. Every figure is
-measured with ``RESUMELOG_FOLD=numpy`` (the fast path, :mod:`resumelog._fastfold`) and
-``RESUMELOG_FOLD=python`` (the reference loop), alternating, best of ``--repeat``:
+measured on three paths, alternating, best of ``--repeat``: ``native`` (the fast path,
+:mod:`resumelog._fastfold`, with the compiled kernels of :mod:`resumelog._native`;
+left out when they are not built), ``numpy`` (the fast path, ``RESUMELOG_NATIVE=0``) and
+``python`` (the reference loop, no kernels: a ``pip install .`` without NumPy or a C
+compiler):
 
 * ``phases``      in one process, CPU seconds of each phase of a compaction: read the
                   segments, decode them, apply them (``FoldState.apply_segment``),
@@ -37,8 +40,14 @@ sys.path[:0] = [os.path.join(os.path.dirname(HERE), "src"), HERE]  # this tree's
 
 from baselines import resumelog_sys  # noqa: E402
 
-PATHS = ["numpy", "python"]
+PATHS = ["native", "numpy", "python"]
 SRC = {p: os.path.join(os.path.dirname(HERE), "src") for p in PATHS}
+ENV = {
+    "native": {"RESUMELOG_FOLD": "numpy", "RESUMELOG_NATIVE": "1"},  # the fast path with the compiled kernels
+    "numpy": {"RESUMELOG_FOLD": "numpy", "RESUMELOG_NATIVE": "0"},  # the fast path without them
+    "python": {"RESUMELOG_FOLD": "python", "RESUMELOG_NATIVE": "0"},  # the reference, pure Python
+    "before": {"RESUMELOG_FOLD": "python"},
+}
 
 
 def emit(**fields: object) -> None:
@@ -111,7 +120,7 @@ print(json.dumps({"seconds": dt, "hit": hit, "completed": len(ck.completed)}))
 
 
 def child(code: str, path: str, *args: str) -> dict[str, object]:
-    env = dict(os.environ, RESUMELOG_FOLD="python" if path == "before" else path)
+    env = dict(os.environ, **ENV[path])
     src = SRC[path]
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
@@ -170,6 +179,11 @@ def main() -> None:
     ap.add_argument("--keep", help="directory for the journals, kept between runs")
     ap.add_argument("--before", help="the src/ directory of another tree, measured as path 'before' (A/B)")
     a = ap.parse_args()
+    from resumelog import _compiled
+
+    if _compiled.native is None:
+        print(f"# resumelog._native is not in use ({_compiled.why_not}): path 'native' left out", file=sys.stderr)
+        PATHS.remove("native")
     if a.before:
         PATHS.append("before")
         SRC["before"] = a.before

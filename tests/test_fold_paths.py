@@ -1,10 +1,12 @@
-"""The fold's two paths: NumPy is optional (a plain ``pip install .`` folds without it),
-and ``RESUMELOG_FOLD`` chooses. Each case runs in a fresh interpreter, where
+"""The fold's paths: NumPy is optional (a plain ``pip install .`` folds without it), and
+``RESUMELOG_FOLD`` chooses; the compiled kernels (``resumelog._native``) are optional
+too, and ``RESUMELOG_NATIVE`` chooses. Each case runs in a fresh interpreter, where
 ``sys.modules["numpy"] = None`` makes NumPy unimportable as on a machine without it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -32,8 +34,9 @@ print("completed", len(fresh.completed), fresh.is_completed("s0"), fresh.is_comp
 
 
 def run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("RESUMELOG_FOLD")}
-    e.update(env, PYTHONPATH=os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]))
+    src = env.pop("src", SRC)
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RESUMELOG_FOLD", "RESUMELOG_NATIVE"))}
+    e.update(env, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=120)
 
 
@@ -63,3 +66,41 @@ def test_an_unknown_mode_is_refused():
     out = run("import resumelog", RESUMELOG_FOLD="turbo")
     assert out.returncode != 0
     assert "RESUMELOG_FOLD must be auto, numpy or python" in out.stderr
+
+
+NATIVE = "from resumelog import _compiled\nprint('native', _compiled.native is not None)\n"
+
+
+@pytest.mark.parametrize("native", ["0", "auto"])
+def test_with_and_without_the_compiled_kernels_the_fold_is_the_same(native):
+    pytest.importorskip("numpy")
+    out = run(NATIVE + FOLD, RESUMELOG_NATIVE=native, RESUMELOG_FOLD_MIN_RECORDS="0")
+    assert out.returncode == 0, out.stderr
+    assert "completed 200 False True" in out.stdout
+    if native == "0":
+        assert "native False" in out.stdout
+
+
+def test_kernels_built_from_another_source_are_not_used(tmp_path):
+    """An editable install whose ``_native.c`` changed since it was compiled: ``auto``
+    leaves the module aside (and folds the same), ``1`` says to reinstall."""
+    from resumelog import _compiled
+
+    if _compiled.native is None:
+        pytest.skip(f"resumelog._native is not in use: {_compiled.why_not}")
+    tree = tmp_path / "src"
+    shutil.copytree(SRC, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tree / "resumelog" / "_native.c", "a") as f:
+        f.write("/* changed */\n")
+    out = run(NATIVE + FOLD, src=str(tree))
+    assert out.returncode == 0, out.stderr
+    assert "native False" in out.stdout and "completed 200 False True" in out.stdout
+    out = run(NATIVE, src=str(tree), RESUMELOG_NATIVE="1")
+    assert out.returncode != 0
+    assert "was built from another _native.c: reinstall" in out.stderr
+
+
+def test_an_unknown_native_mode_is_refused():
+    out = run("import resumelog", RESUMELOG_NATIVE="maybe")
+    assert out.returncode != 0
+    assert "RESUMELOG_NATIVE must be auto, 0 or 1" in out.stderr

@@ -41,8 +41,9 @@ def test_hatchling_builds_the_version_from_the_source() -> None:
     if importlib.util.find_spec("hatchling") is None:
         pytest.skip("hatchling is not installed (pip builds in an isolated environment)")
     from hatchling.metadata.core import ProjectMetadata
+    from hatchling.plugin.manager import PluginManager
 
-    assert ProjectMetadata(str(ROOT), None).version == resumelog.__version__
+    assert ProjectMetadata(str(ROOT), PluginManager()).version == resumelog.__version__
 
 
 def test_licence_is_the_apache_2_text() -> None:
@@ -131,3 +132,43 @@ def test_docstrings_cite_the_repositorys_own_docs() -> None:
         cited |= set(re.findall(r"docs/([\w/-]+\.md)", text))
     assert cited >= {"concepts.md", "format.md", "guarantees.md"}
     assert all((ROOT / "docs" / page).is_file() for page in cited), cited
+
+
+def _wheel(tmp_path: Path, **env: str) -> tuple[str, set[str]]:
+    """Build a wheel of this tree (no isolation: hatchling from the test environment);
+    its file name and the names in it."""
+    pytest.importorskip("hatchling")
+    import zipfile
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **env},
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = tmp_path.glob("resumelog-*.whl")
+    return wheel.name, set(zipfile.ZipFile(wheel).namelist())
+
+
+def test_without_a_c_compiler_the_wheel_is_pure_python(tmp_path: Path) -> None:
+    """``pip install .`` on a machine with no compiler: the build hook skips the optional
+    extension and the wheel is the pure-Python one (which folds the same: test_fold_paths)."""
+    name, files = _wheel(tmp_path, CC=str(tmp_path / "no-such-cc"))
+    assert name.endswith("-py3-none-any.whl")
+    assert "resumelog/__init__.py" in files and "resumelog/_compiled.py" in files
+    assert not [f for f in files if f.startswith("resumelog/_native") and not f.endswith(".c")]
+
+
+def test_with_a_c_compiler_the_wheel_holds_the_kernels(tmp_path: Path) -> None:
+    import shutil
+    import sysconfig
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None and os.environ.get("CI") != "true":
+        pytest.skip(f"no C compiler ({cc}) on this machine")
+    name, files = _wheel(tmp_path)
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    assert f"resumelog/_native{suffix}" in files
+    assert not name.endswith("-none-any.whl")  # a platform wheel

@@ -55,9 +55,11 @@ from __future__ import annotations
 import bisect
 import operator
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
+
+from resumelog._compiled import native
 
 if TYPE_CHECKING:
     from resumelog.algebra import FoldState, SourceRunState, _Evaluation
@@ -365,7 +367,12 @@ class Columns:
         return new
 
     def shapes(
-        self, groups: list[list[str]], deltas: list[tuple[int, ...]], sources: list[str], simple: set[int]
+        self,
+        groups: Sequence[list[str]],
+        deltas: Sequence[tuple[int, ...]],
+        sources: list[str],
+        simple: set[int],
+        known: tuple[list[object], bytes] | None = None,
     ) -> tuple[list[object], list[object], list[int]]:
         """The shape cache's keys and hits for many states at once (C loops): the
         key is ``None`` where it cannot be cached (no cache, an empty source id); the
@@ -374,10 +381,17 @@ class Columns:
         checked once, distinct keys having distinct patterns); and, in order, the
         states that intern their shape: those whose key is not cached and no earlier
         state has, and those whose key cannot be cached. States in ``simple``
-        (:data:`~resumelog.algebra.SIMPLE_COMPLETION`, never interned) are left out."""
+        (:data:`~resumelog.algebra.SIMPLE_COMPLETION`, never interned) are left out.
+        ``known``: the keys and whether each state's keys are distinct, computed
+        already (``resumelog._native.shape_keys``)."""
         patterns = self._patterns
-        if patterns is None:
-            pk: list[object] = [None] * len(groups)
+        pk: list[object]
+        unique: Callable[[int], object]
+        if known is not None:
+            pk, distinct = known
+            unique = distinct.__getitem__
+        elif patterns is None:
+            pk = [None] * len(groups)
         else:
             sep, cut = self._marks
             joined = list(map(sep.join, groups))
@@ -390,6 +404,11 @@ class Columns:
                 pk[j] = None
             if "" in sources:  # an empty id is not cut out of keys
                 pk = [None if not src else k for k, src in zip(pk, sources)]
+        if known is None:
+
+            def unique(j: int) -> bool:
+                return len(set(groups[j])) == len(groups[j])
+
         hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
         miss = [j for j, hit in enumerate(hits) if hit is _MISS and j not in simple]
         back = miss[::-1]
@@ -398,7 +417,7 @@ class Columns:
         uncached = [j for j in miss if pk[j] is None]
         duplicated = set()
         for k, j in firsts.items():
-            if len(set(groups[j])) != len(groups[j]):
+            if not unique(j):
                 duplicated.add(k)
                 patterns[k] = _DUPLICATE  # type: ignore[index]
         if duplicated:
@@ -406,7 +425,7 @@ class Columns:
                 if pk[j] in duplicated:
                     hits[j] = _DUPLICATE
         for j in uncached:
-            if len(set(groups[j])) != len(groups[j]):
+            if not unique(j):
                 hits[j] = _DUPLICATE
         interning = [j for k, j in firsts.items() if k not in duplicated]
         interning += [j for j in uncached if hits[j] is _MISS]
@@ -455,6 +474,23 @@ def _patterns(
     return ("", ""), None
 
 
+class _Groups(Sequence[Any]):
+    """``items[starts[g]:starts[g + 1]]`` of each state ``g`` of ``states``, as ``kind``
+    (made when asked for: most are never needed)."""
+
+    __slots__ = ("items", "kind", "starts", "states")
+
+    def __init__(self, items: list[Any], starts: list[int], states: list[int], kind: Callable[[list[Any]], Any]):
+        self.items, self.starts, self.states, self.kind = items, starts, states, kind
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __getitem__(self, j: Any) -> Any:
+        g = self.states[j]
+        return self.kind(self.items[self.starts[g] : self.starts[g + 1]])
+
+
 def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     """Evaluate the fresh states (in the order they were numbered, after every touched
     state), as :attr:`_Evaluation.evaluate` would one by one; see the module docstring."""
@@ -490,13 +526,22 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     # the candidates' entries and cached shapes, in bulk
     cand_arr = np.flatnonzero(ok)
     cand = cand_arr.tolist()
-    slices = list(map(slice, [starts[g] for g in cand], [starts[g + 1] for g in cand]))
-    groups = list(map(cols.keys.__getitem__, slices))
-    dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
-    csrcs = [srcs[g] for g in cand]
+    csrcs = list(map(srcs.__getitem__, cand))
+    groups: Sequence[list[str]]
+    dgroups: Sequence[tuple[int, ...]]
+    known = None
+    if native is not None:  # the keys and distinct flags in one C loop, groups made when needed
+        groups = _Groups(cols.keys, starts, cand, list)
+        dgroups = _Groups(cols.deltas, starts, cand, tuple)
+        sep, cut = cols._marks if cols._patterns is not None else (None, None)
+        known = native.shape_keys(cols.keys, cols.deltas, starts, cand, csrcs, sep, cut)
+    else:
+        slices = list(map(slice, [starts[g] for g in cand], [starts[g + 1] for g in cand]))
+        groups = list(map(cols.keys.__getitem__, slices))
+        dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
     two = np.flatnonzero(cols.counts[cand_arr] == 2).tolist()
     simple = {j for j in two if dict(zip(groups[j], dgroups[j])) == SIMPLE_COMPLETION}
-    pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple)
+    pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
     duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
     crun = [runs[g] for g in cand]
@@ -525,8 +570,8 @@ def _complete(
     cols: Columns,
     a: int,
     b: int,
-    groups: list[list[str]],
-    dgroups: list[tuple[int, ...]],
+    groups: Sequence[list[str]],
+    dgroups: Sequence[tuple[int, ...]],
     csrcs: list[str],
     crun: list[str],
     cand: list[int],

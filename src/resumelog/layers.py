@@ -34,12 +34,13 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import NamedTuple
 
 import msgspec
 
 from resumelog import paths
+from resumelog._compiled import native
 from resumelog._crc import crc32c
 from resumelog.done_shapes import BaseDone, ShapeTable
 from resumelog.errors import CorruptSnapshot
@@ -727,18 +728,14 @@ def build_layer(
     run_names = sorted(set(added.values()))
     where = {r: i for i, r in enumerate(run_names)}
     table = ShapeTable()
-    remap: dict[int, int] = {}
     ids = sorted(added)
-    out_tags: list[int] = []
-    for s in ids:
-        sid = tags.get(s, 0)
-        if sid:
-            t = remap.get(sid)
-            if t is None:
-                t = remap[sid] = table.add(shapes.shapes[sid - 1])
-            sid = t
-        out_tags.append(sid)
-    return make_layer(ids, [where[added[s]] for s in ids], out_tags, table, run_names, frozenset(removed))
+    raw = list(map(tags.get, ids, repeat(0)))
+    remap = {0: 0}  # shape ids renumbered in the order of their first id (C loops)
+    for sid in dict.fromkeys(raw):
+        if sid not in remap:
+            remap[sid] = table.add(shapes.shapes[sid - 1])
+    runs = list(map(where.__getitem__, map(added.__getitem__, ids)))
+    return make_layer(ids, runs, list(map(remap.__getitem__, raw)), table, run_names, frozenset(removed))
 
 
 class BlockSpool:
@@ -863,20 +860,26 @@ class LayerWriter:
         encoded, runs, tags = self._ids, self._runs, self._tags
         if not encoded:
             return
-        hs = [crc32c(b) for b in encoded]
-        order = sorted(range(len(encoded)), key=hs.__getitem__)
-        ordered = list(map(encoded.__getitem__, order))
-        blob = b"".join(ordered)
+        arrays = native.hash_order(encoded) if native is not None else None
+        if arrays is not None:  # the C loop of the lines below (ids under 4 GiB in all)
+            order, hashes, blob, packed_offsets = arrays
+        else:
+            hs = [crc32c(b) for b in encoded]
+            order = sorted(range(len(encoded)), key=hs.__getitem__)
+            ordered = list(map(encoded.__getitem__, order))
+            blob = b"".join(ordered)
+            hashes = pack_uints([hs[i] for i in order], (4,))
+            offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
+            offsets.extend(accumulate(map(len, ordered)))
+            packed_offsets = offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,))
         self._ascii = self._ascii and blob.isascii()
-        offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
-        offsets.extend(accumulate(map(len, ordered)))
-        block_tags = [tags[i] for i in order] if any(tags) else []
+        block_tags = list(map(tags.__getitem__, order)) if any(tags) else []
         self._tagged = self._tagged or bool(block_tags)
         one_run = runs.count(runs[0]) == len(runs)
         payload = encode_layer_block(
-            pack_uints([hs[i] for i in order], (4,)),
-            offsets.tobytes() if offsets.itemsize == 4 else pack_uints(offsets, (8,)),
-            pack_uints([runs[0]] * len(runs) if one_run else [runs[i] for i in order]),
+            hashes,
+            packed_offsets,
+            pack_uints([runs[0]] * len(runs) if one_run else list(map(runs.__getitem__, order))),
             pack_uints(block_tags) if block_tags else b"",
             blob,
             len(encoded),
@@ -950,7 +953,7 @@ def make_layer(
     """A new (unwritten) version-6 layer of the entries ``ids`` (sorted, distinct), their
     run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``."""
     w = LayerWriter()
-    w.add_many([s.encode() for s in ids], runs, tags)
+    w.add_many(list(map(str.encode, ids)), runs, tags)
     return w.finish(table, run_names, tombstones)
 
 

@@ -1,0 +1,125 @@
+"""Each kernel of the optional extension ``resumelog._native`` computes exactly the Python
+expression it replaces (its caller's fallback), on random inputs.
+
+The fold's and the layers' results with and without the extension are compared as a
+whole by ``test_fast_fold.py`` (the fast path, with the extension when it is built,
+against the reference fold), ``test_layer_merges.py`` and the snapshot-bytes checks of
+``benchmarks/bench_fold.py``; CI runs the fold's tests with ``RESUMELOG_NATIVE=1`` and
+``RESUMELOG_NATIVE=0`` (``.ci/run``). Here each kernel alone, including inputs the fold
+rarely makes (non-ASCII keys, keys holding the cache's marks, empty source ids).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pt_settings import budget
+
+from resumelog import _compiled
+from resumelog._crc import crc32c
+from resumelog._fastfold import _MARKS
+
+native = _compiled.native
+pytestmark = pytest.mark.skipif(
+    native is None and os.environ.get("CI") != "true",  # (CI builds it: there a missing module fails)
+    reason=f"resumelog._native is not in use: {_compiled.why_not}",
+)
+
+
+def test_the_extension_is_in_use_in_ci():
+    """CI installs with a compiler: the extension must be built there and current."""
+    assert native is not None, _compiled.why_not
+
+
+@given(st.binary(max_size=300))
+@budget(2)
+def test_crc32c_is_the_packages(data: bytes) -> None:
+    assert native.crc32c(data) == crc32c(data)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=200))
+@budget(2)
+def test_hash_order_is_the_python_expression(ids: list[bytes]) -> None:
+    hs = [crc32c(b) for b in ids]
+    order = sorted(range(len(ids)), key=hs.__getitem__)
+    ordered = [ids[i] for i in order]
+    offsets = [0]
+    for b in ordered:
+        offsets.append(offsets[-1] + len(b))
+    got = native.hash_order(ids)
+    assert got == (
+        order,
+        b"".join(hs[i].to_bytes(4, "little") for i in order),
+        b"".join(ordered),
+        b"".join(o.to_bytes(4, "little") for o in offsets),
+    )
+
+
+def test_hash_order_keeps_the_order_of_equal_hashes() -> None:
+    ids = [b"same", b"x", b"same", b"same"]
+    assert native.hash_order(ids)[0] == sorted(range(4), key=lambda i: crc32c(ids[i]))
+
+
+def shape_keys_reference(keys, deltas, starts, cand, sources, sep, cut):
+    """``_fastfold.Columns.shapes``'s keys and ``len(set(keys)) == len(keys)``."""
+    pk, distinct = [], bytearray()
+    for j, g in enumerate(cand):
+        ks, ds = keys[starts[g] : starts[g + 1]], tuple(deltas[starts[g] : starts[g + 1]])
+        distinct.append(len(set(ks)) == len(ks))
+        joined = sep.join(ks) if sep is not None else ""
+        if sep is None or not sources[j] or joined.count(sep) != len(ks) - 1 or cut in joined:
+            pk.append(None)
+        else:
+            pk.append((joined.replace(sources[j], cut), ds))
+    return pk, bytes(distinct)
+
+
+TEXT = "ab_0é中😀"  # ASCII, then a Latin-1, a BMP and an astral character
+
+
+@st.composite
+def evaluations(draw: st.DrawFn):
+    marks = draw(st.sampled_from([*_MARKS, None]))
+    sep, cut = marks if marks is not None else (None, None)
+    n_states = draw(st.integers(1, 8))
+    sources = [draw(st.text(TEXT, max_size=4)) for _ in range(n_states)]
+    keys, deltas, starts = [], [], [0]
+    for src in sources:
+        for _ in range(draw(st.integers(0, 30))):
+            parts = draw(
+                st.lists(st.sampled_from([src, "a", "_0", "é", "😀", "ab", "\x1f", "\x1e", "\x00", "\x1d"]), max_size=5)
+            )
+            keys.append(draw(st.sampled_from(["".join(parts), f"0_{src}", f"0_{src}_{src}", src])))
+            deltas.append(draw(st.sampled_from([1, -1, 2, 0, 1 << 70])))
+        starts.append(len(keys))
+    cand = sorted(set(draw(st.lists(st.integers(0, n_states - 1), max_size=n_states))))
+    return keys, deltas, starts, cand, [sources[g] for g in cand], sep, cut
+
+
+@given(evaluations())
+@budget(3)
+def test_shape_keys_are_the_python_expression(case) -> None:
+    assert native.shape_keys(*case) == shape_keys_reference(*case)
+
+
+def test_shape_keys_of_lineage_keys() -> None:
+    keys = ["0_s1", "0_s1_0", "0_s1_0_0", "s1s1", "x"]
+    case = (keys, [1, 2, -1, -1, -1], [0, 5], [0], ["s1"], "\x1f", "\x1e")
+    pk, distinct = native.shape_keys(*case)
+    assert pk == [("0_\x1e\x1f0_\x1e_0\x1f0_\x1e_0_0\x1f\x1e\x1e\x1fx", (1, 2, -1, -1, -1))]
+    assert distinct == b"\x01"
+    assert (pk, distinct) == shape_keys_reference(*case)
+
+
+def test_shape_keys_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(IndexError):
+        native.shape_keys(["a"], [1], [0, 5], [0], ["s"], "\x1f", "\x1e")  # records beyond the keys
+    with pytest.raises(IndexError):
+        native.shape_keys(["a"], [1], [0, 1], [3], ["s"], "\x1f", "\x1e")  # no such state
+    with pytest.raises(ValueError):
+        native.shape_keys(["a"], [], [0, 1], [0], ["s"], "\x1f", "\x1e")  # columns of other lengths
+    with pytest.raises(TypeError):
+        native.hash_order(["not bytes"])

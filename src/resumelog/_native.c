@@ -1,0 +1,376 @@
+/* resumelog._native: optional compiled kernels of the fold and of layer encoding.
+ *
+ * Built by hatch_build.py when a C compiler and the Python headers are present (never
+ * required: without this module every caller takes its pure-Python or NumPy code, with
+ * the same result). Each function here is the C loop of one Python expression named in
+ * its docstring and in the caller; property_tests/test_native.py checks each against
+ * that expression on random inputs, and CI runs the fold's tests with and without it.
+ *
+ * Nothing here decides a fold rule: these are bookkeeping loops (grouping, shape keys,
+ * block hashing) whose result the Python code would compute the same way.
+ */
+#define PY_SSIZE_T_CLEAN
+#ifndef RESUMELOG_NATIVE_SOURCE
+#define RESUMELOG_NATIVE_SOURCE ""
+#endif
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ CRC-32C */
+
+static uint32_t crc_table[8][256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+}
+
+static uint32_t crc32c_of(const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    while (n >= 8) { /* slicing by 8 */
+        uint32_t lo = c ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+        c = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^ crc_table[5][(lo >> 16) & 0xff] ^
+            crc_table[4][lo >> 24] ^ crc_table[3][hi & 0xff] ^ crc_table[2][(hi >> 8) & 0xff] ^
+            crc_table[1][(hi >> 16) & 0xff] ^ crc_table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) c = crc_table[0][(c ^ *p++) & 0xff] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static void put_u32(unsigned char *out, uint32_t v) {
+    out[0] = (unsigned char)v;
+    out[1] = (unsigned char)(v >> 8);
+    out[2] = (unsigned char)(v >> 16);
+    out[3] = (unsigned char)(v >> 24);
+}
+
+PyDoc_STRVAR(crc32c_doc, "crc32c(data: bytes) -> int\n\nThe CRC-32C (Castagnoli) of ``data``.");
+
+static PyObject *py_crc32c(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t c = crc32c_of((const unsigned char *)view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(c);
+}
+
+PyDoc_STRVAR(
+    hash_order_doc,
+    "hash_order(ids: list[bytes]) -> tuple[list[int], bytes, bytes, bytes] | None\n\n"
+    "A layer block's arrays (layers.LayerWriter._cut): ``order`` =\n"
+    "``sorted(range(n), key=hashes.__getitem__)`` of the ids' CRC-32C hashes (stable),\n"
+    "the hashes in that order as little-endian uint32, the ids joined in that order,\n"
+    "and their n + 1 offsets as little-endian uint32; ``None`` if the ids' total length\n"
+    "does not fit 32 bits.");
+
+static PyObject *hash_order(PyObject *self, PyObject *ids) {
+    if (!PyList_Check(ids)) {
+        PyErr_SetString(PyExc_TypeError, "hash_order: a list of bytes expected");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(ids);
+    uint64_t *keyed = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    if (keyed == NULL) return PyErr_NoMemory();
+    PyObject *order = NULL, *hashes = NULL, *blob = NULL, *offsets = NULL;
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyList_GET_ITEM(ids, i);
+        if (!PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "hash_order: a list of bytes expected");
+            goto fail;
+        }
+        Py_ssize_t len = PyBytes_GET_SIZE(b);
+        total += (uint64_t)len;
+        keyed[i] = (uint64_t)crc32c_of((const unsigned char *)PyBytes_AS_STRING(b), len) << 32 | (uint64_t)i;
+    }
+    if (total > 0xFFFFFFFFu) {
+        PyMem_Free(keyed);
+        Py_RETURN_NONE;
+    }
+    qsort(keyed, (size_t)n, sizeof(uint64_t), cmp_u64); /* (hash, index): a stable order */
+    order = PyList_New(n);
+    hashes = PyBytes_FromStringAndSize(NULL, 4 * n);
+    blob = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    offsets = PyBytes_FromStringAndSize(NULL, 4 * (n + 1));
+    if (order == NULL || hashes == NULL || blob == NULL || offsets == NULL) goto fail;
+    unsigned char *h = (unsigned char *)PyBytes_AS_STRING(hashes);
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(offsets);
+    char *dst = PyBytes_AS_STRING(blob);
+    uint32_t at = 0;
+    put_u32(o, 0);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t i = (Py_ssize_t)(keyed[k] & 0xFFFFFFFFu);
+        PyObject *idx = PyLong_FromSsize_t(i);
+        if (idx == NULL) goto fail;
+        PyList_SET_ITEM(order, k, idx);
+        put_u32(h + 4 * k, (uint32_t)(keyed[k] >> 32));
+        PyObject *b = PyList_GET_ITEM(ids, i);
+        Py_ssize_t len = PyBytes_GET_SIZE(b);
+        memcpy(dst + at, PyBytes_AS_STRING(b), (size_t)len);
+        at += (uint32_t)len;
+        put_u32(o + 4 * (k + 1), at);
+    }
+    PyMem_Free(keyed);
+    return Py_BuildValue("(NNNN)", order, hashes, blob, offsets);
+fail:
+    PyMem_Free(keyed);
+    Py_XDECREF(order);
+    Py_XDECREF(hashes);
+    Py_XDECREF(blob);
+    Py_XDECREF(offsets);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ shape keys */
+
+/* 1 if the n objects at items are pairwise unequal, 0 if not, -1 on error
+ * (len(set(items)) == n). */
+static int all_distinct(PyObject *list, Py_ssize_t a, Py_ssize_t b) {
+    Py_ssize_t n = b - a;
+    if (n <= 24) {
+        for (Py_ssize_t i = a; i < b; i++)
+            for (Py_ssize_t k = i + 1; k < b; k++) {
+                int eq = PyObject_RichCompareBool(PyList_GET_ITEM(list, i), PyList_GET_ITEM(list, k), Py_EQ);
+                if (eq != 0) return eq < 0 ? -1 : 0;
+            }
+        return 1;
+    }
+    PyObject *slice = PyList_GetSlice(list, a, b);
+    if (slice == NULL) return -1;
+    PyObject *set = PySet_New(slice);
+    Py_DECREF(slice);
+    if (set == NULL) return -1;
+    int r = PySet_GET_SIZE(set) == n;
+    Py_DECREF(set);
+    return r;
+}
+
+/* The pattern sep.join(keys[a:b]).replace(src, cut) built in one pass when every string
+ * is ASCII (the common case): returns 1 with *out the new str, or NULL if a key holds
+ * sep or cut (not cacheable); 0 if some string is not ASCII (the caller's general path);
+ * -1 on error. Occurrences of src are replaced left to right, without overlap, as
+ * str.replace does; none can span two keys, since src holds neither sep nor cut. */
+static int ascii_pattern(PyObject *keys, Py_ssize_t a, Py_ssize_t b, PyObject *src, PyObject *sep, PyObject *cut,
+                         PyObject **out) {
+    *out = NULL;
+    if (!PyUnicode_IS_ASCII(src) || !PyUnicode_IS_ASCII(sep) || !PyUnicode_IS_ASCII(cut) ||
+        PyUnicode_GET_LENGTH(sep) != 1 || PyUnicode_GET_LENGTH(cut) != 1)
+        return 0;
+    const char *s = (const char *)PyUnicode_DATA(src);
+    Py_ssize_t ns = PyUnicode_GET_LENGTH(src);
+    char sp = *(const char *)PyUnicode_DATA(sep), ct = *(const char *)PyUnicode_DATA(cut);
+    Py_ssize_t total = b - a - 1;
+    for (Py_ssize_t i = a; i < b; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        if (!PyUnicode_Check(k) || !PyUnicode_IS_ASCII(k)) return 0;
+        const char *d = (const char *)PyUnicode_DATA(k);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(k);
+        if (memchr(d, sp, (size_t)n) != NULL || memchr(d, ct, (size_t)n) != NULL) return 1; /* not cacheable */
+        total += n; /* (an upper bound: replacing shortens) */
+    }
+    PyObject *r = PyUnicode_New(total, 127);
+    if (r == NULL) return -1;
+    char *w = (char *)PyUnicode_DATA(r), *start = w;
+    for (Py_ssize_t i = a; i < b; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        const char *d = (const char *)PyUnicode_DATA(k);
+        Py_ssize_t n = PyUnicode_GET_LENGTH(k), p = 0;
+        if (i > a) *w++ = sp;
+        while (p < n) {
+            const char *hit = n - p >= ns ? memchr(d + p, s[0], (size_t)(n - p - ns + 1)) : NULL;
+            while (hit != NULL && memcmp(hit, s, (size_t)ns) != 0) {
+                Py_ssize_t q = hit - d + 1;
+                hit = n - q >= ns ? memchr(d + q, s[0], (size_t)(n - q - ns + 1)) : NULL;
+            }
+            Py_ssize_t upto = hit == NULL ? n : hit - d;
+            memcpy(w, d + p, (size_t)(upto - p));
+            w += upto - p;
+            if (hit == NULL) break;
+            *w++ = ct;
+            p = upto + ns;
+        }
+    }
+    Py_ssize_t len = w - start;
+    if (len != total) { /* shorter: a str of the exact length */
+        PyObject *exact = PyUnicode_FromStringAndSize(start, len);
+        Py_DECREF(r);
+        if (exact == NULL) return -1;
+        r = exact;
+    }
+    *out = r;
+    return 1;
+}
+
+static int index_at(PyObject *list, Py_ssize_t i, Py_ssize_t *out) {
+    *out = PyLong_AsSsize_t(PyList_GET_ITEM(list, i));
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+PyDoc_STRVAR(
+    shape_keys_doc,
+    "shape_keys(keys, deltas, starts, cand, sources, sep, cut) -> tuple[list, bytes]\n\n"
+    "For each candidate state ``g = cand[j]`` (its records ``keys[starts[g]:starts[g + 1]]``,\n"
+    "likewise ``deltas``) and its source ``sources[j]``: the shape cache key of\n"
+    "_fastfold.Columns.shapes, ``(sep.join(keys).replace(source, cut), tuple(deltas))``, or\n"
+    "``None`` where it cannot be cached (``sep`` is ``None``, the source is empty, no\n"
+    "record, or a key holds ``sep`` or ``cut``); and one byte per candidate, 1 if its keys\n"
+    "are distinct.");
+
+static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "shape_keys takes 7 arguments");
+        return NULL;
+    }
+    PyObject *keys = args[0], *deltas = args[1], *starts = args[2], *cand = args[3], *sources = args[4];
+    PyObject *sep = args[5], *cut = args[6];
+    if (!PyList_Check(keys) || !PyList_Check(deltas) || !PyList_Check(starts) || !PyList_Check(cand) ||
+        !PyList_Check(sources)) {
+        PyErr_SetString(PyExc_TypeError, "shape_keys: lists expected");
+        return NULL;
+    }
+    int cacheable = sep != Py_None;
+    if (cacheable && (!PyUnicode_Check(sep) || !PyUnicode_Check(cut))) {
+        PyErr_SetString(PyExc_TypeError, "shape_keys: sep and cut must be str or None");
+        return NULL;
+    }
+    Py_ssize_t m = PyList_GET_SIZE(cand), n_states = PyList_GET_SIZE(starts) - 1;
+    Py_ssize_t n_keys = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(sources) != m || PyList_GET_SIZE(deltas) != n_keys) {
+        PyErr_SetString(PyExc_ValueError, "shape_keys: lengths differ");
+        return NULL;
+    }
+    PyObject *pk = PyList_New(m);
+    PyObject *distinct = PyBytes_FromStringAndSize(NULL, m);
+    if (pk == NULL || distinct == NULL) goto fail;
+    char *dist = PyBytes_AS_STRING(distinct);
+    for (Py_ssize_t j = 0; j < m; j++) {
+        Py_ssize_t g, a, b;
+        if (index_at(cand, j, &g) < 0) goto fail;
+        if (g < 0 || g >= n_states) {
+            PyErr_SetString(PyExc_IndexError, "shape_keys: state out of range");
+            goto fail;
+        }
+        if (index_at(starts, g, &a) < 0 || index_at(starts, g + 1, &b) < 0) goto fail;
+        if (a < 0 || b < a || b > n_keys) {
+            PyErr_SetString(PyExc_IndexError, "shape_keys: record range out of range");
+            goto fail;
+        }
+        int d = all_distinct(keys, a, b);
+        if (d < 0) goto fail;
+        dist[j] = (char)d;
+        PyObject *key = Py_None;
+        PyObject *src = PyList_GET_ITEM(sources, j);
+        if (cacheable && b > a && PyUnicode_Check(src) && PyUnicode_GET_LENGTH(src) > 0) {
+            int ascii = ascii_pattern(keys, a, b, src, sep, cut, &key);
+            if (ascii < 0) goto fail;
+            if (ascii) { /* (key is the pattern, or NULL: not cacheable) */
+                if (key != NULL) {
+                    PyObject *dt = PyTuple_New(b - a);
+                    if (dt == NULL) {
+                        Py_DECREF(key);
+                        goto fail;
+                    }
+                    for (Py_ssize_t i = a; i < b; i++) {
+                        PyObject *d = PyList_GET_ITEM(deltas, i);
+                        Py_INCREF(d);
+                        PyTuple_SET_ITEM(dt, i - a, d);
+                    }
+                    PyObject *pair = PyTuple_Pack(2, key, dt);
+                    Py_DECREF(key);
+                    Py_DECREF(dt);
+                    if (pair == NULL) goto fail;
+                    PyList_SET_ITEM(pk, j, pair);
+                    continue;
+                }
+                Py_INCREF(Py_None);
+                PyList_SET_ITEM(pk, j, Py_None);
+                continue;
+            }
+            int clean = 1;
+            for (Py_ssize_t i = a; i < b && clean; i++) {
+                PyObject *k = PyList_GET_ITEM(keys, i);
+                if (!PyUnicode_Check(k)) {
+                    clean = 0;
+                    break;
+                }
+                int hit = PyUnicode_Contains(k, sep);
+                if (hit == 0) hit = PyUnicode_Contains(k, cut);
+                if (hit < 0) goto fail;
+                clean = !hit;
+            }
+            if (clean) {
+                PyObject *group = PyList_GetSlice(keys, a, b);
+                if (group == NULL) goto fail;
+                PyObject *joined = PyUnicode_Join(sep, group);
+                Py_DECREF(group);
+                if (joined == NULL) goto fail;
+                PyObject *pattern = PyUnicode_Replace(joined, src, cut, -1);
+                Py_DECREF(joined);
+                if (pattern == NULL) goto fail;
+                PyObject *dgroup = PyList_GetSlice(deltas, a, b);
+                PyObject *dt = dgroup == NULL ? NULL : PyList_AsTuple(dgroup);
+                Py_XDECREF(dgroup);
+                if (dt == NULL) {
+                    Py_DECREF(pattern);
+                    goto fail;
+                }
+                key = PyTuple_Pack(2, pattern, dt);
+                Py_DECREF(pattern);
+                Py_DECREF(dt);
+                if (key == NULL) goto fail;
+                PyList_SET_ITEM(pk, j, key);
+                continue;
+            }
+        }
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(pk, j, Py_None);
+    }
+    return Py_BuildValue("(NN)", pk, distinct);
+fail:
+    Py_XDECREF(pk);
+    Py_XDECREF(distinct);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"crc32c", (PyCFunction)py_crc32c, METH_O, crc32c_doc},
+    {"hash_order", (PyCFunction)hash_order, METH_O, hash_order_doc},
+    {"shape_keys", (PyCFunction)(void (*)(void))shape_keys, METH_FASTCALL, shape_keys_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "resumelog._native",
+    "Optional compiled kernels of the fold and of layer encoding (see the C source's header).",
+    -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    crc_init();
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE", RESUMELOG_NATIVE_SOURCE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

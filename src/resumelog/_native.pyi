@@ -1,0 +1,17 @@
+"""Types of the optional extension ``resumelog._native`` (``_native.c``)."""
+
+SOURCE: str
+"""The CRC-32 (hex) of the ``_native.c`` it was compiled from."""
+
+def crc32c(data: bytes | bytearray | memoryview, /) -> int: ...
+def hash_order(ids: list[bytes], /) -> tuple[list[int], bytes, bytes, bytes] | None: ...
+def shape_keys(
+    keys: list[str],
+    deltas: list[int],
+    starts: list[int],
+    cand: list[int],
+    sources: list[str],
+    sep: str | None,
+    cut: str | None,
+    /,
+) -> tuple[list[object], bytes]: ...
