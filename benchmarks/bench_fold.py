@@ -120,7 +120,9 @@ print(json.dumps({"seconds": dt, "hit": hit, "completed": len(ck.completed)}))
 
 
 def child(code: str, path: str, *args: str) -> dict[str, object]:
-    env = dict(os.environ, **ENV[path])
+    # (NumPy's BLAS threads, idle but spinning for a while after NumPy's import, would be
+    # counted in the CPU seconds; the fold uses no BLAS)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **ENV[path])
     src = SRC[path]
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)

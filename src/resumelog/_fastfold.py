@@ -56,7 +56,7 @@ import bisect
 import operator
 import os
 from collections.abc import Callable, Collection, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
 from resumelog._compiled import native
@@ -91,6 +91,8 @@ MIN_RECORDS: int = int(os.environ.get("RESUMELOG_FOLD_MIN_RECORDS", "128"))
 what it saves)."""
 
 _INT64_MAX = (1 << 63) - 1
+_RUN = operator.itemgetter(0)  # of a state's key (run, source)
+_SOURCE = operator.itemgetter(1)
 _NEW = -2  # a fresh source of the batch (number not given yet)
 _EXACT = -1  # a source with a state: the reference rule
 _MISS = object()
@@ -149,6 +151,19 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     buf = state._deferred
     index = buf.index
     pending = state.pending
+    if native is not None and len(set(batch.sources)) == len(batch.sources):
+        numbered = native.number_states(index, pending, run, batch.sources, batch.source_index, len(buf.dkeys))
+        if numbered is not None:  # the common case below, numbered in one C loop
+            gid, new = numbered
+            if new:
+                start = len(buf.dkeys)
+                pos = _base_positions(state, run, list(map(_SOURCE, new)))
+                if pos is None:
+                    return False  # a late record: the reference loop reopens the completion
+                buf.dkeys.extend(new)
+                buf.base_pos.extend(pos)
+                index.update(zip(new, range(start, start + len(new))))
+            return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
     ks = list(zip(repeat(run), batch.sources))
     exact: dict[int, SourceRunState] = {}
     if not pending or not any(map(pending.__contains__, ks)):
@@ -171,7 +186,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         else:
             number = iter(range(start, start + len(fresh)))
             local = [next(number) if g is None else g for g in gs]
-        return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+        return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
     return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)
 
 
@@ -220,7 +235,12 @@ def _apply_general(
             local[i] = g
         elif g == _EXACT:
             touched[ks[i]] = exact[i]
-    return _apply_records(state, stream, first_ordinal, batch, deltas, local, exact)
+    return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
+
+
+def _gids(local: list[int], batch: Batch) -> Any:
+    """Each record's state number (``local[i]``: that of the batch's source ``i``)."""
+    return np.asarray(local, dtype=np.int64)[np.asarray(batch.source_index, dtype=np.intp)]
 
 
 def _base_positions(state: FoldState, run: str, sources: list[str]) -> list[int] | None:
@@ -247,15 +267,15 @@ def _apply_records(
     first_ordinal: int,
     batch: Batch,
     deltas: Any,
-    local: list[int],
+    gid: Any,
     exact: dict[int, SourceRunState],
 ) -> bool:
-    """The records of a batch whose sources are classified (``local[i]``: the number of
-    a fresh state, or ``_EXACT`` with the state in ``exact[i]``): fresh states' into
-    the columns, the others' through the rule; then the batch's resets."""
+    """The records of a batch whose sources are classified (``gid[r]``: the number of
+    record ``r``'s fresh state, or ``_EXACT`` with the state in ``exact[i]``, ``i`` its
+    source): fresh states' into the columns, the others' through the rule; then the
+    batch's resets."""
     buf = state._deferred
     n = len(batch.keys)
-    gid = np.asarray(local, dtype=np.int64)[np.asarray(batch.source_index, dtype=np.intp)]
     keys = np.asarray(batch.keys, dtype=object)
     flags = np.frombuffer(batch.flags, dtype=np.uint8)
     ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
@@ -334,7 +354,7 @@ class Columns:
         self._order = order
         self._ordinals: list[int] | None = None
         self._streams: list[int] | None = None
-        self._marks, self._patterns = _patterns(caches, [k[1] for k in buf.dkeys])
+        self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
 
     @property
     def ordinals(self) -> list[int]:
@@ -410,11 +430,16 @@ class Columns:
                 return len(set(groups[j])) == len(groups[j])
 
         hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
-        miss = [j for j, hit in enumerate(hits) if hit is _MISS and j not in simple]
+        is_miss = np.fromiter(map(operator.is_, hits, repeat(_MISS)), dtype=bool, count=len(hits))
+        miss = (
+            [j for j in np.flatnonzero(is_miss).tolist() if j not in simple]
+            if simple
+            else np.flatnonzero(is_miss).tolist()
+        )
         back = miss[::-1]
         firsts = dict(zip(map(pk.__getitem__, back), back))  # key -> its first state
         firsts.pop(None, None)
-        uncached = [j for j in miss if pk[j] is None]
+        uncached = list(compress(miss, map(operator.is_, map(pk.__getitem__, miss), repeat(None))))
         duplicated = set()
         for k, j in firsts.items():
             if not unique(j):
@@ -498,8 +523,8 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
 
     dkeys = state._deferred.dkeys
     n = len(dkeys)
-    runs = [k[0] for k in dkeys]
-    srcs = [k[1] for k in dkeys]
+    runs = list(map(_RUN, dkeys))
+    srcs = list(map(_SOURCE, dkeys))
     starts = cols.starts
     # Which states may complete without the reference rule: decided once, since nothing
     # the evaluation does changes it for a source that is in one fresh state only.
@@ -544,7 +569,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
     duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
-    crun = [runs[g] for g in cand]
+    crun = list(map(runs.__getitem__, cand))
     # walk the states in order: runs of bulk completions between the others
     pos = np.full(n + 1, -1, dtype=np.int64)
     pos[cand_arr] = np.arange(len(cand), dtype=np.int64)

@@ -348,12 +348,92 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ fresh states */
+
+PyDoc_STRVAR(
+    number_states_doc,
+    "number_states(index, pending, run, sources, source_index, start) -> tuple[bytes, list] | None\n\n"
+    "The common case of _fastfold.apply_batch: ``None`` if some ``(run, source)`` has a\n"
+    "state in ``pending``; else each record's state number (``source_index[i]``'s source:\n"
+    "its number in ``index``, or a new one from ``start`` up, in the order of ``sources``)\n"
+    "as native int64, and the new states' keys ``(run, source)`` in that order. Nothing\n"
+    "is changed; ``sources`` must be distinct.");
+
+static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "number_states takes 6 arguments");
+        return NULL;
+    }
+    PyObject *index = args[0], *pending = args[1], *run = args[2], *sources = args[3], *source_index = args[4];
+    Py_ssize_t start = PyLong_AsSsize_t(args[5]);
+    if (start == -1 && PyErr_Occurred()) return NULL;
+    if (!PyDict_Check(index) || !PyDict_Check(pending) || !PyList_Check(sources) || !PyList_Check(source_index)) {
+        PyErr_SetString(PyExc_TypeError, "number_states: dicts and lists expected");
+        return NULL;
+    }
+    Py_ssize_t ns = PyList_GET_SIZE(sources), n = PyList_GET_SIZE(source_index);
+    int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
+    if (local == NULL) return PyErr_NoMemory();
+    PyObject *fresh = PyList_New(0), *gid = NULL;
+    if (fresh == NULL) goto fail;
+    int check_pending = PyDict_GET_SIZE(pending) > 0;
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        PyObject *k = PyTuple_Pack(2, run, PyList_GET_ITEM(sources, i));
+        if (k == NULL) goto fail;
+        if (check_pending) {
+            int has = PyDict_Contains(pending, k);
+            if (has != 0) {
+                Py_DECREF(k);
+                if (has < 0) goto fail;
+                PyMem_Free(local);
+                Py_DECREF(fresh);
+                Py_RETURN_NONE;
+            }
+        }
+        PyObject *g = PyDict_GetItemWithError(index, k); /* (borrowed) */
+        if (g != NULL) {
+            Py_DECREF(k);
+            local[i] = PyLong_AsLongLong(g);
+            if (local[i] == -1 && PyErr_Occurred()) goto fail;
+            continue;
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(k);
+            goto fail;
+        }
+        local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
+        int added = PyList_Append(fresh, k);
+        Py_DECREF(k);
+        if (added < 0) goto fail;
+    }
+    gid = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int64_t) * n);
+    if (gid == NULL) goto fail;
+    int64_t *out = (int64_t *)PyBytes_AS_STRING(gid);
+    for (Py_ssize_t r = 0; r < n; r++) {
+        Py_ssize_t j = PyLong_AsSsize_t(PyList_GET_ITEM(source_index, r));
+        if (j == -1 && PyErr_Occurred()) goto fail;
+        if (j < 0 || j >= ns) {
+            PyErr_SetString(PyExc_IndexError, "number_states: source index out of range");
+            goto fail;
+        }
+        out[r] = local[j];
+    }
+    PyMem_Free(local);
+    return Py_BuildValue("(NN)", gid, fresh);
+fail:
+    PyMem_Free(local);
+    Py_XDECREF(fresh);
+    Py_XDECREF(gid);
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
     {"crc32c", (PyCFunction)py_crc32c, METH_O, crc32c_doc},
     {"hash_order", (PyCFunction)hash_order, METH_O, hash_order_doc},
     {"shape_keys", (PyCFunction)(void (*)(void))shape_keys, METH_FASTCALL, shape_keys_doc},
+    {"number_states", (PyCFunction)(void (*)(void))number_states, METH_FASTCALL, number_states_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,3 +15,12 @@ def shape_keys(
     cut: str | None,
     /,
 ) -> tuple[list[object], bytes]: ...
+def number_states(
+    index: dict[tuple[str, str], int],
+    pending: dict[tuple[str, str], object],
+    run: str,
+    sources: list[str],
+    source_index: list[int],
+    start: int,
+    /,
+) -> tuple[bytes, list[tuple[str, str]]] | None: ...
