@@ -12,6 +12,7 @@ rarely makes (non-ASCII keys, keys holding the cache's marks, empty source ids).
 from __future__ import annotations
 
 import os
+from array import array
 
 import pytest
 from hypothesis import given
@@ -123,3 +124,45 @@ def test_shape_keys_refuses_what_it_cannot_read() -> None:
         native.shape_keys(["a"], [], [0, 1], [0], ["s"], "\x1f", "\x1e")  # columns of other lengths
     with pytest.raises(TypeError):
         native.hash_order(["not bytes"])
+
+
+def number_states_reference(index, pending, run, sources, source_index, start):
+    """``_fastfold.apply_batch``'s common case: numbers of the batch's states, new ones
+    from ``start`` in the order of ``sources``; ``None`` if one is pending."""
+    ks = [(run, s) for s in sources]
+    if any(k in pending for k in ks):
+        return None
+    local, fresh = [], []
+    for k in ks:
+        g = index.get(k)
+        if g is None:
+            fresh.append(k)
+            g = start + len(fresh) - 1
+        local.append(g)
+    return array("q", [local[i] for i in source_index]).tobytes(), fresh
+
+
+@st.composite
+def batches_to_number(draw: st.DrawFn):
+    names = ["s0", "s1", "s2", "é", "", "s\x1f"]
+    runs = ["r1", "r2"]
+    index = {
+        (r, s): draw(st.integers(0, 1000)) for r in runs for s in draw(st.lists(st.sampled_from(names), unique=True))
+    }
+    pending = {(draw(st.sampled_from(runs)), s): None for s in draw(st.lists(st.sampled_from(names), max_size=2))}
+    sources = draw(st.lists(st.sampled_from(names), unique=True))
+    source_index = draw(st.lists(st.integers(0, len(sources) - 1), max_size=20)) if sources else []
+    return index, pending, draw(st.sampled_from(runs)), sources, source_index, draw(st.integers(0, 10**6))
+
+
+@given(batches_to_number())
+@budget(3)
+def test_number_states_is_the_python_loop(case) -> None:
+    index_before = dict(case[0])
+    assert native.number_states(*case) == number_states_reference(*case)
+    assert case[0] == index_before  # (changes nothing)
+
+
+def test_number_states_refuses_an_index_out_of_range() -> None:
+    with pytest.raises(IndexError):
+        native.number_states({}, {}, "r", ["a"], [0, 1], 0)
