@@ -103,16 +103,42 @@ def evaluations(draw: st.DrawFn):
 @given(evaluations())
 @budget(3)
 def test_shape_keys_are_the_python_expression(case) -> None:
-    assert native.shape_keys(*case) == shape_keys_reference(*case)
+    pk, distinct, uniq, which = native.shape_keys(*case)
+    assert (pk, distinct) == shape_keys_reference(*case)
+    # the distinct keys in order of first appearance, and each state's among them
+    assert uniq == list(dict.fromkeys(k for k in pk if k is not None))
+    numbers = array("i", which).tolist()
+    assert [None if u < 0 else uniq[u] for u in numbers] == pk
+    assert all(pk[j] is uniq[u] for j, u in enumerate(numbers) if u >= 0)
 
 
 def test_shape_keys_of_lineage_keys() -> None:
     keys = ["0_s1", "0_s1_0", "0_s1_0_0", "s1s1", "x"]
     case = (keys, [1, 2, -1, -1, -1], [0, 5], [0], ["s1"], "\x1f", "\x1e")
-    pk, distinct = native.shape_keys(*case)
+    pk, distinct, uniq, which = native.shape_keys(*case)
     assert pk == [("0_\x1e\x1f0_\x1e_0\x1f0_\x1e_0_0\x1f\x1e\x1e\x1fx", (1, 2, -1, -1, -1))]
-    assert distinct == b"\x01"
+    assert distinct == b"\x01" and uniq == pk and array("i", which).tolist() == [0]
     assert (pk, distinct) == shape_keys_reference(*case)
+
+
+def test_shape_keys_of_many_sources_of_one_shape_are_one_key() -> None:
+    """A pipeline's sources share a handful of shapes: one key object each, any number
+    of sources (the table of distinct keys grows past its first size)."""
+    n = 5000
+    keys, deltas, starts, sources = [], [], [0], []
+    for i in range(n):
+        src = f"shard-{i:06d}"
+        shape = i % 3
+        own = i % 7 == 6
+        keys += [f"0_{src}", f"0_{src}_{shape}"] + ([f"extra-{i}"] if own else [])
+        deltas += [1, -1] + ([0] if own else [])
+        starts.append(len(keys))
+        sources.append(src)
+    case = (keys, deltas, starts, list(range(n)), sources, "\x1f", "\x1e")
+    pk, distinct, uniq, which = native.shape_keys(*case)
+    assert (pk, distinct) == shape_keys_reference(*case)
+    assert len(uniq) == 3 + n // 7  # three shapes, and the sources with a key of their own
+    assert array("i", which).tolist()[:4] == [0, 1, 2, 0]
 
 
 def test_shape_keys_refuses_what_it_cannot_read() -> None:

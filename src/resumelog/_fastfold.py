@@ -251,12 +251,12 @@ def _base_positions(state: FoldState, run: str, sources: list[str]) -> list[int]
     base = state.base
     pos = base.find_many(sources) if base.count else [-1] * len(sources)
     added, removed = state.added, state.removed
-    if added or base.count:
-        for src, p in zip(sources, pos):
-            r = added.get(src)
-            if r is None and p >= 0 and src not in removed:
-                r = state._run_name(base.run_at(p))
-            if r == run:
+    if added and run in map(added.get, sources):  # (C loops)
+        return None
+    if base.count:
+        for i in compress(range(len(pos)), map((-1).__lt__, pos)):  # those in the base
+            src = sources[i]
+            if src not in added and src not in removed and state._run_name(base.run_at(pos[i])) == run:
                 return None
     return pos
 
@@ -311,6 +311,7 @@ class Columns:
         "_ordinals",
         "_patterns",
         "_streams",
+        "_touching",
         "counts",
         "deltas",
         "emitted",
@@ -354,6 +355,7 @@ class Columns:
         self._order = order
         self._ordinals: list[int] | None = None
         self._streams: list[int] | None = None
+        self._touching: Any = None
         self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
 
     @property
@@ -371,6 +373,19 @@ class Columns:
             st = self._buf.streams
             self._streams = np.concatenate(st)[self._order].tolist() if st else []
         return self._streams
+
+    def touching(self, streams: Collection[int]) -> Any:
+        """Whether an open stream (one of ``streams``) wrote a record of each state (a
+        bool array; made once per evaluation, ``streams`` does not change in one)."""
+        if self._touching is None:
+            buf = self._buf
+            if buf.gids:
+                written = np.isin(np.concatenate(buf.streams), np.fromiter(streams, dtype=np.int64, count=len(streams)))
+                count = np.bincount(np.concatenate(buf.gids)[written], minlength=len(buf.dkeys))
+            else:
+                count = np.zeros(len(buf.dkeys), dtype=np.int64)
+            self._touching = count > 0
+        return self._touching
 
     def materialize(self, g: int, new: SourceRunState) -> SourceRunState:
         """Fill ``new`` (a plain, empty state) with state ``g``'s emission flag and its
@@ -392,7 +407,7 @@ class Columns:
         deltas: Sequence[tuple[int, ...]],
         sources: list[str],
         simple: set[int],
-        known: tuple[list[object], bytes] | None = None,
+        known: tuple[list[object], bytes, list[object], bytes] | None = None,
     ) -> tuple[list[object], list[object], list[int]]:
         """The shape cache's keys and hits for many states at once (C loops): the
         key is ``None`` where it cannot be cached (no cache, an empty source id); the
@@ -402,14 +417,19 @@ class Columns:
         states that intern their shape: those whose key is not cached and no earlier
         state has, and those whose key cannot be cached. States in ``simple``
         (:data:`~resumelog.algebra.SIMPLE_COMPLETION`, never interned) are left out.
-        ``known``: the keys and whether each state's keys are distinct, computed
-        already (``resumelog._native.shape_keys``)."""
+        ``known``: the keys, whether each state's keys are distinct, the distinct keys
+        and each state's number among them, computed already
+        (``resumelog._native.shape_keys``)."""
         patterns = self._patterns
         pk: list[object]
         unique: Callable[[int], object]
+        hits: list[object] | None = None
         if known is not None:
-            pk, distinct = known
+            pk, distinct, uniq, which = known
             unique = distinct.__getitem__
+            if patterns is not None:  # each distinct key looked up once
+                found = [*map(patterns.get, uniq, repeat(_MISS)), _MISS]  # (which -1: None, not cached)
+                hits = list(map(found.__getitem__, np.frombuffer(which, dtype=np.int32).tolist()))
         elif patterns is None:
             pk = [None] * len(groups)
         else:
@@ -429,7 +449,8 @@ class Columns:
             def unique(j: int) -> bool:
                 return len(set(groups[j])) == len(groups[j])
 
-        hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
+        if hits is None:
+            hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
         is_miss = np.fromiter(map(operator.is_, hits, repeat(_MISS)), dtype=bool, count=len(hits))
         miss = (
             [j for j in np.flatnonzero(is_miss).tolist() if j not in simple]
@@ -623,23 +644,39 @@ def _complete(
         seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
     hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
     writers = ev.done_writers
-    if not ev.open_streams and not (simple and not simple.isdisjoint(js)):
-        ev.done_shapes.update(zip(srcs, map(operator.itemgetter(0), seg)))  # type: ignore[arg-type]
-        if writers:
-            for src in srcs:
-                writers.pop(src, None)
+    special = [j for j in js if j in simple] if simple else []
+    if ev.open_streams:  # (states none of whose records an open stream wrote need no writers)
+        touching = cols.touching(ev.open_streams)
+        special = sorted({*special, *compress(js, touching[cand[a:b]].tolist())})
+    lo = a
+    for stop in [*special, b]:  # runs of plain completions in bulk, in order, between the others
+        if stop > lo:
+            plain = csrcs[lo:stop]
+            ev.done_shapes.update(zip(plain, map(operator.itemgetter(0), hits[lo:stop])))  # type: ignore[arg-type]
+            if writers:
+                for src in plain:
+                    writers.pop(src, None)
+        if stop < b:
+            _complete_one(ev, cols, stop, csrcs[stop], cand, hits, simple)
+        lo = stop + 1
+
+
+def _complete_one(
+    ev: _Evaluation, cols: Columns, j: int, src: str, cand: list[int], hits: list[object], simple: set[int]
+) -> None:
+    """The shape and writers of candidate ``j``'s completion, one by one (a
+    :data:`~resumelog.algebra.SIMPLE_COMPLETION`, or one an open stream wrote to)."""
+    writers = ev.done_writers
+    if j in simple:
+        ev.done_shapes.pop(src, None)
+        writers.pop(src, None)  # reserved keys: their deltas never change
         return
-    for j, src in zip(js, srcs):
-        if j in simple:
-            ev.done_shapes.pop(src, None)
-            writers.pop(src, None)  # reserved keys: their deltas never change
-            continue
-        shape: tuple[int, tuple[int, ...]] = hits[j]  # type: ignore[assignment]
-        sid, order = shape
-        ev.done_shapes[src] = sid
-        g = cand[j]
-        w = ev.writers(tuple(cols.streams[cols.starts[g] : cols.starts[g + 1]]), order) if ev.open_streams else None
-        if w is None:
-            writers.pop(src, None)
-        else:
-            writers[src] = w
+    shape: tuple[int, tuple[int, ...]] = hits[j]  # type: ignore[assignment]
+    sid, order = shape
+    ev.done_shapes[src] = sid
+    g = cand[j]
+    w = ev.writers(tuple(cols.streams[cols.starts[g] : cols.starts[g + 1]]), order) if ev.open_streams else None
+    if w is None:
+        writers.pop(src, None)
+    else:
+        writers[src] = w

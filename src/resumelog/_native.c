@@ -161,32 +161,52 @@ static int all_distinct(PyObject *list, Py_ssize_t a, Py_ssize_t b) {
     return r;
 }
 
-/* The pattern sep.join(keys[a:b]).replace(src, cut) built in one pass when every string
- * is ASCII (the common case): returns 1 with *out the new str, or NULL if a key holds
- * sep or cut (not cacheable); 0 if some string is not ASCII (the caller's general path);
- * -1 on error. Occurrences of src are replaced left to right, without overlap, as
- * str.replace does; none can span two keys, since src holds neither sep nor cut. */
+/* A growable byte buffer. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+/* The pattern sep.join(keys[a:b]).replace(src, cut) written into *out (from its start)
+ * when every string is ASCII (the common case): returns 1 (pattern written, its length
+ * in out->len), 2 if a key holds sep or cut (not cacheable), 0 if some string is not
+ * ASCII (the caller's general path), -1 on error. Occurrences of src are replaced left
+ * to right, without overlap, as str.replace does; none can span two keys, since src
+ * holds neither sep nor cut (the caller's precondition). */
 static int ascii_pattern(PyObject *keys, Py_ssize_t a, Py_ssize_t b, PyObject *src, PyObject *sep, PyObject *cut,
-                         PyObject **out) {
-    *out = NULL;
+                         Buf *out) {
+    out->len = 0;
     if (!PyUnicode_IS_ASCII(src) || !PyUnicode_IS_ASCII(sep) || !PyUnicode_IS_ASCII(cut) ||
         PyUnicode_GET_LENGTH(sep) != 1 || PyUnicode_GET_LENGTH(cut) != 1)
         return 0;
     const char *s = (const char *)PyUnicode_DATA(src);
     Py_ssize_t ns = PyUnicode_GET_LENGTH(src);
     char sp = *(const char *)PyUnicode_DATA(sep), ct = *(const char *)PyUnicode_DATA(cut);
-    Py_ssize_t total = b - a - 1;
+    size_t total = (size_t)(b - a - 1);
     for (Py_ssize_t i = a; i < b; i++) {
         PyObject *k = PyList_GET_ITEM(keys, i);
         if (!PyUnicode_Check(k) || !PyUnicode_IS_ASCII(k)) return 0;
         const char *d = (const char *)PyUnicode_DATA(k);
         Py_ssize_t n = PyUnicode_GET_LENGTH(k);
-        if (memchr(d, sp, (size_t)n) != NULL || memchr(d, ct, (size_t)n) != NULL) return 1; /* not cacheable */
-        total += n; /* (an upper bound: replacing shortens) */
+        if (memchr(d, sp, (size_t)n) != NULL || memchr(d, ct, (size_t)n) != NULL) return 2;
+        total += (size_t)n; /* (an upper bound: replacing shortens) */
     }
-    PyObject *r = PyUnicode_New(total, 127);
-    if (r == NULL) return -1;
-    char *w = (char *)PyUnicode_DATA(r), *start = w;
+    if (buf_reserve(out, total) < 0) return -1;
+    char *w = out->data;
     for (Py_ssize_t i = a; i < b; i++) {
         PyObject *k = PyList_GET_ITEM(keys, i);
         const char *d = (const char *)PyUnicode_DATA(k);
@@ -206,15 +226,111 @@ static int ascii_pattern(PyObject *keys, Py_ssize_t a, Py_ssize_t b, PyObject *s
             p = upto + ns;
         }
     }
-    Py_ssize_t len = w - start;
-    if (len != total) { /* shorter: a str of the exact length */
-        PyObject *exact = PyUnicode_FromStringAndSize(start, len);
-        Py_DECREF(r);
-        if (exact == NULL) return -1;
-        r = exact;
-    }
-    *out = r;
+    out->len = (size_t)(w - out->data);
     return 1;
+}
+
+/* The distinct shape keys met so far: an open-addressing table over their bytes
+ * (an ASCII pattern, its deltas as int64 and the pattern's length: ``fast`` keys), and a
+ * dict for the others
+ * (``(pattern, deltas)`` tuples); each maps to the key's number in ``uniq``. */
+typedef struct {
+    uint64_t h;
+    size_t off, len;
+    Py_ssize_t u; /* -1: empty */
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t mask, used;
+    Buf arena;
+    PyObject *general; /* dict: tuple -> int */
+    PyObject *uniq;    /* list of (pattern, deltas) */
+} Keys;
+
+static uint64_t fnv1a(const char *p, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+    return h;
+}
+
+static int keys_grow(Keys *t) {
+    size_t size = t->slots ? 2 * (t->mask + 1) : 1024;
+    Slot *slots = PyMem_Malloc(sizeof(Slot) * size);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < size; i++) slots[i].u = -1;
+    if (t->slots != NULL) {
+        for (size_t i = 0; i <= t->mask; i++) {
+            if (t->slots[i].u < 0) continue;
+            size_t k = t->slots[i].h & (size - 1);
+            while (slots[k].u >= 0) k = (k + 1) & (size - 1);
+            slots[k] = t->slots[i];
+        }
+        PyMem_Free(t->slots);
+    }
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+/* The number of the fast key in ``key`` (its first ``plen`` bytes the pattern), added
+ * (with its Python form made from the pattern and ``deltas[a:b]``) if new; -1 on error. */
+static Py_ssize_t keys_fast(Keys *t, const Buf *key, size_t plen, PyObject *deltas, Py_ssize_t a, Py_ssize_t b) {
+    uint64_t h = fnv1a(key->data, key->len);
+    size_t i = h & t->mask;
+    while (t->slots[i].u >= 0) {
+        Slot *sl = &t->slots[i];
+        if (sl->h == h && sl->len == key->len && memcmp(t->arena.data + sl->off, key->data, key->len) == 0) return sl->u;
+        i = (i + 1) & t->mask;
+    }
+    PyObject *pattern = PyUnicode_New((Py_ssize_t)plen, 127);
+    PyObject *dt = PyTuple_New(b - a);
+    if (pattern == NULL || dt == NULL) {
+        Py_XDECREF(pattern);
+        Py_XDECREF(dt);
+        return -1;
+    }
+    memcpy(PyUnicode_DATA(pattern), key->data, plen);
+    for (Py_ssize_t r = a; r < b; r++) {
+        PyObject *d = PyList_GET_ITEM(deltas, r);
+        Py_INCREF(d);
+        PyTuple_SET_ITEM(dt, r - a, d);
+    }
+    PyObject *pair = PyTuple_Pack(2, pattern, dt);
+    Py_DECREF(pattern);
+    Py_DECREF(dt);
+    if (pair == NULL) return -1;
+    Py_ssize_t u = PyList_GET_SIZE(t->uniq);
+    int appended = PyList_Append(t->uniq, pair);
+    Py_DECREF(pair);
+    if (appended < 0 || buf_reserve(&t->arena, key->len) < 0) return -1;
+    memcpy(t->arena.data + t->arena.len, key->data, key->len);
+    t->slots[i] = (Slot){h, t->arena.len, key->len, u};
+    t->arena.len += key->len;
+    if (++t->used * 2 > t->mask + 1 && keys_grow(t) < 0) return -1;
+    return u;
+}
+
+/* The number of the key ``pair`` (a new reference, consumed), added if new; -1 on error. */
+static Py_ssize_t keys_general(Keys *t, PyObject *pair) {
+    PyObject *known = PyDict_GetItemWithError(t->general, pair);
+    if (known != NULL) {
+        Py_DECREF(pair);
+        return PyLong_AsSsize_t(known);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(pair);
+        return -1;
+    }
+    Py_ssize_t u = PyList_GET_SIZE(t->uniq);
+    PyObject *number = PyLong_FromSsize_t(u);
+    int ok = number != NULL && PyDict_SetItem(t->general, pair, number) == 0 && PyList_Append(t->uniq, pair) == 0;
+    Py_XDECREF(number);
+    Py_DECREF(pair);
+    return ok ? u : -1;
 }
 
 static int index_at(PyObject *list, Py_ssize_t i, Py_ssize_t *out) {
@@ -224,13 +340,14 @@ static int index_at(PyObject *list, Py_ssize_t i, Py_ssize_t *out) {
 
 PyDoc_STRVAR(
     shape_keys_doc,
-    "shape_keys(keys, deltas, starts, cand, sources, sep, cut) -> tuple[list, bytes]\n\n"
+    "shape_keys(keys, deltas, starts, cand, sources, sep, cut) -> tuple[list, bytes, list, bytes]\n\n"
     "For each candidate state ``g = cand[j]`` (its records ``keys[starts[g]:starts[g + 1]]``,\n"
     "likewise ``deltas``) and its source ``sources[j]``: the shape cache key of\n"
     "_fastfold.Columns.shapes, ``(sep.join(keys).replace(source, cut), tuple(deltas))``, or\n"
     "``None`` where it cannot be cached (``sep`` is ``None``, the source is empty, no\n"
-    "record, or a key holds ``sep`` or ``cut``); and one byte per candidate, 1 if its keys\n"
-    "are distinct.");
+    "record, or a key holds ``sep`` or ``cut``); one byte per candidate, 1 if its keys\n"
+    "are distinct; the distinct keys in order of first appearance (equal keys are one\n"
+    "object); and each candidate's number in that list as native int32 (-1: ``None``).");
 
 static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
@@ -255,12 +372,17 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "shape_keys: lengths differ");
         return NULL;
     }
+    Keys t = {NULL, 0, 0, {NULL, 0, 0}, PyDict_New(), PyList_New(0)};
+    Buf key = {NULL, 0, 0};
     PyObject *pk = PyList_New(m);
     PyObject *distinct = PyBytes_FromStringAndSize(NULL, m);
-    if (pk == NULL || distinct == NULL) goto fail;
+    PyObject *which = PyBytes_FromStringAndSize(NULL, 4 * m);
+    if (t.general == NULL || t.uniq == NULL || pk == NULL || distinct == NULL || which == NULL || keys_grow(&t) < 0)
+        goto fail;
     char *dist = PyBytes_AS_STRING(distinct);
+    int32_t *nums = (int32_t *)PyBytes_AS_STRING(which);
     for (Py_ssize_t j = 0; j < m; j++) {
-        Py_ssize_t g, a, b;
+        Py_ssize_t g, a, b, u = -1;
         if (index_at(cand, j, &g) < 0) goto fail;
         if (g < 0 || g >= n_states) {
             PyErr_SetString(PyExc_IndexError, "shape_keys: state out of range");
@@ -274,77 +396,87 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
         int d = all_distinct(keys, a, b);
         if (d < 0) goto fail;
         dist[j] = (char)d;
-        PyObject *key = Py_None;
         PyObject *src = PyList_GET_ITEM(sources, j);
         if (cacheable && b > a && PyUnicode_Check(src) && PyUnicode_GET_LENGTH(src) > 0) {
-            int ascii = ascii_pattern(keys, a, b, src, sep, cut, &key);
-            if (ascii < 0) goto fail;
-            if (ascii) { /* (key is the pattern, or NULL: not cacheable) */
-                if (key != NULL) {
-                    PyObject *dt = PyTuple_New(b - a);
-                    if (dt == NULL) {
-                        Py_DECREF(key);
-                        goto fail;
-                    }
-                    for (Py_ssize_t i = a; i < b; i++) {
-                        PyObject *d = PyList_GET_ITEM(deltas, i);
-                        Py_INCREF(d);
-                        PyTuple_SET_ITEM(dt, i - a, d);
-                    }
-                    PyObject *pair = PyTuple_Pack(2, key, dt);
-                    Py_DECREF(key);
-                    Py_DECREF(dt);
-                    if (pair == NULL) goto fail;
-                    PyList_SET_ITEM(pk, j, pair);
-                    continue;
+            int kind = ascii_pattern(keys, a, b, src, sep, cut, &key);
+            if (kind < 0) goto fail;
+            if (kind == 1) { /* the deltas as int64 after the pattern, unless one does not fit */
+                size_t plen = key.len;
+                if (buf_reserve(&key, 8 * (size_t)(b - a + 1)) < 0) goto fail;
+                for (Py_ssize_t r = a; r < b && kind == 1; r++) {
+                    int overflow = 0;
+                    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(deltas, r), &overflow);
+                    if (v == -1 && PyErr_Occurred()) goto fail;
+                    if (overflow) kind = 0;
+                    int64_t w = (int64_t)v;
+                    memcpy(key.data + key.len, &w, 8);
+                    key.len += 8;
                 }
-                Py_INCREF(Py_None);
-                PyList_SET_ITEM(pk, j, Py_None);
-                continue;
-            }
-            int clean = 1;
-            for (Py_ssize_t i = a; i < b && clean; i++) {
-                PyObject *k = PyList_GET_ITEM(keys, i);
-                if (!PyUnicode_Check(k)) {
-                    clean = 0;
-                    break;
+                if (kind == 1) {
+                    uint64_t at = (uint64_t)plen; /* (the split of pattern and deltas, last) */
+                    memcpy(key.data + key.len, &at, 8);
+                    key.len += 8;
+                    u = keys_fast(&t, &key, plen, deltas, a, b);
+                    if (u < 0) goto fail;
                 }
-                int hit = PyUnicode_Contains(k, sep);
-                if (hit == 0) hit = PyUnicode_Contains(k, cut);
-                if (hit < 0) goto fail;
-                clean = !hit;
             }
-            if (clean) {
-                PyObject *group = PyList_GetSlice(keys, a, b);
-                if (group == NULL) goto fail;
-                PyObject *joined = PyUnicode_Join(sep, group);
-                Py_DECREF(group);
-                if (joined == NULL) goto fail;
-                PyObject *pattern = PyUnicode_Replace(joined, src, cut, -1);
-                Py_DECREF(joined);
-                if (pattern == NULL) goto fail;
-                PyObject *dgroup = PyList_GetSlice(deltas, a, b);
-                PyObject *dt = dgroup == NULL ? NULL : PyList_AsTuple(dgroup);
-                Py_XDECREF(dgroup);
-                if (dt == NULL) {
+            if (kind == 0) { /* the general path: Python's own string operations */
+                int clean = 1;
+                for (Py_ssize_t i = a; i < b && clean; i++) {
+                    PyObject *k = PyList_GET_ITEM(keys, i);
+                    if (!PyUnicode_Check(k)) {
+                        clean = 0;
+                        break;
+                    }
+                    int hit = PyUnicode_Contains(k, sep);
+                    if (hit == 0) hit = PyUnicode_Contains(k, cut);
+                    if (hit < 0) goto fail;
+                    clean = !hit;
+                }
+                if (clean) {
+                    PyObject *group = PyList_GetSlice(keys, a, b);
+                    if (group == NULL) goto fail;
+                    PyObject *joined = PyUnicode_Join(sep, group);
+                    Py_DECREF(group);
+                    if (joined == NULL) goto fail;
+                    PyObject *pattern = PyUnicode_Replace(joined, src, cut, -1);
+                    Py_DECREF(joined);
+                    if (pattern == NULL) goto fail;
+                    PyObject *dgroup = PyList_GetSlice(deltas, a, b);
+                    PyObject *dt = dgroup == NULL ? NULL : PyList_AsTuple(dgroup);
+                    Py_XDECREF(dgroup);
+                    PyObject *pair = dt == NULL ? NULL : PyTuple_Pack(2, pattern, dt);
                     Py_DECREF(pattern);
-                    goto fail;
+                    Py_XDECREF(dt);
+                    if (pair == NULL) goto fail;
+                    u = keys_general(&t, pair);
+                    if (u < 0) goto fail;
                 }
-                key = PyTuple_Pack(2, pattern, dt);
-                Py_DECREF(pattern);
-                Py_DECREF(dt);
-                if (key == NULL) goto fail;
-                PyList_SET_ITEM(pk, j, key);
-                continue;
             }
         }
-        Py_INCREF(Py_None);
-        PyList_SET_ITEM(pk, j, Py_None);
+        if (u > INT32_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "shape_keys: too many distinct keys");
+            goto fail;
+        }
+        nums[j] = (int32_t)u;
+        PyObject *item = u < 0 ? Py_None : PyList_GET_ITEM(t.uniq, u);
+        Py_INCREF(item);
+        PyList_SET_ITEM(pk, j, item);
     }
-    return Py_BuildValue("(NN)", pk, distinct);
+    PyMem_Free(t.slots);
+    PyMem_Free(t.arena.data);
+    PyMem_Free(key.data);
+    Py_DECREF(t.general);
+    return Py_BuildValue("(NNNN)", pk, distinct, t.uniq, which);
 fail:
+    PyMem_Free(t.slots);
+    PyMem_Free(t.arena.data);
+    PyMem_Free(key.data);
+    Py_XDECREF(t.general);
+    Py_XDECREF(t.uniq);
     Py_XDECREF(pk);
     Py_XDECREF(distinct);
+    Py_XDECREF(which);
     return NULL;
 }
 

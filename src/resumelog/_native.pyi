@@ -14,7 +14,7 @@ def shape_keys(
     sep: str | None,
     cut: str | None,
     /,
-) -> tuple[list[object], bytes]: ...
+) -> tuple[list[object], bytes, list[object], bytes]: ...
 def number_states(
     index: dict[tuple[str, str], int],
     pending: dict[tuple[str, str], object],

@@ -45,14 +45,9 @@ class _Run:
         self.chunks: list[bytes] = []
         self.n = 0
         self._cache: tuple[int, list[str]] = (-1, [])
-        buf: list[str] = []
-        for s in ids:  # sorted, distinct
-            buf.append(s)
-            if len(buf) == CHUNK:
-                self._add(buf)
-                buf = []
-        if buf:
-            self._add(buf)
+        ids = ids if isinstance(ids, list) else list(ids)  # sorted, distinct
+        for i in range(0, len(ids), CHUNK):
+            self._add(ids[i : i + CHUNK])
 
     def _add(self, chunk: list[str]) -> None:
         self.firsts.append(chunk[0])
