@@ -151,18 +151,18 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     buf = state._deferred
     index = buf.index
     pending = state.pending
-    if native is not None and len(set(batch.sources)) == len(batch.sources):
+    if native is not None:
         numbered = native.number_states(index, pending, run, batch.sources, batch.source_index, len(buf.dkeys))
-        if numbered is not None:  # the common case below, numbered in one C loop
+        if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
             gid, new = numbered
             if new:
-                start = len(buf.dkeys)
                 pos = _base_positions(state, run, list(map(_SOURCE, new)))
                 if pos is None:
+                    for k in new:  # (numbered in index already: change nothing)
+                        del index[k]
                     return False  # a late record: the reference loop reopens the completion
                 buf.dkeys.extend(new)
                 buf.base_pos.extend(pos)
-                index.update(zip(new, range(start, start + len(new))))
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
     ks = list(zip(repeat(run), batch.sources))
     exact: dict[int, SourceRunState] = {}

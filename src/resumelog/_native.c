@@ -144,11 +144,23 @@ fail:
 static int all_distinct(PyObject *list, Py_ssize_t a, Py_ssize_t b) {
     Py_ssize_t n = b - a;
     if (n <= 24) {
-        for (Py_ssize_t i = a; i < b; i++)
+        for (Py_ssize_t i = a; i < b; i++) {
+            PyObject *x = PyList_GET_ITEM(list, i);
             for (Py_ssize_t k = i + 1; k < b; k++) {
-                int eq = PyObject_RichCompareBool(PyList_GET_ITEM(list, i), PyList_GET_ITEM(list, k), Py_EQ);
+                PyObject *y = PyList_GET_ITEM(list, k);
+                if (PyUnicode_CheckExact(x) && PyUnicode_CheckExact(y)) { /* (str == str, without the call) */
+                    if (x == y) return 0;
+                    Py_ssize_t len = PyUnicode_GET_LENGTH(x);
+                    int kind = PyUnicode_KIND(x);
+                    if (len == PyUnicode_GET_LENGTH(y) && kind == PyUnicode_KIND(y) &&
+                        memcmp(PyUnicode_DATA(x), PyUnicode_DATA(y), (size_t)(len * kind)) == 0)
+                        return 0;
+                    continue;
+                }
+                int eq = PyObject_RichCompareBool(x, y, Py_EQ);
                 if (eq != 0) return eq < 0 ? -1 : 0;
             }
+        }
         return 1;
     }
     PyObject *slice = PyList_GetSlice(list, a, b);
@@ -248,10 +260,22 @@ typedef struct {
     PyObject *uniq;    /* list of (pattern, deltas) */
 } Keys;
 
-static uint64_t fnv1a(const char *p, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
-    return h;
+/* A hash of n bytes, 8 at a time (multiply-xorshift mixing; a table's hash, not a
+ * checksum). */
+static uint64_t hash_bytes(const char *p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDull;
+        h ^= h >> 32;
+        p += 8;
+        n -= 8;
+    }
+    uint64_t w = 0;
+    memcpy(&w, p, n);
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ull;
+    return h ^ (h >> 29);
 }
 
 static int keys_grow(Keys *t) {
@@ -279,7 +303,7 @@ static int keys_grow(Keys *t) {
 /* The number of the fast key in ``key`` (its first ``plen`` bytes the pattern), added
  * (with its Python form made from the pattern and ``deltas[a:b]``) if new; -1 on error. */
 static Py_ssize_t keys_fast(Keys *t, const Buf *key, size_t plen, PyObject *deltas, Py_ssize_t a, Py_ssize_t b) {
-    uint64_t h = fnv1a(key->data, key->len);
+    uint64_t h = hash_bytes(key->data, key->len);
     size_t i = h & t->mask;
     while (t->slots[i].u >= 0) {
         Slot *sl = &t->slots[i];
@@ -485,11 +509,18 @@ fail:
 PyDoc_STRVAR(
     number_states_doc,
     "number_states(index, pending, run, sources, source_index, start) -> tuple[bytes, list] | None\n\n"
-    "The common case of _fastfold.apply_batch: ``None`` if some ``(run, source)`` has a\n"
-    "state in ``pending``; else each record's state number (``source_index[i]``'s source:\n"
-    "its number in ``index``, or a new one from ``start`` up, in the order of ``sources``)\n"
-    "as native int64, and the new states' keys ``(run, source)`` in that order. Nothing\n"
-    "is changed; ``sources`` must be distinct.");
+    "The common case of _fastfold.apply_batch: ``None`` (and nothing changed) if some\n"
+    "``(run, source)`` has a state in ``pending``; else each record's state number\n"
+    "(``source_index[i]``'s source: its number in ``index``, or a new one from ``start`` up,\n"
+    "in the order of ``sources``, entered in ``index``) as native int64, and the new states'\n"
+    "keys ``(run, source)`` in that order (a source named twice is numbered once).");
+
+/* Remove the keys of ``fresh`` from ``index`` again; -1 on error. */
+static int unnumber(PyObject *index, PyObject *fresh) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fresh); i++)
+        if (PyDict_DelItem(index, PyList_GET_ITEM(fresh, i)) < 0) return -1;
+    return 0;
+}
 
 static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
@@ -516,7 +547,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
             int has = PyDict_Contains(pending, k);
             if (has != 0) {
                 Py_DECREF(k);
-                if (has < 0) goto fail;
+                if (has < 0 || unnumber(index, fresh) < 0) goto fail;
                 PyMem_Free(local);
                 Py_DECREF(fresh);
                 Py_RETURN_NONE;
@@ -534,7 +565,13 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
             goto fail;
         }
         local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
-        int added = PyList_Append(fresh, k);
+        PyObject *number = PyLong_FromLongLong(local[i]);
+        int added = number == NULL ? -1 : PyDict_SetItem(index, k, number);
+        Py_XDECREF(number);
+        if (added == 0) {
+            added = PyList_Append(fresh, k);
+            if (added < 0) PyDict_DelItem(index, k);
+        }
         Py_DECREF(k);
         if (added < 0) goto fail;
     }
@@ -553,6 +590,12 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     PyMem_Free(local);
     return Py_BuildValue("(NN)", gid, fresh);
 fail:
+    if (fresh != NULL) { /* (nothing changed: the error is raised as it was) */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (unnumber(index, fresh) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
     PyMem_Free(local);
     Py_XDECREF(fresh);
     Py_XDECREF(gid);
