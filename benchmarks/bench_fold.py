@@ -46,7 +46,7 @@ ENV = {
     "native": {"RESUMELOG_FOLD": "numpy", "RESUMELOG_NATIVE": "1"},  # the fast path with the compiled kernels
     "numpy": {"RESUMELOG_FOLD": "numpy", "RESUMELOG_NATIVE": "0"},  # the fast path without them
     "python": {"RESUMELOG_FOLD": "python", "RESUMELOG_NATIVE": "0"},  # the reference, pure Python
-    "before": {"RESUMELOG_FOLD": "python"},
+    "before": {"RESUMELOG_FOLD": "auto"},  # another tree (--before), as it installs (NumPy if it has the fast path)
 }
 
 

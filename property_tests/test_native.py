@@ -198,3 +198,30 @@ def test_number_states_changes_nothing_on_an_error() -> None:
     with pytest.raises(TypeError):
         native.number_states(index, {}, "r", ["a", ["unhashable"]], [0], 1)
     assert index == {("r", "x"): 0}
+
+
+@given(st.lists(st.text(max_size=3)), st.data())
+@budget(2)
+def test_take_is_the_list_expression(items, data) -> None:
+    order = data.draw(st.lists(st.integers(0, len(items) - 1), max_size=30)) if items else []
+    assert native.take(items, array("q", order)) == [items[i] for i in order]
+
+
+def test_take_refuses_an_index_out_of_range() -> None:
+    with pytest.raises(IndexError):
+        native.take(["a"], array("q", [1]))
+    with pytest.raises(ValueError):
+        native.take(["a"], b"\x00" * 7)
+
+
+@given(st.lists(st.integers(-(1 << 65), 1 << 65), max_size=30))
+@budget(2)
+def test_int64s_packs_or_refuses(values) -> None:
+    fits = all(-(1 << 63) <= v < 1 << 63 for v in values)
+    assert native.int64s(values) == (array("q", values).tobytes() if fits else None)
+
+
+@given(st.lists(st.integers(-(1 << 65), 1 << 65), min_size=1, max_size=30), st.integers(0, 40))
+@budget(2)
+def test_in_range_is_min_and_max(values, n) -> None:
+    assert native.in_range(values, n) == (min(values) >= 0 and max(values) < n)

@@ -125,7 +125,7 @@ class Buffer:
         once, when the state is numbered: the base changes only between evaluations)."""
         self.index: dict[tuple[str, str], int] = {}
         self.gids: list[Any] = []
-        self.keys: list[Any] = []
+        self.keys: list[list[str]] = []
         self.deltas: list[Any] = []
         self.ordinals: list[Any] = []
         self.streams: list[Any] = []
@@ -144,10 +144,16 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     n = len(batch.keys)
     if n < MIN_RECORDS or n == 0 or first_ordinal + n > _INT64_MAX:
         return False
-    try:
-        deltas = np.asarray(batch.deltas, dtype=np.int64)
-    except OverflowError:  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
-        return False
+    if native is not None:
+        packed = native.int64s(batch.deltas)
+        if packed is None:
+            return False  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
+        deltas = np.frombuffer(packed, dtype=np.int64)
+    else:
+        try:
+            deltas = np.asarray(batch.deltas, dtype=np.int64)
+        except OverflowError:  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
+            return False
     buf = state._deferred
     index = buf.index
     pending = state.pending
@@ -276,7 +282,7 @@ def _apply_records(
     batch's resets."""
     buf = state._deferred
     n = len(batch.keys)
-    keys = np.asarray(batch.keys, dtype=object)
+    keys = batch.keys
     flags = np.frombuffer(batch.flags, dtype=np.uint8)
     ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
     if exact:
@@ -287,7 +293,8 @@ def _apply_records(
             s.apply(ks[i], stream, first_ordinal + i, ds[i])
             if flags[i]:
                 s.emitted = True
-        gid, keys, deltas, ordinals, flags = gid[mine], keys[mine], deltas[mine], ordinals[mine], flags[mine]
+        keys = list(compress(keys, mine.tolist()))
+        gid, deltas, ordinals, flags = gid[mine], deltas[mine], ordinals[mine], flags[mine]
     if len(gid):
         buf.gids.append(gid)
         buf.keys.append(keys)
@@ -350,7 +357,14 @@ class Columns:
         self.sums: Any = sums
         self.emitted: Any = flagged > 0
         self.deltas: list[int] = deltas.tolist()
-        self.keys: list[str] = np.concatenate(buf.keys)[order].tolist() if buf.keys else []
+        flat: list[str] = []
+        for keys in buf.keys:
+            flat += keys
+        self.keys: list[str] = (
+            native.take(flat, order.astype(np.int64, copy=False))
+            if native is not None
+            else list(map(flat.__getitem__, order.tolist()))
+        )
         self._buf = buf
         self._order = order
         self._ordinals: list[int] | None = None

@@ -602,6 +602,109 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ columns */
+
+PyDoc_STRVAR(take_doc,
+             "take(items: list, order) -> list\n\n"
+             "``[items[i] for i in order]`` (``order``: a buffer of native int64).");
+
+static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "take(items: list, order)");
+        return NULL;
+    }
+    PyObject *items = args[0];
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (view.len % 8) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "take: order is not int64");
+        return NULL;
+    }
+    Py_ssize_t n = view.len / 8, size = PyList_GET_SIZE(items);
+    const int64_t *order = (const int64_t *)view.buf;
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        int64_t i = order[k];
+        if (i < 0 || i >= size) {
+            PyBuffer_Release(&view);
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_IndexError, "take: index out of range");
+            return NULL;
+        }
+        PyObject *item = PyList_GET_ITEM(items, i);
+        Py_INCREF(item);
+        PyList_SET_ITEM(out, k, item);
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
+PyDoc_STRVAR(int64s_doc,
+             "int64s(values: list[int]) -> bytes | None\n\n"
+             "The values as native int64, or ``None`` if one does not fit.");
+
+static PyObject *int64s(PyObject *self, PyObject *values) {
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "int64s: a list expected");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 8 * n);
+    if (out == NULL) return NULL;
+    int64_t *w = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyLong_Check(v)) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "int64s: ints expected");
+            return NULL;
+        }
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) {
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
+        if (x == -1 && PyErr_Occurred()) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        w[i] = (int64_t)x;
+    }
+    return out;
+}
+
+PyDoc_STRVAR(in_range_doc,
+             "in_range(values: list[int], n: int) -> bool\n\n"
+             "``all(0 <= v < n for v in values)``.");
+
+static PyObject *in_range(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "in_range(values: list, n: int)");
+        return NULL;
+    }
+    PyObject *values = args[0];
+    long long n = PyLong_AsLongLong(args[1]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(values); i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        if (!PyLong_Check(v)) {
+            PyErr_SetString(PyExc_TypeError, "in_range: ints expected");
+            return NULL;
+        }
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (x == -1 && PyErr_Occurred()) return NULL;
+        if (overflow || x < 0 || x >= n) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -609,6 +712,9 @@ static PyMethodDef methods[] = {
     {"hash_order", (PyCFunction)hash_order, METH_O, hash_order_doc},
     {"shape_keys", (PyCFunction)(void (*)(void))shape_keys, METH_FASTCALL, shape_keys_doc},
     {"number_states", (PyCFunction)(void (*)(void))number_states, METH_FASTCALL, number_states_doc},
+    {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, take_doc},
+    {"int64s", (PyCFunction)int64s, METH_O, int64s_doc},
+    {"in_range", (PyCFunction)(void (*)(void))in_range, METH_FASTCALL, in_range_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,9 @@
 """Types of the optional extension ``resumelog._native`` (``_native.c``)."""
 
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 SOURCE: str
 """The CRC-32 (hex) of the ``_native.c`` it was compiled from."""
 
@@ -24,3 +28,6 @@ def number_states(
     start: int,
     /,
 ) -> tuple[bytes, list[tuple[str, str]]] | None: ...
+def take(items: list[_T], order: bytes | memoryview, /) -> list[_T]: ...
+def int64s(values: list[int], /) -> bytes | None: ...
+def in_range(values: list[int], n: int, /) -> bool: ...

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
+from resumelog._compiled import native
 from resumelog._crc import crc32c
 from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
 from resumelog.idset import counted_uints, index_views
@@ -316,6 +317,14 @@ _dec_block_index = msgspec.msgpack.Decoder(BlockIndex)
 _dec_done = msgspec.msgpack.Decoder(dict[str, dict[str, int]])
 
 
+def _in_range_py(values: list[int], n: int) -> bool:
+    return min(values) >= 0 and max(values) < n
+
+
+_in_range: Any = native.in_range if native is not None else _in_range_py
+"""``all(0 <= v < n for v in values)`` of a non-empty list (one C pass if built)."""
+
+
 def encode(obj: object) -> bytes:
     """msgpack-encode a struct with the shared encoder."""
     return _enc.encode(obj)
@@ -499,7 +508,7 @@ def decode_segment(data: bytes | memoryview, path: str = "") -> Segment:
         ns = len(b.sources)
         if len(b.source_index) != n or len(b.deltas) != n or len(b.flags) != n:
             raise CorruptSegment("record batch columns have different lengths", path)
-        if n and (min(b.source_index) < 0 or max(b.source_index) >= ns):
+        if n and not _in_range(b.source_index, ns):
             raise CorruptSegment("record batch source index out of range", path)
         count += n
     if footer.record_count != count or footer.batch_count != len(batches):
