@@ -345,6 +345,20 @@ MUTANTS += [
         "the fast path touches a pending state after a fresh one (the evaluation order changes)",
     ),
     Mutant(
+        "native_keys_taken_as_distinct",
+        "_fastfold.py",
+        "            unique = distinct.__getitem__\n",
+        "            unique = lambda j: True  # mutant: every state's keys taken as distinct\n",
+        "the compiled kernels' path completes in bulk a state that wrote a key twice",
+    ),
+    Mutant(
+        "native_numbers_kept_on_a_late_record",
+        "_fastfold.py",
+        "                    for k in new:  # (numbered in index already: change nothing)\n                        del index[k]\n",
+        "                    pass  # mutant: the new states' numbers stay in the index\n",
+        "a batch with a late record leaves the states it numbered in the fast path's index",
+    ),
+    Mutant(
         "spill_drops_round_completions",
         "compactor.py",
         '    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',

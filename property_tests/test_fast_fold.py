@@ -383,3 +383,14 @@ def test_an_emptied_shape_cache_changes_nothing(monkeypatch):
             ("segment", 2, [drained("s1", "s4")], False),
         ]
     )
+
+
+def test_a_late_record_first_after_an_evaluation_numbers_nothing():
+    """s0 completes in r1; after the evaluation, the first batch names a new source s1
+    and s0 again (a late record): the fast path leaves it to the reference loop and must
+    not keep the number it gave s1 (no state waits in its columns, so nothing clears
+    them). The next batch enters s2 and names s1 again: with a stale number, s1's records
+    would land in s2's state."""
+    late = Batch(["s1", "s0"], [0, 1], ["0_s1", "0_s0_9"], [1, 1], bytes([EMISSION, 0]))
+    then = Batch(["s2", "s1"], [0, 0, 1, 1], ["0_s2", "0_s2_0", "0_s1_0", "0_s1_1"], [1, -1, -1, 0], b"\x01\0\0\0")
+    compare([("segment", 0, [drained("s0")], False), ("finish", True), ("segment", 0, [late, then], False)])
