@@ -225,3 +225,25 @@ def test_int64s_packs_or_refuses(values) -> None:
 @budget(2)
 def test_in_range_is_min_and_max(values, n) -> None:
     assert native.in_range(values, n) == (min(values) >= 0 and max(values) < n)
+
+
+@given(
+    st.lists(st.integers(0, (1 << 64) - 1), max_size=30), st.sampled_from([(1, 2, 4), (4,), (8,), (1, 2, 4, 8), (2, 8)])
+)
+@budget(2)
+def test_pack_uints_is_the_array_expression(values, widths) -> None:
+    from resumelog import idset
+
+    top = max(values, default=0)
+    width = next((w for w in widths if top < 1 << (8 * w)), None)
+    if width is None:
+        with pytest.raises(OverflowError, match="does not fit"):
+            native.pack_uints(values, widths)
+    else:
+        assert native.pack_uints(values, widths) == b"".join(v.to_bytes(width, "little") for v in values)
+        assert native.pack_uints(values, widths) == idset.pack_uints(array("Q", values), widths)
+
+
+def test_pack_uints_refuses_a_negative_value() -> None:
+    with pytest.raises(OverflowError):
+        native.pack_uints([1, -1], (1, 2, 4))

@@ -705,6 +705,65 @@ static PyObject *in_range(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_RETURN_TRUE;
 }
 
+PyDoc_STRVAR(pack_uints_doc,
+             "pack_uints(values: list[int], widths: tuple[int, ...]) -> bytes\n\n"
+             "idset.pack_uints of a list: the values as little-endian unsigned ints of the\n"
+             "narrowest of ``widths`` (ascending, each 1, 2, 4 or 8) that holds the largest;\n"
+             ":class:`OverflowError` if a value is negative or none holds it.");
+
+static PyObject *pack_uints(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "pack_uints(values: list, widths: tuple)");
+        return NULL;
+    }
+    PyObject *values = args[0], *widths = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    uint64_t *v = PyMem_Malloc(sizeof(uint64_t) * (size_t)(n ? n : 1));
+    if (v == NULL) return PyErr_NoMemory();
+    uint64_t top = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PyList_GET_ITEM(values, i);
+        if (!PyLong_Check(x)) {
+            PyMem_Free(v);
+            PyErr_SetString(PyExc_TypeError, "pack_uints: ints expected");
+            return NULL;
+        }
+        v[i] = PyLong_AsUnsignedLongLong(x); /* (OverflowError if negative or beyond 64 bits) */
+        if (v[i] == (uint64_t)-1 && PyErr_Occurred()) {
+            PyMem_Free(v);
+            return NULL;
+        }
+        if (v[i] > top) top = v[i];
+    }
+    int width = 0, widest = 0;
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(widths) && !width; k++) {
+        long w = PyLong_AsLong(PyTuple_GET_ITEM(widths, k));
+        if (w == -1 && PyErr_Occurred()) {
+            PyMem_Free(v);
+            return NULL;
+        }
+        if (w != 1 && w != 2 && w != 4 && w != 8) {
+            PyMem_Free(v);
+            PyErr_SetString(PyExc_ValueError, "pack_uints: widths are 1, 2, 4 or 8");
+            return NULL;
+        }
+        widest = (int)w > widest ? (int)w : widest;
+        if (w == 8 || top < (1ull << (8 * w))) width = (int)w;
+    }
+    if (!width) {
+        PyMem_Free(v);
+        return PyErr_Format(PyExc_OverflowError, "%llu does not fit in %d bytes", (unsigned long long)top, widest);
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, width * n);
+    if (out != NULL) {
+        unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++)
+            for (int b = 0; b < width; b++) *w++ = (unsigned char)(v[i] >> (8 * b));
+    }
+    PyMem_Free(v);
+    return out;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -713,6 +772,7 @@ static PyMethodDef methods[] = {
     {"shape_keys", (PyCFunction)(void (*)(void))shape_keys, METH_FASTCALL, shape_keys_doc},
     {"number_states", (PyCFunction)(void (*)(void))number_states, METH_FASTCALL, number_states_doc},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, take_doc},
+    {"pack_uints", (PyCFunction)(void (*)(void))pack_uints, METH_FASTCALL, pack_uints_doc},
     {"int64s", (PyCFunction)int64s, METH_O, int64s_doc},
     {"in_range", (PyCFunction)(void (*)(void))in_range, METH_FASTCALL, in_range_doc},
     {NULL, NULL, 0, NULL},

@@ -30,6 +30,7 @@ from itertools import accumulate
 from typing import NamedTuple
 
 from resumelog import _fastfold
+from resumelog._compiled import native
 from resumelog._crc import crc32c
 
 __all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "encoded_key", "id_hash", "pack_uints"]
@@ -95,6 +96,8 @@ def counted_uints(
 def pack_uints(values: Iterable[int], widths: tuple[int, ...] = UINT_WIDTHS) -> bytes:
     """``values`` as little-endian unsigned ints of the narrowest of ``widths`` that
     holds the largest (all values must be ``>= 0``)."""
+    if native is not None and type(values) is list:
+        return native.pack_uints(values, widths)  # (one C pass)
     a = values if isinstance(values, array) else array("Q", values)
     top = max(a, default=0)
     width = next((w for w in widths if top < 1 << (8 * w)), None)
