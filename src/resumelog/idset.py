@@ -97,7 +97,8 @@ def pack_uints(values: Iterable[int], widths: tuple[int, ...] = UINT_WIDTHS) -> 
     """``values`` as little-endian unsigned ints of the narrowest of ``widths`` that
     holds the largest (all values must be ``>= 0``)."""
     if native is not None and type(values) is list:
-        return native.pack_uints(values, widths)  # (one C pass)
+        packed: bytes = native.pack_uints(values, widths)  # (one C pass)
+        return packed
     a = values if isinstance(values, array) else array("Q", values)
     top = max(a, default=0)
     width = next((w for w in widths if top < 1 << (8 * w)), None)
