@@ -367,26 +367,26 @@ class Columns:
         )
         self._buf = buf
         self._order = order
-        self._ordinals: list[int] | None = None
-        self._streams: list[int] | None = None
+        self._ordinals: Any = None
+        self._streams: Any = None
         self._touching: Any = None
         self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
 
-    @property
-    def ordinals(self) -> list[int]:
-        """Each record's ordinal (made when first needed: to materialize a state)."""
+    def ordinals(self, a: int, b: int) -> list[int]:
+        """Records ``a..b-1``'s ordinals (the column made when first needed: to
+        materialize a state)."""
         if self._ordinals is None:
             o = self._buf.ordinals
-            self._ordinals = np.concatenate(o)[self._order].tolist() if o else []
-        return self._ordinals
+            self._ordinals = np.concatenate(o)[self._order] if o else np.zeros(0, dtype=np.int64)
+        return self._ordinals[a:b].tolist()  # type: ignore[no-any-return]
 
-    @property
-    def streams(self) -> list[int]:
-        """Each record's stream (made when first needed: writers, or to materialize)."""
+    def streams(self, a: int, b: int) -> list[int]:
+        """Records ``a..b-1``'s streams (the column made when first needed: writers, or
+        to materialize)."""
         if self._streams is None:
             st = self._buf.streams
-            self._streams = np.concatenate(st)[self._order].tolist() if st else []
-        return self._streams
+            self._streams = np.concatenate(st)[self._order] if st else np.zeros(0, dtype=np.int64)
+        return self._streams[a:b].tolist()  # type: ignore[no-any-return]
 
     def touching(self, streams: Collection[int]) -> Any:
         """Whether an open stream (one of ``streams``) wrote a record of each state (a
@@ -408,10 +408,10 @@ class Columns:
         new.emitted = bool(self.emitted[g])
         keys = self.keys[a:b]
         if len(set(keys)) == b - a:  # distinct keys: each record is one entry
-            new.entries.update(zip(keys, zip(self.streams[a:b], self.ordinals[a:b], self.deltas[a:b])))
+            new.entries.update(zip(keys, zip(self.streams(a, b), self.ordinals(a, b), self.deltas[a:b])))
         else:
             apply = new.apply
-            for key, stream, ordinal, delta in zip(keys, self.streams[a:b], self.ordinals[a:b], self.deltas[a:b]):
+            for key, stream, ordinal, delta in zip(keys, self.streams(a, b), self.ordinals(a, b), self.deltas[a:b]):
                 apply(key, stream, ordinal, delta)
         return new
 
@@ -689,7 +689,7 @@ def _complete_one(
     sid, order = shape
     ev.done_shapes[src] = sid
     g = cand[j]
-    w = ev.writers(tuple(cols.streams[cols.starts[g] : cols.starts[g + 1]]), order) if ev.open_streams else None
+    w = ev.writers(tuple(cols.streams(cols.starts[g], cols.starts[g + 1])), order) if ev.open_streams else None
     if w is None:
         writers.pop(src, None)
     else:

@@ -91,8 +91,10 @@ class ProvisionalSet:
     __slots__ = ("gone", "recent", "runs")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
-        self.recent: set[str] = set(ids)
-        """Members added since the last :meth:`freeze` (never in :attr:`gone`)."""
+        self.recent: dict[str, None] = dict.fromkeys(ids)
+        """Members added since the last :meth:`freeze` (never in :attr:`gone`), in the
+        order they were added: the fold completes sources in about the order of their
+        ids, and :meth:`freeze` sorts them (an adaptive sort: runs in order cost little)."""
         self.gone: set[str] = set()
         """Ids discarded since they were frozen (a frozen run cannot change)."""
         self.runs: list[_Run] = []
@@ -108,17 +110,17 @@ class ProvisionalSet:
 
     def add(self, s: str) -> None:
         self.gone.discard(s)
-        self.recent.add(s)
+        self.recent[s] = None
 
     def update(self, ids: Iterable[str]) -> None:
         gone = self.gone
         if gone:
             ids = list(ids)
             gone.difference_update(ids)
-        self.recent.update(ids)
+        self.recent.update(dict.fromkeys(ids))
 
     def discard(self, s: str) -> None:
-        self.recent.discard(s)
+        self.recent.pop(s, None)
         if self.runs:
             self.gone.add(s)
 
@@ -142,7 +144,7 @@ class ProvisionalSet:
         times), leaving out ids discarded since."""
         if self.recent:
             self.runs.append(_Run(sorted(self.recent)))
-            self.recent = set()
+            self.recent = {}
         runs = self.runs
         while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
             upper, lower = runs.pop(), runs.pop()

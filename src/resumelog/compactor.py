@@ -512,7 +512,7 @@ def fold_journal(
             expect += 1
     stopped: set[tuple[str, str]] = set()
     last_of = dict(plan)
-    state.provisional = set()
+    state.provisional = ProvisionalSet()  # (a set until a spill freezes it: ids in completion order)
     since_round = 0
     with Progress("folding journal", len(plan), enabled=progress) as bar:
         for key, result in store.read_many([k for k, _ in plan]):
