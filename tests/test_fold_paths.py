@@ -104,3 +104,15 @@ def test_an_unknown_native_mode_is_refused():
     out = run("import resumelog", RESUMELOG_NATIVE="maybe")
     assert out.returncode != 0
     assert "RESUMELOG_NATIVE must be auto, 0 or 1" in out.stderr
+
+
+def test_without_the_compiled_kernels_the_fold_is_the_same_and_required_says_why(tmp_path):
+    """A tree without the built module (an install on a machine without a compiler)."""
+    tree = tmp_path / "src"
+    shutil.copytree(SRC, tree, ignore=shutil.ignore_patterns("__pycache__", "_native*.so", "_native*.pyd"))
+    out = run(NATIVE + FOLD, src=str(tree))
+    assert out.returncode == 0, out.stderr
+    assert "native False" in out.stdout and "completed 200 False True" in out.stdout
+    out = run(NATIVE, src=str(tree), RESUMELOG_NATIVE="1")
+    assert out.returncode != 0
+    assert "cannot be used: not built (No module named 'resumelog._native')" in out.stderr

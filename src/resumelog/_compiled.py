@@ -13,6 +13,7 @@ a compiler) or ``1`` (require it: an :class:`ImportError` says why it cannot be 
 
 from __future__ import annotations
 
+import importlib
 import os
 import zlib
 from typing import Any
@@ -30,7 +31,7 @@ def _load() -> tuple[Any, str]:
     if MODE == "0":
         return None, "RESUMELOG_NATIVE=0"
     try:
-        from resumelog import _native
+        _native = importlib.import_module("resumelog._native")
     except ImportError as exc:
         return None, f"not built ({exc}); `pip install .` builds it where a C compiler is present"
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native.c")
