@@ -47,3 +47,34 @@ def test_bulk_lookups_equal_lookups_one_at_a_time(monkeypatch: pytest.MonkeyPatc
         assert index.find_many(queries) == [index.find(q) for q in queries]
 
     check()
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=3), min_size=1, max_size=12, unique=True),
+    st.lists(st.binary(max_size=3), max_size=40),
+)
+@budget(2)
+def test_a_layer_prefetches_the_blocks_its_lookups_reach(fences, keys) -> None:
+    """``LayerIndex.prefetch`` of sorted ids reads the blocks ``find`` would bisect to
+    (a bisect per block when there are fewer blocks than ids, per id otherwise)."""
+    from bisect import bisect_right
+
+    from resumelog.layers import LayerIndex
+
+    fences = sorted(fences)
+    asked: list[list[int]] = []
+
+    def load(ks: list[int]):
+        asked.append(ks)
+        raise RuntimeError("(recorded)")
+
+    index = LayerIndex(fences, [1] * len(fences), [None] * len(fences), load)
+    keys = sorted(set(keys))
+    want = sorted({bisect_right(fences, b) - 1 for b in keys} - {-1})
+    if want:
+        with pytest.raises(RuntimeError, match="recorded"):
+            index.prefetch(keys)
+        assert asked == [want]
+    else:
+        index.prefetch(keys)
+        assert asked == []

@@ -33,6 +33,7 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate, repeat
 from typing import NamedTuple
@@ -96,6 +97,11 @@ a checkpoint compacted every few records does not grow a layer per compaction.""
 MAX_LAYERS = 24
 """Beyond this many layers the newest two are merged whatever their sizes (a lookup
 bisects every layer it reaches)."""
+
+PREFETCH_THREADS = 16
+"""Layers read in parts whose blocks :meth:`LayeredIndex.prefetch` reads at once (each
+a batch of ranged GETs): a tick's lookups on an object store cost one round trip, not
+one per layer."""
 
 BLOCK_BYTES = 128 << 10
 """A writer closes a block once its payload reaches this many bytes (~2,000 ids of 50
@@ -214,13 +220,19 @@ class LayerIndex:
     def _block_of(self, b: bytes) -> int:
         return bisect_right(self.fences, b) - 1
 
-    def prefetch(self, keys: Iterable[bytes]) -> None:
-        """Read, in one batch, the blocks that lookups of the ids ``keys`` (UTF-8) need."""
+    def prefetch(self, keys: Sequence[bytes]) -> None:
+        """Read, in one batch, the blocks that lookups of the ids ``keys`` (UTF-8, in
+        ascending order) need."""
         if self._load is None or not self.fences:
             return
-        ks = {self._block_of(b) for b in keys}
-        ks.discard(-1)
-        self._fill(sorted(ks))
+        fences = self.fences
+        n = len(keys)
+        if len(fences) < n:  # a bisect per block (of the ids), not per id
+            at = [bisect_left(keys, f) for f in fences] + [n]
+            ks = [k for k in range(len(fences)) if at[k + 1] > at[k]]
+        else:
+            ks = sorted({bisect_right(fences, b) - 1 for b in keys} - {-1})
+        self._fill(ks)
 
     def find(self, source: str) -> int:
         """Position of ``source`` in the layer, or ``-1``."""
@@ -493,12 +505,17 @@ class LayeredIndex:
         need (a reader answering a list of ids, or a compaction folding a segment, on an
         object store: a few ranged reads, not one per id). Layers in hand whole (read
         whole, memory-mapped, built in memory) are left to the lookups."""
-        if not any(layer.source is not None for layer in self.layers):
+        ranged = [layer for layer in self.layers if layer.source is not None]
+        if not ranged:
             return
-        _, keys = _utf8(list(sources))
-        for layer in self.layers:
-            if layer.source is not None:
-                layer.index.prefetch(keys)
+        keys = sorted(set(_utf8(list(sources))[1]))
+        if len(ranged) == 1:
+            ranged[0].index.prefetch(keys)
+            return
+        # the layers' reads at once: one round trip for all, not one per layer
+        with ThreadPoolExecutor(max_workers=min(len(ranged), PREFETCH_THREADS)) as pool:
+            for done in [pool.submit(layer.index.prefetch, keys) for layer in ranged]:
+                done.result()  # (an error of any is raised here)
 
     def locate(self, pos: int) -> tuple[int, int]:
         """``(layer, entry)`` of a global position."""
