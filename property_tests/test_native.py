@@ -247,3 +247,55 @@ def test_pack_uints_is_the_array_expression(values, widths) -> None:
 def test_pack_uints_refuses_a_negative_value() -> None:
     with pytest.raises(OverflowError):
         native.pack_uints([1, -1], (1, 2, 4))
+
+
+def test_the_kernels_leak_nothing() -> None:
+    """Each kernel, on success and on its error paths, run many times: the memory
+    Python's allocators hold (objects and the kernels' buffers, both traced) stays put."""
+    import gc
+    import tracemalloc
+
+    keys, deltas, starts, sources = [], [], [0], []
+    for i in range(300):
+        src = f"s{i}"
+        keys += [f"0_{src}", f"0_{src}_0", f"é{i}" if i % 5 == 0 else f"x{i % 3}"]
+        deltas += [1, -1, (1 << 70) if i % 7 == 0 else 0]
+        starts.append(len(keys))
+        sources.append(src)
+    cand = list(range(300))
+    order = array("q", range(len(keys) - 1, -1, -1))
+
+    def once() -> None:
+        native.shape_keys(keys, deltas, starts, cand, sources, "\x1f", "\x1e")
+        native.shape_keys(keys, deltas, starts, cand, sources, None, None)
+        index: dict = {}
+        native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all new)
+        native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all known)
+        native.number_states(index, {("r", "s5"): 1}, "r", sources, list(range(300)), 0)  # (pending)
+        native.hash_order([k.encode() for k in keys[:100]])
+        native.take(keys, order)
+        native.int64s(deltas)
+        native.in_range(list(range(100)), 50)
+        native.pack_uints(list(range(300)), (1, 2, 4))
+        for call, args, error in [
+            (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0), IndexError),
+            (native.pack_uints, ([1 << 40], (1, 2, 4)), OverflowError),
+            (native.shape_keys, (["a"], [1], [0, 5], [0], ["s"], "\x1f", "\x1e"), IndexError),
+            (native.take, (["a"], array("q", [3])), IndexError),
+        ]:
+            with pytest.raises(error):
+                call(*args)
+
+    for _ in range(20):
+        once()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):
+            once()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after - before < 16 << 10, f"{after - before} bytes more after 200 rounds"
