@@ -43,6 +43,12 @@ states (and their order), anomalies, marks, done shapes and writers, the snapsho
 bytes — which ``property_tests/test_fast_fold.py`` checks on random journals, and the
 model-based machines run under both paths in CI.
 
+Where the optional extension :mod:`resumelog._native` is built (:mod:`resumelog._compiled`),
+some of these steps take its C loops, each the loop of the Python expression kept here as
+its fallback: a batch's states numbered (``number_states``), its deltas packed
+(``int64s``), a round's keys put in state order (``take``), and the bulk completions'
+shape keys made and deduplicated with their distinct-keys flags (``shape_keys``).
+
 NumPy is an optional dependency (extra ``fast``). Without it, or with
 ``RESUMELOG_FOLD=python``, every batch takes the reference path; ``RESUMELOG_FOLD=numpy``
 makes a missing NumPy an import error. ``RESUMELOG_FOLD_MIN_RECORDS`` (default
