@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from array import array
+from itertools import accumulate
 
 import pytest
 from hypothesis import given
@@ -249,6 +250,30 @@ def test_pack_uints_refuses_a_negative_value() -> None:
         native.pack_uints([1, -1], (1, 2, 4))
 
 
+@given(st.lists(st.binary(max_size=6), max_size=40), st.sampled_from([4, 8]))
+@budget(2)
+def test_key_order_is_the_python_expression(ids, width) -> None:
+    blob = b"".join(ids)
+    offsets = [0]
+    for b in ids:
+        offsets.append(offsets[-1] + len(b))
+    packed = b"".join(o.to_bytes(width, "little") for o in offsets)
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    assert native.key_order(blob, packed, width) == ([ids[i] for i in order], order)
+    assert native.key_order(memoryview(blob), memoryview(packed), width)[1] == order
+
+
+def test_key_order_refuses_offsets_it_cannot_follow() -> None:
+    def u32(*xs: int) -> bytes:
+        return b"".join(x.to_bytes(4, "little") for x in xs)
+
+    for blob, offsets, width in [(b"abc", u32(0, 2, 1), 4), (b"abc", u32(0, 4), 4), (b"abc", b"\0" * 6, 4)]:
+        with pytest.raises(ValueError):
+            native.key_order(blob, offsets, width)
+    with pytest.raises(ValueError):
+        native.key_order(b"", u32(0), 2)
+
+
 def test_the_kernels_leak_nothing() -> None:
     """Each kernel, on success and on its error paths, run many times: the memory
     Python's allocators hold (objects and the kernels' buffers, both traced) stays put."""
@@ -264,6 +289,9 @@ def test_the_kernels_leak_nothing() -> None:
         sources.append(src)
     cand = list(range(300))
     order = array("q", range(len(keys) - 1, -1, -1))
+    encoded = [k.encode() for k in keys]
+    blob = b"".join(encoded)
+    offsets = array("I", [0, *accumulate(map(len, encoded))])
 
     def once() -> None:
         native.shape_keys(keys, deltas, starts, cand, sources, "\x1f", "\x1e")
@@ -277,11 +305,13 @@ def test_the_kernels_leak_nothing() -> None:
         native.int64s(deltas)
         native.in_range(list(range(100)), 50)
         native.pack_uints(list(range(300)), (1, 2, 4))
+        native.key_order(blob, offsets, 4)
         for call, args, error in [
             (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0), IndexError),
             (native.pack_uints, ([1 << 40], (1, 2, 4)), OverflowError),
             (native.shape_keys, (["a"], [1], [0, 5], [0], ["s"], "\x1f", "\x1e"), IndexError),
             (native.take, (["a"], array("q", [3])), IndexError),
+            (native.key_order, (b"abc", array("I", [0, 2, 1]), 4), ValueError),
         ]:
             with pytest.raises(error):
                 call(*args)

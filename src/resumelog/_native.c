@@ -764,6 +764,100 @@ static PyObject *pack_uints(PyObject *self, PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* ------------------------------------------------------------------ layer blocks */
+
+typedef struct {
+    const unsigned char *p;
+    size_t len;
+    Py_ssize_t i;
+} Span;
+
+static int cmp_span(const void *a, const void *b) {
+    const Span *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = n ? memcmp(x->p, y->p, n) : 0;
+    if (c) return c;
+    if (x->len != y->len) return x->len < y->len ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+PyDoc_STRVAR(key_order_doc,
+             "key_order(blob, offsets, width: int) -> tuple[list[bytes], list[int]]\n\n"
+             "A layer block's ids in key order and their positions in the block:\n"
+             "``ids = [blob[off[i]:off[i + 1]] for i in range(n)]`` (``offsets``: n + 1\n"
+             "little-endian unsigned ints of ``width`` 4 or 8 bytes), then\n"
+             "``order = sorted(range(n), key=ids.__getitem__)`` and ``[ids[i] for i in order]``.\n"
+             ":class:`ValueError` if the offsets decrease or pass the blob's end.");
+
+static PyObject *key_order(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "key_order(blob, offsets, width)");
+        return NULL;
+    }
+    long width = PyLong_AsLong(args[2]);
+    if (width == -1 && PyErr_Occurred()) return NULL;
+    if (width != 4 && width != 8) {
+        PyErr_SetString(PyExc_ValueError, "key_order: width is 4 or 8");
+        return NULL;
+    }
+    Py_buffer blob, offs;
+    if (PyObject_GetBuffer(args[0], &blob, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &offs, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&blob);
+        return NULL;
+    }
+    PyObject *ids = NULL, *order = NULL;
+    Span *spans = NULL;
+    if (offs.len % width || offs.len < width) {
+        PyErr_SetString(PyExc_ValueError, "key_order: offsets are not n + 1 ints of that width");
+        goto done;
+    }
+    Py_ssize_t n = offs.len / width - 1;
+    const unsigned char *o = offs.buf;
+    spans = PyMem_Malloc(sizeof(Span) * (size_t)(n ? n : 1));
+    if (spans == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t prev = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        uint64_t v = 0;
+        for (long b = 0; b < width; b++) v |= (uint64_t)o[i * width + b] << (8 * b);
+        if ((i > 0 && v < prev) || v > (uint64_t)blob.len) {
+            PyErr_SetString(PyExc_ValueError, "key_order: offsets decrease or pass the end of the ids");
+            goto done;
+        }
+        if (i > 0) spans[i - 1] = (Span){(const unsigned char *)blob.buf + prev, (size_t)(v - prev), i - 1};
+        prev = v;
+    }
+    qsort(spans, (size_t)n, sizeof(Span), cmp_span);
+    ids = PyList_New(n);
+    order = PyList_New(n);
+    if (ids == NULL || order == NULL) goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)spans[k].p, (Py_ssize_t)spans[k].len);
+        PyObject *i = b == NULL ? NULL : PyLong_FromSsize_t(spans[k].i);
+        if (i == NULL) {
+            Py_XDECREF(b);
+            Py_CLEAR(ids);
+            Py_CLEAR(order);
+            goto done;
+        }
+        PyList_SET_ITEM(ids, k, b);
+        PyList_SET_ITEM(order, k, i);
+    }
+done:
+    PyMem_Free(spans);
+    PyBuffer_Release(&blob);
+    PyBuffer_Release(&offs);
+    if (ids == NULL || order == NULL) {
+        Py_XDECREF(ids);
+        Py_XDECREF(order);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", ids, order);
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -773,6 +867,7 @@ static PyMethodDef methods[] = {
     {"number_states", (PyCFunction)(void (*)(void))number_states, METH_FASTCALL, number_states_doc},
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, take_doc},
     {"pack_uints", (PyCFunction)(void (*)(void))pack_uints, METH_FASTCALL, pack_uints_doc},
+    {"key_order", (PyCFunction)(void (*)(void))key_order, METH_FASTCALL, key_order_doc},
     {"int64s", (PyCFunction)int64s, METH_O, int64s_doc},
     {"in_range", (PyCFunction)(void (*)(void))in_range, METH_FASTCALL, in_range_doc},
     {NULL, NULL, 0, NULL},

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import operator
 import os
 import secrets
 import tempfile
@@ -35,7 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import accumulate, repeat
+from itertools import accumulate, compress, repeat
 from typing import NamedTuple
 
 import msgspec
@@ -1022,16 +1023,26 @@ def _block_entries(layer: Layer, k: int, table: ShapeTable | None) -> Entries:
     n = blk.index.count
     _, offsets, _, blob = blk.index.raw()
     off = counted_uints(offsets, n + 1, (4, 8))
-    raw = bytes(blob)
-    ids = [raw[off[i] : off[i + 1]] for i in range(n)]
     runs = blk.index.arrays()[1]
     tags = layer.legacy.shape_ids(table) if layer.legacy is not None else blk.tags
-    if tags is None and n and runs.count(runs[0]) == n:  # one run, no shapes: sort the ids alone
-        ids.sort()
-        return ids, [runs[0]] * n, [0] * n
-    order = sorted(range(n), key=ids.__getitem__)
+    one_run = tags is None and n > 0 and runs.count(runs[0]) == n  # one run, no shapes: the ids alone
+    if native is not None:  # the lines below in one C pass: split, sort
+        try:
+            ids, order = native.key_order(blob, offsets, off.itemsize)
+        except ValueError as exc:
+            raise CorruptSnapshot(f"a layer block's ids cannot be read ({exc})") from None
+        if one_run:
+            return ids, [runs[0]] * n, [0] * n
+    else:
+        raw = bytes(blob)
+        unsorted = [raw[off[i] : off[i + 1]] for i in range(n)]
+        if one_run:
+            unsorted.sort()
+            return unsorted, [runs[0]] * n, [0] * n
+        order = sorted(range(n), key=unsorted.__getitem__)
+        ids = list(map(unsorted.__getitem__, order))
     return (
-        list(map(ids.__getitem__, order)),
+        ids,
         list(map(runs.__getitem__, order)),
         [int(tags[i]) for i in order] if tags is not None else [0] * n,
     )
@@ -1218,8 +1229,8 @@ def merge_layers(lower: Layer, upper: Layer, *, bottom: bool, retired: frozenset
     def fix_lower(e: Entries) -> Entries:
         ids, runs, tags = e
         if drop and not drop.isdisjoint(ids):  # masked by the upper layer
-            keep = [i for i, b in enumerate(ids) if b not in drop]
-            ids, runs, tags = [ids[i] for i in keep], [runs[i] for i in keep], [tags[i] for i in keep]
+            kept = list(map(operator.not_, map(drop.__contains__, ids)))
+            ids, runs, tags = list(compress(ids, kept)), list(compress(runs, kept)), list(compress(tags, kept))
         if not lsame:
             tags = [lmap.get(t, 0) for t in tags]
         return ids, runs, dead_tags(runs, tags)
