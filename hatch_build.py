@@ -62,8 +62,8 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if self.target_name != "wheel" or os.environ.get("RESUMELOG_NATIVE", "1") == "0":
             return
-        tmp = tempfile.mkdtemp(prefix="resumelog-native-")
-        built = compile_native(self.root, tmp)
+        self._tmp = tempfile.mkdtemp(prefix="resumelog-native-")
+        built = compile_native(self.root, self._tmp)
         if version == "editable":  # found through the editable path; the wheel stays pure
             target = os.path.join(
                 self.root, "src", "resumelog", "_native" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so")
@@ -79,3 +79,9 @@ class NativeBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         build_data["pure_python"] = False
         build_data["infer_tag"] = True
         build_data["force_include"][built] = "resumelog/" + os.path.basename(built)
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        """Remove the build's temporary directory (the module is in the wheel by now)."""
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
