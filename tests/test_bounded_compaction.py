@@ -250,6 +250,31 @@ def test_a_reader_folding_a_long_tail_spills_too():
     assert views[1][3]
 
 
+def test_no_round_after_the_last_segment():
+    """The final evaluation follows the last segment: a round there (and the spill it
+    may start: a snapshot encoded and loaded back) would be work for nothing. A fold
+    whose records reach a round only at its last segment with records (the writer's
+    closing segment holds none) neither evaluates a round nor spills, and publishes
+    what a fold with no rounds publishes."""
+    store = mem()
+    with resumelog.open(store, run_id="r1", flush_policy=POLICY).writer("a") as w:
+        for i in range(30):
+            w.complete(f"s{i}")  # 60 records: 15 segments of 4, a closing one of none
+    segments = [o.path for o in store.list(paths.JOURNAL_PREFIX) if paths.parse_segment(o.path)]
+    out, spills = [], []
+    for round_records in (57, 56, 10**9):  # a round due at the last segment with records; before it; never
+        copy = mem()
+        copy_store(store, copy)
+        with spilling(round_records, 1):
+            r = compactor.compact(copy)
+        assert r.records_folded == 60 and r.segments_folded == len(segments) > 2
+        out.append(published(copy))
+        spills.append(r.spills)
+    assert spills == [0, 1, 0]  # (56: a round after 14 segments, then a spill)
+    assert out[0] == out[1] == out[2]
+    assert len(out[0]["completed"]) == 30
+
+
 # --------------------------------------------------------------------------- the set
 
 

@@ -514,6 +514,7 @@ def fold_journal(
     last_of = dict(plan)
     state.provisional = ProvisionalSet()  # (a set until a spill freezes it: ids in completion order)
     since_round = 0
+    round_due = False  # (evaluated before the next records: none after the last, the final evaluation does)
     with Progress("folding journal", len(plan), enabled=progress) as bar:
         for key, result in store.read_many([k for k, _ in plan]):
             bar.advance()
@@ -546,15 +547,17 @@ def fold_journal(
                 stopped.add(sid)  # a stream lives in one epoch: the rest of it is foreign too
                 loaded.foreign.extend(o.path for _, o in streams[sid])
                 continue
+            if round_due and seg.footer.record_count:
+                round_due = False
+                state.finish(final=False)  # provisional: collapses drained states, bounds memory
+                if SPILL_COMPLETIONS is not None and _held(state) >= max(1, SPILL_COMPLETIONS):
+                    _spill(loaded)
             if state.apply_segment(h, seg.batches, seg.footer.closed):
                 loaded.segments_folded += 1
                 loaded.records_folded += seg.footer.record_count
                 since_round += seg.footer.record_count
                 if since_round >= ROUND_RECORDS:
-                    since_round = 0
-                    state.finish(final=False)  # provisional: collapses drained states, bounds memory
-                    if SPILL_COMPLETIONS is not None and _held(state) >= max(1, SPILL_COMPLETIONS):
-                        _spill(loaded)
+                    since_round, round_due = 0, True
     loaded.streams_relisted = _fold_latecomers(store, loaded)
     state.finish(writers=loaded.for_compaction)
     if loaded.spill_sizes and loaded.for_compaction:
