@@ -274,6 +274,51 @@ def test_key_order_refuses_offsets_it_cannot_follow() -> None:
         native.key_order(b"", u32(0), 2)
 
 
+@st.composite
+def new_layers(draw):
+    """A fold's completions (id -> run), shape tags of some, the runs' indexes: ASCII
+    ids sharing a prefix, many alike past it (equal sort keys: compared in full)."""
+    prefix = draw(st.sampled_from(["", "shard-0000", "s3://bucket/part-"]))
+    tails = draw(st.lists(st.text(alphabet="ab0\x00\x7f", max_size=14), unique=True, max_size=60))
+    ids = [prefix + t for t in tails]
+    runs = draw(st.lists(st.sampled_from(["r1", "r2", "r10"]), min_size=len(ids), max_size=len(ids)))
+    added = dict(zip(ids, runs))
+    tags = {i: draw(st.integers(1, 5)) for i in ids if draw(st.booleans())}
+    where = {r: i for i, r in enumerate(sorted(set(runs)))}
+    return added, tags, where
+
+
+@given(new_layers())
+@budget(2)
+def test_sorted_entries_is_the_python_expression(case) -> None:
+    added, tags, where = case
+    ids = sorted(added)
+    expected = ([i.encode() for i in ids], [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids])
+    assert native.sorted_entries(added, tags, where) == expected
+
+
+def test_sorted_entries_of_many_ids() -> None:
+    """Every radix digit in use, a shared digit skipped, input already in order."""
+    import random
+
+    rng = random.Random(5)
+    for ids in (
+        [f"{rng.getrandbits(64):016x}{rng.getrandbits(8):02x}" for _ in range(5000)],
+        [f"id-{i:012d}" for i in range(5000)],
+        [f"s{rng.getrandbits(20)}/{i}" for i in range(5000)],
+    ):
+        added = dict.fromkeys(ids, "r")
+        got = native.sorted_entries(added, {}, {"r": 0})
+        assert got == ([i.encode() for i in sorted(added)], [0] * len(added), [0] * len(added))
+
+
+def test_sorted_entries_leaves_what_it_cannot_read() -> None:
+    assert native.sorted_entries({"a": "r", "é": "r"}, {}, {"r": 0}) is None  # non-ASCII: the Python lines
+    with pytest.raises(KeyError):
+        native.sorted_entries({"a": "r", "b": "s"}, {}, {"r": 0})
+    assert native.sorted_entries({}, {}, {}) == ([], [], [])
+
+
 def test_the_kernels_leak_nothing() -> None:
     """Each kernel, on success and on its error paths, run many times: the memory
     Python's allocators hold (objects and the kernels' buffers, both traced) stays put."""
@@ -292,6 +337,7 @@ def test_the_kernels_leak_nothing() -> None:
     encoded = [k.encode() for k in keys]
     blob = b"".join(encoded)
     offsets = array("I", [0, *accumulate(map(len, encoded))])
+    ascii_keys = [k for k in keys if k.isascii()]
 
     def once() -> None:
         native.shape_keys(keys, deltas, starts, cand, sources, "\x1f", "\x1e")
@@ -306,12 +352,15 @@ def test_the_kernels_leak_nothing() -> None:
         native.in_range(list(range(100)), 50)
         native.pack_uints(list(range(300)), (1, 2, 4))
         native.key_order(blob, offsets, 4)
+        native.sorted_entries(dict.fromkeys(ascii_keys, "r"), dict.fromkeys(ascii_keys[:50], 2), {"r": 0})
+        native.sorted_entries({"é": "r"}, {}, {"r": 0})
         for call, args, error in [
             (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0), IndexError),
             (native.pack_uints, ([1 << 40], (1, 2, 4)), OverflowError),
             (native.shape_keys, (["a"], [1], [0, 5], [0], ["s"], "\x1f", "\x1e"), IndexError),
             (native.take, (["a"], array("q", [3])), IndexError),
             (native.key_order, (b"abc", array("I", [0, 2, 1]), 4), ValueError),
+            (native.sorted_entries, (dict.fromkeys(keys[:200], "r"), {}, {}), KeyError),
         ]:
             with pytest.raises(error):
                 call(*args)

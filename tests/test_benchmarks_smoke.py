@@ -112,6 +112,16 @@ def test_bench_merge_smoke() -> None:
     assert 3000 < int(merged["interleaved"]) < 3640  # (a tenth of the lower ids masked, half the upper new)
 
 
+def test_bench_layer_build_smoke() -> None:
+    """``bench_layer_build.py`` at a tiny size, every order: with and without the kernels
+    the same layer, byte for byte."""
+    from resumelog import _compiled
+
+    rows = _bench(str(ROOT / "benchmarks" / "bench_layer_build.py"), "--n", "3000", "--repeat", "1")
+    assert [r["order"] for r in rows] == ["ordered", "shards", "random", "uuid"]
+    assert all(r["same_bytes"] and r["kernels_built"] == (_compiled.native is not None) for r in rows), rows
+
+
 def test_bench_open_layers_smoke() -> None:
     """``bench_open_layers.py`` on a loopback SeaweedFS: both modes open the same layers
     with the same GETs."""

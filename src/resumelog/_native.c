@@ -858,6 +858,158 @@ done:
     return Py_BuildValue("(NN)", ids, order);
 }
 
+/* ------------------------------------------------------------------ new layers */
+
+typedef struct {
+    uint64_t key; /* 8 bytes of the id after the ids' common prefix, big-endian, zero-padded */
+    Py_ssize_t i;
+} Keyed;
+
+typedef struct {
+    const unsigned char *p; /* the id after the common prefix */
+    size_t len;
+} Suffix;
+
+static const Suffix *sort_suffixes; /* (qsort has no context argument) */
+
+static int cmp_keyed(const void *a, const void *b) {
+    const Keyed *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    const Suffix *s = &sort_suffixes[x->i], *t = &sort_suffixes[y->i];
+    size_t n = s->len < t->len ? s->len : t->len;
+    int c = n ? memcmp(s->p, t->p, n) : 0;
+    if (c) return c;
+    if (s->len != t->len) return s->len < t->len ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+/* Sort ``keyed`` by key, then suffix: an LSD radix sort of the keys (16-bit digits, a
+ * digit every key shares skipped), then each run of equal keys by comparison. -1 (a
+ * MemoryError set) if out of memory. */
+static int sort_keyed(Keyed *keyed, Py_ssize_t n, const Suffix *suf) {
+    enum { DIGITS = 4, BUCKETS = 1 << 16 };
+    size_t *count = PyMem_Calloc((size_t)DIGITS * BUCKETS, sizeof(size_t));
+    Keyed *tmp = PyMem_Malloc(sizeof(Keyed) * (size_t)(n ? n : 1));
+    if (count == NULL || tmp == NULL) {
+        PyMem_Free(count);
+        PyMem_Free(tmp);
+        PyErr_NoMemory();
+        return -1;
+    }
+    Keyed *from = keyed, *to = tmp;
+    int sorted = 1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        for (int d = 0; d < DIGITS; d++) count[d * BUCKETS + ((keyed[j].key >> (16 * d)) & 0xFFFF)]++;
+        if (j && keyed[j].key < keyed[j - 1].key) sorted = 0;
+    }
+    for (int d = 0; d < DIGITS && !sorted; d++) {
+        size_t *c = &count[d * BUCKETS], total = 0;
+        if (c[(from[0].key >> (16 * d)) & 0xFFFF] == (size_t)n) continue; /* every key has this digit */
+        for (int b = 0; b < BUCKETS; b++) {
+            size_t here = c[b];
+            c[b] = total;
+            total += here;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) to[c[(from[j].key >> (16 * d)) & 0xFFFF]++] = from[j];
+        Keyed *t = from;
+        from = to;
+        to = t;
+    }
+    if (from != keyed) memcpy(keyed, from, sizeof(Keyed) * (size_t)n);
+    PyMem_Free(count);
+    PyMem_Free(tmp);
+    sort_suffixes = suf;
+    for (Py_ssize_t lo = 0, hi; lo < n; lo = hi) {
+        for (hi = lo + 1; hi < n && keyed[hi].key == keyed[lo].key; hi++) {
+        }
+        if (hi - lo > 1) qsort(keyed + lo, (size_t)(hi - lo), sizeof(Keyed), cmp_keyed);
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(sorted_entries_doc,
+             "sorted_entries(added: dict[str, str], tags: dict[str, int], runs: dict[str, int])\n"
+             "    -> tuple[list[bytes], list[int], list[int]] | None\n\n"
+             "A new layer's entries in key order: ``ids = sorted(added)``, then\n"
+             "``[i.encode() for i in ids]``, ``[runs[added[i]] for i in ids]`` and\n"
+             "``[tags.get(i, 0) for i in ids]``; ``None`` (and nothing done) if an id is not\n"
+             "an ASCII ``str``. A run missing from ``runs`` raises :class:`KeyError`.");
+
+static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "sorted_entries(added: dict, tags: dict, runs: dict)");
+        return NULL;
+    }
+    PyObject *added = args[0], *tags = args[1], *runs = args[2];
+    Py_ssize_t n = PyDict_GET_SIZE(added), pos = 0, i = 0;
+    PyObject *k, *v, *zero = PyLong_FromLong(0), *out = NULL;
+    Suffix *suf = PyMem_Malloc(sizeof(Suffix) * (size_t)(n ? n : 1));
+    Keyed *keyed = PyMem_Malloc(sizeof(Keyed) * (size_t)(n ? n : 1));
+    PyObject **row = PyMem_Malloc(sizeof(PyObject *) * 3 * (size_t)(n ? n : 1)); /* borrowed: id, run, tag */
+    if (zero == NULL || suf == NULL || keyed == NULL || row == NULL) {
+        if (zero != NULL) PyErr_NoMemory();
+        goto done;
+    }
+    /* Nothing below runs Python code (exact str keys, dict lookups): the dicts stay as they are. */
+    while (PyDict_Next(added, &pos, &k, &v)) {
+        if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+        PyObject *run = PyDict_GetItemWithError(runs, v);
+        if (run == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, v);
+            goto done;
+        }
+        PyObject *tag = PyDict_GET_SIZE(tags) ? PyDict_GetItemWithError(tags, k) : NULL;
+        if (tag == NULL && PyErr_Occurred()) goto done;
+        row[3 * i] = k;
+        row[3 * i + 1] = run;
+        row[3 * i + 2] = tag != NULL ? tag : zero;
+        suf[i] = (Suffix){PyUnicode_DATA(k), (size_t)PyUnicode_GET_LENGTH(k)};
+        i++;
+    }
+    size_t common = n ? suf[0].len : 0; /* the ids' common prefix */
+    for (Py_ssize_t j = 1; j < n && common; j++) {
+        size_t m = suf[j].len < common ? suf[j].len : common, c = 0;
+        while (c < m && suf[j].p[c] == suf[0].p[c]) c++;
+        common = c;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        suf[j].p += common;
+        suf[j].len -= common;
+        uint64_t key = 0;
+        for (size_t b = 0; b < 8; b++) key = key << 8 | (b < suf[j].len ? suf[j].p[b] : 0);
+        keyed[j] = (Keyed){key, j};
+    }
+    if (sort_keyed(keyed, n, suf) < 0) goto done;
+    PyObject *ids = PyList_New(n), *rs = PyList_New(n), *ts = PyList_New(n);
+    if (ids == NULL || rs == NULL || ts == NULL) goto fail;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject **r = &row[3 * keyed[j].i];
+        PyObject *b = PyBytes_FromStringAndSize(PyUnicode_DATA(r[0]), PyUnicode_GET_LENGTH(r[0]));
+        if (b == NULL) goto fail;
+        PyList_SET_ITEM(ids, j, b);
+        Py_INCREF(r[1]);
+        PyList_SET_ITEM(rs, j, r[1]);
+        Py_INCREF(r[2]);
+        PyList_SET_ITEM(ts, j, r[2]);
+    }
+    out = Py_BuildValue("(NNN)", ids, rs, ts);
+    goto done;
+fail: /* (the lists' unset items are NULL: safe to release) */
+    Py_XDECREF(ids);
+    Py_XDECREF(rs);
+    Py_XDECREF(ts);
+done:
+    Py_XDECREF(zero);
+    PyMem_Free(suf);
+    PyMem_Free(keyed);
+    PyMem_Free(row);
+    return out;
+}
+
 /* ------------------------------------------------------------------ module */
 
 static PyMethodDef methods[] = {
@@ -868,6 +1020,7 @@ static PyMethodDef methods[] = {
     {"take", (PyCFunction)(void (*)(void))take, METH_FASTCALL, take_doc},
     {"pack_uints", (PyCFunction)(void (*)(void))pack_uints, METH_FASTCALL, pack_uints_doc},
     {"key_order", (PyCFunction)(void (*)(void))key_order, METH_FASTCALL, key_order_doc},
+    {"sorted_entries", (PyCFunction)(void (*)(void))sorted_entries, METH_FASTCALL, sorted_entries_doc},
     {"int64s", (PyCFunction)int64s, METH_O, int64s_doc},
     {"in_range", (PyCFunction)(void (*)(void))in_range, METH_FASTCALL, in_range_doc},
     {NULL, NULL, 0, NULL},
