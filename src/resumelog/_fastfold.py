@@ -582,7 +582,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
         for g in np.flatnonzero(ok & in_base).tolist():
             if srcs[g] not in removed:
                 ok[g] = False
-    if len(set(srcs)) != n:  # a source fresh in two runs: which holds it is the reference rule's
+    if n and runs.count(runs[0]) != n and len(set(srcs)) != n:  # a source fresh in two runs: the reference rule's
         seen: dict[str, int] = {}
         for g, src in enumerate(srcs):
             if src in seen:
