@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+from array import array
+from itertools import accumulate
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from resumelog import idset
-from resumelog.idset import CompletedIndex, build_index
+from resumelog.idset import CompletedIndex, id_hash, pack_uints
 
 ids_strategy = st.sets(st.text(min_size=1, max_size=8), max_size=60)
 
 
-def index_of(ids: dict[str, int], **kw: object) -> CompletedIndex:
-    a = build_index(CompletedIndex.empty(), [], ids, **kw)  # type: ignore[arg-type]
-    return CompletedIndex(a.hashes, a.offsets, a.runs, a.blob, a.ascii_ids)
+def index_of(ids: dict[str, int]) -> CompletedIndex:
+    """The index of ``ids`` (id -> run index), its arrays as a layer block stores them."""
+    encoded = sorted((s.encode() for s in ids), key=id_hash)
+    offsets = array("I", [0, *accumulate(map(len, encoded))])
+    hashes = array("I", map(id_hash, encoded))
+    runs = pack_uints([ids[b.decode()] for b in encoded])
+    blob = b"".join(encoded)
+    return CompletedIndex(idset._to_bytes(hashes), idset._to_bytes(offsets), runs, blob, blob.isascii())
 
 
 @pytest.fixture
@@ -53,14 +61,3 @@ def test_a_large_index_builds_its_directory_after_many_lookups_and_answers_the_s
         assert (i >= 0) == present and (not present or stored[i] == p)
         if present:
             assert idx.run_at(i) == int(p[6:]) % 3
-
-
-def test_build_index_replaces_an_id_in_base_and_add_unless_told_they_are_disjoint():
-    base = index_of({"a": 0, "b": 0, "c": 0})
-    merged = build_index(base, [], {"b": 1, "d": 1})
-    idx = CompletedIndex(merged.hashes, merged.offsets, merged.runs, merged.blob, merged.ascii_ids)
-    assert sorted(idx.ids()) == ["a", "b", "c", "d"]
-    assert idx.run_at(idx.find("b")) == 1  # the added entry wins
-    # the fold's invariant (an added base id is also removed): the same result, no lookups of `add`
-    same = build_index(base, ["b"], {"b": 1, "d": 1}, disjoint=True)
-    assert same == merged

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import sys
 from array import array
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from itertools import accumulate
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
 
 from resumelog import _fastfold
 from resumelog._compiled import native
 from resumelog._crc import crc32c
 
-__all__ = ["CompletedIndex", "IndexArrays", "build_index", "counted_uints", "encoded_key", "id_hash", "pack_uints"]
+__all__ = ["CompletedIndex", "counted_uints", "encoded_key", "id_hash", "pack_uints"]
 
 _LITTLE = sys.byteorder == "little"
 
@@ -255,93 +253,3 @@ class CompletedIndex:
     def arrays(self) -> tuple[array[int], array[int]]:
         """Copies of the hash and run arrays (runs widened to ``u32``; for rebuilding)."""
         return _as_array("I", self._hashes), array("I", self._runs)
-
-
-class IndexArrays(NamedTuple):
-    """The frames of a rebuilt index (see :func:`build_index`)."""
-
-    hashes: bytes
-    offsets: bytes
-    runs: bytes
-    blob: bytes
-    n: int
-    ascii_ids: bool
-    tags: array[int]
-    """The per-id tag (shape id) of every entry, in index order."""
-
-
-def build_index(
-    base: CompletedIndex,
-    remove: Iterable[str],
-    add: dict[str, int],
-    base_tags: Sequence[int] | None = None,
-    add_tags: Mapping[str, int] | None = None,
-    *,
-    disjoint: bool = False,
-) -> IndexArrays:
-    """Build the arrays of ``base - remove + add`` (``add`` maps id -> run index).
-
-    Every id also carries a tag (``base_tags[i]`` for base entry ``i``, ``add_tags``
-    for added ids; ``0`` when absent) that follows it into the new order. Ids in both
-    ``base`` and ``add`` take the run and tag from ``add``. ``disjoint``: the caller
-    guarantees that every id of ``add`` found in ``base`` is also in ``remove`` (the
-    fold's invariant), so ``add`` is not looked up.
-    """
-    ids = base.ids()
-    hashes, runs = base.arrays()
-    tags = array("I", base_tags) if base_tags is not None and len(base_tags) else array("I", bytes(4 * len(ids)))
-    add_tags = add_tags or {}
-    probe = remove if disjoint else [*remove, *add]
-    drop = {i for i in map(base.find, probe) if i >= 0} if base.count else set()
-    if drop:
-        keep = [i for i in range(len(ids)) if i not in drop]
-        ids = [ids[i] for i in keep]
-        hashes = array("I", [hashes[i] for i in keep])
-        runs = array("I", [runs[i] for i in keep])
-        tags = array("I", [tags[i] for i in keep])
-    if add:
-        new_ids = list(add)
-        new_h = [crc32c(s.encode()) for s in new_ids]
-        order = sorted(range(len(new_ids)), key=new_h.__getitem__)
-        tag_of = add_tags.get
-        if not ids:
-            ids = [new_ids[i] for i in order]
-            hashes = array("I", [new_h[i] for i in order])
-            runs = array("I", [add[s] for s in ids])
-            tags = array("I", [tag_of(s, 0) for s in ids])
-        else:
-            out_ids: list[str] = []
-            out_h = array("I")
-            out_r = array("I")
-            out_t = array("I")
-            prev = 0
-            for j in order:
-                h = new_h[j]
-                pos = bisect_right(hashes, h, prev)
-                out_ids += ids[prev:pos]
-                out_h += hashes[prev:pos]
-                out_r += runs[prev:pos]
-                out_t += tags[prev:pos]
-                s = new_ids[j]
-                out_ids.append(s)
-                out_h.append(h)
-                out_r.append(add[s])
-                out_t.append(tag_of(s, 0))
-                prev = pos
-            out_ids += ids[prev:]
-            out_h += hashes[prev:]
-            out_r += runs[prev:]
-            out_t += tags[prev:]
-            ids, hashes, runs, tags = out_ids, out_h, out_r, out_t
-    text = "".join(ids)
-    ascii_ids = text.isascii()
-    if ascii_ids:
-        blob = text.encode("ascii")
-        lengths: Iterable[int] = map(len, ids)
-    else:
-        encoded = [s.encode() for s in ids]
-        blob = b"".join(encoded)
-        lengths = map(len, encoded)
-    offsets = array("I" if len(blob) < 1 << 32 else "Q", [0])
-    offsets.extend(accumulate(lengths))
-    return IndexArrays(_to_bytes(hashes), _to_bytes(offsets), pack_uints(runs), blob, len(ids), ascii_ids, tags)
