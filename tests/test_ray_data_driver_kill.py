@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ def driver(phase: str, env: dict[str, str], *args: str) -> subprocess.Popen[str]
     )
 
 
-def test_a_write_whose_driver_is_killed_then_rerun_shows_every_row_once(tmp_path: Path) -> None:
+def test_a_write_whose_driver_is_killed_then_rerun_shows_every_row_once(tmp_path: Path, monkeypatch) -> None:
+    made: list[str] = []  # the head node's temp dir: removed when it stops
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(mkdtemp(**kw)) or made[-1])
     files = make_files(tmp_path / "in")
     big = files[0]
     url, out, marker = str(tmp_path / "ckpt"), str(tmp_path / "out"), str(tmp_path / "hung")
@@ -124,6 +128,8 @@ def test_a_write_whose_driver_is_killed_then_rerun_shows_every_row_once(tmp_path
         second = driver("rerun", env, *args)
         stdout, stderr = second.communicate(timeout=600)
         assert second.returncode == 0, stderr[-3000:]
+        assert len(made) == 1 and os.path.isdir(made[0])
+    assert not os.path.exists(made[0])
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     run2, result = lines[0]["run"], lines[1]
     assert result["undrained"] == []

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,8 +131,8 @@ def head_node(
     """Start a Ray head node in its own process group (``ray start --head --block``),
     for drivers in other processes; stop it on exit by that group's id.
 
-    Every port is chosen free and the node has a private temp dir, so no other
-    cluster's address file is touched. Yields the environment a driver needs to join
+    Every port is chosen free and the node has a private temp dir (removed on exit),
+    so no other cluster's address file is touched. Yields the environment a driver needs to join
     it (``RAY_ADDRESS``; Ray 2.60's token authentication turned off, as the cluster
     is private to the caller; plus ``env``).
 
@@ -207,6 +208,7 @@ def head_node(
             proc.wait()
         _kill_session(proc.pid)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)  # (the node's sessions and logs: errors above quote the log)
 
 
 def _kill_session(sid: int) -> None:
