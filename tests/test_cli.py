@@ -481,11 +481,16 @@ def test_watch_numbers_advance_on_a_terminal(tmp_path: Path, renderer: str) -> N
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, url, "120"], env={**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
     )
-    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1"}
+    env = {**os.environ, "RESUMELOG_NO_SIGTERM": "1", "PYTHONFAULTHANDLER": "1"}  # (SIGABRT: its threads' stacks)
     if renderer == "plain":
         env["RESUMELOG_CLI_PLAIN"] = "1"
     child = pexpect.spawn(
-        CLI[0], [*CLI[1:], "watch", url, "--interval", "0.5"], env=env, encoding="utf-8", dimensions=(30, 120)
+        CLI[0],
+        [*CLI[1:], "watch", url, "--interval", "0.5"],
+        env=env,
+        encoding="utf-8",
+        dimensions=(30, 120),
+        preexec_fn=_default_sigint,  # (not a mask or disposition another test left in this worker)
     )
     try:
         seen: list[int] = []
@@ -496,7 +501,12 @@ def test_watch_numbers_advance_on_a_terminal(tmp_path: Path, renderer: str) -> N
         assert len(seen) >= 2 and seen[-1] > seen[0], seen
         assert child.isalive()
         child.sendintr()  # Ctrl-C ends the view cleanly
-        child.expect(pexpect.EOF, timeout=30)
+        try:
+            child.expect(pexpect.EOF, timeout=120)  # (generous for a loaded machine)
+        except pexpect.TIMEOUT:
+            child.kill(signal.SIGABRT)
+            child.expect(pexpect.EOF, timeout=30)
+            pytest.fail(f"watch did not stop on Ctrl-C; where its threads were:\n{child.before[-6000:]}")
         child.close()
         assert child.exitstatus == 0
     finally:
@@ -506,6 +516,12 @@ def test_watch_numbers_advance_on_a_terminal(tmp_path: Path, renderer: str) -> N
         writer.wait(timeout=10)
     # watch never wrote: every object is the writer's (journal) or the initial meta
     assert {o.path.split("/")[0] for o in LocalStore(url).list("")} <= {"journal", paths.META}
+
+
+def _default_sigint() -> None:
+    """In a child before it runs the CLI: SIGINT delivered and handled by Python."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def spawn(*args: str, env: dict[str, str] | None = None, **kw: Any) -> Any:
