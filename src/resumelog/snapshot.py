@@ -321,16 +321,20 @@ def _writers_frame(state: FoldState) -> bytes:
     open_sids = state.open_stream_ids()
     if not open_sids:
         return b""  # every writer closed: no completion needs names (the end of a job)
-    candidates: dict[str, Writers] = {}
+    candidates: dict[str, tuple[str, Writers]] = {}  # completed source -> (its run, its writers)
+    completed_run, added = state.completed_run, state.added
     if base is not None and base.has_writers():
         for src in base.all_writers()[1]:
-            if src not in state.done_writers and src not in state.added and state.is_completed(src):
-                w = state.done_writers_of(src)
-                if w is not None:
-                    candidates[src] = w
+            if src not in state.done_writers and src not in added:
+                run = completed_run(src)
+                if run is not None:
+                    w = state.done_writers_of(src)
+                    if w is not None:
+                        candidates[src] = (run, w)
     for src, w in state.done_writers.items():
-        if state.is_completed(src):
-            candidates[src] = w
+        run = added.get(src) or completed_run(src)
+        if run is not None:
+            candidates[src] = (run, w)
     streams: list[str] = []
     index: dict[int, int] = {}
 
@@ -357,10 +361,9 @@ def _writers_frame(state: FoldState) -> bytes:
     sources: list[str] = []
     writers: list[list[int | list[int]]] = []
     for src in sorted(candidates):
-        run = state.completed_run(src)
-        if run is None or run in retired:
+        run, ws = candidates[src]
+        if run in retired:
             continue
-        ws = candidates[src]
         if ws not in pruned:
             pruned[ws] = prune(ws)
         elems = pruned[ws]
