@@ -359,6 +359,20 @@ MUTANTS += [
         "a batch with a late record leaves the states it numbered in the fast path's index",
     ),
     Mutant(
+        "fast_path_source_fresh_in_two_runs",
+        "_fastfold.py",
+        "    if n and runs.count(runs[0]) != n and len(set(srcs)) != n:",
+        "    if False:",
+        "the fast path completes in bulk a source fresh in two runs (which run holds it is the reference rule's)",
+    ),
+    Mutant(
+        "native_layer_entries_runs_and_shapes_swapped",
+        "layers.py",
+        "        encoded, runs, raw = entries\n",
+        "        encoded, raw, runs = entries\n",
+        "a new layer built by the compiled kernel gives each id its shape id as its run and its run as its shape",
+    ),
+    Mutant(
         "spill_drops_round_completions",
         "compactor.py",
         '    encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")\n',
