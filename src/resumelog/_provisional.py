@@ -23,6 +23,7 @@ import heapq
 import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
+from itertools import islice
 
 import msgspec
 
@@ -45,9 +46,9 @@ class _Run:
         self.chunks: list[bytes] = []
         self.n = 0
         self._cache: tuple[int, list[str]] = (-1, [])
-        ids = ids if isinstance(ids, list) else list(ids)  # sorted, distinct
-        for i in range(0, len(ids), CHUNK):
-            self._add(ids[i : i + CHUNK])
+        it = iter(ids)  # sorted, distinct; a chunk at a time (a merge of runs streams through)
+        while chunk := list(islice(it, CHUNK)):
+            self._add(chunk)
 
     def _add(self, chunk: list[str]) -> None:
         self.firsts.append(chunk[0])
