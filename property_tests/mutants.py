@@ -395,6 +395,14 @@ MUTANTS += [
         "as a late record, and a quarantine keeps it",
     ),
     Mutant(
+        "provisional_merge_holds_every_id",
+        "_provisional.py",
+        "        it = iter(ids)  # sorted, distinct; a chunk at a time (a merge of runs streams through)\n",
+        "        it = iter(list(ids))  # mutant: every id of the merged runs held at once\n",
+        "issue 17/4: a freeze merging its frozen runs holds all their ids as Python strings (memory grows "
+        "with the completed ids)",
+    ),
+    Mutant(
         "layer_spool_loses_blocks_held_in_memory",
         "layers.py",
         "                for p, c in self._frames:\n                    self._spool.write(p, c)\n",

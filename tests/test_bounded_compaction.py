@@ -300,31 +300,6 @@ def test_provisional_set_is_a_set():
     assert big.nbytes < 10_000 * 10  # a few bytes per id
 
 
-def test_a_freeze_merges_runs_without_holding_their_ids():
-    """The runs a freeze merges (a binary counter: at the 2^k-th spill, every run so
-    far) stream through in chunks: the merge never holds their ids as Python strings
-    (a list of 10M ids held 800 MB at spill 17 of a 64M-record compaction)."""
-    import tracemalloc
-
-    p = ProvisionalSet()
-    n = 100_000
-    for k in range(2):  # two runs of n ids, interleaved in key order
-        p.update(f"s3://bucket/part-{i:09d}.jsonl" for i in range(k, 2 * n, 2))
-        if k == 0:
-            p.freeze()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        p.freeze()  # the recent ids frozen, then both runs merged into one
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    assert len(p.runs) == 1 and p.runs[0].n == 2 * n
-    strings = 2 * n * (len("s3://bucket/part-000000000.jsonl") + 49)  # the ids as str objects
-    assert peak < strings / 3, f"the merge held {peak} bytes ({strings} as strings)"
-    assert f"s3://bucket/part-{2 * n - 1:09d}.jsonl" in p and f"s3://bucket/part-{2 * n:09d}.jsonl" not in p
-
-
 def test_spilled_layers_are_not_merged_back_together():
     """Each spill moves fewer completions than the top layer holds (the rest wait for
     the next), so ``plan_merges`` keeps every spilled layer apart: the published
