@@ -14,8 +14,9 @@ its layers are deleted between children, the journal is kept):
 * ``after``: the defaults (rounds of 500,000 records, spilling at
   ``SPILL_COMPLETIONS`` = 1,000,000 completions held).
 
-Each row (``bench: "memory_compaction"``) gives the child's peak RSS (``VmHWM``),
-seconds, records/s, the spills and the layers the published snapshot names; after an
+Each row (``bench: "memory_compaction"``) gives the child's peak RSS (``VmHWM``: it
+counts the resident pages of memory-mapped files too, such as the layer spools), its
+peak anonymous memory (``peak_anon_mb``: ``RssAnon``, sampled from the parent), seconds, records/s, the spills and the layers the published snapshot names; after an
 ``after`` compaction that published several layers, a ``memory_merge`` row gives the
 same of a ``compact(merge=True)`` merging them into one (what a later tick or
 ``resumelog compact --merge`` pays once). Sizes:
@@ -35,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -88,24 +90,53 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
+def _rss_anon_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def run_child(kw: dict[str, Any], timeout: float = 4 * 3600) -> dict[str, Any]:
+    """One child compaction; its result with ``peak_anon_mb``, the largest ``RssAnon``
+    (anonymous memory: what cannot be paged out without swap, unlike the pages of the
+    memory-mapped layer spools that ``VmHWM`` counts too) the parent saw, every ~5 ms."""
     env = {**os.environ, "RESUMELOG_CACHE_DIR": "off"}
     src = os.path.join(os.path.dirname(BENCH_DIR), "src")
     if os.path.isdir(src):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
-    p = subprocess.run(
+    p = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--child", json.dumps(kw)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         env=env,
     )
-    for line in p.stdout.splitlines():
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _rss_anon_mb(p.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        stdout, stderr = p.communicate(timeout=timeout)
+    finally:
+        done.set()
+        sampler.join()
+    for line in stdout.splitlines():
         if line.startswith("@@RESULT "):
             out: dict[str, Any] = json.loads(line[9:])
+            out["peak_anon_mb"] = round(peak[0], 1)
             return out
     why = f"killed by signal {-p.returncode}" if p.returncode < 0 else f"exit {p.returncode}"
-    raise RuntimeError(f"compaction child failed ({why}): {(p.stderr or p.stdout)[-1500:]}")
+    raise RuntimeError(f"compaction child failed ({why}): {(stderr or stdout)[-1500:]}")
 
 
 def predict(points: list[tuple[int, float]], m: int) -> float | None:
@@ -169,7 +200,7 @@ def main() -> None:
                     segments=w["segments"],
                     records_per_s=round(c["records"] / c["seconds"]),
                     **c,
-                    units={"seconds": "s", "peak_rss_mb": "MB", "records_per_s": "records/s"},
+                    units={"seconds": "s", "peak_rss_mb": "MB", "peak_anon_mb": "MB", "records_per_s": "records/s"},
                 )
                 if name == "after" and c["layers"] > 1:  # then merge the spilled layers into one
                     g = run_child({"url": url, **SETTINGS[name], "merge": True})
@@ -181,7 +212,8 @@ def main() -> None:
                         layers_before=c["layers"],
                         seconds=g["seconds"],
                         peak_rss_mb=g["peak_rss_mb"],
-                        units={"seconds": "s", "peak_rss_mb": "MB"},
+                        peak_anon_mb=g["peak_anon_mb"],
+                        units={"seconds": "s", "peak_rss_mb": "MB", "peak_anon_mb": "MB"},
                     )
             shutil.rmtree(url, ignore_errors=True)
     finally:
