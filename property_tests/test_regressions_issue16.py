@@ -126,9 +126,11 @@ def test_round_completion_does_not_survive_quarantine_of_its_run(store, monkeypa
     b.record(key="t0_0_sink", source="S", delta=-1)
     b.flush()  # output 0 reached the sink
     a.record(key="t0_1_sink", source="S", delta=-1)  # output 1 reached the sink
-    for i in range(4):  # filler records (other sources): a round boundary falls here
+    for i in range(4):  # filler records (other sources): a round falls due here
         a.complete(f"filler-{i}")
     a.flush()
+    with ck.writer("A2") as a2:  # folded after A, before B: the round due runs before its records
+        a2.complete("filler-a2")
     # output 2 is still in flight: true sum of S is +1
     compactor.compact(LosingStore(store.name))  # B/0 listed, gone when read
     view = resumelog.open(store, run_id="viewer")
