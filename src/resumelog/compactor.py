@@ -444,9 +444,10 @@ def _bad_base_raises(number: int, path: str, state: FoldState) -> Iterator[None]
 
 
 ROUND_RECORDS = 500_000
-"""A long journal tail is evaluated every this many records while it is folded, so
-drained sources collapse to their completion instead of holding their fold state until
-the end: memory stays bounded by what is in flight, not by the tail's length. The
+"""A long journal tail is evaluated every this many records while it is folded (the
+round runs before the next segment that holds records, so never right before the final
+evaluation), so drained sources collapse to their completion instead of holding their
+fold state until the end: memory stays bounded by what is in flight, not by the tail's length. The
 result is the same (a record folded after its source completed provisionally reopens
 it exactly, quietly: ``FoldState.provisional``). A round's records wait in the fold's
 columns until it is evaluated, some 350 bytes each: compacting 4M records peaks at
