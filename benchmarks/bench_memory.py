@@ -43,6 +43,8 @@ from typing import Any
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH_DIR)
 
+import bench_scale  # noqa: E402
+
 SIZES = {"smoke": [20_000], "quick": [4_000_000, 16_000_000], "full": [4_000_000, 16_000_000, 64_000_000]}
 WRITERS = 64
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -82,25 +84,6 @@ def child_compact(url: str, round_records: int | None, spill: Any, merge: bool =
     }
 
 
-def _vm_hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _rss_anon_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def run_child(kw: dict[str, Any], timeout: float = 4 * 3600) -> dict[str, Any]:
     """One child compaction; its result with ``peak_anon_mb``, the largest ``RssAnon``
     (anonymous memory: what cannot be paged out without swap, unlike the pages of the
@@ -121,7 +104,7 @@ def run_child(kw: dict[str, Any], timeout: float = 4 * 3600) -> dict[str, Any]:
 
     def sample() -> None:
         while not done.wait(0.005):
-            peak[0] = max(peak[0], _rss_anon_mb(p.pid))
+            peak[0] = max(peak[0], bench_scale._vm("RssAnon", p.pid))  # (nan once it exited: kept out)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -163,11 +146,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         out = child_compact(**json.loads(args.child))
-        out["peak_rss_mb"] = round(_vm_hwm_mb(), 1)
+        out["peak_rss_mb"] = round(bench_scale._vm("VmHWM"), 1)
         print("@@RESULT " + json.dumps(out), flush=True)
         return
-    import bench_scale
-
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if mode == "smoke":  # too few records for the defaults to spill: spill anyway
         SETTINGS["after"] = {"round_records": 2_000, "spill": 1_000}

@@ -133,10 +133,11 @@ def source_id(i: int) -> str:
     return f"s3://corpus/cc/shard-{i >> 12:06d}/part-{i:010d}.jsonl"
 
 
-def _vm(field: str) -> float:
-    """A ``/proc/self/status`` field in MiB (``VmHWM``: this process's peak RSS)."""
+def _vm(field: str, pid: int | str = "self") -> float:
+    """A ``/proc/<pid>/status`` field in MiB (``VmHWM``: the process's peak RSS), ``nan``
+    if unreadable (the process has exited)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024

@@ -772,13 +772,19 @@ typedef struct {
     Py_ssize_t i;
 } Span;
 
+/* Byte strings in key order (a prefix first), then by index ``i`` < ``j``. */
+static int cmp_bytes(const unsigned char *p, size_t plen, const unsigned char *q, size_t qlen, Py_ssize_t i,
+                     Py_ssize_t j) {
+    size_t n = plen < qlen ? plen : qlen;
+    int c = n ? memcmp(p, q, n) : 0;
+    if (c) return c;
+    if (plen != qlen) return plen < qlen ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
 static int cmp_span(const void *a, const void *b) {
     const Span *x = a, *y = b;
-    size_t n = x->len < y->len ? x->len : y->len;
-    int c = n ? memcmp(x->p, y->p, n) : 0;
-    if (c) return c;
-    if (x->len != y->len) return x->len < y->len ? -1 : 1;
-    return (x->i > y->i) - (x->i < y->i);
+    return cmp_bytes(x->p, x->len, y->p, y->len, x->i, y->i);
 }
 
 PyDoc_STRVAR(key_order_doc,
@@ -876,11 +882,7 @@ static int cmp_keyed(const void *a, const void *b) {
     const Keyed *x = a, *y = b;
     if (x->key != y->key) return x->key < y->key ? -1 : 1;
     const Suffix *s = &sort_suffixes[x->i], *t = &sort_suffixes[y->i];
-    size_t n = s->len < t->len ? s->len : t->len;
-    int c = n ? memcmp(s->p, t->p, n) : 0;
-    if (c) return c;
-    if (s->len != t->len) return s->len < t->len ? -1 : 1;
-    return (x->i > y->i) - (x->i < y->i);
+    return cmp_bytes(s->p, s->len, t->p, t->len, x->i, y->i);
 }
 
 /* Sort ``keyed`` by key, then suffix: an LSD radix sort of the keys (16-bit digits, a

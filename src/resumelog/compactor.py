@@ -447,8 +447,8 @@ ROUND_RECORDS = 500_000
 """A long journal tail is evaluated every this many records while it is folded (the
 round runs before the next segment that holds records, so never right before the final
 evaluation), so drained sources collapse to their completion instead of holding their
-fold state until the end: memory stays bounded by what is in flight, not by the tail's length. The
-result is the same (a record folded after its source completed provisionally reopens
+fold state until the end: memory stays bounded by what is in flight, not by the tail's
+length. The result is the same (a record folded after its source completed provisionally reopens
 it exactly, quietly: ``FoldState.provisional``). A round's records wait in the fold's
 columns until it is evaluated, some 350 bytes each: compacting 4M records peaks at
 455 MB in rounds of 500,000 and at 981 MB in rounds of 2,000,000, at the same speed
@@ -513,7 +513,7 @@ def fold_journal(
             expect += 1
     stopped: set[tuple[str, str]] = set()
     last_of = dict(plan)
-    state.provisional = ProvisionalSet()  # (a set until a spill freezes it: ids in completion order)
+    state.provisional = ProvisionalSet()  # (ids in completion order until a spill freezes them)
     since_round = 0
     round_due = False  # (evaluated before the next records: none after the last, the final evaluation does)
     with Progress("folding journal", len(plan), enabled=progress) as bar:
@@ -643,8 +643,7 @@ def _spill(loaded: Loaded) -> bool:
     loaded.spill_sizes.append(top.count + len(top.tombstones))  # what plan_merges compares
     del encoded
     provisional = state.provisional
-    if not isinstance(provisional, ProvisionalSet):
-        provisional = state.provisional = ProvisionalSet(provisional or ())
+    assert isinstance(provisional, ProvisionalSet), "fold_journal folds with a ProvisionalSet"
     provisional.freeze()
     return True
 

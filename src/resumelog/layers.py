@@ -760,9 +760,7 @@ def build_layer(
     for sid in dict.fromkeys(raw):
         if sid not in remap:
             remap[sid] = table.add(shapes.shapes[sid - 1])
-    w = LayerWriter()
-    w.add_many(encoded, runs, list(map(remap.__getitem__, raw)))
-    return w.finish(table, run_names, frozenset(removed))
+    return _new_layer(encoded, runs, list(map(remap.__getitem__, raw)), table, run_names, frozenset(removed))
 
 
 class BlockSpool:
@@ -979,8 +977,20 @@ def make_layer(
 ) -> Layer:
     """A new (unwritten) version-6 layer of the entries ``ids`` (sorted, distinct), their
     run indexes into ``run_names`` and shape ids in ``table``, masking ``tombstones``."""
+    return _new_layer(list(map(str.encode, ids)), runs, tags, table, run_names, tombstones)
+
+
+def _new_layer(
+    encoded: list[bytes],
+    runs: Sequence[int],
+    tags: Sequence[int],
+    table: ShapeTable,
+    run_names: list[str],
+    tombstones: frozenset[str],
+) -> Layer:
+    """:func:`make_layer` of ids already UTF-8 encoded."""
     w = LayerWriter()
-    w.add_many(list(map(str.encode, ids)), runs, tags)
+    w.add_many(encoded, runs, tags)
     return w.finish(table, run_names, tombstones)
 
 
