@@ -423,6 +423,22 @@ MUTANTS += [
         "            pass\n    return out\n",
         "issue 17/4: the published snapshot names layers a spill made that nobody wrote",
     ),
+    Mutant(
+        "column_batch_counts_its_sources",
+        "_columns.py",
+        "        return len(self.flags)\n",
+        "        return len(self.sources)\n",
+        "issue 17/3: a batch decoded into columns counts its sources as its records (the ordinals of "
+        "the records after it shift)",
+    ),
+    Mutant(
+        "column_keys_of_msgspec_batches_dropped",
+        "_fastfold.py",
+        "    spans = [k if isinstance(k, KeySpans) else KeySpans.of(k) for k in parts]\n",
+        "    spans = [k for k in parts if isinstance(k, KeySpans)]\n",
+        "issue 17/3: a round's keys put in state order leave out those of batches msgspec decoded "
+        "(a round of both kinds)",
+    ),
 ]
 
 

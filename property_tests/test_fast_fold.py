@@ -30,8 +30,9 @@ from hypothesis import strategies as st
 from pt_settings import budget
 
 from resumelog import _fastfold
+from resumelog._columns import decode_batch
 from resumelog.algebra import FoldState
-from resumelog.format import EMISSION, Batch, Reset, SegmentHeader
+from resumelog.format import EMISSION, Batch, Reset, SegmentHeader, encode
 from resumelog.snapshot import encode_snapshot, load_snapshot
 
 pytestmark = pytest.mark.skipif(_fastfold.np is None, reason="NumPy is not installed: no fast path to compare")
@@ -156,8 +157,9 @@ def fingerprint(state: FoldState, warnings: list[str]) -> dict[str, Any]:
 class Fold:
     """One fold driven by the operations (``fast``: every batch may take the fast path)."""
 
-    def __init__(self, fast: bool, rounds: bool) -> None:
+    def __init__(self, fast: bool, rounds: bool, columns: bool = False) -> None:
         self.fast = fast
+        self.columns = columns  # batches as the compaction decodes them (ColumnBatch where it can)
         self.warnings: list[str] = []
         self.state = self.new(FoldState())
         if rounds:
@@ -178,6 +180,8 @@ class Fold:
             writer, run = STREAMS[i]
             header = SegmentHeader(writer, "01J" + "0" * 23, self.seq[i], run, bytes(16), 1000 + self.seq[i])
             self.seq[i] += 1
+            if self.columns:
+                bs = [decode_batch(encode(b)) or b for b in bs]
             return st_.apply_segment(header, bs, closed)
         if kind == "finish":
             return st_.finish(final=op[1])
@@ -209,10 +213,11 @@ class Fold:
         return encode_snapshot(self.state, None, created_ms=1)
 
 
-def compare(operations: list[tuple[Any, ...]], rounds: bool = False) -> None:
-    """Run ``operations`` on both paths; assert equal results and states."""
+def compare(operations: list[tuple[Any, ...]], rounds: bool = False, columns: bool = False) -> None:
+    """Run ``operations`` on both paths (``columns``: the fast path's batches decoded as
+    the compaction decodes them); assert equal results and states."""
     with pytest.MonkeyPatch.context() as mp:
-        fast, ref = Fold(True, rounds), Fold(False, rounds)
+        fast, ref = Fold(True, rounds, columns), Fold(False, rounds)
         for op in operations:
             got, want = fast.run(op, mp), ref.run(op, mp)
             assert got == want, op
@@ -224,10 +229,10 @@ def compare(operations: list[tuple[Any, ...]], rounds: bool = False) -> None:
         assert fast.snapshot(mp) == ref.snapshot(mp)
 
 
-@given(operations=ops, rounds=st.booleans())
+@given(operations=ops, rounds=st.booleans(), columns=st.booleans())
 @budget(3)
-def test_fast_path_equals_the_reference(operations, rounds):
-    compare(operations, rounds)
+def test_fast_path_equals_the_reference(operations, rounds, columns):
+    compare(operations, rounds, columns)
 
 
 def drained(*sources: str, pending: tuple[str, ...] = ()) -> Batch:

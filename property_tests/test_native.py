@@ -12,17 +12,21 @@ rarely makes (non-ASCII keys, keys holding the cache's marks, empty source ids).
 from __future__ import annotations
 
 import os
+import struct
 from array import array
 from itertools import accumulate
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pt_settings import budget
 
 from resumelog import _compiled
+from resumelog._columns import ColumnBatch, KeySpans
 from resumelog._crc import crc32c
 from resumelog._fastfold import _MARKS
+from resumelog.format import Batch, Reset, encode
 
 native = _compiled.native
 pytestmark = pytest.mark.skipif(
@@ -378,3 +382,183 @@ def test_the_kernels_leak_nothing() -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 16 << 10, f"{after - before} bytes more after 200 rounds"
+
+
+# ------------------------------------------------------------------ batches decoded into columns
+
+INT64_EDGES = [0, 1, -1, 127, 128, -32, -33, 255, 256, -128, -129, 65535, 65536, -32768, -32769]
+INT64_EDGES += [(1 << 31) - 1, 1 << 31, -(1 << 31), -(1 << 31) - 1, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, -(1 << 63)]
+
+
+@st.composite
+def encoded_batches(draw: st.DrawFn) -> Batch:
+    """Batches as writers encode them, and the kinds the decoder leaves to msgspec:
+    non-ASCII keys or sources, deltas beyond int64, resets."""
+    sources = draw(st.lists(st.text(TEXT, max_size=6), min_size=1, max_size=5))
+    n = draw(st.integers(0, 40))
+    index = [draw(st.integers(0, len(sources) - 1)) for _ in range(n)]
+    ascii_keys = draw(st.integers(0, 4)) > 0
+    ks = [draw(st.text("ab_0" if ascii_keys else TEXT, max_size=300 if i == 0 else 8)) for i in range(n)]
+    ints = st.one_of(st.integers(-300, 300), st.sampled_from(INT64_EDGES), st.integers(-(1 << 63), (1 << 63) - 1))
+    wide = draw(st.integers(0, 6)) == 0
+    deltas = [draw(st.one_of(ints, st.sampled_from([1 << 63, (1 << 64) - 1])) if wide else ints) for _ in range(n)]
+    flags = bytes(draw(st.lists(st.integers(0, 255), min_size=n, max_size=n)))
+    resets = [Reset("s", ["r"])] if draw(st.integers(0, 8)) == 0 else []
+    return Batch(sources, index, ks, deltas, flags, resets)
+
+
+def _columns_of(frame: bytes):
+    got = native.decode_batch(frame)
+    return None if got is None else ColumnBatch(*got)
+
+
+@given(encoded_batches())
+@budget(4)
+def test_decode_batch_is_msgspecs_batch(batch: Batch) -> None:
+    frame = encode(batch)
+    got = _columns_of(frame)
+    plain = (
+        all(k.isascii() for k in batch.keys)
+        and all(-(1 << 63) <= d < 1 << 63 for d in batch.deltas)
+        and not batch.resets
+    )
+    assert (got is not None) == plain  # (every batch a writer makes of ASCII keys is decoded)
+    if got is not None:
+        assert got.batch() == msgspec.msgpack.decode(frame, type=Batch) == batch
+        assert len(got) == len(batch.keys) and got.keys.tolist() == batch.keys
+        assert array("q", got.deltas).tolist() == batch.deltas
+
+
+def _mp_int(v: int, tag: int) -> bytes:
+    """``v`` in the msgpack int encoding ``tag`` (not the shortest one a writer uses)."""
+    fmt = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}[tag]
+    return bytes([tag]) + struct.pack(fmt, v)
+
+
+def test_decode_batch_reads_every_int_and_length_encoding() -> None:
+    """msgpack has several encodings of one value; msgspec reads them all, so must the
+    decoder (here: ints of every width, arrays 16/32, str 8/16/32, bin 16/32)."""
+    values = [(5, 0xCC), (5, 0xCD), (5, 0xCE), (5, 0xCF), (-5, 0xD0), (-5, 0xD1), (-5, 0xD2), (-5, 0xD3), (0, 0xD3)]
+    values += [((1 << 63) - 1, 0xCF), (-(1 << 63), 0xD3), (200, 0xCC), (-100, 0xD0), (40000, 0xCD)]
+    n = len(values)
+    frame = b"\x96"  # the six fields
+    frame += b"\xdc\x00\x01" + b"\xd9\x01s"  # sources: array 16, str 8
+    frame += b"\xdd" + struct.pack(">I", n) + b"".join(_mp_int(0, 0xCE) for _ in range(n))  # array 32
+    frame += b"\xdc" + struct.pack(">H", n)
+    frame += b"".join(
+        b"\xda" + struct.pack(">H", 2) + b"k%d" % (i % 10) if i % 2 else b"\xdb\x00\x00\x00\x01x" for i in range(n)
+    )
+    frame += b"\x9e" if n == 14 else b"\xdc" + struct.pack(">H", n)
+    frame += b"".join(_mp_int(v, tag) for v, tag in values)
+    frame += b"\xc5" + struct.pack(">H", n) + bytes(range(n))  # bin 16
+    frame += b"\x90"  # no resets
+    want = msgspec.msgpack.decode(frame, type=Batch)
+    got = _columns_of(frame)
+    assert got is not None and got.batch() == want
+    assert array("q", got.deltas).tolist() == [v for v, _ in values]
+    assert got.batch() == _columns_of(frame.replace(b"\xc5\x00\x0e", b"\xc6\x00\x00\x00\x0e")).batch()  # bin 32
+
+
+@given(encoded_batches(), st.data())
+@budget(4)
+def test_decode_batch_of_damaged_bytes_decodes_only_what_msgspec_does(batch: Batch, data) -> None:
+    """Flipped, cut or added bytes: where the decoder decodes a frame, msgspec decodes the
+    same batch from it and ``decode_segment``'s checks pass; else ``None`` (msgspec's error)."""
+    frame = bytearray(encode(batch))
+    for _ in range(data.draw(st.integers(1, 3))):
+        how = data.draw(st.sampled_from(["flip", "cut", "add"]))
+        at = data.draw(st.integers(0, max(0, len(frame) - 1)))
+        if how == "flip" and frame:
+            frame[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif how == "cut":
+            del frame[at:]
+        else:
+            frame[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+    got = _columns_of(bytes(frame))
+    if got is not None:
+        want = msgspec.msgpack.decode(bytes(frame), type=Batch)  # (raises if msgspec refuses it)
+        assert got.batch() == want
+        assert len(want.keys) == len(want.deltas) == len(want.flags) == len(want.source_index)
+        assert all(0 <= i < len(want.sources) for i in want.source_index) and not want.resets
+
+
+def test_decode_batch_leaves_to_msgspec_what_it_does_not_read() -> None:
+    ok = Batch(["s"], [0], ["k"], [1], b"\x01")
+    assert _columns_of(encode(ok)) is not None
+    for bad in [
+        Batch(["s"], [0], ["ké"], [1], b"\x01"),  # a non-ASCII key
+        Batch(["s"], [0], ["k"], [1 << 63], b"\x01"),  # a delta beyond int64
+        Batch(["s"], [0], ["k"], [1], b"\x01", [Reset("s", ["r"])]),  # resets
+        Batch(["s"], [1], ["k"], [1], b"\x01"),  # a source index out of range
+        Batch(["s"], [0, 0], ["k"], [1], b"\x01"),  # columns of other lengths
+    ]:
+        assert _columns_of(encode(bad)) is None
+    assert _columns_of(encode(ok) + b"\x00") is None  # trailing bytes
+    assert _columns_of(encode(ok)[:-1]) is None
+    assert _columns_of(b"\xa5\xff\xfe\xfd\xfc\xfb") is None
+    frame = encode(Batch(["s\xff"], [0], ["k"], [1], b"\x01")).replace(b"s\xc3\xbf", b"s\xff\xff")  # bad UTF-8
+    assert _columns_of(frame) is None
+
+
+@st.composite
+def spans_and_order(draw: st.DrawFn):
+    parts = draw(st.lists(st.lists(st.text("ab_0\x00\x7f", max_size=5), max_size=8), max_size=4))
+    total = sum(map(len, parts))
+    order = draw(st.lists(st.integers(0, total - 1), max_size=20)) if total else []
+    return parts, order
+
+
+@given(spans_and_order())
+@budget(2)
+def test_key_spans_are_the_list_expressions(case) -> None:
+    parts, order = case
+    spans = [KeySpans.of(p) for p in parts]
+    assert all(s is not None and s.tolist() == p for s, p in zip(spans, parts))
+    flat = [k for p in parts for k in p]
+    taken = KeySpans(*native.take_spans([s.raw for s in spans], array("q", order)))
+    assert taken.tolist() == [flat[i] for i in order] and len(taken) == len(order)
+    for a in range(len(taken) + 1):
+        assert taken[a:] == [flat[i] for i in order][a:] and taken[:a] == [flat[i] for i in order][:a]
+    if order:
+        assert taken[-1] == flat[order[-1]]
+    assert KeySpans.of(["a", "é"]) is None
+
+
+def test_key_spans_refuse_what_they_cannot_read() -> None:
+    with pytest.raises(ValueError):
+        native.span_strs(b"abc", array("q", [2, 1]), 0, 2)  # ends not ascending
+    with pytest.raises(ValueError):
+        native.span_strs(b"abc", array("q", [5]), 0, 1)  # beyond the blob
+    with pytest.raises(ValueError):
+        native.span_strs(b"\xc3\xa9", array("q", [2]), 0, 1)  # not ASCII
+    with pytest.raises(IndexError):
+        native.span_strs(b"abc", array("q", [3]), 0, 2)
+    with pytest.raises(IndexError):
+        native.take_spans([(b"abc", array("q", [3]))], array("q", [1]))
+    with pytest.raises(ValueError):
+        native.take_spans([(b"abc", array("q", [4]))], array("q", [0]))
+    with pytest.raises(ValueError):
+        native.shape_keys((b"\xc3\xa9", array("q", [2])), [1], [0, 1], [0], ["s"], "\x1f", "\x1e")
+
+
+@given(evaluations())
+@budget(3)
+def test_shape_keys_of_spans_are_those_of_the_list(case) -> None:
+    keys, *rest = case
+    keys = [k.encode("ascii", "replace").decode() for k in keys]  # (spans hold ASCII keys)
+    rest[3] = [s.encode("ascii", "replace").decode() for s in rest[3]]
+    spans = KeySpans.of(keys)
+    assert spans is not None
+    assert native.shape_keys(spans.raw, *rest) == native.shape_keys(keys, *rest)
+
+
+@given(batches_to_number())
+@budget(2)
+def test_number_states_of_packed_source_indexes(case) -> None:
+    index, pending, run, sources, source_index, start = case
+    mine, theirs = dict(index), dict(index)
+    packed = array("q", source_index).tobytes()
+    assert native.number_states(mine, pending, run, sources, packed, start) == native.number_states(
+        theirs, pending, run, sources, source_index, start
+    )
+    assert mine == theirs

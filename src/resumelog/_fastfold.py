@@ -47,7 +47,13 @@ Where the optional extension :mod:`resumelog._native` is built (:mod:`resumelog.
 some of these steps take its C loops, each the loop of the Python expression kept here as
 its fallback: a batch's states numbered (``number_states``), its deltas packed
 (``int64s``), a round's keys put in state order (``take``), and the bulk completions'
-shape keys made and deduplicated with their distinct-keys flags (``shape_keys``).
+shape keys made and deduplicated with their distinct-keys flags (``shape_keys``). The
+compaction's batches then come decoded into columns
+(:class:`~resumelog._columns.ColumnBatch`): their deltas and source indexes are int64
+arrays already, and their keys stay bytes (:class:`~resumelog._columns.KeySpans`) through
+the columns and the shape keys (``take_spans``); only the keys of a state replayed
+through the reference rule become ``str``. A batch that takes the reference loop is
+converted to the :class:`~resumelog.format.Batch` msgspec decodes.
 
 NumPy is an optional dependency (extra ``fast``). Without it, or with
 ``RESUMELOG_FOLD=python``, every batch takes the reference path; ``RESUMELOG_FOLD=numpy``
@@ -65,6 +71,7 @@ from collections.abc import Callable, Collection, Sequence
 from itertools import compress, repeat
 from typing import TYPE_CHECKING, Any
 
+from resumelog._columns import ColumnBatch, KeySpans
 from resumelog._compiled import native
 
 if TYPE_CHECKING:
@@ -131,7 +138,7 @@ class Buffer:
         once, when the state is numbered: the base changes only between evaluations)."""
         self.index: dict[tuple[str, str], int] = {}
         self.gids: list[Any] = []
-        self.keys: list[list[str]] = []
+        self.keys: list[list[str] | KeySpans] = []
         self.deltas: list[Any] = []
         self.ordinals: list[Any] = []
         self.streams: list[Any] = []
@@ -144,14 +151,14 @@ class Buffer:
         return Columns(self, caches)
 
 
-def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, batch: Batch) -> bool:
+def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, batch: Batch | ColumnBatch) -> bool:
     """Fold ``batch`` (ordinals ``first_ordinal + i``) the fast way and return ``True``,
     or change nothing and return ``False`` (the batch needs the reference loop)."""
-    n = len(batch.keys)
+    n = len(batch)
     if n < MIN_RECORDS or n == 0 or first_ordinal + n > _INT64_MAX:
         return False
     if native is not None:
-        packed = native.int64s(batch.deltas)
+        packed = batch.deltas if isinstance(batch, ColumnBatch) else native.int64s(batch.deltas)
         if packed is None:
             return False  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
         deltas = np.frombuffer(packed, dtype=np.int64)
@@ -176,6 +183,9 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
                 buf.dkeys.extend(new)
                 buf.base_pos.extend(pos)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
+        if isinstance(batch, ColumnBatch):
+            batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
+    assert not isinstance(batch, ColumnBatch)  # (decoded so only where the kernels are)
     ks = list(zip(repeat(run), batch.sources))
     exact: dict[int, SourceRunState] = {}
     if not pending or not any(map(pending.__contains__, ks)):
@@ -277,7 +287,7 @@ def _apply_records(
     state: FoldState,
     stream: int,
     first_ordinal: int,
-    batch: Batch,
+    batch: Batch | ColumnBatch,
     deltas: Any,
     gid: Any,
     exact: dict[int, SourceRunState],
@@ -287,11 +297,12 @@ def _apply_records(
     source): fresh states' into the columns, the others' through the rule; then the
     batch's resets."""
     buf = state._deferred
-    n = len(batch.keys)
-    keys = batch.keys
+    n = len(batch)
+    keys: list[str] | KeySpans = batch.keys
     flags = np.frombuffer(batch.flags, dtype=np.uint8)
     ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
     if exact:
+        assert not isinstance(batch, ColumnBatch)  # (only a Batch has a pending state: apply_batch)
         mine = gid >= 0
         source_index, ks, ds = batch.source_index, batch.keys, batch.deltas
         for i in np.flatnonzero(~mine).tolist():
@@ -363,14 +374,19 @@ class Columns:
         self.sums: Any = sums
         self.emitted: Any = flagged > 0
         self.deltas: list[int] = deltas.tolist()
-        flat: list[str] = []
-        for keys in buf.keys:
-            flat += keys
-        self.keys: list[str] = (
-            native.take(flat, order.astype(np.int64, copy=False))
-            if native is not None
-            else list(map(flat.__getitem__, order.tolist()))
-        )
+        self.keys: list[str] | KeySpans
+        spans = _spans(buf.keys) if native is not None else None
+        if spans is not None:  # keys the C decoder read: kept as bytes
+            self.keys = KeySpans(*native.take_spans(spans, order.astype(np.int64, copy=False)))
+        else:
+            flat: list[str] = []
+            for keys in buf.keys:
+                flat += keys
+            self.keys = (
+                native.take(flat, order.astype(np.int64, copy=False))
+                if native is not None
+                else list(map(flat.__getitem__, order.tolist()))
+            )
         self._buf = buf
         self._order = order
         self._ordinals: Any = None
@@ -517,6 +533,15 @@ class Columns:
         return hit  # type: ignore[return-value]
 
 
+def _spans(parts: list[list[str] | KeySpans]) -> list[tuple[bytes, bytes]] | None:
+    """The buffer's keys as spans (``KeySpans.raw``) if some are (the C decoder's) and the
+    others can be (ASCII), else ``None``."""
+    if not any(isinstance(k, KeySpans) for k in parts):
+        return None
+    spans = [k if isinstance(k, KeySpans) else KeySpans.of(k) for k in parts]
+    return None if None in spans else [k.raw for k in spans]  # type: ignore[union-attr]
+
+
 def _patterns(
     caches: dict[int, dict[object, object]], sources: list[str]
 ) -> tuple[tuple[str, str], dict[object, object] | None]:
@@ -546,7 +571,9 @@ class _Groups(Sequence[Any]):
 
     __slots__ = ("items", "kind", "starts", "states")
 
-    def __init__(self, items: list[Any], starts: list[int], states: list[int], kind: Callable[[list[Any]], Any]):
+    def __init__(
+        self, items: list[Any] | KeySpans, starts: list[int], states: list[int], kind: Callable[[list[Any]], Any]
+    ):
         self.items, self.starts, self.states, self.kind = items, starts, states, kind
 
     def __len__(self) -> int:
@@ -554,7 +581,7 @@ class _Groups(Sequence[Any]):
 
     def __getitem__(self, j: Any) -> Any:
         g = self.states[j]
-        return self.kind(self.items[self.starts[g] : self.starts[g + 1]])
+        return self.kind(self.items[self.starts[g] : self.starts[g + 1]])  # (a list, of spans too)
 
 
 def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
@@ -600,7 +627,8 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
         groups = _Groups(cols.keys, starts, cand, list)
         dgroups = _Groups(cols.deltas, starts, cand, tuple)
         sep, cut = cols._marks if cols._patterns is not None else (None, None)
-        known = native.shape_keys(cols.keys, cols.deltas, starts, cand, csrcs, sep, cut)
+        keys = cols.keys.raw if isinstance(cols.keys, KeySpans) else cols.keys
+        known = native.shape_keys(keys, cols.deltas, starts, cand, csrcs, sep, cut)
     else:
         slices = list(map(slice, [starts[g] for g in cand], [starts[g + 1] for g in cand]))
         groups = list(map(cols.keys.__getitem__, slices))

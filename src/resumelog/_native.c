@@ -137,13 +137,418 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ batch decoding */
+
+/* A msgpack reader over one frame: each rd_* reads one value of one type and returns
+ * 1, or 0 if the next value is not of that type, not complete, or out of the range
+ * kept (the caller then returns None: msgspec decodes the frame and raises its error). */
+typedef struct {
+    const unsigned char *p, *end;
+} Reader;
+
+static int rd_need(Reader *r, size_t n) { return (size_t)(r->end - r->p) >= n; }
+
+static uint64_t rd_be(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = v << 8 | p[i];
+    return v;
+}
+
+static int rd_array(Reader *r, Py_ssize_t *n) {
+    if (!rd_need(r, 1)) return 0;
+    unsigned char c = *r->p;
+    int w = c == 0xdc ? 2 : c == 0xdd ? 4 : 0;
+    if ((c & 0xf0) == 0x90) {
+        *n = c & 0x0f;
+        r->p++;
+        return 1;
+    }
+    if (!w || !rd_need(r, 1 + (size_t)w)) return 0;
+    *n = (Py_ssize_t)rd_be(r->p + 1, w);
+    r->p += 1 + w;
+    return 1;
+}
+
+static int rd_int64(Reader *r, int64_t *v) {
+    if (!rd_need(r, 1)) return 0;
+    unsigned char c = *r->p;
+    if (c <= 0x7f || c >= 0xe0) { /* positive and negative fixint */
+        *v = (int8_t)c;
+        r->p++;
+        return 1;
+    }
+    int w = 0, sign = 0;
+    switch (c) {
+    case 0xcc: w = 1; break;
+    case 0xcd: w = 2; break;
+    case 0xce: w = 4; break;
+    case 0xcf: w = 8; break;
+    case 0xd0: w = 1, sign = 1; break;
+    case 0xd1: w = 2, sign = 1; break;
+    case 0xd2: w = 4, sign = 1; break;
+    case 0xd3: w = 8, sign = 1; break;
+    default: return 0;
+    }
+    if (!rd_need(r, 1 + (size_t)w)) return 0;
+    uint64_t u = rd_be(r->p + 1, w);
+    if (sign) {
+        int shift = 64 - 8 * w; /* sign-extend the w-byte two's complement */
+        *v = shift ? (int64_t)(u << shift) >> shift : (int64_t)u;
+    } else {
+        if (u > (uint64_t)INT64_MAX) return 0; /* (msgspec gives a Python int: the Python lines) */
+        *v = (int64_t)u;
+    }
+    r->p += 1 + w;
+    return 1;
+}
+
+static int rd_sized(Reader *r, unsigned char fix_tag, unsigned char fix_mask, unsigned char t8, const char **d,
+                    size_t *len) {
+    if (!rd_need(r, 1)) return 0;
+    unsigned char c = *r->p;
+    int w = 0;
+    if (fix_mask && (c & (unsigned char)~fix_mask) == fix_tag) {
+        *len = c & fix_mask;
+    } else if (c == t8 || c == t8 + 1 || c == t8 + 2) {
+        w = 1 << (c - t8);
+        if (!rd_need(r, 1 + (size_t)w)) return 0;
+        *len = (size_t)rd_be(r->p + 1, w);
+    } else {
+        return 0;
+    }
+    r->p += 1 + w;
+    if (!rd_need(r, *len)) return 0;
+    *d = (const char *)r->p;
+    r->p += *len;
+    return 1;
+}
+
+/* a str (fixstr, str 8/16/32) and a bin (bin 8/16/32) */
+static int rd_str(Reader *r, const char **d, size_t *len) { return rd_sized(r, 0xa0, 0x1f, 0xd9, d, len); }
+static int rd_bin(Reader *r, const char **d, size_t *len) { return rd_sized(r, 0, 0, 0xc4, d, len); }
+
+static int all_ascii(const char *d, size_t n) {
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, d + i, 8);
+        acc |= w;
+    }
+    for (; i < n; i++) acc |= (unsigned char)d[i];
+    return (acc & 0x8080808080808080ull) == 0;
+}
+
+PyDoc_STRVAR(
+    decode_batch_doc,
+    "decode_batch(frame) -> tuple[list[str], bytes, bytes, bytes, bytes, bytes] | None\n\n"
+    "A record batch frame (format.Batch, as msgpack) decoded into columns: its sources,\n"
+    "each record's source index as native int64, its keys as one blob of bytes and each\n"
+    "key's end in it as native int64, its deltas as native int64, its flags; or ``None``\n"
+    "where msgspec's decoding must decide (anything but a well-formed batch with ASCII\n"
+    "keys, 64-bit deltas, source indexes in range, columns of one length and no resets;\n"
+    "then decode_segment decodes it with msgspec and raises msgspec's error if any). Where\n"
+    "it decodes, the columns are those of msgspec's Batch.");
+
+static PyObject *decode_batch(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Reader r = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len};
+    PyObject *sources = NULL, *index = NULL, *blob = NULL, *ends = NULL, *deltas = NULL, *flags = NULL;
+    PyObject *out = NULL;
+    Py_ssize_t fields, ns, n, nk, nd, nr;
+    const char *d;
+    size_t len;
+    if (!rd_array(&r, &fields) || (fields != 5 && fields != 6) || !rd_array(&r, &ns)) goto none;
+    if ((size_t)ns > (size_t)(r.end - r.p)) goto none; /* (each item takes a byte at least) */
+    sources = PyList_New(ns);
+    if (sources == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        if (!rd_str(&r, &d, &len)) goto none;
+        PyObject *s;
+        if (all_ascii(d, len)) {
+            s = PyUnicode_New((Py_ssize_t)len, 127);
+            if (s == NULL) goto fail;
+            memcpy(PyUnicode_DATA(s), d, len);
+        } else {
+            s = PyUnicode_DecodeUTF8(d, (Py_ssize_t)len, "strict");
+            if (s == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto fail;
+                PyErr_Clear();
+                goto none;
+            }
+        }
+        PyList_SET_ITEM(sources, i, s);
+    }
+    if (!rd_array(&r, &n) || (size_t)n > (size_t)(r.end - r.p)) goto none;
+    index = PyBytes_FromStringAndSize(NULL, 8 * n);
+    if (index == NULL) goto fail;
+    int64_t *ix = (int64_t *)PyBytes_AS_STRING(index);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!rd_int64(&r, &ix[i]) || ix[i] < 0 || ix[i] >= ns) goto none;
+    if (!rd_array(&r, &nk) || nk != n) goto none;
+    ends = PyBytes_FromStringAndSize(NULL, 8 * n);
+    blob = PyBytes_FromStringAndSize(NULL, r.end - r.p); /* (the keys take less: cut below) */
+    if (ends == NULL || blob == NULL) goto fail;
+    int64_t *e = (int64_t *)PyBytes_AS_STRING(ends);
+    char *w = PyBytes_AS_STRING(blob);
+    int64_t at = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!rd_str(&r, &d, &len) || !all_ascii(d, len)) goto none;
+        memcpy(w + at, d, len);
+        at += (int64_t)len;
+        e[i] = at;
+    }
+    if (_PyBytes_Resize(&blob, (Py_ssize_t)at) < 0) goto fail;
+    if (!rd_array(&r, &nd) || nd != n) goto none;
+    deltas = PyBytes_FromStringAndSize(NULL, 8 * n);
+    if (deltas == NULL) goto fail;
+    int64_t *dl = (int64_t *)PyBytes_AS_STRING(deltas);
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!rd_int64(&r, &dl[i])) goto none;
+    if (!rd_bin(&r, &d, &len) || len != (size_t)n) goto none;
+    flags = PyBytes_FromStringAndSize(d, (Py_ssize_t)len);
+    if (flags == NULL) goto fail;
+    if (fields == 6 && (!rd_array(&r, &nr) || nr != 0)) goto none; /* (resets: msgspec's) */
+    if (r.p != r.end) goto none;
+    out = Py_BuildValue("(NNNNNN)", sources, index, blob, ends, deltas, flags);
+    PyBuffer_Release(&view);
+    return out;
+none:
+    out = Py_None;
+    Py_INCREF(out);
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(sources); /* (a list's unset items are NULL: safe to release) */
+    Py_XDECREF(index);
+    Py_XDECREF(blob);
+    Py_XDECREF(ends);
+    Py_XDECREF(deltas);
+    Py_XDECREF(flags);
+    return out;
+}
+
+/* The spans of a blob of keys and their ends (native int64, ascending, within the blob):
+ * key i is blob[ends[i - 1]:ends[i]] (ends[-1] = 0). */
+typedef struct {
+    Py_buffer blob, ends;
+    const char *data;
+    const int64_t *end;
+    Py_ssize_t n;
+} Spans;
+
+static void spans_release(Spans *s) {
+    if (s->blob.obj != NULL) PyBuffer_Release(&s->blob);
+    if (s->ends.obj != NULL) PyBuffer_Release(&s->ends);
+}
+
+static inline int64_t span_start(const Spans *s, Py_ssize_t i) { return i ? s->end[i - 1] : 0; }
+
+/* 0, or -1 with an error if keys a..b-1 of s are not spans of its blob */
+static int spans_check(const Spans *s, Py_ssize_t a, Py_ssize_t b) {
+    int64_t prev = span_start(s, a);
+    int ok = prev >= 0;
+    for (Py_ssize_t i = a; ok && i < b; i++) {
+        ok = s->end[i] >= prev && s->end[i] <= s->blob.len;
+        prev = s->end[i];
+    }
+    if (!ok) PyErr_SetString(PyExc_ValueError, "key spans: ends not ascending within the blob");
+    return ok ? 0 : -1;
+}
+
+/* 0, or -1 with an error if blob and ends are not spans (keys 0..check-1 checked) */
+static int spans_get(PyObject *blob, PyObject *ends, Spans *s, Py_ssize_t check) {
+    memset(s, 0, sizeof(*s));
+    if (PyObject_GetBuffer(blob, &s->blob, PyBUF_SIMPLE) < 0) return -1;
+    if (PyObject_GetBuffer(ends, &s->ends, PyBUF_SIMPLE) < 0) {
+        spans_release(s);
+        return -1;
+    }
+    s->data = (const char *)s->blob.buf;
+    s->end = (const int64_t *)s->ends.buf;
+    s->n = s->ends.len / 8;
+    if (s->ends.len % 8) {
+        spans_release(s);
+        PyErr_SetString(PyExc_ValueError, "key spans: ends are not int64");
+        return -1;
+    }
+    if (spans_check(s, 0, check < s->n ? check : s->n) < 0) {
+        spans_release(s);
+        return -1;
+    }
+    return 0;
+}
+
+/* keys a..b-1 of spans as a list of (ASCII) str */
+static PyObject *spans_list(const Spans *s, Py_ssize_t a, Py_ssize_t b) {
+    PyObject *out = PyList_New(b - a);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = a; i < b; i++) {
+        int64_t lo = span_start(s, i), hi = s->end[i];
+        if (!all_ascii(s->data + lo, (size_t)(hi - lo))) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_ValueError, "key spans: not ASCII");
+            return NULL;
+        }
+        PyObject *k = PyUnicode_New((Py_ssize_t)(hi - lo), 127);
+        if (k == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        memcpy(PyUnicode_DATA(k), s->data + lo, (size_t)(hi - lo));
+        PyList_SET_ITEM(out, i - a, k);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(span_strs_doc,
+             "span_strs(blob, ends, a, b) -> list[str]\n\n"
+             "Keys ``a..b-1`` of a blob of ASCII keys and their ends (native int64):\n"
+             "``[blob[ends[i - 1]:ends[i]].decode() for i in range(a, b)]`` (``ends[-1]``: 0).");
+
+static PyObject *span_strs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "span_strs takes 4 arguments");
+        return NULL;
+    }
+    Py_ssize_t a = PyLong_AsSsize_t(args[2]), b = PyLong_AsSsize_t(args[3]);
+    if ((a == -1 || b == -1) && PyErr_Occurred()) return NULL;
+    Spans s;
+    if (spans_get(args[0], args[1], &s, 0) < 0) return NULL;
+    PyObject *out = NULL;
+    if (a < 0 || b < a || b > s.n)
+        PyErr_SetString(PyExc_IndexError, "span_strs: range out of range");
+    else if (spans_check(&s, a, b) == 0)
+        out = spans_list(&s, a, b);
+    spans_release(&s);
+    return out;
+}
+
+PyDoc_STRVAR(
+    take_spans_doc,
+    "take_spans(parts: list[tuple[blob, ends]], order) -> tuple[bytes, bytes]\n\n"
+    "The keys of ``parts`` (spans, as span_strs reads them), numbered across the parts in\n"
+    "order, taken in ``order`` (a buffer of native int64): the blob and ends of\n"
+    "``[keys[i] for i in order]``.");
+
+static PyObject *take_spans(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "take_spans(parts: list, order)");
+        return NULL;
+    }
+    PyObject *parts = args[0], *blob = NULL, *ends = NULL, *out = NULL;
+    Py_ssize_t np = PyList_GET_SIZE(parts), total = 0, bytes = 0, got = 0;
+    Spans *sp = PyMem_Calloc((size_t)(np ? np : 1), sizeof(Spans));
+    const char **start = NULL;
+    uint32_t *size = NULL;
+    Py_buffer view = {0};
+    if (sp == NULL) return PyErr_NoMemory();
+    for (; got < np; got++) {
+        PyObject *part = PyList_GET_ITEM(parts, got);
+        if (!PyTuple_Check(part) || PyTuple_GET_SIZE(part) != 2) {
+            PyErr_SetString(PyExc_TypeError, "take_spans: parts must be (blob, ends) pairs");
+            goto done;
+        }
+        if (spans_get(PyTuple_GET_ITEM(part, 0), PyTuple_GET_ITEM(part, 1), &sp[got], PY_SSIZE_T_MAX) < 0) goto done;
+        total += sp[got].n;
+    }
+    start = PyMem_Malloc(sizeof(char *) * (size_t)(total ? total : 1));
+    size = PyMem_Malloc(sizeof(uint32_t) * (size_t)(total ? total : 1));
+    if (start == NULL || size == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0, k = 0; j < np; j++)
+        for (Py_ssize_t i = 0; i < sp[j].n; i++, k++) {
+            int64_t lo = span_start(&sp[j], i), len = sp[j].end[i] - lo;
+            if (len > UINT32_MAX) {
+                PyErr_SetString(PyExc_OverflowError, "take_spans: a key of 4 GiB");
+                goto done;
+            }
+            start[k] = sp[j].data + lo;
+            size[k] = (uint32_t)len;
+        }
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) goto done;
+    if (view.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "take_spans: order is not int64");
+        goto done;
+    }
+    Py_ssize_t n = view.len / 8;
+    const int64_t *order = (const int64_t *)view.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (order[k] < 0 || order[k] >= total) {
+            PyErr_SetString(PyExc_IndexError, "take_spans: index out of range");
+            goto done;
+        }
+        bytes += size[order[k]];
+    }
+    blob = PyBytes_FromStringAndSize(NULL, bytes);
+    ends = PyBytes_FromStringAndSize(NULL, 8 * n);
+    if (blob == NULL || ends == NULL) goto done;
+    char *w = PyBytes_AS_STRING(blob);
+    int64_t *e = (int64_t *)PyBytes_AS_STRING(ends), at = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        memcpy(w + at, start[order[k]], size[order[k]]);
+        at += size[order[k]];
+        e[k] = at;
+    }
+    out = Py_BuildValue("(OO)", blob, ends);
+done:
+    if (view.obj != NULL) PyBuffer_Release(&view);
+    for (Py_ssize_t j = 0; j < got; j++) spans_release(&sp[j]);
+    PyMem_Free(sp);
+    PyMem_Free(start);
+    PyMem_Free(size);
+    Py_XDECREF(blob);
+    Py_XDECREF(ends);
+    return out;
+}
+
 /* ------------------------------------------------------------------ shape keys */
 
-/* 1 if the n objects at items are pairwise unequal, 0 if not, -1 on error
- * (len(set(items)) == n). */
-static int all_distinct(PyObject *list, Py_ssize_t a, Py_ssize_t b) {
+/* The keys of shape_keys: a list (of str, in general) or spans (ASCII keys). */
+typedef struct {
+    PyObject *list;
+    const Spans *spans;
+} KeyCol;
+
+/* 1 with key i's bytes in *d and *n if it is an ASCII str (every span is), else 0 */
+static inline int key_ascii(const KeyCol *c, Py_ssize_t i, const char **d, Py_ssize_t *n) {
+    if (c->spans != NULL) {
+        int64_t lo = span_start(c->spans, i);
+        *d = c->spans->data + lo;
+        *n = (Py_ssize_t)(c->spans->end[i] - lo);
+        return 1;
+    }
+    PyObject *k = PyList_GET_ITEM(c->list, i);
+    if (!PyUnicode_Check(k) || !PyUnicode_IS_ASCII(k)) return 0;
+    *d = (const char *)PyUnicode_DATA(k);
+    *n = PyUnicode_GET_LENGTH(k);
+    return 1;
+}
+
+/* keys a..b-1 as a new list */
+static PyObject *keys_slice(const KeyCol *c, Py_ssize_t a, Py_ssize_t b) {
+    return c->spans != NULL ? spans_list(c->spans, a, b) : PyList_GetSlice(c->list, a, b);
+}
+
+/* 1 if keys a..b-1 are pairwise unequal, 0 if not, -1 on error (len(set(keys)) == n). */
+static int all_distinct(const KeyCol *c, Py_ssize_t a, Py_ssize_t b) {
     Py_ssize_t n = b - a;
+    if (n <= 24 && c->spans != NULL) {
+        for (Py_ssize_t i = a; i < b; i++) {
+            const char *x, *y;
+            Py_ssize_t nx, ny;
+            key_ascii(c, i, &x, &nx);
+            for (Py_ssize_t k = i + 1; k < b; k++) {
+                key_ascii(c, k, &y, &ny);
+                if (nx == ny && memcmp(x, y, (size_t)nx) == 0) return 0;
+            }
+        }
+        return 1;
+    }
     if (n <= 24) {
+        PyObject *list = c->list;
         for (Py_ssize_t i = a; i < b; i++) {
             PyObject *x = PyList_GET_ITEM(list, i);
             for (Py_ssize_t k = i + 1; k < b; k++) {
@@ -163,7 +568,7 @@ static int all_distinct(PyObject *list, Py_ssize_t a, Py_ssize_t b) {
         }
         return 1;
     }
-    PyObject *slice = PyList_GetSlice(list, a, b);
+    PyObject *slice = keys_slice(c, a, b);
     if (slice == NULL) return -1;
     PyObject *set = PySet_New(slice);
     Py_DECREF(slice);
@@ -199,7 +604,7 @@ static int buf_reserve(Buf *b, size_t extra) {
  * ASCII (the caller's general path), -1 on error. Occurrences of src are replaced left
  * to right, without overlap, as str.replace does; none can span two keys, since src
  * holds neither sep nor cut (the caller's precondition). */
-static int ascii_pattern(PyObject *keys, Py_ssize_t a, Py_ssize_t b, PyObject *src, PyObject *sep, PyObject *cut,
+static int ascii_pattern(const KeyCol *keys, Py_ssize_t a, Py_ssize_t b, PyObject *src, PyObject *sep, PyObject *cut,
                          Buf *out) {
     out->len = 0;
     if (!PyUnicode_IS_ASCII(src) || !PyUnicode_IS_ASCII(sep) || !PyUnicode_IS_ASCII(cut) ||
@@ -210,19 +615,18 @@ static int ascii_pattern(PyObject *keys, Py_ssize_t a, Py_ssize_t b, PyObject *s
     char sp = *(const char *)PyUnicode_DATA(sep), ct = *(const char *)PyUnicode_DATA(cut);
     size_t total = (size_t)(b - a - 1);
     for (Py_ssize_t i = a; i < b; i++) {
-        PyObject *k = PyList_GET_ITEM(keys, i);
-        if (!PyUnicode_Check(k) || !PyUnicode_IS_ASCII(k)) return 0;
-        const char *d = (const char *)PyUnicode_DATA(k);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(k);
+        const char *d;
+        Py_ssize_t n;
+        if (!key_ascii(keys, i, &d, &n)) return 0;
         if (memchr(d, sp, (size_t)n) != NULL || memchr(d, ct, (size_t)n) != NULL) return 2;
         total += (size_t)n; /* (an upper bound: replacing shortens) */
     }
     if (buf_reserve(out, total) < 0) return -1;
     char *w = out->data;
     for (Py_ssize_t i = a; i < b; i++) {
-        PyObject *k = PyList_GET_ITEM(keys, i);
-        const char *d = (const char *)PyUnicode_DATA(k);
-        Py_ssize_t n = PyUnicode_GET_LENGTH(k), p = 0;
+        const char *d;
+        Py_ssize_t n, p = 0;
+        key_ascii(keys, i, &d, &n);
         if (i > a) *w++ = sp;
         while (p < n) {
             const char *hit = n - p >= ns ? memchr(d + p, s[0], (size_t)(n - p - ns + 1)) : NULL;
@@ -366,6 +770,7 @@ PyDoc_STRVAR(
     shape_keys_doc,
     "shape_keys(keys, deltas, starts, cand, sources, sep, cut) -> tuple[list, bytes, list, bytes]\n\n"
     "For each candidate state ``g = cand[j]`` (its records ``keys[starts[g]:starts[g + 1]]``,\n"
+    "``keys`` a list or ``(blob, ends)``, ASCII keys as span_strs reads them;\n"
     "likewise ``deltas``) and its source ``sources[j]``: the shape cache key of\n"
     "_fastfold.Columns.shapes, ``(sep.join(keys).replace(source, cut), tuple(deltas))``, or\n"
     "``None`` where it cannot be cached (``sep`` is ``None``, the source is empty, no\n"
@@ -380,7 +785,8 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     PyObject *keys = args[0], *deltas = args[1], *starts = args[2], *cand = args[3], *sources = args[4];
     PyObject *sep = args[5], *cut = args[6];
-    if (!PyList_Check(keys) || !PyList_Check(deltas) || !PyList_Check(starts) || !PyList_Check(cand) ||
+    int spanned = PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) == 2; /* (blob, ends): KeySpans.raw */
+    if ((!spanned && !PyList_Check(keys)) || !PyList_Check(deltas) || !PyList_Check(starts) || !PyList_Check(cand) ||
         !PyList_Check(sources)) {
         PyErr_SetString(PyExc_TypeError, "shape_keys: lists expected");
         return NULL;
@@ -390,9 +796,20 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "shape_keys: sep and cut must be str or None");
         return NULL;
     }
+    Spans spans;
+    KeyCol col = {spanned ? NULL : keys, spanned ? &spans : NULL};
+    if (spanned) {
+        if (spans_get(PyTuple_GET_ITEM(keys, 0), PyTuple_GET_ITEM(keys, 1), &spans, PY_SSIZE_T_MAX) < 0) return NULL;
+        if (!all_ascii(spans.data, (size_t)spans.blob.len)) {
+            spans_release(&spans);
+            PyErr_SetString(PyExc_ValueError, "shape_keys: key spans not ASCII");
+            return NULL;
+        }
+    }
     Py_ssize_t m = PyList_GET_SIZE(cand), n_states = PyList_GET_SIZE(starts) - 1;
-    Py_ssize_t n_keys = PyList_GET_SIZE(keys);
+    Py_ssize_t n_keys = spanned ? spans.n : PyList_GET_SIZE(keys);
     if (PyList_GET_SIZE(sources) != m || PyList_GET_SIZE(deltas) != n_keys) {
+        if (spanned) spans_release(&spans);
         PyErr_SetString(PyExc_ValueError, "shape_keys: lengths differ");
         return NULL;
     }
@@ -417,12 +834,12 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
             PyErr_SetString(PyExc_IndexError, "shape_keys: record range out of range");
             goto fail;
         }
-        int d = all_distinct(keys, a, b);
+        int d = all_distinct(&col, a, b);
         if (d < 0) goto fail;
         dist[j] = (char)d;
         PyObject *src = PyList_GET_ITEM(sources, j);
         if (cacheable && b > a && PyUnicode_Check(src) && PyUnicode_GET_LENGTH(src) > 0) {
-            int kind = ascii_pattern(keys, a, b, src, sep, cut, &key);
+            int kind = ascii_pattern(&col, a, b, src, sep, cut, &key);
             if (kind < 0) goto fail;
             if (kind == 1) { /* the deltas as int64 after the pattern, unless one does not fit */
                 size_t plen = key.len;
@@ -446,20 +863,24 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
             }
             if (kind == 0) { /* the general path: Python's own string operations */
                 int clean = 1;
-                for (Py_ssize_t i = a; i < b && clean; i++) {
-                    PyObject *k = PyList_GET_ITEM(keys, i);
+                PyObject *group = keys_slice(&col, a, b);
+                if (group == NULL) goto fail;
+                for (Py_ssize_t i = 0; i < b - a && clean; i++) {
+                    PyObject *k = PyList_GET_ITEM(group, i);
                     if (!PyUnicode_Check(k)) {
                         clean = 0;
                         break;
                     }
                     int hit = PyUnicode_Contains(k, sep);
                     if (hit == 0) hit = PyUnicode_Contains(k, cut);
-                    if (hit < 0) goto fail;
+                    if (hit < 0) {
+                        Py_DECREF(group);
+                        goto fail;
+                    }
                     clean = !hit;
                 }
+                if (!clean) Py_DECREF(group);
                 if (clean) {
-                    PyObject *group = PyList_GetSlice(keys, a, b);
-                    if (group == NULL) goto fail;
                     PyObject *joined = PyUnicode_Join(sep, group);
                     Py_DECREF(group);
                     if (joined == NULL) goto fail;
@@ -491,8 +912,10 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyMem_Free(t.arena.data);
     PyMem_Free(key.data);
     Py_DECREF(t.general);
+    if (spanned) spans_release(&spans);
     return Py_BuildValue("(NNNN)", pk, distinct, t.uniq, which);
 fail:
+    if (spanned) spans_release(&spans);
     PyMem_Free(t.slots);
     PyMem_Free(t.arena.data);
     PyMem_Free(key.data);
@@ -512,6 +935,7 @@ PyDoc_STRVAR(
     "The common case of _fastfold.apply_batch: ``None`` (and nothing changed) if some\n"
     "``(run, source)`` has a state in ``pending``; else each record's state number\n"
     "(``source_index[i]``'s source: its number in ``index``, or a new one from ``start`` up,\n"
+    "``source_index`` a list or a buffer of native int64,\n"
     "in the order of ``sources``, entered in ``index``) as native int64, and the new states'\n"
     "keys ``(run, source)`` in that order (a source named twice is numbered once).");
 
@@ -530,14 +954,28 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     PyObject *index = args[0], *pending = args[1], *run = args[2], *sources = args[3], *source_index = args[4];
     Py_ssize_t start = PyLong_AsSsize_t(args[5]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_Check(index) || !PyDict_Check(pending) || !PyList_Check(sources) || !PyList_Check(source_index)) {
+    if (!PyDict_Check(index) || !PyDict_Check(pending) || !PyList_Check(sources)) {
         PyErr_SetString(PyExc_TypeError, "number_states: dicts and lists expected");
         return NULL;
     }
-    Py_ssize_t ns = PyList_GET_SIZE(sources), n = PyList_GET_SIZE(source_index);
+    int listed = PyList_Check(source_index); /* (else native int64: a ColumnBatch's) */
+    Py_buffer ixv = {0};
+    if (!listed) {
+        if (PyObject_GetBuffer(source_index, &ixv, PyBUF_SIMPLE) < 0) return NULL;
+        if (ixv.len % 8) {
+            PyBuffer_Release(&ixv);
+            PyErr_SetString(PyExc_ValueError, "number_states: source_index is not int64");
+            return NULL;
+        }
+    }
+    Py_ssize_t ns = PyList_GET_SIZE(sources), n = listed ? PyList_GET_SIZE(source_index) : ixv.len / 8;
     int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
-    if (local == NULL) return PyErr_NoMemory();
-    PyObject *fresh = PyList_New(0), *gid = NULL;
+    PyObject *fresh = NULL, *gid = NULL;
+    if (local == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    fresh = PyList_New(0);
     if (fresh == NULL) goto fail;
     int check_pending = PyDict_GET_SIZE(pending) > 0;
     for (Py_ssize_t i = 0; i < ns; i++) {
@@ -550,6 +988,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 if (has < 0 || unnumber(index, fresh) < 0) goto fail;
                 PyMem_Free(local);
                 Py_DECREF(fresh);
+                if (!listed) PyBuffer_Release(&ixv);
                 Py_RETURN_NONE;
             }
         }
@@ -579,7 +1018,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     if (gid == NULL) goto fail;
     int64_t *out = (int64_t *)PyBytes_AS_STRING(gid);
     for (Py_ssize_t r = 0; r < n; r++) {
-        Py_ssize_t j = PyLong_AsSsize_t(PyList_GET_ITEM(source_index, r));
+        Py_ssize_t j = listed ? PyLong_AsSsize_t(PyList_GET_ITEM(source_index, r)) : ((const int64_t *)ixv.buf)[r];
         if (j == -1 && PyErr_Occurred()) goto fail;
         if (j < 0 || j >= ns) {
             PyErr_SetString(PyExc_IndexError, "number_states: source index out of range");
@@ -588,6 +1027,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
         out[r] = local[j];
     }
     PyMem_Free(local);
+    if (!listed) PyBuffer_Release(&ixv);
     return Py_BuildValue("(NN)", gid, fresh);
 fail:
     if (fresh != NULL) { /* (nothing changed: the error is raised as it was) */
@@ -599,6 +1039,7 @@ fail:
     PyMem_Free(local);
     Py_XDECREF(fresh);
     Py_XDECREF(gid);
+    if (!listed) PyBuffer_Release(&ixv);
     return NULL;
 }
 
@@ -1025,6 +1466,9 @@ static PyMethodDef methods[] = {
     {"sorted_entries", (PyCFunction)(void (*)(void))sorted_entries, METH_FASTCALL, sorted_entries_doc},
     {"int64s", (PyCFunction)int64s, METH_O, int64s_doc},
     {"in_range", (PyCFunction)(void (*)(void))in_range, METH_FASTCALL, in_range_doc},
+    {"decode_batch", (PyCFunction)decode_batch, METH_O, decode_batch_doc},
+    {"span_strs", (PyCFunction)(void (*)(void))span_strs, METH_FASTCALL, span_strs_doc},
+    {"take_spans", (PyCFunction)(void (*)(void))take_spans, METH_FASTCALL, take_spans_doc},
     {NULL, NULL, 0, NULL},
 };
 

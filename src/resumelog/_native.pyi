@@ -10,7 +10,7 @@ SOURCE: str
 def crc32c(data: bytes | bytearray | memoryview, /) -> int: ...
 def hash_order(ids: list[bytes], /) -> tuple[list[int], bytes, bytes, bytes] | None: ...
 def shape_keys(
-    keys: list[str],
+    keys: list[str] | tuple[bytes, bytes],
     deltas: list[int],
     starts: list[int],
     cand: list[int],
@@ -24,7 +24,7 @@ def number_states(
     pending: dict[tuple[str, str], object],
     run: str,
     sources: list[str],
-    source_index: list[int],
+    source_index: list[int] | bytes,
     start: int,
     /,
 ) -> tuple[bytes, list[tuple[str, str]]] | None: ...
@@ -38,3 +38,6 @@ def key_order(
 def sorted_entries(
     added: dict[str, str], tags: dict[str, int], runs: dict[str, int], /
 ) -> tuple[list[bytes], list[int], list[int]] | None: ...
+def decode_batch(frame: bytes | memoryview, /) -> tuple[list[str], bytes, bytes, bytes, bytes, bytes] | None: ...
+def span_strs(blob: bytes, ends: bytes | memoryview, a: int, b: int, /) -> list[str]: ...
+def take_spans(parts: list[tuple[bytes, bytes]], order: bytes | memoryview, /) -> tuple[bytes, bytes]: ...

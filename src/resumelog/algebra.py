@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from resumelog import _fastfold
+from resumelog._columns import ColumnBatch
 from resumelog._provisional import ProvisionalSet
 from resumelog.done_shapes import ShapeTable
 from resumelog.format import (
@@ -386,7 +387,9 @@ class FoldState:
         if len(self.anomalies) > MAX_ANOMALIES:
             del self.anomalies[: len(self.anomalies) - MAX_ANOMALIES]
 
-    def apply_segment(self, header: SegmentHeader, batches: Sequence[Batch], closed: bool = False) -> bool:
+    def apply_segment(
+        self, header: SegmentHeader, batches: Sequence[Batch | ColumnBatch], closed: bool = False
+    ) -> bool:
         """Fold one segment of a stream; ``False`` if it was already folded.
 
         Segments of one stream must be offered in ``seq`` order (:class:`GapError`
@@ -399,7 +402,7 @@ class FoldState:
             return False
         if header.seq > expected:
             raise GapError(f"stream {sid}: segment {header.seq} offered, expected {expected}")
-        n = sum(len(b.keys) for b in batches)
+        n = sum(map(len, batches))
         if st is None:
             st = self.streams[sid] = StreamMark(header.writer_id, header.incarnation, header.run_id, header.seq)
         st.seq = header.seq
@@ -421,17 +424,19 @@ class FoldState:
         pos = 0
         for b in batches:
             self.apply_batch(header.run_id, stream, base_ord + pos, b)
-            pos += len(b.keys)
+            pos += len(b)
         self.records_folded += n
         return True
 
-    def apply_batch(self, run: str, stream: int, first_ordinal: int, batch: Batch) -> None:
+    def apply_batch(self, run: str, stream: int, first_ordinal: int, batch: Batch | ColumnBatch) -> None:
         """Fold the records of one batch (ordinals ``first_ordinal + i``) and its resets.
 
         The records of a fresh state (created by this fold) may wait in the fast
         path's columns instead (:mod:`resumelog._fastfold`) until :meth:`finish`."""
         if _fastfold.ENABLED and _fastfold.apply_batch(self, run, stream, first_ordinal, batch):
             return
+        if isinstance(batch, ColumnBatch):
+            batch = batch.batch()  # (the fast path's columns; the reference reads a Batch)
         if self._deferred:
             self.drain()  # this batch takes the reference loop: every state it may touch is pending
         pending = self.pending

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from msgspec.structs import replace as replace_struct
 
-from resumelog import layers, paths, snapshot_cache
+from resumelog import _fastfold, layers, paths, snapshot_cache
 from resumelog._progress import Progress
 from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
@@ -532,7 +532,7 @@ def fold_journal(
             if isinstance(result, BaseException):
                 raise result
             try:
-                seg = decode_segment(result, key)
+                seg = decode_segment(result, key, columns=_fastfold.ENABLED)  # (columns: the fast path's)
                 h = seg.header
                 if (h.writer_id, h.incarnation, h.seq) != (p.writer_id, p.incarnation, p.seq):
                     raise CorruptSegment("segment header does not match its object name", key)

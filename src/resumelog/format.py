@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
+from resumelog._columns import decode_batch
 from resumelog._compiled import native
 from resumelog._crc import crc32c
 from resumelog.errors import CorruptObject, CorruptSegment, CorruptSnapshot, UnsupportedFormat
@@ -165,6 +166,8 @@ class Segment(msgspec.Struct, frozen=True):
 
     header: SegmentHeader
     batches: list[Batch]
+    """The record batches (a :class:`~resumelog._columns.ColumnBatch` for each batch
+    the compiled decoder read, if decoded with ``columns``)."""
     footer: SegmentFooter
 
     @property
@@ -489,21 +492,32 @@ def segment_parts(
     return object_parts(KIND_SEGMENT, [(head, crc32c(head)), *batches, (footer, crc32c(footer))])
 
 
-def decode_segment(data: bytes | memoryview, path: str = "") -> Segment:
+def decode_segment(data: bytes | memoryview, path: str = "", *, columns: bool = False) -> Segment:
     """Decode and fully validate a segment.
 
     Raises :class:`TornSegment` if the object is a truncated prefix,
     :class:`~resumelog.errors.CorruptSegment` for any CRC or structure failure and
     :class:`~resumelog.errors.UnsupportedFormat` for a newer format version.
+
+    ``columns``: decode each batch the compiled decoder can read as a
+    :class:`~resumelog._columns.ColumnBatch` (validated there; the fold's fast path
+    reads its columns as they are), the others as :class:`Batch`.
     """
     frames = split_frames(data, KIND_SEGMENT, path)
     if len(frames) < 2:
         raise CorruptSegment("segment has no header or footer frame", path)
     header: SegmentHeader = _decode(_dec_header, frames[0], "segment header", CorruptSegment, path)
     footer: SegmentFooter = _decode(_dec_footer, frames[-1], "segment footer", CorruptSegment, path)
-    batches: list[Batch] = [_decode(_dec_batch, f, "record batch", CorruptSegment, path) for f in frames[1:-1]]
+    batches: list[Any] = []
     count = 0
-    for b in batches:
+    for f in frames[1:-1]:
+        cb = decode_batch(f) if columns else None
+        if cb is not None:  # (its columns checked by the decoder)
+            batches.append(cb)
+            count += len(cb)
+            continue
+        b: Batch = _decode(_dec_batch, f, "record batch", CorruptSegment, path)
+        batches.append(b)
         n = len(b.keys)
         ns = len(b.sources)
         if len(b.source_index) != n or len(b.deltas) != n or len(b.flags) != n:
