@@ -342,8 +342,19 @@ def test_the_kernels_leak_nothing() -> None:
     blob = b"".join(encoded)
     offsets = array("I", [0, *accumulate(map(len, encoded))])
     ascii_keys = [k for k in keys if k.isascii()]
+    spans = KeySpans.of(ascii_keys)
+    assert spans is not None
+    frame = encode(Batch(sources, list(range(300)), ascii_keys[:300], [1] * 300, bytes(300)))
+    damaged = frame.replace(b"\xa40_s7", b"\xa40_\xc3\xa9")  # a non-ASCII key: None, late
 
     def once() -> None:
+        native.decode_batch(frame)
+        native.decode_batch(damaged)
+        native.decode_batch(frame[:-3])
+        native.span_strs(*spans.raw, 10, 200)
+        native.take_spans([spans.raw, spans.raw], order)
+        native.shape_keys(spans.raw, [1] * len(spans), [0, 100, len(spans)], [0, 1], ["s1", "s2"], "\x1f", "\x1e")
+        native.number_states({}, {}, "r", sources, array("q", range(300)).tobytes(), 0)
         native.shape_keys(keys, deltas, starts, cand, sources, "\x1f", "\x1e")
         native.shape_keys(keys, deltas, starts, cand, sources, None, None)
         index: dict = {}
@@ -365,6 +376,9 @@ def test_the_kernels_leak_nothing() -> None:
             (native.take, (["a"], array("q", [3])), IndexError),
             (native.key_order, (b"abc", array("I", [0, 2, 1]), 4), ValueError),
             (native.sorted_entries, (dict.fromkeys(keys[:200], "r"), {}, {}), KeyError),
+            (native.take_spans, ([spans.raw], array("q", [10**6])), IndexError),
+            (native.span_strs, (b"abc", array("q", [2, 1]), 0, 2), ValueError),
+            (native.number_states, ({}, {}, "r", sources, array("q", [0, 10**6]).tobytes(), 0), IndexError),
         ]:
             with pytest.raises(error):
                 call(*args)
