@@ -29,7 +29,7 @@ from pt_settings import budget
 
 import resumelog
 from resumelog import compactor
-from resumelog._provisional import ProvisionalSet
+from resumelog._provisional import ProvisionalSet, _merged, _Run
 from resumelog.storage import MemoryStore
 from resumelog.testing.compaction import copy_store, published, spilling
 from resumelog.testing.stateful import PipelineMachine, crash_writer, memory_store_factory
@@ -212,3 +212,21 @@ def test_a_freeze_merges_runs_without_holding_their_ids():
     strings = 2 * n * (len("s3://bucket/part-000000000.jsonl") + 49)  # the ids as str objects
     assert peak < strings / 3, f"the merge held {peak} bytes ({strings} as strings)"
     assert f"s3://bucket/part-{2 * n - 1:09d}.jsonl" in p and f"s3://bucket/part-{2 * n:09d}.jsonl" not in p
+
+
+@given(
+    st.lists(st.integers(0, 2000), max_size=900),
+    st.lists(st.integers(0, 2000), max_size=900),
+    st.sets(st.integers(0, 2000), max_size=40),
+)
+@budget(2)
+def test_merging_two_frozen_runs_is_their_sorted_union_less_the_discarded(a, b, gone) -> None:
+    """The merge of :meth:`ProvisionalSet.freeze` (windows of two runs sorted in C) gives
+    the run of ``sorted((A | B) - gone)``, cut into the same chunks as a run made from
+    that list (runs of up to 900 ids: several chunks, overlapping anywhere)."""
+    ids = lambda xs: sorted({f"s{x:05d}" for x in xs})  # noqa: E731
+    gone_ids = set(ids(gone))
+    lower, upper = _Run(ids(a)), _Run(ids(b))
+    merged = _Run.of_lists(_merged(lower, upper, gone_ids))
+    want = _Run(sorted((set(ids(a)) | set(ids(b))) - gone_ids))
+    assert (merged.firsts, merged.chunks, merged.n) == (want.firsts, want.chunks, want.n)
