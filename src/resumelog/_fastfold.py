@@ -334,6 +334,7 @@ class Columns:
         "_order",
         "_ordinals",
         "_patterns",
+        "_stream_list",
         "_streams",
         "_touching",
         "counts",
@@ -391,6 +392,7 @@ class Columns:
         self._order = order
         self._ordinals: Any = None
         self._streams: Any = None
+        self._stream_list: list[int] | None = None
         self._touching: Any = None
         self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
 
@@ -409,6 +411,13 @@ class Columns:
             st = self._buf.streams
             self._streams = np.concatenate(st)[self._order] if st else np.zeros(0, dtype=np.int64)
         return self._streams[a:b].tolist()  # type: ignore[no-any-return]
+
+    def stream_list(self) -> list[int]:
+        """Every record's stream, in state order (a list, made once per evaluation)."""
+        if self._stream_list is None:
+            self.streams(0, 0)
+            self._stream_list = self._streams.tolist()
+        return self._stream_list
 
     def touching(self, streams: Collection[int]) -> Any:
         """Whether an open stream (one of ``streams``) wrote a record of each state (a
@@ -691,40 +700,30 @@ def _complete(
     if patterns is not None:
         seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
     hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
-    writers = ev.done_writers
-    special = [j for j in js if j in simple] if simple else []
-    if ev.open_streams:  # (states none of whose records an open stream wrote need no writers)
-        touching = cols.touching(ev.open_streams)
-        special = sorted({*special, *compress(js, touching[cand[a:b]].tolist())})
-    lo = a
-    for stop in [*special, b]:  # runs of plain completions in bulk, in order, between the others
-        if stop > lo:
-            plain = csrcs[lo:stop]
-            ev.done_shapes.update(zip(plain, map(operator.itemgetter(0), hits[lo:stop])))  # type: ignore[arg-type]
-            if writers:
-                for src in plain:
-                    writers.pop(src, None)
-        if stop < b:
-            _complete_one(ev, cols, stop, csrcs[stop], cand, hits, simple)
-        lo = stop + 1
-
-
-def _complete_one(
-    ev: _Evaluation, cols: Columns, j: int, src: str, cand: list[int], hits: list[object], simple: set[int]
-) -> None:
-    """The shape and writers of candidate ``j``'s completion, one by one (a
-    :data:`~resumelog.algebra.SIMPLE_COMPLETION`, or one an open stream wrote to)."""
-    writers = ev.done_writers
-    if j in simple:
-        ev.done_shapes.pop(src, None)
-        writers.pop(src, None)  # reserved keys: their deltas never change
-        return
-    shape: tuple[int, tuple[int, ...]] = hits[j]  # type: ignore[assignment]
-    sid, order = shape
-    ev.done_shapes[src] = sid
-    g = cand[j]
-    w = ev.writers(tuple(cols.streams(cols.starts[g], cols.starts[g + 1])), order) if ev.open_streams else None
-    if w is None:
-        writers.pop(src, None)
-    else:
-        writers[src] = w
+    # Each source is one candidate: one operation on done_shapes and one on done_writers
+    # (set or pop), so the sets, done in order, give the dicts (and their order) of the
+    # one-by-one loop. A completion with a shape: shape set; a SIMPLE_COMPLETION: popped
+    # (reserved keys: their deltas never change). Writers: set for a completion with a
+    # shape that an open stream wrote to, popped for the others.
+    writers, done_shapes = ev.done_writers, ev.done_shapes
+    shaped = [j not in simple for j in js] if simple else [True] * (b - a)
+    done_shapes.update(zip(compress(srcs, shaped), map(operator.itemgetter(0), compress(hits[a:b], shaped))))  # type: ignore[arg-type]
+    if simple:
+        for j in sorted(simple.intersection(js)):
+            done_shapes.pop(csrcs[j], None)
+    wrote = cols.touching(ev.open_streams)[cand[a:b]].tolist() if ev.open_streams else [False] * (b - a)
+    keep = list(map(operator.and_, wrote, shaped))
+    if writers:
+        for src in compress(srcs, map(operator.not_, keep)):
+            writers.pop(src, None)
+    if any(keep):
+        streams, starts, ordered = cols.stream_list(), cols.starts, ev.ordered
+        for j in compress(js, keep):
+            g = cand[j]
+            ws = tuple(streams[starts[g] : starts[g + 1]])
+            order = hits[j][1]  # type: ignore[index]
+            w = ordered.get((ws, order)) or ev.writers(ws, order)
+            if w is None:  # (never: an open stream wrote one of its entries)
+                writers.pop(csrcs[j], None)
+            else:
+                writers[csrcs[j]] = w
