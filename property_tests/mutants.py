@@ -439,6 +439,14 @@ MUTANTS += [
         "issue 17/3: a round's keys put in state order leave out those of batches msgspec decoded "
         "(a round of both kinds)",
     ),
+    Mutant(
+        "writers_frame_drops_the_bases_live_writers",
+        "snapshot.py",
+        "        for src, es in stored.items() if open_at else ():\n",
+        "        for src, es in stored.items() if not open_at else ():\n",
+        "issue 17/3: a snapshot (or a spill) leaves out the writers its base kept for completions "
+        "that a still-open stream wrote",
+    ),
 ]
 
 

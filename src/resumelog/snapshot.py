@@ -321,20 +321,35 @@ def _writers_frame(state: FoldState) -> bytes:
     open_sids = state.open_stream_ids()
     if not open_sids:
         return b""  # every writer closed: no completion needs names (the end of a job)
+    # Only writers naming an open stream are written (``prune`` below): the others, most
+    # of them once their streams closed, are left out before any lookup or the sort.
+    stream_ids = state.stream_ids
+    live: dict[Writers, bool] = {}  # per distinct (interned) writers
+
+    def is_live(ws: Writers) -> bool:
+        v = live.get(ws)
+        if v is None:
+            v = live[ws] = any(stream_ids[x] in open_sids for e in ws for x in ((e,) if isinstance(e, int) else e))
+        return v
+
     candidates: dict[str, tuple[str, Writers]] = {}  # completed source -> (its run, its writers)
-    completed_run, added = state.completed_run, state.added
+    completed_run, added, done_writers = state.completed_run, state.added, state.done_writers
     if base is not None and base.has_writers():
-        for src in base.all_writers()[1]:
-            if src not in state.done_writers and src not in added:
-                run = completed_run(src)
-                if run is not None:
-                    w = state.done_writers_of(src)
-                    if w is not None:
-                        candidates[src] = (run, w)
-    for src, w in state.done_writers.items():
-        run = added.get(src) or completed_run(src)
-        if run is not None:
-            candidates[src] = (run, w)
+        table, stored = base.all_writers()
+        open_at = {i for i, sid in enumerate(table) if sid in open_sids}  # (-1: closed, never open)
+        for src, es in stored.items() if open_at else ():
+            if any(x in open_at for e in es for x in ((e,) if isinstance(e, int) else e)):
+                if src not in done_writers and src not in added:
+                    run = completed_run(src)
+                    if run is not None:
+                        w = state.done_writers_of(src)
+                        if w is not None:
+                            candidates[src] = (run, w)
+    for src, w in done_writers.items():
+        if is_live(w):
+            run = added.get(src) or completed_run(src)
+            if run is not None:
+                candidates[src] = (run, w)
     streams: list[str] = []
     index: dict[int, int] = {}
 
