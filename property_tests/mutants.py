@@ -447,6 +447,14 @@ MUTANTS += [
         "issue 17/3: a snapshot (or a spill) leaves out the writers its base kept for completions "
         "that a still-open stream wrote",
     ),
+    Mutant(
+        "layer_lookup_misses_its_largest_id",
+        "layers.py",
+        "                n = bisect_right(bs, top, 0, n)\n",
+        "                n = bisect_left(bs, top, 0, n)\n",
+        "issue 17/2: a bulk lookup in a layer takes the layer's largest id for one above it (a "
+        "completed id reads as not completed)",
+    ),
 ]
 
 

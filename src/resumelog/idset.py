@@ -246,6 +246,16 @@ class CompletedIndex:
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids())
 
+    def max_encoded(self) -> bytes | None:
+        """The UTF-8 bytes of the largest id (bytewise, as layers order their blocks), or
+        ``None`` if empty."""
+        n = self.count
+        if not n:
+            return None
+        off = self._offsets
+        blob = bytes(self._blob)
+        return max(blob[off[i] : off[i + 1]] for i in range(n))
+
     def raw(self) -> tuple[memoryview, memoryview, memoryview, memoryview]:
         """The hash, offset and run arrays and the blob as stored (bytes views)."""
         return (*(memoryview(a).cast("B") for a in (self._hashes, self._offsets, self._runs)), self._blob)  # type: ignore[return-value]

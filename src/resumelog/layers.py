@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate, compress, repeat
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -152,6 +152,9 @@ class Block:
     """Shape id of each entry (numbered in the layer's shape table); ``None``: all 0."""
 
 
+LAST_KEY_SCAN: Final = 1 << 16
+"""Largest last block whose ids :meth:`LayerIndex.last_key` scans for the largest."""
+
 BlockLoader = Callable[[list[int]], list[Block]]
 """Reads and checks blocks ``ks`` of a layer (ascending, not yet loaded)."""
 
@@ -161,7 +164,7 @@ class LayerIndex:
 
     Positions are layer-wide (block ``k``'s entry ``i`` is ``starts[k] + i``)."""
 
-    __slots__ = ("_blocks", "_load", "ascii_ids", "count", "fences", "starts")
+    __slots__ = ("_blocks", "_last", "_load", "ascii_ids", "count", "fences", "starts")
 
     def __init__(
         self,
@@ -177,6 +180,7 @@ class LayerIndex:
         self._blocks = blocks
         self._load = load
         self.ascii_ids = ascii_ids
+        self._last: bytes | bool | None = False  # (False: not known yet)
 
     @classmethod
     def single(cls, index: CompletedIndex, tags: Sequence[int] | None = None) -> LayerIndex:
@@ -218,6 +222,16 @@ class LayerIndex:
         self._fill(list(range(self.nblocks)))
         return [b for b in self._blocks if b is not None]
 
+    def last_key(self) -> bytes | None:
+        """The largest id's UTF-8 bytes, found in the last block when first asked for
+        (``None``: empty, or a last block too large to scan, e.g. a version-5 layer's one
+        block): ids above it are in no block, however far the last block's range reaches."""
+        if self._last is False:
+            k = len(self.fences) - 1
+            small = k >= 0 and self.starts[k + 1] - self.starts[k] <= LAST_KEY_SCAN
+            self._last = self.block(k).index.max_encoded() if small else None
+        return self._last  # type: ignore[return-value]
+
     def _block_of(self, b: bytes) -> int:
         return bisect_right(self.fences, b) - 1
 
@@ -248,6 +262,10 @@ class LayerIndex:
         k = bisect_right(fences, b) - 1
         if k < 0:
             return -1
+        if k == len(fences) - 1:
+            last = self.last_key()
+            if last is not None and b > last:
+                return -1
         blk = self._blocks[k] or self.block(k)
         i = blk.index.find_encoded(b, h)
         return self.starts[k] + i if i >= 0 else -1
@@ -261,6 +279,12 @@ class LayerIndex:
         n = len(bs)
         if not fences or not n:
             return out
+        if bs[-1] >= fences[-1]:  # some ids fall in the last block's range: not those above its largest
+            top = self.last_key()
+            if top is not None:
+                n = bisect_right(bs, top, 0, n)
+                if not n:
+                    return out
         a = 0
         k = bisect_right(fences, bs[0]) - 1
         if k < 0:  # ids before the first block are in no block
