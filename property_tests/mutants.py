@@ -455,6 +455,14 @@ MUTANTS += [
         "issue 17/2: a bulk lookup in a layer takes the layer's largest id for one above it (a "
         "completed id reads as not completed)",
     ),
+    Mutant(
+        "provisional_join_keeps_discarded_ids",
+        "_provisional.py",
+        "                if i < j:  # a discarded id in the chunk's range\n",
+        "                if False:  # mutant: chunks copied with their discarded ids\n",
+        "issue 17/4: joining two disjoint frozen runs brings back ids discarded since they were "
+        "frozen (a reopened or voided completion is provisional again)",
+    ),
 ]
 
 

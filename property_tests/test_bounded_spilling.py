@@ -230,3 +230,39 @@ def test_merging_two_frozen_runs_is_their_sorted_union_less_the_discarded(a, b, 
     merged = _Run.of_lists(_merged(lower, upper, gone_ids))
     want = _Run(sorted((set(ids(a)) | set(ids(b))) - gone_ids))
     assert (merged.firsts, merged.chunks, merged.n) == (want.firsts, want.chunks, want.n)
+
+
+@given(
+    st.lists(st.integers(0, 999), max_size=900),
+    st.lists(st.integers(1000, 1999), max_size=900),
+    st.sets(st.integers(0, 2000), max_size=40),
+    st.booleans(),
+)
+@budget(2)
+def test_joining_two_disjoint_frozen_runs_keeps_their_chunks(a, b, gone, swap) -> None:
+    """Runs whose ranges do not overlap (ids completed in key order) are joined chunk by
+    chunk: the ids are the sorted union less the discarded, each chunk's first id is its
+    first, the count exact, and a chunk holding no discarded id is kept as it was."""
+    ids = lambda xs: sorted({f"s{x:05d}" for x in xs})  # noqa: E731
+    gone_ids = set(ids(gone))
+    lower, upper = _Run(ids(a)), _Run(ids(b))
+    ps = ProvisionalSet()
+    runs = [upper, lower] if swap else [lower, upper]  # (either range first)
+    ps.runs = sorted(runs, key=lambda r: r.n)  # (the smaller last but one: freeze merges them)
+    ps.gone = set(gone_ids)
+    ps.freeze()
+    (joined,) = ps.runs
+    want = sorted((set(ids(a)) | set(ids(b))) - gone_ids)
+    assert list(joined) == want and joined.n == len(want)
+    assert [joined._chunk(i)[0] for i in range(len(joined.chunks))] == joined.firsts
+    if lower.n and upper.n:
+        untouched = {c for c in lower.chunks + upper.chunks if not gone_ids.intersection(_decode_chunk(c))}
+        assert untouched <= set(joined.chunks)
+
+
+def _decode_chunk(chunk: bytes) -> list[str]:
+    import zlib
+
+    import msgspec
+
+    return msgspec.msgpack.decode(zlib.decompress(chunk), type=list[str])

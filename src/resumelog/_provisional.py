@@ -67,6 +67,35 @@ class _Run:
             run._add(held)
         return run
 
+    @classmethod
+    def joined(cls, runs: tuple[_Run, _Run], gone: list[str]) -> _Run:
+        """The run of the ids of ``runs`` (the first's all below the second's) not in
+        ``gone`` (sorted): their chunks kept as they are, but those that may hold a
+        discarded id, decoded and filtered (ids completed in about key order freeze
+        into such runs)."""
+        run = cls(())
+        for r in runs:
+            removed = 0
+            for first, chunk, upto in zip(r.firsts, r.chunks, [*r.firsts[1:], None]):
+                i = bisect_left(gone, first)
+                j = len(gone) if upto is None else bisect_left(gone, upto, i)
+                if i < j:  # a discarded id in the chunk's range
+                    ids = _decode(zlib.decompress(chunk))
+                    drop = set(gone[i:j])
+                    kept = [x for x in ids if x not in drop]
+                    removed += len(ids) - len(kept)
+                    if not kept:
+                        continue
+                    first, chunk = kept[0], zlib.compress(_encode(kept), 1)
+                run.firsts.append(first)
+                run.chunks.append(chunk)
+            run.n += r.n - removed
+        return run
+
+    def last(self) -> str:
+        """The largest id (of a run that is not empty)."""
+        return self._chunk(len(self.chunks) - 1)[-1]
+
     def _add(self, chunk: list[str]) -> None:
         self.firsts.append(chunk[0])
         self.chunks.append(zlib.compress(_encode(chunk), 1))
@@ -191,7 +220,11 @@ class ProvisionalSet:
         while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
             upper, lower = runs.pop(), runs.pop()
             gone = self.gone
-            runs.append(_Run.of_lists(_merged(lower, upper, gone)))
+            if lower.n and upper.n and (lower.last() < upper.firsts[0] or upper.last() < lower.firsts[0]):
+                pair = (lower, upper) if lower.firsts[0] < upper.firsts[0] else (upper, lower)
+                runs.append(_Run.joined(pair, sorted(gone)))  # (disjoint: chunks kept)
+            else:
+                runs.append(_Run.of_lists(_merged(lower, upper, gone)))
         if len(runs) == 1 and self.gone:
             # every frozen id is in the one run: drop discards it does not hold (none
             # can come back from it) so the set stays bounded by what is pending
