@@ -324,14 +324,10 @@ def _writers_frame(state: FoldState) -> bytes:
     # Only writers naming an open stream are written (``prune`` below): the others, most
     # of them once their streams closed, are left out before any lookup or the sort.
     stream_ids = state.stream_ids
-    live: dict[Writers, bool] = {}  # per distinct (interned) writers
-
-    def is_live(ws: Writers) -> bool:
-        v = live.get(ws)
-        if v is None:
-            v = live[ws] = any(stream_ids[x] in open_sids for e in ws for x in ((e,) if isinstance(e, int) else e))
-        return v
-
+    live = {  # per distinct (interned) writers: a few
+        ws: any(stream_ids[x] in open_sids for e in ws for x in ((e,) if isinstance(e, int) else e))
+        for ws in set(state.done_writers.values())
+    }
     candidates: dict[str, tuple[str, Writers]] = {}  # completed source -> (its run, its writers)
     completed_run, added, done_writers = state.completed_run, state.added, state.done_writers
     if base is not None and base.has_writers():
@@ -346,7 +342,7 @@ def _writers_frame(state: FoldState) -> bytes:
                         if w is not None:
                             candidates[src] = (run, w)
     for src, w in done_writers.items():
-        if is_live(w):
+        if live[w]:
             run = added.get(src) or completed_run(src)
             if run is not None:
                 candidates[src] = (run, w)
