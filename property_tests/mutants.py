@@ -397,8 +397,8 @@ MUTANTS += [
     Mutant(
         "provisional_merge_holds_every_id",
         "_provisional.py",
-        "        it = iter(ids)  # sorted, distinct; a chunk at a time (a merge of runs streams through)\n",
-        "        it = iter(list(ids))  # mutant: every id of the merged runs held at once\n",
+        "    a_lists, b_lists = lower.lists(), upper.lists()\n",
+        "    a_lists, b_lists = iter(list(lower.lists())), iter(list(upper.lists()))  # mutant: all at once\n",
         "issue 17/4: a freeze merging its frozen runs holds all their ids as Python strings (memory grows "
         "with the completed ids)",
     ),

@@ -46,7 +46,7 @@ class _Run:
         self.chunks: list[bytes] = []
         self.n = 0
         self._cache: tuple[int, list[str]] = (-1, [])
-        it = iter(ids)  # sorted, distinct; a chunk at a time (a merge of runs streams through)
+        it = iter(ids)  # sorted, distinct; a chunk at a time
         while chunk := list(islice(it, CHUNK)):
             self._add(chunk)
 
