@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pt_settings import budget
 from test_algebra_laws import build_segments, fold
 
+from resumelog._columns import ColumnBatch
 from resumelog.done_shapes import ShapeTable
 from resumelog.errors import CorruptObject, ObjectNotFound, ResumelogError
 from resumelog.format import (
@@ -25,12 +26,15 @@ from resumelog.format import (
     KIND_META,
     KIND_SEGMENT,
     KIND_SNAPSHOT,
+    Batch,
     LayerRef,
     Meta,
+    SegmentFooter,
     SnapshotBody,
     SnapshotFrames,
     SnapshotHeader,
     TornSegment,
+    crc32c,
     decode_done_entries,
     decode_layer,
     decode_meta,
@@ -40,6 +44,7 @@ from resumelog.format import (
     encode_object,
     encode_segment,
     encode_snapshot_frames,
+    object_parts,
 )
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.testing import strategies as rst
@@ -71,6 +76,7 @@ def use_snapshot(data: bytes, layers: dict[str, bytes] | None = None) -> None:
 
 DECODERS = {
     "segment": decode_segment,
+    "segment (columns)": lambda data: decode_segment(data, columns=True),
     "snapshot": decode_snapshot_frames,
     "snapshot+queries": use_snapshot,
     "meta": decode_meta,
@@ -223,3 +229,50 @@ def test_snapshot_structs_that_do_not_fit_together(blob):
     completing-run index past the run table loaded, then ``completed_run`` raised
     ``IndexError``; test_regressions.py has the minimal case)."""
     only_typed_errors(use_snapshot, blob)
+
+
+@st.composite
+def plain_batches(draw: st.DrawFn) -> bytes:
+    """A batch as writers make them (ASCII keys, 64-bit deltas, no resets: the C decoder
+    reads it), encoded, sometimes with a byte changed (its CRC recomputed around it)."""
+    sources = draw(st.lists(st.text("ab0", min_size=1, max_size=3), min_size=1, max_size=3))
+    n = draw(st.integers(0, 6))
+    index = [draw(st.integers(0, len(sources) - 1)) for _ in range(n)]
+    keys = [draw(st.text("ab_0", max_size=5)) for _ in range(n)]
+    deltas = [draw(st.integers(-(2**63), 2**63 - 1)) for _ in range(n)]
+    data = bytearray(_enc.encode(Batch(sources, index, keys, deltas, bytes(n))))
+    if draw(st.booleans()):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+def _outcome(data: bytes, columns: bool) -> object:
+    """What ``decode_segment`` makes of ``data``: its batches as msgspec's ``Batch``
+    (a ``ColumnBatch`` converted), or the typed error's class and message."""
+    try:
+        seg = decode_segment(data, "s", columns=columns)
+    except ResumelogError as exc:
+        return type(exc), str(exc)
+    return seg.header, [b.batch() if isinstance(b, ColumnBatch) else b for b in seg.batches], seg.footer
+
+
+@given(
+    header=rst.segment_headers(),
+    batches=st.lists(
+        st.one_of(
+            plain_batches(),
+            rst.batches(max_records=6).map(_enc.encode),
+            msgpack_values().map(_enc.encode),
+            rst.batches(max_records=6).map(lambda b: _enc.encode(b)[:-1] + b"\x91\xa0"),  # hostile resets
+        ),
+        max_size=3,
+    ),
+    records=st.integers(0, 12),
+)
+@budget(1)
+def test_segments_decoded_into_columns_are_those_msgspec_decodes(header, batches, records):
+    """Valid CRCs around any batch payloads: decoded into columns (where the C decoder
+    reads them) or by msgspec, a segment gives the same batches or the same typed error."""
+    parts = [_enc.encode(header), *batches, _enc.encode(SegmentFooter(records, len(batches)))]
+    data = b"".join(object_parts(KIND_SEGMENT, [(p, crc32c(p)) for p in parts]))
+    assert _outcome(data, True) == _outcome(data, False)
