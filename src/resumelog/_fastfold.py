@@ -404,19 +404,22 @@ class Columns:
             self._ordinals = np.concatenate(o)[self._order] if o else np.zeros(0, dtype=np.int64)
         return self._ordinals[a:b].tolist()  # type: ignore[no-any-return]
 
-    def streams(self, a: int, b: int) -> list[int]:
-        """Records ``a..b-1``'s streams (the column made when first needed: writers, or
-        to materialize)."""
+    def _stream_column(self) -> Any:
+        """Every record's stream, in state order (made when first needed: writers, or to
+        materialize)."""
         if self._streams is None:
             st = self._buf.streams
             self._streams = np.concatenate(st)[self._order] if st else np.zeros(0, dtype=np.int64)
-        return self._streams[a:b].tolist()  # type: ignore[no-any-return]
+        return self._streams
+
+    def streams(self, a: int, b: int) -> list[int]:
+        """Records ``a..b-1``'s streams."""
+        return self._stream_column()[a:b].tolist()  # type: ignore[no-any-return]
 
     def stream_list(self) -> list[int]:
         """Every record's stream, in state order (a list, made once per evaluation)."""
         if self._stream_list is None:
-            self.streams(0, 0)
-            self._stream_list = self._streams.tolist()
+            self._stream_list = self._stream_column().tolist()
         return self._stream_list
 
     def touching(self, streams: Collection[int]) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from resumelog.algebra import FoldState, SourceRunState, Writers
@@ -307,6 +307,15 @@ def encode_snapshot(
     return EncodedSnapshot(data, new_layers, named)
 
 
+def _streams_in(ws: Sequence[int | Sequence[int]]) -> Iterator[int]:
+    """Every stream index a completion's writers name (an entry is one index or several)."""
+    for e in ws:
+        if isinstance(e, int):
+            yield e
+        else:
+            yield from e
+
+
 def _writers_frame(state: FoldState) -> bytes:
     """Frame 8: the writers of every completion that a still-open stream wrote.
 
@@ -325,8 +334,7 @@ def _writers_frame(state: FoldState) -> bytes:
     # of them once their streams closed, are left out before any lookup or the sort.
     stream_ids = state.stream_ids
     live = {  # per distinct (interned) writers: a few
-        ws: any(stream_ids[x] in open_sids for e in ws for x in ((e,) if isinstance(e, int) else e))
-        for ws in set(state.done_writers.values())
+        ws: any(stream_ids[x] in open_sids for x in _streams_in(ws)) for ws in set(state.done_writers.values())
     }
     candidates: dict[str, tuple[str, Writers]] = {}  # completed source -> (its run, its writers)
     completed_run, added, done_writers = state.completed_run, state.added, state.done_writers
@@ -334,7 +342,7 @@ def _writers_frame(state: FoldState) -> bytes:
         table, stored = base.all_writers()
         open_at = {i for i, sid in enumerate(table) if sid in open_sids}  # (-1: closed, never open)
         for src, es in stored.items() if open_at else ():
-            if any(x in open_at for e in es for x in ((e,) if isinstance(e, int) else e)):
+            if any(x in open_at for x in _streams_in(es)):
                 if src not in done_writers and src not in added:
                     run = completed_run(src)
                     if run is not None:
