@@ -390,7 +390,7 @@ MUTANTS += [
         "spill_forgets_provisional_completions",
         "compactor.py",
         "    provisional.freeze()\n",
-        "    provisional.recent.clear()\n",
+        "    provisional.recent.clear()\n    provisional.lists.clear()\n",
         "issue 17/4: after a spill, a later record of the same fold reopens a round's completion "
         "as a late record, and a quarantine keeps it",
     ),

@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 from pt_settings import budget
@@ -266,3 +266,49 @@ def _decode_chunk(chunk: bytes) -> list[str]:
     import msgspec
 
     return msgspec.msgpack.decode(zlib.decompress(chunk), type=list[str])
+
+
+_FEW = st.integers(0, 6)  # (ids added, discarded and added again)
+_SET_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), _FEW),
+        st.tuples(st.just("update"), st.lists(st.one_of(_FEW, st.integers(0, 600)), max_size=400)),
+        st.tuples(st.just("discard"), _FEW),
+        st.tuples(st.just("freeze"), st.none()),
+        st.tuples(st.just("in"), _FEW),
+        st.tuples(st.just("iter"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@given(_SET_OPS)
+@example([("update", [1]), ("freeze", None), ("discard", 1), ("update", [1, 2]), ("freeze", None)])  # re-added
+@example([("add", 0), ("freeze", None), ("discard", 0)])  # empty: its one frozen id discarded
+@budget(6)
+def test_a_provisional_set_is_a_set_under_any_operations(ops) -> None:
+    """:class:`ProvisionalSet` against a ``set``: any sequence of ``add``, ``update``
+    (kept as lists until another operation or a freeze needs them), ``discard``,
+    ``freeze`` (runs merged or joined, several chunks) and the reads gives the same
+    members, answers and length at every step."""
+    p, model = ProvisionalSet(), set()
+    name = "s{:05d}".format
+    for op, arg in ops:
+        if op == "add":
+            p.add(name(arg))
+            model.add(name(arg))
+        elif op == "update":
+            p.update(map(name, arg))
+            model.update(map(name, arg))
+        elif op == "discard":
+            p.discard(name(arg))
+            model.discard(name(arg))
+        elif op == "freeze":
+            p.freeze()
+        elif op == "in":
+            assert (name(arg) in p) == (name(arg) in model)
+        else:
+            assert sorted(p) == sorted(model) and len(p) == len(model)
+        assert bool(p) == bool(model)
+    p.freeze()
+    assert sorted(p) == sorted(model) and len(p) == len(model)

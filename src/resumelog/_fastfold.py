@@ -703,22 +703,17 @@ def _complete(
     if patterns is not None:
         seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
     hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
-    # Each source is one candidate: one operation on done_shapes and one on done_writers
-    # (set or pop), so the sets, done in order, give the dicts (and their order) of the
-    # one-by-one loop. A completion with a shape: shape set; a SIMPLE_COMPLETION: popped
-    # (reserved keys: their deltas never change). Writers: set for a completion with a
-    # shape that an open stream wrote to, popped for the others.
+    # Each source is one candidate, not complete (``ok``): it has no done shape nor
+    # writers (``FoldState._uncomplete`` pops them), so the one-by-one loop's pops for a
+    # SIMPLE_COMPLETION (reserved keys: their deltas never change) or for writers
+    # unknown change nothing, and its sets, done in order, give the dicts (and their
+    # order). A completion with a shape: shape set. Writers: set for a completion with a
+    # shape that an open stream wrote to.
     writers, done_shapes = ev.done_writers, ev.done_shapes
     shaped = [j not in simple for j in js] if simple else [True] * (b - a)
     done_shapes.update(zip(compress(srcs, shaped), map(operator.itemgetter(0), compress(hits[a:b], shaped))))  # type: ignore[arg-type]
-    if simple:
-        for j in sorted(simple.intersection(js)):
-            done_shapes.pop(csrcs[j], None)
     wrote = cols.touching(ev.open_streams)[cand[a:b]].tolist() if ev.open_streams else [False] * (b - a)
     keep = list(map(operator.and_, wrote, shaped))
-    if writers:
-        for src in compress(srcs, map(operator.not_, keep)):
-            writers.pop(src, None)
     if any(keep):
         streams, starts, ordered = cols.stream_list(), cols.starts, ev.ordered
         for j in compress(js, keep):

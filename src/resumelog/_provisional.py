@@ -11,8 +11,9 @@ made provisional before a spill are *frozen* into sorted runs of compressed chun
 (a few bytes per id), and only the changes since are Python sets.
 
 Exactly a set of strings for the operations the fold uses (``in``, ``add``,
-``update``, ``discard``, iteration): ``s`` is a member iff it is in :attr:`recent`, or
-it is in a frozen run and not in :attr:`gone` (discarded since it was frozen). A lookup
+``update``, ``discard``, iteration): ``s`` is a member iff it is in :attr:`recent` (once
+the lists :meth:`update` keeps are moved there), or it is in a frozen run and not in
+:attr:`gone` (discarded since it was frozen). A lookup
 in a frozen run is a bisect over the chunks' first ids and the decoding of one chunk
 (tens of microseconds); the fold looks up only on a reopen or a quarantine.
 """
@@ -159,20 +160,35 @@ def _unique(ids: Iterable[str]) -> Iterator[str]:
 class ProvisionalSet:
     """A set of source ids whose bulk is frozen into compressed sorted runs (:meth:`freeze`)."""
 
-    __slots__ = ("gone", "recent", "runs")
+    __slots__ = ("gone", "lists", "recent", "runs")
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self.recent: dict[str, None] = dict.fromkeys(ids)
         """Members added since the last :meth:`freeze` (never in :attr:`gone`), in the
         order they were added: the fold completes sources in about the order of their
         ids, and :meth:`freeze` sorts them (an adaptive sort: runs in order cost little)."""
+        self.lists: list[list[str]] = []
+        """Members :meth:`update` added since, as it was given them (moved into
+        :attr:`recent` before any other operation; a fold evaluated in rounds adds each
+        round's completions and asks nothing before its next spill freezes them, so
+        they are sorted once, never hashed)."""
         self.gone: set[str] = set()
         """Ids discarded since they were frozen (a frozen run cannot change)."""
         self.runs: list[_Run] = []
         """Frozen runs, oldest first; an id may be in several (frozen, discarded, added
         again, frozen again): :meth:`__iter__` yields it once."""
 
+    def _settle(self) -> None:
+        """Move :attr:`lists` into :attr:`recent` (in order, as one ``update`` each)."""
+        lists, self.lists = self.lists, []
+        for ids in lists:
+            if self.gone:
+                self.gone.difference_update(ids)
+            self.recent.update(zip(ids, repeat(None)))  # (one pass: 0.15 s per 1M ids, 0.27 s through fromkeys)
+
     def __contains__(self, s: object) -> bool:
+        if self.lists:
+            self._settle()
         if s in self.recent:
             return True
         if not isinstance(s, str) or s in self.gone:
@@ -180,23 +196,25 @@ class ProvisionalSet:
         return any(s in run for run in reversed(self.runs))
 
     def add(self, s: str) -> None:
+        if self.lists:
+            self._settle()
         self.gone.discard(s)
         self.recent[s] = None
 
     def update(self, ids: Iterable[str]) -> None:
-        gone = self.gone
-        if gone:
-            ids = list(ids)
-            gone.difference_update(ids)
-        self.recent.update(zip(ids, repeat(None)))  # (one pass: 0.15 s per 1M ids, 0.27 s through fromkeys)
+        self.lists.append(list(ids))  # (a copy: the caller's list may change)
 
     def discard(self, s: str) -> None:
+        if self.lists:
+            self._settle()
         self.recent.pop(s, None)
         if self.runs:
             self.gone.add(s)
 
     def __iter__(self) -> Iterator[str]:
         """Each member once: the frozen ones in order, then :attr:`recent`."""
+        if self.lists:
+            self._settle()
         recent, gone = self.recent, self.gone
         for s in _unique(heapq.merge(*self.runs)):
             if s not in gone and s not in recent:
@@ -204,7 +222,11 @@ class ProvisionalSet:
         yield from list(recent)
 
     def __bool__(self) -> bool:
-        return bool(self.recent) or any(run.n for run in self.runs)
+        if any(self.lists) or self.recent:
+            return True
+        if self.gone:  # (a frozen run's ids may all be discarded)
+            return next(iter(self), None) is not None
+        return any(run.n for run in self.runs)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -214,8 +236,15 @@ class ProvisionalSet:
         is no larger (a binary counter: ``log2`` runs, each id recompressed ``log2``
         times), leaving out ids discarded since."""
         if self.recent:
+            self._settle()
             self.runs.append(_Run(sorted(self.recent)))
             self.recent = {}
+        elif self.lists:  # (nothing discarded or added one by one since the last freeze)
+            lists, self.lists = self.lists, []
+            ids = sorted([s for ids in lists for s in ids])  # (the completions of rounds, in order)
+            if self.gone:
+                self.gone.difference_update(ids)
+            self.runs.append(_Run(_unique(ids)))
         runs = self.runs
         while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
             upper, lower = runs.pop(), runs.pop()
