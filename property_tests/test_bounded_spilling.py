@@ -290,7 +290,7 @@ def test_a_provisional_set_is_a_set_under_any_operations(ops) -> None:
     """:class:`ProvisionalSet` against a ``set``: any sequence of ``add``, ``update``
     (kept as lists until another operation or a freeze needs them), ``discard``,
     ``freeze`` (runs merged or joined, several chunks) and the reads gives the same
-    members, answers and length at every step."""
+    members, answers and length at every step, and frozen runs of distinct ids."""
     p, model = ProvisionalSet(), set()
     name = "s{:05d}".format
     for op, arg in ops:
@@ -312,3 +312,6 @@ def test_a_provisional_set_is_a_set_under_any_operations(ops) -> None:
         assert bool(p) == bool(model)
     p.freeze()
     assert sorted(p) == sorted(model) and len(p) == len(model)
+    for run in p.runs:  # each frozen run: sorted distinct ids, counted exactly
+        ids = list(run)
+        assert ids == sorted(set(ids)) and run.n == len(ids)

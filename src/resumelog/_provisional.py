@@ -21,6 +21,7 @@ in a frozen run is a bisect over the chunks' first ids and the decoding of one c
 from __future__ import annotations
 
 import heapq
+import operator
 import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
@@ -50,6 +51,14 @@ class _Run:
         it = iter(ids)  # sorted, distinct; a chunk at a time
         while chunk := list(islice(it, CHUNK)):
             self._add(chunk)
+
+    @classmethod
+    def of_sorted(cls, ids: list[str]) -> _Run:
+        """The run of ``ids`` (sorted, distinct), cut by slicing."""
+        run = cls(())
+        for i in range(0, len(ids), CHUNK):
+            run._add(ids[i : i + CHUNK])
+        return run
 
     @classmethod
     def of_lists(cls, lists: Iterable[list[str]]) -> _Run:
@@ -237,14 +246,16 @@ class ProvisionalSet:
         times), leaving out ids discarded since."""
         if self.recent:
             self._settle()
-            self.runs.append(_Run(sorted(self.recent)))
+            self.runs.append(_Run.of_sorted(sorted(self.recent)))
             self.recent = {}
         elif self.lists:  # (nothing discarded or added one by one since the last freeze)
             lists, self.lists = self.lists, []
             ids = sorted([s for ids in lists for s in ids])  # (the completions of rounds, in order)
             if self.gone:
                 self.gone.difference_update(ids)
-            self.runs.append(_Run(_unique(ids)))
+            if any(map(operator.eq, ids, islice(ids, 1, None))):  # (C loops: a source completed twice)
+                ids = list(_unique(ids))
+            self.runs.append(_Run.of_sorted(ids))
         runs = self.runs
         while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
             upper, lower = runs.pop(), runs.pop()
