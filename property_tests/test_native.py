@@ -281,13 +281,23 @@ def test_key_order_refuses_offsets_it_cannot_follow() -> None:
 @st.composite
 def new_layers(draw):
     """A fold's completions (id -> run), shape tags of some, the runs' indexes: ASCII
-    ids sharing a prefix, many alike past it (equal sort keys: compared in full)."""
+    ids sharing a prefix, many alike past it (equal sort keys: compared in full). The
+    tags are keyed by the same id objects in the completions' order (as a fold sets
+    them), or in another order, by equal copies of the ids, with ids not completed."""
     prefix = draw(st.sampled_from(["", "shard-0000", "s3://bucket/part-"]))
     tails = draw(st.lists(st.text(alphabet="ab0\x00\x7f", max_size=14), unique=True, max_size=60))
     ids = [prefix + t for t in tails]
     runs = draw(st.lists(st.sampled_from(["r1", "r2", "r10"]), min_size=len(ids), max_size=len(ids)))
     added = dict(zip(ids, runs))
-    tags = {i: draw(st.integers(1, 5)) for i in ids if draw(st.booleans())}
+    tagged = [i for i in ids if draw(st.booleans())]
+    how = draw(st.sampled_from(["in order", "shuffled", "copies", "others"]))
+    if how == "shuffled":
+        tagged = draw(st.permutations(tagged))
+    elif how == "copies":  # equal, not the same objects: looked up
+        tagged = ["".join(list(i)) if draw(st.booleans()) else i for i in tagged]
+    elif how == "others":  # ids not completed among them (never read)
+        tagged = [x for i in tagged for x in (i, i + "\x01other")]
+    tags = {i: draw(st.integers(1, 5)) for i in tagged}
     where = {r: i for i, r in enumerate(sorted(set(runs)))}
     return added, tags, where
 

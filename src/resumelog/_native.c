@@ -1393,7 +1393,13 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         if (zero != NULL) PyErr_NoMemory();
         goto done;
     }
-    /* Nothing below runs Python code (exact str keys, dict lookups): the dicts stay as they are. */
+    /* Nothing below runs Python code (exact str keys, dict lookups): the dicts stay as they are.
+     * ``tags`` is walked alongside ``added``: a fold sets an id's tag when it adds the id, so
+     * the tags' keys are mostly the same objects in the same order, taken without a lookup;
+     * any other id is looked up. */
+    Py_ssize_t tpos = 0;
+    PyObject *tk = NULL, *tv = NULL;
+    int walking = PyDict_Next(tags, &tpos, &tk, &tv);
     while (PyDict_Next(added, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
             out = Py_None;
@@ -1405,8 +1411,14 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
             if (!PyErr_Occurred()) PyErr_SetObject(PyExc_KeyError, v);
             goto done;
         }
-        PyObject *tag = PyDict_GET_SIZE(tags) ? PyDict_GetItemWithError(tags, k) : NULL;
-        if (tag == NULL && PyErr_Occurred()) goto done;
+        PyObject *tag;
+        if (walking && tk == k) {
+            tag = tv;
+            walking = PyDict_Next(tags, &tpos, &tk, &tv);
+        } else {
+            tag = PyDict_GET_SIZE(tags) ? PyDict_GetItemWithError(tags, k) : NULL;
+            if (tag == NULL && PyErr_Occurred()) goto done;
+        }
         row[3 * i] = k;
         row[3 * i + 1] = run;
         row[3 * i + 2] = tag != NULL ? tag : zero;
