@@ -382,8 +382,8 @@ MUTANTS += [
     Mutant(
         "partial_spill_drops_base_writers",
         "compactor.py",
-        "            done_writers={s: w for s, w in writers.items() if s not in rest},  # base ones too\n",
-        "            done_writers={s: w for s, w in writers.items() if s in moved},  # base ones too\n",
+        "        kept = writers.copy()  # the moved completions' writers and the base's\n",
+        "        kept = {s: writers[s] for s in moved if s in writers}  # mutant: the moved ones only\n",
         "issue 17/4: a spill of part of the completions loses the writers of base completions a duplicate changed",
     ),
     Mutant(

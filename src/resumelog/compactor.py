@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from typing import Any, NamedTuple, NoReturn
 
 from msgspec.structs import replace as replace_struct
@@ -610,16 +611,14 @@ def _spill(loaded: Loaded) -> bool:
         return False
     rest: dict[str, str] = {}
     if take < len(added):
-        moved: dict[str, str] = {}
-        for i, (src, run) in enumerate(added.items()):
-            (moved if i < take else rest)[src] = run
+        # (C loops: a spill at scale moves ~1M completions and keeps a few)
+        moved, rest = dict(islice(added.items(), take)), dict(islice(added.items(), take, None))
         shapes, writers = state.done_shapes, state.done_writers
-        view = replace(
-            state,
-            added=moved,
-            done_shapes={s: shapes[s] for s in moved if s in shapes},
-            done_writers={s: w for s, w in writers.items() if s not in rest},  # base ones too
-        )
+        kept = writers.copy()  # the moved completions' writers and the base's
+        for src in rest:
+            kept.pop(src, None)
+        # (the layer reads the shapes of the ids it holds only: all of them can go)
+        view = replace(state, added=moved, done_shapes=shapes, done_writers=kept)
         rest_shapes = {s: shapes[s] for s in rest if s in shapes}
         rest_writers = {s: writers[s] for s in rest if s in writers}
     else:
