@@ -456,6 +456,14 @@ MUTANTS += [
         "completed id reads as not completed)",
     ),
     Mutant(
+        "bulk_lookup_skips_the_largest_id",
+        "layers.py",
+        "            if top is None or b <= top:\n",
+        "            if top is None or b < top:\n",
+        "issue 17/3: a fold's bulk lookup of new sources takes ids from the base's largest one on "
+        "for new (a late record of a completed source is folded as a fresh state)",
+    ),
+    Mutant(
         "provisional_join_keeps_discarded_ids",
         "_provisional.py",
         "                if i < j:  # a discarded id in the chunk's range\n",

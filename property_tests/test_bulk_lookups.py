@@ -78,3 +78,16 @@ def test_a_layer_prefetches_the_blocks_its_lookups_reach(fences, keys) -> None:
     else:
         index.prefetch(keys)
         assert asked == []
+
+
+def test_bulk_lookups_above_every_layer_read_nothing_and_find_the_largest() -> None:
+    """Ids all above every layer's largest id are found in none, without a block search;
+    an id equal to a layer's largest is still found (the fast exit is strict)."""
+    stack = [
+        make_layer([f"s{i:04d}" for i in range(0, 100)], [0] * 100, [0] * 100, ShapeTable(), ["r"], frozenset()),
+        make_layer([f"s{i:04d}" for i in range(50, 150)], [0] * 100, [0] * 100, ShapeTable(), ["r"], frozenset()),
+    ]
+    index = LayeredIndex(stack)
+    assert index.find_many(["s0150", "s0200", "t"]) == [-1, -1, -1]
+    assert index.find_many(["s0149", "s0200"]) == [index.find("s0149"), -1] and index.find("s0149") >= 0
+    assert index.find_many(["s0099"]) == [index.find("s0099")] != [-1]

@@ -498,6 +498,8 @@ class LayeredIndex:
         if not layers:
             return out
         todo, bs = _utf8(sources)
+        if not bs or self._above_every_layer(min(bs)):
+            return out  # (new ids of a fold that completes them in about key order: no sort, no hash)
         order = sorted(range(len(bs)), key=bs.__getitem__)  # (the layers search sorted ids)
         bs = list(map(bs.__getitem__, order))
         todo = list(map(todo.__getitem__, order))
@@ -524,6 +526,21 @@ class LayeredIndex:
                 bs = [bs[j] for j in keep]
                 hs = [hs[j] for j in keep]
         return out
+
+    def _above_every_layer(self, b: bytes) -> bool:
+        """Whether the UTF-8 id ``b`` is above the largest id of every layer (it and any
+        larger id are in none; a layer's largest id read only where ``b`` is in its last
+        block's range, as a lookup of ``b`` would read it)."""
+        for layer in self.layers:
+            index = layer.index
+            if not index.fences:
+                continue
+            if b < index.fences[-1]:
+                return False
+            top = index.last_key()
+            if top is None or b <= top:
+                return False
+        return True
 
     def prefetch(self, sources: Iterable[str]) -> None:
         """Read, in one batch per layer read in parts, the blocks lookups of ``sources``
