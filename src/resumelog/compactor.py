@@ -611,8 +611,12 @@ def _spill(loaded: Loaded) -> bool:
         return False
     rest: dict[str, str] = {}
     if take < len(added):
-        # (C loops: a spill at scale moves ~1M completions and keeps a few)
-        moved, rest = dict(islice(added.items(), take)), dict(islice(added.items(), take, None))
+        # (C loops: a spill at scale moves ~1M completions and keeps a few; a dict's copy
+        # is a copy of its table, not an insert per entry)
+        rest = dict(islice(added.items(), take, None))
+        moved = added.copy()
+        for src in rest:
+            del moved[src]
         shapes, writers = state.done_shapes, state.done_writers
         kept = writers.copy()  # the moved completions' writers and the base's
         for src in rest:
