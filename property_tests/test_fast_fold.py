@@ -257,6 +257,17 @@ def closing(src: str) -> Batch:
     return Batch([src], [0, 0, 0], [f"0_{src}_0", f"0_{src}_0_0", f"0_{src}_1_0"], [1, -1, -1], bytes(3))
 
 
+def test_completions_by_the_same_writers_in_another_entry_order():
+    """``s0`` and ``s1`` complete in bulk in one evaluation, each written by the same two
+    open streams in the same record order, with the same shape but their keys in the
+    other order: each entry keeps the stream that wrote it (writers are found once per
+    distinct streams *and* entry order)."""
+    w1 = Batch(["s0", "s1"], [0, 1], ["0_s0", "0_s1_0"], [1, -1], bytes([EMISSION, 0]))
+    w2 = Batch(["s0", "s1"], [0, 1], ["0_s0_0", "0_s1"], [-1, 1], bytes([0, EMISSION]))
+    for columns in (False, True):
+        compare([("segment", 0, [w1], False), ("segment", 1, [w2], False), ("finish", False)], columns=columns)
+
+
 def test_a_drained_source_never_emitted_does_not_complete():
     b = drained("s0", "s1")
     compare([("segment", 0, [Batch(b.sources, b.source_index, b.keys, b.deltas, bytes(len(b.keys)))], False)])
