@@ -25,7 +25,7 @@ import operator
 import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
 
 import msgspec
 
@@ -248,9 +248,9 @@ class ProvisionalSet:
             self._settle()
             self.runs.append(_Run.of_sorted(sorted(self.recent)))
             self.recent = {}
-        elif self.lists:  # (nothing discarded or added one by one since the last freeze)
+        elif any(self.lists):  # (nothing discarded or added one by one since the last freeze)
             lists, self.lists = self.lists, []
-            ids = sorted([s for ids in lists for s in ids])  # (the completions of rounds, in order)
+            ids = sorted(chain.from_iterable(lists))  # (the completions of rounds, in order)
             if self.gone:
                 self.gone.difference_update(ids)
             if any(map(operator.eq, ids, islice(ids, 1, None))):  # (C loops: a source completed twice)
