@@ -382,7 +382,7 @@ MUTANTS += [
     Mutant(
         "partial_spill_drops_base_writers",
         "compactor.py",
-        "        kept = writers.copy()  # the moved completions' writers and the base's\n",
+        "        kept = _less(writers, rest)  # the moved completions' writers and the base's\n",
         "        kept = {s: writers[s] for s in moved if s in writers}  # mutant: the moved ones only\n",
         "issue 17/4: a spill of part of the completions loses the writers of base completions a duplicate changed",
     ),
@@ -458,10 +458,10 @@ MUTANTS += [
     Mutant(
         "bulk_lookup_skips_the_largest_id",
         "layers.py",
-        "            if top is None or b <= top:\n",
-        "            if top is None or b < top:\n",
-        "issue 17/3: a fold's bulk lookup of new sources takes ids from the base's largest one on "
-        "for new (a late record of a completed source is folded as a fresh state)",
+        "        return top is not None and b > top\n",
+        "        return top is not None and b >= top\n",
+        "issue 17/3: a lookup (a fold's bulk lookup of new sources, or one id) takes a layer's largest "
+        "id for one above it (a late record of a completed source is folded as a fresh state)",
     ),
     Mutant(
         "provisional_join_keeps_discarded_ids",

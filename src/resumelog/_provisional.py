@@ -53,14 +53,6 @@ class _Run:
             self._add(chunk)
 
     @classmethod
-    def of_sorted(cls, ids: list[str]) -> _Run:
-        """The run of ``ids`` (sorted, distinct), cut by slicing."""
-        run = cls(())
-        for i in range(0, len(ids), CHUNK):
-            run._add(ids[i : i + CHUNK])
-        return run
-
-    @classmethod
     def of_lists(cls, lists: Iterable[list[str]]) -> _Run:
         """The run of the ids of ``lists`` (sorted and distinct across them), cut into
         chunks as they come."""
@@ -241,21 +233,19 @@ class ProvisionalSet:
         return sum(1 for _ in self)
 
     def freeze(self) -> None:
-        """Move :attr:`recent` into a frozen run; merge the newest runs while the older
-        is no larger (a binary counter: ``log2`` runs, each id recompressed ``log2``
-        times), leaving out ids discarded since."""
-        if self.recent:
-            self._settle()
-            self.runs.append(_Run.of_sorted(sorted(self.recent)))
-            self.recent = {}
-        elif any(self.lists):  # (nothing discarded or added one by one since the last freeze)
-            lists, self.lists = self.lists, []
-            ids = sorted(chain.from_iterable(lists))  # (the completions of rounds, in order)
+        """Move :attr:`recent` and :attr:`lists` into a frozen run; merge the newest runs
+        while the older is no larger (a binary counter: ``log2`` runs, each id
+        recompressed ``log2`` times), leaving out ids discarded since."""
+        if self.recent or any(self.lists):
+            # (sorted together, the lists never hashed; ids of recent are never in gone,
+            # so taking every id out of gone takes out those the lists added again)
+            ids = sorted(chain(self.recent, *self.lists))
+            self.recent, self.lists = {}, []
             if self.gone:
                 self.gone.difference_update(ids)
             if any(map(operator.eq, ids, islice(ids, 1, None))):  # (C loops: a source completed twice)
                 ids = list(_unique(ids))
-            self.runs.append(_Run.of_sorted(ids))
+            self.runs.append(_Run.of_lists([ids]))
         runs = self.runs
         while len(runs) >= 2 and runs[-2].n <= runs[-1].n:
             upper, lower = runs.pop(), runs.pop()

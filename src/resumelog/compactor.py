@@ -14,11 +14,11 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from msgspec.structs import replace as replace_struct
 
@@ -611,16 +611,11 @@ def _spill(loaded: Loaded) -> bool:
         return False
     rest: dict[str, str] = {}
     if take < len(added):
-        # (C loops: a spill at scale moves ~1M completions and keeps a few; a dict's copy
-        # is a copy of its table, not an insert per entry)
+        # (C loops: a spill at scale moves ~1M completions and keeps a few)
         rest = dict(islice(added.items(), take, None))
-        moved = added.copy()
-        for src in rest:
-            del moved[src]
+        moved = _less(added, rest)
         shapes, writers = state.done_shapes, state.done_writers
-        kept = writers.copy()  # the moved completions' writers and the base's
-        for src in rest:
-            kept.pop(src, None)
+        kept = _less(writers, rest)  # the moved completions' writers and the base's
         # (the layer reads the shapes of the ids it holds only: all of them can go)
         view = replace(state, added=moved, done_shapes=shapes, done_writers=kept)
         rest_shapes = {s: shapes[s] for s in rest if s in shapes}
@@ -649,6 +644,18 @@ def _spill(loaded: Loaded) -> bool:
     assert isinstance(provisional, ProvisionalSet), "fold_journal folds with a ProvisionalSet"
     provisional.freeze()
     return True
+
+
+_V = TypeVar("_V")
+
+
+def _less(d: dict[str, _V], keys: Iterable[str]) -> dict[str, _V]:
+    """A copy of ``d`` without ``keys`` (a dict's copy copies its table: no insert per
+    entry, for a spill that moves ~1M completions and keeps a few)."""
+    out = d.copy()
+    for k in keys:
+        out.pop(k, None)
+    return out
 
 
 def _check_base_still_listed(store: Store, loaded: Loaded) -> None:

@@ -232,6 +232,17 @@ class LayerIndex:
             self._last = self.block(k).index.max_encoded() if small else None
         return self._last  # type: ignore[return-value]
 
+    def is_above(self, b: bytes) -> bool:
+        """Whether the UTF-8 id ``b`` is above every id of the layer (its largest read
+        only where ``b`` is in the last block's range, as a lookup of ``b`` reads it)."""
+        fences = self.fences
+        if not fences:
+            return True
+        if b < fences[-1]:
+            return False
+        top = self.last_key()
+        return top is not None and b > top
+
     def _block_of(self, b: bytes) -> int:
         return bisect_right(self.fences, b) - 1
 
@@ -262,10 +273,8 @@ class LayerIndex:
         k = bisect_right(fences, b) - 1
         if k < 0:
             return -1
-        if k == len(fences) - 1:
-            last = self.last_key()
-            if last is not None and b > last:
-                return -1
+        if k == len(fences) - 1 and self.is_above(b):
+            return -1
         blk = self._blocks[k] or self.block(k)
         i = blk.index.find_encoded(b, h)
         return self.starts[k] + i if i >= 0 else -1
@@ -498,7 +507,10 @@ class LayeredIndex:
         if not layers:
             return out
         todo, bs = _utf8(sources)
-        if not bs or self._above_every_layer(min(bs)):
+        if not bs:
+            return out
+        lowest = min(bs)
+        if all(layer.index.is_above(lowest) for layer in layers):
             return out  # (new ids of a fold that completes them in about key order: no sort, no hash)
         order = sorted(range(len(bs)), key=bs.__getitem__)  # (the layers search sorted ids)
         bs = list(map(bs.__getitem__, order))
@@ -526,21 +538,6 @@ class LayeredIndex:
                 bs = [bs[j] for j in keep]
                 hs = [hs[j] for j in keep]
         return out
-
-    def _above_every_layer(self, b: bytes) -> bool:
-        """Whether the UTF-8 id ``b`` is above the largest id of every layer (it and any
-        larger id are in none; a layer's largest id read only where ``b`` is in its last
-        block's range, as a lookup of ``b`` would read it)."""
-        for layer in self.layers:
-            index = layer.index
-            if not index.fences:
-                continue
-            if b < index.fences[-1]:
-                return False
-            top = index.last_key()
-            if top is None or b <= top:
-                return False
-        return True
 
     def prefetch(self, sources: Iterable[str]) -> None:
         """Read, in one batch per layer read in parts, the blocks lookups of ``sources``
