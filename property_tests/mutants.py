@@ -195,8 +195,8 @@ MUTANTS = [
     Mutant(
         "duplicate_writer_not_added",
         "algebra.py",
-        "        if writers is None:\n            return  # reserved keys",
-        "        if True:\n            return  # reserved keys",
+        "        if writers is None:\n            if entries == SIMPLE_COMPLETION:\n",
+        "        if True:\n            if True:  # mutant: never a writer more\n",
         "a duplicate from another stream after completion is not recorded as a writer of the key",
     ),
     Mutant(
@@ -385,6 +385,22 @@ MUTANTS += [
         "        kept = _less(writers, rest)  # the moved completions' writers and the base's\n",
         "        kept = {s: writers[s] for s in moved if s in writers}  # mutant: the moved ones only\n",
         "issue 17/4: a spill of part of the completions loses the writers of base completions a duplicate changed",
+    ),
+    Mutant(
+        "duplicate_after_writers_closed_dropped",
+        "algebra.py",
+        "            writers = (self._stream(REOPENED_STREAM),) * len(entries)\n",
+        "            return  # mutant: writers unknown, the duplicate forgotten\n",
+        "a duplicate from an open stream of a completion whose writers closed is kept or not "
+        "depending on whether a spill or a snapshot came between (published writers differ)",
+    ),
+    Mutant(
+        "writers_frame_streams_in_fold_order",
+        "snapshot.py",
+        "    if any(j != i for j, i in rank.items()):\n",
+        "    if False:  # mutant: the table in the order the fold met the streams\n",
+        "the done-writers frame's bytes depend on the order the fold met the streams "
+        "(a spill or a snapshot before changes it)",
     ),
     Mutant(
         "spill_forgets_provisional_completions",

@@ -661,10 +661,18 @@ class FoldState:
     def _add_writer(self, source: str, entries: Mapping[str, int], key: str, stream: int) -> None:
         """A duplicate of completed ``source``'s ``key`` from ``stream``: it becomes one
         more writer of the key (a later rewrite by another writer is then a conflict,
-        as in a fold that never collapsed the state)."""
+        as in a fold that never collapsed the state).
+
+        Writers unknown because every one closed (a snapshot or a spill left them out:
+        their values are final) are the pseudo-writer, as :meth:`_reopened` attributes
+        them, so the duplicate is kept whether or not a snapshot or a spill came between
+        the completion and it (a fold holding the closed writers keeps it, and its
+        snapshot names them ``-1``)."""
         writers = self.done_writers_of(source)
         if writers is None:
-            return  # reserved keys (their value never changes) or writers unknown (all final)
+            if entries == SIMPLE_COMPLETION:
+                return  # reserved keys: their values never change, no writers are kept
+            writers = (self._stream(REOPENED_STREAM),) * len(entries)
         i = list(entries).index(key)
         e = writers[i]
         have = (e,) if isinstance(e, int) else e

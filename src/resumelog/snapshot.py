@@ -389,4 +389,15 @@ def _writers_frame(state: FoldState) -> bytes:
         if elems is not None:
             sources.append(src)
             writers.append(elems)
+    # The table in stream-id order, not in that of first use, which follows the fold's
+    # own stream numbering (the order it met the streams: a spill or a snapshot before
+    # changes it): the same writers give the same bytes. Renumbered once per distinct
+    # writers (``writers`` shares their lists).
+    rank = {j: i for i, j in enumerate(sorted(range(len(streams)), key=streams.__getitem__))}
+    if any(j != i for j, i in rank.items()):
+        rank[-1] = -1
+        for elems in pruned.values():
+            if elems is not None:
+                elems[:] = [rank[e] if isinstance(e, int) else sorted(map(rank.__getitem__, e)) for e in elems]
+        streams.sort()
     return encode_done_writers(DoneWriters(streams, sources, writers))
