@@ -220,3 +220,41 @@ def test_a_reset_written_under_a_run_retired_before_it_is_folded_still_applies(s
     view = resumelog.open(store, run_id="run2")
     assert "run1" in [r.run_id for r in view.status().runs if r.retired]
     assert not view.is_completed("s0"), "the operator's reset was ignored with the retired run's records"
+
+
+@pytest.mark.parametrize("compact_between", [False, True], ids=["one-fold", "compact-between"])
+def test_a_completion_taken_over_from_a_retired_run_keeps_the_retired_runs_state(store, compact_between):
+    """Convergence, found by a deep soak of the pipeline machine. Was: a smaller run
+    that took a completion over from a *retired* run dropped the retired run's drained
+    state (it was kept only for a run not retired). So a view that saw the takeover
+    named only the taker in its ``reset``; folded in one compaction with the taker's
+    records the reset left the retired run's completion standing, folded after a
+    compaction that published the takeover it left the source incomplete. Now the
+    retired run's state is kept (its completion stood), the reset names it too, and
+    the source is redone in both schedules."""
+    w1 = resumelog.open(store, run_id="run1").writer("w1")
+    w3 = resumelog.open(store, run_id="run2").writer("w3")
+    operator = resumelog.open(store, run_id="run3")
+    w3.complete("x")
+    w3.flush()
+    w1.complete("x")  # buffered: not durable yet
+    compactor.compact(store)  # x completed by run2
+    retired = compactor.compact(store, keep_runs=1, protect_runs=frozenset({"run3"})).retired_runs
+    assert retired == ["run2"]  # what run2 completed stays complete
+    w1.flush()  # run1 drains x too: the smaller run holds it
+    if compact_between:
+        compactor.compact(store)
+    operator.refresh()
+    assert operator.completed_run("x") == "run1"
+    assert ("run2", "x") in operator._state.pending  # kept to take x back if run1's completion is voided
+    operator.reset(["x"])  # voids run1's completion and run2's kept state
+    assert operator._state.resets["x"] == {"run1", "run2"}  # the tombstone names both
+    compactor.compact(store)
+    fresh = resumelog.open(store, run_id="viewer")
+    assert (fresh.is_completed("x"), fresh.completed_run("x")) == (False, None)
+    w4 = resumelog.open(store, run_id="run4").writer("w4")
+    assert fresh.pending(["x"]) == ["x"]
+    w4.complete("x")
+    w4.flush()
+    fresh.refresh()
+    assert fresh.completed_run("x") == "run4"  # redone by a new run

@@ -182,6 +182,36 @@ def test_a_retired_run_keeps_its_completed_outputs_and_loses_its_pending_ones(tm
     assert [o.path for o in sc.orphaned] == ["r1/half/~/output"]
 
 
+def test_a_retired_runs_output_taken_over_by_a_smaller_run_stays_until_that_run_keeps_it(tmp_path: Path) -> None:
+    # r2 completes x and is retired (its completion stands); r1 then completes x too and
+    # holds it (the smaller run). r2's drained state is kept to take x back if r1's
+    # completion is voided, so r2's output is in flight, never collected, and it is the
+    # committed one once a late record of r1 reopens x.
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    w1 = resumelog.open(url, run_id="r1").writer("w1")
+    ck2 = resumelog.open(url, run_id="r2")
+    op = resumelog.open(url, run_id="r3")
+    with ck2.writer("w2") as w2:
+        with w2.output("x", root) as f:
+            f.write(b"by r2")
+    op.compact()
+    assert op.compact(keep_runs=1).retired_runs == ["r2"]
+    with w1.output("x", root) as f:
+        f.write(b"by r1")
+    op.compact()
+    sc = scan(op, root)
+    assert op.completed_run("x") == "r1"
+    assert ([o.path for o in sc.committed], [o.path for o in sc.in_flight]) == (["r1/x/~/output"], ["r2/x/~/output"])
+    assert sc.orphaned == []
+    assert op.gc(grace=0, outputs=[root]).outputs[0].orphaned == 0
+    w1.record("x::late", "x", 1)  # r1's completion is reopened: r2's stands again
+    w1.flush()
+    op.compact()
+    assert op.completed_run("x") == "r2"
+    assert [o.path for o in op.outputs(root)] == ["r2/x/~/output"]
+    assert (tmp_path / "out" / "r2" / "x" / "~" / "output").read_bytes() == b"by r2"
+
+
 def test_several_outputs_of_one_source_under_one_completion(tmp_path: Path) -> None:
     ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
     root = str(tmp_path / "out")

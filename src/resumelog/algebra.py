@@ -958,11 +958,13 @@ class _Evaluation:
                 if src not in self.fresh:  # held since an earlier evaluation: take it over
                     held = state._reopened(state.done_entries_of(src), state.done_writers_of(src))
                     state._uncomplete(src, touch=False)
-                    info = state.runs.get(holder)
-                    if info is not None and not info.retired:
-                        if (holder, src) not in pending:  # (else it keeps its place)
-                            held_keys.append((holder, src))
-                        pending[(holder, src)] = held
+                    # Kept for a retired holder too: its completion stood, so it takes
+                    # the source back if the taker's is voided (a reset, a late record),
+                    # as in a fold that saw the taker's records together with the voiding
+                    # ones. (Its records are ignored: the state never changes again.)
+                    if (holder, src) not in pending:  # (else it keeps its place)
+                        held_keys.append((holder, src))
+                    pending[(holder, src)] = held
                     took.append(k)
             else:
                 done.append(src)

@@ -403,9 +403,11 @@ def scan(
     """List the whole outputs root and classify each object (one listing).
 
     An output of run ``R`` for source ``s`` is *committed* if ``R`` completed ``s``;
-    *orphaned* if ``R`` can never complete ``s`` (retired, damaged, voided by a reset)
-    or ``s`` completed in another run while ``R`` holds no drained state for it (such
-    a state would take over if that completion were voided); else *in flight*.
+    *orphaned* if ``R`` can never complete ``s`` (damaged, voided by a reset, retired
+    without a drained state for ``s``) or ``s`` completed in another run while ``R``
+    holds no drained state for it (such a state would take over if that completion
+    were voided: a retired run keeps one where a smaller run took its completion
+    over); else *in flight*.
     """
     if refresh:
         ckpt.refresh()
@@ -426,9 +428,12 @@ def scan(
             result.committed.append(out)
             continue
         info = st.runs.get(n.run)
-        voided = (info is not None and (info.retired or info.damaged)) or n.run in st.resets.get(n.source, ())
         state = st.pending.get((n.run, n.source))
         takeover = state is not None and state.complete
+        # A retired run's drained state is kept only where a smaller run took its
+        # completion over: it takes the source back if that completion is voided.
+        retired = info is not None and info.retired and not takeover
+        voided = retired or (info is not None and info.damaged) or n.run in st.resets.get(n.source, ())
         if voided or (crun is not None and not takeover):
             result.orphaned.append(out)
         else:
