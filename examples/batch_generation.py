@@ -272,7 +272,8 @@ def generate_exactly_once(
         body = Path(o.url).read_text().splitlines()[:-1]
         rows += len(body)
         seen.update(json.loads(line)["id"] for line in body)
-    hidden = len(resumelog.outputs.scan(ckpt, root).orphaned)
+    sc = resumelog.outputs.scan(ckpt, root)
+    hidden = len(sc.orphaned) + len(sc.in_flight)  # (in flight: its run may still be alive)
     print(f"generated {generated} batches; {hidden} batch files of interrupted attempts hidden (gc deletes them)")
     print(f"dataset complete: {rows} records ({len(seen)} distinct ids) in {len(outs)} batch outputs")
     return 0 if rows == len(seen) == args.num_records and len(outs) == len(ids) else 1

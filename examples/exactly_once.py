@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = {(f"doc-{i:03d}", f"chunk-{j}.txt") for i in range(args.sources) for j in range(len(chunks(i)))}
     got = [(o.source, o.name) for o in visible]
     whole = all(outputs.output_store(root).read(o.path) == chunks(int(o.source[4:]))[int(o.name[6])] for o in visible)
-    sc = outputs.scan(ckpt, root)
+    sc = outputs.scan(ckpt, root, grace=args.grace)  # what gc below collects
     print(f"visible outputs: {len(got)} of {len(expected)} expected, duplicates {len(got) - len(set(got))}")
     print(
         f"invisible debris of the killed attempts: {len(sc.orphaned)} orphaned outputs, {len(sc.staging)} spool files"

@@ -212,6 +212,40 @@ def test_a_retired_runs_output_taken_over_by_a_smaller_run_stays_until_that_run_
     assert (tmp_path / "out" / "r2" / "x" / "~" / "output").read_bytes() == b"by r2"
 
 
+def test_outputs_of_a_smaller_run_still_draining_a_source_another_run_completed_are_kept(tmp_path: Path) -> None:
+    # Two runs on one source at once: r2 completes x while r1 has published one of its
+    # two sink outputs, two hours ago. r1 is alive (it wrote within the grace) and its
+    # state may still drain and take x over (the smaller run), so gc keeps that output:
+    # it collected it, and r1's committed set then lacked it.
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    w1 = resumelog.open(url, run_id="r1").writer("w1")
+    w1.emit("x")
+    w1.record("x/fan", "x", 1)  # two sink tasks, x/0 and x/1
+    w1.flush()
+    with w1.output("x", root, key="x/0", name="part-0") as f:
+        f.write(b"r1 part 0")
+    part0 = tmp_path / "out" / "r1" / "x" / "x%2F0" / "part-0"
+    os.utime(part0, (part0.stat().st_atime - 7200, part0.stat().st_mtime - 7200))
+    with resumelog.open(url, run_id="r2").writer("w2") as w2:
+        with w2.output("x", root) as f:
+            f.write(b"r2 whole")
+    op = resumelog.open(url, run_id="r3")
+    assert op.completed_run("x") == "r2"
+    sc = scan(op, root)  # (grace: one hour)
+    assert [o.path for o in sc.in_flight] == ["r1/x/x%2F0/part-0"] and sc.orphaned == []
+    res = op.gc(outputs=[root]).outputs[0]
+    assert (res.orphaned, res.kept_recent) == (0, 0)
+    # had r1 been quiet for the grace, its output would be collected
+    assert [o.path for o in scan(op, root, grace=0).orphaned] == ["r1/x/x%2F0/part-0"]
+    with w1.output("x", root, key="x/1", name="part-1") as f:
+        f.write(b"r1 part 1")
+    op.refresh()
+    assert op.completed_run("x") == "r1"
+    assert [o.name for o in op.outputs(root)] == ["part-0", "part-1"]  # whole
+    assert part0.read_bytes() == b"r1 part 0"
+    assert [o.path for o in scan(op, root, refresh=False, grace=0).in_flight] == ["r2/x/~/output"]  # drained
+
+
 def test_several_outputs_of_one_source_under_one_completion(tmp_path: Path) -> None:
     ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
     root = str(tmp_path / "out")
@@ -297,7 +331,11 @@ def test_curator_pipeline_output_sink_publishes_before_the_sink_records(tmp_path
     assert r2.completed == ["s1"] and r2.skipped == ["s0"]
     got = sorted((o.source, o.run, Path(o.url).read_text()) for o in ck.outputs(root))
     assert got == [("s0", "r1", "s0-0"), ("s0", "r1", "s0-1"), ("s1", "r2", "s1-0"), ("s1", "r2", "s1-1")]
-    assert len(scan(ck, root).orphaned) == 1  # the s1 branch that got through in r1
+    # the s1 branch that got through in r1: r1's state of s1 (one task failed) could
+    # still drain and take s1 over while r1 is alive, so it is kept for the grace after
+    # r1's last write; then it is collectable
+    assert [(o.source, o.run) for o in scan(ck, root).in_flight] == [("s1", "r1")]
+    assert [(o.source, o.run) for o in scan(ck, root, grace=0).orphaned] == [("s1", "r1")]
 
 
 def test_ray_output_with_completes_in_a_plain_process(tmp_path: Path) -> None:

@@ -264,8 +264,11 @@ def test_partial_outputs_of_an_interrupted_source_stay_invisible_and_are_collect
     t = committed_table(url, out)
     assert sorted(t.column("id").to_pylist()) == list(range(1021))
     assert Counter(t.column("path").to_pylist()) == {files[0]: 1000, **dict.fromkeys(files[1:], 7)}
-    # the rerun deleted nothing: the interrupted attempt's files are orphans now, and gc collects them
-    sc = scan(ckpt2, out)
+    # the rerun deleted nothing: the interrupted attempt's files are in flight for the grace
+    # after its run's last write (that run might still drain the source and take it over),
+    # then orphans that gc collects (grace=0: as if that time had passed)
+    assert sorted(o.path for o in scan(ckpt2, out).in_flight) == partial
+    sc = scan(ckpt2, out, grace=0)
     assert sorted(o.path for o in sc.orphaned) == partial and sc.in_flight == []
     assert all(p.exists() for p in (out / name for name in partial))
     result = ckpt2.gc(grace=0, outputs=[str(out)])
@@ -335,7 +338,7 @@ def test_a_write_whose_worker_is_killed_then_rerun_shows_every_row_once(cluster:
     assert t.column("y").to_pylist() == [2 * i for i in t.column("id").to_pylist()]
     outs = resumelog.open(url).outputs(str(out))
     assert {o.run for o in outs if o.source == files[0]} == {ckpt2.run_id}
-    orphaned = {o.path for o in scan(resumelog.open(url), out).orphaned}
+    orphaned = {o.path for o in scan(resumelog.open(url), out, grace=0).orphaned}  # (its run quiet)
     assert {o.path for o in voided} <= orphaned and not orphaned & {o.path for o in outs}
 
 
@@ -415,7 +418,7 @@ def test_map_batches_accounts_for_filters_and_fan_out(cluster: None, tmp_path: P
     ds = rd.map_batches(ds, ckpt, Duplicate, batch_format="numpy", fn_constructor_args=(2,), concurrency=1)
     summary = rd.write_parquet(ds, ckpt, str(out))
     assert summary.undrained == [] and summary.sources_completed == 20
-    orphaned = scan(ckpt, out).orphaned
+    orphaned = scan(ckpt, out, grace=0).orphaned  # (once the first run has been quiet for the grace)
     assert len(orphaned) >= 20 and {o.run for o in orphaned} == {first_run}
     t = committed_table(str(tmp_path / "ckpt"), out)
     keys = list(zip(t.column("id").to_pylist(), t.column("copy").to_pylist()))

@@ -375,8 +375,9 @@ class OutputScan:
     in_flight: list[Output] = field(default_factory=list)
     """Of a source not (yet) complete in its run, which may still complete it."""
     orphaned: list[Output] = field(default_factory=list)
-    """Of a voided attempt: the source completed in another run, or the run can never
-    complete it (retired, damaged, or voided by a reset). Invisible; collectable."""
+    """Of a voided attempt: the source completed in another run and the output's run
+    holds no state for it, or that run can never complete it (retired, damaged, or
+    voided by a reset). Invisible; collectable."""
     staging: list[tuple[str, int, float | None]] = field(default_factory=list)
     """Spool files ``(path, size, mtime)`` left by killed writers."""
     foreign: int = 0
@@ -399,21 +400,30 @@ def scan(
     storage_options: Mapping[str, Any] | None = None,
     *,
     refresh: bool = True,
+    grace: float = DEFAULT_GRACE,
+    now: float | None = None,
 ) -> OutputScan:
     """List the whole outputs root and classify each object (one listing).
 
     An output of run ``R`` for source ``s`` is *committed* if ``R`` completed ``s``;
     *orphaned* if ``R`` can never complete ``s`` (damaged, voided by a reset, retired
-    without a drained state for ``s``) or ``s`` completed in another run while ``R``
-    holds no drained state for it (such a state would take over if that completion
-    were voided: a retired run keeps one where a smaller run took its completion
-    over); else *in flight*.
+    without a drained state for ``s``), or if ``s`` completed in another run while
+    ``R`` holds no state for it, or a state not drained yet and ``R`` wrote no segment
+    in the last ``grace`` seconds (before ``now``); else *in flight*. A state of ``R``
+    may still complete ``s``: drained, it takes over if that completion is voided; not
+    drained yet, it may drain and take over from a larger run id (two runs on one
+    source at once) as long as ``R`` is alive, which :func:`gc` takes to mean that it
+    writes at least once per ``grace``. ``grace=0``: what ``gc(grace=0)`` collects.
     """
     if refresh:
         ckpt.refresh()
     st = ckpt._state
     store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
     result = OutputScan(store.url)
+    quiet_before = ((time.time() if now is None else now) - grace) * 1000
+    last_ms: dict[str, int] = {}  # run -> its newest segment's time (writer clock)
+    for m in st.streams.values():
+        last_ms[m.run_id] = max(last_ms.get(m.run_id, 0), m.last_ms)
     for o in store.list(""):
         if o.path.startswith(STAGING_PREFIX):
             result.staging.append((o.path, o.size, o.mtime))
@@ -429,12 +439,17 @@ def scan(
             continue
         info = st.runs.get(n.run)
         state = st.pending.get((n.run, n.source))
-        takeover = state is not None and state.complete
-        # A retired run's drained state is kept only where a smaller run took its
-        # completion over: it takes the source back if that completion is voided.
-        retired = info is not None and info.retired and not takeover
+        # A state of the output's run may still complete the source: drained, it takes
+        # over if the holder's completion is voided; not drained yet, it may drain and
+        # take over from a larger run id (two runs at once). A retired run's records
+        # are ignored: only a drained state (kept where a smaller run took its
+        # completion over) can still complete.
+        retired = info is not None and info.retired and not (state is not None and state.complete)
         voided = retired or (info is not None and info.damaged) or n.run in st.resets.get(n.source, ())
-        if voided or (crun is not None and not takeover):
+        if voided or (
+            crun is not None
+            and (state is None or state.tainted or (not state.complete and last_ms.get(n.run, 0) <= quiet_before))
+        ):
             result.orphaned.append(out)
         else:
             result.in_flight.append(out)
@@ -467,8 +482,9 @@ def gc(
     """Delete orphaned outputs (voided attempts) and staging debris older than ``grace``
     seconds. Never an output of the run that completed its source, nor one still in
     flight, nor an object whose name is not an output's."""
-    sc = scan(ckpt, root, storage_options)
-    result = _collectable(sc, grace, time.time() if now is None else now, dry_run)
+    now = time.time() if now is None else now
+    sc = scan(ckpt, root, storage_options, grace=grace, now=now)
+    result = _collectable(sc, grace, now, dry_run)
     if result.keys and not dry_run:
         store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
         store.delete(result.keys)
@@ -514,8 +530,9 @@ def summarize(
     status``/``verify --outputs`` print."""
     from resumelog.checkpoint import OutputsStatus
 
-    sc = scan(ckpt, root, storage_options, refresh=refresh)
-    g = _collectable(sc, grace, time.time() if now is None else now, True)
+    now = time.time() if now is None else now
+    sc = scan(ckpt, root, storage_options, refresh=refresh, grace=grace, now=now)
+    g = _collectable(sc, grace, now, True)
     return OutputsStatus(
         root=sc.root,
         committed=len(sc.committed),
