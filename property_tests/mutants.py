@@ -194,6 +194,14 @@ MUTANTS = [
         "then depends on whether a compaction published the takeover)",
     ),
     Mutant(
+        "outputs_of_a_live_run_collected",
+        "outputs.py",
+        "(not state.complete and last_ms.get(n.run, 0) <= quiet_before)",
+        "not state.complete",
+        "output gc deletes the outputs of a run still alive whose state of a source another run completed is not "
+        "drained yet (that run may drain it and, the smaller run id, take it over)",
+    ),
+    Mutant(
         "done_writers_forgotten",
         "algebra.py",
         "        if writers is None or len(writers) != len(entries):\n            writers = (pseudo,) * len(entries)",

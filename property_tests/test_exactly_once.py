@@ -5,15 +5,21 @@ source (``complete``) or several outputs of sink tasks (``-1`` records after a
 flushed emission and fan-out). An attempt runs the protocol step by step
 (spool -> publish -> record -> flush) and may crash after any step: the writer's
 buffer is lost and the spool file stays behind; the attempt may be retried in the
-same run (a new writer) or in a new run. Operators reset sources, retire runs and
-collect garbage. After every step the reader helper must show, for exactly the
-sources the model says are complete, exactly their outputs, once each, from the run
-that completed them, whole.
+same run (a new writer) or in a new run. A *straggler* of an older run that is still
+alive (two jobs on one checkpoint) may go on with a source after a newer run completed
+it: if it drains it, the smaller run id holds the completion, and its outputs must all
+be there. Operators reset sources, retire runs and collect garbage: with a grace its
+runs are alive for (the outputs aged past it), or with ``grace=0`` once every older
+run is dead. After every step the reader helper must show, for exactly the sources the
+model says are complete, exactly their outputs, once each, from the run that holds
+them, whole.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import time
 import uuid
 
 from hypothesis import strategies as st
@@ -50,6 +56,7 @@ class OutputMachine(RuleBasedStateMachine):
         self.durable: dict[tuple[str, str], set[str]] = {}  # (run, source) -> durable record keys
         self.voided: dict[str, set[str]] = {}  # source -> runs that can never complete it
         self.retired: set[str] = set()
+        self.older: dict[str, resumelog.Checkpoint] = {}  # older runs still alive (stragglers)
         self.new_run()
 
     # ------------------------------------------------------------------ helpers
@@ -66,24 +73,22 @@ class OutputMachine(RuleBasedStateMachine):
             self.w = self.ckpt.writer(f"w{next(self.attempts)}")
         return self.w
 
-    def flushed(self, buffered: list[str], s: str) -> None:
-        self.durable.setdefault((self.run, s), set()).update(buffered)
+    def flushed(self, buffered: list[str], s: str, run: str) -> None:
+        self.durable.setdefault((run, s), set()).update(buffered)
         buffered.clear()
-        keys = self.durable[(self.run, s)]
+        keys = self.durable[(run, s)]
         need = {"complete"} if PARTS[s] == 0 else {"emit", *(f"{s}/{j}" for j in range(PARTS[s]))}
-        if (
-            s not in self.done
-            and need <= keys
-            and self.run not in self.voided.get(s, set())
-            and self.run not in self.retired
-        ):
-            self.done[s] = self.run
+        if need <= keys and run not in self.voided.get(s, set()) and run not in self.retired:
+            if s not in self.done or run < self.done[s]:  # of two runs that drained it, the smaller holds it
+                self.done[s] = run
 
     # ------------------------------------------------------------------ rules
 
     @rule()
     def new_run(self) -> None:
         self.crash()
+        if self.ckpt is not None and self.run not in self.retired:
+            self.older[self.run] = self.ckpt  # its job may go on: a straggler
         self.run = f"run{next(self.runs):03d}"
         self.ckpt = resumelog.open(self.url, run_id=self.run)
 
@@ -98,37 +103,76 @@ class OutputMachine(RuleBasedStateMachine):
         self.ckpt.refresh()
         if self.ckpt.is_completed(s):
             return  # a pipeline skips completed sources
-        w = self.writer()
+        self.process(self.run, self.writer(), s, crash_part, crash_step, flush_each)
+
+    @precondition(lambda self: bool(self.older))
+    @rule(data=st.data(), crash_part=st.integers(0, 3), crash_step=st.sampled_from((*STEPS, None)))
+    def straggler(self, data: st.DataObject, crash_part: int, crash_step: str | None) -> None:
+        """A task of an older run still alive goes on with a source it started (it does
+        not look again whether a newer run completed it meanwhile), in a writer of its
+        own; or starts one, if it has none."""
+        run = data.draw(st.sampled_from(sorted(self.older)), label="run")
+        started = sorted({src for (r, src), keys in self.durable.items() if r == run and keys})
+        s = data.draw(st.sampled_from(started or SOURCES), label="source")
+        w = self.older[run].writer(f"w{next(self.attempts)}")
+        if not self.process(run, w, s, crash_part, crash_step, True, resume=True):
+            w.close()
+
+    def process(
+        self,
+        run: str,
+        w: resumelog.Writer,
+        s: str,
+        crash_part: int,
+        crash_step: str | None,
+        flush_each: bool,
+        *,
+        resume: bool = False,
+    ) -> bool:
+        """One attempt of ``s`` in ``run`` through ``w``; whether it crashed. ``resume``:
+        only the steps whose records are not durable yet (a task going on, not a retry:
+        what it published before is not published again)."""
+        done = self.durable.get((run, s), set()) if resume else set()
         store = output_store(self.root)
         buffered: list[str] = []
         n = PARTS[s]
-        if n:
+        if n and "emit" not in done:
             w.emit(s)
             w.record(f"{s}/fan", s, n - 1)
             w.flush()  # the durability barrier
-            self.flushed(["emit"], s)
+            self.flushed(["emit"], s, run)
         attempt = next(self.attempts)
         for j, name in enumerate(names(s)):
             key = None if n == 0 else f"{s}/{j}"
+            if ("complete" if key is None else key) in done:
+                continue
             p = PendingOutput(w, store, s, key, name)
-            p.file.write(f"{self.run}|{s}|{name}|{attempt}".encode())
+            p.file.write(f"{run}|{s}|{name}|{attempt}".encode())
             crash = crash_step is not None and j == crash_part % len(names(s))
             if crash and crash_step == "spool":
                 p.file.close()  # killed while writing: the spool file stays
-                return self.crash()
+                return self.kill(w)
             p.publish()
             if crash and crash_step == "publish":
-                return self.crash()
+                return self.kill(w)
             p.record(flush=False)
             buffered.append("complete" if key is None else key)
             if crash and crash_step == "record":
-                return self.crash()
+                return self.kill(w)
             if flush_each or j == len(names(s)) - 1:
                 w.flush()
-                self.flushed(buffered, s)
+                self.flushed(buffered, s, run)
             p.discard()
             if crash and crash_step == "flush":
-                return self.crash()
+                return self.kill(w)
+        return False
+
+    def kill(self, w: resumelog.Writer) -> bool:
+        """The worker holding ``w`` dies (:meth:`crash` if it is the current run's)."""
+        if w is self.w:
+            self.crash()
+        w.closed = True  # never flushed again, not even at exit
+        return True
 
     @rule(s=st.sampled_from(SOURCES))
     def reset(self, s: str) -> None:
@@ -145,16 +189,35 @@ class OutputMachine(RuleBasedStateMachine):
         self.ckpt.compact()  # fold everything first: completions of old runs are kept
         self.ckpt.compact(keep_runs=1)
         self.retired |= {r.run_id for r in self.ckpt.status().runs if r.retired}
+        self.older = {r: ck for r, ck in self.older.items() if r not in self.retired}
+
+    @precondition(lambda self: self.ckpt is not None)
+    @rule()
+    def gc_while_runs_live(self) -> None:
+        """gc with the default grace, every object under the root aged past it: every run
+        wrote within the grace, so a straggler's outputs may not go."""
+        assert self.ckpt is not None
+        past = time.time() - 2 * 3600
+        for d, _, files in os.walk(self.root):
+            for f in files:
+                os.utime(os.path.join(d, f), (past, past))
+        self.collect(3600.0)
 
     @precondition(lambda self: self.ckpt is not None)
     @rule()
     def gc(self) -> None:
+        """gc with ``grace=0``: every run is taken as quiet, so every older run's job is
+        over from now on (no more stragglers)."""
+        self.older.clear()
+        self.collect(0.0)
+
+    def collect(self, grace: float) -> None:
         assert self.ckpt is not None
         before = committed(self.ckpt, self.root)
-        res = self.ckpt.gc(grace=0, outputs=[self.root])
+        res = self.ckpt.gc(grace=grace, outputs=[self.root])
         assert res.outputs[0].root == output_store(self.root).url
         assert committed(self.ckpt, self.root) == before
-        sc = scan(self.ckpt, self.root)
+        sc = scan(self.ckpt, self.root, grace=grace)
         assert not sc.orphaned and not sc.staging  # everything collectable was collected
 
     # ------------------------------------------------------------------ invariants
@@ -178,6 +241,32 @@ class OutputMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.crash()
+
+
+def test_a_straggler_of_an_older_run_takes_a_source_over_with_every_output(tmp_path):
+    """The sequence that found gc deleting outputs of a live run (2026-12-07): run000
+    publishes and records part 0 of ``s 2`` and dies on part 1; run001 completes it;
+    gc runs (every object past the grace, both runs alive); a task of run000 goes on
+    with parts 1 and 2, so run000, the smaller run id, holds ``s 2``: its part 0 must
+    still be there."""
+
+    class Pick:
+        def draw(self, strategy: object, label: str | None = None) -> str:
+            return {"run": "run000", "source": "s 2"}[label or ""]
+
+    m = OutputMachine(str(tmp_path))
+    steps = [
+        lambda: m.attempt(s="s 2", crash_part=1, crash_step="spool", flush_each=True),
+        m.new_run,
+        lambda: m.attempt(s="s 2", crash_part=0, crash_step=None, flush_each=False),
+        m.gc_while_runs_live,
+        lambda: m.straggler(Pick(), crash_part=0, crash_step=None),  # type: ignore[arg-type]
+    ]
+    for step in steps:
+        step()
+        m.the_reader_sees_exactly_the_outputs_of_completed_sources()
+    assert m.done == {"s 2": "run000"}
+    m.teardown()
 
 
 def test_exactly_once_protocol_against_a_model(tmp_path):
