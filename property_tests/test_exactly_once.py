@@ -114,6 +114,20 @@ class OutputMachine(RuleBasedStateMachine):
         run = data.draw(st.sampled_from(sorted(self.older)), label="run")
         started = sorted({src for (r, src), keys in self.durable.items() if r == run and keys})
         s = data.draw(st.sampled_from(started or SOURCES), label="source")
+        self.process_straggler(run, s, crash_part, crash_step)
+
+    @precondition(lambda self: any(r in self.older and self.done.get(s) not in (None, r) for r, s in self.durable))
+    @rule(data=st.data(), crash_part=st.integers(0, 3), crash_step=st.sampled_from((*STEPS, None)))
+    def straggler_after_another_run_completed(
+        self, data: st.DataObject, crash_part: int, crash_step: str | None
+    ) -> None:
+        """The interesting straggler: one whose source another run completed meanwhile
+        (it takes it over if it is the smaller run and drains it)."""
+        pairs = sorted((r, s) for r, s in self.durable if r in self.older and self.done.get(s) not in (None, r))
+        run, s = data.draw(st.sampled_from(pairs), label="straggler")
+        self.process_straggler(run, s, crash_part, crash_step)
+
+    def process_straggler(self, run: str, s: str, crash_part: int, crash_step: str | None) -> None:
         w = self.older[run].writer(f"w{next(self.attempts)}")
         if not self.process(run, w, s, crash_part, crash_step, True, resume=True):
             w.close()
