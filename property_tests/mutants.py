@@ -196,8 +196,8 @@ MUTANTS = [
     Mutant(
         "outputs_of_a_live_run_collected",
         "outputs.py",
-        "(not state.complete and last_ms.get(n.run, 0) <= quiet_before)",
-        "not state.complete",
+        "(not drained and last_ms.get(n.run, 0) <= quiet_before)",
+        "not drained",
         "output gc deletes the outputs of a run still alive whose state of a source another run completed is not "
         "drained yet (that run may drain it and, the smaller run id, take it over)",
     ),

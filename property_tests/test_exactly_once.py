@@ -116,15 +116,18 @@ class OutputMachine(RuleBasedStateMachine):
         s = data.draw(st.sampled_from(started or SOURCES), label="source")
         self.process_straggler(run, s, crash_part, crash_step)
 
-    @precondition(lambda self: any(r in self.older and self.done.get(s) not in (None, r) for r, s in self.durable))
+    def contested(self) -> list[tuple[str, str]]:
+        """``(run, source)`` of the older live runs' sources another run completed."""
+        return sorted((r, s) for r, s in self.durable if r in self.older and self.done.get(s) not in (None, r))
+
+    @precondition(lambda self: bool(self.contested()))
     @rule(data=st.data(), crash_part=st.integers(0, 3), crash_step=st.sampled_from((*STEPS, None)))
     def straggler_after_another_run_completed(
         self, data: st.DataObject, crash_part: int, crash_step: str | None
     ) -> None:
         """The interesting straggler: one whose source another run completed meanwhile
         (it takes it over if it is the smaller run and drains it)."""
-        pairs = sorted((r, s) for r, s in self.durable if r in self.older and self.done.get(s) not in (None, r))
-        run, s = data.draw(st.sampled_from(pairs), label="straggler")
+        run, s = data.draw(st.sampled_from(self.contested()), label="straggler")
         self.process_straggler(run, s, crash_part, crash_step)
 
     def process_straggler(self, run: str, s: str, crash_part: int, crash_step: str | None) -> None:
@@ -263,18 +266,13 @@ def test_a_straggler_of_an_older_run_takes_a_source_over_with_every_output(tmp_p
     gc runs (every object past the grace, both runs alive); a task of run000 goes on
     with parts 1 and 2, so run000, the smaller run id, holds ``s 2``: its part 0 must
     still be there."""
-
-    class Pick:
-        def draw(self, strategy: object, label: str | None = None) -> str:
-            return {"run": "run000", "source": "s 2"}[label or ""]
-
     m = OutputMachine(str(tmp_path))
     steps = [
         lambda: m.attempt(s="s 2", crash_part=1, crash_step="spool", flush_each=True),
         m.new_run,
         lambda: m.attempt(s="s 2", crash_part=0, crash_step=None, flush_each=False),
         m.gc_while_runs_live,
-        lambda: m.straggler(Pick(), crash_part=0, crash_step=None),  # type: ignore[arg-type]
+        lambda: m.process_straggler("run000", "s 2", crash_part=0, crash_step=None),
     ]
     for step in steps:
         step()

@@ -444,11 +444,12 @@ def scan(
         # take over from a larger run id (two runs at once). A retired run's records
         # are ignored: only a drained state (kept where a smaller run took its
         # completion over) can still complete.
-        retired = info is not None and info.retired and not (state is not None and state.complete)
+        drained = state is not None and state.complete
+        retired = info is not None and info.retired and not drained
         voided = retired or (info is not None and info.damaged) or n.run in st.resets.get(n.source, ())
         if voided or (
             crun is not None
-            and (state is None or state.tainted or (not state.complete and last_ms.get(n.run, 0) <= quiet_before))
+            and (state is None or state.tainted or (not drained and last_ms.get(n.run, 0) <= quiet_before))
         ):
             result.orphaned.append(out)
         else:
