@@ -939,6 +939,19 @@ PyDoc_STRVAR(
     "in the order of ``sources``, entered in ``index``) as native int64, and the new states'\n"
     "keys ``(run, source)`` in that order (a source named twice is numbered once).");
 
+/* Dict operations with a key's hash computed once (a ``(run, source)`` tuple's hash is
+   not cached: number_states would hash each key three times). The functions are
+   CPython's, exported up to 3.12; later versions take the plain calls. */
+#if PY_VERSION_HEX < 0x030D0000
+#define DICT_CONTAINS_H(d, k, h) _PyDict_Contains_KnownHash((d), (k), (h))
+#define DICT_GET_H(d, k, h) _PyDict_GetItem_KnownHash((d), (k), (h))
+#define DICT_SET_H(d, k, v, h) _PyDict_SetItem_KnownHash((d), (k), (v), (h))
+#else
+#define DICT_CONTAINS_H(d, k, h) PyDict_Contains((d), (k))
+#define DICT_GET_H(d, k, h) PyDict_GetItemWithError((d), (k))
+#define DICT_SET_H(d, k, v, h) PyDict_SetItem((d), (k), (v))
+#endif
+
 /* Remove the keys of ``fresh`` from ``index`` again; -1 on error. */
 static int unnumber(PyObject *index, PyObject *fresh) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fresh); i++)
@@ -981,8 +994,13 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     for (Py_ssize_t i = 0; i < ns; i++) {
         PyObject *k = PyTuple_Pack(2, run, PyList_GET_ITEM(sources, i));
         if (k == NULL) goto fail;
+        Py_hash_t h = PyObject_Hash(k);
+        if (h == -1) {
+            Py_DECREF(k);
+            goto fail;
+        }
         if (check_pending) {
-            int has = PyDict_Contains(pending, k);
+            int has = DICT_CONTAINS_H(pending, k, h);
             if (has != 0) {
                 Py_DECREF(k);
                 if (has < 0 || unnumber(index, fresh) < 0) goto fail;
@@ -992,7 +1010,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 Py_RETURN_NONE;
             }
         }
-        PyObject *g = PyDict_GetItemWithError(index, k); /* (borrowed) */
+        PyObject *g = DICT_GET_H(index, k, h); /* (borrowed) */
         if (g != NULL) {
             Py_DECREF(k);
             local[i] = PyLong_AsLongLong(g);
@@ -1005,7 +1023,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
         }
         local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
         PyObject *number = PyLong_FromLongLong(local[i]);
-        int added = number == NULL ? -1 : PyDict_SetItem(index, k, number);
+        int added = number == NULL ? -1 : DICT_SET_H(index, k, number, h);
         Py_XDECREF(number);
         if (added == 0) {
             added = PyList_Append(fresh, k);

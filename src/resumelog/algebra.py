@@ -56,6 +56,7 @@ from itertools import chain
 
 from resumelog import _fastfold
 from resumelog._columns import ColumnBatch
+from resumelog._hashed_dicts import hashed_dict
 from resumelog._provisional import ProvisionalSet
 from resumelog.done_shapes import ShapeTable
 from resumelog.format import (
@@ -242,13 +243,13 @@ class FoldState:
     stream_ids: list[str] = field(default_factory=list)
     streams: dict[str, StreamMark] = field(default_factory=dict)
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
-    added: dict[str, str] = field(default_factory=dict)
+    added: dict[str, str] = field(default_factory=hashed_dict)
     removed: set[str] = field(default_factory=set)
-    done_shapes: dict[str, int] = field(default_factory=dict)
+    done_shapes: dict[str, int] = field(default_factory=hashed_dict)
     """Final entries of completions made by this fold, as ids into ``shapes`` (absent:
     :data:`SIMPLE_COMPLETION`); millions are held as small ints."""
     shapes: ShapeTable = field(default_factory=ShapeTable)
-    done_writers: dict[str, Writers] = field(default_factory=dict)
+    done_writers: dict[str, Writers] = field(default_factory=hashed_dict)
     """Which streams wrote each key of a completion (shape order; see :data:`Writers`):
     completions made by this fold, and base completions whose writers changed (a
     duplicate from another stream). Absent: the base's (frame 8), or none known."""

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 from msgspec.structs import replace as replace_struct
 
 from resumelog import _fastfold, layers, paths, snapshot_cache
+from resumelog._hashed_dicts import hashed_dict
 from resumelog._progress import Progress
 from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
@@ -612,14 +613,14 @@ def _spill(loaded: Loaded) -> bool:
     rest: dict[str, str] = {}
     if take < len(added):
         # (C loops: a spill at scale moves ~1M completions and keeps a few)
-        rest = dict(islice(added.items(), take, None))
+        rest = hashed_dict(islice(added.items(), take, None))
         moved = _less(added, rest)
         shapes, writers = state.done_shapes, state.done_writers
         kept = _less(writers, rest)  # the moved completions' writers and the base's
         # (the layer reads the shapes of the ids it holds only: all of them can go)
         view = replace(state, added=moved, done_shapes=shapes, done_writers=kept)
-        rest_shapes = {s: shapes[s] for s in rest if s in shapes}
-        rest_writers = {s: writers[s] for s in rest if s in writers}
+        rest_shapes = hashed_dict((s, shapes[s]) for s in rest if s in shapes)
+        rest_writers = hashed_dict((s, writers[s]) for s in rest if s in writers)
     else:
         view = state
     encoded = encode_snapshot(view, created_ms=int(time.time() * 1000), epoch=loaded.epoch or b"")
@@ -632,7 +633,7 @@ def _spill(loaded: Loaded) -> bool:
     if rest:
         state.added, state.done_shapes, state.done_writers = rest, rest_shapes, rest_writers
     else:
-        state.added, state.done_shapes, state.done_writers = {}, {}, {}
+        state.added, state.done_shapes, state.done_writers = hashed_dict(), hashed_dict(), hashed_dict()
         state.shapes = ShapeTable()
         state._writer_tuples = {}
     loaded.spilled.extend(name for name, _ in encoded.layers)
