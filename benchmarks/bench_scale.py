@@ -44,9 +44,10 @@ Then ``scale_fit`` (a power law ``y = a * x^b``, least squares in log-log, throu
 measured points at N >= 10^6 when there are two such, else all of them) and rows marked
 ``extrapolated: true`` for every figure at 10^8 (if not measured) and 10^9; ``scale_target``
 rows compare with the issue's targets (tick at 10^7 <= 0.3 s, tick(10^7)/tick(10^5) <= 2).
-``<out>/scale-<mode>.jsonl`` holds every row and ``<out>/scale.png`` the log-log plot when
-matplotlib is importable (``--plot`` redraws it from JSON lines files, e.g. a "before"
-run next to an "after" run).
+``results/scale-<mode>-<commit>.jsonl`` holds every row and ``results/scale-<mode>-<commit>.png``
+the log-log plot when matplotlib is importable (a name no earlier run holds: ``-2``... after
+it; with ``--out DIR``: ``DIR/scale-<mode>.jsonl`` and ``DIR/scale.png``). ``--plot``
+redraws a plot from JSON lines files, e.g. a "before" run next to an "after" run.
 
 Every figure comes from a child process of its own (peak RSS is that process's
 ``VmHWM``). Before each N (and each M) the peak RSS of its steps is predicted from the
@@ -1123,6 +1124,30 @@ def read_jsonl(path: str) -> list[Row]:
 # ====================================================================== main
 
 
+def revision() -> str:
+    """This checkout's short commit (``<commit>-dirty`` with uncommitted changes), or
+    ``"unversioned"`` outside git."""
+    try:
+        git = ["git", "-C", BENCH_DIR]
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unversioned"
+    return (rev + ("-dirty" if dirty else "")) if rev else "unversioned"
+
+
+def fresh_base(results: str, mode: str) -> str:
+    """``<results>/scale-<mode>-<commit>`` (``-2``, ``-3``... after it if taken): a run
+    without ``--out`` never overwrites the results of an earlier run, committed ones
+    included."""
+    stem = os.path.join(results, f"scale-{mode}-{revision()}")
+    base, k = stem, 1
+    while os.path.exists(base + ".jsonl"):
+        k += 1
+        base = f"{stem}-{k}"
+    return base
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         _child_main(sys.argv[2], sys.argv[3])
@@ -1134,7 +1159,11 @@ def main() -> None:
     ap.add_argument("--m", type=int, nargs="*", help="records of the compaction-rate runs (overrides the mode's)")
     ap.add_argument("--no-s3", action="store_true", help="local disk only")
     ap.add_argument("--server", default="seaweedfs", choices=["seaweedfs", "moto"], help="loopback S3 server")
-    ap.add_argument("--out", help="where scale-<mode>.jsonl and scale.png go (default benchmarks/results)")
+    ap.add_argument(
+        "--out",
+        help="where scale-<mode>.jsonl and scale.png go (default: benchmarks/results/scale-<mode>-<commit>.jsonl "
+        "and .png, never overwriting an earlier run's)",
+    )
     ap.add_argument("--workdir", help="where the checkpoints are written (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument(
@@ -1166,7 +1195,8 @@ def main() -> None:
         sizes["ids"] = "short"
     work = tempfile.mkdtemp(prefix="resumelog-scale-", dir=a.workdir)
     out = a.out or (tempfile.mkdtemp(prefix="resumelog-scale-out-") if mode == "smoke" else None)
-    out = out or os.path.join(BENCH_DIR, "results")
+    # (no --out: the committed results directory, under a name no earlier run holds)
+    base = os.path.join(out, f"scale-{mode}") if out else fresh_base(os.path.join(BENCH_DIR, "results"), mode)
 
     def emit(**row: Any) -> None:
         print(json.dumps(row), flush=True)
@@ -1177,14 +1207,14 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(out, exist_ok=True)
-    base = os.path.join(out, f"scale-{mode}")
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     with open(base + ".jsonl", "w") as f:
         for r in bench.rows:
             f.write(json.dumps(r) + "\n")
     md = markdown(bench.rows)
     print("\n" + md, file=sys.stderr)
-    chart = plot(bench.rows, os.path.join(out, "scale.png"), f"bench_scale.py --{mode}")
+    png = os.path.join(out, "scale.png") if out else base + ".png"
+    chart = plot(bench.rows, png, f"bench_scale.py --{mode}")
     print(f"# wrote {base}.jsonl" + (f", {chart}" if chart else " (no matplotlib: no plot)"), file=sys.stderr)
 
 

@@ -640,9 +640,12 @@ class Runner:
 
     def scale(self) -> None:
         """``bench_scale.py`` in a subprocess (it runs its own children); its JSON lines
-        land in the report, its plot in ``<out>/scale.png``."""
+        land in the report, its plot in ``<out>/scale.png`` (no ``--out``, not smoke:
+        ``results/scale-<mode>-<commit>.png``, beside its own JSON lines)."""
         script = os.path.join(BENCH_DIR, "bench_scale.py")
-        cmd = [sys.executable, script, "--workdir", self.work, "--out", self._out_dir()]
+        cmd = [sys.executable, script, "--workdir", self.work]
+        if self.args.out or self.mode == "smoke":
+            cmd += ["--out", self._out_dir()]
         cmd += ["--smoke"] if self.mode == "smoke" else ["--quick"] if self.mode == "quick" else []
         cmd += ["--no-s3"] if self.args.no_s3 else ["--server", self.args.scale_server]
         timeout = {"smoke": 600, "quick": 3600}.get(self.mode, 6 * 3600)

@@ -134,3 +134,23 @@ def test_bench_open_layers_smoke() -> None:
     rows = _bench(str(ROOT / "benchmarks" / "bench_open_layers.py"), "--small", "2", "--reps", "1")
     assert [r["mode"] for r in rows] == ["at_once", "one_by_one"]
     assert rows[0]["layers"] == rows[1]["layers"] == 3 and rows[0]["gets"] == rows[1]["gets"]
+
+
+def test_a_scale_run_without_out_never_overwrites_earlier_results(tmp_path: Path) -> None:
+    """``bench_scale.py`` without ``--out`` names its files after the commit, and after an
+    earlier run's of the same commit: committed results are never rewritten in place."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_scale
+    finally:
+        sys.path.pop(0)
+    rev = bench_scale.revision()
+    assert rev and " " not in rev
+    first = bench_scale.fresh_base(str(tmp_path), "quick")
+    assert first == str(tmp_path / f"scale-quick-{rev}")
+    Path(first + ".jsonl").write_text("{}\n")
+    second = bench_scale.fresh_base(str(tmp_path), "quick")
+    assert second == first + "-2"
+    Path(second + ".jsonl").write_text("{}\n")
+    assert bench_scale.fresh_base(str(tmp_path), "quick") == first + "-3"
+    assert Path(first + ".jsonl").read_text() == "{}\n"
