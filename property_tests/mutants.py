@@ -202,6 +202,15 @@ MUTANTS = [
         "drained yet (that run may drain it and, the smaller run id, take it over)",
     ),
     Mutant(
+        "simple_completion_judged_by_a_key_with_an_id_cut_out",
+        "_fastfold.py",
+        "    solo |= np.fromiter(map(EMIT_KEY.__contains__, srcs), dtype=bool, count=len(srcs))\n"
+        "    solo |= np.fromiter(map(DONE_KEY.__contains__, srcs), dtype=bool, count=len(srcs))",
+        "    solo |= False",
+        "the fast path takes a complete() found by its shape key for every source of that key, also one whose "
+        "id is in a reserved key (its keys differ from another source's that have the same key with the id cut out)",
+    ),
+    Mutant(
         "done_writers_forgotten",
         "algebra.py",
         "        if writers is None or len(writers) != len(entries):\n            writers = (pseudo,) * len(entries)",

@@ -386,6 +386,40 @@ def test_a_large_drained_journal_completes_in_bulk(monkeypatch):
     assert len(states[0][0]) == 900 and len(states[0][1]["pending"]) == 300
 
 
+def test_simple_completions_are_told_once_per_shape_key_but_ids_found_in_a_reserved_key():
+    """``complete()`` calls (emit +1 and done -1 on the reserved keys) are found simple once
+    per shape key; a source id found in a reserved key is checked alone. Two such pairs,
+    each sharing a shape key (keys with the id cut out, and deltas) with a source whose
+    keys only look like the reserved ones: ``mi``'s ``\\x00emit`` and ``zz``'s
+    ``\\x00ezzt`` (the simple one first), ``xq``'s ``\\x00xqmit`` and ``e``'s
+    ``\\x00emit`` (the other first). Taking one's answer for the other would complete
+    a source with the wrong final entries."""
+
+    def completed(*specs: tuple[str, str]) -> Batch:
+        index, ks, ds, fl = [], [], [], bytearray()
+        for i, (src, emit_key) in enumerate(specs):
+            for k, d, f in ((emit_key, 1, EMISSION), ("\x00done", -1, 0)):
+                index.append(i)
+                ks.append(k)
+                ds.append(d)
+                fl.append(f)
+        return Batch([src for src, _ in specs], index, ks, ds, bytes(fl))
+
+    plain = [(f"a{i}", "\x00emit") for i in range(6)]
+    tricky = [("mi", "\x00emit"), ("zz", "\x00ezzt"), ("xq", "\x00xqmit"), ("e", "\x00emit")]
+    for columns in (False, True):
+        compare(
+            [("segment", 0, [completed(*plain[:3], *tricky, *plain[3:])], False), ("finish", True)], columns=columns
+        )
+    fold = Fold(True, False)
+    with pytest.MonkeyPatch.context() as mp:
+        fold.run(("segment", 0, [completed(*plain, *tricky)], False), mp)
+        fold.run(("finish", True), mp)
+    shaped = set(fold.state.done_shapes)
+    assert set(fold.state.added) == {src for src, _ in plain + tricky}
+    assert shaped == {"zz", "xq"}  # the simple ones keep no shape
+
+
 def test_an_emptied_shape_cache_changes_nothing(monkeypatch):
     """The shape cache is emptied when it grows past its bound (keys unlike from source
     to source): evaluations after that intern again and give the same shape ids."""

@@ -599,7 +599,7 @@ class _Groups(Sequence[Any]):
 def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     """Evaluate the fresh states (in the order they were numbered, after every touched
     state), as :attr:`_Evaluation.evaluate` would one by one; see the module docstring."""
-    from resumelog.algebra import SIMPLE_COMPLETION, SourceRunState
+    from resumelog.algebra import SourceRunState
 
     dkeys = state._deferred.dkeys
     n = len(dkeys)
@@ -646,7 +646,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
         groups = list(map(cols.keys.__getitem__, slices))
         dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
     two = np.flatnonzero(cols.counts[cand_arr] == 2).tolist()
-    simple = {j for j in two if dict(zip(groups[j], dgroups[j])) == SIMPLE_COMPLETION}
+    simple = _simple(two, groups, dgroups, csrcs, known)
     pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
     duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
@@ -669,6 +669,45 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
             ev.revived = True
             ev.evaluate(k, s)
         lo = stop + 1
+
+
+def _simple(
+    two: list[int],
+    groups: Sequence[list[str]],
+    dgroups: Sequence[tuple[int, ...]],
+    csrcs: list[str],
+    known: tuple[list[object], bytes, list[object], bytes] | None,
+) -> set[int]:
+    """The candidates among ``two`` (those with two records) whose final deltas are
+    :data:`~resumelog.algebra.SIMPLE_COMPLETION` (a ``complete()``), decided once per
+    shape key where the kernels gave them (``known``'s numbers).
+
+    Two candidates with one shape key have keys equal up to their own source id and the
+    same deltas. A source id found in neither reserved key cannot be cut out of the keys
+    of a simple completion: so among such candidates, one with the key of a simple one
+    has exactly its keys, and one of them tells for all. Others (no key, an id found in
+    a reserved key) are checked one by one, as without the kernels."""
+    from resumelog.algebra import DONE_KEY, EMIT_KEY, SIMPLE_COMPLETION
+
+    def is_simple(j: int) -> bool:
+        return dict(zip(groups[j], dgroups[j])) == SIMPLE_COMPLETION
+
+    if known is None or not two:
+        return set(filter(is_simple, two))
+    tw = np.asarray(two, dtype=np.int64)
+    which = np.frombuffer(known[3], dtype=np.int32)[tw]
+    srcs = list(map(csrcs.__getitem__, two))
+    solo = which < 0
+    solo |= np.fromiter(map(EMIT_KEY.__contains__, srcs), dtype=bool, count=len(srcs))
+    solo |= np.fromiter(map(DONE_KEY.__contains__, srcs), dtype=bool, count=len(srcs))
+    simple = set(filter(is_simple, tw[solo].tolist()))
+    keyed, ws = tw[~solo], which[~solo]
+    if len(ws):
+        uniq, first = np.unique(ws, return_index=True)
+        yes = [w for w, f in zip(uniq.tolist(), keyed[first].tolist()) if is_simple(f)]
+        if yes:
+            simple.update(keyed[np.isin(ws, yes)].tolist())
+    return simple
 
 
 def _complete(
