@@ -93,6 +93,33 @@ def drained_batch(draw: st.DrawFn) -> Batch:
     return Batch(sources, index, ks, ds, bytes(flags))
 
 
+COMPLETED = ("mi", "s0", "e", "zz", "")
+"""Sources of ``completed_batch``: ``mi`` and ``e`` are found in the reserved key
+``\\x00emit``, where their id is cut out of a shape key."""
+
+
+@st.composite
+def completed_batch(draw: st.DrawFn) -> Batch:
+    """``complete()`` calls (emit +1 on ``\\x00emit``, done -1 on ``\\x00done``) and
+    look-alikes: a first key with the source id in it (``\\x00e<id>t``, whose shape key
+    with the id cut out is that of ``mi``'s ``complete()``), or the deltas on the other
+    keys (done +1, emit -1)."""
+    sources = draw(st.lists(st.sampled_from(COMPLETED), min_size=2, max_size=4, unique=True))
+    index: list[int] = []
+    ks: list[str] = []
+    ds: list[int] = []
+    flags = bytearray()
+    for i, src in enumerate(sources):
+        first = draw(st.sampled_from(["\x00emit", f"\x00e{src}t", "\x00done"]))
+        recs = [(first, 1, EMISSION), ("\x00emit" if first == "\x00done" else "\x00done", -1, 0)]
+        for k, d, f in recs:
+            index.append(i)
+            ks.append(k)
+            ds.append(d)
+            flags.append(f)
+    return Batch(sources, index, ks, ds, bytes(flags))
+
+
 ops = st.lists(
     st.one_of(
         st.tuples(
@@ -104,7 +131,7 @@ ops = st.lists(
         st.tuples(
             st.just("segment"),
             st.integers(0, len(STREAMS) - 1),
-            st.lists(drained_batch(), min_size=1, max_size=3),
+            st.lists(st.one_of(drained_batch(), completed_batch()), min_size=1, max_size=3),
             st.just(False),
         ),
         st.tuples(st.just("finish"), st.booleans()),
