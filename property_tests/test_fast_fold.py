@@ -73,24 +73,32 @@ def batches(draw: st.DrawFn) -> Batch:
     return Batch(sources, index, ks, deltas, flags, resets)
 
 
-@st.composite
-def drained_batch(draw: st.DrawFn) -> Batch:
-    """The common case the fast path is for: whole sources emitted and drained."""
-    sources = draw(st.lists(st.sampled_from(SOURCES), min_size=1, max_size=3, unique=True))
+def batch_of(records: list[tuple[str, list[tuple[str, int, int]]]]) -> Batch:
+    """One batch of each source's records ``(key, delta, flags)``, source by source."""
     index: list[int] = []
     ks: list[str] = []
     ds: list[int] = []
     flags = bytearray()
-    for i, src in enumerate(sources):
-        fan = draw(st.integers(1, 3))
-        emission = draw(st.sampled_from([EMISSION, EMISSION, EMISSION, 0]))  # sometimes drained, never entered
-        recs = [(f"0_{src}", 1, emission), (f"0_{src}_0", fan - 1, 0)] + [(f"0_{src}_{j}_0", -1, 0) for j in range(fan)]
+    for i, (_, recs) in enumerate(records):
         for k, d, f in recs:
             index.append(i)
             ks.append(k)
             ds.append(d)
             flags.append(f)
-    return Batch(sources, index, ks, ds, bytes(flags))
+    return Batch([src for src, _ in records], index, ks, ds, bytes(flags))
+
+
+@st.composite
+def drained_batch(draw: st.DrawFn) -> Batch:
+    """The common case the fast path is for: whole sources emitted and drained."""
+    sources = draw(st.lists(st.sampled_from(SOURCES), min_size=1, max_size=3, unique=True))
+    records = []
+    for src in sources:
+        fan = draw(st.integers(1, 3))
+        emission = draw(st.sampled_from([EMISSION, EMISSION, EMISSION, 0]))  # sometimes drained, never entered
+        recs = [(f"0_{src}", 1, emission), (f"0_{src}_0", fan - 1, 0)] + [(f"0_{src}_{j}_0", -1, 0) for j in range(fan)]
+        records.append((src, recs))
+    return batch_of(records)
 
 
 COMPLETED = ("mi", "s0", "e", "zz", "")
@@ -105,19 +113,11 @@ def completed_batch(draw: st.DrawFn) -> Batch:
     with the id cut out is that of ``mi``'s ``complete()``), or the deltas on the other
     keys (done +1, emit -1)."""
     sources = draw(st.lists(st.sampled_from(COMPLETED), min_size=2, max_size=4, unique=True))
-    index: list[int] = []
-    ks: list[str] = []
-    ds: list[int] = []
-    flags = bytearray()
-    for i, src in enumerate(sources):
+    records = []
+    for src in sources:
         first = draw(st.sampled_from(["\x00emit", f"\x00e{src}t", "\x00done"]))
-        recs = [(first, 1, EMISSION), ("\x00emit" if first == "\x00done" else "\x00done", -1, 0)]
-        for k, d, f in recs:
-            index.append(i)
-            ks.append(k)
-            ds.append(d)
-            flags.append(f)
-    return Batch(sources, index, ks, ds, bytes(flags))
+        records.append((src, [(first, 1, EMISSION), ("\x00emit" if first == "\x00done" else "\x00done", -1, 0)]))
+    return batch_of(records)
 
 
 ops = st.lists(
@@ -265,18 +265,13 @@ def test_fast_path_equals_the_reference(operations, rounds, columns):
 def drained(*sources: str, pending: tuple[str, ...] = ()) -> Batch:
     """One batch draining ``sources`` (emit +1, fan-out +1, sinks -1 -1) and entering
     ``pending`` (emit +1 only)."""
-    index, ks, ds, fl = [], [], [], bytearray()
-    names = [*sources, *pending]
-    for i, src in enumerate(names):
+    records = []
+    for src in [*sources, *pending]:
         recs = [(f"0_{src}", 1, EMISSION)]
         if src in sources:
             recs += [(f"0_{src}_0", 1, 0), (f"0_{src}_0_0", -1, 0), (f"0_{src}_1_0", -1, 0)]
-        for k, d, f in recs:
-            index.append(i)
-            ks.append(k)
-            ds.append(d)
-            fl.append(f)
-    return Batch(names, index, ks, ds, bytes(fl))
+        records.append((src, recs))
+    return batch_of(records)
 
 
 def closing(src: str) -> Batch:
@@ -423,14 +418,7 @@ def test_simple_completions_are_told_once_per_shape_key_but_ids_found_in_a_reser
     a source with the wrong final entries."""
 
     def completed(*specs: tuple[str, str]) -> Batch:
-        index, ks, ds, fl = [], [], [], bytearray()
-        for i, (src, emit_key) in enumerate(specs):
-            for k, d, f in ((emit_key, 1, EMISSION), ("\x00done", -1, 0)):
-                index.append(i)
-                ks.append(k)
-                ds.append(d)
-                fl.append(f)
-        return Batch([src for src, _ in specs], index, ks, ds, bytes(fl))
+        return batch_of([(src, [(emit_key, 1, EMISSION), ("\x00done", -1, 0)]) for src, emit_key in specs])
 
     plain = [(f"a{i}", "\x00emit") for i in range(6)]
     tricky = [("mi", "\x00emit"), ("zz", "\x00ezzt"), ("xq", "\x00xqmit"), ("e", "\x00emit")]
