@@ -908,20 +908,24 @@ def _local_objects(root: str) -> list[tuple[str, int]]:
     return sorted(out)
 
 
+def git_state() -> tuple[str, bool]:
+    """This checkout's short commit (``""`` outside git) and whether it has uncommitted
+    changes (the ``git`` of the benchmarks' ``env`` rows, and result file names)."""
+    git = ["git", "-C", BENCH_DIR]
+    try:
+        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = bool(subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout)
+    except OSError:
+        return "", False
+    return rev, dirty
+
+
 def _env(mode: str, sizes: dict[str, Any]) -> Row:
     import platform
 
     import resumelog
 
-    try:
-        rev = subprocess.run(
-            ["git", "-C", BENCH_DIR, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "-C", BENCH_DIR, "status", "--porcelain"], capture_output=True, text=True).stdout
-        )
-    except OSError:
-        rev, dirty = "", False
+    rev, dirty = git_state()
     return {
         "mode": mode,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1127,12 +1131,7 @@ def read_jsonl(path: str) -> list[Row]:
 def revision() -> str:
     """This checkout's short commit (``<commit>-dirty`` with uncommitted changes), or
     ``"unversioned"`` outside git."""
-    try:
-        git = ["git", "-C", BENCH_DIR]
-        rev = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unversioned"
+    rev, dirty = git_state()
     return (rev + ("-dirty" if dirty else "")) if rev else "unversioned"
 
 

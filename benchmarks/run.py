@@ -223,20 +223,14 @@ class Runner:
     # ------------------------------------------------------------------ sections
 
     def env(self) -> None:
+        import sqlite3
+
         import msgspec
+        from bench_scale import git_state
 
         import resumelog
 
-        try:
-            rev = subprocess.run(
-                ["git", "-C", BENCH_DIR, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip()
-            dirty = bool(
-                subprocess.run(["git", "-C", BENCH_DIR, "status", "--porcelain"], capture_output=True, text=True).stdout
-            )
-        except OSError:
-            rev, dirty = "", False
-        import sqlite3
+        rev, dirty = git_state()
 
         self.emit(
             bench="env",
