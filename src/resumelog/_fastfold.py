@@ -141,7 +141,10 @@ class Buffer:
         self.keys: list[list[str] | KeySpans] = []
         self.deltas: list[Any] = []
         self.ordinals: list[Any] = []
-        self.streams: list[Any] = []
+        """Per batch: its first ordinal (``int``; its records' ordinals follow one by one)
+        or, where some of its records were left out, their ordinals (an array)."""
+        self.streams: list[int] = []
+        """Per batch: its stream (every record's; the columns are made when needed)."""
         self.flags: list[Any] = []
 
     def columns(self, caches: dict[int, dict[object, object]]) -> Columns:
@@ -300,7 +303,7 @@ def _apply_records(
     n = len(batch)
     keys: list[str] | KeySpans = batch.keys
     flags = np.frombuffer(batch.flags, dtype=np.uint8)
-    ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)
+    ordinals: Any = first_ordinal  # (consecutive: the column is made when needed)
     if exact:
         assert not isinstance(batch, ColumnBatch)  # (only a Batch has a pending state: apply_batch)
         mine = gid >= 0
@@ -311,13 +314,14 @@ def _apply_records(
             if flags[i]:
                 s.emitted = True
         keys = list(compress(keys, mine.tolist()))
-        gid, deltas, ordinals, flags = gid[mine], deltas[mine], ordinals[mine], flags[mine]
+        ordinals = np.arange(first_ordinal, first_ordinal + n, dtype=np.int64)[mine]
+        gid, deltas, flags = gid[mine], deltas[mine], flags[mine]
     if len(gid):
         buf.gids.append(gid)
         buf.keys.append(keys)
         buf.deltas.append(deltas)
         buf.ordinals.append(ordinals)
-        buf.streams.append(np.full(len(gid), stream, dtype=np.int64))
+        buf.streams.append(stream)
         buf.flags.append(flags)
     for r in batch.resets:
         state.apply_reset(r)  # (makes the fresh states pending first)
@@ -400,7 +404,11 @@ class Columns:
         """Records ``a..b-1``'s ordinals (the column made when first needed: to
         materialize a state)."""
         if self._ordinals is None:
-            o = self._buf.ordinals
+            buf = self._buf
+            o = [
+                np.arange(first, first + len(g), dtype=np.int64) if isinstance(first, int) else first
+                for first, g in zip(buf.ordinals, buf.gids)
+            ]
             self._ordinals = np.concatenate(o)[self._order] if o else np.zeros(0, dtype=np.int64)
         return self._ordinals[a:b].tolist()  # type: ignore[no-any-return]
 
@@ -408,8 +416,12 @@ class Columns:
         """Every record's stream, in state order (made when first needed: writers, or to
         materialize)."""
         if self._streams is None:
-            st = self._buf.streams
-            self._streams = np.concatenate(st)[self._order] if st else np.zeros(0, dtype=np.int64)
+            buf = self._buf
+            if buf.gids:
+                st = np.repeat(np.asarray(buf.streams, dtype=np.int64), list(map(len, buf.gids)))
+                self._streams = st[self._order]
+            else:
+                self._streams = np.zeros(0, dtype=np.int64)
         return self._streams
 
     def streams(self, a: int, b: int) -> list[int]:
@@ -427,9 +439,9 @@ class Columns:
         bool array; made once per evaluation, ``streams`` does not change in one)."""
         if self._touching is None:
             buf = self._buf
-            if buf.gids:
-                written = np.isin(np.concatenate(buf.streams), np.fromiter(streams, dtype=np.int64, count=len(streams)))
-                count = np.bincount(np.concatenate(buf.gids)[written], minlength=len(buf.dkeys))
+            written = list(compress(buf.gids, map(streams.__contains__, buf.streams)))  # (a batch's: one stream)
+            if written:
+                count = np.bincount(np.concatenate(written), minlength=len(buf.dkeys))
             else:
                 count = np.zeros(len(buf.dkeys), dtype=np.int64)
             self._touching = count > 0
@@ -609,7 +621,8 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     # Which states may complete without the reference rule: decided once, since nothing
     # the evaluation does changes it for a source that is in one fresh state only.
     ok = (cols.sums == 0) & cols.emitted
-    ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)
+    if ev.added:
+        ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)
     if ev.damaged:
         ok &= ~np.fromiter(map(ev.damaged.__contains__, runs), dtype=bool, count=n)
     resets = ev.resets
