@@ -351,7 +351,7 @@ MUTANTS += [
     Mutant(
         "fast_path_completes_a_complete_source",
         "_fastfold.py",
-        "    ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)\n",
+        "    if ev.added:\n        ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)\n",
         "",
         "the fast path completes a source another run completed in the same evaluation",
     ),

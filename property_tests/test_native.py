@@ -115,6 +115,9 @@ def test_shape_keys_are_the_python_expression(case) -> None:
     numbers = array("i", which).tolist()
     assert [None if u < 0 else uniq[u] for u in numbers] == pk
     assert all(pk[j] is uniq[u] for j, u in enumerate(numbers) if u >= 0)
+    keys, deltas, *rest = case
+    if all(-(1 << 63) <= d < 1 << 63 for d in deltas):  # the columns' deltas: native int64
+        assert native.shape_keys(keys, array("q", deltas), *rest) == (pk, distinct, uniq, which)
 
 
 def test_shape_keys_of_lineage_keys() -> None:
@@ -153,6 +156,12 @@ def test_shape_keys_refuses_what_it_cannot_read() -> None:
         native.shape_keys(["a"], [1], [0, 1], [3], ["s"], "\x1f", "\x1e")  # no such state
     with pytest.raises(ValueError):
         native.shape_keys(["a"], [], [0, 1], [0], ["s"], "\x1f", "\x1e")  # columns of other lengths
+    with pytest.raises(ValueError):
+        native.shape_keys(["a"], b"\x01\x00\x00", [0, 1], [0], ["s"], "\x1f", "\x1e")  # not int64
+    with pytest.raises(ValueError):
+        native.shape_keys(["a"], bytes(16), [0, 1], [0], ["s"], "\x1f", "\x1e")  # two deltas, one key
+    with pytest.raises(TypeError):
+        native.shape_keys(["a"], (1,), [0, 1], [0], ["s"], "\x1f", "\x1e")  # neither list nor buffer
     with pytest.raises(TypeError):
         native.hash_order(["not bytes"])
 

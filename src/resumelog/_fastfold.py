@@ -334,6 +334,7 @@ class Columns:
 
     __slots__ = (
         "_buf",
+        "_delta_list",
         "_marks",
         "_order",
         "_ordinals",
@@ -342,7 +343,7 @@ class Columns:
         "_streams",
         "_touching",
         "counts",
-        "deltas",
+        "delta_column",
         "emitted",
         "keys",
         "safe",
@@ -378,7 +379,9 @@ class Columns:
         self.counts: Any = counts
         self.sums: Any = sums
         self.emitted: Any = flagged > 0
-        self.deltas: list[int] = deltas.tolist()
+        self.delta_column: Any = deltas
+        """Every record's delta, in state order (native int64: the kernels read it)."""
+        self._delta_list: list[int] | None = None
         self.keys: list[str] | KeySpans
         spans = _spans(buf.keys) if native is not None else None
         if spans is not None:  # keys the C decoder read: kept as bytes
@@ -399,6 +402,13 @@ class Columns:
         self._stream_list: list[int] | None = None
         self._touching: Any = None
         self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
+
+    @property
+    def deltas(self) -> list[int]:
+        """Every record's delta, in state order (a list, made when first needed)."""
+        if self._delta_list is None:
+            self._delta_list = self.delta_column.tolist()
+        return self._delta_list
 
     def ordinals(self, a: int, b: int) -> list[int]:
         """Records ``a..b-1``'s ordinals (the column made when first needed: to
@@ -591,13 +601,12 @@ def _patterns(
 
 class _Groups(Sequence[Any]):
     """``items[starts[g]:starts[g + 1]]`` of each state ``g`` of ``states``, as ``kind``
-    (made when asked for: most are never needed)."""
+    (made when asked for: most are never needed); ``items`` a list, a
+    :class:`~resumelog._columns.KeySpans` or an int64 column."""
 
     __slots__ = ("items", "kind", "starts", "states")
 
-    def __init__(
-        self, items: list[Any] | KeySpans, starts: list[int], states: list[int], kind: Callable[[list[Any]], Any]
-    ):
+    def __init__(self, items: Any, starts: list[int], states: list[int], kind: Callable[[Any], Any]):
         self.items, self.starts, self.states, self.kind = items, starts, states, kind
 
     def __len__(self) -> int:
@@ -606,6 +615,11 @@ class _Groups(Sequence[Any]):
     def __getitem__(self, j: Any) -> Any:
         g = self.states[j]
         return self.kind(self.items[self.starts[g] : self.starts[g + 1]])  # (a list, of spans too)
+
+
+def _int_tuple(column: Any) -> tuple[int, ...]:
+    """A slice of an int64 column as a tuple of ``int``."""
+    return tuple(column.tolist())
 
 
 def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
@@ -650,10 +664,10 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     known = None
     if native is not None:  # the keys and distinct flags in one C loop, groups made when needed
         groups = _Groups(cols.keys, starts, cand, list)
-        dgroups = _Groups(cols.deltas, starts, cand, tuple)
+        dgroups = _Groups(cols.delta_column, starts, cand, _int_tuple)
         sep, cut = cols._marks if cols._patterns is not None else (None, None)
         keys = cols.keys.raw if isinstance(cols.keys, KeySpans) else cols.keys
-        known = native.shape_keys(keys, cols.deltas, starts, cand, csrcs, sep, cut)
+        known = native.shape_keys(keys, cols.delta_column, starts, cand, csrcs, sep, cut)
     else:
         slices = list(map(slice, [starts[g] for g in cand], [starts[g + 1] for g in cand]))
         groups = list(map(cols.keys.__getitem__, slices))

@@ -578,6 +578,68 @@ static int all_distinct(const KeyCol *c, Py_ssize_t a, Py_ssize_t b) {
     return r;
 }
 
+/* The deltas of shape_keys: a list of int, or a buffer of native int64 (the columns'). */
+typedef struct {
+    PyObject *list;
+    Py_buffer view;
+    const int64_t *v;
+    Py_ssize_t n;
+} DeltaCol;
+
+/* 0, or -1 with an error if ``obj`` is neither a list nor a buffer of int64 */
+static int deltas_get(PyObject *obj, DeltaCol *c) {
+    memset(c, 0, sizeof(*c));
+    if (PyList_Check(obj)) {
+        c->list = obj;
+        c->n = PyList_GET_SIZE(obj);
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    if (c->view.len % 8) {
+        PyBuffer_Release(&c->view);
+        PyErr_SetString(PyExc_ValueError, "shape_keys: deltas are not int64");
+        return -1;
+    }
+    c->v = (const int64_t *)c->view.buf;
+    c->n = c->view.len / 8;
+    return 0;
+}
+
+static void deltas_release(DeltaCol *c) {
+    if (c->view.obj != NULL) PyBuffer_Release(&c->view);
+}
+
+/* delta r as an int64 in *out: 1, 0 if it does not fit, -1 on error */
+static inline int delta_at(const DeltaCol *c, Py_ssize_t r, int64_t *out) {
+    if (c->list == NULL) {
+        *out = c->v[r];
+        return 1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(c->list, r), &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    *out = (int64_t)v;
+    return !overflow;
+}
+
+/* deltas a..b-1 as a tuple of int (a new reference) */
+static PyObject *deltas_tuple(const DeltaCol *c, Py_ssize_t a, Py_ssize_t b) {
+    PyObject *dt = PyTuple_New(b - a);
+    if (dt == NULL) return NULL;
+    for (Py_ssize_t r = a; r < b; r++) {
+        PyObject *d;
+        if (c->list != NULL) {
+            d = PyList_GET_ITEM(c->list, r);
+            Py_INCREF(d);
+        } else if ((d = PyLong_FromLongLong(c->v[r])) == NULL) {
+            Py_DECREF(dt);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(dt, r - a, d);
+    }
+    return dt;
+}
+
 /* A growable byte buffer. */
 typedef struct {
     char *data;
@@ -706,7 +768,8 @@ static int keys_grow(Keys *t) {
 
 /* The number of the fast key in ``key`` (its first ``plen`` bytes the pattern), added
  * (with its Python form made from the pattern and ``deltas[a:b]``) if new; -1 on error. */
-static Py_ssize_t keys_fast(Keys *t, const Buf *key, size_t plen, PyObject *deltas, Py_ssize_t a, Py_ssize_t b) {
+static Py_ssize_t keys_fast(Keys *t, const Buf *key, size_t plen, const DeltaCol *deltas, Py_ssize_t a,
+                            Py_ssize_t b) {
     uint64_t h = hash_bytes(key->data, key->len);
     size_t i = h & t->mask;
     while (t->slots[i].u >= 0) {
@@ -715,18 +778,13 @@ static Py_ssize_t keys_fast(Keys *t, const Buf *key, size_t plen, PyObject *delt
         i = (i + 1) & t->mask;
     }
     PyObject *pattern = PyUnicode_New((Py_ssize_t)plen, 127);
-    PyObject *dt = PyTuple_New(b - a);
+    PyObject *dt = deltas_tuple(deltas, a, b);
     if (pattern == NULL || dt == NULL) {
         Py_XDECREF(pattern);
         Py_XDECREF(dt);
         return -1;
     }
     memcpy(PyUnicode_DATA(pattern), key->data, plen);
-    for (Py_ssize_t r = a; r < b; r++) {
-        PyObject *d = PyList_GET_ITEM(deltas, r);
-        Py_INCREF(d);
-        PyTuple_SET_ITEM(dt, r - a, d);
-    }
     PyObject *pair = PyTuple_Pack(2, pattern, dt);
     Py_DECREF(pattern);
     Py_DECREF(dt);
@@ -771,7 +829,7 @@ PyDoc_STRVAR(
     "shape_keys(keys, deltas, starts, cand, sources, sep, cut) -> tuple[list, bytes, list, bytes]\n\n"
     "For each candidate state ``g = cand[j]`` (its records ``keys[starts[g]:starts[g + 1]]``,\n"
     "``keys`` a list or ``(blob, ends)``, ASCII keys as span_strs reads them;\n"
-    "likewise ``deltas``) and its source ``sources[j]``: the shape cache key of\n"
+    "likewise ``deltas``, a list or a buffer of native int64) and its source ``sources[j]``: the shape cache key of\n"
     "_fastfold.Columns.shapes, ``(sep.join(keys).replace(source, cut), tuple(deltas))``, or\n"
     "``None`` where it cannot be cached (``sep`` is ``None``, the source is empty, no\n"
     "record, or a key holds ``sep`` or ``cut``); one byte per candidate, 1 if its keys\n"
@@ -783,11 +841,10 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "shape_keys takes 7 arguments");
         return NULL;
     }
-    PyObject *keys = args[0], *deltas = args[1], *starts = args[2], *cand = args[3], *sources = args[4];
+    PyObject *keys = args[0], *starts = args[2], *cand = args[3], *sources = args[4];
     PyObject *sep = args[5], *cut = args[6];
     int spanned = PyTuple_Check(keys) && PyTuple_GET_SIZE(keys) == 2; /* (blob, ends): KeySpans.raw */
-    if ((!spanned && !PyList_Check(keys)) || !PyList_Check(deltas) || !PyList_Check(starts) || !PyList_Check(cand) ||
-        !PyList_Check(sources)) {
+    if ((!spanned && !PyList_Check(keys)) || !PyList_Check(starts) || !PyList_Check(cand) || !PyList_Check(sources)) {
         PyErr_SetString(PyExc_TypeError, "shape_keys: lists expected");
         return NULL;
     }
@@ -796,20 +853,27 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "shape_keys: sep and cut must be str or None");
         return NULL;
     }
+    DeltaCol deltas;
+    if (deltas_get(args[1], &deltas) < 0) return NULL;
     Spans spans;
     KeyCol col = {spanned ? NULL : keys, spanned ? &spans : NULL};
     if (spanned) {
-        if (spans_get(PyTuple_GET_ITEM(keys, 0), PyTuple_GET_ITEM(keys, 1), &spans, PY_SSIZE_T_MAX) < 0) return NULL;
+        if (spans_get(PyTuple_GET_ITEM(keys, 0), PyTuple_GET_ITEM(keys, 1), &spans, PY_SSIZE_T_MAX) < 0) {
+            deltas_release(&deltas);
+            return NULL;
+        }
         if (!all_ascii(spans.data, (size_t)spans.blob.len)) {
             spans_release(&spans);
+            deltas_release(&deltas);
             PyErr_SetString(PyExc_ValueError, "shape_keys: key spans not ASCII");
             return NULL;
         }
     }
     Py_ssize_t m = PyList_GET_SIZE(cand), n_states = PyList_GET_SIZE(starts) - 1;
     Py_ssize_t n_keys = spanned ? spans.n : PyList_GET_SIZE(keys);
-    if (PyList_GET_SIZE(sources) != m || PyList_GET_SIZE(deltas) != n_keys) {
+    if (PyList_GET_SIZE(sources) != m || deltas.n != n_keys) {
         if (spanned) spans_release(&spans);
+        deltas_release(&deltas);
         PyErr_SetString(PyExc_ValueError, "shape_keys: lengths differ");
         return NULL;
     }
@@ -845,11 +909,10 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
                 size_t plen = key.len;
                 if (buf_reserve(&key, 8 * (size_t)(b - a + 1)) < 0) goto fail;
                 for (Py_ssize_t r = a; r < b && kind == 1; r++) {
-                    int overflow = 0;
-                    long long v = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(deltas, r), &overflow);
-                    if (v == -1 && PyErr_Occurred()) goto fail;
-                    if (overflow) kind = 0;
-                    int64_t w = (int64_t)v;
+                    int64_t w;
+                    int fits = delta_at(&deltas, r, &w);
+                    if (fits < 0) goto fail;
+                    if (!fits) kind = 0;
                     memcpy(key.data + key.len, &w, 8);
                     key.len += 8;
                 }
@@ -857,7 +920,7 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
                     uint64_t at = (uint64_t)plen; /* (the split of pattern and deltas, last) */
                     memcpy(key.data + key.len, &at, 8);
                     key.len += 8;
-                    u = keys_fast(&t, &key, plen, deltas, a, b);
+                    u = keys_fast(&t, &key, plen, &deltas, a, b);
                     if (u < 0) goto fail;
                 }
             }
@@ -887,9 +950,7 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
                     PyObject *pattern = PyUnicode_Replace(joined, src, cut, -1);
                     Py_DECREF(joined);
                     if (pattern == NULL) goto fail;
-                    PyObject *dgroup = PyList_GetSlice(deltas, a, b);
-                    PyObject *dt = dgroup == NULL ? NULL : PyList_AsTuple(dgroup);
-                    Py_XDECREF(dgroup);
+                    PyObject *dt = deltas_tuple(&deltas, a, b);
                     PyObject *pair = dt == NULL ? NULL : PyTuple_Pack(2, pattern, dt);
                     Py_DECREF(pattern);
                     Py_XDECREF(dt);
@@ -913,9 +974,11 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
     PyMem_Free(key.data);
     Py_DECREF(t.general);
     if (spanned) spans_release(&spans);
+    deltas_release(&deltas);
     return Py_BuildValue("(NNNN)", pk, distinct, t.uniq, which);
 fail:
     if (spanned) spans_release(&spans);
+    deltas_release(&deltas);
     PyMem_Free(t.slots);
     PyMem_Free(t.arena.data);
     PyMem_Free(key.data);

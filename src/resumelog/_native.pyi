@@ -11,7 +11,7 @@ def crc32c(data: bytes | bytearray | memoryview, /) -> int: ...
 def hash_order(ids: list[bytes], /) -> tuple[list[int], bytes, bytes, bytes] | None: ...
 def shape_keys(
     keys: list[str] | tuple[bytes, bytes],
-    deltas: list[int],
+    deltas: list[int] | bytes | memoryview,
     starts: list[int],
     cand: list[int],
     sources: list[str],
