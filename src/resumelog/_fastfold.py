@@ -490,17 +490,11 @@ class Columns:
         ``known``: the keys, whether each state's keys are distinct, the distinct keys
         and each state's number among them, computed already
         (``resumelog._native.shape_keys``)."""
+        if known is not None:
+            return self._known_shapes(known, simple)
         patterns = self._patterns
         pk: list[object]
-        unique: Callable[[int], object]
-        hits: list[object] | None = None
-        if known is not None:
-            pk, distinct, uniq, which = known
-            unique = distinct.__getitem__
-            if patterns is not None:  # each distinct key looked up once
-                found = [*map(patterns.get, uniq, repeat(_MISS)), _MISS]  # (which -1: None, not cached)
-                hits = list(map(found.__getitem__, np.frombuffer(which, dtype=np.int32).tolist()))
-        elif patterns is None:
+        if patterns is None:
             pk = [None] * len(groups)
         else:
             sep, cut = self._marks
@@ -514,13 +508,11 @@ class Columns:
                 pk[j] = None
             if "" in sources:  # an empty id is not cut out of keys
                 pk = [None if not src else k for k, src in zip(pk, sources)]
-        if known is None:
 
-            def unique(j: int) -> bool:
-                return len(set(groups[j])) == len(groups[j])
+        def unique(j: int) -> bool:
+            return len(set(groups[j])) == len(groups[j])
 
-        if hits is None:
-            hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
+        hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
         is_miss = np.fromiter(map(operator.is_, hits, repeat(_MISS)), dtype=bool, count=len(hits))
         miss = (
             [j for j in np.flatnonzero(is_miss).tolist() if j not in simple]
@@ -544,6 +536,43 @@ class Columns:
             if not unique(j):
                 hits[j] = _DUPLICATE
         interning = [j for k, j in firsts.items() if k not in duplicated]
+        interning += [j for j in uncached if hits[j] is _MISS]
+        return pk, hits, sorted(interning)
+
+    def _known_shapes(
+        self, known: tuple[list[object], bytes, list[object], bytes], simple: set[int]
+    ) -> tuple[list[object], list[object], list[int]]:
+        """:meth:`shapes` from ``known`` (``resumelog._native.shape_keys``): the same
+        lists, worked out once per distinct key with its numbers (``which``), not once
+        per state."""
+        patterns = self._patterns
+        pk, distinct, uniq, which = known
+        w = np.frombuffer(which, dtype=np.int32)  # (-1: the key is None, not cached)
+        if patterns is not None:  # each distinct key looked up once
+            found = [*map(patterns.get, uniq, repeat(_MISS)), _MISS]
+        else:
+            found = [_MISS] * (len(uniq) + 1)
+        hits = list(map(found.__getitem__, w.tolist()))
+        missed = np.fromiter(map(operator.is_, found, repeat(_MISS)), dtype=bool, count=len(found))
+        miss = np.flatnonzero(missed[w])
+        if simple:
+            miss = miss[~np.isin(miss, np.fromiter(simple, dtype=np.int64, count=len(simple)))]
+        mw = w[miss]
+        keyed = mw >= 0
+        numbers, first = np.unique(mw[keyed], return_index=True)
+        firsts = miss[keyed][first].tolist()  # each key's first state
+        duplicated = [u for u, j in zip(numbers.tolist(), firsts) if not distinct[j]]
+        if duplicated:
+            assert patterns is not None  # (a key is cached only where there is a cache)
+            for u in duplicated:
+                patterns[uniq[u]] = _DUPLICATE
+            for j in miss[np.isin(mw, duplicated)].tolist():
+                hits[j] = _DUPLICATE
+        uncached = miss[~keyed].tolist()
+        for j in uncached:
+            if not distinct[j]:
+                hits[j] = _DUPLICATE
+        interning = [j for j in firsts if hits[j] is _MISS]
         interning += [j for j in uncached if hits[j] is _MISS]
         return pk, hits, sorted(interning)
 
