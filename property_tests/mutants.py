@@ -372,8 +372,8 @@ MUTANTS += [
     Mutant(
         "native_keys_taken_as_distinct",
         "_fastfold.py",
-        "            unique = distinct.__getitem__\n",
-        "            unique = lambda j: True  # mutant: every state's keys taken as distinct\n",
+        "        pk, distinct, uniq, which = known\n",
+        "        pk, _, uniq, which = known\n        distinct = b'\\x01' * len(pk)  # mutant: every state's keys taken as distinct\n",
         "the compiled kernels' path completes in bulk a state that wrote a key twice",
     ),
     Mutant(
@@ -384,9 +384,24 @@ MUTANTS += [
         "a batch with a late record leaves the states it numbered in the fast path's index",
     ),
     Mutant(
+        "fast_path_forgets_the_run_of_a_general_batch",
+        "_fastfold.py",
+        "                buf.base_pos.append(where[k[1]])\n                buf.runs.add(run)\n",
+        "                buf.base_pos.append(where[k[1]])\n",
+        "the fast path takes a round's fresh states for one run's although a batch with a pending state "
+        "numbered some of another run",
+    ),
+    Mutant(
+        "fast_path_completes_for_a_damaged_run",
+        "_fastfold.py",
+        "            ok &= one_run not in ev.damaged\n",
+        "            pass  # mutant: the one run's damage not checked\n",
+        "the fast path completes in bulk the sources of a damaged run (all fresh states of that one run)",
+    ),
+    Mutant(
         "fast_path_source_fresh_in_two_runs",
         "_fastfold.py",
-        "    if n and runs.count(runs[0]) != n and len(set(srcs)) != n:",
+        "    if runs is not None and len(set(srcs)) != n:",
         "    if False:",
         "the fast path completes in bulk a source fresh in two runs (which run holds it is the reference rule's)",
     ),

@@ -365,6 +365,23 @@ def test_a_pending_state_touched_after_a_fresh_one_keeps_the_evaluation_order():
     )
 
 
+def test_fresh_states_of_two_runs_numbered_by_both_ways_keep_their_runs():
+    """In one round r1's fresh state ``a`` is numbered the common way, and r2's ``b``
+    by the way of a batch with a pending state (``p``, touched first in the round):
+    the round holds two runs, and each completion keeps its own."""
+    touch = Batch(["p"], [0], ["0_p_x"], [0], b"\0")
+    mixed = batch_of(
+        [
+            ("p", [("0_p_y", 0, 0)]),
+            ("b", [("0_b", 1, EMISSION), ("0_b_0", 1, 0), ("0_b_0_0", -1, 0), ("0_b_1_0", -1, 0)]),
+        ]
+    )
+    ops = [("segment", 2, [drained(pending=("p",))], False), ("finish", True)]
+    ops += [("segment", 2, [touch], False), ("segment", 0, [drained("a")], False), ("segment", 4, [mixed], False)]
+    for columns in (False, True):
+        compare([*ops, ("finish", True)], columns=columns)
+
+
 def test_a_large_drained_journal_completes_in_bulk(monkeypatch):
     """The common case at a realistic size, through the real thresholds: the fast path
     is taken (no state is pending before the evaluation) and equals the reference."""

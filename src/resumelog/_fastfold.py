@@ -122,7 +122,7 @@ class Buffer:
     """The fresh states (``dkeys[gid] = (run, source)``, ``index`` the inverse) and the
     columns of their records, one array per batch, in fold order."""
 
-    __slots__ = ("base_pos", "deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "streams")
+    __slots__ = ("base_pos", "deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "runs", "streams")
 
     def __init__(self) -> None:
         self.clear()
@@ -137,6 +137,8 @@ class Buffer:
         """Each fresh state's source's position in the fold's base, or ``-1`` (looked up
         once, when the state is numbered: the base changes only between evaluations)."""
         self.index: dict[tuple[str, str], int] = {}
+        self.runs: set[str] = set()
+        """The runs of ``dkeys``."""
         self.gids: list[Any] = []
         self.keys: list[list[str] | KeySpans] = []
         self.deltas: list[Any] = []
@@ -185,6 +187,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
                     return False  # a late record: the reference loop reopens the completion
                 buf.dkeys.extend(new)
                 buf.base_pos.extend(pos)
+                buf.runs.add(run)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
         if isinstance(batch, ColumnBatch):
             batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
@@ -205,6 +208,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
                 return False  # a late record: the reference loop reopens the completion
             buf.dkeys.extend(fresh)
             buf.base_pos.extend(pos)
+            buf.runs.add(run)
             index.update(zip(fresh, range(start, start + len(fresh))))
         if len(fresh) == len(ks):  # (all new: numbered in order)
             local = list(range(start, start + len(ks)))
@@ -257,6 +261,7 @@ def _apply_general(
                 g = index[k] = len(dkeys)
                 dkeys.append(k)
                 buf.base_pos.append(where[k[1]])
+                buf.runs.add(run)
             local[i] = g
         elif g == _EXACT:
             touched[ks[i]] = exact[i]
@@ -347,6 +352,7 @@ class Columns:
         "emitted",
         "keys",
         "safe",
+        "sources",
         "starts",
         "sums",
     )
@@ -401,7 +407,9 @@ class Columns:
         self._streams: Any = None
         self._stream_list: list[int] | None = None
         self._touching: Any = None
-        self._marks, self._patterns = _patterns(caches, list(map(_SOURCE, buf.dkeys)))
+        self.sources: list[str] = list(map(_SOURCE, buf.dkeys))
+        """Each state's source."""
+        self._marks, self._patterns = _patterns(caches, self.sources)
 
     @property
     def deltas(self) -> list[int]:
@@ -656,10 +664,12 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     state), as :attr:`_Evaluation.evaluate` would one by one; see the module docstring."""
     from resumelog.algebra import SourceRunState
 
-    dkeys = state._deferred.dkeys
+    buf = state._deferred
+    dkeys = buf.dkeys
     n = len(dkeys)
-    runs = list(map(_RUN, dkeys))
-    srcs = list(map(_SOURCE, dkeys))
+    one_run = next(iter(buf.runs)) if len(buf.runs) == 1 else None  # (the common case: no list of runs)
+    runs = None if one_run is not None else list(map(_RUN, dkeys))
+    srcs = cols.sources
     starts = cols.starts
     # Which states may complete without the reference rule: decided once, since nothing
     # the evaluation does changes it for a source that is in one fresh state only.
@@ -667,17 +677,20 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     if ev.added:
         ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)
     if ev.damaged:
-        ok &= ~np.fromiter(map(ev.damaged.__contains__, runs), dtype=bool, count=n)
+        if runs is None:
+            ok &= one_run not in ev.damaged
+        else:
+            ok &= ~np.fromiter(map(ev.damaged.__contains__, runs), dtype=bool, count=n)
     resets = ev.resets
     if resets:
         ok &= ~np.fromiter((r in resets.get(s, ()) for r, s in dkeys), dtype=bool, count=n)
     if ev.check_base:  # (positions found when the states were numbered)
         removed = ev.removed
-        in_base = np.asarray(state._deferred.base_pos, dtype=np.int64) >= 0
+        in_base = np.asarray(buf.base_pos, dtype=np.int64) >= 0
         for g in np.flatnonzero(ok & in_base).tolist():
             if srcs[g] not in removed:
                 ok[g] = False
-    if n and runs.count(runs[0]) != n and len(set(srcs)) != n:  # a source fresh in two runs: the reference rule's
+    if runs is not None and len(set(srcs)) != n:  # a source fresh in two runs: the reference rule's
         seen: dict[str, int] = {}
         for g, src in enumerate(srcs):
             if src in seen:
@@ -706,7 +719,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
     duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
-    crun = list(map(runs.__getitem__, cand))
+    crun: list[str] | str = list(map(runs.__getitem__, cand)) if runs is not None else str(one_run)  # (one run: its id)
     # walk the states in order: runs of bulk completions between the others
     pos = np.full(n + 1, -1, dtype=np.int64)
     pos[cand_arr] = np.arange(len(cand), dtype=np.int64)
@@ -774,7 +787,7 @@ def _complete(
     groups: Sequence[list[str]],
     dgroups: Sequence[tuple[int, ...]],
     csrcs: list[str],
-    crun: list[str],
+    crun: list[str] | str,
     cand: list[int],
     pk: list[object],
     hits: list[object],
@@ -790,7 +803,7 @@ def _complete(
     ev.done.extend(srcs)
     if ev.fresh is not None:
         ev.fresh.update(srcs)
-    ev.added.update(zip(srcs, crun[a:b]))
+    ev.added.update(zip(srcs, repeat(crun) if isinstance(crun, str) else crun[a:b]))
     patterns = cols._patterns
     for j in firsts:  # (in order)
         hits[j] = cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)
@@ -806,7 +819,8 @@ def _complete(
     # shape that an open stream wrote to.
     writers, done_shapes = ev.done_writers, ev.done_shapes
     shaped = [j not in simple for j in js] if simple else [True] * (b - a)
-    done_shapes.update(zip(compress(srcs, shaped), map(operator.itemgetter(0), compress(hits[a:b], shaped))))  # type: ignore[arg-type]
+    shapes = map(operator.itemgetter(0), compress(hits[a:b], shaped) if simple else hits[a:b])  # type: ignore[arg-type]
+    done_shapes.update(zip(compress(srcs, shaped) if simple else srcs, shapes))
     wrote = cols.touching(ev.open_streams)[cand[a:b]].tolist() if ev.open_streams else [False] * (b - a)
     keep = list(map(operator.and_, wrote, shaped))
     if any(keep):
