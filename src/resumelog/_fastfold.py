@@ -818,11 +818,16 @@ def _complete(
     # order). A completion with a shape: shape set. Writers: set for a completion with a
     # shape that an open stream wrote to.
     writers, done_shapes = ev.done_writers, ev.done_shapes
-    shaped = [j not in simple for j in js] if simple else [True] * (b - a)
-    shapes = map(operator.itemgetter(0), compress(hits[a:b], shaped) if simple else hits[a:b])  # type: ignore[arg-type]
-    done_shapes.update(zip(compress(srcs, shaped) if simple else srcs, shapes))
-    wrote = cols.touching(ev.open_streams)[cand[a:b]].tolist() if ev.open_streams else [False] * (b - a)
-    keep = list(map(operator.and_, wrote, shaped))
+    shaped = [j not in simple for j in js] if simple else None
+    if shaped is None:
+        done_shapes.update(zip(srcs, map(operator.itemgetter(0), hits[a:b])))  # type: ignore[arg-type]
+    else:
+        done_shapes.update(zip(compress(srcs, shaped), map(operator.itemgetter(0), compress(hits[a:b], shaped))))  # type: ignore[arg-type]
+    if not ev.open_streams:
+        return  # (every stream closed: no writers to name)
+    keep = cols.touching(ev.open_streams)[cand[a:b]].tolist()
+    if shaped is not None:
+        keep = list(map(operator.and_, keep, shaped))
     if any(keep):
         streams, starts, ordered = cols.stream_list(), cols.starts, ev.ordered
         for j in compress(js, keep):
