@@ -399,6 +399,14 @@ MUTANTS += [
         "the fast path completes in bulk the sources of a damaged run (all fresh states of that one run)",
     ),
     Mutant(
+        "fast_path_misses_a_late_record",
+        "_fastfold.py",
+        "    if added and run in map(added.get, sources):  # (C loops)\n",
+        "    if False:  # mutant: a late record numbered as a fresh state\n",
+        "the fast path numbers a fresh state for a source its run completed (a late record, which must reopen "
+        "the completion through the reference loop)",
+    ),
+    Mutant(
         "fast_path_source_fresh_in_two_runs",
         "_fastfold.py",
         "    if runs is not None and len(set(srcs)) != n:",
