@@ -424,7 +424,7 @@ class Columns:
         if self._ordinals is None:
             buf = self._buf
             o = [
-                np.arange(first, first + len(g), dtype=np.int64) if isinstance(first, int) else first
+                first if isinstance(first, np.ndarray) else np.arange(first, first + len(g), dtype=np.int64)
                 for first, g in zip(buf.ordinals, buf.gids)
             ]
             self._ordinals = np.concatenate(o)[self._order] if o else np.zeros(0, dtype=np.int64)
