@@ -719,7 +719,12 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
     duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
-    crun: list[str] | str = list(map(runs.__getitem__, cand)) if runs is not None else str(one_run)  # (one run: its id)
+    crun: list[str] | str  # each candidate's run, or the one run of them all
+    if one_run is not None:
+        crun = one_run
+    else:
+        assert runs is not None
+        crun = list(map(runs.__getitem__, cand))
     # walk the states in order: runs of bulk completions between the others
     pos = np.full(n + 1, -1, dtype=np.int64)
     pos[cand_arr] = np.arange(len(cand), dtype=np.int64)
