@@ -328,6 +328,19 @@ fail:
     return out;
 }
 
+/* ``obj``'s buffer as native int64 in *view, their number in *n: 0, or -1 with an error
+ * (``message`` if its size is not a multiple of 8; nothing held) */
+static int int64_view(PyObject *obj, Py_buffer *view, Py_ssize_t *n, const char *message) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) return -1;
+    if (view->len % 8) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, message);
+        return -1;
+    }
+    *n = view->len / 8;
+    return 0;
+}
+
 /* The spans of a blob of keys and their ends (native int64, ascending, within the blob):
  * key i is blob[ends[i - 1]:ends[i]] (ends[-1] = 0). */
 typedef struct {
@@ -468,12 +481,8 @@ static PyObject *take_spans(PyObject *self, PyObject *const *args, Py_ssize_t na
             start[k] = sp[j].data + lo;
             size[k] = (uint32_t)len;
         }
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) goto done;
-    if (view.len % 8) {
-        PyErr_SetString(PyExc_ValueError, "take_spans: order is not int64");
-        goto done;
-    }
-    Py_ssize_t n = view.len / 8;
+    Py_ssize_t n;
+    if (int64_view(args[1], &view, &n, "take_spans: order is not int64") < 0) goto done;
     const int64_t *order = (const int64_t *)view.buf;
     for (Py_ssize_t k = 0; k < n; k++) {
         if (order[k] < 0 || order[k] >= total) {
@@ -594,14 +603,8 @@ static int deltas_get(PyObject *obj, DeltaCol *c) {
         c->n = PyList_GET_SIZE(obj);
         return 0;
     }
-    if (PyObject_GetBuffer(obj, &c->view, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    if (c->view.len % 8) {
-        PyBuffer_Release(&c->view);
-        PyErr_SetString(PyExc_ValueError, "shape_keys: deltas are not int64");
-        return -1;
-    }
+    if (int64_view(obj, &c->view, &c->n, "shape_keys: deltas are not int64") < 0) return -1;
     c->v = (const int64_t *)c->view.buf;
-    c->n = c->view.len / 8;
     return 0;
 }
 
@@ -1036,15 +1039,8 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     int listed = PyList_Check(source_index); /* (else native int64: a ColumnBatch's) */
     Py_buffer ixv = {0};
-    if (!listed) {
-        if (PyObject_GetBuffer(source_index, &ixv, PyBUF_SIMPLE) < 0) return NULL;
-        if (ixv.len % 8) {
-            PyBuffer_Release(&ixv);
-            PyErr_SetString(PyExc_ValueError, "number_states: source_index is not int64");
-            return NULL;
-        }
-    }
-    Py_ssize_t ns = PyList_GET_SIZE(sources), n = listed ? PyList_GET_SIZE(source_index) : ixv.len / 8;
+    Py_ssize_t ns = PyList_GET_SIZE(sources), n = listed ? PyList_GET_SIZE(source_index) : 0;
+    if (!listed && int64_view(source_index, &ixv, &n, "number_states: source_index is not int64") < 0) return NULL;
     int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
     PyObject *fresh = NULL, *gid = NULL;
     if (local == NULL) {
@@ -1137,13 +1133,9 @@ static PyObject *take(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     }
     PyObject *items = args[0];
     Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
-    if (view.len % 8) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "take: order is not int64");
-        return NULL;
-    }
-    Py_ssize_t n = view.len / 8, size = PyList_GET_SIZE(items);
+    Py_ssize_t n;
+    if (int64_view(args[1], &view, &n, "take: order is not int64") < 0) return NULL;
+    Py_ssize_t size = PyList_GET_SIZE(items);
     const int64_t *order = (const int64_t *)view.buf;
     PyObject *out = PyList_New(n);
     if (out == NULL) {
