@@ -372,8 +372,8 @@ MUTANTS += [
     Mutant(
         "native_keys_taken_as_distinct",
         "_fastfold.py",
-        "        pk, distinct, uniq, which = known\n",
-        "        pk, _, uniq, which = known\n        distinct = b'\\x01' * len(pk)  # mutant: every state's keys taken as distinct\n",
+        "            pk, distinct, uniq, which = known\n",
+        "            pk, _, uniq, which = known\n            distinct = b'\\x01' * len(pk)  # mutant: every state's keys taken as distinct\n",
         "the compiled kernels' path completes in bulk a state that wrote a key twice",
     ),
     Mutant(

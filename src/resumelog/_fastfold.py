@@ -498,10 +498,11 @@ class Columns:
         ``known``: the keys, whether each state's keys are distinct, the distinct keys
         and each state's number among them, computed already
         (``resumelog._native.shape_keys``)."""
-        if known is not None:
-            return self._known_shapes(known, simple)
-        patterns = self._patterns
         pk: list[object]
+        if known is not None:
+            pk, distinct, uniq, which = known
+            return self._shapes_of(pk, uniq, np.frombuffer(which, dtype=np.int32), distinct.__getitem__, simple)
+        patterns = self._patterns
         if patterns is None:
             pk = [None] * len(groups)
         else:
@@ -516,60 +517,39 @@ class Columns:
                 pk[j] = None
             if "" in sources:  # an empty id is not cut out of keys
                 pk = [None if not src else k for k, src in zip(pk, sources)]
+        numbers: dict[object, int] = {}  # the distinct keys, numbered as shape_keys numbers them
+        which = np.fromiter(
+            (-1 if k is None else numbers.setdefault(k, len(numbers)) for k in pk), dtype=np.int32, count=len(pk)
+        )
 
         def unique(j: int) -> bool:
             return len(set(groups[j])) == len(groups[j])
 
-        hits = list(map(patterns.get, pk, repeat(_MISS))) if patterns is not None else [_MISS] * len(groups)
-        is_miss = np.fromiter(map(operator.is_, hits, repeat(_MISS)), dtype=bool, count=len(hits))
-        miss = (
-            [j for j in np.flatnonzero(is_miss).tolist() if j not in simple]
-            if simple
-            else np.flatnonzero(is_miss).tolist()
-        )
-        back = miss[::-1]
-        firsts = dict(zip(map(pk.__getitem__, back), back))  # key -> its first state
-        firsts.pop(None, None)
-        uncached = list(compress(miss, map(operator.is_, map(pk.__getitem__, miss), repeat(None))))
-        duplicated = set()
-        for k, j in firsts.items():
-            if not unique(j):
-                duplicated.add(k)
-                patterns[k] = _DUPLICATE  # type: ignore[index]
-        if duplicated:
-            for j in miss:
-                if pk[j] in duplicated:
-                    hits[j] = _DUPLICATE
-        for j in uncached:
-            if not unique(j):
-                hits[j] = _DUPLICATE
-        interning = [j for k, j in firsts.items() if k not in duplicated]
-        interning += [j for j in uncached if hits[j] is _MISS]
-        return pk, hits, sorted(interning)
+        return self._shapes_of(pk, list(numbers), which, unique, simple)
 
-    def _known_shapes(
-        self, known: tuple[list[object], bytes, list[object], bytes], simple: set[int]
+    def _shapes_of(
+        self, pk: list[object], uniq: list[object], which: Any, unique: Callable[[int], object], simple: set[int]
     ) -> tuple[list[object], list[object], list[int]]:
-        """:meth:`shapes` from ``known`` (``resumelog._native.shape_keys``): the same
-        lists, worked out once per distinct key with its numbers (``which``), not once
-        per state."""
+        """:meth:`shapes` from each state's key ``pk``, the distinct keys ``uniq`` and
+        each state's number among them (``which``, int32; ``-1``: the key is ``None``):
+        the lists are worked out once per distinct key, not once per state. ``unique(j)``
+        tells whether state ``j``'s keys are distinct (asked of each key's first state
+        not cached, and of each state whose key cannot be cached)."""
         patterns = self._patterns
-        pk, distinct, uniq, which = known
-        w = np.frombuffer(which, dtype=np.int32)  # (-1: the key is None, not cached)
         if patterns is not None:  # each distinct key looked up once
             found = [*map(patterns.get, uniq, repeat(_MISS)), _MISS]
         else:
             found = [_MISS] * (len(uniq) + 1)
-        hits = list(map(found.__getitem__, w.tolist()))
+        hits = list(map(found.__getitem__, which.tolist()))
         missed = np.fromiter(map(operator.is_, found, repeat(_MISS)), dtype=bool, count=len(found))
-        miss = np.flatnonzero(missed[w])
+        miss = np.flatnonzero(missed[which])
         if simple:
             miss = miss[~np.isin(miss, np.fromiter(simple, dtype=np.int64, count=len(simple)))]
-        mw = w[miss]
+        mw = which[miss]
         keyed = mw >= 0
         numbers, first = np.unique(mw[keyed], return_index=True)
         firsts = miss[keyed][first].tolist()  # each key's first state
-        duplicated = [u for u, j in zip(numbers.tolist(), firsts) if not distinct[j]]
+        duplicated = [u for u, j in zip(numbers.tolist(), firsts) if not unique(j)]
         if duplicated:
             assert patterns is not None  # (a key is cached only where there is a cache)
             for u in duplicated:
@@ -578,7 +558,7 @@ class Columns:
                 hits[j] = _DUPLICATE
         uncached = miss[~keyed].tolist()
         for j in uncached:
-            if not distinct[j]:
+            if not unique(j):
                 hits[j] = _DUPLICATE
         interning = [j for j in firsts if hits[j] is _MISS]
         interning += [j for j in uncached if hits[j] is _MISS]
