@@ -74,6 +74,7 @@ def ctx(cluster: None) -> Iterator[Any]:
         c.execution_options.preserve_order,
     )
     c.enable_progress_bars = False
+    rd.ResumelogCheckpointManager.last_ingest = None  # another module's, maybe of another Ray session
     yield c
     (
         c.checkpoint_config,

@@ -28,7 +28,8 @@ from resumelog import compactor
 from resumelog import paths as _paths
 from resumelog.checkpoint import Checkpoint, WriterHandle
 from resumelog.checkpoint import open as _open_checkpoint
-from resumelog.errors import CheckpointReplaced, ObjectNotFound
+from resumelog.errors import CheckpointReplaced, ObjectNotFound, StorageError
+from resumelog.ray_data._checkpoint_fs import fence_ray_delete
 from resumelog.ray_data._common import UnfilterableDataset
 from resumelog.ray_data._filter import _IdMatcher, completed_ids
 
@@ -56,7 +57,9 @@ class ResumelogCheckpointConfig(CheckpointConfig):  # type: ignore[misc]
     whole ``checkpoint_path`` (resumelog's part included) after a successful run, and
     it stays deleted: a background ingest still running then writes into the deleted
     checkpoint's epoch, which no reader counts (RFC 0004), so the next job processes
-    every row.
+    every row. For that, the config's ``filesystem`` is wrapped
+    (:mod:`~resumelog.ray_data._checkpoint_fs`): the delete removes resumelog's
+    ``meta.msgpack`` first, and a still-writing ingest cannot make it stop part-way.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class ResumelogCheckpointConfig(CheckpointConfig):  # type: ignore[misc]
         )
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self.ingest = ingest
+        fence_ray_delete(self)
 
     @property
     def resumelog_url(self) -> str:
@@ -113,11 +117,15 @@ def _ingest(
     new: list[str] = pc.cast(ids, pa.large_string()).to_pylist()
     if new:
         w = handle.writer()
-        w.complete_many(new)
-        w.close()
         try:
+            w.complete_many(new)
+            w.close()
             compactor.compact(w.store, progress=False, expect_epoch=handle.epoch)
-        except CheckpointReplaced as exc:
+        except (CheckpointReplaced, StorageError) as exc:
+            # a write failing because Ray's delete removed its directory is the same
+            # news as the compaction's refusal: this epoch is gone
+            if not isinstance(exc, CheckpointReplaced) and compactor.read_epoch(w.store) == handle.epoch:
+                raise
             logger.info("resumelog: the checkpoint was deleted while Ray's id files were folded: %s", exc)
             return 0
     if delete:
@@ -161,6 +169,7 @@ class ResumelogCheckpointManager(CheckpointManager):  # type: ignore[misc]
     """The ``ObjectRef`` of the last background ingest started in this process."""
 
     def __init__(self, checkpoint_config: Any, data_context: Any) -> None:
+        fence_ray_delete(checkpoint_config)  # a plain CheckpointConfig naming this class too
         super().__init__(checkpoint_config=checkpoint_config, data_context=data_context)
         self.resumelog_url = _resumelog_url(checkpoint_config)
         self.storage_options: dict[str, Any] = dict(getattr(checkpoint_config, "storage_options", None) or {})
