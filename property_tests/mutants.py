@@ -351,9 +351,24 @@ MUTANTS += [
     Mutant(
         "fast_path_completes_a_complete_source",
         "_fastfold.py",
-        "    if ev.added:\n        ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)\n",
+        "    ok[buf.in_added] = False\n",
         "",
-        "the fast path completes a source another run completed in the same evaluation",
+        "the fast path completes a source another run had completed when its fresh state was numbered",
+    ),
+    Mutant(
+        "fast_path_misses_a_touched_completion",
+        "_fastfold.py",
+        "    since = {*ev.done, *map(_SOURCE, ev.took)}\n",
+        "    since: set[str] = set()\n",
+        "the fast path completes a source a touched state completed earlier in the same evaluation",
+    ),
+    Mutant(
+        "fast_path_misses_a_touched_take_over",
+        "_fastfold.py",
+        "    since = {*ev.done, *map(_SOURCE, ev.took)}\n",
+        "    since = set(ev.done)\n",
+        "the fast path completes a source whose completion of the base a touched state took over earlier in "
+        "the same evaluation",
     ),
     Mutant(
         "fast_path_ignores_repeated_keys",
@@ -401,8 +416,8 @@ MUTANTS += [
     Mutant(
         "fast_path_misses_a_late_record",
         "_fastfold.py",
-        "    if added and run in map(added.get, sources):  # (C loops)\n",
-        "    if False:  # mutant: a late record numbered as a fresh state\n",
+        "            if run in runs:\n",
+        "            if False:  # mutant: a late record numbered as a fresh state\n",
         "the fast path numbers a fresh state for a source its run completed (a late record, which must reopen "
         "the completion through the reference loop)",
     ),

@@ -344,6 +344,26 @@ def test_a_completion_taken_over_is_pending_after_the_fresh_states():
     )
 
 
+def test_a_source_completed_by_a_touched_state_in_the_evaluation_of_a_fresh_one():
+    """``s0`` is pending in one run; a round drains it there (a touched state) and
+    drains it fresh in another run. The touched state completes first, in the same
+    evaluation: the fresh state, numbered while ``s0`` was not complete, must not
+    complete in bulk (the larger run keeps its drained state pending; the smaller one
+    takes the completion over)."""
+    for held, fresh in ((0, 2), (2, 0)):
+        ops = [("segment", held, [drained(pending=("s0",))], False), ("finish", True)]
+        ops += [("segment", held, [closing("s0")], False), ("segment", fresh, [drained("s0", "s1")], False)]
+        for columns in (False, True):
+            compare([*ops, ("finish", True)], columns=columns)
+    # the touched state takes over a completion of the base (r2's): r3's fresh state,
+    # numbered while the base held ``s0``, must not complete in bulk either
+    ops = [("segment", 2, [drained("s0")], False), ("finish", True)]
+    ops += [("segment", 0, [drained(pending=("s0",))], False), ("roundtrip",)]
+    ops += [("segment", 0, [closing("s0")], False), ("segment", 3, [drained("s0", "s1")], False)]
+    for columns in (False, True):
+        compare([*ops, ("finish", True)], columns=columns)
+
+
 def test_a_pending_state_touched_after_a_fresh_one_keeps_the_evaluation_order():
     """``s0`` is pending from an earlier evaluation; a batch enters ``s1`` (fresh) and
     then drains ``s0``: the reference touches ``s1`` first, so it completes first."""

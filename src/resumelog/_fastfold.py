@@ -122,7 +122,19 @@ class Buffer:
     """The fresh states (``dkeys[gid] = (run, source)``, ``index`` the inverse) and the
     columns of their records, one array per batch, in fold order."""
 
-    __slots__ = ("base_pos", "deltas", "dkeys", "flags", "gids", "index", "keys", "ordinals", "runs", "streams")
+    __slots__ = (
+        "base_pos",
+        "deltas",
+        "dkeys",
+        "flags",
+        "gids",
+        "in_added",
+        "index",
+        "keys",
+        "ordinals",
+        "runs",
+        "streams",
+    )
 
     def __init__(self) -> None:
         self.clear()
@@ -136,6 +148,10 @@ class Buffer:
         self.base_pos: list[int] = []
         """Each fresh state's source's position in the fold's base, or ``-1`` (looked up
         once, when the state is numbered: the base changes only between evaluations)."""
+        self.in_added: list[int] = []
+        """The fresh states whose source was in :attr:`FoldState.added
+        <resumelog.algebra.FoldState.added>` when they were numbered (looked up then,
+        for the late-record test; :func:`evaluate` adds what was put there since)."""
         self.index: dict[tuple[str, str], int] = {}
         self.runs: set[str] = set()
         """The runs of ``dkeys``."""
@@ -180,14 +196,12 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
             gid, new = numbered
             if new:
-                pos = _base_positions(state, run, list(map(_SOURCE, new)))
-                if pos is None:
+                found = _base_positions(state, run, list(map(_SOURCE, new)))
+                if found is None:
                     for k in new:  # (numbered in index already: change nothing)
                         del index[k]
                     return False  # a late record: the reference loop reopens the completion
-                buf.dkeys.extend(new)
-                buf.base_pos.extend(pos)
-                buf.runs.add(run)
+                _number(buf, run, new, *found)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
         if isinstance(batch, ColumnBatch):
             batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
@@ -203,12 +217,10 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         fresh = [k for k, g in zip(ks, gs) if g is None]
         start = len(buf.dkeys)
         if fresh:
-            pos = _base_positions(state, run, [src for _, src in fresh])
-            if pos is None:
+            found = _base_positions(state, run, [src for _, src in fresh])
+            if found is None:
                 return False  # a late record: the reference loop reopens the completion
-            buf.dkeys.extend(fresh)
-            buf.base_pos.extend(pos)
-            buf.runs.add(run)
+            _number(buf, run, fresh, *found)
             index.update(zip(fresh, range(start, start + len(fresh))))
         if len(fresh) == len(ks):  # (all new: numbered in order)
             local = list(range(start, start + len(ks)))
@@ -247,10 +259,11 @@ def _apply_general(
         local.append(_NEW)
         new.append(src)
         fresh_before = True
-    pos = _base_positions(state, run, new)
-    if pos is None:
+    found = _base_positions(state, run, new)
+    if found is None:
         return False  # a late record: the reference loop reopens the completion
-    where = dict(zip(new, pos))
+    where = dict(zip(new, found[0]))
+    in_added = set(map(new.__getitem__, found[1]))
     # 2. number the fresh states and touch the others, in the batch's order
     dkeys = buf.dkeys
     for i, g in enumerate(local):
@@ -262,10 +275,22 @@ def _apply_general(
                 dkeys.append(k)
                 buf.base_pos.append(where[k[1]])
                 buf.runs.add(run)
+                if k[1] in in_added:
+                    buf.in_added.append(g)
             local[i] = g
         elif g == _EXACT:
             touched[ks[i]] = exact[i]
     return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
+
+
+def _number(buf: Buffer, run: str, new: list[tuple[str, str]], pos: list[int], in_added: list[int]) -> None:
+    """Append the fresh states ``new`` of ``run`` (numbered in order from
+    ``len(buf.dkeys)``), with what :func:`_base_positions` found of their sources."""
+    first = len(buf.dkeys)
+    buf.dkeys.extend(new)
+    buf.base_pos.extend(pos)
+    buf.in_added.extend(i + first for i in in_added)
+    buf.runs.add(run)
 
 
 def _gids(local: list[int], batch: Batch) -> Any:
@@ -273,22 +298,29 @@ def _gids(local: list[int], batch: Batch) -> Any:
     return np.asarray(local, dtype=np.int64)[np.asarray(batch.source_index, dtype=np.intp)]
 
 
-def _base_positions(state: FoldState, run: str, sources: list[str]) -> list[int] | None:
+def _base_positions(state: FoldState, run: str, sources: list[str]) -> tuple[list[int], list[int]] | None:
     """The positions of the sources of new fresh states of ``run`` in the fold's base
-    (``-1``: not there), or ``None`` if ``run`` completed one of them: a late record,
-    which reopens the completion (:meth:`FoldState.completed_run
+    (``-1``: not there) and the indexes of those in :attr:`FoldState.added
+    <resumelog.algebra.FoldState.added>` (completed by another run: for
+    :attr:`Buffer.in_added`), or ``None`` if ``run`` completed one of them: a late
+    record, which reopens the completion (:meth:`FoldState.completed_run
     <resumelog.algebra.FoldState.completed_run>` of each, the base looked up in bulk)."""
     base = state.base
     pos = base.find_many(sources) if base.count else [-1] * len(sources)
     added, removed = state.added, state.removed
-    if added and run in map(added.get, sources):  # (C loops)
-        return None
+    in_added: list[int] = []
+    if added:
+        runs = list(map(added.get, sources))  # (C loops)
+        if any(runs):
+            if run in runs:
+                return None
+            in_added = [i for i, r in enumerate(runs) if r is not None]
     if base.count:
         for i in compress(range(len(pos)), map((-1).__lt__, pos)):  # those in the base
             src = sources[i]
             if src not in added and src not in removed and state._run_name(base.run_at(pos[i])) == run:
                 return None
-    return pos
+    return pos, in_added
 
 
 def _apply_records(
@@ -654,8 +686,16 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     # Which states may complete without the reference rule: decided once, since nothing
     # the evaluation does changes it for a source that is in one fresh state only.
     ok = (cols.sums == 0) & cols.emitted
-    if ev.added:
-        ok &= ~np.fromiter(map(ev.added.__contains__, srcs), dtype=bool, count=n)
+    # Complete already (in ``added``: ``check_base`` below tells for the base): the
+    # sources found there when their states were numbered, and those put there since,
+    # which only this evaluation's touched states can have done: every other operation
+    # that adds to it (a late record, a reset, damage...) makes the fresh states
+    # pending first (``FoldState.drain``), and the bulk completions below come after.
+    ok[buf.in_added] = False
+    since = {*ev.done, *map(_SOURCE, ev.took)}
+    if since:
+        index = buf.index
+        ok[[g for r in buf.runs for g in map(index.get, zip(repeat(r), since)) if g is not None]] = False
     if ev.damaged:
         if runs is None:
             ok &= one_run not in ev.damaged

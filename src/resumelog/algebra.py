@@ -553,6 +553,8 @@ class FoldState:
         so a later different value for one of their keys is a conflict: conservative,
         never falsely complete.
         """
+        # (no fresh state waits: the fast path's evaluation relies on it, see Buffer.in_added)
+        assert not self._deferred, "a late record with fresh states waiting: drain first"
         entries = self.done_entries_of(source)
         old = entries.get(key)
         if old == delta:
