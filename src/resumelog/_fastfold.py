@@ -69,7 +69,7 @@ import operator
 import os
 from collections.abc import Callable, Collection, Sequence
 from itertools import compress, repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resumelog._columns import ColumnBatch, KeySpans
 from resumelog._compiled import native
@@ -376,7 +376,7 @@ class Columns:
         "_order",
         "_ordinals",
         "_patterns",
-        "_stream_list",
+        "_starts",
         "_streams",
         "_touching",
         "counts",
@@ -437,7 +437,7 @@ class Columns:
         self._order = order
         self._ordinals: Any = None
         self._streams: Any = None
-        self._stream_list: list[int] | None = None
+        self._starts = starts
         self._touching: Any = None
         self.sources: list[str] = list(map(_SOURCE, buf.dkeys))
         """Each state's source."""
@@ -478,11 +478,23 @@ class Columns:
         """Records ``a..b-1``'s streams."""
         return self._stream_column()[a:b].tolist()  # type: ignore[no-any-return]
 
-    def stream_list(self) -> list[int]:
-        """Every record's stream, in state order (a list, made once per evaluation)."""
-        if self._stream_list is None:
-            self._stream_list = self._stream_column().tolist()
-        return self._stream_list
+    def stream_tuples(self, states: list[int]) -> list[tuple[int, ...]]:
+        """The streams of each of ``states``'s records (in state order), worked out for
+        their records only: the batch of each, a batch's records sharing its stream."""
+        g = np.asarray(states, dtype=np.int64)
+        lo, n = self._starts[g], np.diff(self._starts)[g]
+        off = np.zeros(len(g) + 1, dtype=np.int64)
+        np.cumsum(n, out=off[1:])
+        records = np.repeat(lo - off[:-1], n) + np.arange(off[-1], dtype=np.int64)  # (state order)
+        if self._streams is not None:
+            flat = self._streams[records].tolist()
+        else:
+            buf = self._buf
+            ends = np.cumsum(list(map(len, buf.gids)))
+            batch = np.searchsorted(ends, self._order[records], side="right")  # (fold order: the batch)
+            flat = np.asarray(buf.streams, dtype=np.int64)[batch].tolist()
+        o = off.tolist()
+        return list(map(tuple, map(flat.__getitem__, map(slice, o, o[1:]))))
 
     def touching(self, streams: Collection[int]) -> Any:
         """Whether an open stream (one of ``streams``) wrote a record of each state (a
@@ -518,7 +530,7 @@ class Columns:
         sources: list[str],
         simple: set[int],
         known: tuple[list[object], bytes, list[object], bytes] | None = None,
-    ) -> tuple[list[object], list[object], list[int]]:
+    ) -> _Shapes:
         """The shape cache's keys and hits for many states at once (C loops): the
         key is ``None`` where it cannot be cached (no cache, an empty source id); the
         hit is ``_MISS`` where not cached yet, ``_DUPLICATE`` where the keys are not
@@ -561,7 +573,7 @@ class Columns:
 
     def _shapes_of(
         self, pk: list[object], uniq: list[object], which: Any, unique: Callable[[int], object], simple: set[int]
-    ) -> tuple[list[object], list[object], list[int]]:
+    ) -> _Shapes:
         """:meth:`shapes` from each state's key ``pk``, the distinct keys ``uniq`` and
         each state's number among them (``which``, int32; ``-1``: the key is ``None``):
         the lists are worked out once per distinct key, not once per state. ``unique(j)``
@@ -594,7 +606,7 @@ class Columns:
                 hits[j] = _DUPLICATE
         interning = [j for j in firsts if hits[j] is _MISS]
         interning += [j for j in uncached if hits[j] is _MISS]
-        return pk, hits, sorted(interning)
+        return _Shapes(pk, hits, sorted(interning), which, uniq)
 
     def resolve(
         self,
@@ -646,6 +658,21 @@ def _patterns(
                 cache.clear()
             return (sep, cut), cache
     return ("", ""), None
+
+
+class _Shapes(NamedTuple):
+    """:meth:`Columns.shapes` of a round's candidates."""
+
+    pk: list[object]
+    """Each candidate's shape cache key (``None``: it cannot be cached)."""
+    hits: list[object]
+    """Each one's cached ``(shape id, order)``, ``_MISS`` or ``_DUPLICATE``."""
+    firsts: list[int]
+    """In order, those that intern their shape."""
+    which: Any
+    """Each one's number among the distinct keys (int32; ``-1``: key ``None``)."""
+    uniq: list[object]
+    """The distinct keys."""
 
 
 class _Groups(Sequence[Any]):
@@ -736,8 +763,9 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
         dgroups = list(map(tuple, map(cols.deltas.__getitem__, slices)))
     two = np.flatnonzero(cols.counts[cand_arr] == 2).tolist()
     simple = _simple(two, groups, dgroups, csrcs, known)
-    pk, hits, firsts = cols.shapes(groups, dgroups, csrcs, simple, known)
-    duplicate = np.fromiter(map(operator.is_, hits, repeat(_DUPLICATE)), dtype=bool, count=len(hits))
+    shapes = cols.shapes(groups, dgroups, csrcs, simple, known)
+    firsts = shapes.firsts
+    duplicate = np.fromiter(map(operator.is_, shapes.hits, repeat(_DUPLICATE)), dtype=bool, count=len(cand))
     ok[cand_arr[duplicate]] = False  # a key written twice: the reference rule decides
     crun: list[str] | str  # each candidate's run, or the one run of them all
     if one_run is not None:
@@ -756,7 +784,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
             b = a + stop - lo
             lo_first = bisect.bisect_left(firsts, a)
             mine = firsts[lo_first : bisect.bisect_left(firsts, b, lo_first)]
-            _complete(ev, cols, a, b, groups, dgroups, csrcs, crun, cand, pk, hits, mine, simple)
+            _complete(ev, cols, a, b, groups, dgroups, csrcs, crun, cand, shapes, mine, simple)
         if stop < n:
             k = dkeys[stop]
             s = ev.pending[k] = cols.materialize(stop, SourceRunState())
@@ -814,8 +842,7 @@ def _complete(
     csrcs: list[str],
     crun: list[str] | str,
     cand: list[int],
-    pk: list[object],
-    hits: list[object],
+    shapes: _Shapes,
     firsts: list[int],
     simple: set[int],
 ) -> None:
@@ -829,13 +856,29 @@ def _complete(
     if ev.fresh is not None:
         ev.fresh.update(srcs)
     ev.added.update(zip(srcs, repeat(crun) if isinstance(crun, str) else crun[a:b]))
-    patterns = cols._patterns
+    pk, hits = shapes.pk, shapes.hits
     for j in firsts:  # (in order)
         hits[j] = cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)
-    seg = hits[a:b]
-    if patterns is not None:
-        seg = list(map(patterns.get, pk[a:b], seg))  # the states after each first
-    hits[a:b] = seg  # (_MISS left: SIMPLE_COMPLETION states only)
+    # Each candidate's (shape id, order): that of its key in the cache, now that the
+    # firsts above cached theirs (looked up once per key); its own hit where its key
+    # is None. (_MISS left: SIMPLE_COMPLETION states only.)
+    w = shapes.which[a:b]
+    keyed = w >= 0
+    sids = np.zeros(b - a, dtype=np.int64)
+    found: list[object] = []
+    at: Any = None
+    if cols._patterns is not None and keyed.any():
+        us = np.unique(w[keyed])  # (this stretch's keys only: a stretch may be short)
+        found = list(map(cols._patterns.get, map(shapes.uniq.__getitem__, us.tolist()), repeat(_MISS)))
+        sid_of = np.fromiter((h[0] if isinstance(h, tuple) else 0 for h in found), dtype=np.int64, count=len(found))
+        at = np.searchsorted(us, w)
+        sids[keyed] = sid_of[at[keyed]]
+    else:
+        keyed[:] = False
+    for i in np.flatnonzero(~keyed).tolist():
+        h = hits[a + i]
+        sids[i] = h[0] if isinstance(h, tuple) else 0
+
     # Each source is one candidate, not complete (``ok``): it has no done shape nor
     # writers (``FoldState._uncomplete`` pops them), so the one-by-one loop's pops for a
     # SIMPLE_COMPLETION (reserved keys: their deltas never change) or for writers
@@ -845,20 +888,21 @@ def _complete(
     writers, done_shapes = ev.done_writers, ev.done_shapes
     shaped = [j not in simple for j in js] if simple else None
     if shaped is None:
-        done_shapes.update(zip(srcs, map(operator.itemgetter(0), hits[a:b])))  # type: ignore[arg-type]
+        done_shapes.update(zip(srcs, sids.tolist()))
     else:
-        done_shapes.update(zip(compress(srcs, shaped), map(operator.itemgetter(0), compress(hits[a:b], shaped))))  # type: ignore[arg-type]
+        done_shapes.update(zip(compress(srcs, shaped), compress(sids.tolist(), shaped)))
     if not ev.open_streams:
         return  # (every stream closed: no writers to name)
     keep = cols.touching(ev.open_streams)[cand[a:b]].tolist()
     if shaped is not None:
         keep = list(map(operator.and_, keep, shaped))
     if any(keep):
-        streams, starts, ordered = cols.stream_list(), cols.starts, ev.ordered
-        for j in compress(js, keep):
-            g = cand[j]
-            ws = tuple(streams[starts[g] : starts[g + 1]])
-            order = hits[j][1]  # type: ignore[index]
+        ordered = ev.ordered
+        mine = keyed.tolist()
+        at_key = at.tolist() if at is not None else []
+        kept = list(compress(js, keep))
+        for j, ws in zip(kept, cols.stream_tuples(list(map(cand.__getitem__, kept)))):
+            order = (found[at_key[j - a]] if mine[j - a] else hits[j])[1]  # type: ignore[index]
             w = ordered.get((ws, order)) or ev.writers(ws, order)
             if w is None:  # (never: an open stream wrote one of its entries)
                 writers.pop(csrcs[j], None)
