@@ -422,6 +422,14 @@ MUTANTS += [
         "the completion through the reference loop)",
     ),
     Mutant(
+        "fast_path_materializes_with_the_wrong_ordinals",
+        "_fastfold.py",
+        "            int(first[i]) if isinstance(first, np.ndarray) else first + i\n",
+        "            int(first[i]) if isinstance(first, np.ndarray) else first + i + 1\n",
+        "a state the evaluation makes pending, its records worked out alone, gets each record's successor's "
+        "ordinal (the order its records came in)",
+    ),
+    Mutant(
         "fast_path_source_fresh_in_two_runs",
         "_fastfold.py",
         "    if runs is not None and len(set(srcs)) != n:",

@@ -184,9 +184,10 @@ def fingerprint(state: FoldState, warnings: list[str]) -> dict[str, Any]:
 class Fold:
     """One fold driven by the operations (``fast``: every batch may take the fast path)."""
 
-    def __init__(self, fast: bool, rounds: bool, columns: bool = False) -> None:
+    def __init__(self, fast: bool, rounds: bool, columns: bool = False, few: bool = False) -> None:
         self.fast = fast
         self.columns = columns  # batches as the compaction decodes them (ColumnBatch where it can)
+        self.few = few  # states made pending by an evaluation: their records worked out alone
         self.warnings: list[str] = []
         self.state = self.new(FoldState())
         if rounds:
@@ -200,6 +201,7 @@ class Fold:
     def run(self, op: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch) -> object:
         monkeypatch.setattr(_fastfold, "ENABLED", self.fast)
         monkeypatch.setattr(_fastfold, "MIN_RECORDS", 0)
+        monkeypatch.setattr(_fastfold, "FEW_RECORDS", 0 if self.few else 1 << 40)
         kind = op[0]
         st_ = self.state
         if kind == "segment":
@@ -240,11 +242,19 @@ class Fold:
         return encode_snapshot(self.state, None, created_ms=1)
 
 
-def compare(operations: list[tuple[Any, ...]], rounds: bool = False, columns: bool = False) -> None:
+def compare(
+    operations: list[tuple[Any, ...]], rounds: bool = False, columns: bool = False, few: bool | None = None
+) -> None:
     """Run ``operations`` on both paths (``columns``: the fast path's batches decoded as
-    the compaction decodes them); assert equal results and states."""
+    the compaction decodes them; ``few``: the records of states an evaluation makes
+    pending worked out alone or from full columns, both if ``None``); assert equal
+    results and states."""
+    if few is None:
+        for one in (False, True):
+            compare(operations, rounds, columns, one)
+        return
     with pytest.MonkeyPatch.context() as mp:
-        fast, ref = Fold(True, rounds, columns), Fold(False, rounds)
+        fast, ref = Fold(True, rounds, columns, few), Fold(False, rounds)
         for op in operations:
             got, want = fast.run(op, mp), ref.run(op, mp)
             assert got == want, op
@@ -256,10 +266,10 @@ def compare(operations: list[tuple[Any, ...]], rounds: bool = False, columns: bo
         assert fast.snapshot(mp) == ref.snapshot(mp)
 
 
-@given(operations=ops, rounds=st.booleans(), columns=st.booleans())
+@given(operations=ops, rounds=st.booleans(), columns=st.booleans(), few=st.booleans())
 @budget(3)
-def test_fast_path_equals_the_reference(operations, rounds, columns):
-    compare(operations, rounds, columns)
+def test_fast_path_equals_the_reference(operations, rounds, columns, few):
+    compare(operations, rounds, columns, few)
 
 
 def drained(*sources: str, pending: tuple[str, ...] = ()) -> Batch:

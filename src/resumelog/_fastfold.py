@@ -103,6 +103,12 @@ MIN_RECORDS: int = int(os.environ.get("RESUMELOG_FOLD_MIN_RECORDS", "128"))
 """Smaller batches take the reference path (NumPy's fixed cost per call would exceed
 what it saves)."""
 
+FEW_RECORDS = 1024
+"""An evaluation that materializes states works out each one's records alone if it has
+more than this many records per such state; else it makes the full columns of streams,
+ordinals and deltas (cheaper per record). Tests set it to 0 or to a huge number to take
+one way."""
+
 _INT64_MAX = (1 << 63) - 1
 _RUN = operator.itemgetter(0)  # of a state's key (run, source)
 _SOURCE = operator.itemgetter(1)
@@ -370,8 +376,10 @@ class Columns:
     state): state ``g``'s records are ``keys[starts[g]:starts[g + 1]]`` etc."""
 
     __slots__ = (
+        "_batches",
         "_buf",
         "_delta_list",
+        "_few",
         "_marks",
         "_order",
         "_ordinals",
@@ -438,6 +446,8 @@ class Columns:
         self._ordinals: Any = None
         self._streams: Any = None
         self._starts = starts
+        self._batches: tuple[Any, Any] | None = None
+        self._few = False
         self._touching: Any = None
         self.sources: list[str] = list(map(_SOURCE, buf.dkeys))
         """Each state's source."""
@@ -478,6 +488,17 @@ class Columns:
         """Records ``a..b-1``'s streams."""
         return self._stream_column()[a:b].tolist()  # type: ignore[no-any-return]
 
+    def _batch_of(self, records: Any) -> tuple[Any, Any]:
+        """The batch of each of ``records`` (positions in state order) and its position
+        in that batch, worked out for them only."""
+        if self._batches is None:
+            lens = np.fromiter(map(len, self._buf.gids), dtype=np.int64, count=len(self._buf.gids))
+            self._batches = (np.cumsum(lens), lens)
+        ends, lens = self._batches
+        pos = self._order[records]  # (fold order)
+        batch = np.searchsorted(ends, pos, side="right")
+        return batch, pos - (ends[batch] - lens[batch])
+
     def stream_tuples(self, states: list[int]) -> list[tuple[int, ...]]:
         """The streams of each of ``states``'s records (in state order), worked out for
         their records only: the batch of each, a batch's records sharing its stream."""
@@ -489,12 +510,28 @@ class Columns:
         if self._streams is not None:
             flat = self._streams[records].tolist()
         else:
-            buf = self._buf
-            ends = np.cumsum(list(map(len, buf.gids)))
-            batch = np.searchsorted(ends, self._order[records], side="right")  # (fold order: the batch)
-            flat = np.asarray(buf.streams, dtype=np.int64)[batch].tolist()
+            flat = np.asarray(self._buf.streams, dtype=np.int64)[self._batch_of(records)[0]].tolist()
         o = off.tolist()
         return list(map(tuple, map(flat.__getitem__, map(slice, o, o[1:]))))
+
+    def prepare(self, count: int) -> None:
+        """Before :meth:`materialize` of ``count`` states: if they are few against the
+        records (as the states a round leaves pending usually are), each one's records
+        are worked out alone, without the full columns of streams, ordinals and deltas."""
+        self._few = count * FEW_RECORDS < len(self.delta_column)
+
+    def _records(self, a: int, b: int) -> tuple[list[int], list[int], list[int]]:
+        """Records ``a..b-1``'s streams, ordinals and deltas."""
+        if not self._few:
+            return self.streams(a, b), self.ordinals(a, b), self.deltas[a:b]
+        buf = self._buf
+        batch, within = self._batch_of(np.arange(a, b, dtype=np.int64))
+        streams = [buf.streams[x] for x in batch.tolist()]
+        ordinals = [
+            int(first[i]) if isinstance(first, np.ndarray) else first + i
+            for first, i in zip(map(buf.ordinals.__getitem__, batch.tolist()), within.tolist())
+        ]
+        return streams, ordinals, self.delta_column[a:b].tolist()
 
     def touching(self, streams: Collection[int]) -> Any:
         """Whether an open stream (one of ``streams``) wrote a record of each state (a
@@ -515,11 +552,12 @@ class Columns:
         a, b = self.starts[g], self.starts[g + 1]
         new.emitted = bool(self.emitted[g])
         keys = self.keys[a:b]
+        streams, ordinals, deltas = self._records(a, b)
         if len(set(keys)) == b - a:  # distinct keys: each record is one entry
-            new.entries.update(zip(keys, zip(self.streams(a, b), self.ordinals(a, b), self.deltas[a:b])))
+            new.entries.update(zip(keys, zip(streams, ordinals, deltas)))
         else:
             apply = new.apply
-            for key, stream, ordinal, delta in zip(keys, self.streams(a, b), self.ordinals(a, b), self.deltas[a:b]):
+            for key, stream, ordinal, delta in zip(keys, streams, ordinals, deltas):
                 apply(key, stream, ordinal, delta)
         return new
 
@@ -777,6 +815,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     pos = np.full(n + 1, -1, dtype=np.int64)
     pos[cand_arr] = np.arange(len(cand), dtype=np.int64)
     others = np.flatnonzero(~ok).tolist()
+    cols.prepare(len(others))
     lo = 0
     for stop in [*others, n]:
         if stop > lo:
