@@ -785,7 +785,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     # the candidates' entries and cached shapes, in bulk
     cand_arr = np.flatnonzero(ok)
     cand = cand_arr.tolist()
-    csrcs = list(map(srcs.__getitem__, cand))
+    csrcs = srcs if len(cand) == n else list(map(srcs.__getitem__, cand))  # (all of them: the same list)
     groups: Sequence[list[str]]
     dgroups: Sequence[tuple[int, ...]]
     known = None
