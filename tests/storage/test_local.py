@@ -105,3 +105,42 @@ def test_delete_removes_empty_directories_but_not_root(tmp_path):
     store.delete(["journal/w/inc/0.seg"])
     assert os.path.isdir(tmp_path / "r")
     assert not os.path.exists(tmp_path / "r" / "journal")
+
+
+class _DeletedUnderIt(LocalStore):
+    """A store whose directory a concurrent ``delete`` removes right after it was
+    made, ``times`` times (what a GC removing the directories it empties does to a
+    compaction writing its first object there)."""
+
+    def __init__(self, root: str, times: int) -> None:
+        super().__init__(root)
+        self.times = times
+
+    def _makedirs(self, d: str) -> None:
+        super()._makedirs(d)
+        if self.times > 0:
+            self.times -= 1
+            os.rmdir(d)
+
+
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_a_create_whose_directory_a_delete_removed_meanwhile_makes_it_again(tmp_path, unnamed):
+    store = _DeletedUnderIt(str(tmp_path / "r"), times=2)
+    store.unnamed_temp = unnamed
+    store.put_if_absent("layers/1.layer", b"one")
+    assert store.read("layers/1.layer") == b"one"
+    staged = tmp_path / "staged"
+    staged.write_bytes(b"two")
+    store.times = 2
+    store.put_if_absent_file("outputs/2.out", str(staged))
+    assert store.read("outputs/2.out") == b"two"
+    assert store.times == 0  # (both raced twice)
+
+
+def test_a_create_whose_directory_keeps_vanishing_fails_with_a_storage_error(tmp_path):
+    from resumelog.errors import StorageError
+
+    store = _DeletedUnderIt(str(tmp_path / "r"), times=100)
+    with pytest.raises(StorageError, match="cannot write"):
+        store.put_if_absent("layers/1.layer", b"one")
+    assert not store.exists("layers/1.layer")

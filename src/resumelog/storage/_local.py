@@ -26,6 +26,9 @@ from resumelog.storage._base import ObjectInfo, Store, check_key
 __all__ = ["LocalStore"]
 
 _PARTIAL = ".partial"
+_DIR_ATTEMPTS = 5
+"""Creates of a file whose directory a concurrent delete removed meanwhile (each
+attempt makes the directory again)."""
 _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 """errnos of ``open(O_TMPFILE)`` meaning "not on this filesystem or kernel"."""
@@ -83,6 +86,21 @@ class LocalStore(Store):
             if self.fsync:
                 _fsync_dir(os.path.dirname(m))
 
+    def _in_dir(self, d: str, make: Callable[[], None]) -> None:
+        """``make()`` a file in directory ``d``, created first if missing; again if the
+        directory vanished meanwhile: :meth:`delete` removes the directories it leaves
+        empty, and one may be this one, between its creation and the file's (a
+        compaction's layer beside a GC, a writer's first segment beside a
+        ``delete``). With ``d`` gone nothing of the file was left (``d`` was empty)."""
+        for attempt in range(_DIR_ATTEMPTS):
+            self._makedirs(d)
+            try:
+                make()
+                return
+            except FileNotFoundError:
+                if attempt == _DIR_ATTEMPTS - 1 or os.path.isdir(d):
+                    raise
+
     def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         self._create(key, [data])
 
@@ -103,7 +121,6 @@ class LocalStore(Store):
         final = self._path(key)
         d = os.path.dirname(final)
         try:
-            self._makedirs(d)
             if self.fsync:
                 fd = os.open(path, os.O_RDONLY)
                 try:
@@ -111,7 +128,7 @@ class LocalStore(Store):
                 finally:
                     os.close(fd)
             try:
-                os.link(path, final)
+                self._in_dir(d, lambda: os.link(path, final))
             except FileExistsError:
                 raise AlreadyExists(f"{final} already exists") from None
             except OSError as exc:
@@ -149,10 +166,13 @@ class LocalStore(Store):
         self.requests["put"] += 1
         final = self._path(key)
         d = os.path.dirname(final)
-        try:
-            self._makedirs(d)
+
+        def make() -> None:
             if not (self.unnamed_temp and self._create_unnamed(d, final, parts)):
                 self._create_named(d, final, parts)
+
+        try:
+            self._in_dir(d, make)
         except AlreadyExists:
             raise
         except OSError as exc:
