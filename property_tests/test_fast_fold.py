@@ -374,6 +374,25 @@ def test_a_source_completed_by_a_touched_state_in_the_evaluation_of_a_fresh_one(
         compare([*ops, ("finish", True)], columns=columns)
 
 
+def test_fresh_states_of_a_damaged_run_do_not_complete():
+    """A run found damaged (a lost segment) completes nothing more: its fresh states
+    that drain afterwards, in a round of that run only or beside another run's, stay
+    pending (the round's one-run check and the per-run check)."""
+    for other in ((), (("segment", 2, [drained("s2")], False),)):
+        for columns in (False, True):
+            compare(
+                [
+                    ("segment", 0, [drained(pending=("s0",))], False),
+                    ("damage", "r1"),
+                    *other,
+                    ("segment", 0, [drained("s1")], False),
+                    ("segment", 1, [closing("s0")], False),
+                    ("finish", True),
+                ],
+                columns=columns,
+            )
+
+
 def test_a_pending_state_touched_after_a_fresh_one_keeps_the_evaluation_order():
     """``s0`` is pending from an earlier evaluation; a batch enters ``s1`` (fresh) and
     then drains ``s0``: the reference touches ``s1`` first, so it completes first."""
