@@ -902,18 +902,18 @@ def _complete(
     # firsts above cached theirs (looked up once per key); its own hit where its key
     # is None. (_MISS left: SIMPLE_COMPLETION states only.)
     w = shapes.which[a:b]
-    keyed = w >= 0
+    keyed = w >= 0  # (none without a shape cache: every key is None then)
     sids = np.zeros(b - a, dtype=np.int64)
     found: list[object] = []
     at: Any = None
-    if cols._patterns is not None and keyed.any():
+    if keyed.any():
+        patterns = cols._patterns
+        assert patterns is not None
         us = np.unique(w[keyed])  # (this stretch's keys only: a stretch may be short)
-        found = list(map(cols._patterns.get, map(shapes.uniq.__getitem__, us.tolist()), repeat(_MISS)))
+        found = list(map(patterns.get, map(shapes.uniq.__getitem__, us.tolist()), repeat(_MISS)))
         sid_of = np.fromiter((h[0] if isinstance(h, tuple) else 0 for h in found), dtype=np.int64, count=len(found))
         at = np.searchsorted(us, w)
         sids[keyed] = sid_of[at[keyed]]
-    else:
-        keyed[:] = False
     for i in np.flatnonzero(~keyed).tolist():
         h = hits[a + i]
         sids[i] = h[0] if isinstance(h, tuple) else 0
