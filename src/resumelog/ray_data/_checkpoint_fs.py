@@ -105,10 +105,6 @@ class FencedDeleteHandler(pafs.FileSystemHandler):  # type: ignore[misc]
             return bool(self.fs.equals(other.fs)) and self.root == other.root
         return NotImplemented
 
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
     def get_type_name(self) -> str:
         return f"resumelog-fenced+{self.fs.type_name}"
 
