@@ -16,8 +16,9 @@ import resumelog
 import resumelog.ray
 from resumelog import outputs
 from resumelog.curator import OutputSink, Pipeline, SourceStage, Task
-from resumelog.errors import InvalidId
+from resumelog.errors import InvalidId, StorageError
 from resumelog.outputs import PendingOutput, escape, output_name, parse_output_name, scan, unescape
+from resumelog.storage import LocalStore
 
 
 def names_of(outs: list[outputs.Output]) -> list[tuple[str, str | None, str, str]]:
@@ -82,6 +83,44 @@ def test_an_exception_in_the_block_publishes_and_records_nothing(tmp_path: Path)
     assert not ck.is_completed("s") and ck.outputs(root) == []
     sc = scan(ck, root)
     assert sc.counts() == {"committed": 0, "in_flight": 0, "orphaned": 0, "staging": 0, "foreign": 0}
+
+
+class _StagingDeletedUnderIt(LocalStore):
+    """An outputs root whose staging directory a concurrent ``delete`` (a GC of spool
+    files, which removes the directories it empties) removes right after it was made,
+    ``times`` times."""
+
+    def __init__(self, root: str, times: int) -> None:
+        super().__init__(root)
+        self.times = times
+
+    def staging_path(self, key: str) -> str | None:
+        p = super().staging_path(key)
+        assert p is not None
+        if self.times > 0:
+            self.times -= 1
+            os.rmdir(os.path.dirname(p))
+        return p
+
+
+def test_a_spool_whose_directory_a_delete_removed_meanwhile_is_made_again(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = _StagingDeletedUnderIt(str(tmp_path / "out"), times=2)
+    with ck.writer("w") as w:
+        with w.output("s", root) as f:
+            f.write(b"bytes")
+    assert root.times == 0  # (raced twice)
+    assert ck.is_completed("s")
+    assert [Path(o.url).read_bytes() for o in ck.outputs(root)] == [b"bytes"]
+
+
+def test_a_spool_whose_directory_keeps_vanishing_fails_with_a_storage_error(tmp_path: Path) -> None:
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    root = _StagingDeletedUnderIt(str(tmp_path / "out"), times=100)
+    with ck.writer("w") as w:
+        with pytest.raises(StorageError, match="cannot create spool file"), w.output("s", root) as f:
+            f.write(b"never")
+    assert not ck.is_completed("s") and ck.outputs(root) == []
 
 
 def test_outputs_of_a_pending_source_are_invisible_until_it_completes(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ attempts and staging debris; :func:`gc` deletes orphans and debris older than a 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from resumelog import paths
 from resumelog.compactor import DEFAULT_GRACE
-from resumelog.errors import AlreadyExists, InvalidId
+from resumelog.errors import AlreadyExists, InvalidId, StorageError
 from resumelog.storage import Store, open_store, split_url
 
 if TYPE_CHECKING:
@@ -233,14 +234,11 @@ class PendingOutput:
         """Whether :meth:`publish` returned (the bytes are under :attr:`key`)."""
         self.existed = False
         """Whether an earlier attempt had already published it (its bytes were kept)."""
-        spool = store.staging_path(f"{STAGING_PREFIX}{paths.new_ulid()}-{os.getpid()}.spool")
-        if spool is None:
-            fd, spool = tempfile.mkstemp(prefix="resumelog-output-", suffix=".spool")
-            self.file: IO[bytes] = os.fdopen(fd, "w+b")
-        else:
-            self.file = open(spool, "x+b")
+        spool, file = _open_spool(store)
         self.spool = spool
         """The local spool file."""
+        self.file: IO[bytes] = file
+        """The spool file, open for writing."""
 
     def publish(self) -> None:
         """Make the spooled bytes the output (put-if-absent; durable when it returns)."""
@@ -274,6 +272,31 @@ class PendingOutput:
             os.unlink(self.spool)
         except OSError:
             pass
+
+
+_SPOOL_ATTEMPTS = 5
+
+
+def _open_spool(store: Store) -> tuple[str, IO[bytes]]:
+    """A new spool file: in the store's staging directory if its objects are local files
+    (made again if a concurrent ``delete`` removed it, empty, between its creation and
+    the file's: a GC of spool files removes the directories it empties), else in the
+    system's temporary directory."""
+    name = f"{STAGING_PREFIX}{paths.new_ulid()}-{os.getpid()}.spool"
+    attempt = 0
+    while True:
+        attempt += 1
+        spool = store.staging_path(name)
+        if spool is None:
+            fd, spool = tempfile.mkstemp(prefix="resumelog-output-", suffix=".spool")
+            return spool, os.fdopen(fd, "w+b")
+        try:
+            return spool, open(spool, "x+b")
+        except FileNotFoundError as exc:
+            if attempt == _SPOOL_ATTEMPTS or os.path.isdir(os.path.dirname(spool)):
+                raise StorageError(
+                    exc.errno or errno.ENOENT, f"cannot create spool file {spool}: {exc.strerror}"
+                ) from exc
 
 
 @contextmanager
