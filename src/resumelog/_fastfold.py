@@ -139,6 +139,7 @@ class Buffer:
         "keys",
         "ordinals",
         "runs",
+        "sources",
         "streams",
     )
 
@@ -151,6 +152,8 @@ class Buffer:
     def clear(self) -> None:
         """Forget every fresh state and record (all were evaluated or made pending)."""
         self.dkeys: list[tuple[str, str]] = []
+        self.sources: list[str] = []
+        """Each fresh state's source (``dkeys[gid][1]``, kept as the states are numbered)."""
         self.base_pos: list[int] = []
         """Each fresh state's source's position in the fold's base, or ``-1`` (looked up
         once, when the state is numbered: the base changes only between evaluations)."""
@@ -202,12 +205,13 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
             gid, new = numbered
             if new:
-                found = _base_positions(state, run, list(map(_SOURCE, new)))
+                sources = list(map(_SOURCE, new))
+                found = _base_positions(state, run, sources)
                 if found is None:
                     for k in new:  # (numbered in index already: change nothing)
                         del index[k]
                     return False  # a late record: the reference loop reopens the completion
-                _number(buf, run, new, *found)
+                _number(buf, run, new, sources, *found)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
         if isinstance(batch, ColumnBatch):
             batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
@@ -223,10 +227,11 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         fresh = [k for k, g in zip(ks, gs) if g is None]
         start = len(buf.dkeys)
         if fresh:
-            found = _base_positions(state, run, [src for _, src in fresh])
+            sources = list(map(_SOURCE, fresh))
+            found = _base_positions(state, run, sources)
             if found is None:
                 return False  # a late record: the reference loop reopens the completion
-            _number(buf, run, fresh, *found)
+            _number(buf, run, fresh, sources, *found)
             index.update(zip(fresh, range(start, start + len(fresh))))
         if len(fresh) == len(ks):  # (all new: numbered in order)
             local = list(range(start, start + len(ks)))
@@ -279,6 +284,7 @@ def _apply_general(
             if g is None:
                 g = index[k] = len(dkeys)
                 dkeys.append(k)
+                buf.sources.append(k[1])
                 buf.base_pos.append(where[k[1]])
                 buf.runs.add(run)
                 if k[1] in in_added:
@@ -289,11 +295,14 @@ def _apply_general(
     return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
 
 
-def _number(buf: Buffer, run: str, new: list[tuple[str, str]], pos: list[int], in_added: list[int]) -> None:
-    """Append the fresh states ``new`` of ``run`` (numbered in order from
-    ``len(buf.dkeys)``), with what :func:`_base_positions` found of their sources."""
+def _number(
+    buf: Buffer, run: str, new: list[tuple[str, str]], sources: list[str], pos: list[int], in_added: list[int]
+) -> None:
+    """Append the fresh states ``new`` of ``run`` (their ``sources``, numbered in order
+    from ``len(buf.dkeys)``), with what :func:`_base_positions` found of them."""
     first = len(buf.dkeys)
     buf.dkeys.extend(new)
+    buf.sources.extend(sources)
     buf.base_pos.extend(pos)
     buf.in_added.extend(i + first for i in in_added)
     buf.runs.add(run)
@@ -449,7 +458,7 @@ class Columns:
         self._batches: tuple[Any, Any] | None = None
         self._few = False
         self._touching: Any = None
-        self.sources: list[str] = list(map(_SOURCE, buf.dkeys))
+        self.sources: list[str] = buf.sources  # (not a copy: the buffer is cleared after the evaluation)
         """Each state's source."""
         self._marks, self._patterns = _patterns(caches, self.sources)
 

@@ -57,14 +57,15 @@ class _Run:
         """The run of the ids of ``lists`` (sorted and distinct across them), cut into
         chunks as they come."""
         run = cls(())
-        held: list[str] = []
+        held: list[str] = []  # (fewer than CHUNK ids: a long list is cut without a copy of it)
         for ids in lists:
-            held += ids
-            if len(held) >= CHUNK:
-                cut = len(held) - len(held) % CHUNK
-                for i in range(0, cut, CHUNK):
-                    run._add(held[i : i + CHUNK])
-                del held[:cut]
+            if held:
+                held += ids
+                ids = held
+            cut = len(ids) - len(ids) % CHUNK
+            for i in range(0, cut, CHUNK):
+                run._add(ids[i : i + CHUNK])
+            held = ids[cut:]
         if held:
             run._add(held)
         return run
