@@ -558,6 +558,21 @@ MUTANTS += [
         "issue 17/4: joining two disjoint frozen runs brings back ids discarded since they were "
         "frozen (a reopened or voided completion is provisional again)",
     ),
+    Mutant(
+        "done_shape_set_skips_the_held_lists",
+        "done_shapes.py",
+        "        if not self._ids:\n            self._dict[source] = shape_id\n",
+        "        if True:\n            self._dict[source] = shape_id\n",
+        "issue 17/3: a completion's shape id set while bulk ones are held as lists goes into the dict "
+        "at once, and a listed older one overwrites it when they settle (the wrong final entries)",
+    ),
+    Mutant(
+        "done_shape_lists_settle_newest_first",
+        "done_shapes.py",
+        "            for ids, sids in zip(self._ids, self._sids):\n",
+        "            for ids, sids in reversed(list(zip(self._ids, self._sids))):\n",
+        "issue 17/3: the lists a DoneShapeMap holds settle newest first (an id's older shape id wins)",
+    ),
 ]
 
 

@@ -26,6 +26,7 @@ from resumelog import _compiled
 from resumelog._columns import ColumnBatch, KeySpans
 from resumelog._crc import crc32c
 from resumelog._fastfold import _MARKS
+from resumelog.done_shapes import DoneShapeMap
 from resumelog.format import Batch, Reset, encode
 
 native = _compiled.native
@@ -318,6 +319,61 @@ def test_sorted_entries_is_the_python_expression(case) -> None:
     ids = sorted(added)
     expected = ([i.encode() for i in ids], [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids])
     assert native.sorted_entries(added, tags, where) == expected
+
+
+@given(new_layers(), st.data())
+@budget(2)
+def test_sorted_entries_reads_the_lists_of_a_done_shape_map_or_says_they_do_not_line_up(case, data) -> None:
+    """The tags as a DoneShapeMap holds them (a dict, then lists from bulk and single
+    sets): the same entries as from the settled dict, or ``False`` (then settled), and
+    never ``False`` when the tags are the completions' own ids in their order."""
+    added, tags, where = case
+    items = list(tags.items())
+    cut = data.draw(st.integers(0, len(items)))
+    m = DoneShapeMap(items[:cut])
+    rest = items[cut:]
+    while rest:
+        n = data.draw(st.integers(1, len(rest)))
+        if data.draw(st.booleans()):
+            m.extend([k for k, _ in rest[:n]], [v for _, v in rest[:n]])
+        else:
+            for k, v in rest[:n]:
+                m[k] = v
+        rest = rest[n:]
+    ids = sorted(added)
+    expected = ([i.encode() for i in ids], [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids])
+    got = native.sorted_entries(added, m.parts(), where)
+    at = {id(k): i for i, k in enumerate(added)}
+    ranks = [at.get(id(k), -1) for k in tags]
+    if -1 not in ranks and ranks == sorted(ranks):
+        assert got == expected  # (the fold's case: the walk takes every listed id)
+    else:
+        assert got is False or got == expected
+    assert native.sorted_entries(added, m.settle(), where) == expected
+
+
+def test_sorted_entries_says_when_the_lists_do_not_line_up() -> None:
+    a, b, c = "id-a", "id-b", "id-c"
+    added = {a: "r", b: "r", c: "r"}
+    where = {"r": 0}
+    copy = "".join(["id-", "a"])  # equal to a, another object
+    assert copy == a and copy is not a
+    for initial, ids, sids in [
+        ([(a, 1)], [[a, b]], [[2, 3]]),  # a listed id set before (dict.update keeps its place)
+        ([], [[a, b], [b]], [[1, 2], [3]]),  # a listed id twice
+        ([], [[b, a]], [[2, 1]]),  # out of order
+        ([], [[copy], [b]], [[1], [2]]),  # not the completion's own id object
+    ]:
+        m = DoneShapeMap(initial)
+        for i, t in zip(ids, sids):
+            m.extend(i, t)
+        assert native.sorted_entries(added, m.parts(), where) is False
+        want = [m.settle().get(k, 0) for k in (a, b, c)]
+        assert native.sorted_entries(added, m.settle(), where) == ([b"id-a", b"id-b", b"id-c"], [0, 0, 0], want)
+    with pytest.raises(TypeError):
+        native.sorted_entries(added, ({}, [[a]], [[1, 2]]), where)
+    with pytest.raises(TypeError):
+        native.sorted_entries(added, ({}, [[a]], []), where)
 
 
 def test_sorted_entries_of_many_ids() -> None:

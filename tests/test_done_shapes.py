@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 import resumelog
 from resumelog import paths
-from resumelog.done_shapes import ShapeTable
+from resumelog.done_shapes import DoneShapeMap, ShapeTable
 from resumelog.format import decode_snapshot_frames
 from resumelog.layers import open_layer
 
@@ -119,3 +120,20 @@ def test_a_snapshot_costs_under_30_bytes_per_completed_lineage_source(tmp_path):
     again = resumelog.open(tmp_path / "ck", run_id="r2")
     assert again.is_completed(a) and not again.is_completed(b)
     assert again.is_completed(f"{n - 1:016d}") and len(again.completed) == n - 1
+
+
+# ------------------------------------------------------------------ DoneShapeMap
+
+
+def test_a_done_shape_map_keeps_bulk_and_single_sets_as_lists_until_read():
+    m = DoneShapeMap([("a", 1)])
+    ids = ["b", "c"]
+    m.extend(ids, [2, 3])
+    m["d"] = 4
+    m["e"] = 5
+    d, lists, sids = m.parts()
+    assert d == {"a": 1} and lists == [["b", "c"], ["d", "e"]] and sids == [[2, 3], [4, 5]]
+    assert lists[0] is ids  # (taken as given: no copy)
+    assert m.get("c") == 3 and m.parts() == ({"a": 1, "b": 2, "c": 3, "d": 4, "e": 5}, [], [])
+    with pytest.raises(ValueError, match="differ in length"):
+        m.extend(["x"], [])

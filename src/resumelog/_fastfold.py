@@ -936,9 +936,9 @@ def _complete(
     writers, done_shapes = ev.done_writers, ev.done_shapes
     shaped = [j not in simple for j in js] if simple else None
     if shaped is None:
-        done_shapes.update(zip(srcs, sids.tolist()))
+        done_shapes.extend(srcs, sids.tolist())  # (kept as lists: DoneShapeMap)
     else:
-        done_shapes.update(zip(compress(srcs, shaped), compress(sids.tolist(), shaped)))
+        done_shapes.extend(list(compress(srcs, shaped)), list(compress(sids.tolist(), shaped)))
     if not ev.open_streams:
         return  # (every stream closed: no writers to name)
     keep = cols.touching(ev.open_streams)[cand[a:b]].tolist()

@@ -1444,19 +1444,72 @@ static int sort_keyed(Keyed *keyed, Py_ssize_t n, const Suffix *suf) {
 }
 
 PyDoc_STRVAR(sorted_entries_doc,
-             "sorted_entries(added: dict[str, str], tags: dict[str, int], runs: dict[str, int])\n"
-             "    -> tuple[list[bytes], list[int], list[int]] | None\n\n"
+             "sorted_entries(added: dict[str, str], tags, runs: dict[str, int])\n"
+             "    -> tuple[list[bytes], list[int], list[int]] | None | bool\n\n"
              "A new layer's entries in key order: ``ids = sorted(added)``, then\n"
              "``[i.encode() for i in ids]``, ``[runs[added[i]] for i in ids]`` and\n"
              "``[tags.get(i, 0) for i in ids]``; ``None`` (and nothing done) if an id is not\n"
-             "an ASCII ``str``. A run missing from ``runs`` raises :class:`KeyError`.");
+             "an ASCII ``str``. A run missing from ``runs`` raises :class:`KeyError`.\n"
+             "``tags``: a dict, or ``DoneShapeMap.parts()``, a dict and lists of ids and of\n"
+             "their tags set after it, in order; ``False`` if those lists do not line up with\n"
+             "``added`` (an id set twice, or out of ``added``'s order): settle them, call again.");
+
+/* The entries of sorted_entries' tags in order: the dict's, then the lists'. */
+typedef struct {
+    PyObject *dict, *ids, *tags; /* (borrowed; ids, tags: lists of lists, or NULL) */
+    Py_ssize_t pos, list, item;
+    int in_lists;
+} TagWalk;
+
+/* The next entry (borrowed) into *k, *v: 1, or 0 at the end. */
+static int tag_next(TagWalk *w, PyObject **k, PyObject **v) {
+    if (!w->in_lists) {
+        if (PyDict_Next(w->dict, &w->pos, k, v)) return 1;
+        w->in_lists = 1;
+    }
+    if (w->ids == NULL) return 0;
+    while (w->list < PyList_GET_SIZE(w->ids)) {
+        PyObject *ids = PyList_GET_ITEM(w->ids, w->list);
+        if (w->item < PyList_GET_SIZE(ids)) {
+            *k = PyList_GET_ITEM(ids, w->item);
+            *v = PyList_GET_ITEM(PyList_GET_ITEM(w->tags, w->list), w->item);
+            w->item++;
+            return 1;
+        }
+        w->list++;
+        w->item = 0;
+    }
+    return 0;
+}
 
 static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 || !PyDict_Check(args[0]) || !PyDict_Check(args[1]) || !PyDict_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "sorted_entries(added: dict, tags: dict, runs: dict)");
+    TagWalk walk = {NULL, NULL, NULL, 0, 0, 0, 0};
+    Py_ssize_t listed = 0, walked = 0; /* the lists' entries, and those the walk took */
+    if (nargs == 3 && PyTuple_Check(args[1]) && PyTuple_GET_SIZE(args[1]) == 3) {
+        walk.dict = PyTuple_GET_ITEM(args[1], 0);
+        walk.ids = PyTuple_GET_ITEM(args[1], 1);
+        walk.tags = PyTuple_GET_ITEM(args[1], 2);
+        if (!PyList_Check(walk.ids) || !PyList_Check(walk.tags) ||
+            PyList_GET_SIZE(walk.ids) != PyList_GET_SIZE(walk.tags)) {
+            PyErr_SetString(PyExc_TypeError, "sorted_entries: tags must be a dict or (dict, lists, lists)");
+            return NULL;
+        }
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(walk.ids); j++) {
+            PyObject *a = PyList_GET_ITEM(walk.ids, j), *b = PyList_GET_ITEM(walk.tags, j);
+            if (!PyList_Check(a) || !PyList_Check(b) || PyList_GET_SIZE(a) != PyList_GET_SIZE(b)) {
+                PyErr_SetString(PyExc_TypeError, "sorted_entries: tags' lists must be pairs of lists of one length");
+                return NULL;
+            }
+            listed += PyList_GET_SIZE(a);
+        }
+    } else if (nargs == 3) {
+        walk.dict = args[1];
+    }
+    if (nargs != 3 || !PyDict_Check(args[0]) || walk.dict == NULL || !PyDict_Check(walk.dict) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "sorted_entries(added: dict, tags: dict | (dict, lists, lists), runs: dict)");
         return NULL;
     }
-    PyObject *added = args[0], *tags = args[1], *runs = args[2];
+    PyObject *added = args[0], *tags = walk.dict, *runs = args[2];
     Py_ssize_t n = PyDict_GET_SIZE(added), pos = 0, i = 0;
     PyObject *k, *v, *zero = PyLong_FromLong(0), *out = NULL;
     Suffix *suf = PyMem_Malloc(sizeof(Suffix) * (size_t)(n ? n : 1));
@@ -1467,12 +1520,13 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         goto done;
     }
     /* Nothing below runs Python code (exact str keys, dict lookups): the dicts stay as they are.
-     * ``tags`` is walked alongside ``added``: a fold sets an id's tag when it adds the id, so
+     * The tags are walked alongside ``added``: a fold sets an id's tag when it adds the id, so
      * the tags' keys are mostly the same objects in the same order, taken without a lookup;
-     * any other id is looked up. */
-    Py_ssize_t tpos = 0;
+     * any other id is looked up in the dict. An id of the lists is never looked up: each must
+     * be taken by the walk (else the lists do not line up: False), and ``added`` holds an id
+     * once, so an id the walk passed by in the lists is set there once, in ``added``'s order. */
     PyObject *tk = NULL, *tv = NULL;
-    int walking = PyDict_Next(tags, &tpos, &tk, &tv);
+    int walking = tag_next(&walk, &tk, &tv);
     while (PyDict_Next(added, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
             out = Py_None;
@@ -1487,7 +1541,8 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         PyObject *tag;
         if (walking && tk == k) {
             tag = tv;
-            walking = PyDict_Next(tags, &tpos, &tk, &tv);
+            walked += walk.in_lists;
+            walking = tag_next(&walk, &tk, &tv);
         } else {
             tag = PyDict_GET_SIZE(tags) ? PyDict_GetItemWithError(tags, k) : NULL;
             if (tag == NULL && PyErr_Occurred()) goto done;
@@ -1497,6 +1552,11 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         row[3 * i + 2] = tag != NULL ? tag : zero;
         suf[i] = (Suffix){PyUnicode_DATA(k), (size_t)PyUnicode_GET_LENGTH(k)};
         i++;
+    }
+    if (walked != listed) { /* the lists do not line up with added */
+        out = Py_False;
+        Py_INCREF(out);
+        goto done;
     }
     size_t common = n ? suf[0].len : 0; /* the ids' common prefix */
     for (Py_ssize_t j = 1; j < n && common; j++) {

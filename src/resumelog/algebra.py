@@ -58,7 +58,7 @@ from resumelog import _fastfold
 from resumelog._columns import ColumnBatch
 from resumelog._hashed_dicts import hashed_dict
 from resumelog._provisional import ProvisionalSet
-from resumelog.done_shapes import ShapeTable
+from resumelog.done_shapes import DoneShapeMap, ShapeTable
 from resumelog.format import (
     EMISSION,
     Anomaly,
@@ -245,9 +245,10 @@ class FoldState:
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
     added: dict[str, str] = field(default_factory=hashed_dict)
     removed: set[str] = field(default_factory=set)
-    done_shapes: dict[str, int] = field(default_factory=hashed_dict)
+    done_shapes: DoneShapeMap = field(default_factory=DoneShapeMap)
     """Final entries of completions made by this fold, as ids into ``shapes`` (absent:
-    :data:`SIMPLE_COMPLETION`); millions are held as small ints."""
+    :data:`SIMPLE_COMPLETION`); millions are held as small ints, those the fast path
+    completes in bulk as lists until a lookup asks for them (:class:`DoneShapeMap`)."""
     shapes: ShapeTable = field(default_factory=ShapeTable)
     done_writers: dict[str, Writers] = field(default_factory=hashed_dict)
     """Which streams wrote each key of a completion (shape order; see :data:`Writers`):

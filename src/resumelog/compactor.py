@@ -27,7 +27,7 @@ from resumelog._hashed_dicts import hashed_dict
 from resumelog._progress import Progress
 from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
-from resumelog.done_shapes import ShapeTable
+from resumelog.done_shapes import DoneShapeMap, ShapeTable
 from resumelog.errors import (
     AlreadyExists,
     CheckpointReplaced,
@@ -619,7 +619,7 @@ def _spill(loaded: Loaded) -> bool:
         kept = _less(writers, rest)  # the moved completions' writers and the base's
         # (the layer reads the shapes of the ids it holds only: all of them can go)
         view = replace(state, added=moved, done_shapes=shapes, done_writers=kept)
-        rest_shapes = hashed_dict((s, shapes[s]) for s in rest if s in shapes)
+        rest_shapes = DoneShapeMap((s, shapes[s]) for s in rest if s in shapes)
         rest_writers = hashed_dict((s, writers[s]) for s in rest if s in writers)
     else:
         view = state
@@ -633,7 +633,7 @@ def _spill(loaded: Loaded) -> bool:
     if rest:
         state.added, state.done_shapes, state.done_writers = rest, rest_shapes, rest_writers
     else:
-        state.added, state.done_shapes, state.done_writers = hashed_dict(), hashed_dict(), hashed_dict()
+        state.added, state.done_shapes, state.done_writers = hashed_dict(), DoneShapeMap(), hashed_dict()
         state.shapes = ShapeTable()
         state._writer_tuples = {}
     loaded.spilled.extend(name for name, _ in encoded.layers)

@@ -16,16 +16,17 @@ completion by a retired run, whose records are ignored anyway).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import repeat
 
 import msgspec
 
+from resumelog._hashed_dicts import hashed_dict
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import decode_done_writers
 from resumelog.idset import CompletedIndex, counted_uints
 
-__all__ = ["BaseDone", "Shape", "ShapeTable"]
+__all__ = ["BaseDone", "DoneShapeMap", "Shape", "ShapeTable"]
 
 Shape = list[tuple[list[str], int]]
 """On storage: msgpack array of ``[parts: array of str, delta: int]``, one per key."""
@@ -121,6 +122,89 @@ class ShapeTable:
         table.shapes = shapes
         table._ids = {_exact_key(s): i for i, s in enumerate(shapes, 1)}
         return table
+
+
+class DoneShapeMap(MutableMapping[str, int]):
+    """``source -> shape id`` of a fold's completions (``FoldState.done_shapes``): a dict
+    (one that stores its keys' hashes, :mod:`resumelog._hashed_dicts`), except that what
+    :meth:`extend` adds in bulk (the fast path's completions, ~10^6 per compaction) is
+    kept as the lists it was given, and so are single entries set (the reference rule's
+    completions, a few per evaluation round), until a lookup, a removal, a length or an
+    iteration asks for the dict (:meth:`settle`: moved in, in order, as ``dict.update``
+    would have). The new layer of a spill or a publish reads the lists where they are
+    (:meth:`parts`, ``native.sorted_entries``), so a fold that only completes sources
+    never inserts their shape ids into a dict: their ids are hashed into
+    :attr:`FoldState.added <resumelog.algebra.FoldState.added>` already.
+
+    Exactly a ``dict[str, int]`` for every operation (:meth:`extend` is
+    ``update(zip(ids, shape_ids))``), in contents and order."""
+
+    __slots__ = ("_dict", "_ids", "_own", "_sids")
+
+    def __init__(self, items: Iterable[tuple[str, int]] = ()) -> None:
+        self._dict: dict[str, int] = hashed_dict(items)
+        self._ids: list[list[str]] = []
+        self._sids: list[list[int]] = []
+        self._own = False  # (the last lists are this map's own: single sets append to them)
+
+    def extend(self, ids: list[str], shape_ids: list[int]) -> None:
+        """``update(zip(ids, shape_ids))``, the lists kept as they are (the caller gives
+        them up: they must not change)."""
+        if len(ids) != len(shape_ids):
+            raise ValueError("extend: ids and shape ids differ in length")
+        if ids:
+            self._ids.append(ids)
+            self._sids.append(shape_ids)
+            self._own = False
+
+    def settle(self) -> dict[str, int]:
+        """The dict, with every :meth:`extend` and set since moved into it."""
+        if self._ids:
+            d = self._dict
+            for ids, sids in zip(self._ids, self._sids):
+                d.update(zip(ids, sids))
+            self._ids, self._sids, self._own = [], [], False
+        return self._dict
+
+    def parts(self) -> tuple[dict[str, int], list[list[str]], list[list[int]]]:
+        """The dict and the lists :meth:`extend` added since (applied after it, in
+        order): the mapping's contents, as ``native.sorted_entries`` walks them."""
+        return self._dict, self._ids, self._sids
+
+    def __getitem__(self, source: str) -> int:
+        return self.settle()[source]
+
+    def __setitem__(self, source: str, shape_id: int) -> None:
+        if not self._ids:
+            self._dict[source] = shape_id
+        elif self._own:
+            self._ids[-1].append(source)
+            self._sids[-1].append(shape_id)
+        else:
+            self._ids.append([source])
+            self._sids.append([shape_id])
+            self._own = True
+
+    def __delitem__(self, source: str) -> None:
+        del self.settle()[source]
+
+    def __contains__(self, source: object) -> bool:
+        return source in self.settle()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.settle())
+
+    def __len__(self) -> int:
+        return len(self.settle())
+
+    def get(self, source: str, default: int | None = None) -> int | None:  # type: ignore[override]
+        return self.settle().get(source, default)
+
+    def pop(self, source: str, *default: int | None) -> int | None:  # type: ignore[override]
+        return self.settle().pop(source, *default)
+
+    def __repr__(self) -> str:
+        return f"DoneShapeMap({self.settle()!r})"
 
 
 class BaseDone:

@@ -44,7 +44,7 @@ import msgspec
 from resumelog import paths
 from resumelog._compiled import native
 from resumelog._crc import crc32c
-from resumelog.done_shapes import BaseDone, ShapeTable
+from resumelog.done_shapes import BaseDone, DoneShapeMap, ShapeTable
 from resumelog.errors import CorruptSnapshot
 from resumelog.format import (
     EMPTY_SHAPE_TABLE,
@@ -785,8 +785,14 @@ def build_layer(
     where = {r: i for i, r in enumerate(run_names)}
     table = ShapeTable()
     entries = None
-    if native is not None and isinstance(added, dict) and isinstance(tags, dict):
-        entries = native.sorted_entries(added, tags, where)  # the C loop of the lines below (ASCII ids)
+    if native is not None and isinstance(added, dict) and isinstance(tags, (dict, DoneShapeMap)):
+        # the C loop of the lines below (ASCII ids), reading the tags a fold added in bulk
+        # where they are (DoneShapeMap.parts) unless they do not line up with ``added``
+        found = native.sorted_entries(added, tags.parts() if isinstance(tags, DoneShapeMap) else tags, where)
+        if found is False:
+            assert isinstance(tags, DoneShapeMap)
+            found = native.sorted_entries(added, tags.settle(), where)
+        entries = found if isinstance(found, tuple) else None
     if entries is not None:
         encoded, runs, raw = entries
     else:
