@@ -70,6 +70,13 @@ def test_hash_order_keeps_the_order_of_equal_hashes() -> None:
     assert native.hash_order(ids)[0] == sorted(range(4), key=lambda i: crc32c(ids[i]))
 
 
+def test_hash_order_of_a_full_block() -> None:
+    """A block's few thousand ids (every radix digit of the hashes in use), repeats among them."""
+    ids = [f"shard-{i % 4000:010d}".encode() for i in range(6000)]
+    order = native.hash_order(ids)[0]
+    assert order == sorted(range(len(ids)), key=lambda i: crc32c(ids[i]))
+
+
 def shape_keys_reference(keys, deltas, starts, cand, sources, sep, cut):
     """``_fastfold.Columns.shapes``'s keys and ``len(set(keys)) == len(keys)``."""
     pk, distinct = [], bytearray()

@@ -804,7 +804,9 @@ def build_layer(
     for sid in dict.fromkeys(raw):
         if sid not in remap:
             remap[sid] = table.add(shapes.shapes[sid - 1])
-    return _new_layer(encoded, runs, list(map(remap.__getitem__, raw)), table, run_names, frozenset(removed))
+    if any(map(operator.ne, remap, remap.values())):  # (else each keeps its number: no copy)
+        raw = list(map(remap.__getitem__, raw))
+    return _new_layer(encoded, runs, raw, table, run_names, frozenset(removed))
 
 
 class BlockSpool:
