@@ -394,15 +394,15 @@ MUTANTS += [
     Mutant(
         "native_numbers_kept_on_a_late_record",
         "_fastfold.py",
-        "                    for k in new:  # (numbered in index already: change nothing)\n                        del index[k]\n",
+        "                    for src in new:  # (numbered in index already: change nothing)\n                        del index[src]\n",
         "                    pass  # mutant: the new states' numbers stay in the index\n",
         "a batch with a late record leaves the states it numbered in the fast path's index",
     ),
     Mutant(
         "fast_path_forgets_the_run_of_a_general_batch",
         "_fastfold.py",
-        "                buf.base_pos.append(where[k[1]])\n                buf.runs.add(run)\n",
-        "                buf.base_pos.append(where[k[1]])\n",
+        "                buf.base_pos.append(where[src])\n                buf.runs.add(run)\n",
+        "                buf.base_pos.append(where[src])\n",
         "the fast path takes a round's fresh states for one run's although a batch with a pending state "
         "numbered some of another run",
     ),

@@ -467,7 +467,7 @@ def test_a_large_drained_journal_completes_in_bulk(monkeypatch):
         for header, bs in journal():
             state.apply_segment(header, bs)
         if fast:
-            assert not state.pending and len(state._deferred.dkeys) == 1200
+            assert not state.pending and len(state._deferred) == 1200
         done = state.finish()
         states.append((done, fingerprint(state, [])))
     assert states[0] == states[1]

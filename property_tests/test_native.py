@@ -175,17 +175,17 @@ def test_shape_keys_refuses_what_it_cannot_read() -> None:
 
 
 def number_states_reference(index, pending, run, sources, source_index, start):
-    """``_fastfold.apply_batch``'s common case: numbers of the batch's states, new ones
-    from ``start`` in the order of ``sources``; ``None`` if one is pending."""
-    ks = [(run, s) for s in sources]
-    if any(k in pending for k in ks):
+    """``_fastfold.apply_batch``'s common case: numbers of the batch's states (``index``:
+    ``run``'s, by source), new ones from ``start`` in the order of ``sources``; ``None``
+    if one is pending (``pending``: keyed by ``(run, source)``, or a set of sources)."""
+    if any((s if isinstance(pending, set) else (run, s)) in pending for s in sources):
         return None
     local, fresh = [], []
-    for k in ks:
-        g = index.get(k)
+    for s in sources:
+        g = index.get(s)
         if g is None:
-            fresh.append(k)
-            g = index[k] = start + len(fresh) - 1
+            fresh.append(s)
+            g = index[s] = start + len(fresh) - 1
         local.append(g)
     return array("q", [local[i] for i in source_index]).tobytes(), fresh
 
@@ -194,13 +194,16 @@ def number_states_reference(index, pending, run, sources, source_index, start):
 def batches_to_number(draw: st.DrawFn):
     names = ["s0", "s1", "s2", "é", "", "s\x1f"]
     runs = ["r1", "r2"]
-    index = {
-        (r, s): draw(st.integers(0, 1000)) for r in runs for s in draw(st.lists(st.sampled_from(names), unique=True))
+    run = draw(st.sampled_from(runs))
+    index = {s: draw(st.integers(0, 1000)) for s in draw(st.lists(st.sampled_from(names), unique=True))}
+    pending: dict | set = {
+        (draw(st.sampled_from(runs)), s): None for s in draw(st.lists(st.sampled_from(names), max_size=2))
     }
-    pending = {(draw(st.sampled_from(runs)), s): None for s in draw(st.lists(st.sampled_from(names), max_size=2))}
+    if draw(st.booleans()):  # (as _fastfold._pending_of gives it: the run's pending sources)
+        pending = {s for r, s in pending if r == run}
     sources = draw(st.lists(st.sampled_from(names)))  # (a source named twice: numbered once)
     source_index = draw(st.lists(st.integers(0, len(sources) - 1), max_size=20)) if sources else []
-    return index, pending, draw(st.sampled_from(runs)), sources, source_index, draw(st.integers(0, 10**6))
+    return index, pending, run, sources, source_index, draw(st.integers(0, 10**6))
 
 
 @given(batches_to_number())
@@ -213,13 +216,18 @@ def test_number_states_is_the_python_loop(case) -> None:
 
 
 def test_number_states_changes_nothing_on_an_error() -> None:
-    index = {("r", "x"): 0}
+    index = {"x": 0}
     with pytest.raises(IndexError):
         native.number_states(index, {}, "r", ["a", "b"], [0, 2], 1)  # no source 2
-    assert index == {("r", "x"): 0}
+    assert index == {"x": 0}
     with pytest.raises(TypeError):
         native.number_states(index, {}, "r", ["a", ["unhashable"]], [0], 1)
-    assert index == {("r", "x"): 0}
+    assert index == {"x": 0}
+    with pytest.raises(TypeError):
+        native.number_states(index, ["not", "a", "dict"], "r", ["a"], [0], 1)
+    assert native.number_states(index, {("r", "a"): None}, "r", ["b", "a"], [0], 1) is None
+    assert native.number_states(index, {"a"}, "r", ["b", "a"], [0], 1) is None
+    assert index == {"x": 0}  # (b was numbered, then taken back)
 
 
 @given(st.lists(st.text(max_size=3)), st.data())
@@ -443,6 +451,7 @@ def test_the_kernels_leak_nothing() -> None:
         native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all new)
         native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all known)
         native.number_states(index, {("r", "s5"): 1}, "r", sources, list(range(300)), 0)  # (pending)
+        native.number_states(index, {"s5"}, "r", sources, list(range(300)), 0)  # (pending, as a set)
         native.hash_order([k.encode() for k in keys[:100]])
         native.take(keys, order)
         native.int64s(deltas)

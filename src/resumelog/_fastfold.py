@@ -110,8 +110,7 @@ ordinals and deltas (cheaper per record). Tests set it to 0 or to a huge number 
 one way."""
 
 _INT64_MAX = (1 << 63) - 1
-_RUN = operator.itemgetter(0)  # of a state's key (run, source)
-_SOURCE = operator.itemgetter(1)
+_SOURCE = operator.itemgetter(1)  # of a state's key (run, source)
 _NEW = -2  # a fresh source of the batch (number not given yet)
 _EXACT = -1  # a source with a state: the reference rule
 _MISS = object()
@@ -125,13 +124,13 @@ with the completed set)."""
 
 
 class Buffer:
-    """The fresh states (``dkeys[gid] = (run, source)``, ``index`` the inverse) and the
-    columns of their records, one array per batch, in fold order."""
+    """The fresh states (state ``gid``: ``(druns[gid], sources[gid])``, ``index`` the
+    inverse) and the columns of their records, one array per batch, in fold order."""
 
     __slots__ = (
         "base_pos",
         "deltas",
-        "dkeys",
+        "druns",
         "flags",
         "gids",
         "in_added",
@@ -147,13 +146,21 @@ class Buffer:
         self.clear()
 
     def __bool__(self) -> bool:
-        return bool(self.dkeys)
+        return bool(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def key(self, gid: int) -> tuple[str, str]:
+        """State ``gid``'s key ``(run, source)``."""
+        return self.druns[gid], self.sources[gid]
 
     def clear(self) -> None:
         """Forget every fresh state and record (all were evaluated or made pending)."""
-        self.dkeys: list[tuple[str, str]] = []
         self.sources: list[str] = []
-        """Each fresh state's source (``dkeys[gid][1]``, kept as the states are numbered)."""
+        """Each fresh state's source."""
+        self.druns: list[str] = []
+        """Each fresh state's run."""
         self.base_pos: list[int] = []
         """Each fresh state's source's position in the fold's base, or ``-1`` (looked up
         once, when the state is numbered: the base changes only between evaluations)."""
@@ -161,9 +168,11 @@ class Buffer:
         """The fresh states whose source was in :attr:`FoldState.added
         <resumelog.algebra.FoldState.added>` when they were numbered (looked up then,
         for the late-record test; :func:`evaluate` adds what was put there since)."""
-        self.index: dict[tuple[str, str], int] = {}
+        self.index: dict[str, dict[str, int]] = {}
+        """Per run, each of its fresh states' number by source (a dict of ``str`` keys:
+        no ``(run, source)`` tuple made per record)."""
         self.runs: set[str] = set()
-        """The runs of ``dkeys``."""
+        """The runs of ``druns``."""
         self.gids: list[Any] = []
         self.keys: list[list[str] | KeySpans] = []
         self.deltas: list[Any] = []
@@ -198,20 +207,23 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         except OverflowError:  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
             return False
     buf = state._deferred
-    index = buf.index
+    index = buf.index.get(run)
+    if index is None:
+        index = buf.index[run] = {}
     pending = state.pending
     if native is not None:
-        numbered = native.number_states(index, pending, run, batch.sources, batch.source_index, len(buf.dkeys))
+        numbered = native.number_states(
+            index, _pending_of(pending, run), run, batch.sources, batch.source_index, len(buf.sources)
+        )
         if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
             gid, new = numbered
             if new:
-                sources = list(map(_SOURCE, new))
-                found = _base_positions(state, run, sources)
+                found = _base_positions(state, run, new)
                 if found is None:
-                    for k in new:  # (numbered in index already: change nothing)
-                        del index[k]
+                    for src in new:  # (numbered in index already: change nothing)
+                        del index[src]
                     return False  # a late record: the reference loop reopens the completion
-                _number(buf, run, new, sources, *found)
+                _number(buf, run, new, *found)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
         if isinstance(batch, ColumnBatch):
             batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
@@ -223,15 +235,14 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         # numbers in C loops; the reference loop for a late record, a repeated id.
         if len(set(batch.sources)) != len(ks):
             return _apply_general(state, run, stream, first_ordinal, batch, deltas, ks)  # an id named twice
-        gs = list(map(index.get, ks))
-        fresh = [k for k, g in zip(ks, gs) if g is None]
-        start = len(buf.dkeys)
+        gs = list(map(index.get, batch.sources))
+        fresh = [src for src, g in zip(batch.sources, gs) if g is None]
+        start = len(buf.sources)
         if fresh:
-            sources = list(map(_SOURCE, fresh))
-            found = _base_positions(state, run, sources)
+            found = _base_positions(state, run, fresh)
             if found is None:
                 return False  # a late record: the reference loop reopens the completion
-            _number(buf, run, fresh, sources, *found)
+            _number(buf, run, fresh, *found)
             index.update(zip(fresh, range(start, start + len(fresh))))
         if len(fresh) == len(ks):  # (all new: numbered in order)
             local = list(range(start, start + len(ks)))
@@ -247,7 +258,7 @@ def _apply_general(
 ) -> bool:
     """:func:`apply_batch` of a batch some of whose sources have a pending state."""
     buf = state._deferred
-    index = buf.index
+    index = buf.index.setdefault(run, {})
     pending = state.pending
     touched = state._touched
     # 1. classify every source, changing nothing yet
@@ -256,7 +267,7 @@ def _apply_general(
     new: list[str] = []
     fresh_before = bool(buf)  # a fresh state exists before this source
     for i, (k, src) in enumerate(zip(ks, batch.sources)):
-        g = index.get(k)
+        g = index.get(src)
         if g is not None:
             local.append(g)
             continue
@@ -276,18 +287,18 @@ def _apply_general(
     where = dict(zip(new, found[0]))
     in_added = set(map(new.__getitem__, found[1]))
     # 2. number the fresh states and touch the others, in the batch's order
-    dkeys = buf.dkeys
+    sources = buf.sources
     for i, g in enumerate(local):
         if g == _NEW:
-            k = ks[i]
-            g = index.get(k)  # (a source id twice in one batch)
+            src = batch.sources[i]
+            g = index.get(src)  # (a source id twice in one batch)
             if g is None:
-                g = index[k] = len(dkeys)
-                dkeys.append(k)
-                buf.sources.append(k[1])
-                buf.base_pos.append(where[k[1]])
+                g = index[src] = len(sources)
+                sources.append(src)
+                buf.druns.append(run)
+                buf.base_pos.append(where[src])
                 buf.runs.add(run)
-                if k[1] in in_added:
+                if src in in_added:
                     buf.in_added.append(g)
             local[i] = g
         elif g == _EXACT:
@@ -295,14 +306,25 @@ def _apply_general(
     return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
 
 
-def _number(
-    buf: Buffer, run: str, new: list[tuple[str, str]], sources: list[str], pos: list[int], in_added: list[int]
-) -> None:
-    """Append the fresh states ``new`` of ``run`` (their ``sources``, numbered in order
-    from ``len(buf.dkeys)``), with what :func:`_base_positions` found of them."""
-    first = len(buf.dkeys)
-    buf.dkeys.extend(new)
+_PENDING_SET_MAX = 4096
+"""Up to this many pending states, :func:`apply_batch` looks a batch's sources up in a
+set of those of its run (no ``(run, source)`` tuple made per source)."""
+
+
+def _pending_of(pending: dict[tuple[str, str], SourceRunState], run: str) -> Any:
+    """What ``native.number_states`` looks pending states up in: the sources of ``run``'s
+    (a set, made per batch while there are few), or ``pending`` itself."""
+    if len(pending) > _PENDING_SET_MAX:
+        return pending
+    return {src for r, src in pending if r == run}
+
+
+def _number(buf: Buffer, run: str, sources: list[str], pos: list[int], in_added: list[int]) -> None:
+    """Append the fresh states of ``run``'s ``sources`` (numbered in order from
+    ``len(buf)``), with what :func:`_base_positions` found of them."""
+    first = len(buf.sources)
     buf.sources.extend(sources)
+    buf.druns.extend(repeat(run, len(sources)))
     buf.base_pos.extend(pos)
     buf.in_added.extend(i + first for i in in_added)
     buf.runs.add(run)
@@ -407,7 +429,7 @@ class Columns:
     )
 
     def __init__(self, buf: Buffer, caches: dict[int, dict[object, object]]) -> None:
-        n_states = len(buf.dkeys)
+        n_states = len(buf)
         if buf.gids:
             g = np.concatenate(buf.gids)
             order = np.argsort(g, kind="stable")
@@ -549,9 +571,9 @@ class Columns:
             buf = self._buf
             written = list(compress(buf.gids, map(streams.__contains__, buf.streams)))  # (a batch's: one stream)
             if written:
-                count = np.bincount(np.concatenate(written), minlength=len(buf.dkeys))
+                count = np.bincount(np.concatenate(written), minlength=len(buf))
             else:
-                count = np.zeros(len(buf.dkeys), dtype=np.int64)
+                count = np.zeros(len(buf), dtype=np.int64)
             self._touching = count > 0
         return self._touching
 
@@ -751,10 +773,9 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     from resumelog.algebra import SourceRunState
 
     buf = state._deferred
-    dkeys = buf.dkeys
-    n = len(dkeys)
+    n = len(buf)
     one_run = next(iter(buf.runs)) if len(buf.runs) == 1 else None  # (the common case: no list of runs)
-    runs = None if one_run is not None else list(map(_RUN, dkeys))
+    runs = None if one_run is not None else buf.druns
     srcs = cols.sources
     starts = cols.starts
     # Which states may complete without the reference rule: decided once, since nothing
@@ -768,8 +789,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
     ok[buf.in_added] = False
     since = {*ev.done, *map(_SOURCE, ev.took)}
     if since:
-        index = buf.index
-        ok[[g for r in buf.runs for g in map(index.get, zip(repeat(r), since)) if g is not None]] = False
+        ok[[g for r in buf.runs for g in map(buf.index[r].get, since) if g is not None]] = False
     if ev.damaged:
         if runs is None:
             ok &= one_run not in ev.damaged
@@ -777,7 +797,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
             ok &= ~np.fromiter(map(ev.damaged.__contains__, runs), dtype=bool, count=n)
     resets = ev.resets
     if resets:
-        ok &= ~np.fromiter((r in resets.get(s, ()) for r, s in dkeys), dtype=bool, count=n)
+        ok &= ~np.fromiter((r in resets.get(s, ()) for r, s in zip(buf.druns, srcs)), dtype=bool, count=n)
     if ev.check_base:  # (positions found when the states were numbered)
         removed = ev.removed
         in_base = np.asarray(buf.base_pos, dtype=np.int64) >= 0
@@ -834,7 +854,7 @@ def evaluate(state: FoldState, ev: _Evaluation, cols: Columns) -> None:
             mine = firsts[lo_first : bisect.bisect_left(firsts, b, lo_first)]
             _complete(ev, cols, a, b, groups, dgroups, csrcs, crun, cand, shapes, mine, simple)
         if stop < n:
-            k = dkeys[stop]
+            k = buf.key(stop)
             s = ev.pending[k] = cols.materialize(stop, SourceRunState())
             ev.revived = True
             ev.evaluate(k, s)

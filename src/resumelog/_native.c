@@ -1032,21 +1032,20 @@ PyDoc_STRVAR(
     number_states_doc,
     "number_states(index, pending, run, sources, source_index, start) -> tuple[bytes, list] | None\n\n"
     "The common case of _fastfold.apply_batch: ``None`` (and nothing changed) if some\n"
-    "``(run, source)`` has a state in ``pending``; else each record's state number\n"
-    "(``source_index[i]``'s source: its number in ``index``, or a new one from ``start`` up,\n"
+    "source has a state of ``run`` in ``pending`` (a dict keyed by ``(run, source)``, or\n"
+    "the set of the sources of ``run``'s pending states); else each record's state number\n"
+    "(``source_index[i]``'s source: its number in ``index``, ``run``'s dict of\n"
+    "``source -> number``, or a new one from ``start`` up,\n"
     "``source_index`` a list or a buffer of native int64,\n"
     "in the order of ``sources``, entered in ``index``) as native int64, and the new states'\n"
-    "keys ``(run, source)`` in that order (a source named twice is numbered once).");
+    "sources in that order (a source named twice is numbered once).");
 
-/* Dict operations with a key's hash computed once (a ``(run, source)`` tuple's hash is
-   not cached: number_states would hash each key three times). The functions are
-   CPython's, exported up to 3.12; later versions take the plain calls. */
+/* Dict operations with a key's hash computed once. The functions are CPython's,
+   exported up to 3.12; later versions take the plain calls. */
 #if PY_VERSION_HEX < 0x030D0000
-#define DICT_CONTAINS_H(d, k, h) _PyDict_Contains_KnownHash((d), (k), (h))
 #define DICT_GET_H(d, k, h) _PyDict_GetItem_KnownHash((d), (k), (h))
 #define DICT_SET_H(d, k, v, h) _PyDict_SetItem_KnownHash((d), (k), (v), (h))
 #else
-#define DICT_CONTAINS_H(d, k, h) PyDict_Contains((d), (k))
 #define DICT_GET_H(d, k, h) PyDict_GetItemWithError((d), (k))
 #define DICT_SET_H(d, k, v, h) PyDict_SetItem((d), (k), (v))
 #endif
@@ -1058,6 +1057,17 @@ static int unnumber(PyObject *index, PyObject *fresh) {
     return 0;
 }
 
+/* 1 if ``src`` has a pending state of ``run`` (``pending``: a dict keyed by
+ * ``(run, source)``, or a set of sources), 0 if not, -1 on error. */
+static int is_pending(PyObject *pending, PyObject *run, PyObject *src) {
+    if (PyAnySet_Check(pending)) return PySet_Contains(pending, src);
+    PyObject *k = PyTuple_Pack(2, run, src);
+    if (k == NULL) return -1;
+    int has = PyDict_Contains(pending, k);
+    Py_DECREF(k);
+    return has;
+}
+
 static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "number_states takes 6 arguments");
@@ -1066,8 +1076,8 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     PyObject *index = args[0], *pending = args[1], *run = args[2], *sources = args[3], *source_index = args[4];
     Py_ssize_t start = PyLong_AsSsize_t(args[5]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_Check(index) || !PyDict_Check(pending) || !PyList_Check(sources)) {
-        PyErr_SetString(PyExc_TypeError, "number_states: dicts and lists expected");
+    if (!PyDict_Check(index) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) || !PyList_Check(sources)) {
+        PyErr_SetString(PyExc_TypeError, "number_states: dicts (or a set) and lists expected");
         return NULL;
     }
     int listed = PyList_Check(source_index); /* (else native int64: a ColumnBatch's) */
@@ -1082,19 +1092,14 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     fresh = PyList_New(0);
     if (fresh == NULL) goto fail;
-    int check_pending = PyDict_GET_SIZE(pending) > 0;
+    int check_pending = PyAnySet_Check(pending) ? PySet_GET_SIZE(pending) > 0 : PyDict_GET_SIZE(pending) > 0;
     for (Py_ssize_t i = 0; i < ns; i++) {
-        PyObject *k = PyTuple_Pack(2, run, PyList_GET_ITEM(sources, i));
-        if (k == NULL) goto fail;
-        Py_hash_t h = PyObject_Hash(k);
-        if (h == -1) {
-            Py_DECREF(k);
-            goto fail;
-        }
+        PyObject *src = PyList_GET_ITEM(sources, i);
+        Py_hash_t h = PyObject_Hash(src); /* (a str's: cached) */
+        if (h == -1) goto fail;
         if (check_pending) {
-            int has = DICT_CONTAINS_H(pending, k, h);
+            int has = is_pending(pending, run, src);
             if (has != 0) {
-                Py_DECREF(k);
                 if (has < 0 || unnumber(index, fresh) < 0) goto fail;
                 PyMem_Free(local);
                 Py_DECREF(fresh);
@@ -1102,26 +1107,21 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 Py_RETURN_NONE;
             }
         }
-        PyObject *g = DICT_GET_H(index, k, h); /* (borrowed) */
+        PyObject *g = DICT_GET_H(index, src, h); /* (borrowed) */
         if (g != NULL) {
-            Py_DECREF(k);
             local[i] = PyLong_AsLongLong(g);
             if (local[i] == -1 && PyErr_Occurred()) goto fail;
             continue;
         }
-        if (PyErr_Occurred()) {
-            Py_DECREF(k);
-            goto fail;
-        }
+        if (PyErr_Occurred()) goto fail;
         local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
         PyObject *number = PyLong_FromLongLong(local[i]);
-        int added = number == NULL ? -1 : DICT_SET_H(index, k, number, h);
+        int added = number == NULL ? -1 : DICT_SET_H(index, src, number, h);
         Py_XDECREF(number);
         if (added == 0) {
-            added = PyList_Append(fresh, k);
-            if (added < 0) PyDict_DelItem(index, k);
+            added = PyList_Append(fresh, src);
+            if (added < 0) PyDict_DelItem(index, src);
         }
-        Py_DECREF(k);
         if (added < 0) goto fail;
     }
     gid = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int64_t) * n);

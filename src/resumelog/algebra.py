@@ -494,7 +494,7 @@ class FoldState:
         pending = self.pending
         touched = self._touched
         buf = self._deferred
-        for g, k in enumerate(buf.dkeys):
+        for g, k in enumerate(zip(buf.druns, buf.sources)):
             pending[k] = touched[k] = cols.materialize(g, SourceRunState())
         buf.clear()
 
