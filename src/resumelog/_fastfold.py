@@ -213,7 +213,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     pending = state.pending
     if native is not None:
         numbered = native.number_states(
-            index, _pending_of(pending, run), run, batch.sources, batch.source_index, len(buf.sources)
+            index, _pending_of(pending, run, len(batch.sources)), run, batch.sources, batch.source_index, len(buf)
         )
         if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
             gid, new = numbered
@@ -306,15 +306,12 @@ def _apply_general(
     return _apply_records(state, stream, first_ordinal, batch, deltas, _gids(local, batch), exact)
 
 
-_PENDING_SET_MAX = 4096
-"""Up to this many pending states, :func:`apply_batch` looks a batch's sources up in a
-set of those of its run (no ``(run, source)`` tuple made per source)."""
-
-
-def _pending_of(pending: dict[tuple[str, str], SourceRunState], run: str) -> Any:
-    """What ``native.number_states`` looks pending states up in: the sources of ``run``'s
-    (a set, made per batch while there are few), or ``pending`` itself."""
-    if len(pending) > _PENDING_SET_MAX:
+def _pending_of(pending: dict[tuple[str, str], SourceRunState], run: str, sources: int) -> Any:
+    """What ``native.number_states`` looks a batch's ``sources`` (that many) up in: the
+    sources of ``run``'s pending states, a set made for the batch while there are no
+    more pending states than sources (no ``(run, source)`` tuple made per source), or
+    ``pending`` itself."""
+    if len(pending) > sources:
         return pending
     return {src for r, src in pending if r == run}
 
