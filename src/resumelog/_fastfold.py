@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from resumelog._columns import ColumnBatch, KeySpans
 from resumelog._compiled import native
+from resumelog._hashed_dicts import hashed
 
 if TYPE_CHECKING:
     from resumelog.algebra import FoldState, SourceRunState, _Evaluation
@@ -151,6 +152,14 @@ class Buffer:
     def __len__(self) -> int:
         return len(self.sources)
 
+    def run_index(self, run: str) -> dict[str, int]:
+        """``index[run]``, made if missing (a dict that stores its keys' hashes: it grows
+        by ~10^5 ids a round, and its resizes then read no id)."""
+        index = self.index.get(run)
+        if index is None:
+            index = self.index[run] = hashed({})
+        return index
+
     def key(self, gid: int) -> tuple[str, str]:
         """State ``gid``'s key ``(run, source)``."""
         return self.druns[gid], self.sources[gid]
@@ -169,8 +178,8 @@ class Buffer:
         <resumelog.algebra.FoldState.added>` when they were numbered (looked up then,
         for the late-record test; :func:`evaluate` adds what was put there since)."""
         self.index: dict[str, dict[str, int]] = {}
-        """Per run, each of its fresh states' number by source (a dict of ``str`` keys:
-        no ``(run, source)`` tuple made per record)."""
+        """Per run, each of its fresh states' number by source (no ``(run, source)``
+        tuple made per record; see :meth:`run_index`)."""
         self.runs: set[str] = set()
         """The runs of ``druns``."""
         self.gids: list[Any] = []
@@ -207,9 +216,7 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
         except OverflowError:  # a delta beyond 64 bits (msgpack allows up to 2^64 - 1)
             return False
     buf = state._deferred
-    index = buf.index.get(run)
-    if index is None:
-        index = buf.index[run] = {}
+    index = buf.run_index(run)
     pending = state.pending
     if native is not None:
         numbered = native.number_states(
@@ -258,7 +265,7 @@ def _apply_general(
 ) -> bool:
     """:func:`apply_batch` of a batch some of whose sources have a pending state."""
     buf = state._deferred
-    index = buf.index.setdefault(run, {})
+    index = buf.run_index(run)
     pending = state.pending
     touched = state._touched
     # 1. classify every source, changing nothing yet
