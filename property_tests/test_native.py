@@ -327,13 +327,19 @@ def new_layers(draw):
     return added, tags, where
 
 
+def sorted_entries_reference(added, tags, where):
+    """``native.sorted_entries``'s Python expression."""
+    ids = sorted(added)
+    encoded = [i.encode() for i in ids]
+    ends = array("q", accumulate(map(len, encoded))).tobytes()
+    return encoded, [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids], ends
+
+
 @given(new_layers())
 @budget(2)
 def test_sorted_entries_is_the_python_expression(case) -> None:
     added, tags, where = case
-    ids = sorted(added)
-    expected = ([i.encode() for i in ids], [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids])
-    assert native.sorted_entries(added, tags, where) == expected
+    assert native.sorted_entries(added, tags, where) == sorted_entries_reference(added, tags, where)
 
 
 @given(new_layers(), st.data())
@@ -355,8 +361,7 @@ def test_sorted_entries_reads_the_lists_of_a_done_shape_map_or_says_they_do_not_
             for k, v in rest[:n]:
                 m[k] = v
         rest = rest[n:]
-    ids = sorted(added)
-    expected = ([i.encode() for i in ids], [where[added[i]] for i in ids], [tags.get(i, 0) for i in ids])
+    expected = sorted_entries_reference(added, tags, where)
     got = native.sorted_entries(added, m.parts(), where)
     at = {id(k): i for i, k in enumerate(added)}
     ranks = [at.get(id(k), -1) for k in tags]
@@ -383,8 +388,7 @@ def test_sorted_entries_says_when_the_lists_do_not_line_up() -> None:
         for i, t in zip(ids, sids):
             m.extend(i, t)
         assert native.sorted_entries(added, m.parts(), where) is False
-        want = [m.settle().get(k, 0) for k in (a, b, c)]
-        assert native.sorted_entries(added, m.settle(), where) == ([b"id-a", b"id-b", b"id-c"], [0, 0, 0], want)
+        assert native.sorted_entries(added, m.settle(), where) == sorted_entries_reference(added, m.settle(), where)
     with pytest.raises(TypeError):
         native.sorted_entries(added, ({}, [[a]], [[1, 2]]), where)
     with pytest.raises(TypeError):
@@ -402,15 +406,14 @@ def test_sorted_entries_of_many_ids() -> None:
         [f"s{rng.getrandbits(20)}/{i}" for i in range(5000)],
     ):
         added = dict.fromkeys(ids, "r")
-        got = native.sorted_entries(added, {}, {"r": 0})
-        assert got == ([i.encode() for i in sorted(added)], [0] * len(added), [0] * len(added))
+        assert native.sorted_entries(added, {}, {"r": 0}) == sorted_entries_reference(added, {}, {"r": 0})
 
 
 def test_sorted_entries_leaves_what_it_cannot_read() -> None:
     assert native.sorted_entries({"a": "r", "é": "r"}, {}, {"r": 0}) is None  # non-ASCII: the Python lines
     with pytest.raises(KeyError):
         native.sorted_entries({"a": "r", "b": "s"}, {}, {"r": 0})
-    assert native.sorted_entries({}, {}, {}) == ([], [], [])
+    assert native.sorted_entries({}, {}, {}) == ([], [], [], b"")
 
 
 def test_the_kernels_leak_nothing() -> None:

@@ -1478,10 +1478,12 @@ static int sort_keyed(Keyed *keyed, Py_ssize_t n, const Suffix *suf) {
 
 PyDoc_STRVAR(sorted_entries_doc,
              "sorted_entries(added: dict[str, str], tags, runs: dict[str, int])\n"
-             "    -> tuple[list[bytes], list[int], list[int]] | None | bool\n\n"
+             "    -> tuple[list[bytes], list[int], list[int], bytes] | None | bool\n\n"
              "A new layer's entries in key order: ``ids = sorted(added)``, then\n"
-             "``[i.encode() for i in ids]``, ``[runs[added[i]] for i in ids]`` and\n"
-             "``[tags.get(i, 0) for i in ids]``; ``None`` (and nothing done) if an id is not\n"
+             "``[i.encode() for i in ids]``, ``[runs[added[i]] for i in ids]``,\n"
+             "``[tags.get(i, 0) for i in ids]`` and the running totals of the encoded ids'\n"
+             "lengths as native int64 (``accumulate(map(len, encoded))``); ``None`` (and\n"
+             "nothing done) if an id is not\n"
              "an ASCII ``str``. A run missing from ``runs`` raises :class:`KeyError`.\n"
              "``tags``: a dict, or ``DoneShapeMap.parts()``, a dict and lists of ids and of\n"
              "their tags set after it, in order; ``False`` if those lists do not line up with\n"
@@ -1606,23 +1608,28 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
     }
     if (sort_keyed(keyed, n, suf) < 0) goto done;
     PyObject *ids = PyList_New(n), *rs = PyList_New(n), *ts = PyList_New(n);
-    if (ids == NULL || rs == NULL || ts == NULL) goto fail;
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int64_t) * n);
+    if (ids == NULL || rs == NULL || ts == NULL || ends == NULL) goto fail;
+    int64_t *end = (int64_t *)PyBytes_AS_STRING(ends), total = 0;
     for (Py_ssize_t j = 0; j < n; j++) {
         PyObject **r = &row[3 * keyed[j].i];
         PyObject *b = PyBytes_FromStringAndSize(PyUnicode_DATA(r[0]), PyUnicode_GET_LENGTH(r[0]));
         if (b == NULL) goto fail;
         PyList_SET_ITEM(ids, j, b);
+        total += PyBytes_GET_SIZE(b);
+        end[j] = total;
         Py_INCREF(r[1]);
         PyList_SET_ITEM(rs, j, r[1]);
         Py_INCREF(r[2]);
         PyList_SET_ITEM(ts, j, r[2]);
     }
-    out = Py_BuildValue("(NNN)", ids, rs, ts);
+    out = Py_BuildValue("(NNNN)", ids, rs, ts, ends);
     goto done;
 fail: /* (the lists' unset items are NULL: safe to release) */
     Py_XDECREF(ids);
     Py_XDECREF(rs);
     Py_XDECREF(ts);
+    Py_XDECREF(ends);
 done:
     Py_XDECREF(zero);
     PyMem_Free(suf);

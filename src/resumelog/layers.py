@@ -793,8 +793,10 @@ def build_layer(
             assert isinstance(tags, DoneShapeMap)
             found = native.sorted_entries(added, tags.settle(), where)
         entries = found if isinstance(found, tuple) else None
+    ends: Sequence[int] | None = None
     if entries is not None:
-        encoded, runs, raw = entries
+        encoded, runs, raw, packed_ends = entries
+        ends = memoryview(packed_ends).cast("q")
     else:
         ids = sorted(added)
         encoded = list(map(str.encode, ids))
@@ -806,7 +808,7 @@ def build_layer(
             remap[sid] = table.add(shapes.shapes[sid - 1])
     if any(map(operator.ne, remap, remap.values())):  # (else each keeps its number: no copy)
         raw = list(map(remap.__getitem__, raw))
-    return _new_layer(encoded, runs, raw, table, run_names, frozenset(removed))
+    return _new_layer(encoded, runs, raw, table, run_names, frozenset(removed), ends)
 
 
 class BlockSpool:
@@ -900,12 +902,16 @@ class LayerWriter:
         if self._size >= BLOCK_BYTES:
             self._cut()
 
-    def add_many(self, encoded: list[bytes], runs: Sequence[int], tags: Sequence[int]) -> None:
-        """:meth:`add` of many entries (in key order), cut into blocks in bulk."""
+    def add_many(
+        self, encoded: list[bytes], runs: Sequence[int], tags: Sequence[int], ends: Sequence[int] | None = None
+    ) -> None:
+        """:meth:`add` of many entries (in key order), cut into blocks in bulk; ``ends``:
+        the running totals of their lengths (``accumulate(map(len, encoded))``), if the
+        caller has them."""
         n = len(encoded)
         if not n:
             return
-        cum = list(accumulate(map(len, encoded)))
+        cum = list(accumulate(map(len, encoded))) if ends is None else ends
         i = 0
         while i < n:
             # the first j whose entries from i fill the block: size + Σ(len + 10) >= BLOCK_BYTES
@@ -1033,10 +1039,12 @@ def _new_layer(
     table: ShapeTable,
     run_names: list[str],
     tombstones: frozenset[str],
+    ends: Sequence[int] | None = None,
 ) -> Layer:
-    """:func:`make_layer` of ids already UTF-8 encoded."""
+    """:func:`make_layer` of ids already UTF-8 encoded (``ends``: as
+    :meth:`LayerWriter.add_many` takes them)."""
     w = LayerWriter()
-    w.add_many(encoded, runs, tags)
+    w.add_many(encoded, runs, tags, ends)
     return w.finish(table, run_names, tombstones)
 
 
