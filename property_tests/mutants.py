@@ -439,8 +439,8 @@ MUTANTS += [
     Mutant(
         "native_layer_entries_runs_and_shapes_swapped",
         "layers.py",
-        "        encoded, runs, raw = entries\n",
-        "        encoded, raw, runs = entries\n",
+        "        encoded, runs, raw, packed_ends = entries\n",
+        "        encoded, raw, runs, packed_ends = entries\n",
         "a new layer built by the compiled kernel gives each id its shape id as its run and its run as its shape",
     ),
     Mutant(

@@ -525,3 +525,18 @@ def test_a_late_record_first_after_an_evaluation_numbers_nothing():
     late = Batch(["s1", "s0"], [0, 1], ["0_s1", "0_s0_9"], [1, 1], bytes([EMISSION, 0]))
     then = Batch(["s2", "s1"], [0, 0, 1, 1], ["0_s2", "0_s2_0", "0_s1_0", "0_s1_1"], [1, -1, -1, 0], b"\x01\0\0\0")
     compare([("segment", 0, [drained("s0")], False), ("finish", True), ("segment", 0, [late, then], False)])
+
+
+def test_a_late_record_of_a_base_completion_numbers_nothing():
+    """As above, s0's completion loaded from a snapshot (the base): the kernel numbers s1
+    and finds no late record (s0 is not in ``added``), the base lookup finds s0's, and
+    the fast path must take s1's number back."""
+    late = Batch(["s1", "s0"], [0, 1], ["0_s1", "0_s0_9"], [1, 1], bytes([EMISSION, 0]))
+    then = Batch(["s2", "s1"], [0, 0, 1, 1], ["0_s2", "0_s2_0", "0_s1_0", "0_s1_1"], [1, -1, -1, 0], b"\x01\0\0\0")
+    ops = [
+        ("segment", 0, [drained("s0")], False),
+        ("finish", True),
+        ("roundtrip",),
+        ("segment", 0, [late, then], False),
+    ]
+    compare(ops)

@@ -174,20 +174,27 @@ def test_shape_keys_refuses_what_it_cannot_read() -> None:
         native.hash_order(["not bytes"])
 
 
-def number_states_reference(index, pending, run, sources, source_index, start):
+def number_states_reference(index, pending, run, sources, source_index, start, added):
     """``_fastfold.apply_batch``'s common case: numbers of the batch's states (``index``:
-    ``run``'s, by source), new ones from ``start`` in the order of ``sources``; ``None``
-    if one is pending (``pending``: keyed by ``(run, source)``, or a set of sources)."""
-    if any((s if isinstance(pending, set) else (run, s)) in pending for s in sources):
-        return None
+    ``run``'s, by source), new ones from ``start`` in the order of ``sources``, and
+    which of the new ones are in ``added``; at the first source that has a pending
+    state (``pending``: keyed by ``(run, source)``, or a set of sources) ``None``, or
+    that is new and that ``run`` completed ``False`` (``index`` unchanged either way)."""
     local, fresh = [], []
+    numbered = dict(index)
     for s in sources:
-        g = index.get(s)
+        if (s if isinstance(pending, set) else (run, s)) in pending:
+            return None
+        g = numbered.get(s)
         if g is None:
+            if added.get(s) == run:
+                return False
             fresh.append(s)
-            g = index[s] = start + len(fresh) - 1
+            g = numbered[s] = start + len(fresh) - 1
         local.append(g)
-    return array("q", [local[i] for i in source_index]).tobytes(), fresh
+    index.update(numbered)
+    in_added = [i for i, s in enumerate(fresh) if s in added]
+    return array("q", [local[i] for i in source_index]).tobytes(), fresh, in_added
 
 
 @st.composite
@@ -203,7 +210,8 @@ def batches_to_number(draw: st.DrawFn):
         pending = {s for r, s in pending if r == run}
     sources = draw(st.lists(st.sampled_from(names)))  # (a source named twice: numbered once)
     source_index = draw(st.lists(st.integers(0, len(sources) - 1), max_size=20)) if sources else []
-    return index, pending, run, sources, source_index, draw(st.integers(0, 10**6))
+    added = {s: draw(st.sampled_from(runs)) for s in draw(st.lists(st.sampled_from(names), unique=True, max_size=3))}
+    return index, pending, run, sources, source_index, draw(st.integers(0, 10**6)), added
 
 
 @given(batches_to_number())
@@ -218,16 +226,20 @@ def test_number_states_is_the_python_loop(case) -> None:
 def test_number_states_changes_nothing_on_an_error() -> None:
     index = {"x": 0}
     with pytest.raises(IndexError):
-        native.number_states(index, {}, "r", ["a", "b"], [0, 2], 1)  # no source 2
+        native.number_states(index, {}, "r", ["a", "b"], [0, 2], 1, {})  # no source 2
     assert index == {"x": 0}
     with pytest.raises(TypeError):
-        native.number_states(index, {}, "r", ["a", ["unhashable"]], [0], 1)
+        native.number_states(index, {}, "r", ["a", ["unhashable"]], [0], 1, {})
     assert index == {"x": 0}
     with pytest.raises(TypeError):
-        native.number_states(index, ["not", "a", "dict"], "r", ["a"], [0], 1)
-    assert native.number_states(index, {("r", "a"): None}, "r", ["b", "a"], [0], 1) is None
-    assert native.number_states(index, {"a"}, "r", ["b", "a"], [0], 1) is None
+        native.number_states(index, ["not", "a", "dict"], "r", ["a"], [0], 1, {})
+    with pytest.raises(TypeError):
+        native.number_states(index, {}, "r", ["a"], [0], 1, None)
+    assert native.number_states(index, {("r", "a"): None}, "r", ["b", "a"], [0], 1, {}) is None
+    assert native.number_states(index, {"a"}, "r", ["b", "a"], [0], 1, {}) is None
+    assert native.number_states(index, set(), "r", ["b", "a"], [0], 1, {"a": "r"}) is False  # a late record
     assert index == {"x": 0}  # (b was numbered, then taken back)
+    assert native.number_states(index, set(), "r", ["b", "a"], [0, 1], 1, {"a": "q"})[1:] == (["b", "a"], [1])
 
 
 @given(st.lists(st.text(max_size=3)), st.data())
@@ -447,14 +459,15 @@ def test_the_kernels_leak_nothing() -> None:
         native.span_strs(*spans.raw, 10, 200)
         native.take_spans([spans.raw, spans.raw], order)
         native.shape_keys(spans.raw, [1] * len(spans), [0, 100, len(spans)], [0, 1], ["s1", "s2"], "\x1f", "\x1e")
-        native.number_states({}, {}, "r", sources, array("q", range(300)).tobytes(), 0)
+        native.number_states({}, {}, "r", sources, array("q", range(300)).tobytes(), 0, {})
         native.shape_keys(keys, deltas, starts, cand, sources, "\x1f", "\x1e")
         native.shape_keys(keys, deltas, starts, cand, sources, None, None)
         index: dict = {}
-        native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all new)
-        native.number_states(index, {}, "r", sources, list(range(300)), 0)  # (all known)
-        native.number_states(index, {("r", "s5"): 1}, "r", sources, list(range(300)), 0)  # (pending)
-        native.number_states(index, {"s5"}, "r", sources, list(range(300)), 0)  # (pending, as a set)
+        native.number_states(index, {}, "r", sources, list(range(300)), 0, {"s1": "q"})  # (all new)
+        native.number_states(index, {}, "r", sources, list(range(300)), 0, {})  # (all known)
+        native.number_states(index, {("r", "s5"): 1}, "r", sources, list(range(300)), 0, {})  # (pending)
+        native.number_states(index, {"s5"}, "r", sources, list(range(300)), 0, {})  # (pending, as a set)
+        native.number_states({}, set(), "r", sources, list(range(300)), 0, {"s7": "r"})  # (late)
         native.hash_order([k.encode() for k in keys[:100]])
         native.take(keys, order)
         native.int64s(deltas)
@@ -464,7 +477,7 @@ def test_the_kernels_leak_nothing() -> None:
         native.sorted_entries(dict.fromkeys(ascii_keys, "r"), dict.fromkeys(ascii_keys[:50], 2), {"r": 0})
         native.sorted_entries({"é": "r"}, {}, {"r": 0})
         for call, args, error in [
-            (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0), IndexError),
+            (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0, {}), IndexError),
             (native.pack_uints, ([1 << 40], (1, 2, 4)), OverflowError),
             (native.shape_keys, (["a"], [1], [0, 5], [0], ["s"], "\x1f", "\x1e"), IndexError),
             (native.take, (["a"], array("q", [3])), IndexError),
@@ -472,7 +485,7 @@ def test_the_kernels_leak_nothing() -> None:
             (native.sorted_entries, (dict.fromkeys(keys[:200], "r"), {}, {}), KeyError),
             (native.take_spans, ([spans.raw], array("q", [10**6])), IndexError),
             (native.span_strs, (b"abc", array("q", [2, 1]), 0, 2), ValueError),
-            (native.number_states, ({}, {}, "r", sources, array("q", [0, 10**6]).tobytes(), 0), IndexError),
+            (native.number_states, ({}, {}, "r", sources, array("q", [0, 10**6]).tobytes(), 0, {}), IndexError),
         ]:
             with pytest.raises(error):
                 call(*args)
@@ -663,10 +676,10 @@ def test_shape_keys_of_spans_are_those_of_the_list(case) -> None:
 @given(batches_to_number())
 @budget(2)
 def test_number_states_of_packed_source_indexes(case) -> None:
-    index, pending, run, sources, source_index, start = case
+    index, pending, run, sources, source_index, start, added = case
     mine, theirs = dict(index), dict(index)
     packed = array("q", source_index).tobytes()
-    assert native.number_states(mine, pending, run, sources, packed, start) == native.number_states(
-        theirs, pending, run, sources, source_index, start
+    assert native.number_states(mine, pending, run, sources, packed, start, added) == native.number_states(
+        theirs, pending, run, sources, source_index, start, added
     )
     assert mine == theirs

@@ -219,18 +219,19 @@ def apply_batch(state: FoldState, run: str, stream: int, first_ordinal: int, bat
     index = buf.run_index(run)
     pending = state.pending
     if native is not None:
-        numbered = native.number_states(
-            index, _pending_of(pending, run, len(batch.sources)), run, batch.sources, batch.source_index, len(buf)
-        )
+        pend = _pending_of(pending, run, len(batch.sources))
+        numbered = native.number_states(index, pend, run, batch.sources, batch.source_index, len(buf), state.added)
+        if numbered is False:
+            return False  # a late record (in ``added``): the reference loop reopens the completion
         if numbered is not None:  # the common case below (a source named twice too), numbered in one C loop
-            gid, new = numbered
+            gid, new, in_added = numbered
             if new:
-                found = _base_positions(state, run, new)
-                if found is None:
+                pos = _in_base(state, run, new)
+                if pos is None:
                     for src in new:  # (numbered in index already: change nothing)
                         del index[src]
-                    return False  # a late record: the reference loop reopens the completion
-                _number(buf, run, new, *found)
+                    return False  # a late record (in the base): the reference loop reopens the completion
+                _number(buf, run, new, pos, in_added)
             return _apply_records(state, stream, first_ordinal, batch, deltas, np.frombuffer(gid, dtype=np.int64), {})
         if isinstance(batch, ColumnBatch):
             batch = batch.batch()  # (a state of the batch is pending: the lines below read a Batch)
@@ -345,10 +346,9 @@ def _base_positions(state: FoldState, run: str, sources: list[str]) -> tuple[lis
     <resumelog.algebra.FoldState.added>` (completed by another run: for
     :attr:`Buffer.in_added`), or ``None`` if ``run`` completed one of them: a late
     record, which reopens the completion (:meth:`FoldState.completed_run
-    <resumelog.algebra.FoldState.completed_run>` of each, the base looked up in bulk)."""
-    base = state.base
-    pos = base.find_many(sources) if base.count else [-1] * len(sources)
-    added, removed = state.added, state.removed
+    <resumelog.algebra.FoldState.completed_run>` of each, the base looked up in bulk).
+    (``native.number_states`` looks them up in ``added`` itself: :func:`_in_base`.)"""
+    added = state.added
     in_added: list[int] = []
     if added:
         runs = list(map(added.get, sources))  # (C loops)
@@ -356,12 +356,23 @@ def _base_positions(state: FoldState, run: str, sources: list[str]) -> tuple[lis
             if run in runs:
                 return None
             in_added = [i for i, r in enumerate(runs) if r is not None]
+    pos = _in_base(state, run, sources)
+    return None if pos is None else (pos, in_added)
+
+
+def _in_base(state: FoldState, run: str, sources: list[str]) -> list[int] | None:
+    """The base's part of :func:`_base_positions`: the sources' positions in the base,
+    or ``None`` if ``run`` completed one of them there (and no later fold voided or
+    re-attributed it)."""
+    base = state.base
+    pos = base.find_many(sources) if base.count else [-1] * len(sources)
+    added, removed = state.added, state.removed
     if base.count:
         for i in compress(range(len(pos)), map((-1).__lt__, pos)):  # those in the base
             src = sources[i]
             if src not in added and src not in removed and state._run_name(base.run_at(pos[i])) == run:
                 return None
-    return pos, in_added
+    return pos
 
 
 def _apply_records(

@@ -1030,15 +1030,19 @@ fail:
 
 PyDoc_STRVAR(
     number_states_doc,
-    "number_states(index, pending, run, sources, source_index, start) -> tuple[bytes, list] | None\n\n"
-    "The common case of _fastfold.apply_batch: ``None`` (and nothing changed) if some\n"
-    "source has a state of ``run`` in ``pending`` (a dict keyed by ``(run, source)``, or\n"
-    "the set of the sources of ``run``'s pending states); else each record's state number\n"
+    "number_states(index, pending, run, sources, source_index, start, added)\n"
+    "    -> tuple[bytes, list, list] | bool | None\n\n"
+    "The common case of _fastfold.apply_batch, or not (and nothing changed) at the first\n"
+    "source that has a state of ``run`` in ``pending`` (a dict keyed by ``(run, source)``,\n"
+    "or the set of the sources of ``run``'s pending states): ``None``, or that is the\n"
+    "source of a new state and that ``run`` completed (``added[source] == run``: a late\n"
+    "record): ``False``; else each record's state number\n"
     "(``source_index[i]``'s source: its number in ``index``, ``run``'s dict of\n"
     "``source -> number``, or a new one from ``start`` up,\n"
     "``source_index`` a list or a buffer of native int64,\n"
-    "in the order of ``sources``, entered in ``index``) as native int64, and the new states'\n"
-    "sources in that order (a source named twice is numbered once).");
+    "in the order of ``sources``, entered in ``index``) as native int64, the new states'\n"
+    "sources in that order (a source named twice is numbered once), and the indexes of\n"
+    "those among them in ``added`` (a dict; completed by another run).");
 
 /* Dict operations with a key's hash computed once. The functions are CPython's,
    exported up to 3.12; later versions take the plain calls. */
@@ -1069,14 +1073,16 @@ static int is_pending(PyObject *pending, PyObject *run, PyObject *src) {
 }
 
 static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "number_states takes 6 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "number_states takes 7 arguments");
         return NULL;
     }
     PyObject *index = args[0], *pending = args[1], *run = args[2], *sources = args[3], *source_index = args[4];
+    PyObject *added = args[6];
     Py_ssize_t start = PyLong_AsSsize_t(args[5]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_Check(index) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) || !PyList_Check(sources)) {
+    if (!PyDict_Check(index) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) || !PyList_Check(sources) ||
+        !PyDict_Check(added)) {
         PyErr_SetString(PyExc_TypeError, "number_states: dicts (or a set) and lists expected");
         return NULL;
     }
@@ -1085,13 +1091,15 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_ssize_t ns = PyList_GET_SIZE(sources), n = listed ? PyList_GET_SIZE(source_index) : 0;
     if (!listed && int64_view(source_index, &ixv, &n, "number_states: source_index is not int64") < 0) return NULL;
     int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
-    PyObject *fresh = NULL, *gid = NULL;
+    PyObject *fresh = NULL, *gid = NULL, *in_added = NULL;
     if (local == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
     fresh = PyList_New(0);
-    if (fresh == NULL) goto fail;
+    in_added = PyList_New(0);
+    if (fresh == NULL || in_added == NULL) goto fail;
+    int check_added = PyDict_GET_SIZE(added) > 0;
     int check_pending = PyAnySet_Check(pending) ? PySet_GET_SIZE(pending) > 0 : PyDict_GET_SIZE(pending) > 0;
     for (Py_ssize_t i = 0; i < ns; i++) {
         PyObject *src = PyList_GET_ITEM(sources, i);
@@ -1103,6 +1111,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 if (has < 0 || unnumber(index, fresh) < 0) goto fail;
                 PyMem_Free(local);
                 Py_DECREF(fresh);
+                Py_DECREF(in_added);
                 if (!listed) PyBuffer_Release(&ixv);
                 Py_RETURN_NONE;
             }
@@ -1114,6 +1123,25 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
             continue;
         }
         if (PyErr_Occurred()) goto fail;
+        if (check_added) { /* (looked up while its hash is at hand: _fastfold._base_positions's lookup) */
+            PyObject *r = DICT_GET_H(added, src, h); /* (borrowed) */
+            if (r == NULL && PyErr_Occurred()) goto fail;
+            if (r != NULL) {
+                int late = r == run ? 1 : PyObject_RichCompareBool(r, run, Py_EQ);
+                if (late != 0) {
+                    if (late < 0 || unnumber(index, fresh) < 0) goto fail;
+                    PyMem_Free(local);
+                    Py_DECREF(fresh);
+                    Py_DECREF(in_added);
+                    if (!listed) PyBuffer_Release(&ixv);
+                    Py_RETURN_FALSE;
+                }
+                PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(fresh));
+                int ok = at != NULL && PyList_Append(in_added, at) == 0;
+                Py_XDECREF(at);
+                if (!ok) goto fail;
+            }
+        }
         local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
         PyObject *number = PyLong_FromLongLong(local[i]);
         int added = number == NULL ? -1 : DICT_SET_H(index, src, number, h);
@@ -1138,7 +1166,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     PyMem_Free(local);
     if (!listed) PyBuffer_Release(&ixv);
-    return Py_BuildValue("(NN)", gid, fresh);
+    return Py_BuildValue("(NNN)", gid, fresh, in_added);
 fail:
     if (fresh != NULL) { /* (nothing changed: the error is raised as it was) */
         PyObject *type, *value, *tb;
@@ -1148,6 +1176,7 @@ fail:
     }
     PyMem_Free(local);
     Py_XDECREF(fresh);
+    Py_XDECREF(in_added);
     Py_XDECREF(gid);
     if (!listed) PyBuffer_Release(&ixv);
     return NULL;
