@@ -625,8 +625,13 @@ def test_decode_batch_leaves_to_msgspec_what_it_does_not_read() -> None:
 def spans_and_order(draw: st.DrawFn):
     parts = draw(st.lists(st.lists(st.text("ab_0\x00\x7f", max_size=5), max_size=8), max_size=4))
     total = sum(map(len, parts))
-    order = draw(st.lists(st.integers(0, total - 1), max_size=20)) if total else []
-    return parts, order
+    if not total:
+        return parts, []
+    if draw(st.booleans()):
+        return parts, draw(st.lists(st.integers(0, total - 1), max_size=20))
+    # runs of consecutive keys (across parts too), as records grouped by state mostly are
+    runs = draw(st.lists(st.tuples(st.integers(0, total - 1), st.integers(1, total)), max_size=5))
+    return parts, [i for a, n in runs for i in range(a, min(a + n, total))]
 
 
 @given(spans_and_order())
