@@ -573,6 +573,14 @@ MUTANTS += [
         "            for ids, sids in reversed(list(zip(self._ids, self._sids))):\n",
         "issue 17/3: the lists a DoneShapeMap holds settle newest first (an id's older shape id wins)",
     ),
+    Mutant(
+        "done_shape_subset_ignores_the_lists",
+        "done_shapes.py",
+        "        for ids, sids in zip(self._ids, self._sids):  # (in order: later ones win, as settled)\n",
+        "        for ids, sids in []:  # mutant: the lists not read\n",
+        "issue 17/3: a partial spill keeps, of the completions it leaves in Python objects, only the done "
+        "shapes already settled (the others lose their final entries)",
+    ),
 ]
 
 

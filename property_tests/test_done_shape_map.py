@@ -47,5 +47,7 @@ def test_a_done_shape_map_is_a_dict_whatever_it_holds_as_lists(initial, ops):
             assert len(m) == len(d)
         else:
             assert list(m) == list(d)
+    keys = dict.fromkeys("fdbz")
+    assert list(m.subset(keys).items()) == [(k, d[k]) for k in keys if k in d]
     assert list(m.items()) == list(d.items())
     assert m == d and m.settle() == d

@@ -619,7 +619,7 @@ def _spill(loaded: Loaded) -> bool:
         kept = _less(writers, rest)  # the moved completions' writers and the base's
         # (the layer reads the shapes of the ids it holds only: all of them can go)
         view = replace(state, added=moved, done_shapes=shapes, done_writers=kept)
-        rest_shapes = DoneShapeMap((s, shapes[s]) for s in rest if s in shapes)
+        rest_shapes = shapes.subset(rest)  # (the lists not settled: the layer walks them)
         rest_writers = hashed_dict((s, writers[s]) for s in rest if s in writers)
     else:
         view = state

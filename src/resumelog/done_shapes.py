@@ -17,7 +17,7 @@ completion by a retired run, whose records are ignored anyway).
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 
 import msgspec
 
@@ -165,6 +165,16 @@ class DoneShapeMap(MutableMapping[str, int]):
                 d.update(zip(ids, sids))
             self._ids, self._sids, self._own = [], [], False
         return self._dict
+
+    def subset(self, keys: Mapping[str, object]) -> DoneShapeMap:
+        """The entries of ``keys`` (in their order), without settling: the lists are
+        read for ids of ``keys`` (a membership test per listed id: a spill keeps a few
+        completions of ~10^6)."""
+        d = self._dict
+        found = {s: d[s] for s in keys if s in d}
+        for ids, sids in zip(self._ids, self._sids):  # (in order: later ones win, as settled)
+            found.update(compress(zip(ids, sids), map(keys.__contains__, ids)))
+        return DoneShapeMap((s, found[s]) for s in keys if s in found)
 
     def parts(self) -> tuple[dict[str, int], list[list[str]], list[list[int]]]:
         """The dict and the lists :meth:`extend` added since (applied after it, in
