@@ -476,6 +476,9 @@ def test_the_kernels_leak_nothing() -> None:
         native.key_order(blob, offsets, 4)
         native.sorted_entries(dict.fromkeys(ascii_keys, "r"), dict.fromkeys(ascii_keys[:50], 2), {"r": 0})
         native.sorted_entries({"é": "r"}, {}, {"r": 0})
+        listed = ({}, [ascii_keys[:50], ascii_keys[60:70]], [[2] * 50, [3] * 10])  # (a DoneShapeMap's parts)
+        native.sorted_entries(dict.fromkeys(ascii_keys, "r"), listed, {"r": 0})
+        native.sorted_entries(dict.fromkeys(ascii_keys, "r"), ({}, [ascii_keys[9::-1]], [[2] * 10]), {"r": 0})  # False
         for call, args, error in [
             (native.number_states, ({}, {}, "r", sources, [0, 10**6], 0, {}), IndexError),
             (native.pack_uints, ([1 << 40], (1, 2, 4)), OverflowError),
@@ -483,6 +486,7 @@ def test_the_kernels_leak_nothing() -> None:
             (native.take, (["a"], array("q", [3])), IndexError),
             (native.key_order, (b"abc", array("I", [0, 2, 1]), 4), ValueError),
             (native.sorted_entries, (dict.fromkeys(keys[:200], "r"), {}, {}), KeyError),
+            (native.sorted_entries, (dict.fromkeys(keys[:200], "r"), ({}, [["a"]], [[1, 2]]), {"r": 0}), TypeError),
             (native.take_spans, ([spans.raw], array("q", [10**6])), IndexError),
             (native.span_strs, (b"abc", array("q", [2, 1]), 0, 2), ValueError),
             (native.number_states, ({}, {}, "r", sources, array("q", [0, 10**6]).tobytes(), 0, {}), IndexError),
