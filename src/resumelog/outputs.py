@@ -274,29 +274,21 @@ class PendingOutput:
             pass
 
 
-_SPOOL_ATTEMPTS = 5
-
-
 def _open_spool(store: Store) -> tuple[str, IO[bytes]]:
     """A new spool file: in the store's staging directory if its objects are local files
-    (made again if a concurrent ``delete`` removed it, empty, between its creation and
-    the file's: a GC of spool files removes the directories it empties), else in the
-    system's temporary directory."""
-    name = f"{STAGING_PREFIX}{paths.new_ulid()}-{os.getpid()}.spool"
-    attempt = 0
-    while True:
-        attempt += 1
-        spool = store.staging_path(name)
-        if spool is None:
-            fd, spool = tempfile.mkstemp(prefix="resumelog-output-", suffix=".spool")
-            return spool, os.fdopen(fd, "w+b")
-        try:
-            return spool, open(spool, "x+b")
-        except FileNotFoundError as exc:
-            if attempt == _SPOOL_ATTEMPTS or os.path.isdir(os.path.dirname(spool)):
-                raise StorageError(
-                    exc.errno or errno.ENOENT, f"cannot create spool file {spool}: {exc.strerror}"
-                ) from exc
+    (:meth:`Store.open_staging <resumelog.storage.Store.open_staging>`: made again if a
+    GC of spool files removed it, empty, meanwhile), else in the system's temporary
+    directory."""
+    try:
+        staged = store.open_staging(f"{STAGING_PREFIX}{paths.new_ulid()}-{os.getpid()}.spool")
+    except FileNotFoundError as exc:  # (the directory kept vanishing)
+        raise StorageError(
+            exc.errno or errno.ENOENT, f"cannot create spool file {exc.filename}: {exc.strerror}"
+        ) from exc
+    if staged is not None:
+        return staged
+    fd, spool = tempfile.mkstemp(prefix="resumelog-output-", suffix=".spool")
+    return spool, os.fdopen(fd, "w+b")
 
 
 @contextmanager

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from resumelog.errors import InvalidId
 
@@ -82,11 +83,11 @@ class Store(ABC):
             data = f.read()
         self.put_if_absent(key, data)
 
-    def staging_path(self, key: str) -> str | None:
-        """A local file path for object ``key`` if objects are local files (its
-        directory created), so that a file written there can be handed to
-        :meth:`put_if_absent_file` without a copy; ``None`` otherwise (spool the file
-        elsewhere, e.g. in the system's temporary directory)."""
+    def open_staging(self, key: str) -> tuple[str, IO[bytes]] | None:
+        """A new local file for object ``key``, open for writing, and its path, if
+        objects are local files (its directory created), so that a file written there
+        can be handed to :meth:`put_if_absent_file` without a copy; ``None`` otherwise
+        (spool the file elsewhere, e.g. in the system's temporary directory)."""
         return None
 
     @abstractmethod

@@ -19,6 +19,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import IO
 
 from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
 from resumelog.storage._base import ObjectInfo, Store, check_key
@@ -146,11 +147,14 @@ class LocalStore(Store):
         except OSError as exc:
             raise StorageError(exc.errno or errno.EIO, f"cannot write {final}: {exc.strerror or exc}") from exc
 
-    def staging_path(self, key: str) -> str | None:
-        """The file of ``key`` (its directory created)."""
+    def open_staging(self, key: str) -> tuple[str, IO[bytes]] | None:
+        """The file of ``key``, created (exclusively) in its directory, made first and
+        again if a concurrent delete removed it meanwhile (:meth:`_in_dir`; a
+        :class:`FileNotFoundError` if it keeps vanishing)."""
         p = self._path(key)
-        self._makedirs(os.path.dirname(p))
-        return p
+        opened: list[IO[bytes]] = []
+        self._in_dir(os.path.dirname(p), lambda: opened.append(open(p, "x+b")))
+        return p, opened[0]
 
     def _create(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         """Write a temp file, link it to ``<key>`` (create-only), then fsync the file and
