@@ -223,6 +223,112 @@ def test_number_states_is_the_python_loop(case) -> None:
     assert list(mine.items()) == list(theirs.items())  # the new states entered, in order (none if pending)
 
 
+def index_of(items: dict[str, int]):
+    """A ``native.SourceIndex`` holding ``items``."""
+    index = native.SourceIndex()
+    for k, v in items.items():
+        index[k] = v
+    return index
+
+
+def contents(index, keys) -> dict[str, int]:
+    """What ``index`` (a SourceIndex: not iterable) holds of ``keys``, all it holds."""
+    held = {k: index[k] for k in keys if k in index}
+    assert len(index) == len(held)
+    return held
+
+
+@given(batches_to_number())
+@budget(3)
+def test_number_states_in_a_source_index_is_in_a_dict(case) -> None:
+    index, rest = case[0], case[1:]
+    mine, theirs = index_of(index), dict(index)
+    assert native.number_states(mine, *rest) == native.number_states(theirs, *rest)
+    assert contents(mine, [*theirs, *rest[2]]) == theirs
+
+
+# Keys of each kind of str (ASCII, Latin-1, 2- and 4-byte code points), an empty one, and
+# equal keys that are other objects (sliced from a longer string).
+INDEX_KEYS = ["", "a", "b", "src-1", "src-2", "é", "ŝource", "😀", "s\x1f", *(f"shard-{i:04d}" for i in range(40))]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["set", "del", "get", "in", "[]"]),
+            st.sampled_from(INDEX_KEYS),
+            st.integers(-(1 << 63), (1 << 63) - 1),
+        ),
+        max_size=300,
+    )
+)
+@budget(3)
+def test_a_source_index_is_a_dict(ops) -> None:
+    index, model = native.SourceIndex(), {}
+    for op, key, value in ops:
+        key = (key + "#")[:-1]  # (an equal str, most often another object)
+        if op == "set":
+            index[key] = value
+            model[key] = value
+        elif op == "del":
+            if key in model:
+                del index[key]
+                del model[key]
+            else:
+                with pytest.raises(KeyError):
+                    del index[key]
+        elif op == "get":
+            assert index.get(key) == model.get(key)
+            assert index.get(key, "none") == model.get(key, "none")
+        elif op == "in":
+            assert (key in index) == (key in model)
+        elif key in model:
+            assert index[key] == model[key]
+        else:
+            with pytest.raises(KeyError):
+                index[key]
+        assert len(index) == len(model)
+    assert contents(index, INDEX_KEYS) == model
+
+
+def test_a_source_index_of_many_keys_after_deletions() -> None:
+    """Deletions in long runs of slots (backward shifts across the table's end too)."""
+    import random
+
+    rng = random.Random(7)
+    keys = [f"shard-{i:08d}" for i in range(20_000)]
+    index, model = native.SourceIndex(), {}
+    for round_ in range(3):
+        for k in rng.sample(keys, 12_000):
+            index[k] = model[k] = round_
+        for k in rng.sample(sorted(model), len(model) // 2):
+            del index[k], model[k]
+        assert contents(index, keys) == model
+
+
+def test_a_source_index_refuses_what_is_not_a_str_key_or_an_int() -> None:
+    index = native.SourceIndex()
+    with pytest.raises(TypeError):
+        native.SourceIndex({"a": 1})
+    with pytest.raises(TypeError):
+        index[1] = 2
+    with pytest.raises(TypeError):
+        index[Name("a")] = 2  # (a str subclass: its equality is its own)
+    with pytest.raises(TypeError):
+        index["a"] = "1"
+    with pytest.raises(OverflowError):
+        index["a"] = 1 << 64
+    with pytest.raises(TypeError):
+        hash(index)
+    with pytest.raises(TypeError):
+        iter(index)
+    assert len(index) == 0 and "a" not in index
+
+
+class Name(str):
+    pass
+
+
 def test_number_states_changes_nothing_on_an_error() -> None:
     index = {"x": 0}
     with pytest.raises(IndexError):
@@ -240,6 +346,18 @@ def test_number_states_changes_nothing_on_an_error() -> None:
     assert native.number_states(index, set(), "r", ["b", "a"], [0], 1, {"a": "r"}) is False  # a late record
     assert index == {"x": 0}  # (b was numbered, then taken back)
     assert native.number_states(index, set(), "r", ["b", "a"], [0, 1], 1, {"a": "q"})[1:] == (["b", "a"], [1])
+    table = index_of({"x": 0})
+    for args, error in [
+        (({}, "r", ["a", "b"], [0, 2], 1, {}), IndexError),  # no source 2
+        (({}, "r", ["a", 3], [0], 1, {}), TypeError),  # not a str
+        (({}, "r", ["a", Name("b")], [0], 1, {}), TypeError),
+    ]:
+        with pytest.raises(error):
+            native.number_states(table, *args)
+        assert contents(table, ["x", "a", "b"]) == {"x": 0}
+    assert native.number_states(table, set(), "r", ["b", "a"], [0], 1, {"a": "r"}) is False  # a late record
+    assert native.number_states(table, {"a"}, "r", ["b", "a"], [0], 1, {}) is None
+    assert contents(table, ["x", "a", "b"]) == {"x": 0}  # (b was numbered, then taken back)
 
 
 @given(st.lists(st.text(max_size=3)), st.data())
@@ -468,6 +586,15 @@ def test_the_kernels_leak_nothing() -> None:
         native.number_states(index, {("r", "s5"): 1}, "r", sources, list(range(300)), 0, {})  # (pending)
         native.number_states(index, {"s5"}, "r", sources, list(range(300)), 0, {})  # (pending, as a set)
         native.number_states({}, set(), "r", sources, list(range(300)), 0, {"s7": "r"})  # (late)
+        table = native.SourceIndex()
+        native.number_states(table, {}, "r", sources, list(range(300)), 0, {"s1": "q"})  # (all new)
+        native.number_states(table, {}, "r", sources, list(range(300)), 0, {})  # (all known)
+        native.number_states(table, {"s5"}, "r", sources, list(range(300)), 0, {})  # (pending)
+        native.number_states(native.SourceIndex(), set(), "r", sources, list(range(300)), 0, {"s7": "r"})  # (late)
+        for k in sources[::2]:
+            del table[k]
+        table["s1"], table["s3"] = 5, 6
+        table.get("s3"), table.get("nothing", 0), "s9" in table
         native.hash_order([k.encode() for k in keys[:100]])
         native.take(keys, order)
         native.int64s(deltas)
@@ -490,6 +617,9 @@ def test_the_kernels_leak_nothing() -> None:
             (native.take_spans, ([spans.raw], array("q", [10**6])), IndexError),
             (native.span_strs, (b"abc", array("q", [2, 1]), 0, 2), ValueError),
             (native.number_states, ({}, {}, "r", sources, array("q", [0, 10**6]).tobytes(), 0, {}), IndexError),
+            (native.number_states, (native.SourceIndex(), {}, "r", sources, [0, 10**6], 0, {}), IndexError),
+            (native.number_states, (native.SourceIndex(), {}, "r", [*sources, 1], [0], 0, {}), TypeError),
+            (native.SourceIndex().__getitem__, ("absent",), KeyError),
         ]:
             with pytest.raises(error):
                 call(*args)

@@ -1026,6 +1026,232 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------ source index */
+
+/* A table of str -> int64 (a run's fresh states by source, _fastfold.Buffer.index), in
+ * open addressing with linear probing: each slot holds the key's hash, its value and a
+ * reference to the key, so a probe reads one slot and, on a hash match, the key; nothing
+ * else. number_states looks a whole batch up first, prefetching each source's slot and
+ * then its key some sources ahead (a dict's lookups are cache misses one after another:
+ * its index, its entry, the stored key, for ~10^5 sources a round). Keys are exact str;
+ * equal as Python compares them (same length, kind and code points). */
+typedef struct {
+    Py_hash_t hash;
+    int64_t value;
+    PyObject *key; /* (NULL: an empty slot) */
+} IndexSlot;
+
+typedef struct {
+    PyObject_HEAD
+    IndexSlot *slots;
+    size_t mask; /* (the number of slots, a power of two, minus 1) */
+    Py_ssize_t used;
+} SourceIndex;
+
+static PyTypeObject SourceIndexType;
+
+static inline int str_eq(PyObject *a, PyObject *b) {
+    if (a == b) return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    int kind = PyUnicode_KIND(a);
+    return n == PyUnicode_GET_LENGTH(b) && kind == (int)PyUnicode_KIND(b) &&
+           memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
+}
+
+/* The key's hash, or -1 with a TypeError if it is not an exact str. */
+static Py_hash_t index_key_hash(PyObject *key) {
+    if (!PyUnicode_CheckExact(key)) {
+        PyErr_Format(PyExc_TypeError, "SourceIndex keys are str, not %.100s", Py_TYPE(key)->tp_name);
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(key) < 0) return -1;
+#endif
+    return PyObject_Hash(key);
+}
+
+/* The slot of ``key`` (hash ``h``), or of the empty slot where it would go. */
+static inline IndexSlot *index_probe(const SourceIndex *s, PyObject *key, Py_hash_t h) {
+    size_t i = (size_t)h & s->mask;
+    for (;;) {
+        IndexSlot *e = &s->slots[i];
+        if (e->key == NULL || (e->hash == h && str_eq(e->key, key))) return e;
+        i = (i + 1) & s->mask;
+    }
+}
+
+/* Room for ``n`` keys at a load of at most a half: 0, or -1 with MemoryError. */
+static int index_reserve(SourceIndex *s, Py_ssize_t n) {
+    size_t size = s->slots == NULL ? 0 : s->mask + 1;
+    if ((size_t)n * 2 <= size) return 0;
+    size_t grown = size ? size : 8;
+    while (grown < (size_t)n * 2) grown *= 2;
+    IndexSlot *slots = PyMem_Calloc(grown, sizeof(IndexSlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < size; i++) {
+        IndexSlot *e = &s->slots[i];
+        if (e->key == NULL) continue;
+        size_t j = (size_t)e->hash & (grown - 1);
+        while (slots[j].key != NULL) j = (j + 1) & (grown - 1);
+        slots[j] = *e;
+    }
+    PyMem_Free(s->slots);
+    s->slots = slots;
+    s->mask = grown - 1;
+    return 0;
+}
+
+/* Set ``key`` (hash ``h``) to ``value``: 0, or -1 with an error. */
+static int index_set(SourceIndex *s, PyObject *key, Py_hash_t h, int64_t value) {
+    if (index_reserve(s, s->used + 1) < 0) return -1;
+    IndexSlot *e = index_probe(s, key, h);
+    if (e->key == NULL) {
+        Py_INCREF(key);
+        e->key = key;
+        e->hash = h;
+        s->used++;
+    }
+    e->value = value;
+    return 0;
+}
+
+/* Remove the key of slot ``e`` (backward-shift deletion: no tombstones). */
+static void index_remove(SourceIndex *s, IndexSlot *e) {
+    PyObject *key = e->key;
+    size_t i = (size_t)(e - s->slots), j = i;
+    for (;;) {
+        j = (j + 1) & s->mask;
+        IndexSlot *f = &s->slots[j];
+        if (f->key == NULL) break;
+        size_t home = (size_t)f->hash & s->mask; /* stays if home is cyclically in (i, j] */
+        if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
+        s->slots[i] = *f;
+        i = j;
+    }
+    s->slots[i].key = NULL;
+    s->used--;
+    Py_DECREF(key);
+}
+
+/* The slot holding ``key``, NULL if none (-1 in *err with an error set, else 0). */
+static IndexSlot *index_find(SourceIndex *s, PyObject *key, int *err) {
+    Py_hash_t h = index_key_hash(key);
+    *err = h == -1 ? -1 : 0;
+    if (h == -1 || s->used == 0) return NULL;
+    IndexSlot *e = index_probe(s, key, h);
+    return e->key == NULL ? NULL : e;
+}
+
+static PyObject *SourceIndex_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if ((args != NULL && PyTuple_GET_SIZE(args)) || (kwds != NULL && PyDict_GET_SIZE(kwds))) {
+        PyErr_SetString(PyExc_TypeError, "SourceIndex() takes no arguments");
+        return NULL;
+    }
+    SourceIndex *s = (SourceIndex *)type->tp_alloc(type, 0);
+    if (s != NULL) {
+        s->slots = NULL;
+        s->mask = 0;
+        s->used = 0;
+    }
+    return (PyObject *)s;
+}
+
+static void SourceIndex_dealloc(SourceIndex *s) {
+    if (s->slots != NULL) {
+        for (size_t i = 0; i <= s->mask; i++) Py_XDECREF(s->slots[i].key);
+        PyMem_Free(s->slots);
+    }
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static Py_ssize_t SourceIndex_len(SourceIndex *s) { return s->used; }
+
+static PyObject *SourceIndex_getitem(SourceIndex *s, PyObject *key) {
+    int err;
+    IndexSlot *e = index_find(s, key, &err);
+    if (e == NULL) {
+        if (!err) PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return PyLong_FromLongLong(e->value);
+}
+
+static int SourceIndex_setitem(SourceIndex *s, PyObject *key, PyObject *value) {
+    if (value == NULL) {
+        int err;
+        IndexSlot *e = index_find(s, key, &err);
+        if (e == NULL) {
+            if (!err) PyErr_SetObject(PyExc_KeyError, key);
+            return -1;
+        }
+        index_remove(s, e);
+        return 0;
+    }
+    Py_hash_t h = index_key_hash(key);
+    if (h == -1) return -1;
+    long long v = PyLong_AsLongLong(value);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    return index_set(s, key, h, (int64_t)v);
+}
+
+static int SourceIndex_contains(SourceIndex *s, PyObject *key) {
+    int err;
+    IndexSlot *e = index_find(s, key, &err);
+    return err ? -1 : e != NULL;
+}
+
+static PyObject *SourceIndex_get(SourceIndex *s, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    int err;
+    IndexSlot *e = index_find(s, args[0], &err);
+    if (err) return NULL;
+    if (e != NULL) return PyLong_FromLongLong(e->value);
+    PyObject *d = nargs == 2 ? args[1] : Py_None;
+    Py_INCREF(d);
+    return d;
+}
+
+static PyMappingMethods SourceIndex_mapping = {
+    (lenfunc)SourceIndex_len,
+    (binaryfunc)SourceIndex_getitem,
+    (objobjargproc)SourceIndex_setitem,
+};
+
+static PySequenceMethods SourceIndex_sequence = {
+    .sq_contains = (objobjproc)SourceIndex_contains,
+};
+
+static PyMethodDef SourceIndex_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))SourceIndex_get, METH_FASTCALL, "get(key, default=None): as dict.get."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(SourceIndex_doc,
+             "SourceIndex()\n\n"
+             "A table of ``str -> int`` (64-bit values) with a dict's ``len``, ``in``, ``[]``,\n"
+             "``[] =``, ``del`` and ``get`` (keys are exact ``str``): ``_fastfold.Buffer``'s\n"
+             "per-run index of fresh states, which ``number_states`` looks a batch up in\n"
+             "with its memory reads prefetched.");
+
+static PyTypeObject SourceIndexType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resumelog._native.SourceIndex",
+    .tp_basicsize = sizeof(SourceIndex),
+    .tp_dealloc = (destructor)SourceIndex_dealloc,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_as_sequence = &SourceIndex_sequence,
+    .tp_as_mapping = &SourceIndex_mapping,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = SourceIndex_doc,
+    .tp_methods = SourceIndex_methods,
+    .tp_new = SourceIndex_new,
+};
+
 /* ------------------------------------------------------------------ fresh states */
 
 PyDoc_STRVAR(
@@ -1037,8 +1263,9 @@ PyDoc_STRVAR(
     "or the set of the sources of ``run``'s pending states): ``None``, or that is the\n"
     "source of a new state and that ``run`` completed (``added[source] == run``: a late\n"
     "record): ``False``; else each record's state number\n"
-    "(``source_index[i]``'s source: its number in ``index``, ``run``'s dict of\n"
-    "``source -> number``, or a new one from ``start`` up,\n"
+    "(``source_index[i]``'s source: its number in ``index``, ``run``'s ``source -> number``\n"
+    "(a dict, or a SourceIndex: looked up with its reads prefetched), or a new one from\n"
+    "``start`` up,\n"
     "``source_index`` a list or a buffer of native int64,\n"
     "in the order of ``sources``, entered in ``index``) as native int64, the new states'\n"
     "sources in that order (a source named twice is numbered once), and the indexes of\n"
@@ -1057,7 +1284,7 @@ PyDoc_STRVAR(
 /* Remove the keys of ``fresh`` from ``index`` again; -1 on error. */
 static int unnumber(PyObject *index, PyObject *fresh) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fresh); i++)
-        if (PyDict_DelItem(index, PyList_GET_ITEM(fresh, i)) < 0) return -1;
+        if (PyObject_DelItem(index, PyList_GET_ITEM(fresh, i)) < 0) return -1;
     return 0;
 }
 
@@ -1072,6 +1299,40 @@ static int is_pending(PyObject *pending, PyObject *run, PyObject *src) {
     return has;
 }
 
+/* How many sources ahead number_states prefetches a source's slot (and half that, its
+ * key): enough to cover a miss to memory, few enough to stay in the cache. */
+#define PREFETCH_AHEAD 8
+
+/* Each of ``ns`` sources' value in ``s`` (hashes ``hs``) into ``local``, ``known[i]``
+ * set where found: the slots of sources i + 2 * PREFETCH_AHEAD and the keys of the
+ * hash matches of sources i + PREFETCH_AHEAD prefetched as source i is compared. */
+static void index_lookup_all(const SourceIndex *s, PyObject *sources, const Py_hash_t *hs, Py_ssize_t ns,
+                             int64_t *local, char *known) {
+    memset(known, 0, (size_t)ns);
+    if (s->used == 0) return;
+    for (Py_ssize_t i = 0; i < ns + 2 * PREFETCH_AHEAD; i++) {
+        if (i < ns) __builtin_prefetch(&s->slots[(size_t)hs[i] & s->mask]);
+        Py_ssize_t j = i - PREFETCH_AHEAD;
+        if (j >= 0 && j < ns) { /* (its slot is in the cache by now: find the key to compare) */
+            size_t at = (size_t)hs[j] & s->mask;
+            while (s->slots[at].key != NULL && s->slots[at].hash != hs[j]) at = (at + 1) & s->mask;
+            PyObject *k = s->slots[at].key;
+            if (k != NULL) {
+                __builtin_prefetch(k);
+                __builtin_prefetch((const char *)k + 64);
+            }
+        }
+        Py_ssize_t r = i - 2 * PREFETCH_AHEAD;
+        if (r >= 0 && r < ns) {
+            const IndexSlot *e = index_probe(s, PyList_GET_ITEM(sources, r), hs[r]);
+            if (e->key != NULL) {
+                local[r] = e->value;
+                known[r] = 1;
+            }
+        }
+    }
+}
+
 static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "number_states takes 7 arguments");
@@ -1081,9 +1342,10 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     PyObject *added = args[6];
     Py_ssize_t start = PyLong_AsSsize_t(args[5]);
     if (start == -1 && PyErr_Occurred()) return NULL;
-    if (!PyDict_Check(index) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) || !PyList_Check(sources) ||
-        !PyDict_Check(added)) {
-        PyErr_SetString(PyExc_TypeError, "number_states: dicts (or a set) and lists expected");
+    SourceIndex *table = Py_IS_TYPE(index, &SourceIndexType) ? (SourceIndex *)index : NULL;
+    if (!(PyDict_Check(index) || table != NULL) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) ||
+        !PyList_Check(sources) || !PyDict_Check(added)) {
+        PyErr_SetString(PyExc_TypeError, "number_states: dicts (or a set, or a SourceIndex) and lists expected");
         return NULL;
     }
     int listed = PyList_Check(source_index); /* (else native int64: a ColumnBatch's) */
@@ -1091,10 +1353,23 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_ssize_t ns = PyList_GET_SIZE(sources), n = listed ? PyList_GET_SIZE(source_index) : 0;
     if (!listed && int64_view(source_index, &ixv, &n, "number_states: source_index is not int64") < 0) return NULL;
     int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
+    Py_hash_t *hs = NULL;
+    char *known = NULL;
     PyObject *fresh = NULL, *gid = NULL, *in_added = NULL;
     if (local == NULL) {
         PyErr_NoMemory();
         goto fail;
+    }
+    if (table != NULL) { /* every source looked up first, its reads prefetched */
+        hs = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(ns ? ns : 1));
+        known = PyMem_Malloc((size_t)(ns ? ns : 1));
+        if (hs == NULL || known == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (Py_ssize_t i = 0; i < ns; i++)
+            if ((hs[i] = index_key_hash(PyList_GET_ITEM(sources, i))) == -1) goto fail;
+        index_lookup_all(table, sources, hs, ns, local, known);
     }
     fresh = PyList_New(0);
     in_added = PyList_New(0);
@@ -1103,26 +1378,37 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     int check_pending = PyAnySet_Check(pending) ? PySet_GET_SIZE(pending) > 0 : PyDict_GET_SIZE(pending) > 0;
     for (Py_ssize_t i = 0; i < ns; i++) {
         PyObject *src = PyList_GET_ITEM(sources, i);
-        Py_hash_t h = PyObject_Hash(src); /* (a str's: cached) */
+        Py_hash_t h = table != NULL ? hs[i] : PyObject_Hash(src); /* (a str's: cached) */
         if (h == -1) goto fail;
         if (check_pending) {
             int has = is_pending(pending, run, src);
             if (has != 0) {
                 if (has < 0 || unnumber(index, fresh) < 0) goto fail;
                 PyMem_Free(local);
+                PyMem_Free(hs);
+                PyMem_Free(known);
                 Py_DECREF(fresh);
                 Py_DECREF(in_added);
                 if (!listed) PyBuffer_Release(&ixv);
                 Py_RETURN_NONE;
             }
         }
-        PyObject *g = DICT_GET_H(index, src, h); /* (borrowed) */
-        if (g != NULL) {
-            local[i] = PyLong_AsLongLong(g);
-            if (local[i] == -1 && PyErr_Occurred()) goto fail;
-            continue;
+        if (table != NULL) {
+            if (known[i]) continue;
+            const IndexSlot *e = table->used ? index_probe(table, src, h) : NULL; /* (numbered in this batch?) */
+            if (e != NULL && e->key != NULL) {
+                local[i] = e->value;
+                continue;
+            }
+        } else {
+            PyObject *g = DICT_GET_H(index, src, h); /* (borrowed) */
+            if (g != NULL) {
+                local[i] = PyLong_AsLongLong(g);
+                if (local[i] == -1 && PyErr_Occurred()) goto fail;
+                continue;
+            }
+            if (PyErr_Occurred()) goto fail;
         }
-        if (PyErr_Occurred()) goto fail;
         if (check_added) { /* (looked up while its hash is at hand: _fastfold._base_positions's lookup) */
             PyObject *r = DICT_GET_H(added, src, h); /* (borrowed) */
             if (r == NULL && PyErr_Occurred()) goto fail;
@@ -1131,6 +1417,8 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 if (late != 0) {
                     if (late < 0 || unnumber(index, fresh) < 0) goto fail;
                     PyMem_Free(local);
+                    PyMem_Free(hs);
+                    PyMem_Free(known);
                     Py_DECREF(fresh);
                     Py_DECREF(in_added);
                     if (!listed) PyBuffer_Release(&ixv);
@@ -1143,14 +1431,19 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
             }
         }
         local[i] = (int64_t)(start + PyList_GET_SIZE(fresh));
-        PyObject *number = PyLong_FromLongLong(local[i]);
-        int added = number == NULL ? -1 : DICT_SET_H(index, src, number, h);
-        Py_XDECREF(number);
-        if (added == 0) {
-            added = PyList_Append(fresh, src);
-            if (added < 0) PyDict_DelItem(index, src);
+        int set;
+        if (table != NULL) {
+            set = index_set(table, src, h, local[i]);
+        } else {
+            PyObject *number = PyLong_FromLongLong(local[i]);
+            set = number == NULL ? -1 : DICT_SET_H(index, src, number, h);
+            Py_XDECREF(number);
         }
-        if (added < 0) goto fail;
+        if (set == 0) {
+            set = PyList_Append(fresh, src);
+            if (set < 0) PyObject_DelItem(index, src);
+        }
+        if (set < 0) goto fail;
     }
     gid = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int64_t) * n);
     if (gid == NULL) goto fail;
@@ -1165,6 +1458,8 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
         out[r] = local[j];
     }
     PyMem_Free(local);
+    PyMem_Free(hs);
+    PyMem_Free(known);
     if (!listed) PyBuffer_Release(&ixv);
     return Py_BuildValue("(NNN)", gid, fresh, in_added);
 fail:
@@ -1175,6 +1470,8 @@ fail:
         PyErr_Restore(type, value, tb);
     }
     PyMem_Free(local);
+    PyMem_Free(hs);
+    PyMem_Free(known);
     Py_XDECREF(fresh);
     Py_XDECREF(in_added);
     Py_XDECREF(gid);
@@ -1696,8 +1993,16 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
+    if (PyType_Ready(&SourceIndexType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE", RESUMELOG_NATIVE_SOURCE) < 0) {
+    if (m == NULL) return NULL;
+    Py_INCREF(&SourceIndexType);
+    if (PyModule_AddObject(m, "SourceIndex", (PyObject *)&SourceIndexType) < 0) {
+        Py_DECREF(&SourceIndexType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddStringConstant(m, "SOURCE", RESUMELOG_NATIVE_SOURCE) < 0) {
         Py_DECREF(m);
         return NULL;
     }
