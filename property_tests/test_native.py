@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import struct
 from array import array
+from collections.abc import MutableMapping
 from itertools import accumulate
 
 import msgspec
@@ -329,6 +330,130 @@ class Name(str):
     pass
 
 
+MAP_OPS = st.sampled_from(["set", "del", "pop", "get", "in", "[]", "update", "update_map", "copy", "clear", "eq"])
+
+
+@given(
+    st.lists(
+        st.tuples(MAP_OPS, st.sampled_from(INDEX_KEYS), st.sampled_from(["r1", "r2", "ŕ"]), st.integers(0, 40)),
+        max_size=200,
+    )
+)
+@budget(3)
+def test_a_source_map_is_a_dict(ops) -> None:
+    """Every operation the fold uses, in insertion order (the order of iteration and of
+    the views, live as a dict's), keys that are other equal objects."""
+    table, model = native.SourceMap(), {}
+    for op, key, value, n in ops:
+        key = (key + "#")[:-1]
+        if op == "set":
+            table[key] = value
+            model[key] = value
+        elif op in ("del", "pop"):
+            if key in model:
+                assert (table.pop(key) if op == "pop" else table.__delitem__(key)) == (
+                    model.pop(key) if op == "pop" else model.__delitem__(key)
+                )
+            else:
+                with pytest.raises(KeyError):
+                    table.pop(key) if op == "pop" else table.__delitem__(key)
+                assert table.pop(key, "none") == "none"
+        elif op == "get":
+            assert table.get(key) == model.get(key) and table.get(key, 0) == model.get(key, 0)
+        elif op == "in":
+            assert (key in table) == (key in model) and (key in table.keys()) == (key in model)
+            assert ((key, value) in table.items()) == ((key, value) in model.items())
+            assert (value in table.values()) == (value in model.values())
+        elif op == "[]":
+            if key in model:
+                assert table[key] == model[key]
+            else:
+                with pytest.raises(KeyError):
+                    table[key]
+        elif op == "update":  # (pairs, some keys new, some not, more than a chunk)
+            pairs = [(INDEX_KEYS[(n + i) % len(INDEX_KEYS)], value) for i in range(n * 20)]
+            table.update(pairs if n % 2 else zip(*zip(*pairs)) if pairs else ())
+            model.update(pairs)
+        elif op == "update_map":
+            other = {INDEX_KEYS[(n + i) % len(INDEX_KEYS)]: value for i in range(n)}
+            table.update(native.SourceMap(other) if n % 2 else other)
+            model.update(other)
+        elif op == "copy":
+            copied = table.copy()
+            assert copied == table and list(copied.items()) == list(table.items())
+            table = copied
+        elif op == "clear":
+            table.clear()
+            model.clear()
+        else:
+            assert (table == model) and not (table != model) and table == native.SourceMap(model)
+            assert table != {**model, "other": "r"}
+        assert len(table) == len(model) and bool(table) == bool(model)
+        assert len(table.keys()) == len(table.values()) == len(table.items()) == len(model)
+    assert list(table) == list(model) and list(table.keys()) == list(model)
+    assert list(table.values()) == list(model.values()) and list(table.items()) == list(model.items())
+    assert repr(table) == f"SourceMap({model!r})"
+
+
+def test_a_source_map_of_many_keys_after_deletions() -> None:
+    import random
+
+    rng = random.Random(11)
+    keys = [f"shard-{i:08d}" for i in range(30_000)]
+    table, model = native.SourceMap(), {}
+    for round_ in range(3):
+        fresh = rng.sample(keys, 15_000)
+        table.update(zip(fresh, [f"r{round_}"] * len(fresh)))
+        model.update(zip(fresh, [f"r{round_}"] * len(fresh)))
+        for k in rng.sample(sorted(model), len(model) // 2):
+            del table[k], model[k]
+        assert list(table.items()) == list(model.items())
+        assert all(table.get(k) == model.get(k) for k in keys)
+        assert table.copy() == model
+
+
+def test_a_source_map_refuses_what_a_dict_of_str_would_not_hold() -> None:
+    table = native.SourceMap({"a": "r"})
+    with pytest.raises(TypeError):
+        table[1] = "r"
+    with pytest.raises(TypeError):
+        table["b"] = 1
+    with pytest.raises(TypeError):
+        table[Name("b")] = "r"  # (set: an exact str only)
+    with pytest.raises(TypeError):
+        table.update({"b": "r", "c": 3})
+    with pytest.raises(ValueError):
+        table.update([("d", "r", "extra")])
+    with pytest.raises(TypeError):
+        table.update([5])
+    with pytest.raises(TypeError):
+        table.update(x="r")
+    with pytest.raises(TypeError):
+        hash(table)
+    with pytest.raises(TypeError):
+        table.get([])  # unhashable, as in a dict
+    assert table == {"a": "r", "b": "r"}  # (an update keeps the pairs before the failing one)
+    assert Name("a") in table and table[Name("a")] == "r" and 1 not in table and table.get(2) is None
+    it = iter(table)
+    next(it)
+    table["e"] = "r"
+    with pytest.raises(RuntimeError):
+        next(it)
+    assert isinstance(table, MutableMapping)
+
+
+def test_number_states_looks_sources_up_in_a_source_map_as_in_a_dict() -> None:
+    sources = [f"s{i}" for i in range(100)]
+    added = {f"s{i}": "q" for i in range(0, 100, 3)}
+    for run, late in [("r", False), ("q", True)]:
+        mine, theirs = native.SourceIndex(), native.SourceIndex()
+        got = native.number_states(mine, set(), run, sources, list(range(100)), 7, native.SourceMap(added))
+        assert got == native.number_states(theirs, set(), run, sources, list(range(100)), 7, added)
+        assert (got is False) == late
+    with pytest.raises(TypeError):  # (a SourceMap with a SourceIndex only)
+        native.number_states({}, set(), "r", sources, [0], 0, native.SourceMap(added))
+
+
 def test_number_states_changes_nothing_on_an_error() -> None:
     index = {"x": 0}
     with pytest.raises(IndexError):
@@ -587,6 +712,17 @@ def test_the_kernels_leak_nothing() -> None:
         native.number_states(index, {"s5"}, "r", sources, list(range(300)), 0, {})  # (pending, as a set)
         native.number_states({}, set(), "r", sources, list(range(300)), 0, {"s7": "r"})  # (late)
         table = native.SourceIndex()
+        completed = native.SourceMap(zip(sources[::5], ["q"] * 60))
+        native.number_states(table, {}, "r", sources, list(range(300)), 0, completed)  # (all new)
+        native.number_states(native.SourceIndex(), {}, "q", sources, list(range(300)), 0, completed)  # (late)
+        more = completed.copy()
+        more.update(zip(sources, ["r"] * 300))
+        more.update({"x": "y"})
+        del more["s1"], more["x"]
+        more.pop("s2"), more.pop("s2", None), list(more.items()), list(more.values()), more == completed
+        repr(more), "s3" in more.keys(), ("s3", "r") in more.items(), "r" in more.values()
+        native.sorted_entries(more, {}, {"q": 0, "r": 1})
+        more.clear()
         native.number_states(table, {}, "r", sources, list(range(300)), 0, {"s1": "q"})  # (all new)
         native.number_states(table, {}, "r", sources, list(range(300)), 0, {})  # (all known)
         native.number_states(table, {"s5"}, "r", sources, list(range(300)), 0, {})  # (pending)
@@ -620,6 +756,9 @@ def test_the_kernels_leak_nothing() -> None:
             (native.number_states, (native.SourceIndex(), {}, "r", sources, [0, 10**6], 0, {}), IndexError),
             (native.number_states, (native.SourceIndex(), {}, "r", [*sources, 1], [0], 0, {}), TypeError),
             (native.SourceIndex().__getitem__, ("absent",), KeyError),
+            (native.SourceMap().__getitem__, ("absent",), KeyError),
+            (native.SourceMap().update, ([("a", "r"), ("b", 1)],), TypeError),
+            (native.SourceMap().update, ([("a", "r"), ("b",)],), ValueError),
         ]:
             with pytest.raises(error):
                 call(*args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import zlib
+from collections.abc import MutableMapping
 from typing import Any
 
 __all__ = ["MODE", "native"]
@@ -51,3 +52,5 @@ native, why_not = _load()
 """The module, or ``None`` (``why_not`` says why)."""
 if native is None and MODE == "1":
     raise ImportError(f"RESUMELOG_NATIVE=1 but resumelog._native cannot be used: {why_not}")
+if native is not None:
+    MutableMapping.register(native.SourceMap)  # (a dict's behaviour: isinstance checks see a mapping)

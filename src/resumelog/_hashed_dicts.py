@@ -14,16 +14,20 @@ objects 0.31 → 0.12 s; the 5M-record compaction of ``benchmarks/bench_fold.py`
 faster. The cost: 8 more bytes per entry.
 
 The dicts are plain ``dict`` objects with the same contents, order and behaviour on
-every Python; only their speed depends on this. No library offers it (it is a property
+every Python; only their speed depends on this. With the compiled kernels the completed
+set is a ``resumelog._native.SourceMap`` instead (:func:`source_map`): a table of its
+own whose slots hold the hashes, and whose batch lookups and inserts prefetch. No library offers it (it is a property
 of CPython's table layout), hence these few lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import TypeVar
 
-__all__ = ["hashed", "hashed_dict"]
+from resumelog._compiled import native
+
+__all__ = ["hashed", "hashed_dict", "source_map"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -43,3 +47,16 @@ def hashed_dict(items: Iterable[tuple[_K, _V]] = ()) -> dict[_K, _V]:
     d: dict[_K, _V] = hashed({})
     d.update(items)
     return d
+
+
+def source_map(items: Iterable[tuple[str, str]] = ()) -> MutableMapping[str, str]:
+    """A new table of source ids to run names holding ``items`` (pairs, in order), for a
+    fold's completed set (``FoldState.added``): with the compiled kernels a
+    :class:`resumelog._native.SourceMap` (a dict's behaviour and order, exact ``str``
+    keys and values; its table stores the hashes, and ``number_states`` looks a batch of
+    sources up in it and ``update`` inserts pairs with their memory reads prefetched),
+    else :func:`hashed_dict`."""
+    if native is None:
+        return hashed_dict(items)
+    table: MutableMapping[str, str] = native.SourceMap(items)
+    return table

@@ -6,6 +6,10 @@
  * its docstring and in the caller; property_tests/test_native.py checks each against
  * that expression on random inputs, and CI runs the fold's tests with and without it.
  *
+ * Two tables are types here (SourceIndex, SourceMap): a dict's behaviour for the fold's
+ * tables of ~10^6 source ids, whose batch lookups and inserts prefetch their memory
+ * reads; test_native.py checks each against a dict, operation by operation.
+ *
  * Nothing here decides a fold rule: these are bookkeeping loops (grouping, shape keys,
  * block hashing) whose result the Python code would compute the same way.
  */
@@ -1050,6 +1054,10 @@ typedef struct {
 
 static PyTypeObject SourceIndexType;
 
+/* How many lookups ahead the batch loops prefetch a slot (and each later read): enough
+ * to cover a miss to memory, few enough to stay in the cache. */
+#define PREFETCH_AHEAD 8
+
 static inline int str_eq(PyObject *a, PyObject *b) {
     if (a == b) return 1;
     Py_ssize_t n = PyUnicode_GET_LENGTH(a);
@@ -1252,6 +1260,706 @@ static PyTypeObject SourceIndexType = {
     .tp_new = SourceIndex_new,
 };
 
+/* ------------------------------------------------------------------ source map */
+
+/* An insertion-ordered table of str -> str with a dict's semantics (FoldState.added, the
+ * completed set of a fold: ~10^6 source ids -> run names): entries in insertion order,
+ * as in CPython's compact dict, and an open-addressing index of (hash, entry) slots with
+ * linear probing, so a probe reads one slot and, on a hash match, one entry and its key.
+ * number_states looks a batch's new sources up in it with those reads prefetched, and
+ * update() inserts pairs a chunk at a time, their slots prefetched (a dict's inserts and
+ * lookups of 10^6 ids are a few cache misses each, one after another). Keys and values
+ * are exact str: no reference cycle can go through it, so it is not tracked by the GC. */
+typedef struct {
+    Py_hash_t hash;
+    PyObject *key; /* (NULL: removed) */
+    PyObject *value;
+} MapEntry;
+
+typedef struct {
+    Py_hash_t hash;
+    Py_ssize_t at; /* (its entry; -1: an empty slot) */
+} MapSlot;
+
+typedef struct {
+    PyObject_HEAD
+    MapSlot *slots; /* (NULL until the first insert) */
+    size_t mask;
+    MapEntry *entries;
+    Py_ssize_t n;    /* entries in use, removed ones included */
+    Py_ssize_t cap;  /* entries allocated */
+    Py_ssize_t used; /* keys */
+    uint64_t layout; /* changes at every insert of a key and every removal (iterators check it) */
+} SourceMap;
+
+static PyTypeObject SourceMapType;
+
+/* The hash of an exact str, or -1 with a TypeError (``what``: key or value). */
+static Py_hash_t map_str_hash(PyObject *s, const char *what) {
+    if (!PyUnicode_CheckExact(s)) {
+        PyErr_Format(PyExc_TypeError, "SourceMap %s must be str, not %.100s", what, Py_TYPE(s)->tp_name);
+        return -1;
+    }
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_READY(s) < 0) return -1;
+#endif
+    return PyObject_Hash(s);
+}
+
+static int map_check_value(PyObject *v) {
+    if (PyUnicode_CheckExact(v)) return 0;
+    PyErr_Format(PyExc_TypeError, "SourceMap values must be str, not %.100s", Py_TYPE(v)->tp_name);
+    return -1;
+}
+
+/* The slot of ``key`` (hash ``h``) or the empty slot where it would go (slots allocated). */
+static inline MapSlot *map_probe(const SourceMap *m, PyObject *key, Py_hash_t h) {
+    size_t i = (size_t)h & m->mask;
+    for (;;) {
+        MapSlot *s = &m->slots[i];
+        if (s->at < 0 || (s->hash == h && str_eq(m->entries[s->at].key, key))) return s;
+        i = (i + 1) & m->mask;
+    }
+}
+
+/* ``key``'s value (borrowed), or NULL. */
+static inline PyObject *map_lookup(const SourceMap *m, PyObject *key, Py_hash_t h) {
+    if (m->used == 0) return NULL;
+    const MapSlot *s = map_probe(m, key, h);
+    return s->at < 0 ? NULL : m->entries[s->at].value;
+}
+
+/* Entries compacted (order kept) into ``cap`` of them and slots rebuilt, twice as many:
+ * 0, or -1 with MemoryError (nothing changed). */
+static int map_resize(SourceMap *m, Py_ssize_t cap) {
+    size_t size = (size_t)cap * 2;
+    MapEntry *entries = PyMem_Malloc(sizeof(MapEntry) * (size_t)cap);
+    MapSlot *slots = PyMem_Malloc(sizeof(MapSlot) * size);
+    if (entries == NULL || slots == NULL) {
+        PyMem_Free(entries);
+        PyMem_Free(slots);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(slots, 0xff, sizeof(MapSlot) * size); /* (at = -1: empty) */
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < m->n; i++) {
+        if (m->entries[i].key == NULL) continue;
+        entries[k] = m->entries[i];
+        size_t j = (size_t)entries[k].hash & (size - 1);
+        while (slots[j].at >= 0) j = (j + 1) & (size - 1);
+        slots[j].hash = entries[k].hash;
+        slots[j].at = k++;
+    }
+    PyMem_Free(m->entries);
+    PyMem_Free(m->slots);
+    m->entries = entries;
+    m->slots = slots;
+    m->mask = size - 1;
+    m->n = k;
+    m->cap = cap;
+    return 0;
+}
+
+/* Room for ``k`` more keys: 0, or -1 with an error. */
+static int map_reserve(SourceMap *m, Py_ssize_t k) {
+    if (m->slots != NULL && m->n + k <= m->cap) return 0;
+    if (k > PY_SSIZE_T_MAX / 4 - m->used) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t cap = 8;
+    while (cap < m->used + k) cap *= 2;
+    if (cap < m->cap && m->used + k > m->cap / 2) cap = m->cap; /* (removals made the room: no shrink) */
+    return map_resize(m, cap);
+}
+
+/* Set ``key`` (hash ``h``, a str) to ``value`` (a str): 0, or -1 with an error. */
+static int map_set(SourceMap *m, PyObject *key, Py_hash_t h, PyObject *value) {
+    if (m->used) {
+        MapSlot *s = map_probe(m, key, h);
+        if (s->at >= 0) {
+            MapEntry *e = &m->entries[s->at];
+            PyObject *old = e->value;
+            Py_INCREF(value);
+            e->value = value;
+            Py_DECREF(old);
+            return 0;
+        }
+    }
+    if (map_reserve(m, 1) < 0) return -1;
+    MapSlot *s = map_probe(m, key, h);
+    MapEntry *e = &m->entries[m->n];
+    Py_INCREF(key);
+    Py_INCREF(value);
+    e->hash = h;
+    e->key = key;
+    e->value = value;
+    s->hash = h;
+    s->at = m->n++;
+    m->used++;
+    m->layout++;
+    return 0;
+}
+
+/* Remove the key of slot ``s`` (backward-shift deletion) and its entry's references. */
+static void map_remove(SourceMap *m, MapSlot *s) {
+    MapEntry *e = &m->entries[s->at];
+    PyObject *key = e->key, *value = e->value;
+    e->key = e->value = NULL;
+    size_t i = (size_t)(s - m->slots), j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        MapSlot *f = &m->slots[j];
+        if (f->at < 0) break;
+        size_t home = (size_t)f->hash & m->mask; /* stays if home is cyclically in (i, j] */
+        if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
+        m->slots[i] = *f;
+        i = j;
+    }
+    m->slots[i].at = -1;
+    m->used--;
+    m->layout++;
+    if (m->used == 0) m->n = 0; /* (every entry removed: start over) */
+    Py_DECREF(key);
+    Py_DECREF(value);
+}
+
+static void map_clear(SourceMap *m) {
+    MapEntry *entries = m->entries;
+    Py_ssize_t n = m->n;
+    PyMem_Free(m->slots);
+    m->slots = NULL;
+    m->entries = NULL;
+    m->mask = 0;
+    m->n = m->cap = m->used = 0;
+    m->layout++;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_XDECREF(entries[i].key);
+        Py_XDECREF(entries[i].value);
+    }
+    PyMem_Free(entries);
+}
+
+#define MAP_CHUNK 512
+
+/* Insert pairs (key, value) a chunk at a time: the hashes first, then the inserts with
+ * the slot of the pair PREFETCH_AHEAD later prefetched. 0, or -1 with an error (the
+ * pairs before the failing one are in, as dict.update leaves them). */
+static int map_insert_chunk(SourceMap *m, PyObject **keys, PyObject **values, Py_ssize_t k) {
+    Py_hash_t hs[MAP_CHUNK];
+    Py_ssize_t ok = 0;
+    while (ok < k && (hs[ok] = map_str_hash(keys[ok], "keys")) != -1 && map_check_value(values[ok]) == 0) ok++;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb); /* (the failing pair's error, if any: raised after the others are in) */
+    int rc = ok ? map_reserve(m, ok) : 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < ok; i++) {
+        if (i + PREFETCH_AHEAD < ok) __builtin_prefetch(&m->slots[(size_t)hs[i + PREFETCH_AHEAD] & m->mask]);
+        rc = map_set(m, keys[i], hs[i], values[i]); /* (room reserved: no resize) */
+    }
+    if (rc < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    PyErr_Restore(type, value, tb);
+    return ok == k ? 0 : -1;
+}
+
+/* update(): from a SourceMap or dict (their items), another mapping (its keys()), or an
+ * iterable of pairs. 0, or -1 with an error. */
+static int map_update(SourceMap *m, PyObject *arg) {
+    PyObject *keys[MAP_CHUNK], *values[MAP_CHUNK];
+    Py_ssize_t k = 0;
+    int rc = 0;
+    if (Py_IS_TYPE(arg, &SourceMapType) || PyDict_Check(arg)) { /* (its pairs held while inserted) */
+        PyObject *items = PyMapping_Items(arg);
+        if (items == NULL) return -1;
+        rc = map_update(m, items);
+        Py_DECREF(items);
+        return rc;
+    }
+    if (!PyList_Check(arg) && !PyTuple_Check(arg) && PyObject_HasAttrString(arg, "keys")) {
+        PyObject *ks = PyMapping_Keys(arg);
+        if (ks == NULL) return -1;
+        for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(ks); i++) {
+            PyObject *key = PyList_GET_ITEM(ks, i);
+            PyObject *v = PyObject_GetItem(arg, key);
+            if (v == NULL) {
+                rc = -1;
+                break;
+            }
+            Py_hash_t h = map_str_hash(key, "keys");
+            rc = h == -1 || map_check_value(v) < 0 ? -1 : map_set(m, key, h, v);
+            Py_DECREF(v);
+        }
+        Py_DECREF(ks);
+        return rc;
+    }
+    PyObject *it = PyObject_GetIter(arg);
+    if (it == NULL) return -1;
+    Py_ssize_t index = 0;
+    for (;;) {
+        PyObject *item = PyIter_Next(it);
+        if (item != NULL) {
+            PyObject *fast = PySequence_Fast(item, "");
+            Py_DECREF(item);
+            if (fast == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_TypeError))
+                    PyErr_Format(PyExc_TypeError, "cannot convert SourceMap update sequence element #%zd to a sequence",
+                                 index);
+                rc = -1;
+                break;
+            }
+            if (PySequence_Fast_GET_SIZE(fast) != 2) {
+                PyErr_Format(PyExc_ValueError, "SourceMap update sequence element #%zd has length %zd; 2 is required",
+                             index, PySequence_Fast_GET_SIZE(fast));
+                Py_DECREF(fast);
+                rc = -1;
+                break;
+            }
+            keys[k] = PySequence_Fast_GET_ITEM(fast, 0);
+            values[k] = PySequence_Fast_GET_ITEM(fast, 1);
+            Py_INCREF(keys[k]);
+            Py_INCREF(values[k]);
+            Py_DECREF(fast);
+            k++;
+            index++;
+        } else if (PyErr_Occurred()) {
+            rc = -1;
+            break;
+        }
+        if (k == MAP_CHUNK || (item == NULL && k)) {
+            rc = map_insert_chunk(m, keys, values, k);
+            for (Py_ssize_t i = 0; i < k; i++) {
+                Py_DECREF(keys[i]);
+                Py_DECREF(values[i]);
+            }
+            k = 0;
+            if (rc < 0) break;
+        }
+        if (item == NULL) break;
+    }
+    for (Py_ssize_t i = 0; i < k; i++) { /* (an error with a chunk held) */
+        Py_DECREF(keys[i]);
+        Py_DECREF(values[i]);
+    }
+    Py_DECREF(it);
+    return rc;
+}
+
+static SourceMap *map_alloc(PyTypeObject *type) {
+    SourceMap *m = (SourceMap *)type->tp_alloc(type, 0);
+    if (m == NULL) return NULL;
+    m->slots = NULL;
+    m->entries = NULL;
+    m->mask = 0;
+    m->n = m->cap = m->used = 0;
+    m->layout = 0;
+    return m;
+}
+
+static PyObject *SourceMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SourceMap() takes no keyword arguments");
+        return NULL;
+    }
+    PyObject *arg = NULL;
+    if (!PyArg_UnpackTuple(args, "SourceMap", 0, 1, &arg)) return NULL;
+    SourceMap *m = map_alloc(type);
+    if (m == NULL) return NULL;
+    if (arg != NULL && map_update(m, arg) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static void SourceMap_dealloc(SourceMap *m) {
+    map_clear(m);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static Py_ssize_t SourceMap_len(SourceMap *m) { return m->used; }
+
+/* The slot of ``key``, NULL if absent (*err: -1 with an error set, else 0). */
+static MapSlot *map_find(SourceMap *m, PyObject *key, int *err) {
+    Py_hash_t h = map_str_hash(key, "keys");
+    *err = h == -1 ? -1 : 0;
+    if (h == -1 || m->used == 0) return NULL;
+    MapSlot *s = map_probe(m, key, h);
+    return s->at < 0 ? NULL : s;
+}
+
+/* The slot of ``key`` of any type, as a dict finds it: an exact str by its hash and
+ * code points, another hashable object (a str subclass) by its hash and ``==``; NULL if
+ * absent (*err as map_find's). */
+static MapSlot *map_find_any(SourceMap *m, PyObject *key, int *err) {
+    if (PyUnicode_CheckExact(key)) return map_find(m, key, err);
+    Py_hash_t h = PyObject_Hash(key);
+    *err = h == -1 ? -1 : 0;
+    if (h == -1 || m->used == 0) return NULL;
+    uint64_t layout = m->layout;
+    for (size_t i = (size_t)h & m->mask;; i = (i + 1) & m->mask) {
+        MapSlot *s = &m->slots[i];
+        if (s->at < 0) return NULL;
+        if (s->hash != h) continue;
+        PyObject *k = m->entries[s->at].key;
+        Py_INCREF(k);
+        int same = PyObject_RichCompareBool(k, key, Py_EQ);
+        Py_DECREF(k);
+        if (same != 0 || m->layout != layout) {
+            if (same >= 0 && m->layout != layout)
+                PyErr_SetString(PyExc_RuntimeError, "SourceMap changed during a lookup");
+            *err = same < 0 || m->layout != layout ? -1 : 0;
+            return *err ? NULL : s;
+        }
+    }
+}
+
+static PyObject *SourceMap_getitem(SourceMap *m, PyObject *key) {
+    int err;
+    MapSlot *s = map_find_any(m, key, &err);
+    if (s == NULL) {
+        if (!err) PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    PyObject *v = m->entries[s->at].value;
+    Py_INCREF(v);
+    return v;
+}
+
+static int SourceMap_setitem(SourceMap *m, PyObject *key, PyObject *value) {
+    if (value == NULL) {
+        int err;
+        MapSlot *s = map_find_any(m, key, &err);
+        if (s == NULL) {
+            if (!err) PyErr_SetObject(PyExc_KeyError, key);
+            return -1;
+        }
+        map_remove(m, s);
+        return 0;
+    }
+    Py_hash_t h = map_str_hash(key, "keys");
+    if (h == -1 || map_check_value(value) < 0) return -1;
+    return map_set(m, key, h, value);
+}
+
+static int SourceMap_contains(SourceMap *m, PyObject *key) {
+    int err;
+    MapSlot *s = map_find_any(m, key, &err);
+    return err ? -1 : s != NULL;
+}
+
+static PyObject *SourceMap_get(SourceMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    int err;
+    MapSlot *s = map_find_any(m, args[0], &err);
+    if (err) return NULL;
+    PyObject *v = s != NULL ? m->entries[s->at].value : nargs == 2 ? args[1] : Py_None;
+    Py_INCREF(v);
+    return v;
+}
+
+static PyObject *SourceMap_pop(SourceMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "pop(key[, default])");
+        return NULL;
+    }
+    int err;
+    MapSlot *s = map_find_any(m, args[0], &err);
+    if (err) return NULL;
+    if (s == NULL) {
+        if (nargs == 2) {
+            Py_INCREF(args[1]);
+            return args[1];
+        }
+        PyErr_SetObject(PyExc_KeyError, args[0]);
+        return NULL;
+    }
+    PyObject *v = m->entries[s->at].value;
+    Py_INCREF(v);
+    map_remove(m, s);
+    return v;
+}
+
+static PyObject *SourceMap_update(SourceMap *m, PyObject *args, PyObject *kwds) {
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "SourceMap.update() takes no keyword arguments");
+        return NULL;
+    }
+    PyObject *arg = NULL;
+    if (!PyArg_UnpackTuple(args, "update", 0, 1, &arg)) return NULL;
+    if (arg != NULL && map_update(m, arg) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SourceMap_clear(SourceMap *m, PyObject *unused) {
+    map_clear(m);
+    Py_RETURN_NONE;
+}
+
+static PyObject *SourceMap_copy(SourceMap *m, PyObject *unused) {
+    SourceMap *c = map_alloc(Py_TYPE(m));
+    if (c == NULL || m->used == 0) return (PyObject *)c;
+    c->entries = PyMem_Malloc(sizeof(MapEntry) * (size_t)m->cap);
+    c->slots = PyMem_Malloc(sizeof(MapSlot) * (m->mask + 1));
+    if (c->entries == NULL || c->slots == NULL) {
+        Py_DECREF(c);
+        return PyErr_NoMemory();
+    }
+    c->cap = m->cap;
+    c->mask = m->mask;
+    if (m->n == m->used) { /* (no entry removed: the same table) */
+        memcpy(c->entries, m->entries, sizeof(MapEntry) * (size_t)m->n);
+        memcpy(c->slots, m->slots, sizeof(MapSlot) * (m->mask + 1));
+        c->n = c->used = m->n;
+        for (Py_ssize_t i = 0; i < c->n; i++) {
+            Py_INCREF(c->entries[i].key);
+            Py_INCREF(c->entries[i].value);
+        }
+        return (PyObject *)c;
+    }
+    memset(c->slots, 0xff, sizeof(MapSlot) * (c->mask + 1)); /* compacted, slots rebuilt */
+    for (Py_ssize_t i = 0; i < m->n; i++) {
+        const MapEntry *e = &m->entries[i];
+        if (e->key == NULL) continue;
+        size_t j = (size_t)e->hash & c->mask;
+        while (c->slots[j].at >= 0) j = (j + 1) & c->mask;
+        c->slots[j].hash = e->hash;
+        c->slots[j].at = c->n;
+        c->entries[c->n++] = *e;
+        Py_INCREF(e->key);
+        Py_INCREF(e->value);
+    }
+    c->used = c->n;
+    return (PyObject *)c;
+}
+
+static PyObject *SourceMap_iter_of(SourceMap *m, int kind);
+
+static PyObject *SourceMap_iter(SourceMap *m) { return SourceMap_iter_of(m, 0); }
+
+static PyObject *SourceMap_view_of(SourceMap *m, int kind);
+
+static PyObject *SourceMap_keys(SourceMap *m, PyObject *unused) { return SourceMap_view_of(m, 0); }
+static PyObject *SourceMap_values(SourceMap *m, PyObject *unused) { return SourceMap_view_of(m, 1); }
+static PyObject *SourceMap_items(SourceMap *m, PyObject *unused) { return SourceMap_view_of(m, 2); }
+
+/* == with a SourceMap or a dict: the same keys, each with an equal value. */
+static PyObject *SourceMap_richcompare(SourceMap *m, PyObject *other, int op) {
+    if ((op != Py_EQ && op != Py_NE) || !(Py_IS_TYPE(other, &SourceMapType) || PyDict_Check(other)))
+        Py_RETURN_NOTIMPLEMENTED;
+    int equal = PyObject_Length(other) == m->used;
+    for (Py_ssize_t i = 0; equal && i < m->n; i++) {
+        const MapEntry *e = &m->entries[i];
+        if (e->key == NULL) continue;
+        PyObject *v = PyDict_Check(other) ? PyDict_GetItemWithError(other, e->key)
+                                          : map_lookup((SourceMap *)other, e->key, e->hash);
+        if (v == NULL) {
+            if (PyErr_Occurred()) return NULL;
+            equal = 0;
+            break;
+        }
+        Py_INCREF(v);
+        PyObject *mine = e->value;
+        Py_INCREF(mine);
+        int same = PyObject_RichCompareBool(mine, v, Py_EQ);
+        Py_DECREF(mine);
+        Py_DECREF(v);
+        if (same < 0) return NULL;
+        equal = same;
+    }
+    return PyBool_FromLong(op == Py_EQ ? equal : !equal);
+}
+
+static PyObject *SourceMap_repr(SourceMap *m) {
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < m->n; i++)
+        if (m->entries[i].key != NULL && PyDict_SetItem(d, m->entries[i].key, m->entries[i].value) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    PyObject *r = PyUnicode_FromFormat("SourceMap(%R)", d);
+    Py_DECREF(d);
+    return r;
+}
+
+/* An iterator over a map's keys (kind 0), values (1) or items (2), in insertion order. */
+typedef struct {
+    PyObject_HEAD
+    SourceMap *map;
+    Py_ssize_t at;
+    uint64_t layout;
+    int kind;
+} SourceMapIter;
+
+static PyTypeObject SourceMapIterType;
+
+static PyObject *SourceMap_iter_of(SourceMap *m, int kind) {
+    SourceMapIter *it = PyObject_New(SourceMapIter, &SourceMapIterType);
+    if (it == NULL) return NULL;
+    Py_INCREF(m);
+    it->map = m;
+    it->at = 0;
+    it->layout = m->layout;
+    it->kind = kind;
+    return (PyObject *)it;
+}
+
+static void SourceMapIter_dealloc(SourceMapIter *it) {
+    Py_XDECREF(it->map);
+    PyObject_Free(it);
+}
+
+static PyObject *SourceMapIter_next(SourceMapIter *it) {
+    SourceMap *m = it->map;
+    if (m == NULL) return NULL;
+    if (m->layout != it->layout) {
+        PyErr_SetString(PyExc_RuntimeError, "SourceMap changed size during iteration");
+        return NULL;
+    }
+    while (it->at < m->n && m->entries[it->at].key == NULL) it->at++;
+    if (it->at >= m->n) {
+        it->map = NULL;
+        Py_DECREF(m);
+        return NULL;
+    }
+    const MapEntry *e = &m->entries[it->at++];
+    if (it->kind == 2) return PyTuple_Pack(2, e->key, e->value);
+    PyObject *r = it->kind == 0 ? e->key : e->value;
+    Py_INCREF(r);
+    return r;
+}
+
+static PyTypeObject SourceMapIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resumelog._native.SourceMapIterator",
+    .tp_basicsize = sizeof(SourceMapIter),
+    .tp_dealloc = (destructor)SourceMapIter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)SourceMapIter_next,
+};
+
+/* A live view of a map's keys, values or items: len, iteration, ``in``. */
+typedef struct {
+    PyObject_HEAD
+    SourceMap *map;
+    int kind;
+} SourceMapView;
+
+static PyTypeObject SourceMapViewType;
+
+static PyObject *SourceMap_view_of(SourceMap *m, int kind) {
+    SourceMapView *v = PyObject_New(SourceMapView, &SourceMapViewType);
+    if (v == NULL) return NULL;
+    Py_INCREF(m);
+    v->map = m;
+    v->kind = kind;
+    return (PyObject *)v;
+}
+
+static void SourceMapView_dealloc(SourceMapView *v) {
+    Py_DECREF(v->map);
+    PyObject_Free(v);
+}
+
+static Py_ssize_t SourceMapView_len(SourceMapView *v) { return v->map->used; }
+
+static PyObject *SourceMapView_iter(SourceMapView *v) { return SourceMap_iter_of(v->map, v->kind); }
+
+static int SourceMapView_contains(SourceMapView *v, PyObject *x) {
+    if (v->kind == 0) return SourceMap_contains(v->map, x);
+    if (v->kind == 2) { /* (key, value) */
+        if (!PyTuple_Check(x) || PyTuple_GET_SIZE(x) != 2) return 0;
+        int err;
+        MapSlot *s = map_find_any(v->map, PyTuple_GET_ITEM(x, 0), &err);
+        if (err) return -1;
+        if (s == NULL) return 0;
+        PyObject *mine = v->map->entries[s->at].value;
+        Py_INCREF(mine);
+        int same = PyObject_RichCompareBool(mine, PyTuple_GET_ITEM(x, 1), Py_EQ);
+        Py_DECREF(mine);
+        return same;
+    }
+    PyObject *it = SourceMap_iter_of(v->map, 1), *item;
+    if (it == NULL) return -1;
+    int found = 0;
+    while (!found && (item = PyIter_Next(it)) != NULL) {
+        found = PyObject_RichCompareBool(item, x, Py_EQ);
+        Py_DECREF(item);
+    }
+    Py_DECREF(it);
+    return found < 0 || PyErr_Occurred() ? -1 : found;
+}
+
+static PySequenceMethods SourceMapView_sequence = {
+    .sq_length = (lenfunc)SourceMapView_len,
+    .sq_contains = (objobjproc)SourceMapView_contains,
+};
+
+static PyTypeObject SourceMapViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resumelog._native.SourceMapView",
+    .tp_basicsize = sizeof(SourceMapView),
+    .tp_dealloc = (destructor)SourceMapView_dealloc,
+    .tp_as_sequence = &SourceMapView_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_iter = (getiterfunc)SourceMapView_iter,
+};
+
+static PyMappingMethods SourceMap_mapping = {
+    (lenfunc)SourceMap_len,
+    (binaryfunc)SourceMap_getitem,
+    (objobjargproc)SourceMap_setitem,
+};
+
+static PySequenceMethods SourceMap_sequence = {
+    .sq_contains = (objobjproc)SourceMap_contains,
+};
+
+static PyMethodDef SourceMap_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))SourceMap_get, METH_FASTCALL, "get(key, default=None): as dict.get."},
+    {"pop", (PyCFunction)(void (*)(void))SourceMap_pop, METH_FASTCALL, "pop(key[, default]): as dict.pop."},
+    {"update", (PyCFunction)(void (*)(void))SourceMap_update, METH_VARARGS | METH_KEYWORDS,
+     "update([other]): as dict.update (a mapping, or an iterable of pairs)."},
+    {"clear", (PyCFunction)SourceMap_clear, METH_NOARGS, "clear(): remove every key."},
+    {"copy", (PyCFunction)SourceMap_copy, METH_NOARGS, "copy(): a shallow copy (its table copied, no key rehashed)."},
+    {"keys", (PyCFunction)SourceMap_keys, METH_NOARGS, "keys(): a live view of the keys."},
+    {"values", (PyCFunction)SourceMap_values, METH_NOARGS, "values(): a live view of the values."},
+    {"items", (PyCFunction)SourceMap_items, METH_NOARGS, "items(): a live view of the (key, value) pairs."},
+    {NULL, NULL, 0, NULL},
+};
+
+PyDoc_STRVAR(SourceMap_doc,
+             "SourceMap([mapping or iterable of pairs])\n\n"
+             "A dict of ``str`` keys and ``str`` values, in insertion order, with a dict's\n"
+             "``len``, ``in``, ``[]``, ``[] =``, ``del``, iteration, ``get``, ``pop``, ``update``,\n"
+             "``clear``, ``copy``, ``keys``/``values``/``items`` (live views) and ``==`` (with\n"
+             "a dict or a SourceMap): a fold's completed set (``FoldState.added``), which\n"
+             "``number_states`` looks sources up in and ``update`` fills with their memory\n"
+             "reads prefetched.");
+
+static PyTypeObject SourceMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resumelog._native.SourceMap",
+    .tp_basicsize = sizeof(SourceMap),
+    .tp_dealloc = (destructor)SourceMap_dealloc,
+    .tp_repr = (reprfunc)SourceMap_repr,
+    .tp_as_sequence = &SourceMap_sequence,
+    .tp_as_mapping = &SourceMap_mapping,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = SourceMap_doc,
+    .tp_richcompare = (richcmpfunc)SourceMap_richcompare,
+    .tp_iter = (getiterfunc)SourceMap_iter,
+    .tp_methods = SourceMap_methods,
+    .tp_new = SourceMap_new,
+};
+
 /* ------------------------------------------------------------------ fresh states */
 
 PyDoc_STRVAR(
@@ -1269,7 +1977,8 @@ PyDoc_STRVAR(
     "``source_index`` a list or a buffer of native int64,\n"
     "in the order of ``sources``, entered in ``index``) as native int64, the new states'\n"
     "sources in that order (a source named twice is numbered once), and the indexes of\n"
-    "those among them in ``added`` (a dict; completed by another run).");
+    "those among them in ``added`` (a dict, or with a SourceIndex a SourceMap, whose lookups are\n"
+    "prefetched too; completed by another run).");
 
 /* Dict operations with a key's hash computed once. The functions are CPython's,
    exported up to 3.12; later versions take the plain calls. */
@@ -1298,10 +2007,6 @@ static int is_pending(PyObject *pending, PyObject *run, PyObject *src) {
     Py_DECREF(k);
     return has;
 }
-
-/* How many sources ahead number_states prefetches a source's slot (and half that, its
- * key): enough to cover a miss to memory, few enough to stay in the cache. */
-#define PREFETCH_AHEAD 8
 
 /* Each of ``ns`` sources' value in ``s`` (hashes ``hs``) into ``local``, ``known[i]``
  * set where found: the slots of sources i + 2 * PREFETCH_AHEAD and the keys of the
@@ -1333,6 +2038,34 @@ static void index_lookup_all(const SourceIndex *s, PyObject *sources, const Py_h
     }
 }
 
+/* Each source i not ``known`` looked up in ``m`` into ``found[i]`` (borrowed, NULL if
+ * absent): each slot prefetched 3 * PREFETCH_AHEAD sources ahead, the entry of a hash
+ * match 2 * ahead, its key 1 * ahead. */
+static void map_lookup_all(const SourceMap *m, PyObject *sources, const Py_hash_t *hs, const char *known,
+                           Py_ssize_t ns, PyObject **found) {
+    memset(found, 0, sizeof(PyObject *) * (size_t)ns);
+    if (m->used == 0) return;
+    for (Py_ssize_t i = 0; i < ns + 3 * PREFETCH_AHEAD; i++) {
+        Py_ssize_t a = i, b = i - PREFETCH_AHEAD, c = i - 2 * PREFETCH_AHEAD, r = i - 3 * PREFETCH_AHEAD;
+        if (a < ns && !known[a]) __builtin_prefetch(&m->slots[(size_t)hs[a] & m->mask]);
+        if (b >= 0 && b < ns && !known[b]) {
+            size_t at = (size_t)hs[b] & m->mask;
+            while (m->slots[at].at >= 0 && m->slots[at].hash != hs[b]) at = (at + 1) & m->mask;
+            if (m->slots[at].at >= 0) __builtin_prefetch(&m->entries[m->slots[at].at]);
+        }
+        if (c >= 0 && c < ns && !known[c]) {
+            size_t at = (size_t)hs[c] & m->mask;
+            while (m->slots[at].at >= 0 && m->slots[at].hash != hs[c]) at = (at + 1) & m->mask;
+            if (m->slots[at].at >= 0) {
+                PyObject *k = m->entries[m->slots[at].at].key;
+                __builtin_prefetch(k);
+                __builtin_prefetch((const char *)k + 64);
+            }
+        }
+        if (r >= 0 && r < ns && !known[r]) found[r] = map_lookup(m, PyList_GET_ITEM(sources, r), hs[r]);
+    }
+}
+
 static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7) {
         PyErr_SetString(PyExc_TypeError, "number_states takes 7 arguments");
@@ -1343,9 +2076,11 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     Py_ssize_t start = PyLong_AsSsize_t(args[5]);
     if (start == -1 && PyErr_Occurred()) return NULL;
     SourceIndex *table = Py_IS_TYPE(index, &SourceIndexType) ? (SourceIndex *)index : NULL;
+    SourceMap *done = Py_IS_TYPE(added, &SourceMapType) ? (SourceMap *)added : NULL;
     if (!(PyDict_Check(index) || table != NULL) || !(PyDict_Check(pending) || PyAnySet_Check(pending)) ||
-        !PyList_Check(sources) || !PyDict_Check(added)) {
-        PyErr_SetString(PyExc_TypeError, "number_states: dicts (or a set, or a SourceIndex) and lists expected");
+        !PyList_Check(sources) || !(PyDict_Check(added) || done != NULL) || (done != NULL && table == NULL)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "number_states: dicts (or a set, a SourceIndex, a SourceMap with it) and lists expected");
         return NULL;
     }
     int listed = PyList_Check(source_index); /* (else native int64: a ColumnBatch's) */
@@ -1355,6 +2090,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     int64_t *local = PyMem_Malloc(sizeof(int64_t) * (size_t)(ns ? ns : 1));
     Py_hash_t *hs = NULL;
     char *known = NULL;
+    PyObject **completed = NULL; /* (with a SourceMap: each source's run in it, or NULL) */
     PyObject *fresh = NULL, *gid = NULL, *in_added = NULL;
     if (local == NULL) {
         PyErr_NoMemory();
@@ -1370,11 +2106,19 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
         for (Py_ssize_t i = 0; i < ns; i++)
             if ((hs[i] = index_key_hash(PyList_GET_ITEM(sources, i))) == -1) goto fail;
         index_lookup_all(table, sources, hs, ns, local, known);
+        if (done != NULL) {
+            completed = PyMem_Malloc(sizeof(PyObject *) * (size_t)(ns ? ns : 1));
+            if (completed == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            map_lookup_all(done, sources, hs, known, ns, completed);
+        }
     }
     fresh = PyList_New(0);
     in_added = PyList_New(0);
     if (fresh == NULL || in_added == NULL) goto fail;
-    int check_added = PyDict_GET_SIZE(added) > 0;
+    int check_added = done != NULL ? done->used > 0 : PyDict_GET_SIZE(added) > 0;
     int check_pending = PyAnySet_Check(pending) ? PySet_GET_SIZE(pending) > 0 : PyDict_GET_SIZE(pending) > 0;
     for (Py_ssize_t i = 0; i < ns; i++) {
         PyObject *src = PyList_GET_ITEM(sources, i);
@@ -1387,6 +2131,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                 PyMem_Free(local);
                 PyMem_Free(hs);
                 PyMem_Free(known);
+                PyMem_Free(completed);
                 Py_DECREF(fresh);
                 Py_DECREF(in_added);
                 if (!listed) PyBuffer_Release(&ixv);
@@ -1410,8 +2155,8 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
             if (PyErr_Occurred()) goto fail;
         }
         if (check_added) { /* (looked up while its hash is at hand: _fastfold._base_positions's lookup) */
-            PyObject *r = DICT_GET_H(added, src, h); /* (borrowed) */
-            if (r == NULL && PyErr_Occurred()) goto fail;
+            PyObject *r = done != NULL ? completed[i] : DICT_GET_H(added, src, h); /* (borrowed) */
+            if (r == NULL && done == NULL && PyErr_Occurred()) goto fail;
             if (r != NULL) {
                 int late = r == run ? 1 : PyObject_RichCompareBool(r, run, Py_EQ);
                 if (late != 0) {
@@ -1419,6 +2164,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
                     PyMem_Free(local);
                     PyMem_Free(hs);
                     PyMem_Free(known);
+                    PyMem_Free(completed);
                     Py_DECREF(fresh);
                     Py_DECREF(in_added);
                     if (!listed) PyBuffer_Release(&ixv);
@@ -1460,6 +2206,7 @@ static PyObject *number_states(PyObject *self, PyObject *const *args, Py_ssize_t
     PyMem_Free(local);
     PyMem_Free(hs);
     PyMem_Free(known);
+    PyMem_Free(completed);
     if (!listed) PyBuffer_Release(&ixv);
     return Py_BuildValue("(NNN)", gid, fresh, in_added);
 fail:
@@ -1472,6 +2219,7 @@ fail:
     PyMem_Free(local);
     PyMem_Free(hs);
     PyMem_Free(known);
+    PyMem_Free(completed);
     Py_XDECREF(fresh);
     Py_XDECREF(in_added);
     Py_XDECREF(gid);
@@ -1803,7 +2551,7 @@ static int sort_keyed(Keyed *keyed, Py_ssize_t n, const Suffix *suf) {
 }
 
 PyDoc_STRVAR(sorted_entries_doc,
-             "sorted_entries(added: dict[str, str], tags, runs: dict[str, int])\n"
+             "sorted_entries(added: dict[str, str] | SourceMap, tags, runs: dict[str, int])\n"
              "    -> tuple[list[bytes], list[int], list[int], bytes] | None | bool\n\n"
              "A new layer's entries in key order: ``ids = sorted(added)``, then\n"
              "``[i.encode() for i in ids]``, ``[runs[added[i]] for i in ids]``,\n"
@@ -1843,6 +2591,18 @@ static int tag_next(TagWalk *w, PyObject **k, PyObject **v) {
     return 0;
 }
 
+/* The next (key, value) of a dict or a SourceMap ``m`` (borrowed), in its order, from
+ * *pos: 1, or 0 at the end. */
+static int pairs_next(PyObject *m, Py_ssize_t *pos, PyObject **k, PyObject **v) {
+    if (PyDict_Check(m)) return PyDict_Next(m, pos, k, v);
+    const SourceMap *s = (const SourceMap *)m;
+    while (*pos < s->n && s->entries[*pos].key == NULL) (*pos)++;
+    if (*pos >= s->n) return 0;
+    *k = s->entries[*pos].key;
+    *v = s->entries[(*pos)++].value;
+    return 1;
+}
+
 static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     TagWalk walk = {NULL, NULL, NULL, 0, 0, 0, 0};
     Py_ssize_t listed = 0, walked = 0; /* the lists' entries, and those the walk took */
@@ -1866,12 +2626,14 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
     } else if (nargs == 3) {
         walk.dict = args[1];
     }
-    if (nargs != 3 || !PyDict_Check(args[0]) || walk.dict == NULL || !PyDict_Check(walk.dict) || !PyDict_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "sorted_entries(added: dict, tags: dict | (dict, lists, lists), runs: dict)");
+    if (nargs != 3 || !(PyDict_Check(args[0]) || Py_IS_TYPE(args[0], &SourceMapType)) || walk.dict == NULL ||
+        !PyDict_Check(walk.dict) || !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sorted_entries(added: dict | SourceMap, tags: dict | (dict, lists, lists), runs: dict)");
         return NULL;
     }
     PyObject *added = args[0], *tags = walk.dict, *runs = args[2];
-    Py_ssize_t n = PyDict_GET_SIZE(added), pos = 0, i = 0;
+    Py_ssize_t n = PyDict_Check(added) ? PyDict_GET_SIZE(added) : ((SourceMap *)added)->used, pos = 0, i = 0;
     PyObject *k, *v, *zero = PyLong_FromLong(0), *out = NULL;
     Suffix *suf = PyMem_Malloc(sizeof(Suffix) * (size_t)(n ? n : 1));
     Keyed *keyed = PyMem_Malloc(sizeof(Keyed) * (size_t)(n ? n : 1));
@@ -1888,7 +2650,7 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
      * once, so an id the walk passed by in the lists is set there once, in ``added``'s order. */
     PyObject *tk = NULL, *tv = NULL;
     int walking = tag_next(&walk, &tk, &tv);
-    while (PyDict_Next(added, &pos, &k, &v)) {
+    while (pairs_next(added, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
             out = Py_None;
             Py_INCREF(out);
@@ -1993,12 +2755,20 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
-    if (PyType_Ready(&SourceIndexType) < 0) return NULL;
+    if (PyType_Ready(&SourceIndexType) < 0 || PyType_Ready(&SourceMapType) < 0 ||
+        PyType_Ready(&SourceMapIterType) < 0 || PyType_Ready(&SourceMapViewType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&SourceIndexType);
     if (PyModule_AddObject(m, "SourceIndex", (PyObject *)&SourceIndexType) < 0) {
         Py_DECREF(&SourceIndexType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SourceMapType);
+    if (PyModule_AddObject(m, "SourceMap", (PyObject *)&SourceMapType) < 0) {
+        Py_DECREF(&SourceMapType);
         Py_DECREF(m);
         return NULL;
     }

@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
 from resumelog import _fastfold
 from resumelog._columns import ColumnBatch
-from resumelog._hashed_dicts import hashed_dict
+from resumelog._hashed_dicts import hashed_dict, source_map
 from resumelog._provisional import ProvisionalSet
 from resumelog.done_shapes import DoneShapeMap, ShapeTable
 from resumelog.format import (
@@ -243,7 +243,7 @@ class FoldState:
     stream_ids: list[str] = field(default_factory=list)
     streams: dict[str, StreamMark] = field(default_factory=dict)
     pending: dict[tuple[str, str], SourceRunState] = field(default_factory=dict)
-    added: dict[str, str] = field(default_factory=hashed_dict)
+    added: MutableMapping[str, str] = field(default_factory=source_map)
     removed: set[str] = field(default_factory=set)
     done_shapes: DoneShapeMap = field(default_factory=DoneShapeMap)
     """Final entries of completions made by this fold, as ids into ``shapes`` (absent:

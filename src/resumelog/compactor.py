@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, NoReturn, TypeVar
 from msgspec.structs import replace as replace_struct
 
 from resumelog import _fastfold, layers, paths, snapshot_cache
-from resumelog._hashed_dicts import hashed_dict
+from resumelog._hashed_dicts import hashed_dict, source_map
 from resumelog._progress import Progress
 from resumelog._provisional import ProvisionalSet
 from resumelog.algebra import FoldState
@@ -610,10 +610,10 @@ def _spill(loaded: Loaded) -> bool:
             take = min(take, room)
     if not take and not removed:
         return False
-    rest: dict[str, str] = {}
+    rest: MutableMapping[str, str] = {}
     if take < len(added):
         # (C loops: a spill at scale moves ~1M completions and keeps a few)
-        rest = hashed_dict(islice(added.items(), take, None))
+        rest = source_map(islice(added.items(), take, None))
         moved = _less(added, rest)
         shapes, writers = state.done_shapes, state.done_writers
         kept = _less(writers, rest)  # the moved completions' writers and the base's
@@ -633,7 +633,7 @@ def _spill(loaded: Loaded) -> bool:
     if rest:
         state.added, state.done_shapes, state.done_writers = rest, rest_shapes, rest_writers
     else:
-        state.added, state.done_shapes, state.done_writers = hashed_dict(), DoneShapeMap(), hashed_dict()
+        state.added, state.done_shapes, state.done_writers = source_map(), DoneShapeMap(), hashed_dict()
         state.shapes = ShapeTable()
         state._writer_tuples = {}
     loaded.spilled.extend(name for name, _ in encoded.layers)
@@ -647,13 +647,14 @@ def _spill(loaded: Loaded) -> bool:
     return True
 
 
-_V = TypeVar("_V")
+_M = TypeVar("_M", bound=MutableMapping[str, Any])
 
 
-def _less(d: dict[str, _V], keys: Iterable[str]) -> dict[str, _V]:
-    """A copy of ``d`` without ``keys`` (a dict's copy copies its table: no insert per
-    entry, for a spill that moves ~1M completions and keeps a few)."""
-    out = d.copy()
+def _less(d: _M, keys: Iterable[str]) -> _M:
+    """A copy of ``d`` (a dict or a ``SourceMap``) without ``keys`` (their ``copy``
+    copies the table: no insert per entry, for a spill that moves ~1M completions and
+    keeps a few)."""
+    out: _M = d.copy()  # type: ignore[attr-defined]
     for k in keys:
         out.pop(k, None)
     return out

@@ -785,7 +785,7 @@ def build_layer(
     where = {r: i for i, r in enumerate(run_names)}
     table = ShapeTable()
     entries = None
-    if native is not None and isinstance(added, dict) and isinstance(tags, (dict, DoneShapeMap)):
+    if native is not None and isinstance(added, (dict, native.SourceMap)) and isinstance(tags, (dict, DoneShapeMap)):
         # the C loop of the lines below (ASCII ids), reading the tags a fold added in bulk
         # where they are (DoneShapeMap.parts) unless they do not line up with ``added``
         found = native.sorted_entries(added, tags.parts() if isinstance(tags, DoneShapeMap) else tags, where)
