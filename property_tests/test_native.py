@@ -330,7 +330,9 @@ class Name(str):
     pass
 
 
-MAP_OPS = st.sampled_from(["set", "del", "pop", "get", "in", "[]", "update", "update_map", "copy", "clear", "eq"])
+MAP_OPS = st.sampled_from(
+    ["set", "del", "pop", "get", "in", "[]", "update", "update_map", "set_many", "copy", "clear", "eq"]
+)
 
 
 @given(
@@ -374,6 +376,11 @@ def test_a_source_map_is_a_dict(ops) -> None:
             pairs = [(INDEX_KEYS[(n + i) % len(INDEX_KEYS)], value) for i in range(n * 20)]
             table.update(pairs if n % 2 else zip(*zip(*pairs)) if pairs else ())
             model.update(pairs)
+        elif op == "set_many":  # (one value for all, or one each; more than a chunk)
+            keys = [INDEX_KEYS[(n + 3 * i) % len(INDEX_KEYS)] for i in range(n * 30)]
+            values = value if n % 2 else [f"{value}{i % 3}" for i in range(len(keys))]
+            table.set_many(keys, values)
+            model.update(zip(keys, [values] * len(keys) if isinstance(values, str) else values))
         elif op == "update_map":
             other = {INDEX_KEYS[(n + i) % len(INDEX_KEYS)]: value for i in range(n)}
             table.update(native.SourceMap(other) if n % 2 else other)
@@ -432,6 +439,12 @@ def test_a_source_map_refuses_what_a_dict_of_str_would_not_hold() -> None:
         hash(table)
     with pytest.raises(TypeError):
         table.get([])  # unhashable, as in a dict
+    with pytest.raises(TypeError):
+        table.set_many(["x", "y"], ["r"])  # (as many values as keys)
+    with pytest.raises(TypeError):
+        table.set_many(("x",), "r")  # (a list of keys)
+    with pytest.raises(TypeError):
+        table.set_many(["b", "c", "d"], ["r", 2, "r"])
     assert table == {"a": "r", "b": "r"}  # (an update keeps the pairs before the failing one)
     assert Name("a") in table and table[Name("a")] == "r" and 1 not in table and table.get(2) is None
     it = iter(table)
@@ -718,6 +731,10 @@ def test_the_kernels_leak_nothing() -> None:
         more = completed.copy()
         more.update(zip(sources, ["r"] * 300))
         more.update({"x": "y"})
+        more.set_many(sources[:100], "q")
+        more.set_many(sources[50:150], ["r", "q"] * 50)
+        with pytest.raises(TypeError):
+            more.set_many(sources[:3], ["r", "r", 3])
         del more["s1"], more["x"]
         more.pop("s2"), more.pop("s2", None), list(more.items()), list(more.values()), more == completed
         repr(more), "s3" in more.keys(), ("s3", "r") in more.items(), "r" in more.values()

@@ -943,7 +943,11 @@ def _complete(
     ev.done.extend(srcs)
     if ev.fresh is not None:
         ev.fresh.update(srcs)
-    ev.added.update(zip(srcs, repeat(crun) if isinstance(crun, str) else crun[a:b]))
+    runs = crun if isinstance(crun, str) else crun[a:b]
+    if native is not None and isinstance(ev.added, native.SourceMap):
+        ev.added.set_many(srcs, runs)  # (no pair made per completion)
+    else:
+        ev.added.update(zip(srcs, repeat(runs) if isinstance(runs, str) else runs))
     pk, hits = shapes.pk, shapes.hits
     for j in firsts:  # (in order)
         hits[j] = cols.resolve(pk[j], groups[j], dgroups[j], csrcs[j], ev.intern)

@@ -1344,6 +1344,8 @@ static int map_resize(SourceMap *m, Py_ssize_t cap) {
     memset(slots, 0xff, sizeof(MapSlot) * size); /* (at = -1: empty) */
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < m->n; i++) {
+        if (i + PREFETCH_AHEAD < m->n)
+            __builtin_prefetch(&slots[(size_t)m->entries[i + PREFETCH_AHEAD].hash & (size - 1)], 1);
         if (m->entries[i].key == NULL) continue;
         entries[k] = m->entries[i];
         size_t j = (size_t)entries[k].hash & (size - 1);
@@ -1698,6 +1700,28 @@ static PyObject *SourceMap_update(SourceMap *m, PyObject *args, PyObject *kwds) 
     Py_RETURN_NONE;
 }
 
+static PyObject *SourceMap_set_many(SourceMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(args[0]) ||
+        !(PyUnicode_CheckExact(args[1]) ||
+          (PyList_Check(args[1]) && PyList_GET_SIZE(args[1]) == PyList_GET_SIZE(args[0])))) {
+        PyErr_SetString(PyExc_TypeError, "set_many(keys: list, values: str | list of as many)");
+        return NULL;
+    }
+    PyObject *keys = args[0], *values = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    PyObject *ks[MAP_CHUNK], *vs[MAP_CHUNK];
+    if (n > MAP_CHUNK && map_reserve(m, n) < 0) return NULL; /* (one resize at most) */
+    for (Py_ssize_t a = 0; a < n; a += MAP_CHUNK) {
+        Py_ssize_t k = n - a < MAP_CHUNK ? n - a : MAP_CHUNK;
+        for (Py_ssize_t i = 0; i < k; i++) { /* (borrowed: nothing below runs Python code) */
+            ks[i] = PyList_GET_ITEM(keys, a + i);
+            vs[i] = PyUnicode_CheckExact(values) ? values : PyList_GET_ITEM(values, a + i);
+        }
+        if (map_insert_chunk(m, ks, vs, k) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *SourceMap_clear(SourceMap *m, PyObject *unused) {
     map_clear(m);
     Py_RETURN_NONE;
@@ -1927,6 +1951,9 @@ static PyMethodDef SourceMap_methods[] = {
     {"pop", (PyCFunction)(void (*)(void))SourceMap_pop, METH_FASTCALL, "pop(key[, default]): as dict.pop."},
     {"update", (PyCFunction)(void (*)(void))SourceMap_update, METH_VARARGS | METH_KEYWORDS,
      "update([other]): as dict.update (a mapping, or an iterable of pairs)."},
+    {"set_many", (PyCFunction)(void (*)(void))SourceMap_set_many, METH_FASTCALL,
+     "set_many(keys, values): ``update(zip(keys, values))`` of a list of keys and a list of as\n"
+     "many values, or one value for all (``repeat(values)``), without a pair made per key."},
     {"clear", (PyCFunction)SourceMap_clear, METH_NOARGS, "clear(): remove every key."},
     {"copy", (PyCFunction)SourceMap_copy, METH_NOARGS, "copy(): a shallow copy (its table copied, no key rehashed)."},
     {"keys", (PyCFunction)SourceMap_keys, METH_NOARGS, "keys(): a live view of the keys."},
