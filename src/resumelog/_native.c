@@ -1066,17 +1066,20 @@ static inline int str_eq(PyObject *a, PyObject *b) {
            memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * (size_t)kind) == 0;
 }
 
-/* The key's hash, or -1 with a TypeError if it is not an exact str. */
-static Py_hash_t index_key_hash(PyObject *key) {
-    if (!PyUnicode_CheckExact(key)) {
-        PyErr_Format(PyExc_TypeError, "SourceIndex keys are str, not %.100s", Py_TYPE(key)->tp_name);
+/* The hash of ``s``, or -1 with a TypeError if it is not an exact str (``what``: the
+ * message's subject, e.g. "SourceIndex keys"). */
+static Py_hash_t exact_str_hash(PyObject *s, const char *what) {
+    if (!PyUnicode_CheckExact(s)) {
+        PyErr_Format(PyExc_TypeError, "%s must be str, not %.100s", what, Py_TYPE(s)->tp_name);
         return -1;
     }
 #if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(key) < 0) return -1;
+    if (PyUnicode_READY(s) < 0) return -1;
 #endif
-    return PyObject_Hash(key);
+    return PyObject_Hash(s);
 }
+
+static Py_hash_t index_key_hash(PyObject *key) { return exact_str_hash(key, "SourceIndex keys"); }
 
 /* The slot of ``key`` (hash ``h``), or of the empty slot where it would go. */
 static inline IndexSlot *index_probe(const SourceIndex *s, PyObject *key, Py_hash_t h) {
@@ -1294,17 +1297,6 @@ typedef struct {
 
 static PyTypeObject SourceMapType;
 
-/* The hash of an exact str, or -1 with a TypeError (``what``: key or value). */
-static Py_hash_t map_str_hash(PyObject *s, const char *what) {
-    if (!PyUnicode_CheckExact(s)) {
-        PyErr_Format(PyExc_TypeError, "SourceMap %s must be str, not %.100s", what, Py_TYPE(s)->tp_name);
-        return -1;
-    }
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_READY(s) < 0) return -1;
-#endif
-    return PyObject_Hash(s);
-}
 
 static int map_check_value(PyObject *v) {
     if (PyUnicode_CheckExact(v)) return 0;
@@ -1451,7 +1443,8 @@ static void map_clear(SourceMap *m) {
 static int map_insert_chunk(SourceMap *m, PyObject **keys, PyObject **values, Py_ssize_t k) {
     Py_hash_t hs[MAP_CHUNK];
     Py_ssize_t ok = 0;
-    while (ok < k && (hs[ok] = map_str_hash(keys[ok], "keys")) != -1 && map_check_value(values[ok]) == 0) ok++;
+    while (ok < k && (hs[ok] = exact_str_hash(keys[ok], "SourceMap keys")) != -1 && map_check_value(values[ok]) == 0)
+        ok++;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb); /* (the failing pair's error, if any: raised after the others are in) */
     int rc = ok ? map_reserve(m, ok) : 0;
@@ -1492,7 +1485,7 @@ static int map_update(SourceMap *m, PyObject *arg) {
                 rc = -1;
                 break;
             }
-            Py_hash_t h = map_str_hash(key, "keys");
+            Py_hash_t h = exact_str_hash(key, "SourceMap keys");
             rc = h == -1 || map_check_value(v) < 0 ? -1 : map_set(m, key, h, v);
             Py_DECREF(v);
         }
@@ -1587,7 +1580,7 @@ static Py_ssize_t SourceMap_len(SourceMap *m) { return m->used; }
 
 /* The slot of ``key``, NULL if absent (*err: -1 with an error set, else 0). */
 static MapSlot *map_find(SourceMap *m, PyObject *key, int *err) {
-    Py_hash_t h = map_str_hash(key, "keys");
+    Py_hash_t h = exact_str_hash(key, "SourceMap keys");
     *err = h == -1 ? -1 : 0;
     if (h == -1 || m->used == 0) return NULL;
     MapSlot *s = map_probe(m, key, h);
@@ -1643,7 +1636,7 @@ static int SourceMap_setitem(SourceMap *m, PyObject *key, PyObject *value) {
         map_remove(m, s);
         return 0;
     }
-    Py_hash_t h = map_str_hash(key, "keys");
+    Py_hash_t h = exact_str_hash(key, "SourceMap keys");
     if (h == -1 || map_check_value(value) < 0) return -1;
     return map_set(m, key, h, value);
 }
