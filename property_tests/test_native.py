@@ -452,6 +452,15 @@ def test_a_source_map_refuses_what_a_dict_of_str_would_not_hold() -> None:
     table["e"] = "r"
     with pytest.raises(RuntimeError):
         next(it)
+    it = iter(table)
+    next(it)
+    del table["e"]
+    with pytest.raises(RuntimeError):
+        next(it)
+    it = iter(table.items())
+    table.set_many(["a"] * 40 + ["b"] * 600, "r")  # (no new key, but room reserved: a resize moves entries)
+    with pytest.raises(RuntimeError):
+        next(it)
     assert isinstance(table, MutableMapping)
 
 

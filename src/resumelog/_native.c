@@ -1352,6 +1352,7 @@ static int map_resize(SourceMap *m, Py_ssize_t cap) {
     m->mask = size - 1;
     m->n = k;
     m->cap = cap;
+    m->layout++; /* (entries moved: an iterator's position is stale) */
     return 0;
 }
 
@@ -1960,7 +1961,8 @@ PyDoc_STRVAR(SourceMap_doc,
              "A dict of ``str`` keys and ``str`` values, in insertion order, with a dict's\n"
              "``len``, ``in``, ``[]``, ``[] =``, ``del``, iteration, ``get``, ``pop``, ``update``,\n"
              "``clear``, ``copy``, ``keys``/``values``/``items`` (live views) and ``==`` (with\n"
-             "a dict or a SourceMap): a fold's completed set (``FoldState.added``), which\n"
+             "a dict or a SourceMap); an iterator raises RuntimeError after a key is added or\n"
+             "removed, or the table resized. A fold's completed set (``FoldState.added``), which\n"
              "``number_states`` looks sources up in and ``update`` fills with their memory\n"
              "reads prefetched.");
 
