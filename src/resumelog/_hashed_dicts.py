@@ -14,10 +14,12 @@ objects 0.31 → 0.12 s; the 5M-record compaction of ``benchmarks/bench_fold.py`
 faster. The cost: 8 more bytes per entry.
 
 The dicts are plain ``dict`` objects with the same contents, order and behaviour on
-every Python; only their speed depends on this. With the compiled kernels the completed
-set is a ``resumelog._native.SourceMap`` instead (:func:`source_map`): a table of its
-own whose slots hold the hashes, and whose batch lookups and inserts prefetch. No library offers it (it is a property
+every Python; only their speed depends on this. No library offers it (it is a property
 of CPython's table layout), hence these few lines.
+
+With the compiled kernels the completed set is a ``resumelog._native.SourceMap``
+instead (:func:`source_map`): a table of its own whose slots hold the hashes, and whose
+batch lookups and inserts prefetch their memory reads.
 """
 
 from __future__ import annotations
