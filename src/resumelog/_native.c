@@ -1129,6 +1129,13 @@ static int index_set(SourceIndex *s, PyObject *key, Py_hash_t h, int64_t value) 
     return 0;
 }
 
+/* Backward-shift deletion (both tables; no tombstones): slot ``i`` was emptied, and the
+ * key in slot ``j``, further along its run, whose hash puts it at slot ``home``, stays
+ * where it is if ``home`` is cyclically in (i, j]; else it moves back into ``i``. */
+static inline int shift_keeps(size_t i, size_t j, size_t home) {
+    return i <= j ? (i < home && home <= j) : (i < home || home <= j);
+}
+
 /* Remove the key of slot ``e`` (backward-shift deletion: no tombstones). */
 static void index_remove(SourceIndex *s, IndexSlot *e) {
     PyObject *key = e->key;
@@ -1137,8 +1144,7 @@ static void index_remove(SourceIndex *s, IndexSlot *e) {
         j = (j + 1) & s->mask;
         IndexSlot *f = &s->slots[j];
         if (f->key == NULL) break;
-        size_t home = (size_t)f->hash & s->mask; /* stays if home is cyclically in (i, j] */
-        if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
+        if (shift_keeps(i, j, (size_t)f->hash & s->mask)) continue;
         s->slots[i] = *f;
         i = j;
     }
@@ -1407,8 +1413,7 @@ static void map_remove(SourceMap *m, MapSlot *s) {
         j = (j + 1) & m->mask;
         MapSlot *f = &m->slots[j];
         if (f->at < 0) break;
-        size_t home = (size_t)f->hash & m->mask; /* stays if home is cyclically in (i, j] */
-        if (i <= j ? (i < home && home <= j) : (i < home || home <= j)) continue;
+        if (shift_keeps(i, j, (size_t)f->hash & m->mask)) continue;
         m->slots[i] = *f;
         i = j;
     }
@@ -1730,31 +1735,17 @@ static PyObject *SourceMap_copy(SourceMap *m, PyObject *unused) {
         Py_DECREF(c);
         return PyErr_NoMemory();
     }
+    /* the same table: entries at the same places (removed ones too: no slot names them) */
+    memcpy(c->entries, m->entries, sizeof(MapEntry) * (size_t)m->n);
+    memcpy(c->slots, m->slots, sizeof(MapSlot) * (m->mask + 1));
+    for (Py_ssize_t i = 0; i < m->n; i++) {
+        Py_XINCREF(c->entries[i].key);
+        Py_XINCREF(c->entries[i].value);
+    }
     c->cap = m->cap;
     c->mask = m->mask;
-    if (m->n == m->used) { /* (no entry removed: the same table) */
-        memcpy(c->entries, m->entries, sizeof(MapEntry) * (size_t)m->n);
-        memcpy(c->slots, m->slots, sizeof(MapSlot) * (m->mask + 1));
-        c->n = c->used = m->n;
-        for (Py_ssize_t i = 0; i < c->n; i++) {
-            Py_INCREF(c->entries[i].key);
-            Py_INCREF(c->entries[i].value);
-        }
-        return (PyObject *)c;
-    }
-    memset(c->slots, 0xff, sizeof(MapSlot) * (c->mask + 1)); /* compacted, slots rebuilt */
-    for (Py_ssize_t i = 0; i < m->n; i++) {
-        const MapEntry *e = &m->entries[i];
-        if (e->key == NULL) continue;
-        size_t j = (size_t)e->hash & c->mask;
-        while (c->slots[j].at >= 0) j = (j + 1) & c->mask;
-        c->slots[j].hash = e->hash;
-        c->slots[j].at = c->n;
-        c->entries[c->n++] = *e;
-        Py_INCREF(e->key);
-        Py_INCREF(e->value);
-    }
-    c->used = c->n;
+    c->n = m->n;
+    c->used = m->used;
     return (PyObject *)c;
 }
 

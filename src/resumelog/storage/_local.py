@@ -19,7 +19,7 @@ import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO
+from typing import IO, TypeVar
 
 from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
 from resumelog.storage._base import ObjectInfo, Store, check_key
@@ -27,6 +27,8 @@ from resumelog.storage._base import ObjectInfo, Store, check_key
 __all__ = ["LocalStore"]
 
 _PARTIAL = ".partial"
+_T = TypeVar("_T")
+
 _DIR_ATTEMPTS = 5
 """Creates of a file whose directory a concurrent delete removed meanwhile (each
 attempt makes the directory again)."""
@@ -87,20 +89,22 @@ class LocalStore(Store):
             if self.fsync:
                 _fsync_dir(os.path.dirname(m))
 
-    def _in_dir(self, d: str, make: Callable[[], None]) -> None:
-        """``make()`` a file in directory ``d``, created first if missing; again if the
-        directory vanished meanwhile: :meth:`delete` removes the directories it leaves
-        empty, and one may be this one, between its creation and the file's (a
-        compaction's layer beside a GC, a writer's first segment beside a
-        ``delete``). With ``d`` gone nothing of the file was left (``d`` was empty)."""
-        for attempt in range(_DIR_ATTEMPTS):
+    def _in_dir(self, d: str, make: Callable[[], _T]) -> _T:
+        """``make()`` a file in directory ``d`` and return what it returns, ``d`` created
+        first if missing; again if the directory vanished meanwhile: :meth:`delete`
+        removes the directories it leaves empty, and one may be this one, between its
+        creation and the file's (a compaction's layer beside a GC, a writer's first
+        segment beside a ``delete``). With ``d`` gone nothing of the file was left (``d``
+        was empty)."""
+        for _ in range(_DIR_ATTEMPTS - 1):
             self._makedirs(d)
             try:
-                make()
-                return
+                return make()
             except FileNotFoundError:
-                if attempt == _DIR_ATTEMPTS - 1 or os.path.isdir(d):
+                if os.path.isdir(d):
                     raise
+        self._makedirs(d)
+        return make()  # (the last attempt: its error is the caller's)
 
     def put_if_absent(self, key: str, data: bytes | memoryview) -> None:
         self._create(key, [data])
@@ -152,9 +156,7 @@ class LocalStore(Store):
         again if a concurrent delete removed it meanwhile (:meth:`_in_dir`; a
         :class:`FileNotFoundError` if it keeps vanishing)."""
         p = self._path(key)
-        opened: list[IO[bytes]] = []
-        self._in_dir(os.path.dirname(p), lambda: opened.append(open(p, "x+b")))
-        return p, opened[0]
+        return p, self._in_dir(os.path.dirname(p), lambda: open(p, "x+b"))
 
     def _create(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
         """Write a temp file, link it to ``<key>`` (create-only), then fsync the file and
