@@ -307,6 +307,29 @@ def test_a_source_index_of_many_keys_after_deletions() -> None:
         assert contents(index, keys) == model
 
 
+def keys_at_home(mask: int, homes: list[int]) -> list[str]:
+    """A key whose hash puts it at each of ``homes`` in a table of ``mask + 1`` slots
+    (this process's str hashes)."""
+    found: dict[int, str] = {}
+    i = 0
+    while not all(h in found for h in homes):
+        k = f"key-{i}"
+        found.setdefault(hash(k) & mask, k)
+        i += 1
+    return [found[h] for h in homes]
+
+
+def test_a_deletion_keeps_a_key_whose_run_wraps_round_the_table() -> None:
+    """A run of slots from the last ones round to slot 0 (linear probing wraps): the key
+    at slot 0 is at its own home, so deleting the run's first key leaves it there."""
+    for table, mask in [(native.SourceIndex(), 7), (native.SourceMap(), 15)]:  # (3 keys: 8 and 16 slots)
+        x, y, z = keys_at_home(mask, [mask - 1, mask, 0])
+        for k in (x, y, z):
+            table[k] = 1 if isinstance(table, native.SourceIndex) else "r"
+        del table[x]
+        assert x not in table and y in table and z in table and len(table) == 2
+
+
 def test_a_source_index_refuses_what_is_not_a_str_key_or_an_int() -> None:
     index = native.SourceIndex()
     with pytest.raises(TypeError):
