@@ -1443,6 +1443,10 @@ static void map_clear(SourceMap *m) {
 
 #define MAP_CHUNK 512
 
+/* "keys", interned at import: update() asks each argument for it, as dict.update does
+ * (a name made per call would be a new str in CPython's attribute cache each time) */
+static PyObject *str_keys;
+
 /* Insert pairs (key, value) a chunk at a time: the hashes first, then the inserts with
  * the slot of the pair PREFETCH_AHEAD later prefetched. 0, or -1 with an error (the
  * pairs before the failing one are in, as dict.update leaves them). */
@@ -1481,7 +1485,7 @@ static int map_update(SourceMap *m, PyObject *arg) {
         Py_DECREF(items);
         return rc;
     }
-    if (!PyList_Check(arg) && !PyTuple_Check(arg) && PyObject_HasAttrString(arg, "keys")) {
+    if (!PyList_Check(arg) && !PyTuple_Check(arg) && PyObject_HasAttr(arg, str_keys)) {
         PyObject *ks = PyMapping_Keys(arg);
         if (ks == NULL) return -1;
         for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(ks); i++) {
@@ -2768,6 +2772,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     crc_init();
+    if ((str_keys = PyUnicode_InternFromString("keys")) == NULL) return NULL;
     if (PyType_Ready(&SourceIndexType) < 0 || PyType_Ready(&SourceMapType) < 0 ||
         PyType_Ready(&SourceMapIterType) < 0 || PyType_Ready(&SourceMapViewType) < 0)
         return NULL;
