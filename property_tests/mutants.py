@@ -7,7 +7,10 @@ Usage::
 
 For each mutant this copies ``src/resumelog``, ``property_tests`` and
 ``pyproject.toml`` into a temporary directory, applies one exact text replacement to
-the copied library (the replaced text must occur exactly once), and runs::
+the copied library (the replaced text must occur exactly once; a mutant of the compiled
+kernels, ``_native.c``, is then compiled into the copy by ``hatch_build.compile_native``,
+as ``pip install -e .`` compiles it, and its suite runs with ``RESUMELOG_NATIVE=1``; one
+that does not compile is reported *not built*, never killed), and runs::
 
     python -m pytest property_tests -x -q -p no:cacheprovider -m "not known_bug" -n 0
 
@@ -581,6 +584,75 @@ MUTANTS += [
         "issue 17/3: a partial spill keeps, of the completions it leaves in Python objects, only the done "
         "shapes already settled (the others lose their final entries)",
     ),
+    # the compiled kernels (``_native.c``): the copy is compiled as ``pip install -e .``
+    # compiles it (``hatch_build.compile_native``) and the suite runs with
+    # ``RESUMELOG_NATIVE=1``, so the mutated module is the one in use
+    Mutant(
+        "c_backward_shift_ignores_the_wrap_around",
+        "_native.c",
+        "    return i <= j ? (i < home && home <= j) : (i < home || home <= j);\n",
+        "    return i < home && home <= j; /* mutant: the run of slots taken as never wrapping round */\n",
+        "issue 17/3: a deletion from SourceIndex or SourceMap moves a key back past its home slot when the "
+        "run of slots wraps round the table's end (the key is then not found: a fresh state numbered twice, a "
+        "completed id read as not completed)",
+    ),
+    Mutant(
+        "c_map_set_keeps_the_old_run",
+        "_native.c",
+        "            PyObject *old = e->value;\n            Py_INCREF(value);\n            e->value = value;\n"
+        "            Py_DECREF(old);\n",
+        "            (void)e; /* mutant: the value of a key already there is not replaced */\n",
+        "issue 17/3: SourceMap keeps an id's old value when it is set again (a completion taken over keeps "
+        "the run that held it)",
+    ),
+    Mutant(
+        "c_number_states_folds_a_late_record",
+        "_native.c",
+        "                int late = r == run ? 1 : PyObject_RichCompareBool(r, run, Py_EQ);\n",
+        "                int late = 0; /* mutant: a source its own run completed numbered fresh */\n",
+        "issue 17/3: the kernel numbers a fresh state for a source its run completed (a late record, which "
+        "must reopen the completion through the reference loop)",
+    ),
+    Mutant(
+        "c_number_states_misses_another_runs_completion",
+        "_native.c",
+        "                int ok = at != NULL && PyList_Append(in_added, at) == 0;\n",
+        "                int ok = at != NULL; /* mutant: not listed as completed by another run */\n",
+        "issue 17/3: the kernel does not report a fresh state whose source another run completed, so the "
+        "evaluation completes it in bulk again (its holder changes)",
+    ),
+    Mutant(
+        "c_number_states_ignores_a_pending_state",
+        "_native.c",
+        "        if (check_pending) {\n",
+        "        if (0) { /* mutant: a source with a pending state numbered fresh */\n",
+        "issue 17/3: the kernel numbers a fresh state for a (run, source) that has a pending state (two "
+        "states for one, each with part of the records)",
+    ),
+    Mutant(
+        "c_keys_taken_as_distinct",
+        "_native.c",
+        "                if (nx == ny && memcmp(x, y, (size_t)nx) == 0) return 0;\n",
+        "                if (0) return 0; /* mutant: decoded keys never compared */\n",
+        "issue 17/3: the kernel takes a decoded state's keys for distinct without comparing them, so a state "
+        "that rewrote a key completes in bulk on the sum of its records",
+    ),
+    Mutant(
+        "c_layer_entries_trust_misaligned_shape_lists",
+        "_native.c",
+        "    if (walked != listed) { /* the lists do not line up with added */\n",
+        "    if (0) { /* mutant: lists that do not line up are trusted */\n",
+        "issue 17/3: a layer built from a fold's completions takes the done-shape lists for aligned with the "
+        "completed set when they are not (ids the walk passed by get no shape, and their entries are lost)",
+    ),
+    Mutant(
+        "c_decoder_misreads_negative_fixints",
+        "_native.c",
+        "        *v = (int8_t)c;\n",
+        "        *v = (int64_t)c; /* mutant: a negative fixint read as 224..255 */\n",
+        "issue 17/3: the column decoder reads a delta of -32..-1 as a large positive one (a sink's -1 never "
+        "drains its source)",
+    ),
 ]
 
 
@@ -598,23 +670,54 @@ def prepare(workdir: Path, mutant: Mutant | None) -> None:
     if count != 1:
         raise SystemExit(f"mutant {mutant.name}: the text to replace occurs {count} times in {mutant.path}")
     target.write_text(text.replace(mutant.old, mutant.new))
+    if is_native(mutant) and compile_native(str(workdir), str(workdir / "src" / "resumelog")) is None:
+        raise NotBuilt(f"mutant {mutant.name}: the mutated _native.c does not compile (see above)")
 
 
-def run_suite(workdir: Path, timeout: float, extra: list[str]) -> tuple[int, str, float]:
+def is_native(mutant: Mutant | None) -> bool:
+    """Whether ``mutant`` plants its bug in the compiled kernels' source."""
+    return mutant is not None and mutant.path.endswith(".c")
+
+
+class NotBuilt(Exception):
+    """A mutant of ``_native.c`` could not be compiled here (no compiler, or the mutant
+    is not valid C): reported, never counted as killed."""
+
+
+def compile_native(root: str, out_dir: str) -> str | None:
+    """``hatch_build.compile_native``: the install's own build of ``_native.c``."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import hatch_build
+    finally:
+        sys.path.remove(str(ROOT))
+    return hatch_build.compile_native(root, out_dir)
+
+
+def run_suite(workdir: Path, timeout: float, extra: list[str], native: bool = False) -> tuple[int, str, float]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(workdir / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["HYPOTHESIS_PROFILE"] = "ci"
     env.pop("PYTEST_ADDOPTS", None)
+    if native:
+        env["RESUMELOG_NATIVE"] = "1"  # (the mutated kernels, or an ImportError: never the pure-Python path)
     where = subprocess.run(
-        [sys.executable, "-c", "import resumelog; print(resumelog.__file__)"],
+        [
+            sys.executable,
+            "-c",
+            "import resumelog; from resumelog._compiled import native; "
+            "print(resumelog.__file__); print(native.__file__ if native else '')",
+        ],
         cwd=workdir,
         env=env,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
-    if not where.startswith(str(workdir)):
-        raise SystemExit(f"the copy is not the package imported ({where}); check how resumelog is installed")
+    ).stdout.split()
+    if not where[0].startswith(str(workdir)):
+        raise SystemExit(f"the copy is not the package imported ({where[0]}); check how resumelog is installed")
+    if native and not (len(where) > 1 and where[1].startswith(str(workdir))):
+        raise SystemExit(f"the mutated kernels are not the module imported ({where[1:]})")
     cmd = [
         sys.executable,
         "-m",
@@ -649,8 +752,15 @@ def first_failure(output: str) -> tuple[str, str]:
 def run_one(mutant: Mutant | None, timeout: float, extra: list[str]) -> tuple[int, str, float]:
     """Copy, mutate and run the suite for one mutant (``None``: the unmutated code)."""
     with tempfile.TemporaryDirectory(prefix="resumelog-mutant-") as tmp:
-        prepare(Path(tmp), mutant)
-        return run_suite(Path(tmp), timeout, extra)
+        try:
+            prepare(Path(tmp), mutant)
+        except NotBuilt as exc:
+            return NOT_BUILT, str(exc), 0.0
+        return run_suite(Path(tmp), timeout, extra, native=is_native(mutant))
+
+
+NOT_BUILT = -2
+"""``run_one``'s code for a mutant of ``_native.c`` that could not be compiled."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -706,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             if killed:
                 test, err = first_failure(out)
             else:
-                test, err = {0: "-", -1: "timeout"}.get(code, f"pytest exit {code}"), ""
+                test, err = {0: "-", -1: "timeout", NOT_BUILT: "not built"}.get(code, f"pytest exit {code}"), ""
             rows.append((mutant.name, "yes" if killed else "NO", test, err, secs))
             print(f"{mutant.name}: {'killed' if killed else 'SURVIVED'} in {secs:.0f}s by {test}", flush=True)
     print()
