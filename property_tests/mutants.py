@@ -653,6 +653,30 @@ MUTANTS += [
         "issue 17/3: the column decoder reads a delta of -32..-1 as a large positive one (a sink's -1 never "
         "drains its source)",
     ),
+    Mutant(
+        "c_block_ids_left_in_their_order",
+        "_native.c",
+        "    if (sort_by_hash(keyed, n) < 0) goto fail; /* (hash, index): a stable order */\n",
+        "    if (0) goto fail; /* mutant: the block's ids not sorted by hash */\n",
+        "issue 17/1: a new layer's block keeps its ids in key order, not in the order of their hashes that a "
+        "lookup bisects (a completed id read as not completed)",
+    ),
+    Mutant(
+        "c_shape_pattern_ignores_marks_in_keys",
+        "_native.c",
+        "        if (memchr(d, sp, (size_t)n) != NULL || memchr(d, ct, (size_t)n) != NULL) return 2;\n",
+        "        (void)ct; /* mutant: a key holding the separator or the cut mark is cached all the same */\n",
+        "issue 17/3: the shape cache keys a state whose keys hold the separator or the cut mark, so states "
+        "with other keys share its key and take its shape (their done entries are another source's)",
+    ),
+    Mutant(
+        "c_int64s_truncates_a_large_delta",
+        "_native.c",
+        "        if (overflow) {\n",
+        "        if (0) { /* mutant: a delta beyond 64 bits packed as -1 */\n",
+        "issue 17/3: a batch's deltas are packed into int64 even when one does not fit (msgpack allows up to "
+        "2^64 - 1), so the fast path sums a wrong value",
+    ),
 ]
 
 

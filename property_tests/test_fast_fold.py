@@ -501,6 +501,32 @@ def test_simple_completions_are_told_once_per_shape_key_but_ids_found_in_a_reser
     assert shaped == {"zz", "xq"}  # the simple ones keep no shape
 
 
+def test_keys_holding_a_mark_share_no_shape_key_with_other_keys():
+    """The shape cache's key of a state is its keys joined by a separator, its source id
+    replaced by a cut mark (and its deltas): a key holding either mark must not be
+    cached, or states with other keys share its cache key and take its shape. ``s1``'s
+    keys ``a\\x1fb``, ``c`` and ``s2``'s ``a``, ``b\\x1fc`` both join to ``a\\x1fb\\x1fc``;
+    ``s3``'s ``a\\x1e``, ``c`` and ``s4``'s ``as4``, ``c`` (its id cut out) both give
+    ``a\\x1e\\x1fc``. Each pair completes in bulk in one evaluation, with the same deltas,
+    and must keep shapes of its own (the reference interns each)."""
+    pairs = [
+        [("s1", [("a\x1fb", 1, EMISSION), ("c", -1, 0)]), ("s2", [("a", 1, EMISSION), ("b\x1fc", -1, 0)])],
+        [("s3", [("a\x1e", 1, EMISSION), ("c", -1, 0)]), ("s4", [("as4", 1, EMISSION), ("c", -1, 0)])],
+    ]
+    for columns in (False, True):
+        for pair in pairs:
+            compare([("segment", 0, [batch_of(pair)], False), ("finish", True)], columns=columns)
+            compare(
+                [
+                    ("segment", 0, [batch_of(pair[:1])], False),
+                    ("finish", False),
+                    ("segment", 0, [batch_of(pair[1:])], False),
+                    ("finish", True),
+                ],
+                columns=columns,
+            )
+
+
 def test_an_emptied_shape_cache_changes_nothing(monkeypatch):
     """The shape cache is emptied when it grows past its bound (keys unlike from source
     to source): evaluations after that intern again and give the same shape ids."""
