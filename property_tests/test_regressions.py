@@ -17,7 +17,7 @@ from resumelog.format import Reset, decode_segment
 from resumelog.journal import DONE_KEY, EMIT_KEY
 from resumelog.snapshot import encode_snapshot, load_snapshot
 from resumelog.testing import strategies as rst
-from resumelog.testing.stateful import fold_summary
+from resumelog.testing.stateful import HookedStore, fold_summary
 
 
 def test_view_completes_a_source_another_process_fanned_out(store):
@@ -258,3 +258,31 @@ def test_a_completion_taken_over_from_a_retired_run_keeps_the_retired_runs_state
     w4.flush()
     fresh.refresh()
     assert fresh.completed_run("x") == "run4"  # redone by a new run
+
+
+def test_a_compactor_that_lost_the_race_for_its_number_loads_again(store):
+    """No loss (4), without threads. Compactor A folds, and right before it publishes
+    snapshot N, a writer completes ``s2`` and closes, compactor B publishes N with it and
+    gc (``retain=1``) collects the segments N covers. A's put-if-absent of N fails: it
+    must load again from B's snapshot. Overwriting N with its own fold (which never saw
+    ``s2``) would lose ``s2`` for good, its segments gone. (The threads of
+    ``test_concurrency.py`` reach this race only when the OS schedules it.)"""
+    hooked = HookedStore(store)
+    w1 = resumelog.open(hooked, run_id="run1").writer("w1")
+    w1.complete("s1")
+    w1.close()
+    published: list[int] = []
+
+    def meanwhile() -> None:
+        w2 = resumelog.open(hooked, run_id="run1").writer("w2")
+        w2.complete("s2")
+        w2.close()
+        published.append(compactor.compact(hooked, progress=False).snapshot)
+        compactor.gc(hooked, retain=1, grace=0)
+
+    hooked.before_snapshot_put = meanwhile
+    compactor.compact(hooked, progress=False)
+    assert published, "the hook did not run: no race"
+    assert not any(paths.parse_segment(o.path) for o in store.list(paths.JOURNAL_PREFIX)), "gc collected nothing"
+    fresh = resumelog.open(store, run_id="run1")
+    assert (fresh.is_completed("s1"), fresh.is_completed("s2")) == (True, True)
