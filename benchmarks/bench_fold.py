@@ -1,6 +1,6 @@
 """Where the journal fold's time goes, fast path against the reference, as JSON lines.
 
-    python benchmarks/bench_fold.py [--quick] [--only phases compaction open] [--repeat R]
+    python benchmarks/bench_fold.py [--quick] [--only phases compaction open] [--repeat R] [--spill N|none]
 
 The workload is ``run.py``'s (``baselines/common.py``): per source ``emit +1`` (source
 stage), a fan-out ``+2`` and three sink ``-1`` records with Curator-style task ids as
@@ -20,6 +20,10 @@ compiler):
 * ``open``        journal-only startup: ``resumelog.open`` + the first ``is_completed``
                   in a fresh process (imports excluded), as ``run.py``'s startup section
                   times it, 1M sources by default (``--open-sources``)
+
+``--spill N|none`` runs the compaction and open children with another
+``compactor.SPILL_COMPLETIONS`` (what a fold holds before spilling into layers; the
+phases do not spill).
 
 Journals are written once per size into a temporary directory (``--keep DIR`` keeps
 them between runs).
@@ -50,8 +54,14 @@ ENV = {
 }
 
 
+EXTRA_ENV: dict[str, str] = {}
+"""Set in every child (``--spill``: ``BENCH_FOLD_SPILL``)."""
+TAGS: dict[str, object] = {}
+"""Added to every row (``--spill``: ``spill_completions``)."""
+
+
 def emit(**fields: object) -> None:
-    print(json.dumps(fields), flush=True)
+    print(json.dumps({**fields, **TAGS}), flush=True)
 
 
 def journals(root: str, sources: int, writers: int) -> str:
@@ -101,7 +111,17 @@ print(json.dumps({"read": t1 - t0, "decode": t2 - t1, "apply": t3 - t2, "finish"
                   "sha256": digest.hexdigest()}))  # (--before: no fixed nonce if its snapshot differs)
 """
 
-COMPACT_CHILD = r"""
+SPILL_SETTING = r"""
+import os
+from resumelog import compactor
+if os.environ.get("BENCH_FOLD_SPILL"):  # (--spill: another SPILL_COMPLETIONS than the default)
+    spill = os.environ["BENCH_FOLD_SPILL"]
+    compactor.SPILL_COMPLETIONS = None if spill == "none" else int(spill)
+"""
+
+COMPACT_CHILD = (
+    SPILL_SETTING
+    + r"""
 import json, sys, time
 from resumelog import compactor
 from resumelog.storage import LocalStore
@@ -111,8 +131,11 @@ r = compactor.compact(store, progress=False)
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "records": r.records_folded, "completed": r.completed}))
 """
+)
 
-OPEN_CHILD = r"""
+OPEN_CHILD = (
+    SPILL_SETTING
+    + r"""
 import json, sys, time
 import resumelog
 t0 = time.perf_counter()
@@ -121,12 +144,13 @@ hit = ck.is_completed(sys.argv[2])
 dt = time.perf_counter() - t0
 print(json.dumps({"seconds": dt, "hit": hit, "completed": len(ck.completed)}))
 """
+)
 
 
 def child(code: str, path: str, *args: str) -> dict[str, object]:
     # (NumPy's BLAS threads, idle but spinning for a while after NumPy's import, would be
     # counted in the CPU seconds; the fold uses no BLAS)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **ENV[path])
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **ENV[path], **EXTRA_ENV)
     src = SRC[path]
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, check=True)
@@ -184,7 +208,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="directory for the journals, kept between runs")
     ap.add_argument("--before", help="the src/ directory of another tree, measured as path 'before' (A/B)")
+    ap.add_argument(
+        "--spill",
+        help="compaction and open children: spill at this many completions held, or 'none' (never), instead of "
+        "compactor.SPILL_COMPLETIONS (rows get spill_completions)",
+    )
     a = ap.parse_args()
+    if a.spill is not None:
+        if a.spill != "none" and not a.spill.isdigit():
+            ap.error("--spill takes a number of completions or 'none'")
+        EXTRA_ENV["BENCH_FOLD_SPILL"] = a.spill
+        TAGS["spill_completions"] = None if a.spill == "none" else int(a.spill)
     from resumelog import _compiled
 
     if _compiled.native is None:
