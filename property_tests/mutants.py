@@ -27,6 +27,8 @@ falsifying example); ``--logs DIR`` keeps every run's output.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -37,6 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -710,12 +713,18 @@ class NotBuilt(Exception):
 
 def compile_native(root: str, out_dir: str) -> str | None:
     """``hatch_build.compile_native``: the install's own build of ``_native.c``."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        import hatch_build
-    finally:
-        sys.path.remove(str(ROOT))
-    return hatch_build.compile_native(root, out_dir)
+    return _hatch_build().compile_native(root, out_dir)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _hatch_build() -> Any:
+    """The repository's ``hatch_build.py``, loaded once (no change to ``sys.path``: mutants
+    build in threads)."""
+    spec = importlib.util.spec_from_file_location("hatch_build", ROOT / "hatch_build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_suite(workdir: Path, timeout: float, extra: list[str], native: bool = False) -> tuple[int, str, float]:
