@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -697,8 +698,11 @@ def prepare(workdir: Path, mutant: Mutant | None) -> None:
     if count != 1:
         raise SystemExit(f"mutant {mutant.name}: the text to replace occurs {count} times in {mutant.path}")
     target.write_text(text.replace(mutant.old, mutant.new))
-    if is_native(mutant) and compile_native(str(workdir), str(workdir / "src" / "resumelog")) is None:
-        raise NotBuilt(f"mutant {mutant.name}: the mutated _native.c does not compile (see above)")
+    if is_native(mutant):
+        for built in (workdir / "src" / "resumelog").glob("_native*.so"):
+            built.unlink()  # (the copied module: never the one imported if the build goes wrong)
+        if compile_native(str(workdir), str(workdir / "src" / "resumelog")) is None:
+            raise NotBuilt(f"mutant {mutant.name}: the mutated _native.c does not compile (see above)")
 
 
 def is_native(mutant: Mutant | None) -> bool:
@@ -719,7 +723,10 @@ def compile_native(root: str, out_dir: str) -> str | None:
 @functools.cache
 def _hatch_build() -> Any:
     """The repository's ``hatch_build.py``, loaded once (no change to ``sys.path``: mutants
-    build in threads)."""
+    build in threads). Called first from the main thread, before any build: it also fills
+    ``sysconfig``'s variables, whose lazy first filling is not thread-safe (a build in
+    another thread then saw no ``EXT_SUFFIX`` and wrote ``_native.so``)."""
+    sysconfig.get_config_vars()
     spec = importlib.util.spec_from_file_location("hatch_build", ROOT / "hatch_build.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -734,7 +741,7 @@ def run_suite(workdir: Path, timeout: float, extra: list[str], native: bool = Fa
     env.pop("PYTEST_ADDOPTS", None)
     if native:
         env["RESUMELOG_NATIVE"] = "1"  # (the mutated kernels, or an ImportError: never the pure-Python path)
-    where = subprocess.run(
+    found = subprocess.run(
         [
             sys.executable,
             "-c",
@@ -745,8 +752,10 @@ def run_suite(workdir: Path, timeout: float, extra: list[str], native: bool = Fa
         env=env,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout.split()
+    )
+    if found.returncode != 0:
+        raise SystemExit(f"the copy in {workdir} does not import:\n{found.stderr}")
+    where = found.stdout.split()
     if not where[0].startswith(str(workdir)):
         raise SystemExit(f"the copy is not the package imported ({where[0]}); check how resumelog is installed")
     if native and not (len(where) > 1 and where[1].startswith(str(workdir))):
@@ -831,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"baseline: suite passes in {secs:.0f}s", flush=True)
     rows = []
+    if any(map(is_native, chosen)):
+        _hatch_build()  # (in this thread, before the pool's builds: see there)
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {m.name: pool.submit(run_one, m, args.timeout, extra) for m in chosen}
         for mutant in chosen:  # in table order, as each finishes
