@@ -283,6 +283,8 @@ def test_a_compactor_that_lost_the_race_for_its_number_loads_again(store):
     hooked.before_snapshot_put = meanwhile
     compactor.compact(hooked, progress=False)
     assert published, "the hook did not run: no race"
-    assert not any(paths.parse_segment(o.path) for o in store.list(paths.JOURNAL_PREFIX)), "gc collected nothing"
+    assert not any(paths.parse_segment(o.path) for o in store.list(paths.JOURNAL_PREFIX)), (
+        "gc left segments that snapshot N covers: the race did not happen as described"
+    )
     fresh = resumelog.open(store, run_id="run1")
     assert (fresh.is_completed("s1"), fresh.is_completed("s2")) == (True, True)
