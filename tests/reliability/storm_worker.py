@@ -16,12 +16,24 @@ import sys
 import time
 
 import resumelog
+from resumelog import compactor
 
 
 def main(
-    url: str, run_id: str, worker: int, nworkers: int, nsources: int, ledger: str, seed: int, delay: float, opts: dict
+    url: str,
+    run_id: str,
+    worker: int,
+    nworkers: int,
+    nsources: int,
+    ledger: str,
+    seed: int,
+    delay: float,
+    opts: dict,
+    fold: list[int] | None = None,
 ) -> None:
     rng = random.Random(seed)
+    if fold:  # (round records, spill completions) of the spilling storm's folds
+        compactor.ROUND_RECORDS, compactor.SPILL_COMPLETIONS = fold
     ck = resumelog.open(url, storage_options=opts, run_id=run_id, create=False)
     mine = [f"src-{i:06d}" for i in range(nsources) if i % nworkers == worker]
     todo = ck.pending(mine)
@@ -49,4 +61,4 @@ def main(
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5], int(a[6]), float(a[7]), json.loads(a[8]))
+    main(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), a[5], int(a[6]), float(a[7]), json.loads(a[8]), json.loads(a[9]))
