@@ -22,6 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* How many lookups ahead the batch loops prefetch a slot (and each later read), and the loops
+ * that read objects or spans in no order in memory the one they will read then: enough
+ * to cover a miss to memory, few enough to stay in the cache. */
+#define PREFETCH_AHEAD 8
+
 /* ------------------------------------------------------------------ CRC-32C */
 
 static uint32_t crc_table[8][256];
@@ -534,6 +539,7 @@ static PyObject *take_spans(PyObject *self, PyObject *const *args, Py_ssize_t na
     char *w = PyBytes_AS_STRING(blob);
     int64_t *e = (int64_t *)PyBytes_AS_STRING(ends), at = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
+        if (k + PREFETCH_AHEAD < n) __builtin_prefetch(start[order[k + PREFETCH_AHEAD]]); /* (gathered in no order) */
         memcpy(w + at, start[order[k]], size[order[k]]);
         at += size[order[k]];
         e[k] = at;
@@ -928,6 +934,11 @@ static PyObject *shape_keys(PyObject *self, PyObject *const *args, Py_ssize_t na
     int32_t *nums = (int32_t *)PyBytes_AS_STRING(which);
     for (Py_ssize_t j = 0; j < m; j++) {
         Py_ssize_t g, a, b, u = -1;
+        if (j + PREFETCH_AHEAD < m) { /* (the sources' text: in no order in memory) */
+            const char *ahead = (const char *)PyList_GET_ITEM(sources, j + PREFETCH_AHEAD);
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + 64);
+        }
         if (index_at(cand, j, &g) < 0) goto fail;
         if (g < 0 || g >= n_states) {
             PyErr_SetString(PyExc_IndexError, "shape_keys: state out of range");
@@ -1053,10 +1064,6 @@ typedef struct {
 } SourceIndex;
 
 static PyTypeObject SourceIndexType;
-
-/* How many lookups ahead the batch loops prefetch a slot (and each later read): enough
- * to cover a miss to memory, few enough to stay in the cache. */
-#define PREFETCH_AHEAD 8
 
 static inline int str_eq(PyObject *a, PyObject *b) {
     if (a == b) return 1;
@@ -2609,12 +2616,18 @@ static int tag_next(TagWalk *w, PyObject **k, PyObject **v) {
 }
 
 /* The next (key, value) of a dict or a SourceMap ``m`` (borrowed), in its order, from
- * *pos: 1, or 0 at the end. */
+ * *pos: 1, or 0 at the end. A SourceMap's key PREFETCH_AHEAD entries on is prefetched
+ * (its object and the first bytes of its text: the keys' memory is in no order). */
 static int pairs_next(PyObject *m, Py_ssize_t *pos, PyObject **k, PyObject **v) {
     if (PyDict_Check(m)) return PyDict_Next(m, pos, k, v);
     const SourceMap *s = (const SourceMap *)m;
     while (*pos < s->n && s->entries[*pos].key == NULL) (*pos)++;
     if (*pos >= s->n) return 0;
+    if (*pos + PREFETCH_AHEAD < s->n && s->entries[*pos + PREFETCH_AHEAD].key != NULL) {
+        const char *ahead = (const char *)s->entries[*pos + PREFETCH_AHEAD].key;
+        __builtin_prefetch(ahead);
+        __builtin_prefetch(ahead + 64);
+    }
     *k = s->entries[*pos].key;
     *v = s->entries[(*pos)++].value;
     return 1;
@@ -2666,6 +2679,7 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
      * be taken by the walk (else the lists do not line up: False), and ``added`` holds an id
      * once, so an id the walk passed by in the lists is set there once, in ``added``'s order. */
     PyObject *tk = NULL, *tv = NULL;
+    size_t common = 0; /* the ids' common prefix (of those walked so far) */
     int walking = tag_next(&walk, &tk, &tv);
     while (pairs_next(added, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
@@ -2691,6 +2705,13 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         row[3 * i + 1] = run;
         row[3 * i + 2] = tag != NULL ? tag : zero;
         suf[i] = (Suffix){PyUnicode_DATA(k), (size_t)PyUnicode_GET_LENGTH(k)};
+        if (i == 0) {
+            common = suf[0].len;
+        } else if (common) { /* (while the id's text is in the cache) */
+            size_t m = suf[i].len < common ? suf[i].len : common, c = 0;
+            while (c < m && suf[i].p[c] == suf[0].p[c]) c++;
+            common = c;
+        }
         i++;
     }
     if (walked != listed) { /* the lists do not line up with added */
@@ -2698,13 +2719,8 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         Py_INCREF(out);
         goto done;
     }
-    size_t common = n ? suf[0].len : 0; /* the ids' common prefix */
-    for (Py_ssize_t j = 1; j < n && common; j++) {
-        size_t m = suf[j].len < common ? suf[j].len : common, c = 0;
-        while (c < m && suf[j].p[c] == suf[0].p[c]) c++;
-        common = c;
-    }
     for (Py_ssize_t j = 0; j < n; j++) {
+        if (j + PREFETCH_AHEAD < n) __builtin_prefetch(suf[j + PREFETCH_AHEAD].p + common);
         suf[j].p += common;
         suf[j].len -= common;
         uint64_t key = 0;
@@ -2717,6 +2733,11 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
     if (ids == NULL || rs == NULL || ts == NULL || ends == NULL) goto fail;
     int64_t *end = (int64_t *)PyBytes_AS_STRING(ends), total = 0;
     for (Py_ssize_t j = 0; j < n; j++) {
+        if (j + PREFETCH_AHEAD < n) { /* (the ids are read in key order: no order in memory) */
+            const char *ahead = (const char *)row[3 * keyed[j + PREFETCH_AHEAD].i];
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + 64);
+        }
         PyObject **r = &row[3 * keyed[j].i];
         PyObject *b = PyBytes_FromStringAndSize(PyUnicode_DATA(r[0]), PyUnicode_GET_LENGTH(r[0]));
         if (b == NULL) goto fail;
