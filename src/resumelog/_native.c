@@ -2705,19 +2705,19 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         row[3 * i + 1] = run;
         row[3 * i + 2] = tag != NULL ? tag : zero;
         suf[i] = (Suffix){PyUnicode_DATA(k), (size_t)PyUnicode_GET_LENGTH(k)};
-        if (i == 0) {
-            common = suf[0].len;
-        } else if (common) { /* (while the id's text is in the cache) */
-            size_t m = suf[i].len < common ? suf[i].len : common, c = 0;
-            while (c < m && suf[i].p[c] == suf[0].p[c]) c++;
-            common = c;
-        }
         i++;
     }
     if (walked != listed) { /* the lists do not line up with added */
         out = Py_False;
         Py_INCREF(out);
         goto done;
+    }
+    common = n ? suf[0].len : 0; /* the ids' common prefix */
+    for (Py_ssize_t j = 1; j < n && common; j++) {
+        if (j + PREFETCH_AHEAD < n) __builtin_prefetch(suf[j + PREFETCH_AHEAD].p);
+        size_t m = suf[j].len < common ? suf[j].len : common, c = 0;
+        while (c < m && suf[j].p[c] == suf[0].p[c]) c++;
+        common = c;
     }
     for (Py_ssize_t j = 0; j < n; j++) {
         if (j + PREFETCH_AHEAD < n) __builtin_prefetch(suf[j + PREFETCH_AHEAD].p + common);
