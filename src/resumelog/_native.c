@@ -2679,7 +2679,6 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
      * be taken by the walk (else the lists do not line up: False), and ``added`` holds an id
      * once, so an id the walk passed by in the lists is set there once, in ``added``'s order. */
     PyObject *tk = NULL, *tv = NULL;
-    size_t common = 0; /* the ids' common prefix (of those walked so far) */
     int walking = tag_next(&walk, &tk, &tv);
     while (pairs_next(added, &pos, &k, &v)) {
         if (!PyUnicode_CheckExact(k) || !PyUnicode_IS_COMPACT_ASCII(k)) {
@@ -2712,7 +2711,7 @@ static PyObject *sorted_entries(PyObject *self, PyObject *const *args, Py_ssize_
         Py_INCREF(out);
         goto done;
     }
-    common = n ? suf[0].len : 0; /* the ids' common prefix */
+    size_t common = n ? suf[0].len : 0; /* the ids' common prefix */
     for (Py_ssize_t j = 1; j < n && common; j++) {
         if (j + PREFETCH_AHEAD < n) __builtin_prefetch(suf[j + PREFETCH_AHEAD].p);
         size_t m = suf[j].len < common ? suf[j].len : common, c = 0;
