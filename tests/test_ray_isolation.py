@@ -62,7 +62,10 @@ def foreign() -> Iterator[ForeignCluster]:
         "--include-dashboard=false",
     ]
     log = open(Path(tmp, "head.log"), "wb")  # closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # no graceful drain on SIGTERM: Ray 2.60 waits up to 30 s for a node nobody else
+    # uses (as in resumelog.testing.ray.head_node); only the head's environment
+    head_env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    proc = subprocess.Popen(cmd, env=head_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address_file = Path(tmp, "ray", "ray_current_cluster")
     try:
         deadline = time.monotonic() + START_TIMEOUT

@@ -61,11 +61,13 @@ def check(url: str, root: str, opts: dict[str, Any], ledger: str, figures: dict[
     ck = resumelog.open(url, storage_options=opts, create=False)
     outs = committed(ck, root, opts)
     seen: dict[str, list[str]] = {}
-    store = output_store(root, opts)
+    # every output read whole, all at once (concurrent GETs on S3)
+    contents = dict(output_store(root, opts).read_many([o.path for o in outs]))
     for o in outs:
         assert o.run == ck.completed_run(o.source)
         seen.setdefault(o.source, []).append(o.name)
-        data = store.read(o.path)
+        data = contents[o.path]
+        assert isinstance(data, bytes), (o, data)
         head, _, _ = data.partition(b"\n")
         run, src, name, pid = head.decode().split(" ")
         assert (run, src, name) == (o.run, o.source, o.name), o
