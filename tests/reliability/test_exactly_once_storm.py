@@ -34,6 +34,7 @@ from eo_worker import names, payload  # noqa: E402
 
 NWORKERS = 4
 NSOURCES = 240
+NSOURCES_S3 = 120  # each output costs several requests of the loopback server; same kill rounds
 RUNS = 3  # the first two are killed outright; the last one finishes
 ROUNDS = 4  # kill rounds per killed run
 P_KILL = 0.004  # per protocol step, in the killed runs
@@ -49,8 +50,10 @@ def read_flushed(path: str) -> set[str]:
         return set()
 
 
-def spawn(url: str, root: str, opts: dict[str, Any], run: str, k: int, ledger: str, seed: int, p_kill: float):
-    argv = [url, root, run, k, NWORKERS, NSOURCES, ledger, seed, p_kill, 0.002, json.dumps(opts)]
+def spawn(
+    url: str, root: str, opts: dict[str, Any], run: str, k: int, ledger: str, seed: int, p_kill: float, nsources: int
+):
+    argv = [url, root, run, k, NWORKERS, nsources, ledger, seed, p_kill, 0.002, json.dumps(opts)]
     return subprocess.Popen([sys.executable, os.path.join(HERE, "eo_worker.py"), *map(str, argv)])
 
 
@@ -97,7 +100,7 @@ def _wait_for_flushes(ledger: str, n: int, timeout: float = 180.0) -> None:
         time.sleep(0.05)
 
 
-def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str, int]:
+def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any, nsources: int = NSOURCES) -> dict[str, int]:
     figures = {"runs": 0, "rounds": 0, "kills": 0, "self_kills": 0, "checks": 0}
     ledger = str(tmp_path / "ledger.txt")
     rng = random.Random(20)
@@ -114,7 +117,9 @@ def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str,
         last = r == RUNS - 1
         p_kill = 0.0 if last else P_KILL
         started = _flushed_count(ledger)
-        workers = {k: spawn(url, root, opts, run, k, ledger, rng.randrange(1 << 30), p_kill) for k in range(NWORKERS)}
+        workers = {
+            k: spawn(url, root, opts, run, k, ledger, rng.randrange(1 << 30), p_kill, nsources) for k in range(NWORKERS)
+        }
         if not last:  # kill workers at work, not while they import (slow on a fresh install)
             _wait_for_flushes(ledger, started + NWORKERS)
         for _ in range(0 if last else ROUNDS):
@@ -127,7 +132,7 @@ def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str,
             for k, p in workers.items():  # restart every dead worker in the same run (a retry)
                 if p.poll() is not None:
                     figures["self_kills"] += p.returncode == -signal.SIGKILL
-                    workers[k] = spawn(url, root, opts, run, k, ledger, rng.randrange(1 << 30), p_kill)
+                    workers[k] = spawn(url, root, opts, run, k, ledger, rng.randrange(1 << 30), p_kill, nsources)
             check(url, root, opts, ledger, figures)
             figures["rounds"] += 1
         if last:
@@ -140,10 +145,10 @@ def storm(url: str, root: str, opts: dict[str, Any], tmp_path: Any) -> dict[str,
         check(url, root, opts, ledger, figures)
         figures["runs"] += 1
 
-    everything = {f"src-{i:05d}" for i in range(NSOURCES)}
+    everything = {f"src-{i:05d}" for i in range(nsources)}
     assert check(url, root, opts, ledger, figures) == everything
     ck = resumelog.open(url, storage_options=opts, run_id="gc")
-    expected = sum(len(names(i)) for i in range(NSOURCES))
+    expected = sum(len(names(i)) for i in range(nsources))
     before = scan(ck, root, opts, grace=0)  # (every run's job is over: what gc(grace=0) collects)
     assert len(before.committed) == expected and not before.in_flight
     figures["orphans"] = len(before.orphaned)
@@ -169,6 +174,6 @@ def test_exactly_once_storm_local(tmp_path):
 def test_exactly_once_storm_seaweedfs(tmp_path, s3_pool):
     server = s3_pool.get("seaweedfs")
     base = f"s3://{bucket_of(server)}/eo-{os.getpid()}"
-    figures = storm(f"{base}/ck", f"{base}/out", server.storage_options(), tmp_path)
+    figures = storm(f"{base}/ck", f"{base}/out", server.storage_options(), tmp_path, NSOURCES_S3)
     print(json.dumps({"storm": "exactly-once-seaweedfs", **figures}))
     assert figures["kills"] + figures["self_kills"] >= ROUNDS
