@@ -7,6 +7,9 @@ Profiles (``HYPOTHESIS_PROFILE`` selects one; with ``CI`` set the default is ``c
 ``ci``
     deterministic (``derandomize=True``, no example database), bounded so that the
     whole suite runs in under 4 minutes on 2 cores.
+``ci-paths``
+    ``ci`` with half the examples: ``.ci/run``'s extra runs of the fold tests on the
+    fold's other paths (the suite runs them with ``ci`` on the default path).
 ``deep``
     a local soak: many more examples and longer state machine runs.
 
@@ -37,6 +40,10 @@ settings.register_profile(
     print_blob=False,
     **{k: v for k, v in _COMMON.items() if k != "print_blob"},
 )
+# the fold's other paths in .ci/run (the same tests again with every batch through the
+# NumPy path, with and without the kernels, and the pure-Python reference): the ci
+# profile's first examples (derandomized alike), half as many
+settings.register_profile("ci-paths", settings.get_profile("ci"), max_examples=30)
 settings.register_profile("deep", max_examples=2000, stateful_step_count=100, **_COMMON)
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
