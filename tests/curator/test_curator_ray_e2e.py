@@ -20,7 +20,10 @@ subprocess per run:
 For each checkpointing (``--mode resumelog``: :func:`resumelog.curator_backend.enable`;
 ``--mode curator``: ``checkpoint_path``, Curator's LMDB actor) the test checks that
 each run reprocesses exactly the sources its checkpoint did not have complete, and
-that both end with the same outputs, byte for byte.
+that both end with the same outputs, byte for byte. Curator's own checkpointing runs
+beside resumelog on the actor pool only: its four runs under Ray Data (its rerun
+returns ``[]``, exit status 0) took about 45 s of CI's 20-minute budget, and check
+Curator rather than resumelog.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from resumelog.testing.curator_pipeline import make_inputs
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
-MODES = ("resumelog", "curator")
 EXECUTORS = ("ray_actor_pool", "ray_data")
+MODES = {"ray_actor_pool": ("resumelog", "curator"), "ray_data": ("resumelog",)}
 
 
 @pytest.fixture(scope="module")
@@ -157,13 +160,15 @@ def test_interrupted_and_resumed_like_curator(tmp_path: Path, cluster_env: dict[
     inputs = tmp_path / "in"
     files = make_inputs(inputs, n_files=8)
     source_of = {get_deterministic_hash([str(p)]): p.name for p in files}
-    jobs = {m: _Job(tmp_path / m, m, inputs, cluster_env, executor) for m in MODES}
+    modes = MODES[executor]
+    jobs = {m: _Job(tmp_path / m, m, inputs, cluster_env, executor) for m in modes}
     history = {m: _scenario(job, source_of) for m, job in jobs.items()}  # one after the other, one cluster
 
-    a, b = jobs["resumelog"], jobs["curator"]
-    assert a.outputs() == b.outputs()  # same file names (deterministic), same bytes
+    a = jobs["resumelog"]
     assert len(a.outputs()) == len(source_of)
-    for mode in MODES:
+    if "curator" in jobs:
+        assert a.outputs() == jobs["curator"].outputs()  # same file names (deterministic), same bytes
+    for mode in modes:
         after1, after2 = history[mode]
         assert {"part-002.jsonl", "part-005.jsonl"} - after1 >= {"part-005.jsonl"}, mode
         assert "part-005.jsonl" not in after2, mode

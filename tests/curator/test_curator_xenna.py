@@ -61,7 +61,9 @@ def xenna_env() -> Iterator[dict[str, str]]:
 
 
 def test_empty_output_parity_xenna(tmp_path: Path, xenna_env: dict[str, str]) -> None:
-    check_empty_output_parity(xenna_env, tmp_path, "xenna", XENNA_PYTHON)
+    # resumelog's runs only: Curator's own (no checkpointing) give PR #1931's outcomes,
+    # asserted as recorded; test_curator_executors.py runs them live on Ray Data (CI time)
+    check_empty_output_parity(xenna_env, tmp_path, "xenna", XENNA_PYTHON, reference=False)
 
 
 def test_single_stage_pipeline_xenna(tmp_path: Path, xenna_env: dict[str, str]) -> None:
