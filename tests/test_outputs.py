@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,67 @@ def test_outputs_of_a_smaller_run_still_draining_a_source_another_run_completed_
     assert [o.name for o in op.outputs(root)] == ["part-0", "part-1"]  # whole
     assert part0.read_bytes() == b"r1 part 0"
     assert [o.path for o in scan(op, root, refresh=False, grace=0).in_flight] == ["r2/x/~/output"]  # drained
+
+
+def _two_runs_on_one_source(url: str, root: str, tmp_path: Path, clock_skew: float) -> tuple[Any, Path]:
+    """r1 (a writer whose clock is ``clock_skew`` seconds off) published one of x's two
+    sink outputs two hours ago (by its file's time) and is still draining x; r2 then
+    completed x. Returns r1's writer and the output's path."""
+    w1 = resumelog.open(url, run_id="r1").writer("w1")
+    w1._clock = lambda: time.time() + clock_skew
+    w1.emit("x")
+    w1.record("x/fan", "x", 1)  # two sink tasks, x/0 and x/1
+    w1.flush()
+    with w1.output("x", root, key="x/0", name="part-0") as f:
+        f.write(b"r1 part 0")
+    part0 = tmp_path / "out" / "r1" / "x" / "x%2F0" / "part-0"
+    os.utime(part0, (part0.stat().st_atime - 7200, part0.stat().st_mtime - 7200))
+    with resumelog.open(url, run_id="r2").writer("w2") as w2:
+        with w2.output("x", root) as f:
+            f.write(b"r2 whole")
+    return w1, part0
+
+
+def test_a_run_whose_writer_clock_lags_is_alive_while_it_writes(tmp_path: Path) -> None:
+    # r1's writer's clock runs two hours behind: its segments' headers say it last wrote
+    # two hours ago, while it wrote them just now. Liveness goes by the storage's times
+    # (the clock segment GC trusts): r1 is alive, so its output is kept. By the writer's
+    # clock, gc collected it, and r1's completion of x (below) then lacked it.
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    w1, part0 = _two_runs_on_one_source(url, root, tmp_path, -7200)
+    op = resumelog.open(url, run_id="r3")
+    st = op._state
+    (m,) = [m for m in st.streams.values() if m.run_id == "r1"]
+    assert m.last_ms / 1000 < time.time() - 7000  # what the header says
+    assert outputs.last_writes(st.streams.values(), op._loaded.journal)["r1"] > time.time() - 60
+    assert [o.path for o in scan(op, root).in_flight] == ["r1/x/x%2F0/part-0"]
+    assert op.gc(outputs=[root]).outputs[0].orphaned == 0
+    with w1.output("x", root, key="x/1", name="part-1") as f:
+        f.write(b"r1 part 1")
+    op.refresh()
+    assert op.completed_run("x") == "r1"
+    assert [o.name for o in op.outputs(root)] == ["part-0", "part-1"]  # whole
+    assert part0.read_bytes() == b"r1 part 0"
+
+
+def test_a_quiet_run_whose_writer_clock_runs_ahead_is_quiet(tmp_path: Path) -> None:
+    # r1's writer's clock runs a day ahead; it last wrote two hours ago by the storage's
+    # times. It is quiet (the same clock segment GC trusts), so its output is collected
+    # as an orphan; by its own clock it would look alive for a day.
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    _, part0 = _two_runs_on_one_source(url, root, tmp_path, 86400)
+    for seg in (tmp_path / "ck" / "journal" / "w1").rglob("*.seg"):
+        os.utime(seg, (seg.stat().st_atime - 7200, seg.stat().st_mtime - 7200))
+    op = resumelog.open(url, run_id="r3")
+    st = op._state
+    (m,) = [m for m in st.streams.values() if m.run_id == "r1"]
+    assert m.last_ms / 1000 > time.time() + 80000  # what the header says
+    sc = scan(op, root)
+    assert [o.path for o in sc.orphaned] == ["r1/x/x%2F0/part-0"] and sc.in_flight == []
+    assert op.gc(outputs=[root]).outputs[0].orphaned == 1
+    assert not part0.exists()
+    # a store that gives no times: the writer's clock, as the only one there is
+    assert outputs.last_writes(st.streams.values(), [])["r1"] == m.last_ms / 1000
 
 
 def test_several_outputs_of_one_source_under_one_completion(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
@@ -46,7 +46,9 @@ from resumelog.storage import Store, open_store, split_url
 
 if TYPE_CHECKING:
     from resumelog.checkpoint import Checkpoint, OutputsStatus
+    from resumelog.format import StreamMark
     from resumelog.journal import Writer
+    from resumelog.storage import ObjectInfo
 
 __all__ = [
     "STAGING_PREFIX",
@@ -424,7 +426,8 @@ def scan(
     *orphaned* if ``R`` can never complete ``s`` (damaged, voided by a reset, retired
     without a drained state for ``s``), or if ``s`` completed in another run while
     ``R`` holds no state for it, or a state not drained yet and ``R`` wrote no segment
-    in the last ``grace`` seconds (before ``now``); else *in flight*. A state of ``R``
+    in the last ``grace`` seconds before ``now`` (by the storage's clock where it
+    gives times: :func:`last_writes`); else *in flight*. A state of ``R``
     may still complete ``s``: drained, it takes over if that completion is voided; not
     drained yet, it may drain and take over from a larger run id (two runs on one
     source at once) as long as ``R`` is alive, which :func:`gc` takes to mean that it
@@ -435,10 +438,16 @@ def scan(
     st = ckpt._state
     store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
     result = OutputScan(store.url)
-    quiet_before = ((time.time() if now is None else now) - grace) * 1000
-    last_ms: dict[str, int] = {}  # run -> its newest segment's time (writer clock)
-    for m in st.streams.values():
-        last_ms[m.run_id] = max(last_ms.get(m.run_id, 0), m.last_ms)
+    quiet_before = (time.time() if now is None else now) - grace
+    last_write: dict[str, float] | None = None  # run -> when it last wrote (computed when first needed)
+
+    def quiet(run: str) -> bool:
+        nonlocal last_write
+        if last_write is None:
+            loaded = getattr(ckpt, "_loaded", None)
+            last_write = last_writes(st.streams.values(), loaded.journal if loaded is not None else ())
+        return last_write.get(run, 0.0) <= quiet_before
+
     for o in store.list(""):
         if o.path.startswith(STAGING_PREFIX):
             result.staging.append((o.path, o.size, o.mtime))
@@ -462,14 +471,35 @@ def scan(
         drained = state is not None and state.complete
         retired = info is not None and info.retired and not drained
         voided = retired or (info is not None and info.damaged) or n.run in st.resets.get(n.source, ())
-        if voided or (
-            crun is not None
-            and (state is None or state.tainted or (not drained and last_ms.get(n.run, 0) <= quiet_before))
-        ):
+        if voided or (crun is not None and (state is None or state.tainted or (not drained and quiet(n.run)))):
             result.orphaned.append(out)
         else:
             result.in_flight.append(out)
     return result
+
+
+def last_writes(streams: Iterable[StreamMark], journal: Iterable[ObjectInfo]) -> dict[str, float]:
+    """When each run last wrote, in seconds since the epoch: the newest segment of any of
+    its ``streams``, by the storage's clock where ``journal`` (a listing of the journal
+    with modification times) shows that segment, the clock segment GC trusts too; else
+    by its writer's clock (the time in the segment's header), for a stream whose newest
+    folded segment is no longer (or not yet) listed or a store that gives no times.
+
+    The storage's clock is the one that counts: a writer whose clock lags by more than
+    the grace period would otherwise look quiet while it still writes, and GC would
+    collect the outputs of a run that may still take its sources over."""
+    newest: dict[tuple[str, str], tuple[int, float]] = {}  # stream -> (its newest listed seq, newest mtime)
+    for o in journal:
+        n = paths.parse_segment(o.path) if o.mtime is not None else None
+        if n is not None:
+            seq, mtime = newest.get((n.writer_id, n.incarnation), (-1, 0.0))
+            newest[n.writer_id, n.incarnation] = (max(seq, n.seq), max(mtime, o.mtime or 0.0))
+    out: dict[str, float] = {}
+    for m in streams:
+        seen = newest.get((m.writer_id, m.incarnation))
+        t = seen[1] if seen is not None and seen[0] >= m.seq else m.last_ms / 1000
+        out[m.run_id] = max(out.get(m.run_id, 0.0), t)
+    return out
 
 
 @dataclass
