@@ -10,7 +10,9 @@ alive (two jobs on one checkpoint) may go on with a source after a newer run com
 it: if it drains it, the smaller run id holds the completion, and its outputs must all
 be there. Operators reset sources, retire runs and collect garbage: with a grace its
 runs are alive for (the outputs aged past it), or with ``grace=0`` once every older
-run is dead. After every step the reader helper must show, for exactly the sources the
+run is dead. The writers of every other run (run000, run002, ...) run on clocks two
+hours behind: whether a run is alive must be judged by the storage's times, not by
+what its writers' clocks say. After every step the reader helper must show, for exactly the sources the
 model says are complete, exactly their outputs, once each, from the run that holds
 them, whole.
 """
@@ -34,6 +36,8 @@ PARTS = {"s0": 0, "s/1": 1, "s 2": 3, "s3": 2}
 """0: one output of the whole source (``complete``); n: n sink outputs, one ``-1`` each."""
 
 STEPS = ("spool", "publish", "record", "flush")
+CLOCK_LAG = 2 * 3600.0
+"""How far behind the clocks of the writers of run000, run002, ... are."""
 
 
 def names(s: str) -> list[str]:
@@ -70,8 +74,15 @@ class OutputMachine(RuleBasedStateMachine):
     def writer(self) -> resumelog.Writer:
         if self.w is None:
             assert self.ckpt is not None
-            self.w = self.ckpt.writer(f"w{next(self.attempts)}")
+            self.w = self.new_writer(self.ckpt, self.run)
         return self.w
+
+    def new_writer(self, ckpt: resumelog.Checkpoint, run: str) -> resumelog.Writer:
+        """A writer of ``run``, on a clock :data:`CLOCK_LAG` behind if the run's number is even."""
+        w = ckpt.writer(f"w{next(self.attempts)}")
+        if int(run.removeprefix("run")) % 2 == 0:
+            w._clock = lambda: time.time() - CLOCK_LAG
+        return w
 
     def flushed(self, buffered: list[str], s: str, run: str) -> None:
         self.durable.setdefault((run, s), set()).update(buffered)
@@ -131,7 +142,7 @@ class OutputMachine(RuleBasedStateMachine):
         self.process_straggler(run, s, crash_part, crash_step)
 
     def process_straggler(self, run: str, s: str, crash_part: int, crash_step: str | None) -> None:
-        w = self.older[run].writer(f"w{next(self.attempts)}")
+        w = self.new_writer(self.older[run], run)
         if not self.process(run, w, s, crash_part, crash_step, True, resume=True):
             w.close()
 
@@ -265,7 +276,7 @@ def test_a_straggler_of_an_older_run_takes_a_source_over_with_every_output(tmp_p
     publishes and records part 0 of ``s 2`` and dies on part 1; run001 completes it;
     gc runs (every object past the grace, both runs alive); a task of run000 goes on
     with parts 1 and 2, so run000, the smaller run id, holds ``s 2``: its part 0 must
-    still be there."""
+    still be there. (run000's writers' clocks lag: by them, run000 looks quiet.)"""
     m = OutputMachine(str(tmp_path))
     steps = [
         lambda: m.attempt(s="s 2", crash_part=1, crash_step="spool", flush_each=True),
