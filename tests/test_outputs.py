@@ -250,40 +250,6 @@ def test_a_retired_runs_output_taken_over_by_a_smaller_run_stays_until_that_run_
     assert (tmp_path / "out" / "r2" / "x" / "~" / "output").read_bytes() == b"by r2"
 
 
-def test_outputs_of_a_smaller_run_still_draining_a_source_another_run_completed_are_kept(tmp_path: Path) -> None:
-    # Two runs on one source at once: r2 completes x while r1 has published one of its
-    # two sink outputs, two hours ago. r1 is alive (it wrote within the grace) and its
-    # state may still drain and take x over (the smaller run), so gc keeps that output:
-    # it collected it, and r1's committed set then lacked it.
-    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
-    w1 = resumelog.open(url, run_id="r1").writer("w1")
-    w1.emit("x")
-    w1.record("x/fan", "x", 1)  # two sink tasks, x/0 and x/1
-    w1.flush()
-    with w1.output("x", root, key="x/0", name="part-0") as f:
-        f.write(b"r1 part 0")
-    part0 = tmp_path / "out" / "r1" / "x" / "x%2F0" / "part-0"
-    os.utime(part0, (part0.stat().st_atime - 7200, part0.stat().st_mtime - 7200))
-    with resumelog.open(url, run_id="r2").writer("w2") as w2:
-        with w2.output("x", root) as f:
-            f.write(b"r2 whole")
-    op = resumelog.open(url, run_id="r3")
-    assert op.completed_run("x") == "r2"
-    sc = scan(op, root)  # (grace: one hour)
-    assert [o.path for o in sc.in_flight] == ["r1/x/x%2F0/part-0"] and sc.orphaned == []
-    res = op.gc(outputs=[root]).outputs[0]
-    assert (res.orphaned, res.kept_recent) == (0, 0)
-    # had r1 been quiet for the grace, its output would be collected
-    assert [o.path for o in scan(op, root, grace=0).orphaned] == ["r1/x/x%2F0/part-0"]
-    with w1.output("x", root, key="x/1", name="part-1") as f:
-        f.write(b"r1 part 1")
-    op.refresh()
-    assert op.completed_run("x") == "r1"
-    assert [o.name for o in op.outputs(root)] == ["part-0", "part-1"]  # whole
-    assert part0.read_bytes() == b"r1 part 0"
-    assert [o.path for o in scan(op, root, refresh=False, grace=0).in_flight] == ["r2/x/~/output"]  # drained
-
-
 def _two_runs_on_one_source(url: str, root: str, tmp_path: Path, clock_skew: float) -> tuple[Any, Path]:
     """r1 (a writer whose clock is ``clock_skew`` seconds off) published one of x's two
     sink outputs two hours ago (by its file's time) and is still draining x; r2 then
@@ -303,26 +269,38 @@ def _two_runs_on_one_source(url: str, root: str, tmp_path: Path, clock_skew: flo
     return w1, part0
 
 
-def test_a_run_whose_writer_clock_lags_is_alive_while_it_writes(tmp_path: Path) -> None:
-    # r1's writer's clock runs two hours behind: its segments' headers say it last wrote
-    # two hours ago, while it wrote them just now. Liveness goes by the storage's times
-    # (the clock segment GC trusts): r1 is alive, so its output is kept. By the writer's
-    # clock, gc collected it, and r1's completion of x (below) then lacked it.
+@pytest.mark.parametrize("skew", [0.0, -7200.0], ids=["clock-right", "clock-lags"])
+def test_outputs_of_a_smaller_run_still_draining_a_source_another_run_completed_are_kept(
+    tmp_path: Path, skew: float
+) -> None:
+    # Two runs on one source at once: r2 completes x while r1 has published one of its
+    # two sink outputs, two hours ago. r1 is alive (it wrote within the grace) and its
+    # state may still drain and take x over (the smaller run), so gc keeps that output:
+    # it collected it, and r1's committed set then lacked it. clock-lags: r1's writer's
+    # clock runs two hours behind, so its segments' headers say it last wrote two hours
+    # ago; liveness goes by the storage's times (the clock segment GC trusts), and by
+    # the writer's clock gc collected that output.
     url, root = str(tmp_path / "ck"), str(tmp_path / "out")
-    w1, part0 = _two_runs_on_one_source(url, root, tmp_path, -7200)
+    w1, part0 = _two_runs_on_one_source(url, root, tmp_path, skew)
     op = resumelog.open(url, run_id="r3")
+    assert op.completed_run("x") == "r2"
     st = op._state
     (m,) = [m for m in st.streams.values() if m.run_id == "r1"]
-    assert m.last_ms / 1000 < time.time() - 7000  # what the header says
+    assert abs(m.last_ms / 1000 - (time.time() + skew)) < 60  # what the header says
     assert outputs.last_writes(st.streams.values(), op._loaded.journal)["r1"] > time.time() - 60
-    assert [o.path for o in scan(op, root).in_flight] == ["r1/x/x%2F0/part-0"]
-    assert op.gc(outputs=[root]).outputs[0].orphaned == 0
+    sc = scan(op, root)  # (grace: one hour)
+    assert [o.path for o in sc.in_flight] == ["r1/x/x%2F0/part-0"] and sc.orphaned == []
+    res = op.gc(outputs=[root]).outputs[0]
+    assert (res.orphaned, res.kept_recent) == (0, 0)
+    # had r1 been quiet for the grace, its output would be collected
+    assert [o.path for o in scan(op, root, grace=0).orphaned] == ["r1/x/x%2F0/part-0"]
     with w1.output("x", root, key="x/1", name="part-1") as f:
         f.write(b"r1 part 1")
     op.refresh()
     assert op.completed_run("x") == "r1"
     assert [o.name for o in op.outputs(root)] == ["part-0", "part-1"]  # whole
     assert part0.read_bytes() == b"r1 part 0"
+    assert [o.path for o in scan(op, root, refresh=False, grace=0).in_flight] == ["r2/x/~/output"]  # drained
 
 
 def test_a_quiet_run_whose_writer_clock_runs_ahead_is_quiet(tmp_path: Path) -> None:
