@@ -302,7 +302,12 @@ def _load_once(
         warn(f"resumelog: skipping unreadable snapshot: {failure}")
         state.anomaly("snapshot_fallback", "", "", str(failure))
     latest = snaps[-1][0] if snaps else 0
-    state.number = latest + 1
+    # the next number: above every snapshot of this epoch listed (a corrupt one too), not
+    # above another epoch's (debris numbered in that epoch, which GC collects: had it
+    # counted, a number between would stay free, and a compaction listing after that
+    # collection could publish there from a newer base than this one's, so that a
+    # higher number covered less: see compact)
+    state.number = max((n for n, _ in snaps if n not in foreign_numbers), default=0) + 1
     loaded = Loaded(
         state,
         frames,
@@ -938,6 +943,8 @@ def compact(
                 pass
             else:
                 store.delete(new_layers)  # no snapshot names them (gc would collect them too)
+                if number in loaded.foreign_snapshots:
+                    _collect_foreign_snapshot(store, key, epoch)
                 del encoded, loaded, state  # the temporary files of spooled layers go now
                 continue  # another compactor published `number` first: reload
         if read_epoch(store) != epoch:  # deleted under us after all: take it back
@@ -1068,6 +1075,7 @@ def merge(
                 if _is_ours(store, key, data):
                     pass
                 else:
+                    _collect_foreign_snapshot(store, key, epoch)  # (another epoch's debris held it)
                     continue  # a tick (or a merge) published that number first: rebase
             if read_epoch(store) != epoch:  # deleted under us: take it back
                 store.delete([key, built.name])
@@ -1203,6 +1211,19 @@ def _prune_streams(loaded: Loaded) -> int:
     return len(gone)
 
 
+def _collect_foreign_snapshot(store: Store, key: str, epoch: bytes) -> None:
+    """Delete snapshot ``key`` if it is still another epoch's (debris of a deleted
+    checkpoint that holds the number this checkpoint publishes next; GC would delete it
+    too). Checked again right before the delete: a GC may have collected it and a
+    compaction published this epoch's snapshot under the name since the load."""
+    try:
+        header = read_header(store, key, KIND_SNAPSHOT)
+    except (CorruptSnapshot, ObjectNotFound):
+        return
+    if is_foreign(header.epoch, epoch):
+        store.delete([key])
+
+
 def _is_ours(store: Store, key: str, data: bytes) -> bool:
     """After ``AlreadyExists``: was the object there our own (ambiguous retried) write?"""
     try:
@@ -1260,9 +1281,12 @@ def gc(
     Keeps the ``retain`` newest snapshots of the checkpoint's epoch and deletes every
     object of another epoch (debris of a deleted checkpoint, never read); deletes the
     older snapshots first, then every segment covered by the oldest retained
-    snapshot, written more than ``grace`` seconds ago, except the last segment of a
-    stream that is not finished (closed, or of a retired run). If that snapshot does not decode, no segment is deleted (a
-    newer one is never used instead: see :func:`_check_base_still_listed`).
+    snapshot and by every newer retained one that decodes, written more than ``grace``
+    seconds ago, except the last segment of a stream that is not finished (closed, or
+    of a retired run). If the oldest retained snapshot does not decode, no segment is
+    deleted (newer ones are never used alone: see :func:`_check_base_still_listed`).
+    Deletes nothing if the checkpoint was cleared while it was listed
+    (:func:`_still_as_listed`).
     """
     if retain < 1:
         raise ValueError("retain must be >= 1")
@@ -1280,15 +1304,25 @@ def gc(
     retained = _read_retained(store, snaps[-retain:])  # once: for the layers and the marks
     doomed_layers = _doomed_layers(store, retained, snaps[-1][0] if snaps else 0, epoch, now, grace)
     if snaps:
-        # Segments are judged by the oldest retained snapshot alone (never a newer one
-        # when it does not decode): a reader that loaded snapshot L and still lists L
-        # after its journal listing relies on every segment deletion so far being
-        # covered by a snapshot no newer than L (:func:`_check_base_still_listed`).
+        # Segments are judged by the oldest retained snapshot (never by a newer one
+        # alone when it does not decode): a reader that loaded snapshot L and still
+        # lists L after its journal listing relies on every segment deletion so far
+        # being covered by a snapshot no newer than L (:func:`_check_base_still_listed`).
+        # And by every newer retained one that decodes: a higher number covers at least
+        # what a lower one does only while snapshot numbers are never freed above the
+        # latest (a compaction publishing from an older base over a gap would cover
+        # less), so a segment goes only once every snapshot a reader may load covers it.
         marks: dict[tuple[str, str], tuple[int, bool]] | None = None
         if retained[0] is not None:  # else delete no segment until that snapshot ages out
-            body = retained[0].body
-            retired = {r.run_id for r in body.runs if r.retired}
-            marks = {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
+            marks = _covered(retained[0])
+            for frames in retained[1:]:
+                if frames is not None:  # (one that does not decode is never loaded)
+                    also = _covered(frames)
+                    marks = {
+                        sid: (min(seq, also[sid][0]), closed and also[sid][1])
+                        for sid, (seq, closed) in marks.items()
+                        if sid in also
+                    }
         # Snapshots older than the retained ones go first, segments after them (see above).
         doomed.extend(o for _, o in snaps[:-retain])
     else:
@@ -1324,6 +1358,8 @@ def gc(
             doomed.append(o)
             result.segments += 1
             result.segment_bytes += o.size
+    if not dry_run and doomed and not _still_as_listed(store, epoch, doomed, result):
+        return GcResult(dry_run)
     result.layers = len(doomed_layers)
     result.layer_bytes = sum(o.size for o in doomed_layers)
     doomed[result.snapshots : result.snapshots] = doomed_layers
@@ -1339,6 +1375,35 @@ def gc(
                     store.delete(o.path for o in chunk)
                     bar.advance(len(chunk))
     return result
+
+
+def _still_as_listed(store: Store, epoch: bytes, doomed: list[ObjectInfo], result: GcResult) -> bool:
+    """Right before a GC deletes: whether the checkpoint is still the one it listed
+    (``False``: cleared, maybe created anew, since GC read its epoch; delete nothing, or
+    the new checkpoint's objects would go as another epoch's). Drops from ``doomed`` the
+    snapshots (the first ``result.snapshots`` objects) that are no longer the objects
+    listed: a new epoch numbers its snapshots from 1 again, so a name is not an object.
+    Segment and layer names are never reused (a random part in each)."""
+    snapshots = {o.path: (o.size, o.mtime) for o in store.list(paths.SNAPSHOT_PREFIX)}
+    if read_epoch(store) != epoch:  # (a clear deletes meta.msgpack first)
+        logger.warning(
+            "resumelog: gc: the checkpoint at %s was cleared while it was listed; nothing collected", store.url
+        )
+        return False
+    old, rest = doomed[: result.snapshots], doomed[result.snapshots :]
+    same = [o for o in old if snapshots.get(o.path) == (o.size, o.mtime)]
+    doomed[:] = [*same, *rest]
+    result.snapshots = len(same)
+    result.snapshot_bytes = sum(o.size for o in same)
+    return True
+
+
+def _covered(frames: SnapshotFrames) -> dict[tuple[str, str], tuple[int, bool]]:
+    """What a snapshot covers of each stream: its mark and whether the stream is finished
+    (closed, or of a retired run)."""
+    body = frames.body
+    retired = {r.run_id for r in body.runs if r.retired}
+    return {(m.writer_id, m.incarnation): (m.seq, m.closed or m.run_id in retired) for m in body.streams}
 
 
 def _read_retained(store: Store, retained: list[tuple[int, ObjectInfo]]) -> list[SnapshotFrames | None]:
