@@ -56,6 +56,54 @@ def test_output_names_round_trip() -> None:
         assert parse_output_name(junk) is None, junk
 
 
+def test_an_output_named_like_a_local_temporary_file_is_refused_and_x_partial_is_shown(tmp_path: Path) -> None:
+    # A local store's temporary files are <key>.<uuid>.partial; its listings skipped
+    # every *.partial file, so an output named part-0.partial was published, counted,
+    # and never shown (nor collected).
+    url, root = str(tmp_path / "ck"), str(tmp_path / "out")
+    ck = resumelog.open(url, run_id="r1")
+    with ck.writer("w") as w:
+        with w.output("a", root, name="part-0.partial") as f:
+            f.write(b"a")
+        with w.output("b", root, name="part-0.parquet") as f:
+            f.write(b"b")
+        temp = f"part-0.{'0123456789abcdef' * 2}.partial"
+        with pytest.raises(InvalidId, match="temporary"):
+            output_name("r1", "c", None, temp)
+        with pytest.raises(InvalidId, match="temporary"):
+            with w.output("c", root, name=temp) as f:
+                f.write(b"c")
+    ck.refresh()
+    assert sorted(ck.completed) == ["a", "b"]
+    assert [(o.source, o.name) for o in ck.outputs(root)] == [("a", "part-0.partial"), ("b", "part-0.parquet")]
+    assert scan(ck, root).counts()["committed"] == 2
+
+
+def test_the_checkpoints_own_root_is_refused_as_an_outputs_root(tmp_path: Path) -> None:
+    # A segment journal/<writer>/<incarnation>/<seq>.seg has an output's shape (run
+    # "journal", source <writer>): with the outputs beside the checkpoint's objects and
+    # writers named after their sources, output gc deleted the journal as orphans.
+    url = str(tmp_path / "ck")
+    ck = resumelog.open(url, run_id="r1")
+    with ck.writer("shard-1") as w:
+        w.complete("shard-1")
+        for root in (url, url + "/", LocalStore(url)):
+            with pytest.raises(ValueError, match="checkpoint's own root"):
+                with w.output("shard-1", root) as f:
+                    f.write(b"x")
+    ck.refresh()
+    for call in (lambda: scan(ck, url), lambda: ck.outputs(url), lambda: ck.gc(grace=0, outputs=[url])):
+        with pytest.raises(ValueError, match="checkpoint's own root"):
+            call()
+    # the same root under another name (a symlink): its listing holds the checkpoint's meta.msgpack
+    (tmp_path / "alias").symlink_to(tmp_path / "ck")
+    for call in (lambda: scan(ck, str(tmp_path / "alias")), lambda: ck.gc(grace=0, outputs=[str(tmp_path / "alias")])):
+        with pytest.raises(ValueError, match="holds a checkpoint"):
+            call()
+    assert ck.is_completed("shard-1")
+    assert [p.name for p in (tmp_path / "ck" / "journal").iterdir()] == ["shard-1"]
+
+
 # ---------------------------------------------------------------------- the protocol
 
 
@@ -375,6 +423,18 @@ def test_outputs_on_s3_take_the_checkpoints_storage_options(s3_url: tuple[str, d
 
 
 # ---------------------------------------------------------------------- adapters
+
+
+def test_curator_pipeline_refuses_leaf_resume_with_an_output_sink(tmp_path: Path) -> None:
+    # A leaf skipped as written by an earlier run has its output under that run's name;
+    # the run completing the source committed the other leaves' outputs only, and output
+    # gc then deleted the skipped leaf's as an orphan.
+    ck = resumelog.open(str(tmp_path / "ck"), run_id="r1")
+    sink = OutputSink(str(tmp_path / "out"), lambda t: b"x")
+    with pytest.raises(ValueError, match="leaf_resume"):
+        Pipeline([SourceStage(["s"]), lambda b: b], checkpoint=ck, leaf_resume=True, outputs=sink)
+    assert Pipeline([SourceStage(["s"]), lambda b: b], checkpoint=ck, outputs=sink).run().completed == ["s"]
+    assert [o.source for o in ck.outputs(str(tmp_path / "out"))] == ["s"]
 
 
 def test_curator_pipeline_output_sink_publishes_before_the_sink_records(tmp_path: Path) -> None:

@@ -587,6 +587,9 @@ class Pipeline:
         The writer id of the writer :meth:`run` opens (default ``<host>-<pid>``).
     outputs : OutputSink, optional
         Publish the last stage's real outputs exactly once (see :class:`OutputSink`).
+        Not with ``leaf_resume=True`` (``ValueError``): a skipped leaf's output
+        belongs to the earlier run that wrote it, not to the run that completes the
+        source.
     """
 
     def __init__(
@@ -601,6 +604,13 @@ class Pipeline:
     ) -> None:
         if not stages or not isinstance(stages[0], SourceStage):
             raise TypeError("the first stage of a Pipeline must be a SourceStage")
+        if leaf_resume and outputs is not None:
+            # a leaf skipped as written by an earlier run has its output under that run's
+            # name, and only the outputs of the run that completes a source are committed
+            raise ValueError(
+                "leaf_resume=True cannot be combined with outputs=: the outputs of leaves an earlier run "
+                "wrote would not be among the completing run's (and output GC would delete them)"
+            )
         self.source: SourceStage = stages[0]
         rest: list[Stage] = []
         names = {stages[0].name}

@@ -43,6 +43,7 @@ from resumelog import paths
 from resumelog.compactor import DEFAULT_GRACE
 from resumelog.errors import AlreadyExists, InvalidId, StorageError
 from resumelog.storage import Store, open_store, split_url
+from resumelog.storage._local import is_temporary
 
 if TYPE_CHECKING:
     from resumelog.checkpoint import Checkpoint, OutputsStatus
@@ -143,9 +144,17 @@ class OutputName(NamedTuple):
 
 
 def output_name(run: str, source: str, key: str | None, name: str) -> str:
-    """Object name (relative to the outputs root) of an output."""
+    """Object name (relative to the outputs root) of an output.
+
+    Raises :class:`~resumelog.errors.InvalidId` for a ``name`` of the form
+    ``<x>.<32 lowercase hex digits>.partial``: a local store's temporary files are named
+    so, and its listings skip them (such an output would be published but never shown).
+    """
     k = WHOLE_SOURCE if key is None else escape(key)
-    return f"{paths.validate_id(run, 'run id')}/{escape(source)}/{k}/{escape(name)}"
+    last = escape(name)
+    if is_temporary(last):
+        raise InvalidId(f"output name {name!r:.80} has the form of a local store's temporary file (*.<uuid>.partial)")
+    return f"{paths.validate_id(run, 'run id')}/{escape(source)}/{k}/{last}"
 
 
 def parse_output_name(path: str) -> OutputName | None:
@@ -183,6 +192,23 @@ def output_store(root: str | Store, storage_options: Mapping[str, Any] | None = 
         if s is None:
             s = _STORES[key] = open_store(str(root), storage_options)
         return s
+
+
+def _apart_from(store: Store, checkpoint: Store) -> Store:
+    """``store``, the store of an outputs root, if it is not ``checkpoint``'s own root.
+
+    Raises
+    ------
+    ValueError
+        If it is: a journal segment's name there, ``journal/<writer>/<incarnation>/<seq>.seg``,
+        has an output's shape (run ``journal``), and output GC would judge segments as
+        outputs (it deleted a checkpoint's journal so)."""
+    if store.url.rstrip("/") == checkpoint.url.rstrip("/"):
+        raise ValueError(
+            f"the outputs root {store.url} is the checkpoint's own root: write outputs under another "
+            "directory or prefix, not beside the checkpoint's objects"
+        )
+    return store
 
 
 def _options_for(root: str | Store, w: Writer, given: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -226,7 +252,7 @@ class PendingOutput:
         if type(source) is not str or not source:
             raise InvalidId(f"source id must be a non-empty str, got {source!r:.80}")
         self.writer = writer
-        self.store = store
+        self.store = _apart_from(store, writer.store)
         self.source = source
         self.task_key = key
         self.name = name
@@ -362,7 +388,9 @@ def committed(
     if refresh:
         ckpt.refresh()
     st = ckpt._state
-    store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
+    store = _apart_from(
+        output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root)), ckpt.store
+    )
     runs = [run] if run is not None else sorted(st.completed_by_run())
     out: list[Output] = []
     for r in runs:
@@ -436,7 +464,9 @@ def scan(
     if refresh:
         ckpt.refresh()
     st = ckpt._state
-    store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
+    store = _apart_from(
+        output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root)), ckpt.store
+    )
     result = OutputScan(store.url)
     quiet_before = (time.time() if now is None else now) - grace
     last_write: dict[str, float] | None = None  # run -> when it last wrote (computed when first needed)
@@ -448,7 +478,13 @@ def scan(
             last_write = last_writes(st.streams.values(), loaded.journal if loaded is not None else ())
         return last_write.get(run, 0.0) <= quiet_before
 
-    for o in store.list(""):
+    listing = store.list("")
+    if any(o.path == paths.META for o in listing):  # (the same root under another spelling)
+        raise ValueError(
+            f"the outputs root {store.url} holds a checkpoint ({paths.META}): output GC never judges a "
+            "checkpoint's objects; write outputs under another directory or prefix"
+        )
+    for o in listing:
         if o.path.startswith(STAGING_PREFIX):
             result.staging.append((o.path, o.size, o.mtime))
             continue

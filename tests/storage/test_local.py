@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
 from resumelog.storage import LocalStore
+from resumelog.storage._local import is_temporary
 from resumelog.testing.store import StoreTests
 
 
@@ -72,7 +74,7 @@ def test_sigkill_mid_create_leaves_only_whole_objects(tmp_path):
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         names = sorted(os.listdir(root / "objs"))
-        objs = [n for n in names if not n.endswith(".partial")]
+        objs = [n for n in names if not is_temporary(n)]
         assert objs and objs == [f"{i:06d}" for i in range(len(objs))]
         assert all((root / "objs" / n).read_bytes() == blob for n in objs)
         store = LocalStore(str(root))
@@ -85,8 +87,12 @@ def test_sigkill_mid_create_leaves_only_whole_objects(tmp_path):
 def test_partial_files_are_invisible_and_cleaned(tmp_path):
     store = LocalStore(str(tmp_path))
     store.put_if_absent("a/b", b"1")
-    (tmp_path / "a" / "b.123.partial").write_bytes(b"half")
-    assert [o.path for o in store.list("")] == ["a/b"]
+    (tmp_path / "a" / f"b.{uuid.uuid4().hex}.partial").write_bytes(b"half")  # a killed create's
+    # an object may end in .partial (an output named so was published and never listed)
+    store.put_if_absent("a/c.partial", b"2")
+    store.put_if_absent(f"a/d.{uuid.uuid4().hex.upper()}.partial", b"3")  # (not the temp form)
+    assert [o.path for o in store.list("")][:2] == ["a/b", "a/c.partial"]
+    assert len(store.list("")) == 3 and store.read("a/c.partial") == b"2"
     store.clear()
     assert not (tmp_path / "a").exists()
 

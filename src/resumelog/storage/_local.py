@@ -7,8 +7,10 @@ checks then writes; neither is used.
 
 Where Linux offers it (ext4, XFS, btrfs, tmpfs), the temp file has no name at all
 (``O_TMPFILE``, linked through ``/proc/self/fd``): a process killed mid-write leaves
-nothing behind. Elsewhere (NFS, Lustre, macOS) it is ``<key>.<uuid>.partial``, which
-listings ignore and :meth:`LocalStore.clear` removes.
+nothing behind. Elsewhere (NFS, Lustre, macOS) it is ``<key>.<uuid>.partial`` (the
+uuid as 32 lowercase hex digits), which listings ignore and :meth:`LocalStore.clear`
+removes: only names of that form (:func:`is_temporary`), so that an object may be named
+``x.partial``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -24,9 +27,18 @@ from typing import IO, TypeVar
 from resumelog.errors import AlreadyExists, ObjectNotFound, StorageError
 from resumelog.storage._base import ObjectInfo, Store, check_key
 
-__all__ = ["LocalStore"]
+__all__ = ["LocalStore", "is_temporary"]
 
 _PARTIAL = ".partial"
+_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :class:`LocalStore`'s temporary files
+    (``<key>.<uuid>.partial``): never an object, never listed."""
+    return _TEMPORARY.search(name) is not None
+
+
 _T = TypeVar("_T")
 
 _DIR_ATTEMPTS = 5
@@ -226,7 +238,7 @@ class LocalStore(Store):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             self._write_link_sync(fd, parts, lambda: os.link(tmp, final), final, lambda: _fsync_dir(d))
         finally:
-            _remove_quietly(tmp)  # best effort; listing ignores *.partial
+            _remove_quietly(tmp)  # best effort; listing ignores it (is_temporary)
 
     def _write_link_sync(
         self,
@@ -307,7 +319,7 @@ class LocalStore(Store):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for name in filenames:
-                if name.endswith(_PARTIAL):
+                if is_temporary(name):
                     continue
                 key = rel + name
                 if not key.startswith(prefix):
@@ -345,7 +357,7 @@ class LocalStore(Store):
         super().clear()
         for dirpath, _dirs, files in os.walk(self.root, topdown=False):
             for f in files:
-                if f.endswith(_PARTIAL):
+                if is_temporary(f):
                     os.unlink(os.path.join(dirpath, f))
             if dirpath != self.root:
                 try:
