@@ -150,3 +150,17 @@ def test_a_create_whose_directory_keeps_vanishing_fails_with_a_storage_error(tmp
     with pytest.raises(StorageError, match="cannot write"):
         store.put_if_absent("layers/1.layer", b"one")
     assert not store.exists("layers/1.layer")
+
+
+def test_a_published_file_is_as_old_as_its_publish(tmp_path):
+    # a hard link shares the file's mtime: that of its last write, maybe long before the
+    # publish (output GC judges an output's age by it)
+    store = LocalStore(str(tmp_path / "root"))
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"bytes")
+    past = time.time() - 7200
+    os.utime(spool, (past, past))
+    store.put_if_absent_file("a/b", str(spool))
+    (o,) = store.list("a/")
+    assert o.mtime is not None and o.mtime > time.time() - 60
+    assert store.read("a/b") == b"bytes"

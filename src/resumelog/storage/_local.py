@@ -133,11 +133,14 @@ class LocalStore(Store):
         """A hard link from ``path`` to ``<key>`` (create-only), then fsync of the file
         and the directory; a copy through :meth:`put_if_absent` if ``path`` is on
         another filesystem (or the filesystem has no hard links). ``path`` must not be
-        written to afterwards: it *is* the object."""
+        written to afterwards: it *is* the object. Its modification time is set to now
+        first, so that the object's is when it was published (as on an object store),
+        not when its bytes were last written: GC judges age by it."""
         self.requests["put"] += 1
         final = self._path(key)
         d = os.path.dirname(final)
         try:
+            os.utime(path)
             if self.fsync:
                 fd = os.open(path, os.O_RDONLY)
                 try:
