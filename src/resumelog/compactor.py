@@ -1358,7 +1358,7 @@ def gc(
             doomed.append(o)
             result.segments += 1
             result.segment_bytes += o.size
-    if not dry_run and doomed and not _still_as_listed(store, epoch, doomed, result):
+    if not dry_run and not _still_as_listed(store, epoch, doomed, result):
         return GcResult(dry_run)
     result.layers = len(doomed_layers)
     result.layer_bytes = sum(o.size for o in doomed_layers)
