@@ -262,6 +262,28 @@ def test_corrupt_latest_snapshot_falls_back_to_previous(backend, monkeypatch):
     assert again.compact().snapshot == 3
 
 
+def test_a_damaged_header_of_a_streams_first_segment_is_salvaged_from_its_other_segments(backend):
+    """The header frame of a stream's first segment damaged before any compaction: the
+    run is told by the stream's later segments and quarantined. Was: the first pass
+    salvaged it so, but the second listing's pass read the segment again and told its
+    run from that segment alone: the checkpoint did not open (status, repair failed)."""
+    ck = backend.open(run_id="r1")
+    with ck.writer("w1") as w:
+        w.complete("a")
+        w.flush()
+        w.complete("b")
+    (seg0,) = [o.path for o in ck.store.list("journal/") if o.path.endswith("/00000000000000000000.seg")]
+    data = bytearray(backend.store().read(seg0))
+    data[40] ^= 0xFF  # inside frame 0, the segment header
+    backend.replace(seg0, bytes(data))
+    again = backend.open(run_id="r2")
+    st = again.status()
+    assert st.anomaly_counts == {"corrupt_segment": 1}
+    assert [r.run_id for r in st.runs if r.damaged] == ["r1"]
+    assert sorted(again.completed) == [] and again.pending(["a", "b"]) == ["a", "b"]
+    assert again.compact().written
+
+
 def test_a_corrupt_middle_segment_is_salvaged_naming_it(backend, caplog):
     """One flipped bit in a segment not yet compacted: the checkpoint still opens,
     compacts and reports; the segment's run is quarantined (its uncompacted

@@ -313,6 +313,27 @@ def test_clear_yes(ckpt: str) -> None:
     assert out.returncode == 2 and "no checkpoint at" in out.stderr
 
 
+def test_clear_clears_a_checkpoint_that_does_not_open(tmp_path: Path) -> None:
+    # the only segment of a stream with its header damaged: no run to quarantine, so the
+    # checkpoint does not open, and the error says "restore the object, or clear the
+    # checkpoint". Was: clear loaded the checkpoint first and failed the same way.
+    url = str(tmp_path / "ck")
+    w = resumelog.open(url, run_id="r1").writer("w1")
+    w.complete("a")
+    w.flush()
+    w.closed = True  # killed: no closing segment
+    (seg,) = LocalStore(url).list("journal/")
+    path = Path(url) / seg.path
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF  # inside frame 0, the segment header
+    path.write_bytes(bytes(data))
+    out = run("status", url)
+    assert out.returncode == 1 and "or clear the checkpoint" in one_error_line(out)
+    doc = run_json("clear", url, "--yes")
+    assert doc["cleared"] is True and doc["objects"] == 2
+    assert LocalStore(url).list("") == []
+
+
 @pytest.mark.parametrize("cmd", [["reset", "s1", "s2"], ["clear"]])
 def test_refuses_without_yes_and_without_a_terminal(ckpt: str, cmd: list[str]) -> None:
     before = {o.path for o in LocalStore(ckpt).list("")}

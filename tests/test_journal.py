@@ -148,6 +148,25 @@ def test_ambiguous_success_is_recognised_by_nonce(tmp_path):
     assert len(store.list("journal/")) == 1
 
 
+def test_a_retried_close_writes_its_closing_segment_once(tmp_path):
+    # close() whose closing segment landed but whose response was lost, then retried:
+    # the retry recognises the segment and the stream is closed. Was: it then wrote a
+    # second closing segment after it (and, had GC collected the first meanwhile, the
+    # stream looked like a journal gap).
+    store = FlakyStore(str(tmp_path))
+    w = Writer(store, "w", "r")
+    w.complete("a")
+    w.flush()
+    store.lose_response = 1
+    with pytest.raises(FlushError):
+        w.close()
+    assert not w.closed
+    w.close()
+    assert w.closed and w.seq == 2
+    segs = [decode_segment(store.read(o.path)) for o in store.list("journal/")]
+    assert [(s.header.seq, s.record_count, s.footer.closed) for s in segs] == [(0, 2, False), (1, 0, True)]
+
+
 def test_foreign_object_at_our_seq_is_a_flush_error(tmp_path):
     store = LocalStore(str(tmp_path))
     w = Writer(store, "w", "r")

@@ -796,13 +796,14 @@ def _fold_latecomers(store: Store, loaded: Loaded) -> set[tuple[str, str]]:
     """
     state = loaded.state
     fresh: list[str] = []
-    listed: set[tuple[str, str]] = set()
+    keys: dict[tuple[str, str], list[str]] = defaultdict(list)  # each stream's listed segments
     for o in store.list(paths.JOURNAL_PREFIX):
         p = paths.parse_segment(o.path)
         if p is not None:
-            listed.add((p.writer_id, p.incarnation))
-            if p.seq > state.stream_mark(p.writer_id, p.incarnation):
+            keys[p.writer_id, p.incarnation].append(o.path)
+            if p.seq > state.stream_mark(p.writer_id, p.incarnation) and o.path not in loaded.corrupt:
                 fresh.append(o.path)
+    listed = set(keys)
     if not fresh:
         return listed
     for key, result in store.read_many(fresh):
@@ -816,8 +817,10 @@ def _fold_latecomers(store: Store, loaded: Loaded) -> set[tuple[str, str]]:
             continue  # a torn segment holds nothing that was acknowledged
         except CorruptSegment as exc:
             # its positive records cannot be read: quarantine its run, as the first pass
-            # does (it may be the segment the first pass stopped at)
-            _salvage_corrupt_segment(store, loaded, key, exc, [key])
+            # does, telling it from the stream's other segments if its header is damaged
+            p = paths.parse_segment(key)
+            assert p is not None
+            _salvage_corrupt_segment(store, loaded, key, exc, keys[p.writer_id, p.incarnation])
             continue
         if not is_foreign(seg.header.epoch, loaded.epoch):
             state.apply_positive(seg.header, seg.batches)

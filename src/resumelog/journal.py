@@ -324,7 +324,10 @@ class Writer:
             if os.getpid() != self._pid:
                 raise ResumelogError("this writer was created in another process; open a new writer here")
             if self._pending is not None:
+                closing = self._pending.closed
                 self._put_pending()
+                if closing and not self._sealed and not self._keys and not self._resets:
+                    return  # the closing segment of a close() that failed: the stream is closed now
             if not self._sealed and not self._keys and not self._resets and not (closed and self.seq > 0):
                 self._last_flush = self._clock()
                 return

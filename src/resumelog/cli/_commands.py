@@ -876,11 +876,15 @@ def _reset_runs(ctx: Ctx, runs: list[str]) -> int:
 
 def cmd_clear(ctx: Ctx) -> int:
     from resumelog import paths
+    from resumelog.checkpoint import _clear_layout
 
-    ckpt = open_checkpoint(ctx)
+    # the store only, never loaded: a checkpoint that does not open (a segment no
+    # repair can salvage, whose error says "restore it, or clear") is cleared too
+    store = open_store(ctx)
+    require_checkpoint(ctx, store)
     objs = [
         o
-        for o in ckpt.store.list("")
+        for o in store.list("")
         if o.path == paths.META
         or o.path.startswith((paths.JOURNAL_PREFIX, paths.SNAPSHOT_PREFIX, paths.LAYER_PREFIX, paths.QUARANTINE_PREFIX))
     ]
@@ -891,9 +895,9 @@ def cmd_clear(ctx: Ctx) -> int:
         "Every source will rerun. This cannot be undone.",
         "clear the checkpoint",
     )
-    ckpt.clear()
+    _clear_layout(store)
     if ctx.json:
-        dump_json({"url": ckpt.store.url, "cleared": True, "objects": len(objs), "bytes": size})
+        dump_json({"url": store.url, "cleared": True, "objects": len(objs), "bytes": size})
     else:
         print(f"deleted the checkpoint at {ctx.shown_url} ({plural(len(objs), 'object')}, {human_bytes(size)})")
     return EXIT_OK
