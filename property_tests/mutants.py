@@ -240,6 +240,22 @@ MUTANTS = [
         "GC deletes the snapshot names it listed, also one a new epoch has published under that name since",
     ),
     Mutant(
+        "retired_runs_late_record_ignored",
+        "algebra.py",
+        "                self._void_reopened(header.run_id, b)",
+        "                pass",
+        "every record of a retired run is ignored, also a late one that would reopen a completion the run holds "
+        "(the completion stands although the run's durable records do not drain the source)",
+    ),
+    Mutant(
+        "retire_drops_held_states",
+        "algebra.py",
+        "if k[0] in gone and not s.complete]",
+        "if k[0] in gone]",
+        "retiring a run drops its drained state that a smaller run's takeover shadows (the source is lost if "
+        "that completion is voided)",
+    ),
+    Mutant(
         "run_liveness_by_the_writers_clock",
         "outputs.py",
         "        t = seen[1] if seen is not None and seen[0] >= m.seq else m.last_ms / 1000",

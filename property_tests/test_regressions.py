@@ -288,3 +288,82 @@ def test_a_compactor_that_lost_the_race_for_its_number_loads_again(store):
     )
     fresh = resumelog.open(store, run_id="run1")
     assert (fresh.is_completed("s1"), fresh.is_completed("s2")) == (True, True)
+
+
+def _late_record_after_a_retirement(url: str, plain_compact_first: bool) -> tuple[bool, str | None, list[str]]:
+    old = resumelog.open(url, run_id="r1")
+    w = old.writer("w1")
+    w.emit("x", key="0_x")
+    w.flush()
+    w.record("0_x_0", "x", -1)
+    w.flush()  # drained: x complete in r1
+    compactor.compact(old.store)
+    w.record("0_x_1", "x", +1)  # r1 dispatched more work for x: durable
+    w.record("0_x_2", "x", 0)  # (a new key with delta 0 alone would leave the completion standing)
+    w.close()
+    new = resumelog.open(url, run_id="r2")
+    if plain_compact_first:
+        new.compact()
+    assert new.compact(keep_runs=1).retired_runs == ["r1"]
+    view = resumelog.open(url, create=False)
+    return view.is_completed("x"), view.completed_run("x"), view.pending(["x"])
+
+
+@pytest.mark.parametrize("plain_compact_first", [False, True])
+def test_a_late_record_of_a_retired_run_voids_its_completion(tmp_path, plain_compact_first):
+    """Safety (1), found by an adversarial review (2026-12-08). Was: ``compact(keep_runs)``
+    retires runs before it folds the journal tail, and a retired run's records were all
+    ignored, so a durable late ``+1`` of the run that completed ``x`` left ``x``
+    complete while that run's records summed to ``+1``; a plain ``compact()`` first
+    (folding the record, then retiring) left it pending."""
+    got = _late_record_after_a_retirement(str(tmp_path / "ck"), plain_compact_first)
+    assert got == (False, None, ["x"])
+
+
+def test_a_duplicate_record_of_a_retired_run_leaves_its_completion(tmp_path):
+    """The same rule keeps a completion a retired run's retried records repeat."""
+    url = str(tmp_path / "ck")
+    old = resumelog.open(url, run_id="r1")
+    with old.writer("w1") as w:
+        w.complete("x")
+    compactor.compact(old.store)
+    with old.writer("w2") as w:  # a retry of the same task in another writer of r1
+        w.complete("x")
+    new = resumelog.open(url, run_id="r2")
+    assert new.compact(keep_runs=1).retired_runs == ["r1"]
+    view = resumelog.open(url, create=False)
+    assert view.completed_run("x") == "r1" and view.status().anomaly_counts.get("late_record") is None
+
+
+@pytest.mark.parametrize("retire_before_takeover", [True, False])
+def test_retiring_a_run_keeps_the_drained_state_a_takeover_shadows(tmp_path, retire_before_takeover):
+    """Convergence (2), found by an adversarial review (2026-12-08). r2 completes x, r1
+    (the smaller run id) drains it too and takes it over, r2's drained state is kept to
+    take x back; then r1's completion is reopened by a late record. Was: retiring r2
+    after the takeover dropped that state (``retire_runs`` dropped every pending state
+    of the run), so x went pending; retiring it before the takeover kept it."""
+    url = str(tmp_path / "ck")
+    r1, r2 = resumelog.open(url, run_id="r1"), resumelog.open(url, run_id="r2")
+    with r2.writer("w2") as w:
+        w.complete("x")
+    compactor.compact(r1.store)
+
+    def retire() -> None:
+        assert compactor.compact(r1.store, keep_runs=1, protect_runs=frozenset({"r1"})).retired_runs == ["r2"]
+
+    if retire_before_takeover:
+        retire()
+    w1 = r1.writer("w1")
+    w1.emit("x", key="0_x")
+    w1.flush()
+    w1.record("0_x_0", "x", -1)
+    w1.flush()
+    compactor.compact(r1.store)
+    if not retire_before_takeover:
+        retire()
+    assert resumelog.open(url, create=False).completed_run("x") == "r1"
+    w1.record("0_x_1", "x", +1)  # r1's completion reopened: r2's drained state takes x back
+    w1.close()
+    compactor.compact(r1.store)
+    view = resumelog.open(url, create=False)
+    assert (view.completed_run("x"), view.pending(["x"])) == ("r2", [])

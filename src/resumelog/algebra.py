@@ -418,6 +418,7 @@ class FoldState:
             for b in batches:  # an operator's tombstone is not a record of the run that carried it
                 for r in b.resets:
                     self.apply_reset(r)
+                self._void_reopened(header.run_id, b)
             return True
         stream = self._stream(sid)
         if self.base.count:  # the base's blocks its sources fall in, in one batch (if read in parts)
@@ -588,6 +589,34 @@ class FoldState:
         self.pending[(run, source)] = s
         self._touched[(run, source)] = s
         return s
+
+    def _void_reopened(self, run: str, batch: Batch | ColumnBatch) -> None:
+        """Records of retired run ``run`` are ignored, but one that would reopen a
+        completion the run holds (:meth:`_late`: not a same-key duplicate, nor a new key
+        with delta ``0``) voids it: the run's durable records no longer drain the
+        source, whichever compaction retired it (had that one folded the record first,
+        retirement would have dropped the reopened state). The source reruns, or a drained
+        state another run keeps takes it over."""
+        if self.base.count:
+            self.base.prefetch(batch.sources)
+        held = {i for i, src in enumerate(batch.sources) if self.completed_run(src) == run}
+        if not held:
+            return
+        b = batch.batch() if isinstance(batch, ColumnBatch) else batch
+        for key, i, delta in zip(b.keys, b.source_index, b.deltas):
+            source = b.sources[i]
+            if i not in held or self.completed_run(source) != run:
+                continue
+            old = self.done_entries_of(source).get(key)
+            if old == delta or (old is None and delta == 0):
+                continue
+            self.drain()
+            self._uncomplete(source)
+            self.anomaly("late_record", source, run, f"key {key!r} delta {delta} after completion, run retired")
+            self.warn(
+                f"resumelog: source {source!r} received a new record of retired run {run} after it completed "
+                "in that run; the completion is void and the source reruns"
+            )
 
     def _reopened(self, entries: Mapping[str, int], writers: Writers | None, current: int = -1) -> SourceRunState:
         """A pending state holding a collapsed completion's final entries (emitted),
@@ -822,7 +851,12 @@ class FoldState:
         )
 
     def retire_runs(self, keep: Iterable[str]) -> list[str]:
-        """Retire every run not in ``keep``: drop its pending state, ignore its records."""
+        """Retire every run not in ``keep``: drop its pending states, ignore its records.
+
+        Its drained states stay: one that a smaller run's completion shadows (held to
+        take the source back if that completion is voided, as the evaluation keeps it
+        for a run retired before the takeover) never changes again, since the run's
+        records are ignored."""
         self.drain()
         keep = set(keep)
         retired = []
@@ -832,7 +866,7 @@ class FoldState:
                 retired.append(run_id)
         if retired:
             gone = set(retired)
-            for k in [k for k in self.pending if k[0] in gone]:
+            for k in [k for k, s in self.pending.items() if k[0] in gone and not s.complete]:
                 del self.pending[k]
         return retired
 
