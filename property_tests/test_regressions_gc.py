@@ -47,6 +47,16 @@ class _HeldStore(LocalStore):
         super().put_if_absent_parts(key, parts)
 
 
+def _an_old_job(url: str, snapshots: int) -> resumelog.Checkpoint:
+    """A job of run ``old`` at ``url`` that completes ``old-<i>`` and compacts, ``snapshots`` times."""
+    old = resumelog.open(url, run_id="old")
+    for i in range(snapshots):
+        with old.writer(f"o{i}") as w:
+            w.complete(f"old-{i}")
+        old.compact()
+    return old
+
+
 def _in_thread(name: str, fn: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
     out: dict[str, object] = {}
     t = threading.Thread(name=name, target=lambda: out.setdefault("result", fn()))
@@ -63,11 +73,7 @@ def test_a_foreign_snapshot_above_the_latest_does_not_make_a_higher_number_cover
     # GC judged X by the oldest retained snapshot (2) and deleted it, and the next
     # compaction completed s with one of its two children never drained.
     url = str(tmp_path / "ck")
-    old = resumelog.open(url, run_id="old")
-    for i in range(3):
-        with old.writer(f"o{i}") as w:
-            w.complete(f"old-{i}")
-        old.compact()
+    old = _an_old_job(url, 3)
     stale = compactor.load(old.store, verify=True)  # it loads, then the checkpoint is cleared
     old.clear()
     ck = resumelog.open(url, run_id="r")
@@ -143,10 +149,7 @@ def test_a_gc_that_spans_a_clear_deletes_nothing_of_the_new_checkpoint(tmp_path)
     # starts in it. Every object of the new checkpoint has another epoch than the one
     # GC read: as first written, GC deleted them all as debris, flushed records too.
     url = str(tmp_path / "ck")
-    old = resumelog.open(url, run_id="old")
-    with old.writer("w-old") as w:
-        w.complete("old-src")
-    old.compact()
+    old = _an_old_job(url, 1)
     held = _HeldStore(url, "gc", at_list=paths.SNAPSHOT_PREFIX)
     t, out = _in_thread("gc", lambda: compactor.gc(held, grace=0))
     assert held.held.wait(60)
@@ -174,10 +177,7 @@ def test_gc_deletes_only_snapshots_still_as_listed(tmp_path):
     # A new epoch numbers its snapshots from 1 again: a GC that listed the old epoch's
     # snapshot 1 as foreign debris must not delete the new snapshot 1 under that name.
     url = str(tmp_path / "ck")
-    old = resumelog.open(url, run_id="old")
-    with old.writer("w") as w:
-        w.complete("a")
-    old.compact()
+    old = _an_old_job(url, 1)
     stale = compactor.load(old.store, verify=True)
     shutil.rmtree(url)
     ck = resumelog.open(url, run_id="r")
