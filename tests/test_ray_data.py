@@ -561,6 +561,20 @@ def test_generic_reader_without_row_hashes_and_empty_files(cluster: None, tmp_pa
 # ---------------------------------------------------------------------- refusals
 
 
+def test_a_step_that_adds_rows_without_row_hashes_is_refused() -> None:
+    # Found by review: keyed by content, two batches of equal rows of one source (say,
+    # duplicate lines of a JSONL file an explode step doubles) shared the key of their
+    # +k, which the fold counts once; the source drained while rows of the second batch
+    # were still unwritten. Refused before anything is recorded (no writer is needed).
+    from resumelog.ray_data._accounting import _Accounting
+
+    acc = _Accounting(None, "explode", "path", None, "pyarrow")  # type: ignore[arg-type]
+    table = pa.table({"path": ["a.jsonl", "a.jsonl"], "text": ["xx", "xx"]})
+    with pytest.raises(rd.UnfilterableDataset, match=r"adds rows to source 'a\.jsonl'.*no 'row_hash'"):
+        acc(lambda t: pa.concat_tables([t, t]), table, (), {})
+    assert acc(lambda t: t, table, (), {}) is not None  # the same count: nothing to record
+
+
 def test_wiping_write_modes_and_unattributable_datasets_are_refused(cluster: None, tmp_path: Path) -> None:
     from ray.data import SaveMode
 

@@ -38,7 +38,8 @@ Design notes (see also ``docs/integrations.md``):
 * Keys are deterministic, so retried tasks deduplicate: the read's ``+N`` is keyed on
   the file path, each write's ``-k`` on a digest of the written rows' ``row_hash``
   (Ray's deterministic per-row hash of file path and position; a content digest when
-  the reader cannot provide it).
+  the reader cannot provide it, and then a ``map_batches`` step that adds rows to a
+  source is refused: two batches of equal rows would share one key).
 * Output files are exactly-once outputs (``docs/exactly-once.md``), one per source per
   write task, published with put-if-absent as
   ``<root>/<run>/<source>/ray_data%3Asink%3A<rows digest>/part.parquet``: a retried task

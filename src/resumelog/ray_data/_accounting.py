@@ -93,6 +93,16 @@ class _Accounting:
             t_out = outs.get(s)
             n_out = t_out.num_rows if t_out is not None else 0
             d = digests.get(s) or _digest(t_out)
+            if n_out > n_in and not has_hash:
+                # keyed by content, two batches of equal rows of one source would share
+                # the key of their +k, which the fold counts once: the source would
+                # drain while rows of the second batch are still on their way
+                raise UnfilterableDataset(
+                    f"map_batches stage {self.stage!r} adds rows to source {s!r}, whose rows have no "
+                    f"{ROW_HASH_COLUMN!r}: its record would be keyed by the rows' content, which two batches of "
+                    "equal rows share; read with a reader that gives row hashes (rd.read_parquet, or rd.read "
+                    "with a Ray reader that takes include_row_hash=True)"
+                )
             if n_out != n_in:
                 records.append((f"{_MAP_KEY}{self.stage}:{d}", s, n_out - n_in))
             if t_out is None:
