@@ -323,12 +323,11 @@ class Writer:
         with self._lock:
             if os.getpid() != self._pid:
                 raise ResumelogError("this writer was created in another process; open a new writer here")
+            closing = False  # (the closing segment of a close() that failed: once put, the stream is closed)
             if self._pending is not None:
                 closing = self._pending.closed
                 self._put_pending()
-                if closing and not self._sealed and not self._keys and not self._resets:
-                    return  # the closing segment of a close() that failed: the stream is closed now
-            if not self._sealed and not self._keys and not self._resets and not (closed and self.seq > 0):
+            if not self._sealed and not self._keys and not self._resets and (closing or not (closed and self.seq > 0)):
                 self._last_flush = self._clock()
                 return
             nonce = secrets.token_bytes(16)

@@ -388,9 +388,7 @@ def committed(
     if refresh:
         ckpt.refresh()
     st = ckpt._state
-    store = _apart_from(
-        output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root)), ckpt.store
-    )
+    store = _checkpoint_outputs(ckpt, root, storage_options)
     runs = [run] if run is not None else sorted(st.completed_by_run())
     out: list[Output] = []
     for r in runs:
@@ -408,6 +406,13 @@ def _ckpt_options(ckpt: Checkpoint, root: str | Store) -> Mapping[str, Any] | No
     if split_url(str(root))[0] == split_url(ckpt.store.url)[0]:
         return dict(ckpt._storage_options)
     return None
+
+
+def _checkpoint_outputs(ckpt: Checkpoint, root: str | Store, storage_options: Mapping[str, Any] | None) -> Store:
+    """The store of outputs root ``root`` of ``ckpt`` (its options: those given, else the
+    checkpoint's for the same protocol), refused if it is the checkpoint's own root."""
+    options = storage_options if storage_options is not None else _ckpt_options(ckpt, root)
+    return _apart_from(output_store(root, options), ckpt.store)
 
 
 @dataclass
@@ -464,9 +469,7 @@ def scan(
     if refresh:
         ckpt.refresh()
     st = ckpt._state
-    store = _apart_from(
-        output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root)), ckpt.store
-    )
+    store = _checkpoint_outputs(ckpt, root, storage_options)
     result = OutputScan(store.url)
     quiet_before = (time.time() if now is None else now) - grace
     last_write: dict[str, float] | None = None  # run -> when it last wrote (computed when first needed)
@@ -568,7 +571,7 @@ def gc(
     sc = scan(ckpt, root, storage_options, grace=grace, now=now)
     result = _collectable(sc, grace, now, dry_run)
     if result.keys and not dry_run:
-        store = output_store(root, storage_options if storage_options is not None else _ckpt_options(ckpt, root))
+        store = _checkpoint_outputs(ckpt, root, storage_options)
         store.delete(result.keys)
     return result
 

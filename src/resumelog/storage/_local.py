@@ -30,7 +30,7 @@ from resumelog.storage._base import ObjectInfo, Store, check_key
 __all__ = ["LocalStore", "is_temporary"]
 
 _PARTIAL = ".partial"
-_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial\Z")
+_TEMPORARY = re.compile(r"\.[0-9a-f]{32}" + re.escape(_PARTIAL) + r"\Z")  # (uuid4().hex: see _create_named)
 
 
 def is_temporary(name: str) -> bool:
